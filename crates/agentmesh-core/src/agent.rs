@@ -1,0 +1,114 @@
+//! What an agent tells the cluster about itself when it registers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::AgentId;
+
+/// The part an agent plays in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Coordinator,
+    Worker,
+    Peer,
+    Level,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Coordinator, Role::Worker, Role::Peer, Role::Level];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+            Role::Peer => "peer",
+            Role::Level => "level",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| format!("unknown role '{s}' (expected coordinator, worker, peer or level)"))
+    }
+}
+
+/// One agent's registration, as stored in the registry under its node's lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    pub id: AgentId,
+    pub role: Role,
+    /// Hierarchy level (`strategic`, `tactical`, `operational`) of a level agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `host:port` of the node's gRPC mailbox.
+    pub endpoint: String,
+    #[serde(default)]
+    pub load: u32,
+    #[serde(default)]
+    pub max_concurrency: u32,
+    pub version: String,
+}
+
+impl AgentRegistration {
+    pub fn offers(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+}
+
+/// The set of live agents a node currently sees.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Membership {
+    pub agents: BTreeMap<AgentId, AgentRegistration>,
+}
+
+impl Membership {
+    pub fn get(&self, id: &AgentId) -> Option<&AgentRegistration> {
+        self.agents.get(id)
+    }
+
+    /// Workers that offer `capability`.
+    pub fn workers_offering<'a>(
+        &'a self,
+        capability: &'a str,
+    ) -> impl Iterator<Item = &'a AgentRegistration> + 'a {
+        self.agents
+            .values()
+            .filter(move |a| a.role == Role::Worker && a.offers(capability))
+    }
+
+    /// Whether any live worker offers `capability`.
+    pub fn offers(&self, capability: &str) -> bool {
+        self.workers_offering(capability).next().is_some()
+    }
+
+    /// Every capability offered by a live worker, sorted and deduplicated.
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .agents
+            .values()
+            .filter(|a| a.role == Role::Worker)
+            .flat_map(|a| a.capabilities.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}

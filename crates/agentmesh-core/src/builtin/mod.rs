@@ -1,0 +1,1 @@
+//! Algorithms behind the built-in tools (placeholder, being written).

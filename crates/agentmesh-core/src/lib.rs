@@ -1,0 +1,16 @@
+//! Pure domain logic of agentmesh.
+//!
+//! Nothing in this crate performs IO or depends on an async runtime: the
+//! task model, task-file validation, reference resolution, worker scoring and
+//! the algorithms behind the built-in tools are plain functions over plain
+//! data, so they are unit- and property-tested in isolation and reused by
+//! every actor that needs them.
+
+pub mod agent;
+pub mod builtin;
+pub mod ids;
+pub mod scheduling;
+pub mod task;
+
+pub use agent::{AgentRegistration, Membership, Role};
+pub use ids::{AgentId, SubtaskId, TaskId};

@@ -1,0 +1,100 @@
+//! The task file as users write it (JSON or YAML), described by
+//! `docs/task.schema.json`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A task file. Unknown fields are refused so a typo never silently changes
+/// what runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFile {
+    pub name: String,
+    #[serde(default)]
+    pub pattern: Pattern,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub tasks: Vec<SubtaskSpec>,
+    /// Time limit of the whole task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One entry of `tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskSpec {
+    pub id: String,
+    pub capability: String,
+    #[serde(default = "empty_object")]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// How the cluster runs the task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    #[default]
+    CoordinatorWorker,
+    PeerConsensus,
+    Hierarchical,
+    Workflow,
+    Reactive,
+    Auto,
+}
+
+impl Pattern {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::CoordinatorWorker => "coordinator_worker",
+            Pattern::PeerConsensus => "peer_consensus",
+            Pattern::Hierarchical => "hierarchical",
+            Pattern::Workflow => "workflow",
+            Pattern::Reactive => "reactive",
+            Pattern::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How subtasks are ordered: `sequential` chains every entry to the one
+/// before it; `parallel` runs the DAG given by `depends_on`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Sequential,
+    #[default]
+    Parallel,
+    Hierarchical,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Sequential => "sequential",
+            Strategy::Parallel => "parallel",
+            Strategy::Hierarchical => "hierarchical",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,32 @@
+//! Bounds on what a task file may ask of the cluster.
+
+use serde::{Deserialize, Serialize};
+
+/// Every bound a submitted task is checked against; each is a knob of the
+/// coordinator's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskLimits {
+    /// Size of the task document in bytes.
+    pub max_document_bytes: usize,
+    /// Number of subtasks in one task.
+    pub max_subtasks: usize,
+    /// Length of the longest dependency chain.
+    pub max_depth: usize,
+    /// Size of one subtask's input, serialized as JSON.
+    pub max_input_bytes: usize,
+    /// Upper bound of a task or subtask timeout.
+    pub max_timeout_ms: u64,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1024 * 1024,
+            max_subtasks: 1024,
+            max_depth: 64,
+            max_input_bytes: 256 * 1024,
+            max_timeout_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}

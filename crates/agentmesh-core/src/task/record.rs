@@ -1,0 +1,343 @@
+//! The durable record of one task and the pure state machine the
+//! coordinator drives over it.
+//!
+//! The record is the single source of truth: it is what the registry
+//! persists, what `task status` shows, and what a coordinator reloads to
+//! resume the task, so every transition is a method here and the
+//! coordinator only decides *when* to call it.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::file::{Pattern, Strategy, TaskFile};
+use super::reference::{ReferenceError, resolve};
+use crate::ids::{AgentId, TaskId};
+
+/// Lifecycle state of a task or subtask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskRecord {
+    pub id: String,
+    pub capability: String,
+    pub input: Value,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    pub status: Status,
+    /// Worker of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<AgentId>,
+    /// Number of attempts started; the latest attempt's number.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub name: String,
+    pub pattern: Pattern,
+    pub strategy: Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    pub status: Status,
+    pub subtasks: Vec<SubtaskRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Increases with every change, so watchers can resume after the last
+    /// revision they saw.
+    pub revision: u64,
+}
+
+/// A running attempt that a transition stopped and whose worker should be
+/// told to cancel it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedAttempt {
+    pub subtask: usize,
+    pub worker: AgentId,
+    pub attempt: u32,
+}
+
+/// What applying a worker's report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The report changed the record.
+    Changed,
+    /// The report was for an attempt that is no longer current, or for a
+    /// task that already ended; it was ignored.
+    Stale,
+}
+
+impl TaskRecord {
+    /// A new pending record for a validated task file.
+    pub fn new(id: TaskId, file: TaskFile, now_ms: u64) -> Self {
+        let subtasks = file
+            .tasks
+            .into_iter()
+            .map(|spec| SubtaskRecord {
+                id: spec.id,
+                capability: spec.capability,
+                input: spec.input,
+                depends_on: spec.depends_on,
+                timeout_ms: spec.timeout_ms,
+                status: Status::Pending,
+                worker: None,
+                attempts: 0,
+                output: None,
+                error: None,
+                started_ms: None,
+                finished_ms: None,
+            })
+            .collect();
+        Self {
+            id,
+            name: file.name,
+            pattern: file.pattern,
+            strategy: file.strategy,
+            timeout_ms: file.timeout_ms,
+            status: Status::Pending,
+            subtasks,
+            result: None,
+            error: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            revision: 1,
+        }
+    }
+
+    pub fn position(&self, subtask_id: &str) -> Option<usize> {
+        self.subtasks.iter().position(|s| s.id == subtask_id)
+    }
+
+    /// Pending subtasks whose dependencies have all completed.
+    pub fn ready(&self) -> Vec<usize> {
+        if self.status.is_terminal() {
+            return Vec::new();
+        }
+        let completed: HashSet<&str> = self
+            .subtasks
+            .iter()
+            .filter(|s| s.status == Status::Completed)
+            .map(|s| s.id.as_str())
+            .collect();
+        self.subtasks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.status == Status::Pending
+                    && s.depends_on.iter().all(|d| completed.contains(d.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The subtask's input with every reference replaced by earlier outputs.
+    pub fn resolved_input(&self, subtask: usize) -> Result<Value, ReferenceError> {
+        let output_of = |id: &str| {
+            self.subtasks
+                .iter()
+                .find(|s| s.id == id && s.status == Status::Completed)
+                .and_then(|s| s.output.clone())
+        };
+        resolve(&self.subtasks[subtask].input, &output_of)
+    }
+
+    /// Starts a new attempt of a pending subtask on `worker`; returns the
+    /// attempt number.
+    pub fn start_attempt(&mut self, subtask: usize, worker: AgentId, now_ms: u64) -> u32 {
+        let s = &mut self.subtasks[subtask];
+        s.status = Status::Running;
+        s.attempts += 1;
+        s.worker = Some(worker);
+        s.error = None;
+        s.started_ms = Some(now_ms);
+        s.finished_ms = None;
+        let attempt = s.attempts;
+        if self.status == Status::Pending {
+            self.status = Status::Running;
+        }
+        self.touch(now_ms);
+        attempt
+    }
+
+    fn current(&self, subtask: usize, attempt: u32) -> bool {
+        let s = &self.subtasks[subtask];
+        !self.status.is_terminal() && s.status == Status::Running && s.attempts == attempt
+    }
+
+    /// Applies a successful result; completes the task when it was the last
+    /// subtask.
+    pub fn complete(&mut self, subtask: usize, attempt: u32, output: Value, now_ms: u64) -> Applied {
+        if !self.current(subtask, attempt) {
+            return Applied::Stale;
+        }
+        let s = &mut self.subtasks[subtask];
+        s.status = Status::Completed;
+        s.output = Some(output);
+        s.finished_ms = Some(now_ms);
+        if self.subtasks.iter().all(|s| s.status == Status::Completed) {
+            self.status = Status::Completed;
+            self.result = Some(self.aggregate());
+        }
+        self.touch(now_ms);
+        Applied::Changed
+    }
+
+    /// Fails the subtask and with it the task; returns the other running
+    /// attempts, which should be cancelled.
+    pub fn fail(
+        &mut self,
+        subtask: usize,
+        attempt: u32,
+        error: String,
+        now_ms: u64,
+    ) -> (Applied, Vec<StoppedAttempt>) {
+        if !self.current(subtask, attempt) {
+            return (Applied::Stale, Vec::new());
+        }
+        let s = &mut self.subtasks[subtask];
+        s.status = Status::Failed;
+        s.finished_ms = Some(now_ms);
+        let worker = s.worker.as_ref().map_or("no worker".to_owned(), |w| format!("worker '{w}'"));
+        let message = format!("subtask '{}' failed on {worker} (attempt {attempt}): {error}", s.id);
+        s.error = Some(error);
+        let stopped = self.finish(Status::Failed, message, now_ms);
+        (Applied::Changed, stopped)
+    }
+
+    /// Fails a pending subtask that could not be started (for instance,
+    /// because its input references could not be resolved).
+    pub fn fail_unstarted(&mut self, subtask: usize, error: String, now_ms: u64) -> Vec<StoppedAttempt> {
+        let s = &mut self.subtasks[subtask];
+        s.status = Status::Failed;
+        s.finished_ms = Some(now_ms);
+        let message = format!("subtask '{}' could not start: {error}", s.id);
+        s.error = Some(error);
+        self.finish(Status::Failed, message, now_ms)
+    }
+
+    /// Puts a running attempt back to pending, to be dispatched again (its
+    /// worker was lost or unreachable).
+    pub fn requeue(&mut self, subtask: usize, attempt: u32, reason: String, now_ms: u64) -> Applied {
+        if !self.current(subtask, attempt) {
+            return Applied::Stale;
+        }
+        let s = &mut self.subtasks[subtask];
+        s.status = Status::Pending;
+        s.error = Some(reason);
+        self.touch(now_ms);
+        Applied::Changed
+    }
+
+    /// Cancels the task; returns the running attempts to stop.
+    pub fn cancel(&mut self, reason: String, now_ms: u64) -> Vec<StoppedAttempt> {
+        if self.status.is_terminal() {
+            return Vec::new();
+        }
+        self.finish(Status::Cancelled, reason, now_ms)
+    }
+
+    /// Ends the task in `status`, cancelling every subtask not yet ended.
+    fn finish(&mut self, status: Status, error: String, now_ms: u64) -> Vec<StoppedAttempt> {
+        let mut stopped = Vec::new();
+        for (i, s) in self.subtasks.iter_mut().enumerate() {
+            if s.status.is_terminal() {
+                continue;
+            }
+            if s.status == Status::Running {
+                if let Some(worker) = s.worker.clone() {
+                    stopped.push(StoppedAttempt {
+                        subtask: i,
+                        worker,
+                        attempt: s.attempts,
+                    });
+                }
+                s.finished_ms = Some(now_ms);
+            }
+            s.status = Status::Cancelled;
+        }
+        self.status = status;
+        self.error = Some(error);
+        self.touch(now_ms);
+        stopped
+    }
+
+    /// The task's result: the output of its final subtask, or an object of
+    /// the outputs of every final subtask (one no other subtask depends on)
+    /// when there are several.
+    fn aggregate(&self) -> Value {
+        let depended_on: HashSet<&str> = self
+            .subtasks
+            .iter()
+            .flat_map(|s| s.depends_on.iter().map(String::as_str))
+            .collect();
+        let sinks: Vec<&SubtaskRecord> = self
+            .subtasks
+            .iter()
+            .filter(|s| !depended_on.contains(s.id.as_str()))
+            .collect();
+        match sinks.as_slice() {
+            [only] => only.output.clone().unwrap_or(Value::Null),
+            many => Value::Object(
+                many.iter()
+                    .map(|s| (s.id.clone(), s.output.clone().unwrap_or(Value::Null)))
+                    .collect::<Map<_, _>>(),
+            ),
+        }
+    }
+
+    fn touch(&mut self, now_ms: u64) {
+        self.updated_ms = self.updated_ms.max(now_ms);
+        self.revision += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+use serde_json::json;
+
+use super::*;
+use crate::task::{TaskLimits, parse_and_validate};
+
+fn record(document: &str) -> TaskRecord {
+    let file = parse_and_validate(document, &TaskLimits::default(), &|_| true, &Vec::new).unwrap();
+    TaskRecord::new(TaskId::new("t1"), file, 1000)
+}
+
+fn average() -> TaskRecord {
+    record(
+        r#"{"name":"avg","tasks":[
+            {"id":"a","capability":"text.word_count","input":{"text":"x"}},
+            {"id":"b","capability":"text.word_count","input":{"text":"y"}},
+            {"id":"avg","capability":"math.eval","input":{"expr":"({{a.words}} + {{b.words}}) / 2"},"depends_on":["a","b"]}]}"#,
+    )
+}
+
+fn w(id: &str) -> AgentId {
+    AgentId::new(id)
+}
+
+#[test]
+fn dependencies_gate_readiness_and_results_flow_through_references() {
+    let mut r = average();
+    assert_eq!(r.ready(), vec![0, 1]);
+    let a = r.start_attempt(0, w("w1"), 1001);
+    let b = r.start_attempt(1, w("w2"), 1001);
+    assert_eq!(r.status, Status::Running);
+    assert!(r.ready().is_empty());
+    assert_eq!(r.complete(0, a, json!({"words": 4}), 1002), Applied::Changed);
+    assert!(r.ready().is_empty());
+    assert_eq!(r.complete(1, b, json!({"words": 6}), 1003), Applied::Changed);
+    assert_eq!(r.ready(), vec![2]);
+    assert_eq!(r.resolved_input(2).unwrap(), json!({"expr": "(4 + 6) / 2"}));
+    let c = r.start_attempt(2, w("w3"), 1004);
+    r.complete(2, c, json!({"value": 5.0}), 1005);
+    assert_eq!(r.status, Status::Completed);
+    assert_eq!(r.result, Some(json!({"value": 5.0})));
+}
+
+#[test]
+fn stale_attempts_are_ignored() {
+    let mut r = average();
+    let first = r.start_attempt(0, w("w1"), 1001);
+    assert_eq!(r.requeue(0, first, "worker lost".into(), 1002), Applied::Changed);
+    let second = r.start_attempt(0, w("w2"), 1003);
+    assert_eq!(second, first + 1);
+    assert_eq!(r.complete(0, first, json!({"words": 1}), 1004), Applied::Stale);
+    assert_eq!(r.subtasks[0].status, Status::Running);
+    assert_eq!(r.complete(0, second, json!({"words": 1}), 1005), Applied::Changed);
+    assert_eq!(r.complete(0, second, json!({"words": 9}), 1006), Applied::Stale);
+    assert_eq!(r.subtasks[0].output, Some(json!({"words": 1})));
+}
+
+#[test]
+fn failure_ends_the_task_and_stops_running_attempts() {
+    let mut r = average();
+    let a = r.start_attempt(0, w("w1"), 1001);
+    let b = r.start_attempt(1, w("w2"), 1001);
+    let (applied, stopped) = r.fail(0, a, "boom".into(), 1002);
+    assert_eq!(applied, Applied::Changed);
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(
+        r.error.as_deref(),
+        Some("subtask 'a' failed on worker 'w1' (attempt 1): boom")
+    );
+    assert_eq!(
+        stopped,
+        vec![StoppedAttempt {
+            subtask: 1,
+            worker: w("w2"),
+            attempt: b
+        }]
+    );
+    assert_eq!(r.subtasks[2].status, Status::Cancelled);
+    assert!(r.ready().is_empty());
+}
+
+#[test]
+fn cancel_is_terminal_and_idempotent() {
+    let mut r = average();
+    r.start_attempt(0, w("w1"), 1001);
+    assert_eq!(r.cancel("user asked".into(), 1002).len(), 1);
+    assert_eq!(r.status, Status::Cancelled);
+    assert!(r.cancel("again".into(), 1003).is_empty());
+    assert_eq!(r.error.as_deref(), Some("user asked"));
+}
+
+#[test]
+fn several_final_subtasks_aggregate_into_an_object() {
+    let mut r = record(
+        r#"{"name":"two","tasks":[{"id":"x","capability":"c"},{"id":"y","capability":"c"}]}"#,
+    );
+    for i in 0..2 {
+        let a = r.start_attempt(i, w("w"), 1);
+        r.complete(i, a, json!(i), 2);
+    }
+    assert_eq!(r.result, Some(json!({"x": 0, "y": 1})));
+}
+
+#[test]
+fn every_change_increases_the_revision() {
+    let mut r = average();
+    let start = r.revision;
+    let a = r.start_attempt(0, w("w1"), 1001);
+    r.complete(0, a, json!({}), 1002);
+    assert_eq!(r.revision, start + 2);
+}
+
+#[test]
+fn record_round_trips_through_json() {
+    let r = average();
+    let text = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<TaskRecord>(&text).unwrap(), r);
+}
