@@ -44,7 +44,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|role| role.as_str() == s)
-            .ok_or_else(|| format!("unknown role '{s}' (expected coordinator, worker, peer or level)"))
+            .ok_or_else(|| {
+                format!("unknown role '{s}' (expected coordinator, worker, peer or level)")
+            })
     }
 }
 

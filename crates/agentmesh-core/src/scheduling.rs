@@ -36,7 +36,12 @@ impl Default for ScoreWeights {
 impl ScoreWeights {
     /// Weights must be finite, non-negative and not all zero.
     pub fn validate(&self) -> Result<(), String> {
-        let all = [self.capability, self.success_rate, self.free_load, self.specialization];
+        let all = [
+            self.capability,
+            self.success_rate,
+            self.free_load,
+            self.specialization,
+        ];
         if all.iter().any(|w| !w.is_finite() || *w < 0.0) {
             return Err("score weights must be finite and non-negative".into());
         }
@@ -121,14 +126,17 @@ impl WorkerPool {
             self.workers.remove(id);
         }
         for (id, agent) in live {
-            let entry = self.workers.entry(id.clone()).or_insert_with(|| WorkerState {
-                id: id.clone(),
-                capabilities: Vec::new(),
-                max_concurrency: 0,
-                in_flight: 0,
-                succeeded: 0,
-                failed: 0,
-            });
+            let entry = self
+                .workers
+                .entry(id.clone())
+                .or_insert_with(|| WorkerState {
+                    id: id.clone(),
+                    capabilities: Vec::new(),
+                    max_concurrency: 0,
+                    in_flight: 0,
+                    succeeded: 0,
+                    failed: 0,
+                });
             entry.capabilities = agent.capabilities.clone();
             entry.max_concurrency = agent.max_concurrency;
         }
@@ -230,9 +238,19 @@ mod tests {
     #[test]
     fn default_weights_follow_the_guide() {
         let w = ScoreWeights::default();
-        assert_eq!((w.capability, w.success_rate, w.free_load, w.specialization), (0.3, 0.3, 0.2, 0.2));
+        assert_eq!(
+            (w.capability, w.success_rate, w.free_load, w.specialization),
+            (0.3, 0.3, 0.2, 0.2)
+        );
         assert!(w.validate().is_ok());
-        assert!(ScoreWeights { capability: -1.0, ..w.clone() }.validate().is_err());
+        assert!(
+            ScoreWeights {
+                capability: -1.0,
+                ..w.clone()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
@@ -258,9 +276,15 @@ mod tests {
             registration("specialist", &["math.eval"], 1),
         ]);
         let weights = ScoreWeights::default();
-        assert_eq!(p.select("math.eval", &weights), Some(AgentId::new("specialist")));
+        assert_eq!(
+            p.select("math.eval", &weights),
+            Some(AgentId::new("specialist"))
+        );
         p.acquire(&AgentId::new("specialist"));
-        assert_eq!(p.select("math.eval", &weights), Some(AgentId::new("generalist")));
+        assert_eq!(
+            p.select("math.eval", &weights),
+            Some(AgentId::new("generalist"))
+        );
         p.acquire(&AgentId::new("generalist"));
         assert_eq!(p.select("math.eval", &weights), None);
         assert!(p.offers("math.eval"));
@@ -269,12 +293,18 @@ mod tests {
 
     #[test]
     fn failures_lower_a_workers_rank() {
-        let mut p = pool(&[registration("w1", &["c"], 10), registration("w2", &["c"], 10)]);
+        let mut p = pool(&[
+            registration("w1", &["c"], 10),
+            registration("w2", &["c"], 10),
+        ]);
         for _ in 0..3 {
             p.acquire(&AgentId::new("w1"));
             p.release(&AgentId::new("w1"), Some(false));
         }
-        assert_eq!(p.select("c", &ScoreWeights::default()), Some(AgentId::new("w2")));
+        assert_eq!(
+            p.select("c", &ScoreWeights::default()),
+            Some(AgentId::new("w2"))
+        );
     }
 
     #[test]

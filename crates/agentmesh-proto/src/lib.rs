@@ -9,5 +9,6 @@ pub mod v1 {
     tonic::include_proto!("agentmesh.v1");
 
     /// Encoded file descriptor set, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agentmesh_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("agentmesh_descriptor");
 }

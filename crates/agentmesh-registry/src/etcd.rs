@@ -1,22 +1,97 @@
-//! The etcd backend (being written).
+//! The etcd backend of [`Registry`].
+//!
+//! # Liveness: one lease per node
+//!
+//! [`EtcdRegistry::connect`] grants one etcd lease per node, and every agent
+//! the node registers is stored under [`keys::agent`] *attached to that
+//! lease*. Lease expiry is the cluster's failure detector: a node that dies,
+//! hangs or loses its network stops refreshing the lease, etcd deletes the
+//! lease and every key on it once the TTL runs out, and every other node's
+//! membership watch sees the agents vanish. Nothing else needs to agree on
+//! who is alive, and a clean [`Registry::shutdown`] revokes the lease so the
+//! node's agents leave every view at once instead of after the TTL.
+//!
+//! # Keep-alive and re-registration
+//!
+//! A background task refreshes the lease every TTL/3 over etcd's keep-alive
+//! stream (see `lease.rs`). When a refresh fails, or etcd answers that the
+//! lease is gone (TTL ≤ 0), the task grants a *new* lease, retrying with
+//! capped exponential backoff while etcd is unreachable, and re-puts every
+//! agent of this node under it. The registry keeps its own agents in a local
+//! map for exactly this. So an etcd outage longer than the TTL — after which
+//! the old lease, and with it the node's agents, may be gone — heals by
+//! itself once etcd is back, without the runtime noticing. The map and the
+//! current lease id sit behind one async mutex, so a `register` racing a
+//! renewal can never leave an agent on the abandoned lease.
+//!
+//! # Membership view
+//!
+//! Another task lists [`keys::AGENTS`], publishes the view on a
+//! `tokio::sync::watch` channel, then watches the prefix from the list's
+//! revision + 1, so no change is missed between the two. It publishes only
+//! when the view actually changed. On a watch error, the stream's end, or a
+//! compaction of the revision it watches from, it lists and watches again
+//! (with backoff): the list is the truth, the watch only keeps it current.
+//!
+//! # Task records
+//!
+//! Task records are plain keys under [`keys::TASKS`] (no lease: they outlive
+//! their coordinator). [`Registry::put_tasks`] writes a batch in one
+//! transaction. [`Registry::watch_task`] reads the record, then follows the
+//! key from a spawned task that feeds a bounded channel; after an
+//! interruption it re-reads and re-watches, and the record's own `revision`
+//! field (strictly increasing) filters out anything it already yielded.
+//!
+//! Every request is bounded by [`EtcdOptions::request_timeout`], and every
+//! failure maps to [`RegistryError::Unavailable`] naming what was attempted.
 
-use std::sync::Arc;
+mod backoff;
+mod lease;
+mod membership;
+mod task_watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
+use etcd_client::{Client, ConnectOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
-use crate::{DEFAULT_LEASE_TTL, Registry, RegistryError, TaskWatch};
+use crate::{DEFAULT_LEASE_TTL, Registry, RegistryError, TaskWatch, keys};
+
+/// Records written per etcd transaction. etcd refuses transactions of more
+/// than `--max-txn-ops` operations (128 by default); half of that leaves
+/// room for a lowered limit.
+const MAX_RECORDS_PER_TXN: usize = 64;
+
+/// Upper bound on the lease revoke during shutdown: a node that is going
+/// away must not hang on an unreachable etcd (the lease then simply
+/// expires).
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Interval of HTTP/2 pings on the etcd connection, which detect a
+/// half-open connection that would otherwise stall the watches. etcd
+/// answers pings more frequent than 5 s with GOAWAY.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to reach etcd and how long this node's lease lives.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
     /// Client URLs, e.g. `http://127.0.0.1:2379`.
     pub endpoints: Vec<String>,
+    /// Time-to-live of the node's lease, rounded up to whole seconds (at
+    /// least 1): how long a dead node's agents stay visible.
     pub lease_ttl: Duration,
+    /// How long [`EtcdRegistry::connect`] waits for etcd to answer.
     pub connect_timeout: Duration,
+    /// Bound on every single request once connected.
     pub request_timeout: Duration,
 }
 
@@ -29,39 +104,481 @@ impl EtcdOptions {
             request_timeout: Duration::from_secs(5),
         }
     }
+
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The lease TTL in whole seconds as etcd takes it: rounded up, at
+    /// least 1.
+    fn ttl_secs(&self) -> i64 {
+        let secs = self.lease_ttl.as_secs() + u64::from(self.lease_ttl.subsec_nanos() > 0);
+        i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+    }
+
+    fn endpoint_list(&self) -> String {
+        self.endpoints.join(", ")
+    }
 }
 
+/// A node's connection to etcd. Clones share the connection, the lease and
+/// the background tasks.
 #[derive(Clone)]
 pub struct EtcdRegistry {
-    membership: watch::Receiver<Arc<Membership>>,
+    inner: Arc<Inner>,
+}
+
+/// Owned by the registry handles only. Dropping the last handle stops the
+/// background tasks (the lease then expires by itself, as for a crashed
+/// node); [`Registry::shutdown`] also revokes it.
+struct Inner {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    closed: AtomicBool,
+    keep_alive: Mutex<Option<JoinHandle<()>>>,
+    membership_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the background tasks need; they never hold an [`Inner`], so they do
+/// not keep the registry alive.
+struct Shared {
+    client: Client,
+    options: EtcdOptions,
+    /// The TTL etcd granted, in seconds.
+    ttl_secs: i64,
+    /// This node's lease and agents; the async mutex serialises
+    /// registrations with lease renewal.
+    node: tokio::sync::Mutex<NodeState>,
+    /// Mirror of `node.lease` readable without awaiting.
+    lease_id: AtomicI64,
+    membership: watch::Sender<Arc<Membership>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+struct NodeState {
+    lease: i64,
+    agents: BTreeMap<AgentId, AgentRegistration>,
 }
 
 impl EtcdRegistry {
+    /// Connects to etcd, grants this node's lease, reads the membership and
+    /// starts the keep-alive and membership tasks.
+    ///
+    /// Fails with [`RegistryError::Unavailable`], naming the endpoints, when
+    /// etcd does not answer within [`EtcdOptions::connect_timeout`].
     pub async fn connect(options: EtcdOptions) -> Result<Self, RegistryError> {
-        let _ = options;
-        Err(RegistryError::Unavailable("etcd backend not written yet".into()))
+        if options.endpoints.is_empty() {
+            return Err(RegistryError::Unavailable(
+                "no etcd endpoints configured".into(),
+            ));
+        }
+        let endpoints = options.endpoint_list();
+        // One deadline for building the client and the first answer.
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        let connect_options = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(HTTP2_KEEP_ALIVE_INTERVAL, options.request_timeout)
+            .with_keep_alive_while_idle(false);
+        let client = match tokio::time::timeout_at(
+            deadline,
+            Client::connect(&options.endpoints, Some(connect_options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(RegistryError::Unavailable(format!(
+                    "cannot connect to etcd at {endpoints}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(RegistryError::Unavailable(format!(
+                    "cannot connect to etcd at {endpoints}: no answer within {:?}",
+                    options.connect_timeout
+                )));
+            }
+        };
+
+        // The client connects lazily: granting the lease is the first
+        // request, so it is also the reachability check.
+        let ttl_secs = options.ttl_secs();
+        let mut lease_client = client.clone();
+        let lease =
+            match tokio::time::timeout_at(deadline, lease_client.lease_grant(ttl_secs, None)).await
+            {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(e)) => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "cannot reach etcd at {endpoints}: lease grant failed: {e}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "cannot reach etcd at {endpoints}: no answer within {:?}",
+                        options.connect_timeout
+                    )));
+                }
+            };
+
+        let (membership, _) = watch::channel(Arc::new(Membership::default()));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            client,
+            ttl_secs: lease.ttl().max(1),
+            options,
+            node: tokio::sync::Mutex::new(NodeState {
+                lease: lease.id(),
+                agents: BTreeMap::new(),
+            }),
+            lease_id: AtomicI64::new(lease.id()),
+            membership,
+            shutdown: shutdown_rx,
+        });
+
+        let (view, revision) = match membership::list_agents(&shared).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                shared.revoke_lease(lease.id()).await;
+                return Err(e);
+            }
+        };
+        shared.membership.send_replace(Arc::new(view));
+
+        let keep_alive = tokio::spawn(lease::keep_alive(shared.clone()));
+        let membership_task = tokio::spawn(membership::follow(shared.clone(), revision));
+        info!(
+            endpoints = %endpoints,
+            lease_id = lease.id(),
+            ttl_secs = shared.ttl_secs,
+            "connected to etcd"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown: shutdown_tx,
+                closed: AtomicBool::new(false),
+                keep_alive: Mutex::new(Some(keep_alive)),
+                membership_task: Mutex::new(Some(membership_task)),
+            }),
+        })
     }
+
+    /// The lease this node's agents are attached to. It changes when the
+    /// keep-alive task has to replace a lost lease, so keys that must live
+    /// and die with the node should be written through the registry rather
+    /// than with a lease id read once.
+    pub fn lease_id(&self) -> i64 {
+        self.inner.shared.lease_id.load(Ordering::SeqCst)
+    }
+
+    /// Stops refreshing the lease without revoking it, so the node looks
+    /// dead to the cluster once the TTL runs out: how tests simulate a crash
+    /// without killing the process.
+    #[doc(hidden)]
+    pub fn stop_keep_alive_for_tests(&self) {
+        if let Some(task) = take_task(&self.inner.keep_alive) {
+            task.abort();
+        }
+    }
+
+    fn check_open(&self) -> Result<&Shared, RegistryError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(RegistryError::Closed)
+        } else {
+            Ok(&self.inner.shared)
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("endpoints", &self.inner.shared.options.endpoints)
+            .field("lease_id", &self.lease_id())
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+fn take_task(slot: &Mutex<Option<JoinHandle<()>>>) -> Option<JoinHandle<()>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        for slot in [&self.keep_alive, &self.membership_task] {
+            if let Some(task) = take_task(slot) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Runs one etcd request within the request timeout; `what` names the
+    /// attempt in the error ("put of 3 task records failed").
+    async fn request<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, RegistryError> {
+        let timeout = self.options.request_timeout;
+        match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RegistryError::Unavailable(format!("{}: {e}", what()))),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "{}: no answer from etcd within {timeout:?}",
+                what()
+            ))),
+        }
+    }
+
+    /// Puts the registrations under `lease`, in as few transactions as the
+    /// etcd limit allows.
+    async fn put_agents<'a>(
+        &self,
+        lease: i64,
+        agents: impl ExactSizeIterator<Item = &'a AgentRegistration>,
+    ) -> Result<(), RegistryError> {
+        let total = agents.len();
+        let mut ops = Vec::with_capacity(total);
+        for agent in agents {
+            ops.push(TxnOp::put(
+                keys::agent(&agent.id),
+                encode(&keys::agent(&agent.id), agent)?,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
+            let mut client = self.client.clone();
+            self.request(
+                || format!("re-registration of {total} agents under lease {lease} failed"),
+                client.txn(Txn::new().and_then(chunk.to_vec())),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes `lease`, best effort and briefly: failure only means the
+    /// lease expires after its TTL instead.
+    async fn revoke_lease(&self, lease: i64) {
+        let mut client = self.client.clone();
+        let timeout = self.options.request_timeout.min(REVOKE_TIMEOUT);
+        match tokio::time::timeout(timeout, client.lease_revoke(lease)).await {
+            Ok(Ok(_)) => info!(lease_id = lease, "revoked lease"),
+            Ok(Err(e)) => warn!(
+                lease_id = lease,
+                error = %e,
+                "lease revoke failed; it expires after its ttl"
+            ),
+            Err(_) => warn!(
+                lease_id = lease,
+                timeout = ?timeout,
+                "lease revoke timed out; it expires after its ttl"
+            ),
+        }
+    }
+
+    /// Reads one task record and the store revision it was read at. The
+    /// outer error is a failed request; the inner one a record that does
+    /// not decode.
+    async fn read_task(
+        &self,
+        id: &TaskId,
+    ) -> Result<(Option<Result<TaskRecord, RegistryError>>, i64), RegistryError> {
+        let key = keys::task(id);
+        let mut client = self.client.clone();
+        let response = self
+            .request(
+                || format!("get of task record '{id}' failed"),
+                client.get(key.as_str(), None),
+            )
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let record = response
+            .kvs()
+            .first()
+            .map(|kv| decode::<TaskRecord>(&key, kv.value()));
+        Ok((record, revision))
+    }
+}
+
+fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, RegistryError> {
+    serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+        key: key.to_owned(),
+        message: format!("cannot encode: {e}"),
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 #[async_trait]
 impl Registry for EtcdRegistry {
-    async fn register(&self, _agent: AgentRegistration) -> Result<(), RegistryError> {
-        Err(RegistryError::Closed)
+    async fn register(&self, agent: AgentRegistration) -> Result<(), RegistryError> {
+        let shared = self.check_open()?;
+        let key = keys::agent(&agent.id);
+        let value = encode(&key, &agent)?;
+        let mut node = shared.node.lock().await;
+        let lease = node.lease;
+        let mut client = shared.client.clone();
+        shared
+            .request(
+                || format!("registration of agent '{}' failed", agent.id),
+                client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+            )
+            .await?;
+        debug!(agent_id = %agent.id, lease_id = lease, "registered agent");
+        node.agents.insert(agent.id.clone(), agent);
+        Ok(())
     }
-    async fn deregister(&self, _id: &AgentId) -> Result<(), RegistryError> {
-        Err(RegistryError::Closed)
+
+    async fn deregister(&self, id: &AgentId) -> Result<(), RegistryError> {
+        let shared = self.check_open()?;
+        let mut node = shared.node.lock().await;
+        let mut client = shared.client.clone();
+        shared
+            .request(
+                || format!("deregistration of agent '{id}' failed"),
+                client.delete(keys::agent(id), None),
+            )
+            .await?;
+        debug!(agent_id = %id, "deregistered agent");
+        node.agents.remove(id);
+        Ok(())
     }
+
     fn membership(&self) -> watch::Receiver<Arc<Membership>> {
-        self.membership.clone()
+        self.inner.shared.membership.subscribe()
     }
-    async fn put_tasks(&self, _records: &[Arc<TaskRecord>]) -> Result<(), RegistryError> {
-        Err(RegistryError::Closed)
+
+    async fn put_tasks(&self, records: &[Arc<TaskRecord>]) -> Result<(), RegistryError> {
+        let shared = self.check_open()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        // etcd refuses a transaction that writes one key twice; the last
+        // record of an id wins, as it would with separate puts.
+        let mut latest: HashMap<&TaskId, usize> = HashMap::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            latest.insert(&record.id, i);
+        }
+        let mut ops = Vec::with_capacity(latest.len());
+        for (i, record) in records.iter().enumerate() {
+            if latest.get(&record.id) == Some(&i) {
+                let key = keys::task(&record.id);
+                let value = encode(&key, record.as_ref())?;
+                ops.push(TxnOp::put(key, value, None));
+            }
+        }
+        let total = ops.len();
+        let mut written = 0;
+        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
+            let mut client = shared.client.clone();
+            shared
+                .request(
+                    || {
+                        if total <= MAX_RECORDS_PER_TXN {
+                            format!("put of {total} task records failed")
+                        } else {
+                            format!(
+                                "put of task records {}..{} of {total} failed \
+                                 ({written} written before)",
+                                written + 1,
+                                written + chunk.len()
+                            )
+                        }
+                    },
+                    client.txn(Txn::new().and_then(chunk.to_vec())),
+                )
+                .await?;
+            written += chunk.len();
+        }
+        Ok(())
     }
-    async fn get_task(&self, _id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
-        Err(RegistryError::Closed)
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
+        let shared = self.check_open()?;
+        shared.read_task(id).await?.0.transpose()
     }
-    async fn watch_task(&self, _id: &TaskId) -> Result<TaskWatch, RegistryError> {
-        Err(RegistryError::Closed)
+
+    async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError> {
+        let shared = self.check_open()?;
+        // Read first so an unreachable etcd is an error of this call rather
+        // than a stream that silently waits.
+        let (current, revision) = shared.read_task(id).await?;
+        Ok(task_watch::spawn(
+            self.inner.shared.clone(),
+            id.clone(),
+            current,
+            revision,
+        ))
     }
-    async fn shutdown(&self) {}
+
+    async fn shutdown(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.shutdown.send_replace(true);
+        // Stop the keep-alive first, so it cannot grant a new lease after
+        // the revoke below.
+        for slot in [&self.inner.keep_alive, &self.inner.membership_task] {
+            if let Some(task) = take_task(slot) {
+                task.abort();
+                // Cancelled, or a panic already logged by the runtime:
+                // either way the task is over.
+                let _ = task.await;
+            }
+        }
+        let shared = &self.inner.shared;
+        let lease = {
+            let mut node = shared.node.lock().await;
+            node.agents.clear();
+            node.lease
+        };
+        shared.revoke_lease(lease).await;
+        info!(lease_id = lease, "etcd registry shut down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_rounded_up_to_whole_seconds_and_at_least_one() {
+        let ttl = |d| EtcdOptions::new(vec![]).with_lease_ttl(d).ttl_secs();
+        assert_eq!(ttl(Duration::from_secs(2)), 2);
+        assert_eq!(ttl(Duration::from_millis(2500)), 3);
+        assert_eq!(ttl(Duration::from_millis(10)), 1);
+        assert_eq!(ttl(Duration::ZERO), 1);
+    }
+
+    #[tokio::test]
+    async fn connect_without_endpoints_is_unavailable() {
+        let err = EtcdRegistry::connect(EtcdOptions::new(vec![]))
+            .await
+            .expect_err("no endpoints must fail");
+        assert!(
+            matches!(err, RegistryError::Unavailable(ref m) if m.contains("no etcd endpoints"))
+        );
+    }
 }

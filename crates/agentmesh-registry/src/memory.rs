@@ -50,7 +50,12 @@ impl MemoryRegistry {
     }
 
     fn current(&self, id: &TaskId) -> Option<Arc<TaskRecord>> {
-        self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 }
 
@@ -64,9 +69,9 @@ impl Registry for MemoryRegistry {
     }
 
     async fn deregister(&self, id: &AgentId) -> Result<(), RegistryError> {
-        self.shared.membership.send_if_modified(|view| {
-            Arc::make_mut(view).agents.remove(id).is_some()
-        });
+        self.shared
+            .membership
+            .send_if_modified(|view| Arc::make_mut(view).agents.remove(id).is_some());
         Ok(())
     }
 

@@ -1,1 +1,20 @@
-pub fn placeholder() {}
+//! The agentmesh runtime: actors, mailboxes, services and tools, and the
+//! node that wires them together. The binary only parses flags and calls
+//! into this crate, so tests start nodes in-process the same way.
+
+pub mod agents;
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod coordinator;
+pub mod error;
+pub mod local;
+pub mod mailbox;
+pub mod node;
+pub mod services;
+pub mod tools;
+pub mod worker;
+
+pub use config::{CoordinatorConfig, MailboxConfig, NodeConfig};
+pub use local::LocalCluster;
+pub use node::{Node, NodeError};

@@ -1,1 +1,253 @@
-fn main() {}
+//! The `agentmesh` binary: parse flags, set up logging, run one command.
+//! Everything a command does lives in `agentmesh-runtime`; this file only
+//! wires it up and reads top to bottom.
+
+mod cli;
+mod client;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentmesh_proto::v1 as pb;
+use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry};
+use agentmesh_runtime::{LocalCluster, Node, convert};
+use anyhow::{Context, bail};
+use clap::Parser;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{AgentsArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand};
+use crate::client::Client;
+
+/// The example `agentmesh local` runs when no task file is given.
+const BUILTIN_EXAMPLE: &str = include_str!("../../../examples/average-word-count.yaml");
+
+/// Exit code of a task that failed or was cancelled.
+const TASK_FAILED: u8 = 1;
+/// Exit code of a refused request or bad input.
+const REFUSED: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Node(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(REFUSED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(REFUSED)
+        }
+    }
+}
+
+/// Logs go to stderr so stdout carries only results. Nodes log at `info`,
+/// client commands at `warn`; `RUST_LOG` overrides both.
+fn init_tracing(node: bool) {
+    let default = if node { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Local(args) => local(args).await,
+        Command::Node(args) => node(args).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Task { command } => task(command).await,
+        Command::Agents(args) => agents(args).await,
+    }
+}
+
+async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let document = match &args.task_file {
+        Some(path) => read_task_file(path)?,
+        None => BUILTIN_EXAMPLE.to_owned(),
+    };
+    let cluster = LocalCluster::start(usize::from(args.workers), args.to_config())
+        .await
+        .context("failed to start the local cluster")?;
+    let outcome = cluster.run(&document).await;
+    cluster.stop();
+    let record = convert::task_record(&outcome.map_err(|e| anyhow::anyhow!(e))?);
+    print_json(&convert::task_json(&record))?;
+    Ok(exit_for(&record))
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.to_config();
+    info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
+    let mut options = EtcdOptions::new(args.etcd.clone());
+    options.lease_ttl = args.lease_ttl();
+    let registry: Arc<dyn Registry> = Arc::new(
+        EtcdRegistry::connect(options)
+            .await
+            .context("failed to connect to etcd")?,
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to bind {}", config.listen))?;
+    let drain_timeout = config.drain_timeout;
+    let node = Node::start(config, registry, listener)
+        .await
+        .context("failed to start the node")?;
+    // Scripts and tests wait for this line; it is printed once, after bind.
+    println!("listening on {}", node.addr());
+    wait_for_shutdown_signal().await;
+    info!("shutdown signal received");
+    node.shutdown(drain_timeout)
+        .await
+        .context("unclean shutdown")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let document = read_task_file(&args.task_file)?;
+    let client = Client::new(args.endpoints.endpoint)?;
+    let task_id = client.submit(document).await?;
+    if !args.wait {
+        println!("{task_id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("submitted task {task_id}, waiting for it to finish");
+    let record = client.watch(&task_id, |_| {}).await?;
+    print_json(&convert::task_json(&record))?;
+    Ok(exit_for(&record))
+}
+
+async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TaskCommand::Status(args) => {
+            let record = Client::new(args.endpoints.endpoint)?.get(&args.id).await?;
+            print_json(&convert::task_json(&record))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Watch(args) => {
+            let client = Client::new(args.endpoints.endpoint)?;
+            let record = client
+                .watch(&args.id, |record| {
+                    println!("{}", convert::task_json(record))
+                })
+                .await?;
+            Ok(exit_for(&record))
+        }
+        TaskCommand::Cancel(args) => {
+            let client = Client::new(args.endpoints.endpoint)?;
+            let status = client.cancel(&args.id, &args.reason).await?;
+            println!("{}", convert::status_name(status));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
+    let agents = Client::new(args.endpoints.endpoint)?.list_agents().await?;
+    if args.json {
+        let list: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
+        print_json(&serde_json::Value::Array(list))?;
+    } else {
+        print_agents_table(&agents);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id,
+        "role": a.role,
+        "level": if a.level.is_empty() { None } else { Some(&a.level) },
+        "capabilities": a.capabilities,
+        "endpoint": a.endpoint,
+        "load": a.load,
+        "max_concurrency": a.max_concurrency,
+        "succeeded": a.succeeded,
+        "failed": a.failed,
+        "reputation": a.reputation,
+        "version": a.version,
+    })
+}
+
+fn print_agents_table(agents: &[pb::AgentInfo]) {
+    println!(
+        "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<22} CAPABILITIES",
+        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "ENDPOINT"
+    );
+    for a in agents {
+        let level = if a.level.is_empty() { "-" } else { &a.level };
+        let load = format!("{}/{}", a.load, a.max_concurrency);
+        let outcomes = format!("{}/{}", a.succeeded, a.failed);
+        let reputation = a.reputation.map_or("-".to_owned(), |r| format!("{r:.3}"));
+        let capabilities = if a.capabilities.is_empty() {
+            "-".to_owned()
+        } else {
+            a.capabilities.join(",")
+        };
+        println!(
+            "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<22} {}",
+            a.id, a.role, level, load, outcomes, reputation, a.endpoint, capabilities
+        );
+    }
+}
+
+fn read_task_file(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("failed to read the task file from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read task file {}", path.display()))?;
+    }
+    if text.trim().is_empty() {
+        bail!("task file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn exit_for(record: &pb::TaskRecord) -> ExitCode {
+    if record.status() == pb::TaskStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TASK_FAILED)
+    }
+}

@@ -214,7 +214,13 @@ impl TaskRecord {
 
     /// Applies a successful result; completes the task when it was the last
     /// subtask.
-    pub fn complete(&mut self, subtask: usize, attempt: u32, output: Value, now_ms: u64) -> Applied {
+    pub fn complete(
+        &mut self,
+        subtask: usize,
+        attempt: u32,
+        output: Value,
+        now_ms: u64,
+    ) -> Applied {
         if !self.current(subtask, attempt) {
             return Applied::Stale;
         }
@@ -245,8 +251,14 @@ impl TaskRecord {
         let s = &mut self.subtasks[subtask];
         s.status = Status::Failed;
         s.finished_ms = Some(now_ms);
-        let worker = s.worker.as_ref().map_or("no worker".to_owned(), |w| format!("worker '{w}'"));
-        let message = format!("subtask '{}' failed on {worker} (attempt {attempt}): {error}", s.id);
+        let worker = s
+            .worker
+            .as_ref()
+            .map_or("no worker".to_owned(), |w| format!("worker '{w}'"));
+        let message = format!(
+            "subtask '{}' failed on {worker} (attempt {attempt}): {error}",
+            s.id
+        );
         s.error = Some(error);
         let stopped = self.finish(Status::Failed, message, now_ms);
         (Applied::Changed, stopped)
@@ -254,7 +266,12 @@ impl TaskRecord {
 
     /// Fails a pending subtask that could not be started (for instance,
     /// because its input references could not be resolved).
-    pub fn fail_unstarted(&mut self, subtask: usize, error: String, now_ms: u64) -> Vec<StoppedAttempt> {
+    pub fn fail_unstarted(
+        &mut self,
+        subtask: usize,
+        error: String,
+        now_ms: u64,
+    ) -> Vec<StoppedAttempt> {
         let s = &mut self.subtasks[subtask];
         s.status = Status::Failed;
         s.finished_ms = Some(now_ms);
@@ -265,7 +282,13 @@ impl TaskRecord {
 
     /// Puts a running attempt back to pending, to be dispatched again (its
     /// worker was lost or unreachable).
-    pub fn requeue(&mut self, subtask: usize, attempt: u32, reason: String, now_ms: u64) -> Applied {
+    pub fn requeue(
+        &mut self,
+        subtask: usize,
+        attempt: u32,
+        reason: String,
+        now_ms: u64,
+    ) -> Applied {
         if !self.current(subtask, attempt) {
             return Applied::Stale;
         }
@@ -282,6 +305,15 @@ impl TaskRecord {
             return Vec::new();
         }
         self.finish(Status::Cancelled, reason, now_ms)
+    }
+
+    /// Fails the task because its time limit passed; returns the running
+    /// attempts to stop.
+    pub fn time_out(&mut self, reason: String, now_ms: u64) -> Vec<StoppedAttempt> {
+        if self.status.is_terminal() {
+            return Vec::new();
+        }
+        self.finish(Status::Failed, reason, now_ms)
     }
 
     /// Ends the task in `status`, cancelling every subtask not yet ended.

@@ -48,6 +48,13 @@ pub enum ReferenceError {
     },
 }
 
+/// Looks up the JSON output of a subtask by id.
+pub type OutputLookup<'a> = dyn Fn(&str) -> Option<Value> + 'a;
+
+/// Receives the field path of a string holding references and what parsing
+/// them gave.
+pub type ReferenceVisitor<'a> = dyn FnMut(&str, Result<Vec<Reference>, ReferenceError>) + 'a;
+
 /// A piece of a string split at its references.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece<'a> {
@@ -113,15 +120,8 @@ pub fn references_in(text: &str) -> Result<Vec<Reference>, ReferenceError> {
 /// Calls `visit(json_path, reference_result)` for every string in `value`
 /// that holds references, where `json_path` names the field (`expr`,
 /// `items[2]`). Used by validation to name the offending field.
-pub fn visit_references(
-    value: &Value,
-    visit: &mut dyn FnMut(&str, Result<Vec<Reference>, ReferenceError>),
-) {
-    fn walk(
-        value: &Value,
-        path: &mut String,
-        visit: &mut dyn FnMut(&str, Result<Vec<Reference>, ReferenceError>),
-    ) {
+pub fn visit_references(value: &Value, visit: &mut ReferenceVisitor<'_>) {
+    fn walk(value: &Value, path: &mut String, visit: &mut ReferenceVisitor<'_>) {
         match value {
             Value::String(s) if s.contains("{{") => visit(path, references_in(s)),
             Value::Array(items) => {
@@ -150,10 +150,7 @@ pub fn visit_references(
 }
 
 /// Replaces every reference in `input` with values from earlier outputs.
-pub fn resolve(
-    input: &Value,
-    output_of: &dyn Fn(&str) -> Option<Value>,
-) -> Result<Value, ReferenceError> {
+pub fn resolve(input: &Value, output_of: &OutputLookup<'_>) -> Result<Value, ReferenceError> {
     Ok(match input {
         Value::String(s) if s.contains("{{") => resolve_string(s, output_of)?,
         Value::Array(items) => Value::Array(
@@ -171,10 +168,7 @@ pub fn resolve(
     })
 }
 
-fn resolve_string(
-    text: &str,
-    output_of: &dyn Fn(&str) -> Option<Value>,
-) -> Result<Value, ReferenceError> {
+fn resolve_string(text: &str, output_of: &OutputLookup<'_>) -> Result<Value, ReferenceError> {
     let pieces = split(text)?;
     if let [Piece::Ref(reference)] = pieces.as_slice() {
         return lookup(reference, output_of);
@@ -192,10 +186,7 @@ fn resolve_string(
     Ok(Value::String(out))
 }
 
-fn lookup(
-    reference: &Reference,
-    output_of: &dyn Fn(&str) -> Option<Value>,
-) -> Result<Value, ReferenceError> {
+fn lookup(reference: &Reference, output_of: &OutputLookup<'_>) -> Result<Value, ReferenceError> {
     let mut current = output_of(&reference.task).ok_or_else(|| ReferenceError::MissingOutput {
         reference: reference.display(),
         task: reference.task.clone(),
@@ -203,7 +194,10 @@ fn lookup(
     for field in &reference.path {
         let next = match &current {
             Value::Object(map) => map.get(field).cloned(),
-            Value::Array(items) => field.parse::<usize>().ok().and_then(|i| items.get(i).cloned()),
+            Value::Array(items) => field
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i).cloned()),
             _ => None,
         };
         current = next.ok_or_else(|| ReferenceError::MissingField {
@@ -245,8 +239,14 @@ mod tests {
 
     #[test]
     fn array_indices_and_whole_outputs_resolve() {
-        assert_eq!(resolve(&json!("{{a.list.1}}"), &outputs).unwrap(), json!(20));
-        assert_eq!(resolve(&json!("{{b}}"), &outputs).unwrap(), json!({"words": 6}));
+        assert_eq!(
+            resolve(&json!("{{a.list.1}}"), &outputs).unwrap(),
+            json!(20)
+        );
+        assert_eq!(
+            resolve(&json!("{{b}}"), &outputs).unwrap(),
+            json!({"words": 6})
+        );
         assert_eq!(
             resolve(&json!(["{{b.words}}", 1]), &outputs).unwrap(),
             json!([6, 1])
@@ -270,7 +270,10 @@ mod tests {
             references_in("x {{a.b").unwrap_err(),
             ReferenceError::Unterminated(2)
         );
-        assert_eq!(references_in("{{ }}").unwrap_err(), ReferenceError::Empty(0));
+        assert_eq!(
+            references_in("{{ }}").unwrap_err(),
+            ReferenceError::Empty(0)
+        );
         assert!(matches!(
             references_in("{{a..b}}").unwrap_err(),
             ReferenceError::Malformed { .. }

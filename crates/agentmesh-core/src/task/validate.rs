@@ -147,7 +147,10 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
     if file.name.len() > MAX_NAME_LEN {
         return Err(TaskFileError::invalid(
             "name",
-            format!("is {} bytes, over the limit of {MAX_NAME_LEN}", file.name.len()),
+            format!(
+                "is {} bytes, over the limit of {MAX_NAME_LEN}",
+                file.name.len()
+            ),
         ));
     }
     if file.pattern != Pattern::CoordinatorWorker {
@@ -166,7 +169,10 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
         });
     }
     if file.tasks.is_empty() {
-        return Err(TaskFileError::invalid("tasks", "must list at least one task"));
+        return Err(TaskFileError::invalid(
+            "tasks",
+            "must list at least one task",
+        ));
     }
     if file.tasks.len() > limits.max_subtasks {
         return Err(TaskFileError::invalid(
@@ -181,7 +187,11 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
     check_timeout("timeout_ms", file.timeout_ms, limits)
 }
 
-fn check_timeout(field: &str, timeout: Option<u64>, limits: &TaskLimits) -> Result<(), TaskFileError> {
+fn check_timeout(
+    field: &str,
+    timeout: Option<u64>,
+    limits: &TaskLimits,
+) -> Result<(), TaskFileError> {
     match timeout {
         Some(0) => Err(TaskFileError::invalid(field, "must be greater than 0")),
         Some(ms) if ms > limits.max_timeout_ms => Err(TaskFileError::invalid(
@@ -278,7 +288,10 @@ fn topological_order(file: &TaskFile, deps: &[Vec<usize>]) -> Result<Vec<usize>,
     }
     let cycle = find_cycle(deps, &indegree);
     Err(TaskFileError::Cycle(
-        cycle.into_iter().map(|i| file.tasks[i].id.clone()).collect(),
+        cycle
+            .into_iter()
+            .map(|i| file.tasks[i].id.clone())
+            .collect(),
     ))
 }
 

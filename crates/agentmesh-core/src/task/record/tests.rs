@@ -29,9 +29,15 @@ fn dependencies_gate_readiness_and_results_flow_through_references() {
     let b = r.start_attempt(1, w("w2"), 1001);
     assert_eq!(r.status, Status::Running);
     assert!(r.ready().is_empty());
-    assert_eq!(r.complete(0, a, json!({"words": 4}), 1002), Applied::Changed);
+    assert_eq!(
+        r.complete(0, a, json!({"words": 4}), 1002),
+        Applied::Changed
+    );
     assert!(r.ready().is_empty());
-    assert_eq!(r.complete(1, b, json!({"words": 6}), 1003), Applied::Changed);
+    assert_eq!(
+        r.complete(1, b, json!({"words": 6}), 1003),
+        Applied::Changed
+    );
     assert_eq!(r.ready(), vec![2]);
     assert_eq!(r.resolved_input(2).unwrap(), json!({"expr": "(4 + 6) / 2"}));
     let c = r.start_attempt(2, w("w3"), 1004);
@@ -44,13 +50,25 @@ fn dependencies_gate_readiness_and_results_flow_through_references() {
 fn stale_attempts_are_ignored() {
     let mut r = average();
     let first = r.start_attempt(0, w("w1"), 1001);
-    assert_eq!(r.requeue(0, first, "worker lost".into(), 1002), Applied::Changed);
+    assert_eq!(
+        r.requeue(0, first, "worker lost".into(), 1002),
+        Applied::Changed
+    );
     let second = r.start_attempt(0, w("w2"), 1003);
     assert_eq!(second, first + 1);
-    assert_eq!(r.complete(0, first, json!({"words": 1}), 1004), Applied::Stale);
+    assert_eq!(
+        r.complete(0, first, json!({"words": 1}), 1004),
+        Applied::Stale
+    );
     assert_eq!(r.subtasks[0].status, Status::Running);
-    assert_eq!(r.complete(0, second, json!({"words": 1}), 1005), Applied::Changed);
-    assert_eq!(r.complete(0, second, json!({"words": 9}), 1006), Applied::Stale);
+    assert_eq!(
+        r.complete(0, second, json!({"words": 1}), 1005),
+        Applied::Changed
+    );
+    assert_eq!(
+        r.complete(0, second, json!({"words": 9}), 1006),
+        Applied::Stale
+    );
     assert_eq!(r.subtasks[0].output, Some(json!({"words": 1})));
 }
 

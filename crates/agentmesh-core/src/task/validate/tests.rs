@@ -63,9 +63,8 @@ fn unknown_field_is_named() {
 
 #[test]
 fn unknown_dependency_is_named() {
-    let err = message(
-        r#"{"name":"t","tasks":[{"id":"a","capability":"c","depends_on":["ghost"]}]}"#,
-    );
+    let err =
+        message(r#"{"name":"t","tasks":[{"id":"a","capability":"c","depends_on":["ghost"]}]}"#);
     assert_eq!(err, "tasks[0].depends_on: unknown task id 'ghost'");
 }
 
@@ -104,8 +103,12 @@ fn reference_to_non_dependency_names_field() {
 
 #[test]
 fn reference_to_unknown_task_is_named() {
-    let err = message(r#"{"name":"t","tasks":[{"id":"a","capability":"c","input":{"x":["{{zz.v}}"]}}]}"#);
-    assert_eq!(err, "tasks[0].input.x[0]: reference {{zz.v}} names unknown task 'zz'");
+    let err =
+        message(r#"{"name":"t","tasks":[{"id":"a","capability":"c","input":{"x":["{{zz.v}}"]}}]}"#);
+    assert_eq!(
+        err,
+        "tasks[0].input.x[0]: reference {{zz.v}} names unknown task 'zz'"
+    );
 }
 
 #[test]
@@ -149,10 +152,18 @@ fn oversize_document_is_refused_before_parsing() {
 
 #[test]
 fn duplicate_and_malformed_ids_are_refused() {
-    let err = message(r#"{"name":"t","tasks":[{"id":"a","capability":"c"},{"id":"a","capability":"c"}]}"#);
-    assert_eq!(err, "tasks[1].id: duplicate id 'a' (first used by tasks[0])");
+    let err = message(
+        r#"{"name":"t","tasks":[{"id":"a","capability":"c"},{"id":"a","capability":"c"}]}"#,
+    );
+    assert_eq!(
+        err,
+        "tasks[1].id: duplicate id 'a' (first used by tasks[0])"
+    );
     let err = message(r#"{"name":"t","tasks":[{"id":"a b","capability":"c"}]}"#);
-    assert!(err.starts_with("tasks[0].id: 'a b' is not a valid id"), "{err}");
+    assert!(
+        err.starts_with("tasks[0].id: 'a b' is not a valid id"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,7 +171,10 @@ fn unsupported_pattern_is_a_precondition_error() {
     let err = check(r#"{"name":"t","pattern":"workflow","tasks":[{"id":"a","capability":"c"}]}"#)
         .unwrap_err();
     assert!(err.is_precondition());
-    assert!(err.to_string().starts_with("pattern: pattern 'workflow'"), "{err}");
+    assert!(
+        err.to_string().starts_with("pattern: pattern 'workflow'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,7 +186,10 @@ fn depth_and_count_limits_apply() {
     let doc = r#"{"name":"s","strategy":"sequential","tasks":[
         {"id":"x","capability":"c"},{"id":"y","capability":"c"},{"id":"z","capability":"c"}]}"#;
     let err = parse_and_validate(doc, &limits, &offers_all, &none).unwrap_err();
-    assert!(err.to_string().contains("dependency chain of 3 tasks"), "{err}");
+    assert!(
+        err.to_string().contains("dependency chain of 3 tasks"),
+        "{err}"
+    );
     let limits = TaskLimits {
         max_subtasks: 2,
         ..TaskLimits::default()

@@ -1,0 +1,126 @@
+//! Starting agents: spawn the actor, attach its mailbox to the router,
+//! register it. Shared by a cluster node and by `agentmesh local`, so both
+//! run the same actors the same way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use agentmesh_core::{AgentId, AgentRegistration, Role};
+use agentmesh_registry::Registry;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::coordinator::{
+    Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage,
+};
+use crate::mailbox::Router;
+use crate::node::NodeError;
+use crate::tools::ToolBox;
+use crate::worker::{Worker, WorkerArguments, WorkerMailbox, WorkerMessage};
+
+/// Version every agent reports in its registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often a worker's load is published when it changed.
+const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A new agent id: the role and a random suffix.
+pub fn generate_id(role: Role) -> AgentId {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    AgentId::new(format!("{role}-{}", &uuid[..8]))
+}
+
+pub async fn start_coordinator(
+    id: AgentId,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+    config: CoordinatorConfig,
+    endpoint: &str,
+) -> Result<ActorRef<CoordinatorMessage>, NodeError> {
+    let args = CoordinatorArguments {
+        id: id.clone(),
+        registry: registry.clone(),
+        router: router.clone(),
+        config,
+    };
+    let (actor, _) = Actor::spawn(None, Coordinator, args)
+        .await
+        .map_err(|e| NodeError::Spawn(format!("coordinator '{id}': {e}")))?;
+    router.add_local(id.clone(), Arc::new(CoordinatorMailbox(actor.clone())));
+    registry
+        .register(AgentRegistration {
+            id: id.clone(),
+            role: Role::Coordinator,
+            level: None,
+            capabilities: Vec::new(),
+            endpoint: endpoint.to_owned(),
+            load: 0,
+            max_concurrency: 0,
+            version: VERSION.to_owned(),
+        })
+        .await?;
+    info!(agent_id = %id, "coordinator started");
+    Ok(actor)
+}
+
+/// A running worker and the task that publishes its load.
+pub struct StartedWorker {
+    pub actor: ActorRef<WorkerMessage>,
+    pub load: Arc<AtomicU32>,
+    pub publisher: JoinHandle<()>,
+}
+
+pub async fn start_worker(
+    registration: AgentRegistration,
+    tools: ToolBox,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+) -> Result<StartedWorker, NodeError> {
+    let id = registration.id.clone();
+    let load = Arc::new(AtomicU32::new(0));
+    let args = WorkerArguments {
+        id: id.clone(),
+        tools: tools.restricted_to(&registration.capabilities),
+        router: router.clone(),
+        max_concurrency: registration.max_concurrency,
+        load: load.clone(),
+    };
+    let (actor, _) = Actor::spawn(None, Worker, args)
+        .await
+        .map_err(|e| NodeError::Spawn(format!("worker '{id}': {e}")))?;
+    router.add_local(id.clone(), Arc::new(WorkerMailbox(actor.clone())));
+    registry.register(registration.clone()).await?;
+    info!(agent_id = %id, capabilities = ?registration.capabilities, "worker started");
+    let publisher = tokio::spawn(publish_load(registration, load.clone(), registry));
+    Ok(StartedWorker {
+        actor,
+        load,
+        publisher,
+    })
+}
+
+/// Re-registers the worker when its load changed, at most every
+/// [`LOAD_PUBLISH_INTERVAL`], so `agents` shows it without a write per
+/// subtask.
+async fn publish_load(
+    mut registration: AgentRegistration,
+    load: Arc<AtomicU32>,
+    registry: Arc<dyn Registry>,
+) {
+    let mut interval = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        let now = load.load(Ordering::Relaxed);
+        if now == registration.load {
+            continue;
+        }
+        registration.load = now;
+        if let Err(error) = registry.register(registration.clone()).await {
+            warn!(%error, agent_id = %registration.id, "could not publish worker load");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The node's configuration: one typed struct, validated before any port is
+//! bound. The binary fills it from flags and `AGENTMESH_*` variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentmesh_core::Role;
+use agentmesh_core::scheduling::ScoreWeights;
+use agentmesh_core::task::TaskLimits;
+use thiserror::Error;
+
+use crate::tools::ToolBox;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub role: Role,
+    /// Hierarchy level of a `level` node.
+    pub level: Option<String>,
+    /// Agent id; generated from the role when absent.
+    pub id: Option<String>,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Address other nodes use to reach this one; the bound address when
+    /// absent.
+    pub advertise: Option<String>,
+    /// Capabilities a worker offers; every available tool when empty.
+    pub capabilities: Vec<String>,
+    /// Subtasks a worker runs at once.
+    pub max_concurrency: u32,
+    /// Hosts the `http.get` tool may fetch from; the tool is off when empty.
+    pub http_allow: Vec<String>,
+    pub coordinator: CoordinatorConfig,
+    pub mailbox: MailboxConfig,
+    /// Time the node waits for in-flight work when asked to stop.
+    pub drain_timeout: Duration,
+}
+
+/// Knobs of the coordinator role.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub limits: TaskLimits,
+    pub weights: ScoreWeights,
+    /// Subtasks waiting for a free worker, over all tasks; a submit that
+    /// would exceed it is refused with `RESOURCE_EXHAUSTED`.
+    pub max_queued_subtasks: usize,
+    /// Tasks not yet finished.
+    pub max_active_tasks: usize,
+    /// Attempts of one subtask before the task fails; a new attempt starts
+    /// when a worker is lost or unreachable.
+    pub max_attempts: u32,
+    /// Record updates persisted in one registry transaction.
+    pub write_batch: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            limits: TaskLimits::default(),
+            weights: ScoreWeights::default(),
+            max_queued_subtasks: 10_000,
+            max_active_tasks: 10_000,
+            max_attempts: 3,
+            write_batch: 64,
+        }
+    }
+}
+
+/// Knobs of the node's mailbox.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    /// Largest envelope payload accepted or sent.
+    pub max_envelope_bytes: usize,
+    /// Time allowed for one remote delivery.
+    pub deliver_timeout: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 4 * 1024 * 1024,
+            deliver_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--max-concurrency must be at least 1")]
+    ZeroConcurrency,
+    #[error("--level is required with --role level (strategic, tactical or operational)")]
+    MissingLevel,
+    #[error("unknown level '{0}' (expected strategic, tactical or operational)")]
+    UnknownLevel(String),
+    #[error("unknown capability '{capability}' (this node's tools: {available})")]
+    UnknownCapability {
+        capability: String,
+        available: String,
+    },
+    #[error("invalid score weights: {0}")]
+    Weights(String),
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
+}
+
+impl NodeConfig {
+    /// A worker or coordinator listening on `listen` with default knobs.
+    pub fn new(role: Role, listen: SocketAddr) -> Self {
+        Self {
+            role,
+            level: None,
+            id: None,
+            listen,
+            advertise: None,
+            capabilities: Vec::new(),
+            max_concurrency: 4,
+            http_allow: Vec::new(),
+            coordinator: CoordinatorConfig::default(),
+            mailbox: MailboxConfig::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks every value and resolves the worker's capabilities against the
+    /// tools the node has.
+    pub fn validate(&mut self, tools: &ToolBox) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::ZeroConcurrency);
+        }
+        match (self.role, self.level.as_deref()) {
+            (Role::Level, None) => return Err(ConfigError::MissingLevel),
+            (_, Some(level)) if !["strategic", "tactical", "operational"].contains(&level) => {
+                return Err(ConfigError::UnknownLevel(level.to_owned()));
+            }
+            _ => {}
+        }
+        if let Some(unknown) = self.capabilities.iter().find(|c| !tools.has(c)) {
+            return Err(ConfigError::UnknownCapability {
+                capability: unknown.clone(),
+                available: tools.names().join(", "),
+            });
+        }
+        if self.capabilities.is_empty() {
+            self.capabilities = tools.names();
+        }
+        self.coordinator
+            .weights
+            .validate()
+            .map_err(ConfigError::Weights)?;
+        let c = &self.coordinator;
+        for (value, name) in [
+            (c.max_queued_subtasks, "max queued subtasks"),
+            (c.max_active_tasks, "max active tasks"),
+            (c.write_batch, "write batch"),
+            (c.max_attempts as usize, "max attempts"),
+            (self.mailbox.max_envelope_bytes, "max envelope bytes"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(Role::Worker, "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn empty_capabilities_mean_every_tool() {
+        let mut c = config();
+        c.validate(&ToolBox::builtin(&[])).unwrap();
+        assert!(c.capabilities.contains(&"math.eval".to_owned()));
+        assert!(!c.capabilities.contains(&"http.get".to_owned()));
+    }
+
+    #[test]
+    fn unknown_capability_names_the_tools() {
+        let mut c = config();
+        c.capabilities = vec!["math.evil".into()];
+        let err = c.validate(&ToolBox::builtin(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown capability 'math.evil' (this node's tools: ")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = config();
+        c.max_concurrency = 0;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::ZeroConcurrency)
+        );
+        let mut c = config();
+        c.role = Role::Level;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::MissingLevel)
+        );
+        let mut c = config();
+        c.coordinator.max_attempts = 0;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::Zero("max attempts"))
+        );
+    }
+}

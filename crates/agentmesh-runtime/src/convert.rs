@@ -1,0 +1,163 @@
+//! Conversion between domain types and `agentmesh.v1` protobuf messages:
+//! the only place in the runtime that knows both.
+
+use agentmesh_core::AgentRegistration;
+use agentmesh_core::scheduling::WorkerState;
+use agentmesh_core::task::{Status, SubtaskRecord, TaskRecord};
+use agentmesh_proto::v1 as pb;
+use serde_json::{Value, json};
+
+pub fn status(status: Status) -> pb::TaskStatus {
+    match status {
+        Status::Pending => pb::TaskStatus::Pending,
+        Status::Running => pb::TaskStatus::Running,
+        Status::Completed => pb::TaskStatus::Completed,
+        Status::Failed => pb::TaskStatus::Failed,
+        Status::Cancelled => pb::TaskStatus::Cancelled,
+    }
+}
+
+/// The lowercase name of a wire status, as printed by the CLI.
+pub fn status_name(status: pb::TaskStatus) -> &'static str {
+    match status {
+        pb::TaskStatus::Unspecified => "unspecified",
+        pb::TaskStatus::Pending => "pending",
+        pb::TaskStatus::Running => "running",
+        pb::TaskStatus::Completed => "completed",
+        pb::TaskStatus::Failed => "failed",
+        pb::TaskStatus::Cancelled => "cancelled",
+    }
+}
+
+pub fn is_terminal(status: pb::TaskStatus) -> bool {
+    matches!(
+        status,
+        pb::TaskStatus::Completed | pb::TaskStatus::Failed | pb::TaskStatus::Cancelled
+    )
+}
+
+fn json_text(value: Option<&Value>) -> String {
+    value.map(Value::to_string).unwrap_or_default()
+}
+
+fn subtask(s: &SubtaskRecord) -> pb::SubtaskRecord {
+    pb::SubtaskRecord {
+        id: s.id.clone(),
+        capability: s.capability.clone(),
+        status: status(s.status).into(),
+        worker: s
+            .worker
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        attempts: s.attempts,
+        output_json: json_text(s.output.as_ref()),
+        error: s.error.clone().unwrap_or_default(),
+        started_unix_ms: s.started_ms.unwrap_or(0),
+        finished_unix_ms: s.finished_ms.unwrap_or(0),
+        depends_on: s.depends_on.clone(),
+    }
+}
+
+pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
+    pb::TaskRecord {
+        task_id: r.id.to_string(),
+        name: r.name.clone(),
+        pattern: r.pattern.to_string(),
+        strategy: r.strategy.to_string(),
+        status: status(r.status).into(),
+        subtasks: r.subtasks.iter().map(subtask).collect(),
+        result_json: json_text(r.result.as_ref()),
+        error: r.error.clone().unwrap_or_default(),
+        created_unix_ms: r.created_ms,
+        updated_unix_ms: r.updated_ms,
+        revision: r.revision,
+    }
+}
+
+fn parse_json(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+    }
+}
+
+fn non_empty(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    }
+}
+
+/// The JSON a user sees for a task: what `submit --wait`, `task status` and
+/// `local` print.
+pub fn task_json(r: &pb::TaskRecord) -> Value {
+    let elapsed = r.updated_unix_ms.saturating_sub(r.created_unix_ms);
+    json!({
+        "task_id": r.task_id,
+        "name": r.name,
+        "status": status_name(r.status()),
+        "result": parse_json(&r.result_json),
+        "error": non_empty(&r.error),
+        "elapsed_ms": elapsed,
+        "revision": r.revision,
+        "subtasks": r.subtasks.iter().map(|s| json!({
+            "id": s.id,
+            "capability": s.capability,
+            "status": status_name(s.status()),
+            "worker": non_empty(&s.worker),
+            "attempts": s.attempts,
+            "output": parse_json(&s.output_json),
+            "error": non_empty(&s.error),
+            "elapsed_ms": s.finished_unix_ms.saturating_sub(s.started_unix_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An agent as `ListAgents` reports it, with the scheduler's counters when
+/// the answering node schedules work on it.
+pub fn agent_info(agent: &AgentRegistration, stats: Option<&WorkerState>) -> pb::AgentInfo {
+    pb::AgentInfo {
+        id: agent.id.to_string(),
+        role: agent.role.to_string(),
+        level: agent.level.clone().unwrap_or_default(),
+        capabilities: agent.capabilities.clone(),
+        endpoint: agent.endpoint.clone(),
+        load: agent.load,
+        max_concurrency: agent.max_concurrency,
+        version: agent.version.clone(),
+        succeeded: stats.map_or(0, |s| s.succeeded),
+        failed: stats.map_or(0, |s| s.failed),
+        reputation: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_core::TaskId;
+    use agentmesh_core::task::{TaskLimits, parse_and_validate};
+
+    use super::*;
+
+    #[test]
+    fn task_json_shows_result_and_subtasks() {
+        let file = parse_and_validate(
+            r#"{"name":"t","tasks":[{"id":"a","capability":"c"}]}"#,
+            &TaskLimits::default(),
+            &|_| true,
+            &Vec::new,
+        )
+        .unwrap();
+        let mut record = TaskRecord::new(TaskId::new("t1"), file, 10);
+        let attempt = record.start_attempt(0, "w1".into(), 11);
+        record.complete(0, attempt, json!({"value": 2}), 15);
+        let shown = task_json(&task_record(&record));
+        assert_eq!(shown["status"], json!("completed"));
+        assert_eq!(shown["result"], json!({"value": 2}));
+        assert_eq!(shown["subtasks"][0]["worker"], json!("w1"));
+        assert_eq!(shown["elapsed_ms"], json!(5));
+        assert_eq!(shown["error"], Value::Null);
+    }
+}

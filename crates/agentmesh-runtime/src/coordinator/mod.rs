@@ -1,0 +1,485 @@
+//! The coordinator actor: owns every unfinished task it accepted, places
+//! ready subtasks on workers, applies their results and persists each
+//! change of a task record.
+//!
+//! ```text
+//! TaskService ──Submit/Cancel (call)──▶ Coordinator (actor)
+//! registry membership watch ──cast──▶      │  ready queue (bounded) → WorkerPool::select
+//! worker results (mailbox) ──cast──▶       │──subtask.assign──▶ Router ──▶ worker
+//!                                          └──record changes──▶ RecordWriter ──▶ registry
+//! ```
+//!
+//! All decisions are made by the pure state machine of
+//! `agentmesh_core::task::TaskRecord` and by `WorkerPool`; this actor only
+//! feeds them events and carries out what they decide.
+
+mod writer;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::scheduling::{WorkerPool, WorkerState};
+use agentmesh_core::task::record::{Applied, StoppedAttempt};
+use agentmesh_core::task::{Status, TaskRecord};
+use agentmesh_core::{AgentId, Membership, TaskId};
+use agentmesh_proto::v1::{
+    Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult, subtask_result,
+};
+use agentmesh_registry::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+pub use writer::RecordWriter;
+
+use crate::clock::now_ms;
+use crate::config::CoordinatorConfig;
+use crate::mailbox::{self, DeliverError, LocalMailbox, Router, kind};
+
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SubmitError {
+    #[error("coordinator queue is full: {queued} subtasks waiting, limit {limit}; retry later")]
+    QueueFull { queued: usize, limit: usize },
+    #[error("coordinator is at its limit of {limit} unfinished tasks; retry later")]
+    TooManyTasks { limit: usize },
+    #[error("task record could not be persisted: {0}")]
+    NotPersisted(String),
+}
+
+#[derive(Debug)]
+pub enum CoordinatorMessage {
+    Submit {
+        record: TaskRecord,
+        reply: RpcReplyPort<Result<TaskId, SubmitError>>,
+    },
+    /// Replies with the task's status after the call, or `None` when this
+    /// coordinator does not own an unfinished task of that id.
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: RpcReplyPort<Option<Status>>,
+    },
+    Result(SubtaskResult),
+    DeliveryFailed {
+        task: TaskId,
+        subtask: usize,
+        attempt: u32,
+        error: String,
+    },
+    Membership(Arc<Membership>),
+    /// The scheduler's view of every worker, for `agents`.
+    Workers(RpcReplyPort<Vec<WorkerState>>),
+    Tick,
+}
+
+pub struct CoordinatorArguments {
+    pub id: AgentId,
+    pub registry: Arc<dyn Registry>,
+    pub router: Arc<Router>,
+    pub config: CoordinatorConfig,
+}
+
+pub struct CoordinatorState {
+    id: AgentId,
+    router: Arc<Router>,
+    writer: RecordWriter,
+    config: CoordinatorConfig,
+    /// Unfinished tasks this coordinator owns.
+    tasks: HashMap<TaskId, TaskRecord>,
+    /// Subtasks ready to run, waiting for a worker with room.
+    queue: VecDeque<(TaskId, usize)>,
+    pool: WorkerPool,
+}
+
+#[derive(Debug, Default)]
+pub struct Coordinator;
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMessage;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CoordinatorArguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut membership = args.registry.membership();
+        let mut pool = WorkerPool::default();
+        pool.sync(&membership.borrow_and_update());
+        let events = myself.clone();
+        tokio::spawn(async move {
+            while membership.changed().await.is_ok() {
+                let view = membership.borrow_and_update().clone();
+                if events.cast(CoordinatorMessage::Membership(view)).is_err() {
+                    break;
+                }
+            }
+        });
+        let ticks = myself.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                if ticks.cast(CoordinatorMessage::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CoordinatorState {
+            id: args.id,
+            router: args.router,
+            writer: RecordWriter::spawn(args.registry, args.config.write_batch),
+            config: args.config,
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            pool,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMessage::Submit { record, reply } => state.submit(record, reply).await,
+            CoordinatorMessage::Cancel {
+                task,
+                reason,
+                reply,
+            } => {
+                let status = state.cancel(&task, reason).await;
+                let _ = reply.send(status);
+            }
+            CoordinatorMessage::Result(result) => state.apply_result(result).await,
+            CoordinatorMessage::DeliveryFailed {
+                task,
+                subtask,
+                attempt,
+                error,
+            } => state.retry(&task, subtask, attempt, error).await,
+            CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
+            CoordinatorMessage::Workers(reply) => {
+                let _ = reply.send(state.pool.workers().cloned().collect());
+            }
+            CoordinatorMessage::Tick => state.check_deadlines().await,
+        }
+        state.schedule(&myself).await;
+        Ok(())
+    }
+}
+
+impl CoordinatorState {
+    async fn submit(
+        &mut self,
+        record: TaskRecord,
+        reply: RpcReplyPort<Result<TaskId, SubmitError>>,
+    ) {
+        if self.tasks.len() >= self.config.max_active_tasks {
+            let _ = reply.send(Err(SubmitError::TooManyTasks {
+                limit: self.config.max_active_tasks,
+            }));
+            return;
+        }
+        let ready = record.ready();
+        if self.queue.len() + ready.len() > self.config.max_queued_subtasks {
+            let _ = reply.send(Err(SubmitError::QueueFull {
+                queued: self.queue.len(),
+                limit: self.config.max_queued_subtasks,
+            }));
+            return;
+        }
+        let id = record.id.clone();
+        info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
+        let (ack, durable) = oneshot::channel();
+        self.writer.write(Arc::new(record.clone()), Some(ack)).await;
+        self.queue
+            .extend(ready.into_iter().map(|i| (id.clone(), i)));
+        self.tasks.insert(id.clone(), record);
+        // The client hears "accepted" only once the record is durable; the
+        // actor goes on meanwhile.
+        tokio::spawn(async move {
+            let outcome = match durable.await {
+                Ok(Ok(())) => Ok(id),
+                Ok(Err(error)) => Err(SubmitError::NotPersisted(error)),
+                Err(_) => Err(SubmitError::NotPersisted(
+                    "record writer has stopped".into(),
+                )),
+            };
+            let _ = reply.send(outcome);
+        });
+    }
+
+    async fn cancel(&mut self, id: &TaskId, reason: String) -> Option<Status> {
+        let record = self.tasks.get_mut(id)?;
+        let stopped = record.cancel(reason, now_ms());
+        info!(task_id = %id, "task cancelled");
+        self.stop_attempts(id, stopped);
+        self.finish_change(id).await
+    }
+
+    async fn apply_result(&mut self, result: SubtaskResult) {
+        let id = TaskId::new(result.task_id.clone());
+        let Some(record) = self.tasks.get_mut(&id) else {
+            debug!(task_id = %id, "result for a task that is no longer active");
+            return;
+        };
+        let Some(index) = record.position(&result.subtask_id) else {
+            warn!(task_id = %id, subtask = %result.subtask_id, "result for an unknown subtask");
+            return;
+        };
+        let now = now_ms();
+        let worker = AgentId::new(result.worker_id.clone());
+        let (applied, stopped, success) = match result.outcome {
+            Some(subtask_result::Outcome::OutputJson(json)) => match serde_json::from_str(&json) {
+                Ok(output) => (
+                    record.complete(index, result.attempt, output, now),
+                    Vec::new(),
+                    true,
+                ),
+                Err(e) => {
+                    let (applied, stopped) = record.fail(
+                        index,
+                        result.attempt,
+                        format!("worker returned invalid JSON: {e}"),
+                        now,
+                    );
+                    (applied, stopped, false)
+                }
+            },
+            Some(subtask_result::Outcome::Error(error)) => {
+                let (applied, stopped) = record.fail(index, result.attempt, error, now);
+                (applied, stopped, false)
+            }
+            None => {
+                let (applied, stopped) = record.fail(
+                    index,
+                    result.attempt,
+                    "worker sent a result without outcome".into(),
+                    now,
+                );
+                (applied, stopped, false)
+            }
+        };
+        if applied == Applied::Stale {
+            debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "ignoring stale result");
+            return;
+        }
+        self.pool.release(&worker, Some(success));
+        let completed_id = result.subtask_id;
+        let newly_ready: Vec<usize> = record
+            .ready()
+            .into_iter()
+            .filter(|&i| record.subtasks[i].depends_on.contains(&completed_id))
+            .collect();
+        self.queue
+            .extend(newly_ready.into_iter().map(|i| (id.clone(), i)));
+        self.stop_attempts(&id, stopped);
+        self.finish_change(&id).await;
+    }
+
+    /// Starts the subtask again elsewhere, or fails the task once its
+    /// attempts are spent.
+    async fn retry(&mut self, id: &TaskId, subtask: usize, attempt: u32, error: String) {
+        let Some(record) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let worker = record.subtasks[subtask].worker.clone();
+        let now = now_ms();
+        if attempt >= self.config.max_attempts {
+            let message = format!("gave up after {attempt} attempts; last error: {error}");
+            let (applied, stopped) = record.fail(subtask, attempt, message, now);
+            if applied == Applied::Changed {
+                worker.iter().for_each(|w| self.pool.release(w, None));
+                self.stop_attempts(id, stopped);
+                self.finish_change(id).await;
+            }
+            return;
+        }
+        if record.requeue(subtask, attempt, error.clone(), now) == Applied::Changed {
+            warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, "re-dispatching subtask");
+            worker.iter().for_each(|w| self.pool.release(w, None));
+            self.queue.push_front((id.clone(), subtask));
+            self.finish_change(id).await;
+        }
+    }
+
+    async fn membership_changed(&mut self, view: &Membership) {
+        let gone = self.pool.sync(view);
+        if gone.is_empty() {
+            return;
+        }
+        let lost: Vec<(TaskId, usize, u32, AgentId)> = self
+            .tasks
+            .values()
+            .flat_map(|record| {
+                record.subtasks.iter().enumerate().filter_map(|(i, s)| {
+                    let worker = s.worker.as_ref()?;
+                    (s.status == Status::Running && gone.contains(worker))
+                        .then(|| (record.id.clone(), i, s.attempts, worker.clone()))
+                })
+            })
+            .collect();
+        for (task, subtask, attempt, worker) in lost {
+            self.retry(
+                &task,
+                subtask,
+                attempt,
+                format!("worker '{worker}' left the cluster"),
+            )
+            .await;
+        }
+    }
+
+    async fn check_deadlines(&mut self) {
+        let now = now_ms();
+        let expired: Vec<(TaskId, u64)> = self
+            .tasks
+            .values()
+            .filter_map(|r| {
+                let timeout = r.timeout_ms?;
+                (now >= r.created_ms + timeout).then(|| (r.id.clone(), timeout))
+            })
+            .collect();
+        for (id, timeout) in expired {
+            if let Some(record) = self.tasks.get_mut(&id) {
+                let stopped = record.time_out(format!("task timed out after {timeout} ms"), now);
+                self.stop_attempts(&id, stopped);
+                self.finish_change(&id).await;
+            }
+        }
+    }
+
+    /// Persists the task's record; forgets the task once it has ended.
+    async fn finish_change(&mut self, id: &TaskId) -> Option<Status> {
+        let record = self.tasks.get(id)?;
+        let status = record.status;
+        self.writer.write(Arc::new(record.clone()), None).await;
+        if status.is_terminal() {
+            info!(task_id = %id, %status, "task finished");
+            self.tasks.remove(id);
+        }
+        Some(status)
+    }
+
+    fn stop_attempts(&mut self, id: &TaskId, stopped: Vec<StoppedAttempt>) {
+        let Some(record) = self.tasks.get(id) else {
+            return;
+        };
+        for stop in stopped {
+            self.pool.release(&stop.worker, None);
+            let cancel = SubtaskCancel {
+                task_id: id.to_string(),
+                subtask_id: record.subtasks[stop.subtask].id.clone(),
+                attempt: stop.attempt,
+                reason: record.error.clone().unwrap_or_default(),
+            };
+            let envelope = mailbox::envelope(&self.id, &stop.worker, kind::SUBTASK_CANCEL, cancel);
+            let router = self.router.clone();
+            tokio::spawn(async move {
+                if let Err(error) = router.send(envelope).await {
+                    debug!(%error, "could not deliver cancellation");
+                }
+            });
+        }
+    }
+
+    /// Places every ready subtask that has a worker with room; the rest keep
+    /// their place in the queue.
+    async fn schedule(&mut self, myself: &ActorRef<CoordinatorMessage>) {
+        let mut waiting = VecDeque::new();
+        while let Some((id, index)) = self.queue.pop_front() {
+            let Some(record) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if record.subtasks[index].status != Status::Pending {
+                continue;
+            }
+            let Some(worker) = self
+                .pool
+                .select(&record.subtasks[index].capability, &self.config.weights)
+            else {
+                waiting.push_back((id, index));
+                continue;
+            };
+            let now = now_ms();
+            let input = match record.resolved_input(index) {
+                Ok(input) => input,
+                Err(error) => {
+                    let stopped = record.fail_unstarted(index, error.to_string(), now);
+                    self.stop_attempts(&id, stopped);
+                    self.finish_change(&id).await;
+                    continue;
+                }
+            };
+            let attempt = record.start_attempt(index, worker.clone(), now);
+            self.pool.acquire(&worker);
+            let subtask = &record.subtasks[index];
+            let assignment = SubtaskAssignment {
+                task_id: id.to_string(),
+                subtask_id: subtask.id.clone(),
+                attempt,
+                capability: subtask.capability.clone(),
+                input_json: input.to_string(),
+                timeout_ms: subtask.timeout_ms.unwrap_or(0),
+            };
+            debug!(task_id = %id, subtask = %subtask.id, attempt, worker = %worker, "dispatching");
+            let envelope = mailbox::envelope(&self.id, &worker, kind::SUBTASK_ASSIGN, assignment);
+            self.finish_change(&id).await;
+            dispatch(
+                self.router.clone(),
+                myself.clone(),
+                envelope,
+                id,
+                index,
+                attempt,
+            );
+        }
+        self.queue = waiting;
+    }
+}
+
+/// Sends an assignment without holding up the actor; a failed delivery
+/// comes back as a message so the subtask is retried elsewhere.
+fn dispatch(
+    router: Arc<Router>,
+    coordinator: ActorRef<CoordinatorMessage>,
+    envelope: Envelope,
+    task: TaskId,
+    subtask: usize,
+    attempt: u32,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = router.send(envelope).await {
+            let _ = coordinator.cast(CoordinatorMessage::DeliveryFailed {
+                task,
+                subtask,
+                attempt,
+                error: error.to_string(),
+            });
+        }
+    });
+}
+
+/// The coordinator's entry in its node's mailbox.
+pub struct CoordinatorMailbox(pub ActorRef<CoordinatorMessage>);
+
+impl LocalMailbox for CoordinatorMailbox {
+    fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
+        if envelope.kind != kind::SUBTASK_RESULT {
+            return Err(mailbox::unknown_kind(&envelope, &[kind::SUBTASK_RESULT]));
+        }
+        let result = mailbox::decode(&envelope)?;
+        self.0
+            .cast(CoordinatorMessage::Result(result))
+            .map_err(|_| DeliverError::Stopped(AgentId::new(envelope.to)))
+    }
+}

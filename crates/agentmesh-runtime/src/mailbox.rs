@@ -1,0 +1,352 @@
+//! Location-transparent delivery of envelopes between agents.
+//!
+//! Every node serves one `AgentMailbox` endpoint for all its agents. The
+//! [`Router`] delivers an envelope straight into the target actor when the
+//! agent lives in this process, and over gRPC to the target's node
+//! otherwise, looking the endpoint up in the live membership view. Senders
+//! never know which of the two happened.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use agentmesh_core::{AgentId, Membership};
+use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
+use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
+use agentmesh_proto::v1::{DeliverAck, Envelope};
+use thiserror::Error;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::config::MailboxConfig;
+
+/// Envelope kinds of the coordinator–worker protocol.
+pub mod kind {
+    pub const SUBTASK_ASSIGN: &str = "subtask.assign";
+    pub const SUBTASK_RESULT: &str = "subtask.result";
+    pub const SUBTASK_CANCEL: &str = "subtask.cancel";
+}
+
+/// Why an envelope could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeliverError {
+    #[error("no agent '{0}' in the cluster")]
+    UnknownAgent(AgentId),
+    #[error("unknown message kind '{kind}' for agent '{agent}' (accepts: {accepts})")]
+    UnknownKind {
+        agent: AgentId,
+        kind: String,
+        accepts: String,
+    },
+    #[error("undecodable '{kind}' payload: {message}")]
+    BadPayload { kind: String, message: String },
+    #[error("envelope payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("agent '{0}' has stopped")]
+    Stopped(AgentId),
+    #[error("agent '{agent}' at {endpoint} is unreachable: {message}")]
+    Unreachable {
+        agent: AgentId,
+        endpoint: String,
+        message: String,
+    },
+}
+
+impl From<DeliverError> for Status {
+    fn from(error: DeliverError) -> Self {
+        let message = error.to_string();
+        match error {
+            DeliverError::UnknownAgent(_) => Status::not_found(message),
+            DeliverError::UnknownKind { .. } | DeliverError::BadPayload { .. } => {
+                Status::invalid_argument(message)
+            }
+            DeliverError::TooLarge { .. } => Status::resource_exhausted(message),
+            DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
+                Status::unavailable(message)
+            }
+        }
+    }
+}
+
+/// An agent hosted in this process: decodes an envelope into the actor's
+/// own message and enqueues it.
+pub trait LocalMailbox: Send + Sync + 'static {
+    fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError>;
+}
+
+/// Resolves agent ids to local mailboxes or remote endpoints.
+pub struct Router {
+    local: RwLock<HashMap<AgentId, Arc<dyn LocalMailbox>>>,
+    membership: watch::Receiver<Arc<Membership>>,
+    clients: Mutex<HashMap<String, AgentMailboxClient<Channel>>>,
+    config: MailboxConfig,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    pub fn new(membership: watch::Receiver<Arc<Membership>>, config: MailboxConfig) -> Arc<Self> {
+        Arc::new(Self {
+            local: RwLock::new(HashMap::new()),
+            membership,
+            clients: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    pub fn add_local(&self, id: AgentId, mailbox: Arc<dyn LocalMailbox>) {
+        self.local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, mailbox);
+    }
+
+    pub fn remove_local(&self, id: &AgentId) {
+        self.local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn local(&self, id: &AgentId) -> Option<Arc<dyn LocalMailbox>> {
+        self.local
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn check_size(&self, envelope: &Envelope) -> Result<(), DeliverError> {
+        let limit = self.config.max_envelope_bytes;
+        if envelope.payload.len() > limit {
+            return Err(DeliverError::TooLarge {
+                size: envelope.payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Delivers to an agent of this process only; used by the gRPC service.
+    pub fn deliver_local(&self, envelope: Envelope) -> Result<(), DeliverError> {
+        self.check_size(&envelope)?;
+        let to = AgentId::new(envelope.to.clone());
+        self.local(&to)
+            .ok_or(DeliverError::UnknownAgent(to))?
+            .deliver(envelope)
+    }
+
+    /// Delivers to any agent of the cluster.
+    pub async fn send(&self, envelope: Envelope) -> Result<(), DeliverError> {
+        self.check_size(&envelope)?;
+        let to = AgentId::new(envelope.to.clone());
+        if let Some(mailbox) = self.local(&to) {
+            return mailbox.deliver(envelope);
+        }
+        let endpoint = self
+            .membership
+            .borrow()
+            .get(&to)
+            .map(|agent| agent.endpoint.clone())
+            .ok_or_else(|| DeliverError::UnknownAgent(to.clone()))?;
+        let unreachable = |message: String| DeliverError::Unreachable {
+            agent: to.clone(),
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let mut client = self.client(&endpoint).map_err(unreachable)?;
+        let call = client.deliver(Request::new(envelope));
+        match tokio::time::timeout(self.config.deliver_timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unavailable {
+                    self.forget(&endpoint);
+                }
+                Err(unreachable(format!(
+                    "{}: {}",
+                    status.code(),
+                    status.message()
+                )))
+            }
+            Err(_) => Err(unreachable(format!(
+                "no answer within {:?}",
+                self.config.deliver_timeout
+            ))),
+        }
+    }
+
+    /// A cached client for `endpoint`; channels connect lazily and
+    /// reconnect by themselves.
+    fn client(&self, endpoint: &str) -> Result<AgentMailboxClient<Channel>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(endpoint) {
+            return Ok(client.clone());
+        }
+        let uri = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| format!("bad endpoint: {e}"))?
+            .connect_timeout(self.config.deliver_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let limit = self.config.max_envelope_bytes + ENVELOPE_OVERHEAD;
+        let client = AgentMailboxClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        clients.insert(endpoint.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    fn forget(&self, endpoint: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint);
+    }
+}
+
+/// Room for an envelope's header fields above its payload limit, so the
+/// router's precise size check runs before tonic's generic one.
+const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+
+/// The `AgentMailbox` gRPC service of a node.
+#[derive(Debug, Clone)]
+pub struct MailboxService {
+    router: Arc<Router>,
+}
+
+impl MailboxService {
+    pub fn server(router: Arc<Router>) -> AgentMailboxServer<Self> {
+        let limit = router.config.max_envelope_bytes + ENVELOPE_OVERHEAD;
+        AgentMailboxServer::new(Self { router })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+#[tonic::async_trait]
+impl AgentMailbox for MailboxService {
+    async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
+        self.router.deliver_local(request.into_inner())?;
+        Ok(Response::new(DeliverAck {}))
+    }
+}
+
+/// Builds an envelope with a fresh id.
+pub fn envelope(
+    from: &AgentId,
+    to: &AgentId,
+    kind: &str,
+    payload: impl prost::Message,
+) -> Envelope {
+    Envelope {
+        id: uuid::Uuid::new_v4().to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        kind: kind.to_owned(),
+        trace_context: Default::default(),
+        deadline_unix_ms: 0,
+        payload: payload.encode_to_vec(),
+    }
+}
+
+/// Decodes an envelope's payload as `M`.
+pub fn decode<M: prost::Message + Default>(envelope: &Envelope) -> Result<M, DeliverError> {
+    M::decode(envelope.payload.as_slice()).map_err(|e| DeliverError::BadPayload {
+        kind: envelope.kind.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// The error for a kind an agent does not handle.
+pub fn unknown_kind(envelope: &Envelope, accepts: &[&str]) -> DeliverError {
+    DeliverError::UnknownKind {
+        agent: AgentId::new(envelope.to.clone()),
+        kind: envelope.kind.clone(),
+        accepts: accepts.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl LocalMailbox for Recorder {
+        fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
+            if envelope.kind != "ping" {
+                return Err(unknown_kind(&envelope, &["ping"]));
+            }
+            self.0.lock().unwrap().push(envelope.id);
+            Ok(())
+        }
+    }
+
+    fn router() -> (Arc<Router>, Arc<Recorder>) {
+        let (_tx, membership) = watch::channel(Arc::new(Membership::default()));
+        let router = Router::new(
+            membership,
+            MailboxConfig {
+                max_envelope_bytes: 8,
+                ..MailboxConfig::default()
+            },
+        );
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        router.add_local(AgentId::new("a"), recorder.clone());
+        (router, recorder)
+    }
+
+    fn env(to: &str, kind: &str, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            id: "e1".into(),
+            to: to.into(),
+            kind: kind.into(),
+            payload,
+            ..Envelope::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn local_agents_get_envelopes_in_process() {
+        let (router, recorder) = router();
+        router.send(env("a", "ping", vec![])).await.unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), vec!["e1".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn bad_envelopes_get_precise_errors() {
+        let (router, _) = router();
+        let status = Status::from(
+            router
+                .send(env("nobody", "ping", vec![]))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "no agent 'nobody' in the cluster");
+        let status = Status::from(router.deliver_local(env("a", "pong", vec![])).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "unknown message kind 'pong' for agent 'a' (accepts: ping)"
+        );
+        let status = Status::from(
+            router
+                .deliver_local(env("a", "ping", vec![0; 9]))
+                .unwrap_err(),
+        );
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "envelope payload of 9 bytes exceeds the limit of 8 bytes"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! One cluster node: its agents, its gRPC server, and an orderly stop.
+//!
+//! ```text
+//! Node
+//!  ├─ gRPC server: AgentMailbox, TaskService, ClusterService, health, reflection
+//!  ├─ Router ── local mailboxes of the agents below
+//!  ├─ Coordinator actor (role coordinator)
+//!  └─ Worker actor (role worker) + load publisher
+//! ```
+//!
+//! The listener is injected so tests and the binary bind where they like
+//! (port 0 included) and learn the address before anything is served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use agentmesh_core::{AgentId, AgentRegistration, Role};
+use agentmesh_proto::v1::FILE_DESCRIPTOR_SET;
+use agentmesh_proto::v1::agent_mailbox_server::AgentMailboxServer;
+use agentmesh_proto::v1::cluster_service_server::ClusterServiceServer;
+use agentmesh_proto::v1::task_service_server::TaskServiceServer;
+use agentmesh_registry::{Registry, RegistryError};
+use ractor::ActorRef;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::agents::{self, StartedWorker, VERSION};
+use crate::config::{ConfigError, NodeConfig};
+use crate::coordinator::CoordinatorMessage;
+use crate::mailbox::{MailboxService, Router};
+use crate::services::cluster::ClusterGrpc;
+use crate::services::task::{TaskApi, TaskGrpc};
+use crate::tools::ToolBox;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to start actor {0}")]
+    Spawn(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("failed to read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    agents: Vec<AgentId>,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+    coordinator: Option<ActorRef<CoordinatorMessage>>,
+    worker: Option<StartedWorker>,
+    health: HealthReporter,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Node {
+    /// Validates the configuration, starts the node's agents, registers
+    /// them and serves gRPC on `listener`.
+    pub async fn start(
+        mut config: NodeConfig,
+        registry: Arc<dyn Registry>,
+        listener: TcpListener,
+    ) -> Result<Self, NodeError> {
+        let tools = ToolBox::builtin(&config.http_allow);
+        config.validate(&tools)?;
+        let addr = listener.local_addr()?;
+        let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let router = Router::new(registry.membership(), config.mailbox.clone());
+        let id = config
+            .id
+            .clone()
+            .map(AgentId::from)
+            .unwrap_or_else(|| agents::generate_id(config.role));
+
+        let mut coordinator = None;
+        let mut worker = None;
+        match config.role {
+            Role::Coordinator => {
+                coordinator = Some(
+                    agents::start_coordinator(
+                        id.clone(),
+                        registry.clone(),
+                        router.clone(),
+                        config.coordinator.clone(),
+                        &endpoint,
+                    )
+                    .await?,
+                );
+            }
+            // Peers and hierarchy levels execute work like workers until
+            // their own protocols exist; they register with their role.
+            Role::Worker | Role::Peer | Role::Level => {
+                let registration = AgentRegistration {
+                    id: id.clone(),
+                    role: config.role,
+                    level: config.level.clone(),
+                    capabilities: config.capabilities.clone(),
+                    endpoint: endpoint.clone(),
+                    load: 0,
+                    max_concurrency: config.max_concurrency,
+                    version: VERSION.to_owned(),
+                };
+                worker = Some(
+                    agents::start_worker(registration, tools, registry.clone(), router.clone())
+                        .await?,
+                );
+            }
+        }
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<AgentMailboxServer<MailboxService>>()
+            .await;
+        health
+            .set_serving::<ClusterServiceServer<ClusterGrpc>>()
+            .await;
+        if coordinator.is_some() {
+            health.set_serving::<TaskServiceServer<TaskGrpc>>().await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+        let api = TaskApi::new(
+            registry.clone(),
+            coordinator.clone(),
+            config.coordinator.limits.clone(),
+        );
+        let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(MailboxService::server(router.clone()))
+            .add_service(TaskGrpc::server(api, max_message))
+            .add_service(ClusterGrpc::server(registry.clone(), coordinator.clone()))
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
+        let server = tokio::spawn(server);
+        info!(%addr, %endpoint, agent_id = %id, role = %config.role, "node serving");
+        Ok(Self {
+            addr,
+            agents: vec![id],
+            registry,
+            router,
+            coordinator,
+            worker,
+            health,
+            stop_server,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn agents(&self) -> &[AgentId] {
+        &self.agents
+    }
+
+    /// Leaves the cluster in order: stop taking work, let running subtasks
+    /// finish for up to `drain_timeout`, stop the actors and the server,
+    /// and revoke the lease.
+    pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), NodeError> {
+        info!(addr = %self.addr, "node stopping");
+        self.health
+            .set_not_serving::<AgentMailboxServer<MailboxService>>()
+            .await;
+        if let Some(worker) = &self.worker {
+            worker.publisher.abort();
+        }
+        for id in &self.agents {
+            if let Err(error) = self.registry.deregister(id).await {
+                warn!(%error, agent_id = %id, "could not deregister");
+            }
+        }
+        if let Some(worker) = &self.worker {
+            let deadline = Instant::now() + drain_timeout;
+            while worker.load.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            worker.actor.stop(Some("node shutdown".into()));
+        }
+        if let Some(coordinator) = &self.coordinator {
+            coordinator.stop(Some("node shutdown".into()));
+        }
+        for id in &self.agents {
+            self.router.remove_local(id);
+        }
+        let _ = self.stop_server.send(());
+        let outcome = match tokio::time::timeout(drain_timeout, self.server).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(NodeError::Serve(e.to_string())),
+            Ok(Err(e)) => Err(NodeError::Serve(e.to_string())),
+            Err(_) => {
+                warn!("gRPC server did not stop within the drain timeout");
+                Ok(())
+            }
+        };
+        self.registry.shutdown().await;
+        info!("node stopped");
+        outcome
+    }
+}

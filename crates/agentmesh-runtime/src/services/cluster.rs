@@ -1,0 +1,64 @@
+//! `ClusterService`: the cluster as this node sees it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::scheduling::WorkerState;
+use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
+use agentmesh_registry::Registry;
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::coordinator::CoordinatorMessage;
+
+pub struct ClusterGrpc {
+    registry: Arc<dyn Registry>,
+    coordinator: Option<ActorRef<CoordinatorMessage>>,
+}
+
+impl ClusterGrpc {
+    pub fn server(
+        registry: Arc<dyn Registry>,
+        coordinator: Option<ActorRef<CoordinatorMessage>>,
+    ) -> ClusterServiceServer<Self> {
+        ClusterServiceServer::new(Self {
+            registry,
+            coordinator,
+        })
+    }
+}
+
+/// The scheduler's counters, when this node runs a coordinator that
+/// answers in time; the listing does without them otherwise.
+async fn worker_stats(coordinator: Option<&ActorRef<CoordinatorMessage>>) -> Vec<WorkerState> {
+    let Some(coordinator) = coordinator else {
+        return Vec::new();
+    };
+    match coordinator
+        .call(CoordinatorMessage::Workers, Some(Duration::from_secs(2)))
+        .await
+    {
+        Ok(CallResult::Success(stats)) => stats,
+        _ => Vec::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterGrpc {
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsReply>, Status> {
+        let membership = self.registry.membership().borrow().clone();
+        let stats = worker_stats(self.coordinator.as_ref()).await;
+        let agents = membership
+            .agents
+            .values()
+            .map(|agent| convert::agent_info(agent, stats.iter().find(|s| s.id == agent.id)))
+            .collect();
+        Ok(Response::new(pb::ListAgentsReply { agents }))
+    }
+}

@@ -1,0 +1,4 @@
+//! The client-facing gRPC services of a node.
+
+pub mod cluster;
+pub mod task;

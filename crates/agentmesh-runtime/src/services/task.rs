@@ -1,0 +1,232 @@
+//! `TaskService`: submit, get, watch and cancel tasks.
+//!
+//! [`TaskApi`] holds the logic and is called in-process by `agentmesh
+//! local`; [`TaskGrpc`] exposes it over gRPC.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::TaskId;
+use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use agentmesh_registry::Registry;
+use futures::{Stream, StreamExt};
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tonic::{Request, Response};
+
+use crate::clock::now_ms;
+use crate::convert;
+use crate::coordinator::CoordinatorMessage;
+use crate::error::ApiError;
+
+/// Time allowed for the coordinator to accept or cancel a task, including
+/// the durable write of its record.
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A stream of task records that ends after the first terminal one.
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<TaskRecord, ApiError>> + Send>>;
+
+#[derive(Clone)]
+pub struct TaskApi {
+    registry: Arc<dyn Registry>,
+    coordinator: Option<ActorRef<CoordinatorMessage>>,
+    limits: TaskLimits,
+}
+
+impl TaskApi {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        coordinator: Option<ActorRef<CoordinatorMessage>>,
+        limits: TaskLimits,
+    ) -> Self {
+        Self {
+            registry,
+            coordinator,
+            limits,
+        }
+    }
+
+    fn coordinator(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
+        self.coordinator.as_ref().ok_or(ApiError::NoCoordinator)
+    }
+
+    /// Validates a task document against the live cluster and hands it to
+    /// the coordinator; returns once the task record is durable.
+    pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
+        let coordinator = self.coordinator()?;
+        let membership = self.registry.membership().borrow().clone();
+        let file = parse_and_validate(
+            document,
+            &self.limits,
+            &|capability| membership.offers(capability),
+            &|| membership.capabilities(),
+        )?;
+        let record = TaskRecord::new(
+            TaskId::new(uuid::Uuid::new_v4().to_string()),
+            file,
+            now_ms(),
+        );
+        let outcome = coordinator
+            .call(
+                |reply| CoordinatorMessage::Submit { record, reply },
+                Some(COORDINATOR_TIMEOUT),
+            )
+            .await;
+        Ok(answer(outcome)??)
+    }
+
+    pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ApiError> {
+        check_id(id)?;
+        self.registry
+            .get_task(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(id.clone()))
+    }
+
+    /// The record, then every later change, ending after the terminal
+    /// record. Only records with a revision above `after_revision` are sent.
+    pub async fn watch(&self, id: &TaskId, after_revision: u64) -> Result<RecordStream, ApiError> {
+        self.get(id).await?;
+        let changes = self.registry.watch_task(id).await?;
+        let changes = changes
+            .map(|item| item.map_err(ApiError::from))
+            .filter(move |item| {
+                let keep = item.as_ref().map_or(true, |r| r.revision > after_revision);
+                futures::future::ready(keep)
+            })
+            .boxed();
+        // Ends right after the terminal record (or an error) instead of
+        // waiting for a change that will never come.
+        let stream = futures::stream::unfold((changes, false), |(mut changes, ended)| async move {
+            if ended {
+                return None;
+            }
+            let item = changes.next().await?;
+            let ended = item.as_ref().map_or(true, |r| r.status.is_terminal());
+            Some((item, (changes, ended)))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    pub async fn cancel(&self, id: &TaskId, reason: String) -> Result<Status, ApiError> {
+        check_id(id)?;
+        let coordinator = self.coordinator()?;
+        let task = id.clone();
+        let outcome = coordinator
+            .call(
+                |reply| CoordinatorMessage::Cancel {
+                    task,
+                    reason,
+                    reply,
+                },
+                Some(COORDINATOR_TIMEOUT),
+            )
+            .await;
+        match answer(outcome)? {
+            Some(status) => Ok(status),
+            // Not active here: already ended, or never existed.
+            None => Ok(self.get(id).await?.status),
+        }
+    }
+}
+
+fn check_id(id: &TaskId) -> Result<(), ApiError> {
+    if id.as_str().is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "task_id must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<T, ApiError> {
+    match outcome {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(ApiError::Coordinator(format!(
+            "no answer within {COORDINATOR_TIMEOUT:?}"
+        ))),
+        Ok(CallResult::SenderError) => Err(ApiError::Coordinator(
+            "the coordinator dropped the request".into(),
+        )),
+        Err(e) => Err(ApiError::Coordinator(e.to_string())),
+    }
+}
+
+/// The gRPC face of [`TaskApi`].
+pub struct TaskGrpc {
+    api: TaskApi,
+}
+
+impl TaskGrpc {
+    pub fn server(api: TaskApi, max_message_bytes: usize) -> TaskServiceServer<Self> {
+        TaskServiceServer::new(Self { api })
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TaskRecord, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TaskService for TaskGrpc {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
+        let id = self.api.submit(&request.into_inner().document).await?;
+        Ok(Response::new(pb::SubmitReply {
+            task_id: id.to_string(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskRecord>, tonic::Status> {
+        let record = self
+            .api
+            .get(&TaskId::new(request.into_inner().task_id))
+            .await?;
+        Ok(Response::new(convert::task_record(&record)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchStream>, tonic::Status> {
+        let request = request.into_inner();
+        let records = self
+            .api
+            .watch(&TaskId::new(request.task_id), request.after_revision)
+            .await?;
+        let stream = records.map(|item| {
+            item.map(|r| convert::task_record(&r))
+                .map_err(tonic::Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelReply>, tonic::Status> {
+        let request = request.into_inner();
+        let reason = if request.reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            request.reason
+        };
+        let status = self
+            .api
+            .cancel(&TaskId::new(request.task_id), reason)
+            .await?;
+        Ok(Response::new(pb::CancelReply {
+            status: convert::status(status).into(),
+        }))
+    }
+}

@@ -1,0 +1,40 @@
+//! The embedded cluster end to end: same actors as a real cluster, over the
+//! in-memory registry.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentmesh_core::Role;
+use agentmesh_core::task::Status;
+use agentmesh_runtime::{LocalCluster, NodeConfig};
+use serde_json::json;
+
+fn config() -> NodeConfig {
+    NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .expect("local cluster did not answer within 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn average_word_count_runs_in_process() {
+    let cluster = within(LocalCluster::start(3, config())).await.unwrap();
+    let id = within(
+        cluster
+            .api()
+            .submit(include_str!("../../../examples/average-word-count.yaml")),
+    )
+    .await
+    .unwrap();
+    let record = within(cluster.api().get(&id)).await.unwrap();
+    assert_eq!(record.name, "average-word-count");
+    let record = within(cluster.run(include_str!("../../../examples/average-word-count.yaml")))
+        .await
+        .unwrap();
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.result, Some(json!({"value": 5})));
+    cluster.stop();
+}

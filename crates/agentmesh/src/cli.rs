@@ -1,0 +1,315 @@
+//! Command-line flags, their `AGENTMESH_*` variables, and their mapping
+//! onto the runtime's one configuration struct.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentmesh_core::Role;
+use agentmesh_runtime::NodeConfig;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentmesh",
+    version,
+    about = "A distributed, actor-based multi-agent cluster",
+    long_about = "agentmesh runs agents as actors with gRPC mailboxes. Coordinators and workers find each \
+                  other through etcd, tasks are submitted over gRPC, and `agentmesh local` runs the same \
+                  actors in one process with no etcd.\n\nExit codes: 0 success, 1 the task failed or was \
+                  cancelled, 2 the request or the input was refused."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a coordinator and workers in this process (no etcd) and prints
+    /// the task's result as JSON.
+    Local(LocalArgs),
+    /// Runs one cluster node (coordinator, worker, peer or hierarchy level)
+    /// against etcd until SIGTERM or Ctrl-C.
+    Node(NodeArgs),
+    /// Submits a task file; prints the task id, or with --wait the final
+    /// record as JSON.
+    Submit(SubmitArgs),
+    /// Follows or stops a submitted task.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// Lists the cluster's agents with role, capabilities and load.
+    Agents(AgentsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Task file (JSON or YAML, `-` for stdin); the built-in
+    /// average-word-count example when omitted.
+    pub task_file: Option<PathBuf>,
+    /// Workers to start.
+    #[arg(long, env = "AGENTMESH_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+    /// Subtasks each worker runs at once.
+    #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: u32,
+    /// Hosts the http.get tool may fetch from (comma-separated); off when empty.
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Coordinator,
+    Worker,
+    Peer,
+    Level,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Coordinator => Role::Coordinator,
+            RoleArg::Worker => Role::Worker,
+            RoleArg::Peer => Role::Peer,
+            RoleArg::Level => Role::Level,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LevelArg {
+    Strategic,
+    Tactical,
+    Operational,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// What this node's agent does.
+    #[arg(long, env = "AGENTMESH_ROLE", value_enum)]
+    pub role: RoleArg,
+    /// Hierarchy level, required with --role level.
+    #[arg(long, env = "AGENTMESH_LEVEL", value_enum)]
+    pub level: Option<LevelArg>,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Address the gRPC server binds (port 0 picks a free port; the bound
+    /// address is printed as `listening on ADDR`).
+    #[arg(long, env = "AGENTMESH_LISTEN", default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+    /// host:port other nodes use to reach this one; the bound address by default.
+    #[arg(long, env = "AGENTMESH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Agent id; `<role>-<random>` by default.
+    #[arg(long, env = "AGENTMESH_ID")]
+    pub id: Option<String>,
+    /// Capabilities a worker offers (comma-separated tool names); all
+    /// built-in tools by default.
+    #[arg(long, env = "AGENTMESH_CAPABILITIES", value_delimiter = ',')]
+    pub capabilities: Vec<String>,
+    /// Subtasks a worker runs at once.
+    #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: u32,
+    /// Seconds a node's registrations outlive it: a dead node's agents
+    /// leave every view within this time.
+    #[arg(long, env = "AGENTMESH_LEASE_TTL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
+    /// Hosts the http.get tool may fetch from (comma-separated); off when empty.
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
+    /// Subtasks waiting for a free worker before submits are refused with
+    /// RESOURCE_EXHAUSTED (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS", default_value_t = 10_000)]
+    pub max_queued_subtasks: usize,
+    /// Attempts of one subtask when workers are lost (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Largest task document accepted, in bytes (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_TASK_BYTES", default_value_t = 1024 * 1024)]
+    pub max_task_bytes: usize,
+    /// Largest number of subtasks in one task (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_SUBTASKS", default_value_t = 1024)]
+    pub max_subtasks: usize,
+    /// Largest envelope payload between agents, in bytes.
+    #[arg(long, env = "AGENTMESH_MAX_ENVELOPE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_envelope_bytes: usize,
+    /// Worker score weights capability,success_rate,free_load,specialization.
+    #[arg(
+        long,
+        env = "AGENTMESH_SCORE_WEIGHTS",
+        value_delimiter = ',',
+        num_args = 4
+    )]
+    pub score_weights: Vec<f64>,
+    /// Seconds to let running subtasks finish on SIGTERM.
+    #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout: u64,
+}
+
+impl NodeArgs {
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl)
+    }
+
+    pub fn to_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(self.role.into(), self.listen);
+        config.level = self.level.map(|l| {
+            match l {
+                LevelArg::Strategic => "strategic",
+                LevelArg::Tactical => "tactical",
+                LevelArg::Operational => "operational",
+            }
+            .to_owned()
+        });
+        config.id = self.id.clone();
+        config.advertise = self.advertise.clone();
+        config.capabilities = non_empty(&self.capabilities);
+        config.max_concurrency = self.max_concurrency;
+        config.http_allow = non_empty(&self.http_allow);
+        config.drain_timeout = Duration::from_secs(self.drain_timeout);
+        config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
+        let coordinator = &mut config.coordinator;
+        coordinator.max_queued_subtasks = self.max_queued_subtasks;
+        coordinator.max_attempts = self.max_attempts;
+        coordinator.limits.max_document_bytes = self.max_task_bytes;
+        coordinator.limits.max_subtasks = self.max_subtasks;
+        if let [capability, success_rate, free_load, specialization] = self.score_weights[..] {
+            coordinator.weights.capability = capability;
+            coordinator.weights.success_rate = success_rate;
+            coordinator.weights.free_load = free_load;
+            coordinator.weights.specialization = specialization;
+        }
+        config
+    }
+}
+
+impl LocalArgs {
+    pub fn to_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.max_concurrency = self.max_concurrency;
+        config.http_allow = non_empty(&self.http_allow);
+        config
+    }
+}
+
+/// Drops empty items, so `--capabilities ''` means "none given".
+fn non_empty(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[derive(Debug, Args)]
+pub struct Endpoints {
+    /// Coordinator gRPC URLs, comma-separated; tried in turn.
+    #[arg(
+        long,
+        env = "AGENTMESH_ENDPOINT",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub endpoint: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Task file (JSON or YAML, `-` for stdin).
+    pub task_file: PathBuf,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Waits for the task to end and prints its final record; exits 1 when
+    /// it failed or was cancelled.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Prints the task's current record as JSON.
+    Status(TaskIdArgs),
+    /// Prints one JSON line per change until the task ends.
+    Watch(TaskIdArgs),
+    /// Cancels the task and its running subtasks.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Recorded as the task's error.
+    #[arg(long, default_value = "cancelled by user")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Prints JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_flags_map_onto_the_config() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "--role",
+            "worker",
+            "--etcd",
+            "http://a:1,http://b:2",
+            "--listen",
+            "127.0.0.1:0",
+            "--capabilities",
+            "math.eval,sleep",
+            "--max-concurrency",
+            "8",
+            "--score-weights",
+            "1,0,0,0",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        assert_eq!(args.etcd, vec!["http://a:1", "http://b:2"]);
+        let config = args.to_config();
+        assert_eq!(config.capabilities, vec!["math.eval", "sleep"]);
+        assert_eq!(config.max_concurrency, 8);
+        assert_eq!(config.coordinator.weights.capability, 1.0);
+        assert_eq!(config.coordinator.weights.success_rate, 0.0);
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused_by_the_parser() {
+        let err =
+            Cli::try_parse_from(["agentmesh", "local", "--max-concurrency", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--max-concurrency"), "{err}");
+    }
+}

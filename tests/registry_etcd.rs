@@ -1,0 +1,450 @@
+//! `EtcdRegistry` against a real etcd: membership through leases, lease
+//! expiry as failure detection, task records and their watches, recovery
+//! from an etcd outage, and a clear error when etcd is not there.
+//!
+//! Tests are plain `#[test]` functions (the harness is blocking); each
+//! builds its own tokio runtime and `block_on`s the async calls, while the
+//! registries' background tasks run on the runtime's workers. Waits poll
+//! with a deadline (`support::eventually`).
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agentmesh_core::task::{TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_core::{AgentId, AgentRegistration, Role, TaskId};
+use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry, RegistryError, TaskWatch, keys};
+use etcd_client::{Client, GetOptions};
+use futures::StreamExt;
+use support::{Etcd, eventually, free_port};
+
+/// How long a watch may take to deliver one change.
+const DELIVERY: Duration = Duration::from_secs(5);
+
+/// A tokio runtime for one test. Also installs a log subscriber writing
+/// through the test harness, so a failing test shows what the registry did
+/// (`RUST_LOG` overrides the default filter).
+fn runtime() -> tokio::runtime::Runtime {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentmesh_registry=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build tokio runtime")
+}
+
+fn options(etcd: &Etcd, lease_ttl: Duration) -> EtcdOptions {
+    EtcdOptions::new(vec![etcd.client_url()])
+        .with_lease_ttl(lease_ttl)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_request_timeout(Duration::from_secs(2))
+}
+
+fn connect(rt: &tokio::runtime::Runtime, etcd: &Etcd, lease_ttl: Duration) -> EtcdRegistry {
+    rt.block_on(EtcdRegistry::connect(options(etcd, lease_ttl)))
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", etcd.client_url()))
+}
+
+fn agent(id: &str) -> AgentRegistration {
+    AgentRegistration {
+        id: AgentId::new(id),
+        role: Role::Worker,
+        level: None,
+        capabilities: vec!["echo".into()],
+        endpoint: "127.0.0.1:1".into(),
+        load: 0,
+        max_concurrency: 1,
+        version: "test".into(),
+    }
+}
+
+fn sees(registry: &EtcdRegistry, id: &str) -> bool {
+    registry
+        .membership()
+        .borrow()
+        .agents
+        .contains_key(&AgentId::new(id))
+}
+
+fn record(id: &str) -> TaskRecord {
+    let file = parse_and_validate(
+        r#"{"name":"t","tasks":[{"id":"a","capability":"echo","input":{"n":1}}]}"#,
+        &TaskLimits::default(),
+        &|_| true,
+        &Vec::new,
+    )
+    .expect("valid task file");
+    TaskRecord::new(TaskId::new(id), file, 0)
+}
+
+/// `record` at a later revision.
+fn revised(record: &TaskRecord, revision: u64) -> TaskRecord {
+    let mut next = record.clone();
+    next.revision = revision;
+    next.updated_ms = revision;
+    next
+}
+
+fn put(rt: &tokio::runtime::Runtime, registry: &EtcdRegistry, records: &[TaskRecord]) {
+    let records: Vec<Arc<TaskRecord>> = records.iter().cloned().map(Arc::new).collect();
+    rt.block_on(registry.put_tasks(&records))
+        .expect("put_tasks");
+}
+
+/// The next record of a task watch, within [`DELIVERY`].
+fn next_record(rt: &tokio::runtime::Runtime, watch: &mut TaskWatch) -> TaskRecord {
+    match rt.block_on(async { tokio::time::timeout(DELIVERY, watch.next()).await }) {
+        Ok(Some(Ok(record))) => record,
+        Ok(Some(Err(e))) => panic!("task watch yielded an error: {e}"),
+        Ok(None) => panic!("task watch ended"),
+        Err(_) => panic!("task watch yielded nothing within {DELIVERY:?}"),
+    }
+}
+
+/// Asserts that a watch yields nothing for `window` (letting time pass is
+/// the point of the check).
+fn assert_quiet(rt: &tokio::runtime::Runtime, watch: &mut TaskWatch, window: Duration) {
+    if let Ok(item) = rt.block_on(async { tokio::time::timeout(window, watch.next()).await }) {
+        panic!("task watch yielded {item:?}; expected nothing");
+    }
+}
+
+/// Asserts that `probe` holds at every poll for `window`: a condition that
+/// must *stay* true cannot be checked without letting time pass.
+fn assert_stays(what: &str, window: Duration, mut probe: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(probe(), "{what} stopped holding");
+        thread::sleep(support::POLL_INTERVAL);
+    }
+}
+
+/// A plain etcd client, to look at the stored keys themselves.
+fn raw_client(rt: &tokio::runtime::Runtime, etcd: &Etcd) -> Client {
+    rt.block_on(Client::connect([etcd.client_url()], None))
+        .expect("raw etcd client")
+}
+
+#[test]
+fn membership_follows_registration_deregistration_and_shutdown() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    // A long TTL, so only the revoke of shutdown can explain a prompt exit.
+    let ttl = Duration::from_secs(10);
+    let a = connect(&rt, &etcd, ttl);
+    let b = connect(&rt, &etcd, ttl);
+
+    rt.block_on(a.register(agent("a-1"))).expect("register a-1");
+    rt.block_on(a.register(agent("a-2"))).expect("register a-2");
+    rt.block_on(b.register(agent("b-1"))).expect("register b-1");
+    eventually("a-1 and a-2 in B's view", DELIVERY, || {
+        (sees(&b, "a-1") && sees(&b, "a-2")).then_some(())
+    });
+    eventually("b-1 in A's view", DELIVERY, || {
+        sees(&a, "b-1").then_some(())
+    });
+    let stored = b.membership().borrow().get(&AgentId::new("a-1")).cloned();
+    assert_eq!(stored, Some(agent("a-1")));
+
+    // An update replaces the registration in every view.
+    let mut busy = agent("a-2");
+    busy.load = 7;
+    rt.block_on(a.register(busy)).expect("update a-2");
+    eventually("a-2's new load in B's view", DELIVERY, || {
+        let view = b.membership().borrow().clone();
+        (view.get(&AgentId::new("a-2")).map(|r| r.load) == Some(7)).then_some(())
+    });
+
+    // A corrupt entry is skipped, by the watch and by a fresh listing,
+    // without disturbing the rest of the view.
+    let mut raw = raw_client(&rt, &etcd);
+    rt.block_on(raw.put(format!("{}bogus", keys::AGENTS), "{not json", None))
+        .expect("put corrupt registration");
+    rt.block_on(a.register(agent("a-3"))).expect("register a-3");
+    eventually("a-3 in B's view", DELIVERY, || {
+        sees(&b, "a-3").then_some(())
+    });
+    assert!(!sees(&b, "bogus"), "a corrupt registration must be skipped");
+    let c = connect(&rt, &etcd, ttl);
+    assert!(sees(&c, "a-3") && sees(&c, "b-1") && !sees(&c, "bogus"));
+    rt.block_on(c.shutdown());
+    rt.block_on(a.deregister(&AgentId::new("a-3")))
+        .expect("deregister a-3");
+
+    rt.block_on(a.deregister(&AgentId::new("a-1")))
+        .expect("deregister a-1");
+    eventually("a-1 gone from B's view", DELIVERY, || {
+        (!sees(&b, "a-1")).then_some(())
+    });
+    assert!(sees(&b, "a-2"), "deregistering a-1 must not remove a-2");
+
+    let started = Instant::now();
+    rt.block_on(a.shutdown());
+    eventually(
+        "A's agents gone from B's view",
+        Duration::from_secs(3),
+        || (!sees(&b, "a-2")).then_some(()),
+    );
+    let took = started.elapsed();
+    assert!(
+        took < ttl / 2,
+        "shutdown took {took:?} to clear A's agents; the revoke should beat the {ttl:?} ttl"
+    );
+    assert!(sees(&b, "b-1"), "A's shutdown must not touch B's agents");
+
+    // Shut down is final and idempotent.
+    rt.block_on(a.shutdown());
+    assert!(matches!(
+        rt.block_on(a.register(agent("a-4"))),
+        Err(RegistryError::Closed)
+    ));
+    rt.block_on(b.shutdown());
+}
+
+#[test]
+fn lease_expiry_removes_the_agents_of_a_silent_node() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let ttl = Duration::from_secs(2);
+    let silent = connect(&rt, &etcd, ttl);
+    let alive = connect(&rt, &etcd, ttl);
+    rt.block_on(silent.register(agent("silent-1")))
+        .expect("register silent-1");
+    rt.block_on(alive.register(agent("alive-1")))
+        .expect("register alive-1");
+    eventually("silent-1 in the live node's view", DELIVERY, || {
+        sees(&alive, "silent-1").then_some(())
+    });
+
+    silent.stop_keep_alive_for_tests();
+    let stopped = Instant::now();
+    eventually(
+        "silent-1 to expire from the live node's view",
+        ttl + Duration::from_secs(2),
+        || (!sees(&alive, "silent-1")).then_some(()),
+    );
+    let took = stopped.elapsed();
+    // The last refresh was at most ttl/3 before the stop, so anything much
+    // faster than that was not the lease expiring.
+    assert!(
+        took >= ttl / 2,
+        "silent-1 vanished after {took:?}, before its lease could expire"
+    );
+
+    // The node whose keep-alive runs keeps its agent well past the TTL.
+    assert_stays("alive-1 in the live node's view", ttl, || {
+        sees(&alive, "alive-1")
+    });
+    rt.block_on(alive.shutdown());
+    rt.block_on(silent.shutdown());
+}
+
+#[test]
+fn task_records_round_trip_and_watch_yields_each_revision_once() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let registry = connect(&rt, &etcd, Duration::from_secs(5));
+    let mut raw = raw_client(&rt, &etcd);
+
+    // 100 records in one call (two transactions: 64 + 36).
+    let records: Vec<TaskRecord> = (0..100).map(|i| record(&format!("bulk-{i:03}"))).collect();
+    put(&rt, &registry, &records);
+    for r in &records {
+        let back = rt.block_on(registry.get_task(&r.id)).expect("get_task");
+        assert_eq!(back.as_ref(), Some(r));
+    }
+    let stored = rt
+        .block_on(raw.get(
+            format!("{}bulk-", keys::TASKS),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .expect("list bulk records");
+    assert_eq!(stored.kvs().len(), 100);
+    let mut revisions: Vec<i64> = stored.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        2,
+        "100 records must take exactly two transactions"
+    );
+
+    // Up to 64 records are one transaction, even with an id given twice
+    // (the last one wins).
+    let small: Vec<TaskRecord> = (0..10).map(|i| record(&format!("small-{i}"))).collect();
+    let mut batch = small.clone();
+    batch.push(revised(&small[0], 2));
+    put(&rt, &registry, &batch);
+    let stored = rt
+        .block_on(raw.get(
+            format!("{}small-", keys::TASKS),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .expect("list small records");
+    let mut revisions: Vec<i64> = stored.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 1, "10 records must be one transaction");
+    let first = rt
+        .block_on(registry.get_task(&small[0].id))
+        .expect("get small-0");
+    assert_eq!(first.map(|r| r.revision), Some(2));
+
+    put(&rt, &registry, &[]);
+    assert_eq!(
+        rt.block_on(registry.get_task(&TaskId::new("missing")))
+            .expect("get missing"),
+        None
+    );
+
+    // A value that is not a task record is reported with its key.
+    let bad = TaskId::new("corrupt");
+    rt.block_on(raw.put(keys::task(&bad), "{not json", None))
+        .expect("put corrupt value");
+    match rt.block_on(registry.get_task(&bad)) {
+        Err(RegistryError::Corrupt { key, .. }) => assert_eq!(key, keys::task(&bad)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    // watch: the current record first, then each later revision in order,
+    // skipping a stale write.
+    let task = record("watched");
+    put(&rt, &registry, std::slice::from_ref(&task));
+    let mut watch = rt
+        .block_on(registry.watch_task(&task.id))
+        .expect("watch_task");
+    assert_eq!(next_record(&rt, &mut watch), task);
+    put(&rt, &registry, &[revised(&task, 2)]);
+    put(&rt, &registry, &[revised(&task, 3)]);
+    assert_eq!(next_record(&rt, &mut watch).revision, 2);
+    assert_eq!(next_record(&rt, &mut watch).revision, 3);
+    put(&rt, &registry, &[revised(&task, 2)]);
+    put(&rt, &registry, &[revised(&task, 4)]);
+    assert_eq!(
+        next_record(&rt, &mut watch).revision,
+        4,
+        "a write of an older revision must not be yielded"
+    );
+    assert_quiet(&rt, &mut watch, Duration::from_millis(300));
+
+    // A watch of a task that does not exist yet starts with its creation.
+    let later = record("later");
+    let mut pending = rt
+        .block_on(registry.watch_task(&later.id))
+        .expect("watch later");
+    assert_quiet(&rt, &mut pending, Duration::from_millis(200));
+    put(&rt, &registry, std::slice::from_ref(&later));
+    assert_eq!(next_record(&rt, &mut pending), later);
+
+    // Shutdown ends every watch.
+    rt.block_on(registry.shutdown());
+    let end = rt.block_on(async { tokio::time::timeout(DELIVERY, watch.next()).await });
+    assert!(
+        matches!(end, Ok(None)),
+        "watch must end at shutdown, got {end:?}"
+    );
+}
+
+#[test]
+fn a_node_recovers_by_itself_from_an_etcd_outage_longer_than_its_ttl() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let ttl = Duration::from_secs(2);
+    let node = connect(&rt, &etcd, ttl);
+    rt.block_on(node.register(agent("survivor")))
+        .expect("register survivor");
+    let task = record("outage");
+    put(&rt, &node, std::slice::from_ref(&task));
+    let mut watch = rt.block_on(node.watch_task(&task.id)).expect("watch_task");
+    assert_eq!(next_record(&rt, &mut watch).revision, 1);
+    let lease_before = node.lease_id();
+
+    etcd.stop();
+    // The outage itself: nothing to wait for, time has to pass so that the
+    // lease's TTL runs out while etcd is away.
+    thread::sleep(ttl * 2);
+    etcd.restart();
+
+    // The keep-alive notices, grants a new lease and re-puts the agent.
+    eventually("a new lease", Duration::from_secs(15), || {
+        (node.lease_id() != lease_before).then_some(())
+    });
+    let mut raw = raw_client(&rt, &etcd);
+    eventually("survivor stored under the new lease", DELIVERY, || {
+        let got = rt
+            .block_on(raw.get(keys::agent(&AgentId::new("survivor")), None))
+            .ok()?;
+        let kv = got.kvs().first()?;
+        (kv.lease() == node.lease_id()).then_some(())
+    });
+    let fresh = connect(&rt, &etcd, ttl);
+    assert!(sees(&fresh, "survivor"), "a fresh node must see survivor");
+    // etcd restores the old lease with a fresh TTL on restart; once that
+    // has run out, survivor must still be there on the new lease.
+    assert_stays(
+        "survivor in a fresh node's view",
+        ttl + Duration::from_secs(1),
+        || sees(&fresh, "survivor"),
+    );
+
+    // The old watch carries on, without repeating revision 1.
+    put(&rt, &fresh, &[revised(&task, 2)]);
+    assert_eq!(next_record(&rt, &mut watch).revision, 2);
+
+    // And the node's membership watch follows the cluster again.
+    rt.block_on(fresh.register(agent("newcomer")))
+        .expect("register newcomer");
+    eventually("newcomer in the recovered node's view", DELIVERY, || {
+        sees(&node, "newcomer").then_some(())
+    });
+
+    rt.block_on(fresh.shutdown());
+    rt.block_on(node.shutdown());
+}
+
+/// Connects to `url` with a 1 s connect timeout, expects `Unavailable`
+/// naming the endpoint, and returns how long it took.
+fn failed_connect_time(url: &str) -> Duration {
+    let rt = runtime();
+    let connect_timeout = Duration::from_secs(1);
+    let options = EtcdOptions::new(vec![url.to_owned()]).with_connect_timeout(connect_timeout);
+    let started = Instant::now();
+    let result = rt.block_on(EtcdRegistry::connect(options));
+    let took = started.elapsed();
+    match result {
+        Err(RegistryError::Unavailable(message)) => assert!(
+            message.contains(url),
+            "the error must name the endpoint {url}: {message}"
+        ),
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("connect to {url} succeeded with no etcd there"),
+    }
+    assert!(
+        took < connect_timeout + Duration::from_millis(500),
+        "connect took {took:?}, over its {connect_timeout:?} timeout"
+    );
+    took
+}
+
+#[test]
+fn connecting_where_no_etcd_listens_fails_at_once() {
+    failed_connect_time(&format!("http://127.0.0.1:{}", free_port()));
+}
+
+#[test]
+fn connecting_to_a_silent_endpoint_gives_up_at_the_connect_timeout() {
+    // Accepts TCP connections (the kernel completes the handshake) but never
+    // speaks HTTP/2, like a hung etcd.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
+    let addr = silent.local_addr().expect("silent listener address");
+    let took = failed_connect_time(&format!("http://{addr}"));
+    assert!(
+        took >= Duration::from_millis(900),
+        "gave up after {took:?}, before the connect timeout"
+    );
+}
