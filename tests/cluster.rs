@@ -1,0 +1,351 @@
+//! End-to-end tests of a real cluster: a real etcd, and `agentmesh node`
+//! processes (one coordinator, three workers with different capabilities)
+//! talking gRPC on 127.0.0.1, driven through the `agentmesh` CLI.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use support::{Etcd, Node, eventually, run_cli, start_node};
+
+/// Lease TTL of the test nodes; short so failure detection is quick.
+const TTL_SECS: u64 = 3;
+
+struct Cluster {
+    etcd: Etcd,
+    coordinator: Node,
+    workers: Vec<Node>,
+}
+
+impl Cluster {
+    /// A coordinator with `coordinator_args` and three workers:
+    /// words (text.word_count, sleep), maths (math.eval, sleep) and
+    /// query (json.query, math.eval, sleep).
+    fn start(coordinator_args: &[&str]) -> Self {
+        let etcd = Etcd::start();
+        let url = etcd.client_url();
+        let ttl = TTL_SECS.to_string();
+        let mut args = vec!["--id", "coordinator-1", "--lease-ttl", &ttl];
+        args.extend_from_slice(coordinator_args);
+        let coordinator = start_node("coordinator", &url, "coordinator", &args);
+        let workers = [
+            ("worker-words", "text.word_count,sleep"),
+            ("worker-maths", "math.eval,sleep"),
+            ("worker-query", "json.query,math.eval,sleep"),
+        ]
+        .into_iter()
+        .map(|(id, capabilities)| {
+            start_node(
+                id,
+                &url,
+                "worker",
+                &[
+                    "--id",
+                    id,
+                    "--capabilities",
+                    capabilities,
+                    "--lease-ttl",
+                    &ttl,
+                ],
+            )
+        })
+        .collect();
+        let cluster = Self {
+            etcd,
+            coordinator,
+            workers,
+        };
+        eventually(
+            "all four agents registered",
+            Duration::from_secs(15),
+            || (cluster.agent_ids().len() == 4).then_some(()),
+        );
+        cluster
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.coordinator.endpoint
+    }
+
+    fn agents(&self) -> Vec<Value> {
+        let out = run_cli(&["agents", "--endpoint", self.endpoint(), "--json"]);
+        assert!(out.success(), "agents failed: {out}");
+        out.json().as_array().cloned().unwrap_or_default()
+    }
+
+    fn agent_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .agents()
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn submit_wait(&self, file: &str) -> Value {
+        let out = run_cli(&["submit", "--endpoint", self.endpoint(), file, "--wait"]);
+        assert!(out.success(), "submit --wait {file} failed: {out}");
+        out.json()
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let out = run_cli(&["task", "status", id, "--endpoint", self.endpoint()]);
+        assert!(out.success(), "task status failed: {out}");
+        out.json()
+    }
+
+    fn assert_no_panic(&self) {
+        self.coordinator.process.assert_no_panic();
+        for worker in &self.workers {
+            worker.process.assert_no_panic();
+        }
+    }
+}
+
+fn task_file(dir: &tempfile::TempDir, name: &str, content: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn sequential_and_parallel_tasks_run_across_processes() {
+    let cluster = Cluster::start(&[]);
+
+    let agents = cluster.agents();
+    let ids: Vec<&str> = agents.iter().filter_map(|a| a["id"].as_str()).collect();
+    for id in [
+        "coordinator-1",
+        "worker-words",
+        "worker-maths",
+        "worker-query",
+    ] {
+        assert!(ids.contains(&id), "agents lists {ids:?}, missing {id}");
+    }
+    let words = agents.iter().find(|a| a["id"] == "worker-words").unwrap();
+    assert_eq!(words["role"], "worker");
+    assert_eq!(words["capabilities"], json!(["text.word_count", "sleep"]));
+    let table = run_cli(&["agents", "--endpoint", cluster.endpoint()]);
+    assert!(
+        table.success() && table.stdout.contains("worker-query"),
+        "{table}"
+    );
+
+    let parallel = cluster.submit_wait(&example("average-word-count.yaml"));
+    assert_eq!(parallel["status"], "completed", "{parallel}");
+    assert_eq!(parallel["result"], json!({"value": 5}));
+    let word_subtasks: Vec<&Value> = parallel["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .collect();
+    for s in word_subtasks {
+        assert_eq!(
+            s["worker"], "worker-words",
+            "word counts must run where the capability is"
+        );
+    }
+
+    let sequential = cluster.submit_wait(&example("sequential-pipeline.yaml"));
+    assert_eq!(sequential["status"], "completed", "{sequential}");
+    assert_eq!(sequential["result"], json!({"value": 11}));
+    let finished: Vec<u64> = sequential["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(finished, vec![1, 1, 1, 1]);
+
+    let fanout = cluster.submit_wait(&example("parallel-fanout.json"));
+    assert_eq!(fanout["result"], json!({"value": 1098}), "{fanout}");
+
+    // A task whose tool fails ends failed, with the cause, and exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let bad_maths = task_file(
+        &dir,
+        "div.json",
+        r#"{"name":"div","tasks":[{"id":"d","capability":"math.eval","input":{"expr":"1 / 0"}}]}"#,
+    );
+    let out = run_cli(&[
+        "submit",
+        "--endpoint",
+        cluster.endpoint(),
+        &bad_maths,
+        "--wait",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let failed = out.json();
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero"),
+        "{failed}"
+    );
+
+    cluster.assert_no_panic();
+}
+
+#[test]
+fn bad_input_is_refused_precisely_while_a_long_task_completes() {
+    let cluster = Cluster::start(&["--max-task-bytes", "4096"]);
+    let dir = tempfile::tempdir().unwrap();
+
+    let long = task_file(
+        &dir,
+        "long.yaml",
+        "name: long\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 2500 }\n  - id: after\n    capability: math.eval\n    input: { expr: \"{{nap.slept_ms}} / 100\" }\n    depends_on: [nap]\n",
+    );
+    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &long]);
+    assert!(out.success(), "{out}");
+    let long_id = out.stdout.trim().to_owned();
+    assert_eq!(cluster.status(&long_id)["status"], "running");
+
+    let oversize = format!(
+        r#"{{"name":"big","tasks":[{{"id":"a","capability":"math.eval","input":{{"expr":"1","pad":"{}"}}}}]}}"#,
+        "x".repeat(5000)
+    );
+    let oversize_message = format!(
+        "task file is {} bytes, over the limit of 4096 bytes [InvalidArgument]",
+        oversize.len()
+    );
+    let cases = [
+        (
+            "unknown-capability.json",
+            r#"{"name":"t","tasks":[{"id":"a","capability":"text.translate"}]}"#.to_owned(),
+            "tasks[0].capability: no live worker offers capability 'text.translate' (available: json.query, math.eval, sleep, text.word_count) [FailedPrecondition]",
+        ),
+        (
+            "cycle.json",
+            r#"{"name":"t","tasks":[{"id":"a","capability":"sleep","depends_on":["b"]},{"id":"b","capability":"sleep","depends_on":["a"]}]}"#.to_owned(),
+            "dependency cycle: ",
+        ),
+        (
+            "unknown-dependency.json",
+            r#"{"name":"t","tasks":[{"id":"a","capability":"sleep","depends_on":["ghost"]}]}"#.to_owned(),
+            "tasks[0].depends_on: unknown task id 'ghost' [InvalidArgument]",
+        ),
+        (
+            "reference.json",
+            r#"{"name":"t","tasks":[{"id":"a","capability":"math.eval","input":{"expr":"1"}},{"id":"b","capability":"math.eval","input":{"expr":"{{a.value}} + 1"}}]}"#.to_owned(),
+            "tasks[1].input.expr: reference {{a.value}} names task 'a', which is not a dependency of 'b' (add it to depends_on) [InvalidArgument]",
+        ),
+        (
+            "oversize.json",
+            oversize,
+            oversize_message.as_str(),
+        ),
+        (
+            "typo.yaml",
+            "name: t\ntasks:\n  - id: a\n    capability: sleep\n    inptu: {}\n".to_owned(),
+            "unknown field `inptu`",
+        ),
+    ];
+    for (name, content, expected) in &cases {
+        let path = task_file(&dir, name, content);
+        let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &path]);
+        assert_eq!(out.code(), Some(2), "{name} must be refused: {out}");
+        assert!(out.stdout.is_empty(), "{name}: nothing on stdout: {out}");
+        assert!(
+            out.stderr.contains(expected),
+            "{name}: expected `{expected}` in:\n{out}"
+        );
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{name}: one-line reason: {out}"
+        );
+    }
+
+    // The long task was not disturbed.
+    let done = eventually("the long task to finish", Duration::from_secs(20), || {
+        let record = cluster.status(&long_id);
+        (record["status"] != "running" && record["status"] != "pending").then_some(record)
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"value": 25}));
+
+    let missing = run_cli(&[
+        "task",
+        "status",
+        "no-such-task",
+        "--endpoint",
+        cluster.endpoint(),
+    ]);
+    assert_eq!(missing.code(), Some(2));
+    assert!(
+        missing.stderr.contains("no task 'no-such-task' [NotFound]"),
+        "{missing}"
+    );
+    cluster.assert_no_panic();
+}
+
+#[test]
+fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
+    let cluster = Cluster::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let nap = task_file(
+        &dir,
+        "nap.yaml",
+        "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
+    );
+    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &nap]);
+    assert!(out.success(), "{out}");
+    let id = out.stdout.trim().to_owned();
+    let victim = eventually(
+        "the nap to start on a worker",
+        Duration::from_secs(10),
+        || {
+            cluster.status(&id)["subtasks"][0]["worker"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+
+    let worker = cluster
+        .workers
+        .iter()
+        .find(|w| w.process.name() == victim)
+        .expect("the worker running the nap");
+    let killed_at = Instant::now();
+    worker.process.kill();
+
+    eventually(
+        "the killed worker to leave the registry",
+        Duration::from_secs(TTL_SECS + 5),
+        || (!cluster.agent_ids().contains(&victim)).then_some(()),
+    );
+    let detection = killed_at.elapsed();
+    assert!(
+        detection <= Duration::from_secs(TTL_SECS + 2),
+        "worker left after {detection:?}, limit is TTL + 2 s"
+    );
+    eprintln!("killed worker left the registry after {detection:?} (ttl {TTL_SECS} s)");
+
+    let done = eventually(
+        "the nap to finish elsewhere",
+        Duration::from_secs(20),
+        || {
+            let record = cluster.status(&id);
+            (record["status"] == "completed").then_some(record)
+        },
+    );
+    let subtask = &done["subtasks"][0];
+    assert_eq!(subtask["attempts"], 2, "{done}");
+    assert_ne!(subtask["worker"], victim.as_str(), "{done}");
+    assert_eq!(done["result"], json!({"slept_ms": 1500}));
+    cluster.assert_no_panic();
+}
