@@ -15,7 +15,8 @@ use support::{Etcd, Node, eventually, run_cli, start_node};
 const TTL_SECS: u64 = 3;
 
 struct Cluster {
-    etcd: Etcd,
+    /// Kept alive for the cluster's lifetime; dropping it kills etcd.
+    _etcd: Etcd,
     coordinator: Node,
     workers: Vec<Node>,
 }
@@ -54,7 +55,7 @@ impl Cluster {
         })
         .collect();
         let cluster = Self {
-            etcd,
+            _etcd: etcd,
             coordinator,
             workers,
         };
