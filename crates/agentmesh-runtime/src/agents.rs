@@ -14,7 +14,8 @@ use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::coordinator::{
-    Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage,
+    Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, FEED_CAPACITY,
+    RecordFeed,
 };
 use crate::mailbox::Router;
 use crate::node::NodeError;
@@ -33,18 +34,26 @@ pub fn generate_id(role: Role) -> AgentId {
     AgentId::new(format!("{role}-{}", &uuid[..8]))
 }
 
+/// A running coordinator and the feed of its durable record changes.
+pub struct StartedCoordinator {
+    pub actor: ActorRef<CoordinatorMessage>,
+    pub feed: RecordFeed,
+}
+
 pub async fn start_coordinator(
     id: AgentId,
     registry: Arc<dyn Registry>,
     router: Arc<Router>,
     config: CoordinatorConfig,
     endpoint: &str,
-) -> Result<ActorRef<CoordinatorMessage>, NodeError> {
+) -> Result<StartedCoordinator, NodeError> {
+    let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
     let args = CoordinatorArguments {
         id: id.clone(),
         registry: registry.clone(),
         router: router.clone(),
         config,
+        feed: feed.clone(),
     };
     let (actor, _) = Actor::spawn(None, Coordinator, args)
         .await
@@ -63,7 +72,7 @@ pub async fn start_coordinator(
         })
         .await?;
     info!(agent_id = %id, "coordinator started");
-    Ok(actor)
+    Ok(StartedCoordinator { actor, feed })
 }
 
 /// A running worker and the task that publishes its load.

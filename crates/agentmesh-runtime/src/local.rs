@@ -68,12 +68,12 @@ impl LocalCluster {
         }
         let api = TaskApi::new(
             registry,
-            Some(coordinator.clone()),
+            Some(&coordinator),
             config.coordinator.limits.clone(),
         );
         Ok(Self {
             api,
-            coordinator,
+            coordinator: coordinator.actor,
             workers: started,
         })
     }

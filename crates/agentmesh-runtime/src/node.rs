@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
@@ -85,11 +85,11 @@ impl Node {
             .map(AgentId::from)
             .unwrap_or_else(|| agents::generate_id(config.role));
 
-        let mut coordinator = None;
+        let mut started_coordinator = None;
         let mut worker = None;
         match config.role {
             Role::Coordinator => {
-                coordinator = Some(
+                started_coordinator = Some(
                     agents::start_coordinator(
                         id.clone(),
                         registry.clone(),
@@ -120,6 +120,7 @@ impl Node {
             }
         }
 
+        let coordinator = started_coordinator.as_ref().map(|c| c.actor.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<AgentMailboxServer<MailboxService>>()
@@ -136,7 +137,7 @@ impl Node {
             .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
         let api = TaskApi::new(
             registry.clone(),
-            coordinator.clone(),
+            started_coordinator.as_ref(),
             config.coordinator.limits.clone(),
         );
         let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
@@ -148,9 +149,15 @@ impl Node {
             .add_service(ClusterGrpc::server(registry.clone(), coordinator.clone()))
             .add_service(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
-            });
+            // Accepted sockets get TCP_NODELAY here: the builder's own
+            // setting only applies to listeners it binds itself, and without
+            // it multi-frame HTTP/2 writes stall on delayed ACKs (~40 ms).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            );
         let server = tokio::spawn(server);
         info!(%addr, %endpoint, agent_id = %id, role = %config.role, "node serving");
         Ok(Self {

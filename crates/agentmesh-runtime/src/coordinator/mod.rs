@@ -32,7 +32,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-pub use writer::RecordWriter;
+pub use writer::{FEED_CAPACITY, RecordFeed, RecordWriter};
 
 use crate::clock::now_ms;
 use crate::config::CoordinatorConfig;
@@ -82,6 +82,8 @@ pub struct CoordinatorArguments {
     pub registry: Arc<dyn Registry>,
     pub router: Arc<Router>,
     pub config: CoordinatorConfig,
+    /// Where durable record changes are announced in this process.
+    pub feed: RecordFeed,
 }
 
 pub struct CoordinatorState {
@@ -135,7 +137,7 @@ impl Actor for Coordinator {
         Ok(CoordinatorState {
             id: args.id,
             router: args.router,
-            writer: RecordWriter::spawn(args.registry, args.config.write_batch),
+            writer: RecordWriter::spawn(args.registry, args.config.write_batch, args.feed),
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_registry::{Registry, RegistryError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
 /// Changes waiting to be written; a full queue makes the coordinator wait,
@@ -23,6 +23,14 @@ const QUEUE: usize = 4096;
 const MAX_WRITE_ATTEMPTS: u32 = 5;
 
 pub type WriteAck = oneshot::Sender<Result<(), String>>;
+
+/// Records just made durable, for watchers in this process; they hear of a
+/// change without waiting for etcd's watch to deliver it.
+pub type RecordFeed = broadcast::Sender<Arc<TaskRecord>>;
+
+/// Changes a slow in-process watcher may fall behind before it skips some
+/// (it still gets them from the registry's watch).
+pub const FEED_CAPACITY: usize = 4096;
 
 struct Write {
     record: Arc<TaskRecord>,
@@ -35,9 +43,9 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn spawn(registry: Arc<dyn Registry>, batch: usize) -> Self {
+    pub fn spawn(registry: Arc<dyn Registry>, batch: usize, feed: RecordFeed) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(registry, rx, batch.max(1)));
+        tokio::spawn(run(registry, rx, batch.max(1), feed));
         Self { queue }
     }
 
@@ -51,7 +59,12 @@ impl RecordWriter {
     }
 }
 
-async fn run(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<Write>, batch: usize) {
+async fn run(
+    registry: Arc<dyn Registry>,
+    mut rx: mpsc::Receiver<Write>,
+    batch: usize,
+    feed: RecordFeed,
+) {
     let mut pending = Vec::with_capacity(batch);
     while rx.recv_many(&mut pending, batch).await > 0 {
         let mut latest: HashMap<TaskId, Arc<TaskRecord>> = HashMap::with_capacity(pending.len());
@@ -67,6 +80,12 @@ async fn run(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<Write>, batch: 
         }
         let records: Vec<Arc<TaskRecord>> = latest.into_values().collect();
         let outcome = write_with_retry(registry.as_ref(), &records).await;
+        if outcome.is_ok() {
+            for record in records {
+                // Nobody listening is fine.
+                let _ = feed.send(record);
+            }
+        }
         for ack in acks {
             let _ = ack.send(outcome.clone().map_err(|e| e.to_string()));
         }

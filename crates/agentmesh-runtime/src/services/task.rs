@@ -15,11 +15,14 @@ use agentmesh_registry::Registry;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response};
+
+use crate::agents::StartedCoordinator;
 
 use crate::clock::now_ms;
 use crate::convert;
-use crate::coordinator::CoordinatorMessage;
+use crate::coordinator::{CoordinatorMessage, RecordFeed};
 use crate::error::ApiError;
 
 /// Time allowed for the coordinator to accept or cancel a task, including
@@ -33,18 +36,20 @@ pub type RecordStream = Pin<Box<dyn Stream<Item = Result<TaskRecord, ApiError>> 
 pub struct TaskApi {
     registry: Arc<dyn Registry>,
     coordinator: Option<ActorRef<CoordinatorMessage>>,
+    feed: Option<RecordFeed>,
     limits: TaskLimits,
 }
 
 impl TaskApi {
     pub fn new(
         registry: Arc<dyn Registry>,
-        coordinator: Option<ActorRef<CoordinatorMessage>>,
+        coordinator: Option<&StartedCoordinator>,
         limits: TaskLimits,
     ) -> Self {
         Self {
             registry,
-            coordinator,
+            coordinator: coordinator.map(|c| c.actor.clone()),
+            feed: coordinator.map(|c| c.feed.clone()),
             limits,
         }
     }
@@ -88,26 +93,55 @@ impl TaskApi {
 
     /// The record, then every later change, ending after the terminal
     /// record. Only records with a revision above `after_revision` are sent.
+    ///
+    /// Changes come from two sources merged by revision: the local
+    /// coordinator's feed (immediate, for tasks this node owns) and the
+    /// registry's watch (for every task; etcd may hold back events of a
+    /// watch that starts behind the store by up to its resync period).
     pub async fn watch(&self, id: &TaskId, after_revision: u64) -> Result<RecordStream, ApiError> {
-        self.get(id).await?;
-        let changes = self.registry.watch_task(id).await?;
-        let changes = changes
-            .map(|item| item.map_err(ApiError::from))
-            .filter(move |item| {
-                let keep = item.as_ref().map_or(true, |r| r.revision > after_revision);
-                futures::future::ready(keep)
+        // Subscribe before reading so no change falls in between.
+        let local = self.feed.as_ref().map(|feed| {
+            let wanted = id.clone();
+            BroadcastStream::new(feed.subscribe()).filter_map(move |item| {
+                // Other tasks' records are skipped; after a lag the
+                // registry's watch fills the gap.
+                let record = item
+                    .ok()
+                    .filter(|r| r.id == wanted)
+                    .map(|r| Ok((*r).clone()));
+                futures::future::ready(record)
             })
-            .boxed();
-        // Ends right after the terminal record (or an error) instead of
-        // waiting for a change that will never come.
-        let stream = futures::stream::unfold((changes, false), |(mut changes, ended)| async move {
-            if ended {
-                return None;
-            }
-            let item = changes.next().await?;
-            let ended = item.as_ref().map_or(true, |r| r.status.is_terminal());
-            Some((item, (changes, ended)))
         });
+        self.get(id).await?;
+        let remote = self
+            .registry
+            .watch_task(id)
+            .await?
+            .map(|item| item.map_err(ApiError::from));
+        let merged = match local {
+            Some(local) => futures::stream::select(local, remote).boxed(),
+            None => remote.boxed(),
+        };
+        let stream = futures::stream::unfold(
+            (merged, after_revision, false),
+            |(mut merged, mut last, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let item = merged.next().await?;
+                    match &item {
+                        Ok(record) if record.revision <= last => continue,
+                        Ok(record) => {
+                            last = record.revision;
+                            let ended = record.status.is_terminal();
+                            return Some((item, (merged, last, ended)));
+                        }
+                        Err(_) => return Some((item, (merged, last, true))),
+                    }
+                }
+            },
+        );
         Ok(Box::pin(stream))
     }
 
