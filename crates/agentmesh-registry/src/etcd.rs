@@ -559,6 +559,32 @@ impl Registry for EtcdRegistry {
     }
 }
 
+/// The next response of a watch stream, or why the watch cannot go on
+/// (stream ended, failed, compacted past `start`, or cancelled by etcd).
+fn usable_watch_response(
+    message: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+    start: i64,
+) -> Result<etcd_client::WatchResponse, String> {
+    let response = match message {
+        Ok(Some(response)) => response,
+        Ok(None) => return Err("watch stream closed by etcd".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if response.compact_revision() > 0 {
+        return Err(format!(
+            "revision {start} was compacted (oldest kept: {})",
+            response.compact_revision()
+        ));
+    }
+    if response.canceled() {
+        return Err(format!(
+            "watch cancelled by etcd: {}",
+            response.cancel_reason()
+        ));
+    }
+    Ok(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

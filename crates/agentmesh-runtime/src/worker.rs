@@ -215,7 +215,8 @@ fn result_of(
 async fn report(router: &Router, from: &AgentId, coordinator: &AgentId, result: SubtaskResult) {
     let envelope = mailbox::envelope(from, coordinator, kind::SUBTASK_RESULT, result);
     if let Err(error) = router.send(envelope).await {
-        // The coordinator re-dispatches attempts whose result never arrives.
+        // Nothing re-sends it: the attempt stays running at the coordinator
+        // until this worker leaves the cluster or the task times out.
         warn!(%error, coordinator = %coordinator, "could not report subtask result");
     }
 }

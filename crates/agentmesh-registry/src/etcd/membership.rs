@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use super::backoff::{Backoff, sleep_unless_stopped, stopped};
+use super::usable_watch_response;
 use crate::{RegistryError, keys};
 
 /// Reads every registration; returns the view and the store revision it
@@ -116,23 +117,10 @@ async fn watch_from(
             _ = stopped(&mut shutdown) => return Ended::Shutdown,
             message = stream.message() => message,
         };
-        let response = match message {
-            Ok(Some(response)) => response,
-            Ok(None) => return Ended::Interrupted("watch stream closed by etcd".into()),
-            Err(e) => return Ended::Interrupted(e.to_string()),
+        let response = match usable_watch_response(message, start) {
+            Ok(response) => response,
+            Err(reason) => return Ended::Interrupted(reason),
         };
-        if response.compact_revision() > 0 {
-            return Ended::Interrupted(format!(
-                "revision {start} was compacted (oldest kept: {})",
-                response.compact_revision()
-            ));
-        }
-        if response.canceled() {
-            return Ended::Interrupted(format!(
-                "watch cancelled by etcd: {}",
-                response.cancel_reason()
-            ));
-        }
         if response.created() {
             debug!(start_revision = start, "membership watch running");
             backoff.reset();

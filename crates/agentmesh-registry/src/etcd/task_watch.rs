@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use super::backoff::{Backoff, sleep_unless_stopped, stopped};
+use super::usable_watch_response;
 use super::{Shared, decode};
 use crate::{RegistryError, TaskWatch, keys};
 
@@ -159,23 +160,10 @@ async fn watch_from(
             _ = follower.tx.closed() => return Ended::Stop,
             message = stream.message() => message,
         };
-        let response = match message {
-            Ok(Some(response)) => response,
-            Ok(None) => return Ended::Interrupted("watch stream closed by etcd".into()),
-            Err(e) => return Ended::Interrupted(e.to_string()),
+        let response = match usable_watch_response(message, start) {
+            Ok(response) => response,
+            Err(reason) => return Ended::Interrupted(reason),
         };
-        if response.compact_revision() > 0 {
-            return Ended::Interrupted(format!(
-                "revision {start} was compacted (oldest kept: {})",
-                response.compact_revision()
-            ));
-        }
-        if response.canceled() {
-            return Ended::Interrupted(format!(
-                "watch cancelled by etcd: {}",
-                response.cancel_reason()
-            ));
-        }
         if response.created() {
             debug!(task_id = %follower.id, start_revision = start, "task watch running");
             backoff.reset();
