@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_core::Role;
+use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_runtime::NodeConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -137,14 +138,10 @@ pub struct NodeArgs {
     /// Largest envelope payload between agents, in bytes.
     #[arg(long, env = "AGENTMESH_MAX_ENVELOPE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_envelope_bytes: usize,
-    /// Worker score weights capability,success_rate,free_load,specialization.
-    #[arg(
-        long,
-        env = "AGENTMESH_SCORE_WEIGHTS",
-        value_delimiter = ',',
-        num_args = 4
-    )]
-    pub score_weights: Vec<f64>,
+    /// Worker score weights capability,success_rate,free_load,specialization
+    /// [default: 0.3,0.3,0.2,0.2].
+    #[arg(long, env = "AGENTMESH_SCORE_WEIGHTS", value_parser = parse_weights)]
+    pub score_weights: Option<ScoreWeights>,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -177,11 +174,8 @@ impl NodeArgs {
         coordinator.max_attempts = self.max_attempts;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
-        if let [capability, success_rate, free_load, specialization] = self.score_weights[..] {
-            coordinator.weights.capability = capability;
-            coordinator.weights.success_rate = success_rate;
-            coordinator.weights.free_load = free_load;
-            coordinator.weights.specialization = specialization;
+        if let Some(weights) = &self.score_weights {
+            coordinator.weights = weights.clone();
         }
         config
     }
@@ -194,6 +188,28 @@ impl LocalArgs {
         config.http_allow = non_empty(&self.http_allow);
         config
     }
+}
+
+/// Parses `capability,success_rate,free_load,specialization`.
+fn parse_weights(text: &str) -> Result<ScoreWeights, String> {
+    let values = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().map_err(|e| format!("'{v}': {e}")))
+        .collect::<Result<Vec<f64>, String>>()?;
+    let [capability, success_rate, free_load, specialization] = values[..] else {
+        return Err(format!(
+            "expected 4 comma-separated weights, got {}",
+            values.len()
+        ));
+    };
+    let weights = ScoreWeights {
+        capability,
+        success_rate,
+        free_load,
+        specialization,
+    };
+    weights.validate()?;
+    Ok(weights)
 }
 
 /// Drops empty items, so `--capabilities ''` means "none given".
@@ -304,6 +320,23 @@ mod tests {
         assert_eq!(config.max_concurrency, 8);
         assert_eq!(config.coordinator.weights.capability, 1.0);
         assert_eq!(config.coordinator.weights.success_rate, 0.0);
+    }
+
+    #[test]
+    fn malformed_weights_are_refused() {
+        for bad in ["1,2,3", "a,0,0,0", "-1,0,0,0"] {
+            let parsed = Cli::try_parse_from([
+                "agentmesh",
+                "node",
+                "--role",
+                "worker",
+                "--etcd",
+                "http://a:1",
+                "--score-weights",
+                bad,
+            ]);
+            assert!(parsed.is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]
