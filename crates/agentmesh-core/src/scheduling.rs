@@ -1,15 +1,25 @@
 //! Worker placement: which live worker gets a ready subtask.
 //!
 //! A worker's score for a capability is the guide's weighted sum of
-//! capability match, success rate, free load and specialisation. Workers are
-//! indexed by capability so a decision only looks at workers that can take
-//! the subtask, and never at a worker already at its `max_concurrency`.
+//! capability match, success rate, free load and specialisation. None of the
+//! terms depends on *which* capability is asked (the match term is the same
+//! constant for every worker that offers it), so a worker has one score.
+//!
+//! A coordinator decides for every ready subtask, and a cluster may have
+//! thousands of workers, so a decision must not scan them. The pool keeps,
+//! per capability, the workers that offer it *and have room*, ordered best
+//! first; a decision reads the first one, in O(log n). Every change to a
+//! worker (a placement, the end of an attempt, a membership change) moves
+//! only that worker's entries, in the indexes of its own k capabilities:
+//! O(k log n). A worker at its `max_concurrency` leaves the indexes and comes
+//! back when an attempt ends, so a full worker is never even looked at.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{Membership, Role};
+use crate::agent::{AgentRegistration, Membership, Role};
 use crate::ids::AgentId;
 
 /// Weights of the four terms of a worker's score.
@@ -81,25 +91,177 @@ impl WorkerState {
         if !self.has_room() || !self.capabilities.iter().any(|c| c == capability) {
             return None;
         }
+        Some(self.rank_score(weights))
+    }
+
+    /// The score for any capability the worker offers. The index and
+    /// [`WorkerState::score`] both use this one computation, so the value a
+    /// worker is filed under is bit for bit the value it is removed by.
+    fn rank_score(&self, weights: &ScoreWeights) -> f64 {
         let free_load = 1.0 - f64::from(self.in_flight) / f64::from(self.max_concurrency);
         let specialization = 1.0 / self.capabilities.len() as f64;
-        Some(
-            weights.capability
-                + weights.success_rate * self.success_rate()
-                + weights.free_load * free_load
-                + weights.specialization * specialization,
-        )
+        weights.capability
+            + weights.success_rate * self.success_rate()
+            + weights.free_load * free_load
+            + weights.specialization * specialization
+    }
+
+    fn ranked(&self, weights: &ScoreWeights) -> Ranked {
+        Ranked {
+            score: self.rank_score(weights),
+            in_flight: self.in_flight,
+            id: self.id.clone(),
+        }
+    }
+
+    /// Each capability once, even when the registration lists one twice
+    /// (the specialisation term still counts the list as registered).
+    fn distinct_capabilities(&self) -> impl Iterator<Item = &str> {
+        self.capabilities
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !self.capabilities[..*i].contains(c))
+            .map(|(_, c)| c.as_str())
+    }
+}
+
+/// A worker's entry in the index of one of its capabilities.
+///
+/// Ordered best first: higher score, then fewer attempts in flight, then the
+/// smaller id, which is exactly the tie-breaking [`WorkerPool::select`]
+/// promises, so the first entry is the decision. `f64::total_cmp` makes the
+/// order total, which a `BTreeSet` needs to stay consistent whatever the
+/// scores are; with weights that pass [`ScoreWeights::validate`] every score
+/// of a worker with room is finite and positive, where `total_cmp` agrees
+/// with `>` and `==`.
+#[derive(Debug, Clone)]
+struct Ranked {
+    score: f64,
+    in_flight: u32,
+    id: AgentId,
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then_with(|| self.in_flight.cmp(&other.in_flight))
+            .then_with(|| self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+/// The per-capability indexes of a pool.
+///
+/// Invariant: for every capability offered by at least one worker,
+/// `offered` counts those workers and `ready` holds exactly the
+/// [`Ranked`] entries of those with room, computed from their current state;
+/// a capability nobody offers has no entry in either map.
+#[derive(Debug, Clone, Default)]
+struct CapabilityIndex {
+    /// Number of workers, busy or not, offering each capability.
+    offered: HashMap<String, usize>,
+    /// Per capability, the workers offering it that have room, best first.
+    ready: HashMap<String, BTreeSet<Ranked>>,
+}
+
+impl CapabilityIndex {
+    fn add_offers(&mut self, worker: &WorkerState) {
+        for capability in worker.distinct_capabilities() {
+            match self.offered.get_mut(capability) {
+                Some(count) => *count += 1,
+                None => {
+                    self.offered.insert(capability.to_owned(), 1);
+                    self.ready.insert(capability.to_owned(), BTreeSet::new());
+                }
+            }
+        }
+    }
+
+    fn remove_offers(&mut self, worker: &WorkerState) {
+        for capability in worker.distinct_capabilities() {
+            if let Some(count) = self.offered.get_mut(capability) {
+                *count -= 1;
+                if *count == 0 {
+                    self.offered.remove(capability);
+                    self.ready.remove(capability);
+                }
+            }
+        }
+    }
+
+    /// Files `worker` under each of its capabilities if it has room. Its
+    /// offers must already be counted.
+    fn rank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
+        if !worker.has_room() {
+            return;
+        }
+        let entry = worker.ranked(weights);
+        for capability in worker.distinct_capabilities() {
+            if let Some(ready) = self.ready.get_mut(capability) {
+                ready.insert(entry.clone());
+            }
+        }
+    }
+
+    /// Undoes [`CapabilityIndex::rank`]; must see the worker in the state it
+    /// was ranked in.
+    fn unrank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
+        if !worker.has_room() {
+            return;
+        }
+        let entry = worker.ranked(weights);
+        for capability in worker.distinct_capabilities() {
+            if let Some(ready) = self.ready.get_mut(capability) {
+                ready.remove(&entry);
+            }
+        }
     }
 }
 
 /// The workers a coordinator places subtasks on, indexed by capability.
+///
+/// The pool holds its [`ScoreWeights`] because the index is ordered by
+/// score: weights passed per call could not reuse the order.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerPool {
+    /// Expected to have passed [`ScoreWeights::validate`].
+    weights: ScoreWeights,
     workers: BTreeMap<AgentId, WorkerState>,
-    by_capability: HashMap<String, Vec<AgentId>>,
+    index: CapabilityIndex,
+}
+
+fn is_live_worker(agent: &AgentRegistration) -> bool {
+    agent.role == Role::Worker && agent.max_concurrency > 0
 }
 
 impl WorkerPool {
+    /// An empty pool ranking workers with `weights`.
+    pub fn new(weights: ScoreWeights) -> Self {
+        Self {
+            weights,
+            ..Self::default()
+        }
+    }
+
+    pub fn weights(&self) -> &ScoreWeights {
+        &self.weights
+    }
+
     pub fn get(&self, id: &AgentId) -> Option<&WorkerState> {
         self.workers.get(id)
     }
@@ -110,99 +272,116 @@ impl WorkerPool {
 
     /// Brings the pool in line with the live membership. Keeps the counters
     /// of workers still present; returns the ids of workers that left.
+    ///
+    /// Membership is republished whenever any worker's load changes, so most
+    /// calls change nothing the pool cares about (load is the registry's
+    /// view; the pool counts its own placements). Only workers that joined,
+    /// left, or changed capabilities or `max_concurrency` touch the index;
+    /// the rest cost one comparison in a merge of the two id-sorted maps.
     pub fn sync(&mut self, membership: &Membership) -> Vec<AgentId> {
-        let live: BTreeMap<&AgentId, _> = membership
-            .agents
-            .iter()
-            .filter(|(_, a)| a.role == Role::Worker && a.max_concurrency > 0)
-            .collect();
-        let gone: Vec<AgentId> = self
-            .workers
-            .keys()
-            .filter(|id| !live.contains_key(id))
-            .cloned()
-            .collect();
+        let mut gone = Vec::new();
+        let mut changed = Vec::new();
+        let mut known = self.workers.values().peekable();
+        for (id, agent) in membership.agents.iter().filter(|(_, a)| is_live_worker(a)) {
+            while let Some(worker) = known.next_if(|w| w.id < *id) {
+                gone.push(worker.id.clone());
+            }
+            match known.next_if(|w| w.id == *id) {
+                Some(worker)
+                    if worker.capabilities == agent.capabilities
+                        && worker.max_concurrency == agent.max_concurrency => {}
+                _ => changed.push((id, agent)),
+            }
+        }
+        gone.extend(known.map(|w| w.id.clone()));
         for id in &gone {
-            self.workers.remove(id);
+            self.dismiss(id);
         }
-        for (id, agent) in live {
-            let entry = self
-                .workers
-                .entry(id.clone())
-                .or_insert_with(|| WorkerState {
-                    id: id.clone(),
-                    capabilities: Vec::new(),
-                    max_concurrency: 0,
-                    in_flight: 0,
-                    succeeded: 0,
-                    failed: 0,
-                });
-            entry.capabilities = agent.capabilities.clone();
-            entry.max_concurrency = agent.max_concurrency;
+        for (id, agent) in changed {
+            self.admit(id, agent);
         }
-        self.reindex();
         gone
     }
 
-    fn reindex(&mut self) {
-        self.by_capability.clear();
-        for worker in self.workers.values() {
-            for capability in &worker.capabilities {
-                self.by_capability
-                    .entry(capability.clone())
-                    .or_default()
-                    .push(worker.id.clone());
+    /// Adds a worker, or updates the capabilities and `max_concurrency` of a
+    /// known one while keeping its counters.
+    fn admit(&mut self, id: &AgentId, agent: &AgentRegistration) {
+        match self.workers.get_mut(id) {
+            Some(worker) => {
+                self.index.unrank(worker, &self.weights);
+                self.index.remove_offers(worker);
+                worker.capabilities.clone_from(&agent.capabilities);
+                worker.max_concurrency = agent.max_concurrency;
+                self.index.add_offers(worker);
+                self.index.rank(worker, &self.weights);
             }
+            None => {
+                let worker = WorkerState {
+                    id: id.clone(),
+                    capabilities: agent.capabilities.clone(),
+                    max_concurrency: agent.max_concurrency,
+                    in_flight: 0,
+                    succeeded: 0,
+                    failed: 0,
+                };
+                self.index.add_offers(&worker);
+                self.index.rank(&worker, &self.weights);
+                self.workers.insert(id.clone(), worker);
+            }
+        }
+    }
+
+    fn dismiss(&mut self, id: &AgentId) {
+        if let Some(worker) = self.workers.remove(id) {
+            self.index.unrank(&worker, &self.weights);
+            self.index.remove_offers(&worker);
+        }
+    }
+
+    /// Applies `change` to a worker's counters and moves its index entries
+    /// accordingly; its capabilities must not change here.
+    fn update(&mut self, id: &AgentId, change: impl FnOnce(&mut WorkerState)) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            self.index.unrank(worker, &self.weights);
+            change(worker);
+            self.index.rank(worker, &self.weights);
         }
     }
 
     /// Whether any worker, busy or not, offers `capability`.
     pub fn offers(&self, capability: &str) -> bool {
-        self.by_capability.contains_key(capability)
+        self.index.offered.contains_key(capability)
     }
 
     /// The best worker with room for `capability`; ties go to the worker
     /// with fewer attempts in flight, then to the smaller id, so a decision
-    /// is deterministic.
-    pub fn select(&self, capability: &str, weights: &ScoreWeights) -> Option<AgentId> {
-        let candidates = self.by_capability.get(capability)?;
-        let mut best: Option<(&WorkerState, f64)> = None;
-        for worker in candidates.iter().filter_map(|id| self.workers.get(id)) {
-            let Some(score) = worker.score(capability, weights) else {
-                continue;
-            };
-            let better = match best {
-                None => true,
-                Some((current, current_score)) => {
-                    score > current_score
-                        || (score == current_score && worker.in_flight < current.in_flight)
-                }
-            };
-            if better {
-                best = Some((worker, score));
-            }
-        }
-        best.map(|(worker, _)| worker.id.clone())
+    /// is deterministic. O(log n): the first entry of the capability's index.
+    pub fn select(&self, capability: &str) -> Option<AgentId> {
+        self.index
+            .ready
+            .get(capability)?
+            .first()
+            .map(|entry| entry.id.clone())
     }
 
     /// Records a placement.
     pub fn acquire(&mut self, id: &AgentId) {
-        if let Some(worker) = self.workers.get_mut(id) {
-            worker.in_flight += 1;
-        }
+        self.update(id, |worker| {
+            worker.in_flight = worker.in_flight.saturating_add(1)
+        });
     }
 
     /// Records the end of an attempt; `success` is `None` when the attempt
     /// was abandoned without a verdict (cancelled, worker lost).
     pub fn release(&mut self, id: &AgentId, success: Option<bool>) {
-        if let Some(worker) = self.workers.get_mut(id) {
+        self.update(id, |worker| {
             worker.in_flight = worker.in_flight.saturating_sub(1);
             match success {
                 Some(true) => worker.succeeded += 1,
                 Some(false) => worker.failed += 1,
                 None => {}
             }
-        }
+        });
     }
 }
 
@@ -211,7 +390,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::agent::AgentRegistration;
 
     fn registration(id: &str, capabilities: &[&str], max: u32) -> AgentRegistration {
         AgentRegistration {
@@ -226,13 +404,34 @@ mod tests {
         }
     }
 
-    fn pool(workers: &[AgentRegistration]) -> WorkerPool {
-        let membership = Membership {
+    fn membership(workers: &[AgentRegistration]) -> Membership {
+        Membership {
             agents: workers.iter().map(|w| (w.id.clone(), w.clone())).collect(),
-        };
+        }
+    }
+
+    fn pool(workers: &[AgentRegistration]) -> WorkerPool {
         let mut pool = WorkerPool::default();
-        pool.sync(&membership);
+        pool.sync(&membership(workers));
         pool
+    }
+
+    /// Recomputes the whole index from the workers' states and compares it
+    /// with the one the pool maintained incrementally.
+    fn assert_index_consistent(pool: &WorkerPool) {
+        let mut offered: HashMap<String, usize> = HashMap::new();
+        let mut ready: HashMap<String, BTreeSet<Ranked>> = HashMap::new();
+        for worker in pool.workers.values() {
+            for capability in worker.distinct_capabilities() {
+                *offered.entry(capability.to_owned()).or_default() += 1;
+                let set = ready.entry(capability.to_owned()).or_default();
+                if worker.has_room() {
+                    set.insert(worker.ranked(&pool.weights));
+                }
+            }
+        }
+        assert_eq!(pool.index.offered, offered);
+        assert_eq!(pool.index.ready, ready);
     }
 
     #[test]
@@ -251,6 +450,7 @@ mod tests {
             .validate()
             .is_err()
         );
+        assert_eq!(WorkerPool::default().weights(), &w);
     }
 
     #[test]
@@ -275,20 +475,21 @@ mod tests {
             registration("generalist", &["math.eval", "text.word_count"], 1),
             registration("specialist", &["math.eval"], 1),
         ]);
-        let weights = ScoreWeights::default();
-        assert_eq!(
-            p.select("math.eval", &weights),
-            Some(AgentId::new("specialist"))
-        );
+        assert_eq!(p.select("math.eval"), Some(AgentId::new("specialist")));
         p.acquire(&AgentId::new("specialist"));
-        assert_eq!(
-            p.select("math.eval", &weights),
-            Some(AgentId::new("generalist"))
-        );
+        assert_eq!(p.select("math.eval"), Some(AgentId::new("generalist")));
         p.acquire(&AgentId::new("generalist"));
-        assert_eq!(p.select("math.eval", &weights), None);
+        assert_eq!(p.select("math.eval"), None);
+        assert_eq!(p.select("text.word_count"), None);
         assert!(p.offers("math.eval"));
         assert!(!p.offers("json.query"));
+        // A full worker comes back when an attempt ends.
+        p.release(&AgentId::new("generalist"), Some(true));
+        assert_eq!(
+            p.select("text.word_count"),
+            Some(AgentId::new("generalist"))
+        );
+        assert_index_consistent(&p);
     }
 
     #[test]
@@ -297,28 +498,234 @@ mod tests {
             registration("w1", &["c"], 10),
             registration("w2", &["c"], 10),
         ]);
+        assert_eq!(
+            p.select("c"),
+            Some(AgentId::new("w1")),
+            "tie goes to the smaller id"
+        );
         for _ in 0..3 {
             p.acquire(&AgentId::new("w1"));
             p.release(&AgentId::new("w1"), Some(false));
         }
-        assert_eq!(
-            p.select("c", &ScoreWeights::default()),
-            Some(AgentId::new("w2"))
-        );
+        assert_eq!(p.select("c"), Some(AgentId::new("w2")));
+    }
+
+    #[test]
+    fn ties_go_to_fewer_in_flight_then_smaller_id() {
+        // Only the capability term counts: every score is equal.
+        let weights = ScoreWeights {
+            capability: 1.0,
+            success_rate: 0.0,
+            free_load: 0.0,
+            specialization: 0.0,
+        };
+        let mut p = WorkerPool::new(weights);
+        p.sync(&membership(&[
+            registration("a", &["c"], 3),
+            registration("b", &["c"], 3),
+        ]));
+        p.acquire(&AgentId::new("a"));
+        assert_eq!(p.select("c"), Some(AgentId::new("b")));
+        p.acquire(&AgentId::new("b"));
+        assert_eq!(p.select("c"), Some(AgentId::new("a")));
     }
 
     #[test]
     fn sync_reports_departed_workers_and_keeps_counters() {
         let mut p = pool(&[registration("w1", &["c"], 2), registration("w2", &["c"], 2)]);
         p.acquire(&AgentId::new("w1"));
-        let membership = Membership {
-            agents: [registration("w1", &["c"], 2)]
-                .into_iter()
-                .map(|w| (w.id.clone(), w))
-                .collect(),
-        };
-        assert_eq!(p.sync(&membership), vec![AgentId::new("w2")]);
+        let only_w1 = membership(&[registration("w1", &["c"], 2)]);
+        assert_eq!(p.sync(&only_w1), vec![AgentId::new("w2")]);
         assert_eq!(p.get(&AgentId::new("w1")).unwrap().in_flight, 1);
+        // Republished load changes nothing the pool tracks.
+        let mut reloaded = registration("w1", &["c"], 2);
+        reloaded.load = 2;
+        assert!(p.sync(&membership(&[reloaded])).is_empty());
+        assert_eq!(p.get(&AgentId::new("w1")).unwrap().in_flight, 1);
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn sync_moves_a_worker_whose_capabilities_or_limit_change() {
+        let mut p = pool(&[registration("w", &["a"], 2)]);
+        p.acquire(&AgentId::new("w"));
+        assert_eq!(p.select("a"), Some(AgentId::new("w")));
+        p.sync(&membership(&[registration("w", &["b"], 2)]));
+        assert_eq!(p.select("a"), None);
+        assert!(!p.offers("a"));
+        assert_eq!(p.select("b"), Some(AgentId::new("w")));
+        // Lowering the limit to the attempts in flight fills the worker.
+        p.sync(&membership(&[registration("w", &["b"], 1)]));
+        assert_eq!(p.select("b"), None);
+        assert!(p.offers("b"));
+        p.release(&AgentId::new("w"), None);
+        assert_eq!(p.select("b"), Some(AgentId::new("w")));
+        // A worker that stops being one leaves the pool.
+        let mut peer = registration("w", &["b"], 1);
+        peer.role = Role::Peer;
+        assert_eq!(p.sync(&membership(&[peer])), vec![AgentId::new("w")]);
+        assert!(!p.offers("b"));
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn a_capability_listed_twice_is_indexed_once() {
+        let mut p = pool(&[registration("w", &["a", "a"], 1)]);
+        assert_eq!(p.select("a"), Some(AgentId::new("w")));
+        p.acquire(&AgentId::new("w"));
+        assert_eq!(p.select("a"), None);
+        p.sync(&Membership::default());
+        assert!(!p.offers("a"));
+        assert_index_consistent(&p);
+    }
+
+    /// The pool as it was before the index: every decision scans every
+    /// worker. The reference the indexed pool must agree with.
+    #[derive(Debug, Default)]
+    struct LinearPool {
+        workers: BTreeMap<AgentId, WorkerState>,
+    }
+
+    impl LinearPool {
+        fn sync(&mut self, membership: &Membership) -> Vec<AgentId> {
+            let live: BTreeMap<&AgentId, &AgentRegistration> = membership
+                .agents
+                .iter()
+                .filter(|(_, a)| a.role == Role::Worker && a.max_concurrency > 0)
+                .collect();
+            let gone: Vec<AgentId> = self
+                .workers
+                .keys()
+                .filter(|id| !live.contains_key(id))
+                .cloned()
+                .collect();
+            for id in &gone {
+                self.workers.remove(id);
+            }
+            for (id, agent) in live {
+                let worker = self.workers.entry(id.clone()).or_insert(WorkerState {
+                    id: id.clone(),
+                    capabilities: Vec::new(),
+                    max_concurrency: 0,
+                    in_flight: 0,
+                    succeeded: 0,
+                    failed: 0,
+                });
+                worker.capabilities = agent.capabilities.clone();
+                worker.max_concurrency = agent.max_concurrency;
+            }
+            gone
+        }
+
+        /// Highest score; ties to fewer attempts in flight, then to the
+        /// smaller id.
+        fn select(&self, capability: &str, weights: &ScoreWeights) -> Option<AgentId> {
+            let mut best: Option<(&WorkerState, f64)> = None;
+            for worker in self.workers.values() {
+                let Some(score) = worker.score(capability, weights) else {
+                    continue;
+                };
+                let better = match best {
+                    None => true,
+                    Some((current, current_score)) => {
+                        score > current_score
+                            || (score == current_score
+                                && (worker.in_flight < current.in_flight
+                                    || (worker.in_flight == current.in_flight
+                                        && worker.id < current.id)))
+                    }
+                };
+                if better {
+                    best = Some((worker, score));
+                }
+            }
+            best.map(|(worker, _)| worker.id.clone())
+        }
+
+        fn offers(&self, capability: &str) -> bool {
+            self.workers
+                .values()
+                .any(|w| w.capabilities.iter().any(|c| c == capability))
+        }
+
+        fn acquire(&mut self, id: &AgentId) {
+            if let Some(worker) = self.workers.get_mut(id) {
+                worker.in_flight += 1;
+            }
+        }
+
+        fn release(&mut self, id: &AgentId, success: Option<bool>) {
+            if let Some(worker) = self.workers.get_mut(id) {
+                worker.in_flight = worker.in_flight.saturating_sub(1);
+                match success {
+                    Some(true) => worker.succeeded += 1,
+                    Some(false) => worker.failed += 1,
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Capabilities the random workers draw from; `c4` is never offered.
+    const CAPABILITIES: [&str; 5] = ["c0", "c1", "c2", "c3", "c4"];
+    const WORKER_IDS: usize = 12;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The live membership becomes exactly these registrations.
+        Sync(Vec<AgentRegistration>),
+        /// Whatever the worker's state, even full or unknown.
+        Acquire(usize),
+        /// What the coordinator does: select, then acquire the choice.
+        Place(usize),
+        Release(usize, Option<bool>),
+    }
+
+    fn worker_id(i: usize) -> AgentId {
+        AgentId::new(format!("w{i:02}"))
+    }
+
+    fn registration_strategy() -> impl Strategy<Value = AgentRegistration> {
+        (
+            0..WORKER_IDS,
+            proptest::collection::vec(0usize..4, 0..4),
+            0u32..4,
+            proptest::bool::weighted(0.9),
+        )
+            .prop_map(|(i, caps, max, worker)| {
+                // Duplicates in `caps` are kept on purpose.
+                let caps: Vec<&str> = caps.into_iter().map(|c| CAPABILITIES[c]).collect();
+                let mut r = registration(worker_id(i).as_str(), &caps, max);
+                if !worker {
+                    r.role = Role::Peer;
+                }
+                r
+            })
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => proptest::collection::vec(registration_strategy(), 0..WORKER_IDS).prop_map(Op::Sync),
+            2 => (0..WORKER_IDS + 1).prop_map(Op::Acquire),
+            4 => (0..CAPABILITIES.len()).prop_map(Op::Place),
+            4 => (0..WORKER_IDS + 1, proptest::option::of(any::<bool>()))
+                .prop_map(|(i, verdict)| Op::Release(i, verdict)),
+        ]
+    }
+
+    /// Weights from a few values, so ties (zero weights) are frequent.
+    fn weights_strategy() -> impl Strategy<Value = ScoreWeights> {
+        let term = || proptest::sample::select(vec![0.0, 0.25, 0.3, 1.0]);
+        (term(), term(), term(), term())
+            .prop_map(
+                |(capability, success_rate, free_load, specialization)| ScoreWeights {
+                    capability,
+                    success_rate,
+                    free_load,
+                    specialization,
+                },
+            )
+            .prop_filter("valid weights", |w| w.validate().is_ok())
     }
 
     proptest! {
@@ -334,7 +741,7 @@ mod tests {
             let capacity: u32 = limits.iter().sum();
             let mut placed = 0u32;
             for _ in 0..placements {
-                match p.select("c", &ScoreWeights::default()) {
+                match p.select("c") {
                     Some(id) => { p.acquire(&id); placed += 1; }
                     None => break,
                 }
@@ -357,6 +764,52 @@ mod tests {
             };
             let score = worker.score("c0", &ScoreWeights::default()).unwrap();
             prop_assert!(score > 0.3 && score <= 1.0 + 1e-12);
+        }
+
+        /// The proof that the index is right: after every operation of a
+        /// random history, the indexed pool decides exactly as a linear scan
+        /// of every worker does, and tracks the same workers.
+        #[test]
+        fn indexed_selection_matches_linear_scan(
+            weights in weights_strategy(),
+            ops in proptest::collection::vec(op_strategy(), 1..80),
+        ) {
+            let mut pool = WorkerPool::new(weights.clone());
+            let mut reference = LinearPool::default();
+            for op in ops {
+                match op {
+                    Op::Sync(registrations) => {
+                        let view = membership(&registrations);
+                        prop_assert_eq!(pool.sync(&view), reference.sync(&view));
+                    }
+                    Op::Acquire(i) => {
+                        pool.acquire(&worker_id(i));
+                        reference.acquire(&worker_id(i));
+                    }
+                    Op::Place(c) => {
+                        let chosen = pool.select(CAPABILITIES[c]);
+                        prop_assert_eq!(&chosen, &reference.select(CAPABILITIES[c], &weights));
+                        if let Some(id) = chosen {
+                            pool.acquire(&id);
+                            reference.acquire(&id);
+                        }
+                    }
+                    Op::Release(i, verdict) => {
+                        pool.release(&worker_id(i), verdict);
+                        reference.release(&worker_id(i), verdict);
+                    }
+                }
+                for capability in CAPABILITIES {
+                    prop_assert_eq!(
+                        pool.select(capability),
+                        reference.select(capability, &weights),
+                        "select({})", capability
+                    );
+                    prop_assert_eq!(pool.offers(capability), reference.offers(capability));
+                }
+                prop_assert!(pool.workers().eq(reference.workers.values()));
+                assert_index_consistent(&pool);
+            }
         }
     }
 }

@@ -14,8 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::coordinator::{
-    Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, FEED_CAPACITY,
-    RecordFeed,
+    Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, RecordHub,
 };
 use crate::mailbox::Router;
 use crate::node::NodeError;
@@ -34,10 +33,10 @@ pub fn generate_id(role: Role) -> AgentId {
     AgentId::new(format!("{role}-{}", &uuid[..8]))
 }
 
-/// A running coordinator and the feed of its durable record changes.
+/// A running coordinator and the hub of its tasks' durable records.
 pub struct StartedCoordinator {
     pub actor: ActorRef<CoordinatorMessage>,
-    pub feed: RecordFeed,
+    pub hub: RecordHub,
 }
 
 pub async fn start_coordinator(
@@ -47,13 +46,13 @@ pub async fn start_coordinator(
     config: CoordinatorConfig,
     endpoint: &str,
 ) -> Result<StartedCoordinator, NodeError> {
-    let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
+    let hub = RecordHub::default();
     let args = CoordinatorArguments {
         id: id.clone(),
         registry: registry.clone(),
         router: router.clone(),
         config,
-        feed: feed.clone(),
+        hub: hub.clone(),
     };
     let (actor, _) = Actor::spawn(None, Coordinator, args)
         .await
@@ -72,7 +71,7 @@ pub async fn start_coordinator(
         })
         .await?;
     info!(agent_id = %id, "coordinator started");
-    Ok(StartedCoordinator { actor, feed })
+    Ok(StartedCoordinator { actor, hub })
 }
 
 /// A running worker and the task that publishes its load.

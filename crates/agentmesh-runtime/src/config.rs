@@ -73,6 +73,9 @@ pub struct MailboxConfig {
     pub max_envelope_bytes: usize,
     /// Time allowed for one remote delivery.
     pub deliver_timeout: Duration,
+    /// Envelopes sent to one node and not yet acknowledged; a sender waits
+    /// for room beyond this, which bounds memory when a peer is slow.
+    pub max_in_flight_per_node: usize,
 }
 
 impl Default for MailboxConfig {
@@ -80,6 +83,7 @@ impl Default for MailboxConfig {
         Self {
             max_envelope_bytes: 4 * 1024 * 1024,
             deliver_timeout: Duration::from_secs(5),
+            max_in_flight_per_node: 4096,
         }
     }
 }

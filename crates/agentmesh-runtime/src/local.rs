@@ -91,7 +91,7 @@ impl LocalCluster {
             last = Some(record?);
         }
         match last {
-            Some(record) => Ok(record),
+            Some(record) => Ok(Arc::unwrap_or_clone(record)),
             None => self.api.get(&id).await,
         }
     }

@@ -4,20 +4,24 @@
 //! [`Router`] delivers an envelope straight into the target actor when the
 //! agent lives in this process, and over gRPC to the target's node
 //! otherwise, looking the endpoint up in the live membership view. Senders
-//! never know which of the two happened.
+//! never know which of the two happened. Between nodes, envelopes travel on
+//! one long-lived stream per pair of nodes (see [`link`]).
+
+mod link;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use agentmesh_core::{AgentId, Membership};
-use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
 use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
 use agentmesh_proto::v1::{DeliverAck, Envelope};
 use thiserror::Error;
-use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
+use self::link::Link;
 use crate::config::MailboxConfig;
 
 /// Envelope kinds of the coordinator–worker protocol.
@@ -78,7 +82,8 @@ pub trait LocalMailbox: Send + Sync + 'static {
 pub struct Router {
     local: RwLock<HashMap<AgentId, Arc<dyn LocalMailbox>>>,
     membership: watch::Receiver<Arc<Membership>>,
-    clients: Mutex<HashMap<String, AgentMailboxClient<Channel>>>,
+    /// Streams to other nodes, by endpoint.
+    links: Mutex<HashMap<String, Arc<Link>>>,
     config: MailboxConfig,
 }
 
@@ -93,7 +98,7 @@ impl Router {
         Arc::new(Self {
             local: RwLock::new(HashMap::new()),
             membership,
-            clients: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -153,62 +158,34 @@ impl Router {
             .get(&to)
             .map(|agent| agent.endpoint.clone())
             .ok_or_else(|| DeliverError::UnknownAgent(to.clone()))?;
-        let unreachable = |message: String| DeliverError::Unreachable {
-            agent: to.clone(),
-            endpoint: endpoint.clone(),
-            message,
-        };
-        let mut client = self.client(&endpoint).map_err(unreachable)?;
-        let call = client.deliver(Request::new(envelope));
-        match tokio::time::timeout(self.config.deliver_timeout, call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => {
-                if status.code() == tonic::Code::Unavailable {
-                    self.forget(&endpoint);
-                }
-                Err(unreachable(format!(
-                    "{}: {}",
-                    status.code(),
-                    status.message()
-                )))
-            }
-            Err(_) => Err(unreachable(format!(
-                "no answer within {:?}",
-                self.config.deliver_timeout
-            ))),
-        }
+        let link = self
+            .link(&endpoint)
+            .map_err(|message| DeliverError::Unreachable {
+                agent: to.clone(),
+                endpoint: endpoint.clone(),
+                message,
+            })?;
+        link.deliver(envelope, self.config.deliver_timeout)
+            .await
+            .map_err(|message| DeliverError::Unreachable {
+                agent: to,
+                endpoint,
+                message,
+            })
     }
 
-    /// A cached client for `endpoint`; channels connect lazily and
-    /// reconnect by themselves.
-    fn client(&self, endpoint: &str) -> Result<AgentMailboxClient<Channel>, String> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(endpoint) {
-            return Ok(client.clone());
+    /// The open stream to `endpoint`, or a new one when there is none or
+    /// the last one closed.
+    fn link(&self, endpoint: &str) -> Result<Arc<Link>, String> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = links.get(endpoint)
+            && !link.is_closed()
+        {
+            return Ok(link.clone());
         }
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad endpoint: {e}"))?
-            .connect_timeout(self.config.deliver_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let limit = self.config.max_envelope_bytes + ENVELOPE_OVERHEAD;
-        let client = AgentMailboxClient::new(channel)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
-        clients.insert(endpoint.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    fn forget(&self, endpoint: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(endpoint);
+        let link = Link::open(endpoint, &self.config)?;
+        links.insert(endpoint.to_owned(), link.clone());
+        Ok(link)
     }
 }
 
@@ -231,13 +208,57 @@ impl MailboxService {
     }
 }
 
+/// Acks a node may owe a peer that does not read them before it stops
+/// reading that peer's envelopes.
+const ACK_BUFFER: usize = 1024;
+
 #[tonic::async_trait]
 impl AgentMailbox for MailboxService {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
         self.router.deliver_local(request.into_inner())?;
-        Ok(Response::new(DeliverAck {}))
+        Ok(Response::new(DeliverAck::default()))
+    }
+
+    type LinkStream = ReceiverStream<Result<DeliverAck, Status>>;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (acks, stream) = mpsc::channel(ACK_BUFFER);
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(envelope)) = inbound.message().await {
+                let seq = envelope.seq;
+                let ack = match router.deliver_local(envelope) {
+                    Ok(()) => DeliverAck {
+                        seq,
+                        ..DeliverAck::default()
+                    },
+                    Err(error) => {
+                        let status = Status::from(error);
+                        DeliverAck {
+                            seq,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        }
+                    }
+                };
+                if acks.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
+
+/// Envelope ids: a random prefix per process and a counter, unique without
+/// asking the operating system for randomness on every message.
+static ENVELOPE_PREFIX: LazyLock<String> =
+    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+static ENVELOPE_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// Builds an envelope with a fresh id.
 pub fn envelope(
@@ -246,14 +267,16 @@ pub fn envelope(
     kind: &str,
     payload: impl prost::Message,
 ) -> Envelope {
+    let n = ENVELOPE_COUNTER.fetch_add(1, Ordering::Relaxed);
     Envelope {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: format!("{}-{n}", *ENVELOPE_PREFIX),
         from: from.to_string(),
         to: to.to_string(),
         kind: kind.to_owned(),
         trace_context: Default::default(),
         deadline_unix_ms: 0,
         payload: payload.encode_to_vec(),
+        seq: 0,
     }
 }
 

@@ -10,6 +10,8 @@ use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_runtime::NodeConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::Shape;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agentmesh",
@@ -43,6 +45,58 @@ pub enum Command {
     },
     /// Lists the cluster's agents with role, capabilities and load.
     Agents(AgentsArgs),
+    /// Load generator: keeps --concurrency tasks of one shape in flight
+    /// until --tasks have finished, then prints a JSON report (throughput,
+    /// latency percentiles from submit to final result, errors). Runs
+    /// against --endpoint, or against an embedded cluster when none is given.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Coordinator to load; an embedded cluster (no etcd) when omitted.
+    #[arg(long, env = "AGENTMESH_BENCH_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// What each task does.
+    #[arg(long, value_enum, default_value = "trivial")]
+    pub shape: Shape,
+    /// Tasks measured.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tasks: u64,
+    /// Tasks in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub concurrency: u64,
+    /// Tasks run before the clock starts [default: a tenth of --tasks, at most 1000].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// HTTP/2 connections to the endpoint; tasks are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub connections: u64,
+    /// The whole run stops after this many seconds; unfinished tasks count as errors.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub time_limit: u64,
+    /// Workers of the embedded cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+    /// Subtasks each embedded worker runs at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: u32,
+    /// No progress bar (it is drawn on stderr only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BenchArgs {
+    pub fn warmup(&self) -> u64 {
+        self.warmup.unwrap_or((self.tasks / 10).min(1000))
+    }
+
+    /// The embedded cluster's configuration: queues sized for the load.
+    pub fn to_config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.max_concurrency = self.max_concurrency;
+        config
+    }
 }
 
 #[derive(Debug, Args)]

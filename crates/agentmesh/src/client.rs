@@ -177,6 +177,8 @@ impl Client {
                             let done = convert::is_terminal(record.status());
                             last = Some(record);
                             if done {
+                                // Read to the end rather than reset the stream.
+                                while let Ok(Some(_)) = stream.message().await {}
                                 return last.context("terminal record");
                             }
                         }

@@ -2,6 +2,7 @@
 //! Everything a command does lives in `agentmesh-runtime`; this file only
 //! wires it up and reads top to bottom.
 
+mod bench;
 mod cli;
 mod client;
 
@@ -18,7 +19,10 @@ use clap::Parser;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{AgentsArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand};
+use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
+use crate::cli::{
+    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
+};
 use crate::client::Client;
 
 /// The example `agentmesh local` runs when no task file is given.
@@ -69,7 +73,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit(args).await,
         Command::Task { command } => task(command).await,
         Command::Agents(args) => agents(args).await,
+        Command::Bench(args) => bench(args).await,
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let options = BenchOptions {
+        shape: args.shape,
+        tasks: args.tasks,
+        concurrency: args.concurrency,
+        warmup: args.warmup(),
+        time_limit: std::time::Duration::from_secs(args.time_limit),
+        progress: !args.no_progress && bench::stderr_is_terminal(),
+    };
+    let report = match &args.endpoint {
+        Some(endpoint) => {
+            let target = RemoteTarget::connect(endpoint, args.connections as usize).await?;
+            let target: Arc<dyn Target> = Arc::new(target);
+            bench::run(target, &options).await
+        }
+        None => {
+            let cluster = LocalCluster::start(usize::from(args.workers), args.to_config())
+                .await
+                .context("failed to start the embedded cluster")?;
+            let description = format!(
+                "embedded cluster, in-memory registry, {} worker(s)",
+                args.workers
+            );
+            let target = Arc::new(EmbeddedTarget::new(cluster, description));
+            let report = bench::run(target.clone(), &options).await;
+            if let Ok(target) = Arc::try_unwrap(target) {
+                target.stop();
+            }
+            report
+        }
+    };
+    // One line, so scripts can take the last line of stdout as the report.
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TASK_FAILED)
+    })
 }
 
 async fn local(args: LocalArgs) -> anyhow::Result<ExitCode> {

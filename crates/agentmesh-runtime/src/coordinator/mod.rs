@@ -13,6 +13,7 @@
 //! `agentmesh_core::task::TaskRecord` and by `WorkerPool`; this actor only
 //! feeds them events and carries out what they decide.
 
+mod hub;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -32,7 +33,8 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-pub use writer::{FEED_CAPACITY, RecordFeed, RecordWriter};
+pub use hub::{RecordHub, Subscription};
+pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
 use crate::config::CoordinatorConfig;
@@ -83,7 +85,7 @@ pub struct CoordinatorArguments {
     pub router: Arc<Router>,
     pub config: CoordinatorConfig,
     /// Where durable record changes are announced in this process.
-    pub feed: RecordFeed,
+    pub hub: RecordHub,
 }
 
 pub struct CoordinatorState {
@@ -112,7 +114,7 @@ impl Actor for Coordinator {
         args: CoordinatorArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut membership = args.registry.membership();
-        let mut pool = WorkerPool::default();
+        let mut pool = WorkerPool::new(args.config.weights.clone());
         pool.sync(&membership.borrow_and_update());
         let events = myself.clone();
         tokio::spawn(async move {
@@ -137,7 +139,7 @@ impl Actor for Coordinator {
         Ok(CoordinatorState {
             id: args.id,
             router: args.router,
-            writer: RecordWriter::spawn(args.registry, args.config.write_batch, args.feed),
+            writer: RecordWriter::spawn(args.registry, args.config.write_batch, args.hub),
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),
@@ -405,10 +407,7 @@ impl CoordinatorState {
             if record.subtasks[index].status != Status::Pending {
                 continue;
             }
-            let Some(worker) = self
-                .pool
-                .select(&record.subtasks[index].capability, &self.config.weights)
-            else {
+            let Some(worker) = self.pool.select(&record.subtasks[index].capability) else {
                 waiting.push_back((id, index));
                 continue;
             };

@@ -13,8 +13,10 @@ use std::time::Duration;
 use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_registry::{Registry, RegistryError};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
+
+use super::hub::RecordHub;
 
 /// Changes waiting to be written; a full queue makes the coordinator wait,
 /// which is the back-pressure that keeps memory bounded.
@@ -23,14 +25,6 @@ const QUEUE: usize = 4096;
 const MAX_WRITE_ATTEMPTS: u32 = 5;
 
 pub type WriteAck = oneshot::Sender<Result<(), String>>;
-
-/// Records just made durable, for watchers in this process; they hear of a
-/// change without waiting for etcd's watch to deliver it.
-pub type RecordFeed = broadcast::Sender<Arc<TaskRecord>>;
-
-/// Changes a slow in-process watcher may fall behind before it skips some
-/// (it still gets them from the registry's watch).
-pub const FEED_CAPACITY: usize = 4096;
 
 struct Write {
     record: Arc<TaskRecord>,
@@ -43,9 +37,9 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn spawn(registry: Arc<dyn Registry>, batch: usize, feed: RecordFeed) -> Self {
+    pub fn spawn(registry: Arc<dyn Registry>, batch: usize, hub: RecordHub) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(registry, rx, batch.max(1), feed));
+        tokio::spawn(run(registry, rx, batch.max(1), hub));
         Self { queue }
     }
 
@@ -63,7 +57,7 @@ async fn run(
     registry: Arc<dyn Registry>,
     mut rx: mpsc::Receiver<Write>,
     batch: usize,
-    feed: RecordFeed,
+    hub: RecordHub,
 ) {
     let mut pending = Vec::with_capacity(batch);
     while rx.recv_many(&mut pending, batch).await > 0 {
@@ -82,8 +76,7 @@ async fn run(
         let outcome = write_with_retry(registry.as_ref(), &records).await;
         if outcome.is_ok() {
             for record in records {
-                // Nobody listening is fine.
-                let _ = feed.send(record);
+                hub.publish(record);
             }
         }
         for ack in acks {

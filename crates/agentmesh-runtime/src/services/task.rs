@@ -15,14 +15,14 @@ use agentmesh_registry::Registry;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
 use crate::agents::StartedCoordinator;
 
 use crate::clock::now_ms;
 use crate::convert;
-use crate::coordinator::{CoordinatorMessage, RecordFeed};
+use crate::coordinator::{CoordinatorMessage, RecordHub};
 use crate::error::ApiError;
 
 /// Time allowed for the coordinator to accept or cancel a task, including
@@ -30,13 +30,13 @@ use crate::error::ApiError;
 const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A stream of task records that ends after the first terminal one.
-pub type RecordStream = Pin<Box<dyn Stream<Item = Result<TaskRecord, ApiError>> + Send>>;
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
 
 #[derive(Clone)]
 pub struct TaskApi {
     registry: Arc<dyn Registry>,
     coordinator: Option<ActorRef<CoordinatorMessage>>,
-    feed: Option<RecordFeed>,
+    hub: Option<RecordHub>,
     limits: TaskLimits,
 }
 
@@ -49,7 +49,7 @@ impl TaskApi {
         Self {
             registry,
             coordinator: coordinator.map(|c| c.actor.clone()),
-            feed: coordinator.map(|c| c.feed.clone()),
+            hub: coordinator.map(|c| c.hub.clone()),
             limits,
         }
     }
@@ -83,8 +83,13 @@ impl TaskApi {
         Ok(answer(outcome)??)
     }
 
+    /// Served from memory for tasks this node owns, from the registry
+    /// otherwise.
     pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ApiError> {
         check_id(id)?;
+        if let Some(record) = self.hub.as_ref().and_then(|hub| hub.latest(id)) {
+            return Ok((*record).clone());
+        }
         self.registry
             .get_task(id)
             .await?
@@ -94,33 +99,33 @@ impl TaskApi {
     /// The record, then every later change, ending after the terminal
     /// record. Only records with a revision above `after_revision` are sent.
     ///
-    /// Changes come from two sources merged by revision: the local
-    /// coordinator's feed (immediate, for tasks this node owns) and the
-    /// registry's watch (for every task; etcd may hold back events of a
-    /// watch that starts behind the store by up to its resync period).
+    /// A task this node owns is followed in memory through the record hub;
+    /// any other task, or a watcher that fell behind the hub, through the
+    /// registry's watch. Records are deduplicated by revision, so the
+    /// switch from one source to the other neither skips nor repeats one.
     pub async fn watch(&self, id: &TaskId, after_revision: u64) -> Result<RecordStream, ApiError> {
-        // Subscribe before reading so no change falls in between.
-        let local = self.feed.as_ref().map(|feed| {
-            let wanted = id.clone();
-            BroadcastStream::new(feed.subscribe()).filter_map(move |item| {
-                // Other tasks' records are skipped; after a lag the
-                // registry's watch fills the gap.
-                let record = item
-                    .ok()
-                    .filter(|r| r.id == wanted)
-                    .map(|r| Ok((*r).clone()));
-                futures::future::ready(record)
-            })
-        });
-        self.get(id).await?;
-        let remote = self
-            .registry
-            .watch_task(id)
-            .await?
-            .map(|item| item.map_err(ApiError::from));
+        check_id(id)?;
+        let registry = self.registry.clone();
+        let remote_id = id.clone();
+        let remote = futures::stream::once(async move { registry.watch_task(&remote_id).await })
+            .flat_map(|watch| match watch {
+                Ok(records) => records
+                    .map(|item| item.map(Arc::new).map_err(ApiError::from))
+                    .boxed(),
+                Err(error) => futures::stream::iter([Err(ApiError::from(error))]).boxed(),
+            });
+        let local = self.hub.as_ref().and_then(|hub| hub.subscribe(id));
         let merged = match local {
-            Some(local) => futures::stream::select(local, remote).boxed(),
-            None => remote.boxed(),
+            Some(subscription) => {
+                let first = futures::stream::iter([Ok(subscription.latest)]);
+                let changes = ReceiverStream::new(subscription.changes).map(Ok);
+                first.chain(changes).chain(remote).boxed()
+            }
+            None => {
+                // Answer NOT_FOUND at once rather than as a stream error.
+                self.get(id).await?;
+                remote.boxed()
+            }
         };
         let stream = futures::stream::unfold(
             (merged, after_revision, false),
@@ -130,14 +135,14 @@ impl TaskApi {
                 }
                 loop {
                     let item = merged.next().await?;
-                    match &item {
+                    match item {
                         Ok(record) if record.revision <= last => continue,
                         Ok(record) => {
                             last = record.revision;
                             let ended = record.status.is_terminal();
-                            return Some((item, (merged, last, ended)));
+                            return Some((Ok(record), (merged, last, ended)));
                         }
-                        Err(_) => return Some((item, (merged, last, true))),
+                        Err(error) => return Some((Err(error), (merged, last, true))),
                     }
                 }
             },

@@ -1,0 +1,152 @@
+//! One long-lived `Link` stream from this node to another.
+//!
+//! A unary call per message costs a whole HTTP/2 exchange (headers, data,
+//! trailers) on both sides; a message on an open stream costs one frame.
+//! Every envelope still gets its own ack, matched by `seq`, so a sender
+//! learns exactly what it learned from `Deliver`: accepted, or why not.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
+use agentmesh_proto::v1::{DeliverAck, Envelope};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::debug;
+
+use super::ENVELOPE_OVERHEAD;
+use crate::config::MailboxConfig;
+
+/// Envelopes queued for the stream before senders wait.
+const OUTBOUND_BUFFER: usize = 1024;
+
+type AckSender = oneshot::Sender<Result<(), String>>;
+
+pub(super) struct Link {
+    outbound: mpsc::Sender<Envelope>,
+    /// Senders waiting for their ack, by `seq`.
+    pending: Mutex<HashMap<u64, AckSender>>,
+    next_seq: AtomicU64,
+    /// Bounds the envelopes sent and not yet acknowledged.
+    in_flight: Semaphore,
+    closed: AtomicBool,
+}
+
+impl Link {
+    /// Starts connecting in the background; envelopes sent meanwhile wait
+    /// in the outbound buffer.
+    pub(super) fn open(endpoint: &str, config: &MailboxConfig) -> Result<Arc<Self>, String> {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| format!("bad endpoint: {e}"))?
+            .connect_timeout(config.deliver_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let limit = config.max_envelope_bytes + ENVELOPE_OVERHEAD;
+        let client = AgentMailboxClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let (outbound, queued) = mpsc::channel(OUTBOUND_BUFFER);
+        let link = Arc::new(Self {
+            outbound,
+            pending: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(1),
+            in_flight: Semaphore::new(config.max_in_flight_per_node.max(1)),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(run(link.clone(), client, queued));
+        Ok(link)
+    }
+
+    /// A closed link is replaced by a new one on the next send.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Sends one envelope and waits for the peer's ack.
+    pub(super) async fn deliver(
+        &self,
+        mut envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let no_ack = || format!("no acknowledgement within {timeout:?}");
+        let _permit = tokio::time::timeout(timeout, self.in_flight.acquire())
+            .await
+            .map_err(|_| no_ack())?
+            .map_err(|_| "connection closed".to_owned())?;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        envelope.seq = seq;
+        let (ack, acked) = oneshot::channel();
+        self.lock_pending().insert(seq, ack);
+        // `run` marks the link closed before it fails what is pending, so
+        // an envelope registered after that sweep is caught here.
+        if self.is_closed() || self.outbound.send(envelope).await.is_err() {
+            self.lock_pending().remove(&seq);
+            return Err("connection closed".to_owned());
+        }
+        match tokio::time::timeout(timeout, acked).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err("connection closed before the acknowledgement".to_owned()),
+            Err(_) => {
+                self.lock_pending().remove(&seq);
+                Err(no_ack())
+            }
+        }
+    }
+
+    fn acknowledge(&self, ack: DeliverAck) {
+        let Some(sender) = self.lock_pending().remove(&ack.seq) else {
+            return; // the sender gave up waiting
+        };
+        let outcome = if ack.code == 0 {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", tonic::Code::from(ack.code), ack.message))
+        };
+        let _ = sender.send(outcome);
+    }
+
+    fn close(&self, reason: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.in_flight.close();
+        let pending: Vec<AckSender> = self.lock_pending().drain().map(|(_, s)| s).collect();
+        for sender in pending {
+            let _ = sender.send(Err(reason.to_owned()));
+        }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AckSender>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Drives the stream: the request side drains the outbound buffer, the
+/// response side resolves acks, until either end closes.
+async fn run(
+    link: Arc<Link>,
+    mut client: AgentMailboxClient<tonic::transport::Channel>,
+    queued: mpsc::Receiver<Envelope>,
+) {
+    let reason = match client.link(ReceiverStream::new(queued)).await {
+        Ok(response) => {
+            let mut acks = response.into_inner();
+            loop {
+                match acks.message().await {
+                    Ok(Some(ack)) => link.acknowledge(ack),
+                    Ok(None) => break "the peer closed the stream".to_owned(),
+                    Err(status) => break format!("{}: {}", status.code(), status.message()),
+                }
+            }
+        }
+        Err(status) => format!("{}: {}", status.code(), status.message()),
+    };
+    debug!(%reason, "mailbox link closed");
+    link.close(&reason);
+}

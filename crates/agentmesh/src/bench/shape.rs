@@ -1,0 +1,90 @@
+//! The task shapes the load generator submits, and how each one's result
+//! is checked: a run that returns wrong answers fast is not a fast run.
+
+use clap::ValueEnum;
+use serde_json::{Value, json};
+
+/// Subtasks of the fan-out shape before its join.
+const FANOUT_WIDTH: u32 = 8;
+/// Sleep of the sleep shape: long enough that concurrency, not CPU, sets
+/// the rate.
+const SLEEP_MS: u64 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    /// One `math.eval "1+1"`: the cost of the machinery itself.
+    Trivial,
+    /// Eight parallel `math.eval` subtasks and a join that sums them.
+    Fanout,
+    /// One `sleep` of 10 ms: how many tasks run at once.
+    Sleep,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Trivial => "trivial",
+            Shape::Fanout => "fanout",
+            Shape::Sleep => "sleep",
+        }
+    }
+
+    /// The task file, as JSON text.
+    pub fn document(self) -> String {
+        let task = match self {
+            Shape::Trivial => json!({
+                "name": "bench-trivial",
+                "tasks": [{"id": "x", "capability": "math.eval", "input": {"expr": "1+1"}}],
+            }),
+            Shape::Fanout => {
+                let mut tasks: Vec<Value> = (1..=FANOUT_WIDTH)
+                    .map(|i| {
+                        json!({"id": format!("s{i}"), "capability": "math.eval",
+                               "input": {"expr": format!("{i}*{i}")}})
+                    })
+                    .collect();
+                let sum: Vec<String> = (1..=FANOUT_WIDTH)
+                    .map(|i| format!("{{{{s{i}.value}}}}"))
+                    .collect();
+                tasks.push(json!({
+                    "id": "join", "capability": "math.eval",
+                    "input": {"expr": sum.join(" + ")},
+                    "depends_on": (1..=FANOUT_WIDTH).map(|i| format!("s{i}")).collect::<Vec<_>>(),
+                }));
+                json!({"name": "bench-fanout", "strategy": "parallel", "tasks": tasks})
+            }
+            Shape::Sleep => json!({
+                "name": "bench-sleep",
+                "tasks": [{"id": "nap", "capability": "sleep", "input": {"ms": SLEEP_MS}}],
+            }),
+        };
+        task.to_string()
+    }
+
+    /// The result a correct run returns.
+    pub fn expected(self) -> Value {
+        match self {
+            Shape::Trivial => json!({"value": 2}),
+            Shape::Fanout => json!({"value": (1..=FANOUT_WIDTH).map(|i| i * i).sum::<u32>()}),
+            Shape::Sleep => json!({"slept_ms": SLEEP_MS}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_core::task::{TaskLimits, parse_and_validate};
+
+    use super::*;
+
+    #[test]
+    fn every_shape_is_a_valid_task_file() {
+        for shape in Shape::value_variants() {
+            let document = shape.document();
+            let file = parse_and_validate(&document, &TaskLimits::default(), &|_| true, &Vec::new)
+                .unwrap_or_else(|e| panic!("{}: {e}", shape.name()));
+            let expected = if *shape == Shape::Fanout { 9 } else { 1 };
+            assert_eq!(file.tasks.len(), expected, "{}", shape.name());
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Where the load generator sends its tasks: a running cluster over gRPC,
+//! or an embedded cluster in this process.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use agentmesh_core::task::Status;
+use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::task_service_client::TaskServiceClient;
+use agentmesh_runtime::LocalCluster;
+use agentmesh_runtime::convert;
+use anyhow::Context;
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint};
+
+/// Runs one task to its end and returns its result, or why it has none.
+#[async_trait::async_trait]
+pub trait Target: Send + Sync {
+    async fn run(&self, document: &str) -> Result<Value, String>;
+    /// For the report's notes.
+    fn describe(&self) -> String;
+}
+
+/// A cluster reached over gRPC: submit, then watch until the final record.
+pub struct RemoteTarget {
+    clients: Vec<TaskServiceClient<Channel>>,
+    next: AtomicUsize,
+    endpoint: String,
+}
+
+impl RemoteTarget {
+    /// Opens `connections` HTTP/2 connections to `endpoint`; tasks are
+    /// spread over them in turn.
+    pub async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Self> {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let channel = Endpoint::from_shared(uri.clone())
+                .with_context(|| format!("bad endpoint '{endpoint}'"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {endpoint}"))?;
+            clients.push(TaskServiceClient::new(channel));
+        }
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    fn client(&self) -> TaskServiceClient<Channel> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.clients[n % self.clients.len()].clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for RemoteTarget {
+    async fn run(&self, document: &str) -> Result<Value, String> {
+        let mut client = self.client();
+        let task_id = client
+            .submit(pb::SubmitRequest {
+                document: document.to_owned(),
+            })
+            .await
+            .map_err(|s| format!("submit refused: {} [{:?}]", s.message(), s.code()))?
+            .into_inner()
+            .task_id;
+        let mut records = client
+            .watch(pb::WatchTaskRequest {
+                task_id,
+                after_revision: 0,
+            })
+            .await
+            .map_err(|s| format!("watch refused: {} [{:?}]", s.message(), s.code()))?
+            .into_inner();
+        loop {
+            let record = records
+                .message()
+                .await
+                .map_err(|s| format!("watch broke: {} [{:?}]", s.message(), s.code()))?
+                .ok_or("watch ended before the task did")?;
+            if !convert::is_terminal(record.status()) {
+                continue;
+            }
+            // Read the stream to its end: dropping it early resets the
+            // HTTP/2 stream, and servers cut connections with many resets.
+            while let Ok(Some(_)) = records.message().await {}
+            return match record.status() {
+                pb::TaskStatus::Completed => serde_json::from_str(&record.result_json)
+                    .map_err(|e| format!("result is not JSON: {e}")),
+                status => Err(format!("task {status:?}: {}", record.error)),
+            };
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "endpoint {}, {} connection(s)",
+            self.endpoint,
+            self.clients.len()
+        )
+    }
+}
+
+/// A coordinator and workers in this process over the in-memory registry.
+pub struct EmbeddedTarget {
+    cluster: LocalCluster,
+    description: String,
+}
+
+impl EmbeddedTarget {
+    pub fn new(cluster: LocalCluster, description: String) -> Self {
+        Self {
+            cluster,
+            description,
+        }
+    }
+
+    pub fn stop(self) {
+        self.cluster.stop();
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for EmbeddedTarget {
+    async fn run(&self, document: &str) -> Result<Value, String> {
+        let record = self
+            .cluster
+            .run(document)
+            .await
+            .map_err(|e| e.to_string())?;
+        match record.status {
+            Status::Completed => Ok(record.result.unwrap_or(Value::Null)),
+            status => Err(format!(
+                "task {status}: {}",
+                record.error.unwrap_or_default()
+            )),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
