@@ -165,7 +165,7 @@ impl Router {
                 endpoint: endpoint.clone(),
                 message,
             })?;
-        link.deliver(envelope, self.config.deliver_timeout)
+        link.deliver(envelope)
             .await
             .map_err(|message| DeliverError::Unreachable {
                 agent: to,

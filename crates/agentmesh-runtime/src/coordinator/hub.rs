@@ -6,8 +6,12 @@
 //! etcd watch — which is what keeps a watch per task affordable at
 //! thousands of tasks per second. Tasks this node does not own are watched
 //! through the registry, as before.
+//!
+//! Ended tasks stay a little while ([`RECENTLY_ENDED`] of them): a client
+//! that watches right after submitting often asks after a short task has
+//! already finished, and that answer should not cost an etcd read either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use agentmesh_core::TaskId;
@@ -18,9 +22,19 @@ use tokio::sync::mpsc;
 /// watcher goes on from the registry's watch, so it skips nothing.
 pub const WATCHER_BACKLOG: usize = 64;
 
+/// Ended tasks whose final record is kept in memory, newest first out last.
+pub const RECENTLY_ENDED: usize = 4096;
+
 #[derive(Clone, Default)]
 pub struct RecordHub {
-    tasks: Arc<Mutex<HashMap<TaskId, Entry>>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<TaskId, Entry>,
+    /// Ended tasks still in `tasks`, oldest first.
+    ended: VecDeque<TaskId>,
 }
 
 struct Entry {
@@ -37,45 +51,66 @@ pub struct Subscription {
 }
 
 impl RecordHub {
-    /// Announces a durable record. Once a task ends, the hub forgets it: its
-    /// record is in the registry for anyone who asks later.
+    /// Announces a durable record. An ended task's watchers are released
+    /// and its final record kept for a while; then the registry has it.
     pub fn publish(&self, record: Arc<TaskRecord>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         let terminal = record.status.is_terminal();
-        let entry = tasks.entry(record.id.clone()).or_insert_with(|| Entry {
-            latest: record.clone(),
-            watchers: Vec::new(),
-        });
-        if record.revision < entry.latest.revision {
-            return;
+        match inner.tasks.get_mut(&record.id) {
+            Some(entry) => {
+                if record.revision < entry.latest.revision || entry.latest.status.is_terminal() {
+                    return;
+                }
+                entry.latest = record.clone();
+                entry
+                    .watchers
+                    .retain(|watcher| watcher.try_send(record.clone()).is_ok());
+                if terminal {
+                    entry.watchers.clear();
+                }
+            }
+            None => {
+                let entry = Entry {
+                    latest: record.clone(),
+                    watchers: Vec::new(),
+                };
+                inner.tasks.insert(record.id.clone(), entry);
+            }
         }
-        entry.latest = record.clone();
-        entry
-            .watchers
-            .retain(|watcher| watcher.try_send(record.clone()).is_ok());
         if terminal {
-            tasks.remove(&record.id);
+            inner.ended.push_back(record.id.clone());
+            if inner.ended.len() > RECENTLY_ENDED
+                && let Some(oldest) = inner.ended.pop_front()
+            {
+                inner.tasks.remove(&oldest);
+            }
         }
     }
 
-    /// The latest durable record of a task this coordinator owns, if it
-    /// still runs.
+    /// The latest durable record of a task this coordinator owns, while it
+    /// runs and for a while after it ended.
     pub fn latest(&self, id: &TaskId) -> Option<Arc<TaskRecord>> {
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.get(id).map(|entry| entry.latest.clone())
+        self.lock().tasks.get(id).map(|entry| entry.latest.clone())
     }
 
-    /// Follows an owned, unfinished task; `None` when this coordinator does
-    /// not own it or it has ended.
+    /// Follows an owned task; `None` when this coordinator does not know
+    /// it. The subscription of an ended task holds its final record and a
+    /// closed channel.
     pub fn subscribe(&self, id: &TaskId) -> Option<Subscription> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = tasks.get_mut(id)?;
+        let mut inner = self.lock();
+        let entry = inner.tasks.get_mut(id)?;
         let (sender, changes) = mpsc::channel(WATCHER_BACKLOG);
-        entry.watchers.push(sender);
+        if !entry.latest.status.is_terminal() {
+            entry.watchers.push(sender);
+        }
         Some(Subscription {
             latest: entry.latest.clone(),
             changes,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -85,41 +120,48 @@ mod tests {
 
     use super::*;
 
-    fn record(revision: u64, status: Status) -> Arc<TaskRecord> {
+    fn record(id: &str, revision: u64, status: Status) -> Arc<TaskRecord> {
         let file: TaskFile = serde_json::from_str(
             r#"{"name":"t","tasks":[{"id":"a","capability":"sleep","input":{}}]}"#,
         )
         .unwrap();
-        let mut record = TaskRecord::new(TaskId::new("t1"), file, 0);
+        let mut record = TaskRecord::new(TaskId::new(id), file, 0);
         record.revision = revision;
         record.status = status;
         Arc::new(record)
     }
 
     #[test]
-    fn watchers_get_each_change_and_the_hub_forgets_ended_tasks() {
+    fn watchers_get_each_change_and_ended_tasks_are_kept_a_while() {
         let hub = RecordHub::default();
-        hub.publish(record(1, Status::Pending));
+        hub.publish(record("t1", 1, Status::Pending));
         let mut subscription = hub.subscribe(&TaskId::new("t1")).unwrap();
         assert_eq!(subscription.latest.revision, 1);
-        hub.publish(record(2, Status::Running));
-        hub.publish(record(1, Status::Pending)); // stale: ignored
-        hub.publish(record(3, Status::Completed));
+        hub.publish(record("t1", 2, Status::Running));
+        hub.publish(record("t1", 1, Status::Pending)); // stale: ignored
+        hub.publish(record("t1", 3, Status::Completed));
         let revisions: Vec<u64> = std::iter::from_fn(|| subscription.changes.try_recv().ok())
             .map(|r| r.revision)
             .collect();
         assert_eq!(revisions, vec![2, 3]);
+        // A watch after the end still gets the final record, from memory.
+        let late = hub.subscribe(&TaskId::new("t1")).unwrap();
+        assert_eq!(late.latest.status, Status::Completed);
+        // Until enough later tasks have ended.
+        for n in 0..RECENTLY_ENDED {
+            hub.publish(record(&format!("other-{n}"), 1, Status::Failed));
+        }
         assert!(hub.latest(&TaskId::new("t1")).is_none());
-        assert!(hub.subscribe(&TaskId::new("t1")).is_none());
+        assert!(hub.latest(&TaskId::new("other-1")).is_some());
     }
 
     #[test]
     fn a_watcher_that_falls_behind_is_dropped_not_waited_for() {
         let hub = RecordHub::default();
-        hub.publish(record(1, Status::Running));
+        hub.publish(record("t1", 1, Status::Running));
         let mut subscription = hub.subscribe(&TaskId::new("t1")).unwrap();
         for revision in 2..(WATCHER_BACKLOG as u64 + 10) {
-            hub.publish(record(revision, Status::Running));
+            hub.publish(record("t1", revision, Status::Running));
         }
         let received = std::iter::from_fn(|| subscription.changes.try_recv().ok()).count();
         assert_eq!(received, WATCHER_BACKLOG);

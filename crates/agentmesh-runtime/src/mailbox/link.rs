@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
 use agentmesh_proto::v1::{DeliverAck, Envelope};
@@ -25,10 +25,18 @@ const OUTBOUND_BUFFER: usize = 1024;
 
 type AckSender = oneshot::Sender<Result<(), String>>;
 
+/// A sender waiting for its ack, and when it stops waiting.
+struct Pending {
+    ack: AckSender,
+    deadline: Instant,
+}
+
 pub(super) struct Link {
     outbound: mpsc::Sender<Envelope>,
-    /// Senders waiting for their ack, by `seq`.
-    pending: Mutex<HashMap<u64, AckSender>>,
+    /// Senders waiting for their ack, by `seq`. Deadlines are enforced by
+    /// one sweeper per link rather than a timer per envelope.
+    pending: Mutex<HashMap<u64, Pending>>,
+    timeout: Duration,
     next_seq: AtomicU64,
     /// Bounds the envelopes sent and not yet acknowledged.
     in_flight: Semaphore,
@@ -57,11 +65,13 @@ impl Link {
         let link = Arc::new(Self {
             outbound,
             pending: Mutex::new(HashMap::new()),
+            timeout: config.deliver_timeout,
             next_seq: AtomicU64::new(1),
             in_flight: Semaphore::new(config.max_in_flight_per_node.max(1)),
             closed: AtomicBool::new(false),
         });
         tokio::spawn(run(link.clone(), client, queued));
+        tokio::spawn(sweep(Arc::downgrade(&link)));
         Ok(link)
     }
 
@@ -70,59 +80,77 @@ impl Link {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Sends one envelope and waits for the peer's ack.
-    pub(super) async fn deliver(
-        &self,
-        mut envelope: Envelope,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let no_ack = || format!("no acknowledgement within {timeout:?}");
-        let _permit = tokio::time::timeout(timeout, self.in_flight.acquire())
-            .await
-            .map_err(|_| no_ack())?
-            .map_err(|_| "connection closed".to_owned())?;
+    /// Sends one envelope and waits for the peer's ack, at most the
+    /// mailbox's delivery timeout.
+    pub(super) async fn deliver(&self, mut envelope: Envelope) -> Result<(), String> {
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err("connection closed".into()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout(self.timeout, self.in_flight.acquire())
+                    .await
+                    .map_err(|_| self.no_ack())?
+                    .map_err(|_| "connection closed".to_owned())?
+            }
+        };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         envelope.seq = seq;
         let (ack, acked) = oneshot::channel();
-        self.lock_pending().insert(seq, ack);
+        let deadline = Instant::now() + self.timeout;
+        self.lock_pending().insert(seq, Pending { ack, deadline });
         // `run` marks the link closed before it fails what is pending, so
         // an envelope registered after that sweep is caught here.
         if self.is_closed() || self.outbound.send(envelope).await.is_err() {
             self.lock_pending().remove(&seq);
             return Err("connection closed".to_owned());
         }
-        match tokio::time::timeout(timeout, acked).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err("connection closed before the acknowledgement".to_owned()),
-            Err(_) => {
-                self.lock_pending().remove(&seq);
-                Err(no_ack())
-            }
-        }
+        acked
+            .await
+            .unwrap_or_else(|_| Err("connection closed before the acknowledgement".to_owned()))
+    }
+
+    fn no_ack(&self) -> String {
+        format!("no acknowledgement within {:?}", self.timeout)
     }
 
     fn acknowledge(&self, ack: DeliverAck) {
-        let Some(sender) = self.lock_pending().remove(&ack.seq) else {
-            return; // the sender gave up waiting
+        let Some(pending) = self.lock_pending().remove(&ack.seq) else {
+            return; // its deadline passed
         };
         let outcome = if ack.code == 0 {
             Ok(())
         } else {
             Err(format!("{}: {}", tonic::Code::from(ack.code), ack.message))
         };
-        let _ = sender.send(outcome);
+        let _ = pending.ack.send(outcome);
+    }
+
+    /// Fails the senders whose deadline has passed.
+    fn expire(&self, now: Instant) {
+        let expired: Vec<Pending> = {
+            let mut pending = self.lock_pending();
+            let late: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(seq, _)| *seq)
+                .collect();
+            late.iter().filter_map(|seq| pending.remove(seq)).collect()
+        };
+        for pending in expired {
+            let _ = pending.ack.send(Err(self.no_ack()));
+        }
     }
 
     fn close(&self, reason: &str) {
         self.closed.store(true, Ordering::SeqCst);
         self.in_flight.close();
-        let pending: Vec<AckSender> = self.lock_pending().drain().map(|(_, s)| s).collect();
-        for sender in pending {
-            let _ = sender.send(Err(reason.to_owned()));
+        let pending: Vec<Pending> = self.lock_pending().drain().map(|(_, p)| p).collect();
+        for pending in pending {
+            let _ = pending.ack.send(Err(reason.to_owned()));
         }
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AckSender>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -149,4 +177,22 @@ async fn run(
     };
     debug!(%reason, "mailbox link closed");
     link.close(&reason);
+}
+
+/// Enforces ack deadlines a few times per timeout, until the link closes.
+async fn sweep(link: Weak<Link>) {
+    let period = match link.upgrade() {
+        Some(link) => (link.timeout / 4).max(Duration::from_millis(10)),
+        None => return,
+    };
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(link) = link.upgrade() else { return };
+        if link.is_closed() {
+            return;
+        }
+        link.expire(Instant::now());
+    }
 }
