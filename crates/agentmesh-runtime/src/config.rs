@@ -51,6 +51,8 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// Record updates persisted in one registry transaction.
     pub write_batch: usize,
+    /// Record transactions in flight at once (a task is never in two).
+    pub write_concurrency: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -62,6 +64,7 @@ impl Default for CoordinatorConfig {
             max_active_tasks: 10_000,
             max_attempts: 3,
             write_batch: 64,
+            write_concurrency: 1,
         }
     }
 }
@@ -156,6 +159,7 @@ impl NodeConfig {
             (c.max_queued_subtasks, "max queued subtasks"),
             (c.max_active_tasks, "max active tasks"),
             (c.write_batch, "write batch"),
+            (c.write_concurrency, "write concurrency"),
             (c.max_attempts as usize, "max attempts"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
         ] {

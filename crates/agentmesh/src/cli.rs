@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// The whole run stops after this many seconds; unfinished tasks count as errors.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub time_limit: u64,
+    /// Open loop: start this many tasks per second (at most --concurrency
+    /// at once) rather than a new one as each finishes; for latency at a
+    /// given load.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Workers of the embedded cluster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
@@ -196,6 +201,14 @@ pub struct NodeArgs {
     /// [default: 0.3,0.3,0.2,0.2].
     #[arg(long, env = "AGENTMESH_SCORE_WEIGHTS", value_parser = parse_weights)]
     pub score_weights: Option<ScoreWeights>,
+    /// Task-record transactions to etcd in flight at once (coordinator).
+    /// One is fastest against a local etcd (bench/RESULTS.md); more can
+    /// help when etcd is a network round trip away.
+    #[arg(long, env = "AGENTMESH_WRITE_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub write_concurrency: u64,
+    /// Task records written to etcd in one transaction (coordinator).
+    #[arg(long, env = "AGENTMESH_WRITE_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=128))]
+    pub write_batch: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -226,6 +239,8 @@ impl NodeArgs {
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
         coordinator.max_attempts = self.max_attempts;
+        coordinator.write_concurrency = self.write_concurrency as usize;
+        coordinator.write_batch = self.write_batch as usize;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {

@@ -89,6 +89,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         concurrency: args.concurrency,
         warmup: args.warmup(),
         time_limit: std::time::Duration::from_secs(args.time_limit),
+        rate: args.rate,
         progress: !args.no_progress && bench::stderr_is_terminal(),
     };
     let report = match &args.endpoint {

@@ -139,7 +139,12 @@ impl Actor for Coordinator {
         Ok(CoordinatorState {
             id: args.id,
             router: args.router,
-            writer: RecordWriter::spawn(args.registry, args.config.write_batch, args.hub),
+            writer: RecordWriter::spawn(
+                args.registry,
+                args.config.write_batch,
+                args.config.write_concurrency,
+                args.hub,
+            ),
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),

@@ -1,12 +1,15 @@
 //! Persists task records in batches.
 //!
-//! Every change of a record is queued here; the writer drains whatever has
-//! queued up, keeps the newest revision of each task, and writes the batch
-//! in one registry transaction. Under load many changes share one write;
-//! when idle a change is written at once. Acknowledgements fire only after
-//! the write succeeded, so a client told "accepted" can rely on the record.
+//! Every change of a record is queued here; the writer keeps the newest
+//! revision of each task and writes many tasks in one registry
+//! transaction. Up to `write_concurrency` transactions are in flight at
+//! once, so a change never waits for a whole etcd round trip of unrelated
+//! work — but a task is never in two at once, so its revisions land in
+//! order. Under load many changes share one write; when idle a change is
+//! written at once. Acknowledgements fire only after the write succeeded,
+//! so a client told "accepted" can rely on the record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_registry::{Registry, RegistryError};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::hub::RecordHub;
@@ -37,9 +41,16 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn spawn(registry: Arc<dyn Registry>, batch: usize, hub: RecordHub) -> Self {
+    /// `batch` records at most per transaction, `concurrency` transactions
+    /// in flight at most.
+    pub fn spawn(
+        registry: Arc<dyn Registry>,
+        batch: usize,
+        concurrency: usize,
+        hub: RecordHub,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(registry, rx, batch.max(1), hub));
+        tokio::spawn(run(registry, rx, batch.max(1), concurrency.max(1), hub));
         Self { queue }
     }
 
@@ -53,34 +64,115 @@ impl RecordWriter {
     }
 }
 
+/// Which records go into the next transaction: the newest record of each
+/// waiting task, oldest waiting first, skipping tasks with a write in
+/// flight (their newer record waits for that write to end).
+#[derive(Default)]
+struct WritePlan {
+    waiting: HashMap<TaskId, (Arc<TaskRecord>, Vec<WriteAck>)>,
+    order: VecDeque<TaskId>,
+    busy: HashSet<TaskId>,
+}
+
+/// One transaction's records and the acknowledgements it settles.
+struct Batch {
+    records: Vec<Arc<TaskRecord>>,
+    acks: Vec<WriteAck>,
+}
+
+impl WritePlan {
+    fn add(&mut self, write: Write) {
+        let id = write.record.id.clone();
+        match self.waiting.get_mut(&id) {
+            Some((record, acks)) => {
+                if write.record.revision > record.revision {
+                    *record = write.record;
+                }
+                acks.extend(write.ack);
+            }
+            None => {
+                self.order.push_back(id.clone());
+                self.waiting
+                    .insert(id, (write.record, write.ack.into_iter().collect()));
+            }
+        }
+    }
+
+    fn next_batch(&mut self, max: usize) -> Option<Batch> {
+        let mut batch = Batch {
+            records: Vec::new(),
+            acks: Vec::new(),
+        };
+        let mut skipped = VecDeque::new();
+        while batch.records.len() < max
+            && let Some(id) = self.order.pop_front()
+        {
+            if self.busy.contains(&id) {
+                skipped.push_back(id);
+                continue;
+            }
+            if let Some((record, acks)) = self.waiting.remove(&id) {
+                batch.records.push(record);
+                batch.acks.extend(acks);
+                self.busy.insert(id);
+            }
+        }
+        skipped.append(&mut self.order);
+        self.order = skipped;
+        (!batch.records.is_empty()).then_some(batch)
+    }
+
+    fn finished(&mut self, records: &[Arc<TaskRecord>]) {
+        for record in records {
+            self.busy.remove(&record.id);
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.busy.is_empty()
+    }
+}
+
 async fn run(
     registry: Arc<dyn Registry>,
     mut rx: mpsc::Receiver<Write>,
     batch: usize,
+    concurrency: usize,
     hub: RecordHub,
 ) {
-    let mut pending = Vec::with_capacity(batch);
-    while rx.recv_many(&mut pending, batch).await > 0 {
-        let mut latest: HashMap<TaskId, Arc<TaskRecord>> = HashMap::with_capacity(pending.len());
-        let mut acks = Vec::new();
-        for write in pending.drain(..) {
-            let slot = latest
-                .entry(write.record.id.clone())
-                .or_insert_with(|| write.record.clone());
-            if write.record.revision > slot.revision {
-                *slot = write.record;
-            }
-            acks.extend(write.ack);
+    let mut plan = WritePlan::default();
+    let mut in_flight = JoinSet::new();
+    let mut incoming = Vec::with_capacity(batch);
+    let mut open = true;
+    while open || !plan.is_idle() {
+        while in_flight.len() < concurrency
+            && let Some(next) = plan.next_batch(batch)
+        {
+            let registry = registry.clone();
+            in_flight.spawn(async move {
+                let outcome = write_with_retry(registry.as_ref(), &next.records).await;
+                (next, outcome)
+            });
         }
-        let records: Vec<Arc<TaskRecord>> = latest.into_values().collect();
-        let outcome = write_with_retry(registry.as_ref(), &records).await;
-        if outcome.is_ok() {
-            for record in records {
-                hub.publish(record);
+        tokio::select! {
+            received = rx.recv_many(&mut incoming, batch), if open => {
+                if received == 0 {
+                    open = false;
+                }
+                incoming.drain(..).for_each(|write| plan.add(write));
             }
-        }
-        for ack in acks {
-            let _ = ack.send(outcome.clone().map_err(|e| e.to_string()));
+            Some(done) = in_flight.join_next() => {
+                let Ok((batch, outcome)) = done else { continue };
+                plan.finished(&batch.records);
+                if outcome.is_ok() {
+                    for record in &batch.records {
+                        hub.publish(record.clone());
+                    }
+                }
+                for ack in batch.acks {
+                    let _ = ack.send(outcome.clone());
+                }
+            }
         }
     }
 }
@@ -106,5 +198,67 @@ async fn write_with_retry(
                 attempt += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_core::task::TaskFile;
+
+    use super::*;
+
+    fn write(
+        id: &str,
+        revision: u64,
+        ack: bool,
+    ) -> (Write, Option<oneshot::Receiver<Result<(), String>>>) {
+        let file: TaskFile = serde_json::from_str(
+            r#"{"name":"t","tasks":[{"id":"a","capability":"sleep","input":{}}]}"#,
+        )
+        .unwrap();
+        let mut record = TaskRecord::new(TaskId::new(id), file, 0);
+        record.revision = revision;
+        let (sender, receiver) = oneshot::channel();
+        let write = Write {
+            record: Arc::new(record),
+            ack: ack.then_some(sender),
+        };
+        (write, ack.then_some(receiver))
+    }
+
+    fn ids(batch: &Batch) -> Vec<(String, u64)> {
+        batch
+            .records
+            .iter()
+            .map(|r| (r.id.to_string(), r.revision))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_holds_the_newest_record_of_each_task_oldest_first() {
+        let mut plan = WritePlan::default();
+        for (id, revision) in [("a", 1), ("b", 1), ("a", 3), ("a", 2), ("c", 1)] {
+            plan.add(write(id, revision, true).0);
+        }
+        let batch = plan.next_batch(2).unwrap();
+        assert_eq!(ids(&batch), [("a".into(), 3), ("b".into(), 1)]);
+        assert_eq!(batch.acks.len(), 4);
+        assert_eq!(ids(&plan.next_batch(64).unwrap()), [("c".into(), 1)]);
+        assert!(plan.next_batch(64).is_none());
+    }
+
+    #[test]
+    fn a_task_is_never_in_two_writes_at_once() {
+        let mut plan = WritePlan::default();
+        plan.add(write("a", 1, false).0);
+        let first = plan.next_batch(64).unwrap();
+        plan.add(write("a", 2, false).0);
+        plan.add(write("b", 1, false).0);
+        // "a" waits for its write in flight; "b" goes ahead.
+        assert_eq!(ids(&plan.next_batch(64).unwrap()), [("b".into(), 1)]);
+        assert!(plan.next_batch(64).is_none());
+        plan.finished(&first.records);
+        assert_eq!(ids(&plan.next_batch(64).unwrap()), [("a".into(), 2)]);
+        assert!(!plan.is_idle());
     }
 }

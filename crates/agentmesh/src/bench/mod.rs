@@ -31,6 +31,10 @@ pub struct BenchOptions {
     /// The whole run (warm-up included) stops after this long; tasks still
     /// unfinished then count as errors.
     pub time_limit: Duration,
+    /// Open loop: start tasks at this many per second (still at most
+    /// `concurrency` at once) instead of as fast as they finish — how
+    /// latency is measured at a given load rather than at saturation.
+    pub rate: Option<f64>,
     pub progress: bool,
 }
 
@@ -44,6 +48,8 @@ struct Phase {
     finished: AtomicU64,
     errors: AtomicU64,
     deadline: Instant,
+    /// When task `i` may start, for an open-loop run: `started + i / rate`.
+    pacing: Option<(Instant, f64)>,
 }
 
 struct LoopOutcome {
@@ -95,6 +101,10 @@ async fn phase(
         finished: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         deadline,
+        pacing: options
+            .rate
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| (Instant::now(), rate)),
     });
     let reporter = progress.then(|| tokio::spawn(show_progress(phase.clone())));
     let loops: Vec<_> = (0..options.concurrency.min(total))
@@ -130,7 +140,15 @@ async fn run_loop(target: Arc<dyn Target>, phase: Arc<Phase>) -> LoopOutcome {
         latencies: Vec::new(),
         errors: Vec::new(),
     };
-    while phase.claimed.fetch_add(1, Ordering::Relaxed) < phase.total {
+    loop {
+        let index = phase.claimed.fetch_add(1, Ordering::Relaxed);
+        if index >= phase.total {
+            break;
+        }
+        if let Some((started, rate)) = phase.pacing {
+            let due = started + Duration::from_secs_f64(index as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let remaining = phase.deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
         let result = tokio::time::timeout(remaining, target.run(&phase.document)).await;
