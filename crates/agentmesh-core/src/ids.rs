@@ -22,6 +22,14 @@ macro_rules! string_id {
             }
         }
 
+        // Hash, Eq and Ord are derived from the inner String, so they agree
+        // with str's: maps keyed by the id can be searched with a &str.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -2,8 +2,9 @@
 //!
 //! The bench re-runs its own binary as the peer process (`AGENTMESH_BENCH_PEER`
 //! set), which serves two things on loopback:
-//! - a bare tonic `AgentMailbox` that acknowledges every envelope at once —
-//!   the raw baseline, same messages and payload, none of our machinery;
+//! - a bare tonic `AgentMailbox` that answers every envelope at once with a
+//!   message of its own — the raw baseline, same envelopes and payload,
+//!   none of our machinery;
 //! - a real node mailbox (router, `Link` streams) hosting an echo actor.
 //!
 //! Measured in one run:
@@ -26,7 +27,7 @@ use std::time::Duration;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, Role};
 use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
 use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
-use agentmesh_proto::v1::{DeliverAck, Envelope};
+use agentmesh_proto::v1::{DeliverAck, Envelope, LinkAck};
 use agentmesh_runtime::MailboxConfig;
 use agentmesh_runtime::mailbox::{DeliverError, LocalMailbox, MailboxService, Router};
 use criterion::{Criterion, Throughput};
@@ -39,6 +40,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
+
+/// The allocator the `agentmesh` binary runs with, for both sides.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PEER_ENV: &str = "AGENTMESH_BENCH_PEER";
 const CLIENT_AGENT: &str = "bench-client";
@@ -114,14 +119,11 @@ struct RawMailbox;
 #[tonic::async_trait]
 impl AgentMailbox for RawMailbox {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
-        let envelope = request.into_inner();
-        Ok(Response::new(DeliverAck {
-            seq: envelope.seq,
-            ..DeliverAck::default()
-        }))
+        let _envelope = request.into_inner();
+        Ok(Response::new(DeliverAck {}))
     }
 
-    type LinkStream = ReceiverStream<Result<DeliverAck, Status>>;
+    type LinkStream = ReceiverStream<Result<LinkAck, Status>>;
 
     async fn link(
         &self,
@@ -131,9 +133,10 @@ impl AgentMailbox for RawMailbox {
         let (acks, stream) = mpsc::channel(1024);
         tokio::spawn(async move {
             while let Ok(Some(envelope)) = inbound.message().await {
-                let ack = DeliverAck {
-                    seq: envelope.seq,
-                    ..DeliverAck::default()
+                // One answer per message: the bare request/response pattern.
+                let ack = LinkAck {
+                    accepted: vec![envelope.seq],
+                    ..LinkAck::default()
                 };
                 if acks.send(Ok(ack)).await.is_err() {
                     break;
@@ -310,7 +313,8 @@ fn benches(criterion: &mut Criterion) {
 
     let mut throughput = criterion.benchmark_group("mailbox_throughput");
     throughput.throughput(Throughput::Elements(BATCH));
-    throughput.sample_size(10);
+    throughput.sample_size(20);
+    throughput.measurement_time(Duration::from_secs(8));
     throughput.bench_function("raw_stream", |b| {
         b.to_async(&rt).iter(|| {
             let mut raw = raw.clone();

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Role};
 use agentmesh_registry::{MemoryRegistry, Registry};
-use futures::StreamExt;
 use ractor::ActorRef;
 
 use crate::agents::{self, StartedWorker, VERSION};
@@ -85,15 +84,7 @@ impl LocalCluster {
     /// Submits a task document and waits for its terminal record.
     pub async fn run(&self, document: &str) -> Result<TaskRecord, ApiError> {
         let id = self.api.submit(document).await?;
-        let mut records = self.api.watch(&id, 0).await?;
-        let mut last = None;
-        while let Some(record) = records.next().await {
-            last = Some(record?);
-        }
-        match last {
-            Some(record) => Ok(Arc::unwrap_or_clone(record)),
-            None => self.api.get(&id).await,
-        }
+        Ok(Arc::unwrap_or_clone(self.api.outcome(&id).await?))
     }
 
     pub fn stop(self) {

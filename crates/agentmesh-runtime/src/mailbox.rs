@@ -15,7 +15,8 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use agentmesh_core::{AgentId, Membership};
 use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
-use agentmesh_proto::v1::{DeliverAck, Envelope};
+use agentmesh_proto::v1::{DeliverAck, Envelope, LinkAck, LinkRefusal};
+use futures::{FutureExt, StreamExt};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -117,7 +118,7 @@ impl Router {
             .remove(id);
     }
 
-    fn local(&self, id: &AgentId) -> Option<Arc<dyn LocalMailbox>> {
+    fn local(&self, id: &str) -> Option<Arc<dyn LocalMailbox>> {
         self.local
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -139,37 +140,36 @@ impl Router {
     /// Delivers to an agent of this process only; used by the gRPC service.
     pub fn deliver_local(&self, envelope: Envelope) -> Result<(), DeliverError> {
         self.check_size(&envelope)?;
-        let to = AgentId::new(envelope.to.clone());
-        self.local(&to)
-            .ok_or(DeliverError::UnknownAgent(to))?
-            .deliver(envelope)
+        match self.local(&envelope.to) {
+            Some(mailbox) => mailbox.deliver(envelope),
+            None => Err(DeliverError::UnknownAgent(AgentId::new(envelope.to))),
+        }
     }
 
     /// Delivers to any agent of the cluster.
     pub async fn send(&self, envelope: Envelope) -> Result<(), DeliverError> {
         self.check_size(&envelope)?;
-        let to = AgentId::new(envelope.to.clone());
-        if let Some(mailbox) = self.local(&to) {
+        if let Some(mailbox) = self.local(&envelope.to) {
             return mailbox.deliver(envelope);
         }
-        let endpoint = self
-            .membership
-            .borrow()
-            .get(&to)
-            .map(|agent| agent.endpoint.clone())
-            .ok_or_else(|| DeliverError::UnknownAgent(to.clone()))?;
-        let link = self
-            .link(&endpoint)
-            .map_err(|message| DeliverError::Unreachable {
-                agent: to.clone(),
-                endpoint: endpoint.clone(),
-                message,
-            })?;
+        let link = {
+            let view = self.membership.borrow();
+            let Some(agent) = view.agents.get(envelope.to.as_str()) else {
+                return Err(DeliverError::UnknownAgent(AgentId::new(envelope.to)));
+            };
+            self.link(&agent.endpoint)
+                .map_err(|message| DeliverError::Unreachable {
+                    agent: AgentId::new(envelope.to.clone()),
+                    endpoint: agent.endpoint.clone(),
+                    message,
+                })?
+        };
+        let to = envelope.to.clone();
         link.deliver(envelope)
             .await
             .map_err(|message| DeliverError::Unreachable {
-                agent: to,
-                endpoint,
+                agent: AgentId::new(to),
+                endpoint: link.endpoint().to_owned(),
                 message,
             })
     }
@@ -208,19 +208,24 @@ impl MailboxService {
     }
 }
 
-/// Acks a node may owe a peer that does not read them before it stops
-/// reading that peer's envelopes.
-const ACK_BUFFER: usize = 1024;
+/// Ack messages a node may owe a peer that does not read them before it
+/// stops reading that peer's envelopes.
+const ACK_BUFFER: usize = 256;
+/// Envelopes answered by one ack message at most.
+const ACK_BATCH: usize = 1024;
 
 #[tonic::async_trait]
 impl AgentMailbox for MailboxService {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
         self.router.deliver_local(request.into_inner())?;
-        Ok(Response::new(DeliverAck::default()))
+        Ok(Response::new(DeliverAck {}))
     }
 
-    type LinkStream = ReceiverStream<Result<DeliverAck, Status>>;
+    type LinkStream = ReceiverStream<Result<LinkAck, Status>>;
 
+    /// Hands each envelope to its agent as it arrives and answers everything
+    /// read so far in one ack: under load one ack covers many envelopes,
+    /// when idle each envelope is answered at once.
     async fn link(
         &self,
         request: Request<Streaming<Envelope>>,
@@ -229,28 +234,36 @@ impl AgentMailbox for MailboxService {
         let (acks, stream) = mpsc::channel(ACK_BUFFER);
         let router = self.router.clone();
         tokio::spawn(async move {
-            while let Ok(Some(envelope)) = inbound.message().await {
-                let seq = envelope.seq;
-                let ack = match router.deliver_local(envelope) {
-                    Ok(()) => DeliverAck {
-                        seq,
-                        ..DeliverAck::default()
-                    },
-                    Err(error) => {
-                        let status = Status::from(error);
-                        DeliverAck {
-                            seq,
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        }
-                    }
-                };
+            while let Some(Ok(first)) = inbound.next().await {
+                let mut ack = LinkAck::default();
+                answer(&router, first, &mut ack);
+                // Whatever else has already arrived shares this ack.
+                while ack.accepted.len() + ack.refused.len() < ACK_BATCH
+                    && let Some(Some(Ok(envelope))) = inbound.next().now_or_never()
+                {
+                    answer(&router, envelope, &mut ack);
+                }
                 if acks.send(Ok(ack)).await.is_err() {
                     break;
                 }
             }
         });
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+fn answer(router: &Router, envelope: Envelope, ack: &mut LinkAck) {
+    let seq = envelope.seq;
+    match router.deliver_local(envelope) {
+        Ok(()) => ack.accepted.push(seq),
+        Err(error) => {
+            let status = Status::from(error);
+            ack.refused.push(LinkRefusal {
+                seq,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            });
+        }
     }
 }
 

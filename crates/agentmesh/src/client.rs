@@ -92,7 +92,10 @@ impl Client {
             async move {
                 let reply = TaskServiceClient::new(channel)
                     .max_encoding_message_size(usize::MAX)
-                    .submit(pb::SubmitRequest { document })
+                    .submit(pb::SubmitRequest {
+                        document,
+                        wait: false,
+                    })
                     .await?;
                 Ok(reply.into_inner().task_id)
             }

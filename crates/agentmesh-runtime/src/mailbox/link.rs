@@ -2,8 +2,9 @@
 //!
 //! A unary call per message costs a whole HTTP/2 exchange (headers, data,
 //! trailers) on both sides; a message on an open stream costs one frame.
-//! Every envelope still gets its own ack, matched by `seq`, so a sender
-//! learns exactly what it learned from `Deliver`: accepted, or why not.
+//! Every envelope is still acknowledged by `seq` (many to one ack message
+//! under load), so a sender learns exactly what it learned from `Deliver`:
+//! accepted, or why not.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
-use agentmesh_proto::v1::{DeliverAck, Envelope};
+use agentmesh_proto::v1::{Envelope, LinkAck};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -32,6 +33,7 @@ struct Pending {
 }
 
 pub(super) struct Link {
+    endpoint: String,
     outbound: mpsc::Sender<Envelope>,
     /// Senders waiting for their ack, by `seq`. Deadlines are enforced by
     /// one sweeper per link rather than a timer per envelope.
@@ -63,6 +65,7 @@ impl Link {
             .max_encoding_message_size(limit);
         let (outbound, queued) = mpsc::channel(OUTBOUND_BUFFER);
         let link = Arc::new(Self {
+            endpoint: endpoint.to_owned(),
             outbound,
             pending: Mutex::new(HashMap::new()),
             timeout: config.deliver_timeout,
@@ -73,6 +76,10 @@ impl Link {
         tokio::spawn(run(link.clone(), client, queued));
         tokio::spawn(sweep(Arc::downgrade(&link)));
         Ok(link)
+    }
+
+    pub(super) fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// A closed link is replaced by a new one on the next send.
@@ -113,16 +120,29 @@ impl Link {
         format!("no acknowledgement within {:?}", self.timeout)
     }
 
-    fn acknowledge(&self, ack: DeliverAck) {
-        let Some(pending) = self.lock_pending().remove(&ack.seq) else {
-            return; // its deadline passed
-        };
-        let outcome = if ack.code == 0 {
-            Ok(())
-        } else {
-            Err(format!("{}: {}", tonic::Code::from(ack.code), ack.message))
-        };
-        let _ = pending.ack.send(outcome);
+    fn acknowledge(&self, ack: LinkAck) {
+        let mut settled = Vec::with_capacity(ack.accepted.len() + ack.refused.len());
+        {
+            let mut pending = self.lock_pending();
+            // A missing entry's deadline has passed; its sender already knows.
+            settled.extend(
+                ack.accepted
+                    .iter()
+                    .filter_map(|seq| pending.remove(seq))
+                    .map(|p| (p, Ok(()))),
+            );
+            settled.extend(ack.refused.into_iter().filter_map(|refusal| {
+                let outcome = Err(format!(
+                    "{}: {}",
+                    tonic::Code::from(refusal.code),
+                    refusal.message
+                ));
+                pending.remove(&refusal.seq).map(|p| (p, outcome))
+            }));
+        }
+        for (pending, outcome) in settled {
+            let _ = pending.ack.send(outcome);
+        }
     }
 
     /// Fails the senders whose deadline has passed.

@@ -150,6 +150,19 @@ impl TaskApi {
         Ok(Box::pin(stream))
     }
 
+    /// Waits for the task to end and returns its final record.
+    pub async fn outcome(&self, id: &TaskId) -> Result<Arc<TaskRecord>, ApiError> {
+        let mut records = self.watch(id, 0).await?;
+        let mut last = None;
+        while let Some(record) = records.next().await {
+            last = Some(record?);
+        }
+        match last {
+            Some(record) => Ok(record),
+            None => self.get(id).await.map(Arc::new),
+        }
+    }
+
     pub async fn cancel(&self, id: &TaskId, reason: String) -> Result<Status, ApiError> {
         check_id(id)?;
         let coordinator = self.coordinator()?;
@@ -215,9 +228,16 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
-        let id = self.api.submit(&request.into_inner().document).await?;
+        let request = request.into_inner();
+        let id = self.api.submit(&request.document).await?;
+        let record = if request.wait {
+            Some(convert::task_record(self.api.outcome(&id).await?.as_ref()))
+        } else {
+            None
+        };
         Ok(Response::new(pb::SubmitReply {
             task_id: id.to_string(),
+            record,
         }))
     }
 

@@ -7,7 +7,6 @@ use agentmesh_core::task::Status;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::LocalCluster;
-use agentmesh_runtime::convert;
 use anyhow::Context;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
@@ -20,7 +19,8 @@ pub trait Target: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// A cluster reached over gRPC: submit, then watch until the final record.
+/// A cluster reached over gRPC: one `Submit` with `wait` per task, which
+/// replies with the final record.
 pub struct RemoteTarget {
     clients: Vec<TaskServiceClient<Channel>>,
     next: AtomicUsize,
@@ -62,40 +62,20 @@ impl RemoteTarget {
 #[async_trait::async_trait]
 impl Target for RemoteTarget {
     async fn run(&self, document: &str) -> Result<Value, String> {
-        let mut client = self.client();
-        let task_id = client
+        let reply = self
+            .client()
             .submit(pb::SubmitRequest {
                 document: document.to_owned(),
+                wait: true,
             })
             .await
             .map_err(|s| format!("submit refused: {} [{:?}]", s.message(), s.code()))?
-            .into_inner()
-            .task_id;
-        let mut records = client
-            .watch(pb::WatchTaskRequest {
-                task_id,
-                after_revision: 0,
-            })
-            .await
-            .map_err(|s| format!("watch refused: {} [{:?}]", s.message(), s.code()))?
             .into_inner();
-        loop {
-            let record = records
-                .message()
-                .await
-                .map_err(|s| format!("watch broke: {} [{:?}]", s.message(), s.code()))?
-                .ok_or("watch ended before the task did")?;
-            if !convert::is_terminal(record.status()) {
-                continue;
-            }
-            // Read the stream to its end: dropping it early resets the
-            // HTTP/2 stream, and servers cut connections with many resets.
-            while let Ok(Some(_)) = records.message().await {}
-            return match record.status() {
-                pb::TaskStatus::Completed => serde_json::from_str(&record.result_json)
-                    .map_err(|e| format!("result is not JSON: {e}")),
-                status => Err(format!("task {status:?}: {}", record.error)),
-            };
+        let record = reply.record.ok_or("the reply carries no final record")?;
+        match record.status() {
+            pb::TaskStatus::Completed => serde_json::from_str(&record.result_json)
+                .map_err(|e| format!("result is not JSON: {e}")),
+            status => Err(format!("task {status:?}: {}", record.error)),
         }
     }
 
