@@ -172,6 +172,34 @@ fn sequential_and_parallel_tasks_run_across_processes() {
     let fanout = cluster.submit_wait(&example("parallel-fanout.json"));
     assert_eq!(fanout["result"], json!({"value": 1098}), "{fanout}");
 
+    // The load generator against the cluster: every result checked, a
+    // one-line JSON report.
+    let bench = run_cli(&[
+        "bench",
+        "--endpoint",
+        cluster.endpoint(),
+        "--shape",
+        "fanout",
+        "--tasks",
+        "40",
+        "--concurrency",
+        "8",
+        "--warmup",
+        "0",
+        "--no-progress",
+    ]);
+    assert!(bench.success(), "{bench}");
+    let report = bench.json();
+    assert_eq!(
+        (&report["system"], &report["completed"], &report["errors"]),
+        (&json!("agentmesh"), &json!(40), &json!(0)),
+        "{report}"
+    );
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
     // A task whose tool fails ends failed, with the cause, and exit code 1.
     let dir = tempfile::tempdir().unwrap();
     let bad_maths = task_file(
@@ -349,4 +377,26 @@ fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
     assert_ne!(subtask["worker"], victim.as_str(), "{done}");
     assert_eq!(done["result"], json!({"slept_ms": 1500}));
     cluster.assert_no_panic();
+}
+
+#[test]
+fn the_load_generator_runs_an_embedded_cluster_without_etcd() {
+    let bench = run_cli(&[
+        "bench",
+        "--shape",
+        "sleep",
+        "--tasks",
+        "200",
+        "--concurrency",
+        "50",
+        "--no-progress",
+    ]);
+    assert!(bench.success(), "{bench}");
+    let report = bench.json();
+    assert_eq!(report["completed"], 200, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(
+        report["notes"].as_str().unwrap().contains("embedded"),
+        "{report}"
+    );
 }

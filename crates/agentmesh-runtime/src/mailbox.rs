@@ -350,6 +350,147 @@ mod tests {
         }
     }
 
+    /// A node serving `router`'s mailbox on a free loopback port.
+    async fn serve(router: Arc<Router>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MailboxService::server(router))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        addr.to_string()
+    }
+
+    fn view(agents: &[(&str, &str)]) -> Arc<Membership> {
+        let agents = agents
+            .iter()
+            .map(|(id, endpoint)| {
+                let registration = agentmesh_core::AgentRegistration {
+                    id: AgentId::new(*id),
+                    role: agentmesh_core::Role::Worker,
+                    level: None,
+                    capabilities: Vec::new(),
+                    endpoint: (*endpoint).to_owned(),
+                    load: 0,
+                    max_concurrency: 1,
+                    version: "test".into(),
+                };
+                (registration.id.clone(), registration)
+            })
+            .collect();
+        Arc::new(Membership { agents })
+    }
+
+    #[tokio::test]
+    async fn remote_agents_get_every_envelope_over_one_link() {
+        let (remote, recorder) = router();
+        let endpoint = serve(remote).await;
+        let (_view, membership) = watch::channel(view(&[("a", &endpoint)]));
+        let sender = Router::new(membership, MailboxConfig::default());
+        let numbered = |n: usize| Envelope {
+            id: n.to_string(),
+            ..env("a", "ping", vec![])
+        };
+        // One after the other: they arrive in that order.
+        for n in 0..50 {
+            sender.send(numbered(n)).await.unwrap();
+        }
+        // All at once: every one arrives, acknowledged.
+        let sends = (50..250).map(|n| sender.send(numbered(n)));
+        for outcome in futures::future::join_all(sends).await {
+            outcome.unwrap();
+        }
+        let ids = recorder.0.lock().unwrap().clone();
+        let expected: Vec<String> = (0..50).map(|n| n.to_string()).collect();
+        assert_eq!(ids[..50], expected[..]);
+        let mut rest: Vec<usize> = ids[50..].iter().map(|id| id.parse().unwrap()).collect();
+        rest.sort_unstable();
+        assert_eq!(rest, (50..250).collect::<Vec<_>>());
+        assert_eq!(sender.links.lock().unwrap().len(), 1, "one stream per node");
+    }
+
+    #[tokio::test]
+    async fn a_remote_refusal_names_its_cause_and_a_dead_node_is_unreachable() {
+        let (remote, _) = router();
+        let endpoint = serve(remote).await;
+        let (_view, membership) = watch::channel(view(&[
+            ("ghost", &endpoint),
+            ("a", &endpoint),
+            ("gone", "127.0.0.1:1"),
+        ]));
+        let sender = Router::new(membership, MailboxConfig::default());
+        let error = sender.send(env("ghost", "ping", vec![])).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "agent 'ghost' at {endpoint} is unreachable: \
+                 Some requested entity was not found: no agent 'ghost' in the cluster"
+            )
+        );
+        let error = sender.send(env("a", "pong", vec![])).await.unwrap_err();
+        assert!(
+            error.to_string().contains("unknown message kind 'pong'"),
+            "{error}"
+        );
+        let error = sender.send(env("gone", "ping", vec![])).await.unwrap_err();
+        assert!(
+            matches!(&error, DeliverError::Unreachable { endpoint, .. } if endpoint == "127.0.0.1:1"),
+            "{error}"
+        );
+        // The link to the live node still works after the refusals.
+        sender.send(env("a", "ping", vec![])).await.unwrap();
+    }
+
+    /// A node that reads envelopes and never answers them.
+    struct Silent;
+
+    #[tonic::async_trait]
+    impl AgentMailbox for Silent {
+        async fn deliver(&self, _: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
+            std::future::pending().await
+        }
+
+        type LinkStream = ReceiverStream<Result<LinkAck, Status>>;
+
+        async fn link(
+            &self,
+            request: Request<Streaming<Envelope>>,
+        ) -> Result<Response<Self::LinkStream>, Status> {
+            let (acks, stream) = mpsc::channel(1);
+            let mut inbound = request.into_inner();
+            tokio::spawn(async move {
+                while let Some(Ok(_)) = inbound.next().await {}
+                drop(acks);
+            });
+            Ok(Response::new(ReceiverStream::new(stream)))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_envelope_fails_after_the_delivery_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentMailboxServer::new(Silent))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let (_view, membership) = watch::channel(view(&[("mute", &endpoint)]));
+        let config = MailboxConfig {
+            deliver_timeout: std::time::Duration::from_millis(200),
+            ..MailboxConfig::default()
+        };
+        let sender = Router::new(membership, config);
+        let error = sender.send(env("mute", "ping", vec![])).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .ends_with("no acknowledgement within 200ms"),
+            "{error}"
+        );
+    }
+
     #[tokio::test]
     async fn local_agents_get_envelopes_in_process() {
         let (router, recorder) = router();
