@@ -83,8 +83,7 @@ impl LocalCluster {
 
     /// Submits a task document and waits for its terminal record.
     pub async fn run(&self, document: &str) -> Result<TaskRecord, ApiError> {
-        let id = self.api.submit(document).await?;
-        Ok(Arc::unwrap_or_clone(self.api.outcome(&id).await?))
+        Ok(Arc::unwrap_or_clone(self.api.run(document).await?))
     }
 
     pub fn stop(self) {

@@ -35,6 +35,8 @@ struct Inner {
     tasks: HashMap<TaskId, Entry>,
     /// Ended tasks still in `tasks`, oldest first.
     ended: VecDeque<TaskId>,
+    /// Watchers waiting for a task's first durable record.
+    early: HashMap<TaskId, mpsc::Sender<Arc<TaskRecord>>>,
 }
 
 struct Entry {
@@ -77,6 +79,13 @@ impl RecordHub {
                 inner.tasks.insert(record.id.clone(), entry);
             }
         }
+        if let Some(early) = inner.early.remove(&record.id)
+            && early.try_send(record.clone()).is_ok()
+            && !terminal
+            && let Some(entry) = inner.tasks.get_mut(&record.id)
+        {
+            entry.watchers.push(early);
+        }
         if terminal {
             inner.ended.push_back(record.id.clone());
             if inner.ended.len() > RECENTLY_ENDED
@@ -109,8 +118,35 @@ impl RecordHub {
         })
     }
 
+    /// Follows a task from its first durable record on, for a caller that
+    /// knows the id before the coordinator has written anything.
+    pub fn follow_new(&self, id: &TaskId) -> EarlyWatch {
+        let (sender, changes) = mpsc::channel(WATCHER_BACKLOG);
+        self.lock().early.insert(id.clone(), sender);
+        EarlyWatch {
+            hub: self.clone(),
+            id: id.clone(),
+            changes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Records of a task from its first durable one; the channel closes after
+/// the terminal record, or early when the watcher fell behind.
+pub struct EarlyWatch {
+    hub: RecordHub,
+    id: TaskId,
+    pub changes: mpsc::Receiver<Arc<TaskRecord>>,
+}
+
+impl Drop for EarlyWatch {
+    /// A task that was refused never publishes; forget its watcher.
+    fn drop(&mut self) {
+        self.hub.lock().early.remove(&self.id);
     }
 }
 
@@ -153,6 +189,21 @@ mod tests {
         }
         assert!(hub.latest(&TaskId::new("t1")).is_none());
         assert!(hub.latest(&TaskId::new("other-1")).is_some());
+    }
+
+    #[test]
+    fn an_early_watcher_sees_the_first_record_and_what_follows() {
+        let hub = RecordHub::default();
+        let mut early = hub.follow_new(&TaskId::new("t1"));
+        hub.publish(record("t1", 1, Status::Running));
+        hub.publish(record("t1", 2, Status::Completed));
+        let revisions: Vec<u64> = std::iter::from_fn(|| early.changes.try_recv().ok())
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(revisions, vec![1, 2]);
+        // Dropped before any record: nothing is left behind.
+        drop(hub.follow_new(&TaskId::new("refused")));
+        assert!(hub.lock().early.is_empty());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-pub use hub::{RecordHub, Subscription};
+pub use hub::{EarlyWatch, RecordHub, Subscription};
 pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
@@ -53,11 +53,33 @@ pub enum SubmitError {
     NotPersisted(String),
 }
 
+/// A task the coordinator has taken on; `durable` hears when its first
+/// record is in the registry (or why it could not be written). Until then
+/// nobody must be told the task was accepted.
+#[derive(Debug)]
+pub struct Accepted {
+    pub id: TaskId,
+    pub durable: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Accepted {
+    /// Waits until the task's first record is durable.
+    pub async fn durable(self) -> Result<TaskId, SubmitError> {
+        match self.durable.await {
+            Ok(Ok(())) => Ok(self.id),
+            Ok(Err(error)) => Err(SubmitError::NotPersisted(error)),
+            Err(_) => Err(SubmitError::NotPersisted(
+                "record writer has stopped".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum CoordinatorMessage {
     Submit {
         record: TaskRecord,
-        reply: RpcReplyPort<Result<TaskId, SubmitError>>,
+        reply: RpcReplyPort<Result<Accepted, SubmitError>>,
     },
     /// Replies with the task's status after the call, or `None` when this
     /// coordinator does not own an unfinished task of that id.
@@ -190,7 +212,7 @@ impl CoordinatorState {
     async fn submit(
         &mut self,
         record: TaskRecord,
-        reply: RpcReplyPort<Result<TaskId, SubmitError>>,
+        reply: RpcReplyPort<Result<Accepted, SubmitError>>,
     ) {
         if self.tasks.len() >= self.config.max_active_tasks {
             let _ = reply.send(Err(SubmitError::TooManyTasks {
@@ -213,18 +235,8 @@ impl CoordinatorState {
         self.queue
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
         self.tasks.insert(id.clone(), record);
-        // The client hears "accepted" only once the record is durable; the
-        // actor goes on meanwhile.
-        tokio::spawn(async move {
-            let outcome = match durable.await {
-                Ok(Ok(())) => Ok(id),
-                Ok(Err(error)) => Err(SubmitError::NotPersisted(error)),
-                Err(_) => Err(SubmitError::NotPersisted(
-                    "record writer has stopped".into(),
-                )),
-            };
-            let _ = reply.send(outcome);
-        });
+        // The caller waits for durability, not the actor.
+        let _ = reply.send(Ok(Accepted { id, durable }));
     }
 
     async fn cancel(&mut self, id: &TaskId, reason: String) -> Option<Status> {

@@ -22,7 +22,7 @@ use crate::agents::StartedCoordinator;
 
 use crate::clock::now_ms;
 use crate::convert;
-use crate::coordinator::{CoordinatorMessage, RecordHub};
+use crate::coordinator::{Accepted, CoordinatorMessage, RecordHub, SubmitError};
 use crate::error::ApiError;
 
 /// Time allowed for the coordinator to accept or cancel a task, including
@@ -61,7 +61,45 @@ impl TaskApi {
     /// Validates a task document against the live cluster and hands it to
     /// the coordinator; returns once the task record is durable.
     pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
-        let coordinator = self.coordinator()?;
+        let record = self.new_record(document)?;
+        Ok(self.hand_over(record).await?.durable().await?)
+    }
+
+    /// Submits a task and waits for its end; returns the final record.
+    ///
+    /// Only the final record's durability is awaited — it implies the
+    /// task's — so a short task has one registry write on its critical
+    /// path rather than two, and its first records often merge into that
+    /// one write. The caller hears of the task only once it has ended.
+    pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
+        let record = self.new_record(document)?;
+        let id = record.id.clone();
+        let hub = self.hub.as_ref().ok_or(ApiError::NoCoordinator)?;
+        let mut early = hub.follow_new(&id);
+        let mut durable = self.hand_over(record).await?.durable;
+        let mut durable_done = false;
+        let mut last = 0;
+        loop {
+            tokio::select! {
+                written = &mut durable, if !durable_done => match written {
+                    Ok(Ok(())) => durable_done = true,
+                    Ok(Err(error)) => return Err(SubmitError::NotPersisted(error).into()),
+                    Err(_) => {
+                        return Err(SubmitError::NotPersisted("record writer has stopped".into()).into());
+                    }
+                },
+                record = early.changes.recv() => match record {
+                    Some(record) if record.status.is_terminal() => return Ok(record),
+                    Some(record) => last = record.revision,
+                    // Fell behind the hub: follow the rest like any watcher.
+                    None => break,
+                },
+            }
+        }
+        self.outcome(&id, last).await
+    }
+
+    fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
         let membership = self.registry.membership().borrow().clone();
         let file = parse_and_validate(
             document,
@@ -69,12 +107,16 @@ impl TaskApi {
             &|capability| membership.offers(capability),
             &|| membership.capabilities(),
         )?;
-        let record = TaskRecord::new(
+        Ok(TaskRecord::new(
             TaskId::new(uuid::Uuid::new_v4().to_string()),
             file,
             now_ms(),
-        );
-        let outcome = coordinator
+        ))
+    }
+
+    async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
+        let outcome = self
+            .coordinator()?
             .call(
                 |reply| CoordinatorMessage::Submit { record, reply },
                 Some(COORDINATOR_TIMEOUT),
@@ -151,8 +193,12 @@ impl TaskApi {
     }
 
     /// Waits for the task to end and returns its final record.
-    pub async fn outcome(&self, id: &TaskId) -> Result<Arc<TaskRecord>, ApiError> {
-        let mut records = self.watch(id, 0).await?;
+    pub async fn outcome(
+        &self,
+        id: &TaskId,
+        after_revision: u64,
+    ) -> Result<Arc<TaskRecord>, ApiError> {
+        let mut records = self.watch(id, after_revision).await?;
         let mut last = None;
         while let Some(record) = records.next().await {
             last = Some(record?);
@@ -229,16 +275,19 @@ impl TaskService for TaskGrpc {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
         let request = request.into_inner();
-        let id = self.api.submit(&request.document).await?;
-        let record = if request.wait {
-            Some(convert::task_record(self.api.outcome(&id).await?.as_ref()))
+        let reply = if request.wait {
+            let record = self.api.run(&request.document).await?;
+            pb::SubmitReply {
+                task_id: record.id.to_string(),
+                record: Some(convert::task_record(&record)),
+            }
         } else {
-            None
+            pb::SubmitReply {
+                task_id: self.api.submit(&request.document).await?.to_string(),
+                record: None,
+            }
         };
-        Ok(Response::new(pb::SubmitReply {
-            task_id: id.to_string(),
-            record,
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn get(
