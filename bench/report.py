@@ -202,8 +202,9 @@ def main():
         print(f"| {name} | {shown} | {verdict(ok(value)) if value is not None else 'not measured'} |")
     print()
     if trivial:
-        print(f"The cluster's trivial rate is {fmt(trivial['throughput'])} durable tasks/s; "
-              f"every one of them was accepted only after its record was in etcd.\n")
+        print(f"The cluster's trivial rate is {fmt(trivial['throughput'])} durable tasks/s: "
+              f"each result reached the load generator only after the task's final record "
+              f"was in etcd.\n")
 
     analysis = pathlib.Path(__file__).with_name("analysis.md")
     if analysis.exists():

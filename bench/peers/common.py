@@ -141,3 +141,37 @@ class ErrorLog:
 
 def now():
     return time.perf_counter()
+
+
+async def closed_loop(call, check, total, concurrency, deadline):
+    """C coroutines, each starting a call as soon as its last one returned,
+    until `total` calls were made or `deadline` passed: the load pattern of
+    agentmesh's own load generator. `call()` returns an awaitable of one
+    task's result; `check(result)` returns the value compared with the
+    expected one. Returns the latencies (seconds) of correct results and
+    an ErrorLog; calls cut off by the deadline count as unfinished."""
+    latencies = []
+    errs = ErrorLog()
+    claimed = 0
+
+    async def one_loop():
+        nonlocal claimed
+        while claimed < total and now() < deadline:
+            claimed += 1
+            started = now()
+            try:
+                result = await asyncio.wait_for(call(), max(deadline - now(), 0.001))
+            except asyncio.TimeoutError:
+                return
+            except Exception as e:
+                errs.add(f"{type(e).__name__}: {e}")
+                continue
+            done = now()
+            ok, shown = check(result)
+            if ok:
+                latencies.append(done - started)
+            else:
+                errs.add(f"wrong result {shown!r}")
+
+    await asyncio.gather(*(one_loop() for _ in range(min(concurrency, total))))
+    return latencies, errs

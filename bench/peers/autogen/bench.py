@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
-from common import ErrorLog, log, now  # noqa: E402
+from common import log, now  # noqa: E402
 
 from autogen_core import (  # noqa: E402
     AgentId,
@@ -140,33 +140,14 @@ async def phase(runtime, shape, total, concurrency, deadline):
     target = AgentId(AGENT_TYPE, "default")
     msg = BenchTask(shape=shape, expr=common.TRIVIAL_EXPR, ms=common.SLEEP_MS)
     want = common.expected(shape)
-    latencies = []
-    errs = ErrorLog()
-    claimed = 0
 
-    async def one_loop():
-        nonlocal claimed
-        while claimed < total and now() < deadline:
-            claimed += 1
-            started = now()
-            try:
-                result = await asyncio.wait_for(
-                    runtime.send_message(msg, target), max(deadline - now(), 0.001))
-            except asyncio.TimeoutError:
-                return  # deadline: counted as unfinished
-            except Exception as e:
-                errs.add(f"{type(e).__name__}: {e}")
-                continue
-            done = now()
-            got = ({"value": result.value} if shape == "trivial"
-                   else {"slept_ms": result.slept_ms}) if isinstance(result, BenchResult) else result
-            if got == want:
-                latencies.append(done - started)
-            else:
-                errs.add(f"wrong result {result!r}")
+    def check(result):
+        got = ({"value": result.value} if shape == "trivial"
+               else {"slept_ms": result.slept_ms}) if isinstance(result, BenchResult) else result
+        return got == want, result
 
-    await asyncio.gather(*(one_loop() for _ in range(min(concurrency, total))))
-    return latencies, errs
+    return await common.closed_loop(
+        lambda: runtime.send_message(msg, target), check, total, concurrency, deadline)
 
 
 def quiet_late_responses(loop, context):

@@ -91,34 +91,9 @@ def phase_asyncio(actor, shape, total, concurrency, deadline):
     time, like agentmesh's C loops."""
     arg = common.task_arg(shape)
     want = common.expected(shape)
-    latencies = []
-    errs = ErrorLog()
-    claimed = 0
-
-    async def one_loop():
-        nonlocal claimed
-        while claimed < total and now() < deadline:
-            claimed += 1
-            started = now()
-            try:
-                value = await asyncio.wait_for(
-                    actor.run.remote(shape, arg), max(deadline - now(), 0.001))
-            except asyncio.TimeoutError:
-                return
-            except Exception as e:
-                errs.add(f"{type(e).__name__}: {e}")
-                continue
-            done = now()
-            if value == want:
-                latencies.append(done - started)
-            else:
-                errs.add(f"wrong result {value!r}")
-
-    async def main():
-        await asyncio.gather(*(one_loop() for _ in range(min(concurrency, total))))
-
-    asyncio.run(main())
-    return latencies, errs
+    return asyncio.run(common.closed_loop(
+        lambda: actor.run.remote(shape, arg), lambda value: (value == want, value),
+        total, concurrency, deadline))
 
 
 def _raise_interrupt(signum, frame):
