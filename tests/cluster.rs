@@ -380,6 +380,53 @@ fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
 }
 
 #[test]
+fn a_worker_stopped_with_sigterm_finishes_its_subtask_before_leaving() {
+    let cluster = Cluster::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let nap = task_file(
+        &dir,
+        "nap.yaml",
+        "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
+    );
+    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &nap]);
+    assert!(out.success(), "{out}");
+    let id = out.stdout.trim().to_owned();
+    let runner = eventually(
+        "the nap to start on a worker",
+        Duration::from_secs(10),
+        || {
+            cluster.status(&id)["subtasks"][0]["worker"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+    let worker = cluster
+        .workers
+        .iter()
+        .find(|w| w.process.name() == runner)
+        .expect("the worker running the nap");
+    worker.process.signal("TERM");
+
+    let status = worker
+        .process
+        .wait_exit(Duration::from_secs(15))
+        .expect("the worker to exit after draining");
+    assert!(status.success(), "worker exited with {status}");
+    let done = eventually("the nap to finish", Duration::from_secs(10), || {
+        let record = cluster.status(&id);
+        (record["status"] == "completed").then_some(record)
+    });
+    // Drained, not abandoned: the same worker finished it, once.
+    assert_eq!(done["subtasks"][0]["attempts"], 1, "{done}");
+    assert_eq!(done["subtasks"][0]["worker"], runner.as_str(), "{done}");
+    assert!(
+        !cluster.agent_ids().contains(&runner),
+        "a drained worker deregisters"
+    );
+    cluster.assert_no_panic();
+}
+
+#[test]
 fn the_load_generator_runs_an_embedded_cluster_without_etcd() {
     let bench = run_cli(&[
         "bench",

@@ -85,6 +85,9 @@ pub struct Router {
     membership: watch::Receiver<Arc<Membership>>,
     /// Streams to other nodes, by endpoint.
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Turns true when the node stops serving: inbound links end, so the
+    /// server's graceful shutdown is not held up by streams that never end.
+    closing: watch::Sender<bool>,
     config: MailboxConfig,
 }
 
@@ -100,6 +103,7 @@ impl Router {
             local: RwLock::new(HashMap::new()),
             membership,
             links: Mutex::new(HashMap::new()),
+            closing: watch::Sender::new(false),
             config,
         })
     }
@@ -174,6 +178,12 @@ impl Router {
             })
     }
 
+    /// Ends every inbound link stream; peers reconnect elsewhere or learn
+    /// this node is gone.
+    pub fn stop_serving(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// The open stream to `endpoint`, or a new one when there is none or
     /// the last one closed.
     fn link(&self, endpoint: &str) -> Result<Arc<Link>, String> {
@@ -233,8 +243,16 @@ impl AgentMailbox for MailboxService {
         let mut inbound = request.into_inner();
         let (acks, stream) = mpsc::channel(ACK_BUFFER);
         let router = self.router.clone();
+        let mut closing = self.router.closing.subscribe();
         tokio::spawn(async move {
-            while let Some(Ok(first)) = inbound.next().await {
+            loop {
+                let first = tokio::select! {
+                    next = inbound.next() => match next {
+                        Some(Ok(first)) => first,
+                        _ => break,
+                    },
+                    _ = closing.wait_for(|closing| *closing) => break,
+                };
                 let mut ack = LinkAck::default();
                 answer(&router, first, &mut ack);
                 // Whatever else has already arrived shares this ack.

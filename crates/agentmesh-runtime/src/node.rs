@@ -38,6 +38,7 @@ use crate::mailbox::{MailboxService, Router};
 use crate::services::cluster::ClusterGrpc;
 use crate::services::task::{TaskApi, TaskGrpc};
 use crate::tools::ToolBox;
+use crate::worker::WorkerMessage;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -181,9 +182,12 @@ impl Node {
         &self.agents
     }
 
-    /// Leaves the cluster in order: stop taking work, let running subtasks
-    /// finish for up to `drain_timeout`, stop the actors and the server,
-    /// and revoke the lease.
+    /// Leaves the cluster in order: stop taking work (new attempts are
+    /// handed back to their coordinator), let running subtasks finish for
+    /// up to `drain_timeout`, hand back what is still running, then
+    /// deregister, stop the actors and the server, and revoke the lease.
+    /// Deregistering last keeps coordinators from treating the attempts
+    /// still running here as lost and starting them twice.
     pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), NodeError> {
         info!(addr = %self.addr, "node stopping");
         self.health
@@ -191,6 +195,24 @@ impl Node {
             .await;
         if let Some(worker) = &self.worker {
             worker.publisher.abort();
+            let running = worker
+                .actor
+                .call(WorkerMessage::Drain, Some(drain_timeout))
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(running)) = running {
+                info!(running, "draining running subtasks");
+            }
+            let deadline = Instant::now() + drain_timeout;
+            while worker.load.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if worker.load.load(Ordering::Relaxed) > 0 {
+                warn!("drain grace period over: handing running subtasks back");
+                let _ = worker
+                    .actor
+                    .call(WorkerMessage::HandBack, Some(drain_timeout))
+                    .await;
+            }
         }
         for id in &self.agents {
             if let Err(error) = self.registry.deregister(id).await {
@@ -198,10 +220,6 @@ impl Node {
             }
         }
         if let Some(worker) = &self.worker {
-            let deadline = Instant::now() + drain_timeout;
-            while worker.load.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             worker.actor.stop(Some("node shutdown".into()));
         }
         if let Some(coordinator) = &self.coordinator {
@@ -210,6 +228,7 @@ impl Node {
         for id in &self.agents {
             self.router.remove_local(id);
         }
+        self.router.stop_serving();
         let _ = self.stop_server.send(());
         let outcome = match tokio::time::timeout(drain_timeout, self.server).await {
             Ok(Ok(Ok(()))) => Ok(()),

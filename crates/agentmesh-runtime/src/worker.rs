@@ -11,6 +11,11 @@
 //! Tool calls run outside the actor so a slow tool never delays the
 //! mailbox; cancelling an attempt aborts its task, which drops the tool's
 //! future.
+//!
+//! An attempt the worker will not run to its end — it is at its limit, or
+//! draining for shutdown — goes back to the coordinator as *handed back*,
+//! which places it elsewhere without counting a failure. A result the
+//! coordinator cannot be reached for is sent again with backoff.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use agentmesh_core::AgentId;
 use agentmesh_proto::v1::{
     Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult, subtask_result,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
@@ -39,7 +44,19 @@ pub enum WorkerMessage {
     },
     Cancel(SubtaskCancel),
     Finished(AttemptKey),
+    /// Stop taking new attempts (they are handed back); running ones go on.
+    /// Replies with the number still running.
+    Drain(RpcReplyPort<usize>),
+    /// Abort every running attempt and hand it back; replies once the
+    /// coordinators have been told (or could not be reached).
+    HandBack(RpcReplyPort<()>),
 }
+
+/// Sends of one result before the worker gives up on it.
+const REPORT_ATTEMPTS: u32 = 8;
+/// First pause between sends of a result; doubles up to [`REPORT_MAX_DELAY`].
+const REPORT_FIRST_DELAY: Duration = Duration::from_millis(100);
+const REPORT_MAX_DELAY: Duration = Duration::from_secs(5);
 
 pub struct WorkerArguments {
     pub id: AgentId,
@@ -56,7 +73,9 @@ pub struct WorkerState {
     router: Arc<Router>,
     max_concurrency: u32,
     load: Arc<AtomicU32>,
-    running: HashMap<AttemptKey, AbortHandle>,
+    /// Running attempts and the coordinator each one reports to.
+    running: HashMap<AttemptKey, (AbortHandle, AgentId)>,
+    draining: bool,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +98,7 @@ impl Actor for Worker {
             max_concurrency: args.max_concurrency,
             load: args.load,
             running: HashMap::new(),
+            draining: false,
         })
     }
 
@@ -95,13 +115,24 @@ impl Actor for Worker {
             } => state.start(myself, coordinator, assignment),
             WorkerMessage::Cancel(cancel) => {
                 let key = (cancel.task_id, cancel.subtask_id, cancel.attempt);
-                if let Some(handle) = state.running.remove(&key) {
+                if let Some((handle, _)) = state.running.remove(&key) {
                     debug!(task_id = %key.0, subtask = %key.1, attempt = key.2, "cancelling attempt");
                     handle.abort();
                 }
             }
             WorkerMessage::Finished(key) => {
                 state.running.remove(&key);
+            }
+            WorkerMessage::Drain(reply) => {
+                state.draining = true;
+                let _ = reply.send(state.running.len());
+            }
+            WorkerMessage::HandBack(reply) => {
+                let reports = state.hand_back_all();
+                tokio::spawn(async move {
+                    futures::future::join_all(reports).await;
+                    let _ = reply.send(());
+                });
             }
         }
         state
@@ -115,7 +146,7 @@ impl Actor for Worker {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for handle in state.running.values() {
+        for (handle, _) in state.running.values() {
             handle.abort();
         }
         Ok(())
@@ -134,22 +165,28 @@ impl WorkerState {
             assignment.subtask_id.clone(),
             assignment.attempt,
         );
-        let refusal = if self.running.len() >= self.max_concurrency as usize {
+        let router = self.router.clone();
+        let id = self.id.clone();
+        let hand_back = if self.draining {
+            Some(format!("worker '{}' is draining", self.id))
+        } else if self.running.len() >= self.max_concurrency as usize {
             Some(format!(
                 "worker '{}' is at its max concurrency of {}",
                 self.id, self.max_concurrency
             ))
-        } else if !self.tools.has(&assignment.capability) {
-            Some(format!(
-                "worker '{}' does not offer capability '{}'",
-                self.id, assignment.capability
-            ))
         } else {
             None
         };
-        let router = self.router.clone();
-        let id = self.id.clone();
-        if let Some(error) = refusal {
+        if let Some(reason) = hand_back {
+            let result = handed_back(&id, &assignment, reason);
+            tokio::spawn(async move { report(&router, &id, &coordinator, result).await });
+            return;
+        }
+        if !self.tools.has(&assignment.capability) {
+            let error = format!(
+                "worker '{}' does not offer capability '{}'",
+                self.id, assignment.capability
+            );
             tokio::spawn(async move {
                 let result = result_of(&id, &assignment, Err(error), Duration::ZERO);
                 report(&router, &id, &coordinator, result).await;
@@ -158,6 +195,7 @@ impl WorkerState {
         }
         let tools = self.tools.clone();
         let finished = key.clone();
+        let reports_to = coordinator.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
             let outcome = run(&tools, &assignment).await;
@@ -167,7 +205,40 @@ impl WorkerState {
             let _ = myself.cast(WorkerMessage::Finished(finished));
             report(&router, &id, &coordinator, result).await;
         });
-        self.running.insert(key, handle.abort_handle());
+        self.running
+            .insert(key, (handle.abort_handle(), reports_to));
+    }
+
+    /// Aborts every running attempt; the returned futures tell each
+    /// attempt's coordinator that it was handed back.
+    fn hand_back_all(&mut self) -> Vec<impl std::future::Future<Output = ()> + use<>> {
+        self.running
+            .drain()
+            .map(|((task_id, subtask_id, attempt), (handle, coordinator))| {
+                handle.abort();
+                let assignment = SubtaskAssignment {
+                    task_id,
+                    subtask_id,
+                    attempt,
+                    ..SubtaskAssignment::default()
+                };
+                let reason = format!(
+                    "worker '{}' stopped before the attempt finished (drain grace period over)",
+                    self.id
+                );
+                let result = handed_back(&self.id, &assignment, reason);
+                let router = self.router.clone();
+                let id = self.id.clone();
+                async move { report(&router, &id, &coordinator, result).await }
+            })
+            .collect()
+    }
+}
+
+fn handed_back(worker: &AgentId, assignment: &SubtaskAssignment, reason: String) -> SubtaskResult {
+    SubtaskResult {
+        handed_back: true,
+        ..result_of(worker, assignment, Err(reason), Duration::ZERO)
     }
 }
 
@@ -209,15 +280,31 @@ fn result_of(
             Err(error) => subtask_result::Outcome::Error(error),
         }),
         elapsed_us: elapsed.as_micros() as u64,
+        handed_back: false,
     }
 }
 
+/// Sends a result to its coordinator, again with backoff while the
+/// coordinator cannot be reached (restarting, partitioned): a result is the
+/// only copy of the work, so it is not dropped at the first failure.
 async fn report(router: &Router, from: &AgentId, coordinator: &AgentId, result: SubtaskResult) {
-    let envelope = mailbox::envelope(from, coordinator, kind::SUBTASK_RESULT, result);
-    if let Err(error) = router.send(envelope).await {
-        // Nothing re-sends it: the attempt stays running at the coordinator
-        // until this worker leaves the cluster or the task times out.
-        warn!(%error, coordinator = %coordinator, "could not report subtask result");
+    let mut delay = REPORT_FIRST_DELAY;
+    for attempt in 1..=REPORT_ATTEMPTS {
+        let envelope = mailbox::envelope(from, coordinator, kind::SUBTASK_RESULT, result.clone());
+        match router.send(envelope).await {
+            Ok(()) => return,
+            Err(error) if attempt == REPORT_ATTEMPTS => {
+                // The coordinator re-dispatches the attempt when its own
+                // deadline or this worker's departure tells it to.
+                warn!(%error, coordinator = %coordinator, task_id = %result.task_id,
+                      subtask = %result.subtask_id, "giving up on reporting a subtask result");
+            }
+            Err(error) => {
+                debug!(%error, attempt, "result not delivered, sending again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REPORT_MAX_DELAY);
+            }
+        }
     }
 }
 

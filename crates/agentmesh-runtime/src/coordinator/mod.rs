@@ -257,6 +257,15 @@ impl CoordinatorState {
             warn!(task_id = %id, subtask = %result.subtask_id, "result for an unknown subtask");
             return;
         };
+        if result.handed_back {
+            // Not a verdict on the subtask or the worker: place it elsewhere.
+            let reason = match result.outcome {
+                Some(subtask_result::Outcome::Error(reason)) => reason,
+                _ => format!("worker '{}' handed the attempt back", result.worker_id),
+            };
+            self.retry(&id, index, result.attempt, reason).await;
+            return;
+        }
         let now = now_ms();
         let worker = AgentId::new(result.worker_id.clone());
         let (applied, stopped, success) = match result.outcome {
