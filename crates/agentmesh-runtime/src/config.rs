@@ -53,7 +53,15 @@ pub struct CoordinatorConfig {
     pub write_batch: usize,
     /// Record transactions in flight at once (a task is never in two).
     pub write_concurrency: usize,
+    /// How long an attempt of a subtask without its own `timeout_ms` may
+    /// go without a result before it is started again elsewhere (a hung
+    /// or partitioned worker). Subtasks with `timeout_ms` get that plus
+    /// [`ATTEMPT_GRACE`].
+    pub attempt_timeout: Duration,
 }
+
+/// Time for a result to travel back after a worker's own timeout fired.
+pub const ATTEMPT_GRACE: Duration = Duration::from_secs(2);
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -65,6 +73,7 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             write_batch: 64,
             write_concurrency: 1,
+            attempt_timeout: Duration::from_secs(600),
         }
     }
 }

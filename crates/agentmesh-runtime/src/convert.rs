@@ -56,6 +56,7 @@ fn subtask(s: &SubtaskRecord) -> pb::SubtaskRecord {
         started_unix_ms: s.started_ms.unwrap_or(0),
         finished_unix_ms: s.finished_ms.unwrap_or(0),
         depends_on: s.depends_on.clone(),
+        workers_tried: s.tried.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -109,6 +110,7 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
             "status": status_name(s.status()),
             "worker": non_empty(&s.worker),
             "attempts": s.attempts,
+            "workers_tried": s.workers_tried,
             "output": parse_json(&s.output_json),
             "error": non_empty(&s.error),
             "elapsed_ms": s.finished_unix_ms.saturating_sub(s.started_unix_ms),

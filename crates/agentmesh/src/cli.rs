@@ -201,6 +201,10 @@ pub struct NodeArgs {
     /// [default: 0.3,0.3,0.2,0.2].
     #[arg(long, env = "AGENTMESH_SCORE_WEIGHTS", value_parser = parse_weights)]
     pub score_weights: Option<ScoreWeights>,
+    /// Seconds an attempt of a subtask without its own timeout_ms may run
+    /// without a result before it is started elsewhere (coordinator).
+    #[arg(long, env = "AGENTMESH_ATTEMPT_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attempt_timeout: u64,
     /// Task-record transactions to etcd in flight at once (coordinator).
     /// One is fastest against a local etcd (bench/RESULTS.md); more can
     /// help when etcd is a network round trip away.
@@ -240,6 +244,7 @@ impl NodeArgs {
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
         coordinator.max_attempts = self.max_attempts;
         coordinator.write_concurrency = self.write_concurrency as usize;
+        coordinator.attempt_timeout = Duration::from_secs(self.attempt_timeout);
         coordinator.write_batch = self.write_batch as usize;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;

@@ -65,6 +65,9 @@ pub struct SubtaskRecord {
     /// Number of attempts started; the latest attempt's number.
     #[serde(default)]
     pub attempts: u32,
+    /// The worker of every attempt, in order (a worker may appear twice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<AgentId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +133,7 @@ impl TaskRecord {
                 status: Status::Pending,
                 worker: None,
                 attempts: 0,
+                tried: Vec::new(),
                 output: None,
                 error: None,
                 started_ms: None,
@@ -195,6 +199,7 @@ impl TaskRecord {
         let s = &mut self.subtasks[subtask];
         s.status = Status::Running;
         s.attempts += 1;
+        s.tried.push(worker.clone());
         s.worker = Some(worker);
         s.error = None;
         s.started_ms = Some(now_ms);

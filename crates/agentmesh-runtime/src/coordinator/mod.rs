@@ -37,7 +37,7 @@ pub use hub::{EarlyWatch, RecordHub, Subscription};
 pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
-use crate::config::CoordinatorConfig;
+use crate::config::{ATTEMPT_GRACE, CoordinatorConfig};
 use crate::mailbox::{self, DeliverError, LocalMailbox, Router, kind};
 
 /// How often deadlines are checked.
@@ -369,6 +369,8 @@ impl CoordinatorState {
         }
     }
 
+    /// Ends tasks past their time limit, and starts again elsewhere the
+    /// attempts that went too long without a result.
     async fn check_deadlines(&mut self) {
         let now = now_ms();
         let expired: Vec<(TaskId, u64)> = self
@@ -386,6 +388,37 @@ impl CoordinatorState {
                 self.finish_change(&id).await;
             }
         }
+        let default_limit = self.config.attempt_timeout.as_millis() as u64;
+        let overdue: Vec<(TaskId, usize, u32, AgentId, u64)> = self
+            .tasks
+            .values()
+            .flat_map(|record| {
+                record
+                    .subtasks
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, s)| {
+                        let limit = s
+                            .timeout_ms
+                            .map_or(default_limit, |t| t + ATTEMPT_GRACE.as_millis() as u64);
+                        let started = s.started_ms?;
+                        let worker = s.worker.clone()?;
+                        (s.status == Status::Running && now >= started + limit)
+                            .then(|| (record.id.clone(), i, s.attempts, worker, limit))
+                    })
+            })
+            .collect();
+        for (task, subtask, attempt, worker, limit) in overdue {
+            self.send_cancel(
+                &task,
+                subtask,
+                attempt,
+                &worker,
+                "no result in time; started elsewhere",
+            );
+            let reason = format!("no result from worker '{worker}' within {limit} ms");
+            self.retry(&task, subtask, attempt, reason).await;
+        }
     }
 
     /// Persists the task's record; forgets the task once it has ended.
@@ -401,25 +434,41 @@ impl CoordinatorState {
     }
 
     fn stop_attempts(&mut self, id: &TaskId, stopped: Vec<StoppedAttempt>) {
-        let Some(record) = self.tasks.get(id) else {
-            return;
+        let reason = match self.tasks.get(id) {
+            Some(record) => record.error.clone().unwrap_or_default(),
+            None => return,
         };
         for stop in stopped {
             self.pool.release(&stop.worker, None);
-            let cancel = SubtaskCancel {
-                task_id: id.to_string(),
-                subtask_id: record.subtasks[stop.subtask].id.clone(),
-                attempt: stop.attempt,
-                reason: record.error.clone().unwrap_or_default(),
-            };
-            let envelope = mailbox::envelope(&self.id, &stop.worker, kind::SUBTASK_CANCEL, cancel);
-            let router = self.router.clone();
-            tokio::spawn(async move {
-                if let Err(error) = router.send(envelope).await {
-                    debug!(%error, "could not deliver cancellation");
-                }
-            });
+            self.send_cancel(id, stop.subtask, stop.attempt, &stop.worker, &reason);
         }
+    }
+
+    /// Tells a worker to stop an attempt; best effort, off the actor.
+    fn send_cancel(
+        &self,
+        id: &TaskId,
+        subtask: usize,
+        attempt: u32,
+        worker: &AgentId,
+        reason: &str,
+    ) {
+        let Some(record) = self.tasks.get(id) else {
+            return;
+        };
+        let cancel = SubtaskCancel {
+            task_id: id.to_string(),
+            subtask_id: record.subtasks[subtask].id.clone(),
+            attempt,
+            reason: reason.to_owned(),
+        };
+        let envelope = mailbox::envelope(&self.id, worker, kind::SUBTASK_CANCEL, cancel);
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            if let Err(error) = router.send(envelope).await {
+                debug!(%error, "could not deliver cancellation");
+            }
+        });
     }
 
     /// Places every ready subtask that has a worker with room; the rest keep
