@@ -230,7 +230,7 @@ fn sequential_and_parallel_tasks_run_across_processes() {
 
 #[test]
 fn bad_input_is_refused_precisely_while_a_long_task_completes() {
-    let cluster = Cluster::start(&["--max-task-bytes", "4096"]);
+    let cluster = Cluster::start(&["--max-task-bytes", "4096", "--max-queued-subtasks", "2"]);
     let dir = tempfile::tempdir().unwrap();
 
     let long = task_file(
@@ -298,6 +298,21 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
             "{name}: one-line reason: {out}"
         );
     }
+
+    // A task wider than the coordinator's queue can never fit: refused at
+    // once, not retried.
+    let wide = task_file(
+        &dir,
+        "wide.json",
+        r#"{"name":"wide","tasks":[{"id":"a","capability":"sleep","input":{"ms":1}},{"id":"b","capability":"sleep","input":{"ms":1}},{"id":"c","capability":"sleep","input":{"ms":1}}]}"#,
+    );
+    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &wide]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert_eq!(
+        out.stderr.trim(),
+        "error: task has 3 subtasks ready at once, more than the coordinator's queue limit of 2 (--max-queued-subtasks) [FailedPrecondition]",
+        "{out}"
+    );
 
     // The long task was not disturbed.
     let done = eventually("the long task to finish", Duration::from_secs(20), || {

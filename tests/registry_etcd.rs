@@ -1,6 +1,7 @@
 //! `EtcdRegistry` against a real etcd: membership through leases, lease
 //! expiry as failure detection, task records and their watches, recovery
-//! from an etcd outage, and a clear error when etcd is not there.
+//! from an etcd outage, coordinator election with fenced writes, listing
+//! unfinished tasks, and a clear error when etcd is not there.
 //!
 //! Tests are plain `#[test]` functions (the harness is blocking); each
 //! builds its own tokio runtime and `block_on`s the async calls, while the
@@ -13,9 +14,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agentmesh_core::task::{TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
 use agentmesh_core::{AgentId, AgentRegistration, Role, TaskId};
-use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry, RegistryError, TaskWatch, keys};
+use agentmesh_registry::{
+    EtcdOptions, EtcdRegistry, Leadership, Registry, RegistryError, TaskWatch, keys,
+};
 use etcd_client::{Client, GetOptions};
 use futures::StreamExt;
 use support::{Etcd, eventually, free_port};
@@ -405,6 +408,409 @@ fn a_node_recovers_by_itself_from_an_etcd_outage_longer_than_its_ttl() {
 
     rt.block_on(fresh.shutdown());
     rt.block_on(node.shutdown());
+}
+
+/// A campaign running on the test's runtime.
+type Campaign = tokio::task::JoinHandle<Result<Leadership, RegistryError>>;
+
+fn start_campaign(rt: &tokio::runtime::Runtime, registry: &EtcdRegistry, id: &str) -> Campaign {
+    let registry = registry.clone();
+    let candidate = AgentId::new(id);
+    rt.spawn(async move { registry.campaign(&candidate).await })
+}
+
+/// The leadership a finished campaign won.
+fn won(rt: &tokio::runtime::Runtime, campaign: Campaign) -> Leadership {
+    rt.block_on(campaign)
+        .expect("campaign task")
+        .expect("campaign")
+}
+
+fn leader_seen_by(registry: &EtcdRegistry) -> Option<AgentId> {
+    registry.leader().borrow().clone()
+}
+
+/// The coordinator leader as etcd's own `Election` service reports it:
+/// agentmesh's candidates must be an election etcd understands.
+fn leader_by_etcd(rt: &tokio::runtime::Runtime, raw: &Client) -> Option<String> {
+    let mut election = raw.election_client();
+    match rt.block_on(election.leader(keys::ELECTION_COORDINATOR)) {
+        Ok(response) => response
+            .kv()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        // etcd answers "election: no leader" with an error.
+        Err(_) => None,
+    }
+}
+
+fn candidate_keys(rt: &tokio::runtime::Runtime, raw: &mut Client) -> usize {
+    rt.block_on(raw.get(
+        keys::ELECTION_COORDINATOR_CANDIDATES,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    ))
+    .expect("count candidate keys")
+    .count() as usize
+}
+
+#[test]
+fn one_of_two_candidates_leads_and_a_resign_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    // A long TTL, so only the resign can explain a prompt handover.
+    let ttl = Duration::from_secs(10);
+    let a = connect(&rt, &etcd, ttl);
+    let b = connect(&rt, &etcd, ttl);
+    let mut raw = raw_client(&rt, &etcd);
+    assert_eq!(leader_seen_by(&a), None, "nobody leads before a campaign");
+
+    let mut campaigns = vec![
+        ("coord-a", &a, start_campaign(&rt, &a, "coord-a")),
+        ("coord-b", &b, start_campaign(&rt, &b, "coord-b")),
+    ];
+    eventually("one campaign to win", DELIVERY, || {
+        campaigns
+            .iter()
+            .any(|(_, _, c)| c.is_finished())
+            .then_some(())
+    });
+    let first = campaigns
+        .iter()
+        .position(|(_, _, c)| c.is_finished())
+        .expect("a finished campaign");
+    let (leader_id, leader, campaign) = campaigns.remove(first);
+    let (standby_id, standby, pending) = campaigns.remove(0);
+    let leadership = won(&rt, campaign);
+    assert_eq!(leadership.candidate, AgentId::new(leader_id));
+    assert!(leadership.is_held());
+    assert_stays(
+        "the other campaign waiting",
+        Duration::from_millis(500),
+        || !pending.is_finished(),
+    );
+    for registry in [&a, &b] {
+        eventually("the leader in every view", DELIVERY, || {
+            (leader_seen_by(registry) == Some(AgentId::new(leader_id))).then_some(())
+        });
+    }
+    assert_eq!(leader_by_etcd(&rt, &raw).as_deref(), Some(leader_id));
+    assert_eq!(
+        candidate_keys(&rt, &mut raw),
+        2,
+        "one candidate key per node"
+    );
+
+    // A third candidate that gives up before it wins leaves no key behind.
+    let c = connect(&rt, &etcd, ttl);
+    let dropped = start_campaign(&rt, &c, "coord-c");
+    eventually("coord-c's candidate key", DELIVERY, || {
+        (candidate_keys(&rt, &mut raw) == 3).then_some(())
+    });
+    dropped.abort();
+    eventually("coord-c's key withdrawn", DELIVERY, || {
+        (candidate_keys(&rt, &mut raw) == 2).then_some(())
+    });
+
+    let resigned = Instant::now();
+    rt.block_on(leader.resign(&leadership)).expect("resign");
+    assert!(!leadership.is_held(), "resign must end leadership at once");
+    eventually("the standby to win", DELIVERY, || {
+        pending.is_finished().then_some(())
+    });
+    let took = resigned.elapsed();
+    assert!(
+        took < ttl / 4,
+        "the handover took {took:?}; a resign must not wait for the {ttl:?} ttl"
+    );
+    let successor = won(&rt, pending);
+    assert_eq!(successor.candidate, AgentId::new(standby_id));
+    assert!(
+        successor.fence.revision > leadership.fence.revision,
+        "a new term must have a newer fence"
+    );
+    for registry in [&a, &b] {
+        eventually("the new leader in every view", DELIVERY, || {
+            (leader_seen_by(registry) == Some(AgentId::new(standby_id))).then_some(())
+        });
+    }
+    assert_eq!(leader_by_etcd(&rt, &raw).as_deref(), Some(standby_id));
+    // Resigning again is harmless and touches nobody else's term.
+    rt.block_on(leader.resign(&leadership))
+        .expect("second resign");
+    assert!(successor.is_held());
+
+    // Shutdown ends the term before revoking the lease, and everyone sees
+    // nobody lead.
+    rt.block_on(standby.shutdown());
+    assert!(!successor.is_held(), "shutdown must end leadership");
+    eventually("no leader in the remaining view", DELIVERY, || {
+        leader_seen_by(leader).is_none().then_some(())
+    });
+    rt.block_on(c.shutdown());
+    rt.block_on(leader.shutdown());
+}
+
+/// Two nodes with a 2 s TTL where `old` leads, then stops refreshing its
+/// lease; returns once `new` has taken over, with both leaderships and how
+/// long the takeover took.
+struct Takeover {
+    old: EtcdRegistry,
+    new: EtcdRegistry,
+    old_leadership: Leadership,
+    new_leadership: Leadership,
+    took: Duration,
+}
+
+const TAKEOVER_TTL: Duration = Duration::from_secs(2);
+
+fn take_over_by_lease_expiry(rt: &tokio::runtime::Runtime, etcd: &Etcd) -> Takeover {
+    let old = connect(rt, etcd, TAKEOVER_TTL);
+    let new = connect(rt, etcd, TAKEOVER_TTL);
+    let old_leadership = rt
+        .block_on(old.campaign(&AgentId::new("coord-old")))
+        .expect("first campaign");
+    let pending = start_campaign(rt, &new, "coord-new");
+    eventually("coord-old in the standby's view", DELIVERY, || {
+        (leader_seen_by(&new) == Some(AgentId::new("coord-old"))).then_some(())
+    });
+    assert!(!pending.is_finished(), "the standby must wait");
+
+    old.stop_keep_alive_for_tests();
+    let stopped = Instant::now();
+    eventually(
+        "the standby to win once the leader's lease expired",
+        TAKEOVER_TTL + Duration::from_secs(2),
+        || pending.is_finished().then_some(()),
+    );
+    let took = stopped.elapsed();
+    let new_leadership = won(rt, pending);
+    Takeover {
+        old,
+        new,
+        old_leadership,
+        new_leadership,
+        took,
+    }
+}
+
+#[test]
+fn a_standby_leads_once_a_silent_leaders_lease_expires() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let t = take_over_by_lease_expiry(&rt, &etcd);
+    // The last refresh was at most ttl/3 before the stop: anything much
+    // faster than that was not the lease expiring.
+    assert!(
+        t.took >= TAKEOVER_TTL / 2,
+        "the standby won after {:?}, before the lease could expire",
+        t.took
+    );
+    assert_eq!(t.new_leadership.candidate, AgentId::new("coord-new"));
+    assert!(t.new_leadership.is_held());
+    eventually("the old leadership to report lost", DELIVERY, || {
+        (!t.old_leadership.is_held()).then_some(())
+    });
+    eventually("coord-new in the old leader's view", DELIVERY, || {
+        (leader_seen_by(&t.old) == Some(AgentId::new("coord-new"))).then_some(())
+    });
+    assert_stays("the new leadership", TAKEOVER_TTL, || {
+        t.new_leadership.is_held()
+    });
+    rt.block_on(t.new.shutdown());
+    rt.block_on(t.old.shutdown());
+}
+
+#[test]
+fn fenced_writes_of_a_deposed_leader_are_refused() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let task = record("fenced");
+    let mut raw = raw_client(&rt, &etcd);
+    let stored_task = |raw: &mut Client| {
+        let got = rt
+            .block_on(raw.get(keys::task(&task.id), None))
+            .expect("get fenced record");
+        got.kvs().first().map(|kv| kv.value().to_vec())
+    };
+
+    let t = take_over_by_lease_expiry(&rt, &etcd);
+    // Written by the new leader, then the deposed one tries to overwrite it
+    // with its old fence: its node still has the same lease id, so only
+    // etcd's compare can refuse.
+    let one = |r: &TaskRecord| vec![Arc::new(r.clone())];
+    rt.block_on(t.new.put_tasks_fenced(&one(&task), &t.new_leadership.fence))
+        .expect("the new leader's fenced put");
+    let before = stored_task(&mut raw).expect("record stored");
+    assert_eq!(t.old.lease_id(), t.old_leadership.fence.lease);
+    match rt.block_on(
+        t.old
+            .put_tasks_fenced(&one(&revised(&task, 9)), &t.old_leadership.fence),
+    ) {
+        Err(RegistryError::NotLeader {
+            fence_revision,
+            written: 0,
+        }) => assert_eq!(fence_revision, t.old_leadership.fence.revision),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    assert_eq!(
+        stored_task(&mut raw),
+        Some(before),
+        "the record must be unchanged"
+    );
+
+    // More than one transaction's worth: the first one already fails, so
+    // nothing at all is written.
+    let batch: Vec<Arc<TaskRecord>> = (0..100)
+        .map(|i| Arc::new(record(&format!("fenced-{i:03}"))))
+        .collect();
+    let refused = rt.block_on(t.old.put_tasks_fenced(&batch, &t.old_leadership.fence));
+    assert!(
+        matches!(refused, Err(RegistryError::NotLeader { written: 0, .. })),
+        "got {refused:?}"
+    );
+    let count = |raw: &mut Client| {
+        rt.block_on(raw.get(
+            format!("{}fenced-", keys::TASKS),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ))
+        .expect("count fenced records")
+        .count()
+    };
+    assert_eq!(count(&mut raw), 0);
+    rt.block_on(t.new.put_tasks_fenced(&batch, &t.new_leadership.fence))
+        .expect("the new leader's fenced put of 100 records");
+    assert_eq!(count(&mut raw), 100);
+    assert_eq!(
+        rt.block_on(t.new.get_task(&task.id)).expect("get_task"),
+        Some(task.clone())
+    );
+
+    // A term that ended by resign is fenced off too, even for its own node
+    // leading again.
+    rt.block_on(t.new.resign(&t.new_leadership))
+        .expect("resign");
+    let again = rt
+        .block_on(t.new.campaign(&AgentId::new("coord-new")))
+        .expect("campaign again");
+    assert!(again.fence.revision > t.new_leadership.fence.revision);
+    assert!(matches!(
+        rt.block_on(t.new.put_tasks_fenced(&one(&task), &t.new_leadership.fence)),
+        Err(RegistryError::NotLeader { .. })
+    ));
+    rt.block_on(
+        t.new
+            .put_tasks_fenced(&one(&revised(&task, 2)), &again.fence),
+    )
+    .expect("fenced put of the new term");
+    rt.block_on(t.new.shutdown());
+    rt.block_on(t.old.shutdown());
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_reports_its_leadership_lost_and_can_lead_again() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let ttl = Duration::from_secs(2);
+    let node = connect(&rt, &etcd, ttl);
+    let first = rt
+        .block_on(node.campaign(&AgentId::new("coord-1")))
+        .expect("campaign");
+
+    // Cut off, the leader sees no deletion and no lease change: only the
+    // lease it can no longer confirm alive tells it a standby may lead.
+    etcd.stop();
+    let stopped = Instant::now();
+    eventually(
+        "the leadership to report lost",
+        ttl + Duration::from_secs(2),
+        || (!first.is_held()).then_some(()),
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took >= ttl / 2,
+        "leadership reported lost after {took:?}, while the lease may well have been alive"
+    );
+
+    // Once etcd is back, the node withdraws the lost term's key (etcd
+    // restored its lease with a fresh TTL) and can lead again, in a new
+    // term on a new lease.
+    etcd.restart();
+    let mut raw = raw_client(&rt, &etcd);
+    eventually("the lost term's key withdrawn", DELIVERY, || {
+        let got = rt.block_on(raw.get(first.fence.key.as_str(), None)).ok()?;
+        got.kvs().is_empty().then_some(())
+    });
+    eventually("a new lease", Duration::from_secs(15), || {
+        (node.lease_id() != first.fence.lease).then_some(())
+    });
+    let again = start_campaign(&rt, &node, "coord-1");
+    eventually("a new term", DELIVERY, || again.is_finished().then_some(()));
+    let second = won(&rt, again);
+    assert!(second.is_held());
+    assert!(second.fence.revision > first.fence.revision);
+    assert_ne!(
+        second.fence.lease, first.fence.lease,
+        "the lease was replaced"
+    );
+    eventually("coord-1 in the node's view", DELIVERY, || {
+        (leader_seen_by(&node) == Some(AgentId::new("coord-1"))).then_some(())
+    });
+    rt.block_on(node.shutdown());
+}
+
+#[test]
+fn unfinished_tasks_are_every_pending_or_running_record_across_pages() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    // 7 per page: 50 records take 8 pages.
+    let registry = rt
+        .block_on(EtcdRegistry::connect(
+            options(&etcd, Duration::from_secs(5)).with_task_page_size(7),
+        ))
+        .expect("connect");
+    assert!(
+        rt.block_on(registry.unfinished_tasks())
+            .expect("unfinished_tasks of an empty store")
+            .is_empty()
+    );
+    let statuses = [
+        Status::Pending,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+    let records: Vec<TaskRecord> = (0..50)
+        .map(|i| {
+            let mut r = record(&format!("mix-{i:02}"));
+            r.status = statuses[i % statuses.len()];
+            r
+        })
+        .collect();
+    put(&rt, &registry, &records);
+    // Neighbours of the prefix and a corrupt record are not listed.
+    let mut raw = raw_client(&rt, &etcd);
+    for key in [
+        format!("{}mix-corrupt", keys::TASKS),
+        "/agentmesh/v1/tasks".to_owned(),
+        keys::tasks_end(),
+    ] {
+        rt.block_on(raw.put(key, "{not json", None))
+            .expect("put a stray key");
+    }
+    rt.block_on(registry.register(agent("not-a-task")))
+        .expect("register");
+
+    let listed = rt
+        .block_on(registry.unfinished_tasks())
+        .expect("unfinished_tasks");
+    let expected: Vec<TaskRecord> = records
+        .iter()
+        .filter(|r| !r.status.is_terminal())
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 20);
+    assert_eq!(listed, expected);
+    rt.block_on(registry.shutdown());
 }
 
 /// Connects to `url` with a 1 s connect timeout, expects `Unavailable`

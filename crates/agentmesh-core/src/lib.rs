@@ -7,8 +7,10 @@
 //! every actor that needs them.
 
 pub mod agent;
+pub mod breaker;
 pub mod builtin;
 pub mod ids;
+pub mod retry;
 pub mod scheduling;
 pub mod task;
 

@@ -13,6 +13,13 @@
 //! only that worker's entries, in the indexes of its own k capabilities:
 //! O(k log n). A worker at its `max_concurrency` leaves the indexes and comes
 //! back when an attempt ends, so a full worker is never even looked at.
+//!
+//! Each worker also has a [`CircuitBreaker`]. A worker whose breaker opens
+//! leaves the indexes the same way, into a set ordered by the end of its
+//! cool-down; [`WorkerPool::select`] first moves the workers whose cool-down
+//! has ended back in, half-open, which costs one look at the head of that
+//! set when nobody is due. A half-open worker stays out of the indexes while
+//! its probe is in flight, so at most one probe reaches it.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentRegistration, Membership, Role};
+use crate::breaker::{BreakerPolicy, BreakerState, CircuitBreaker};
 use crate::ids::AgentId;
 
 /// Weights of the four terms of a worker's score.
@@ -73,11 +81,34 @@ pub struct WorkerState {
     pub in_flight: u32,
     pub succeeded: u64,
     pub failed: u64,
+    /// Fed with the verdicts of this coordinator's attempts only, like the
+    /// counters above.
+    pub breaker: CircuitBreaker,
 }
 
 impl WorkerState {
     pub fn has_room(&self) -> bool {
         self.in_flight < self.max_concurrency
+    }
+
+    /// The state of the worker's breaker, for display.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Whether the worker belongs in the capability indexes: it has room and
+    /// its breaker takes a placement without waiting for a cool-down or a
+    /// probe. An `Open` breaker whose cool-down has ended does not count
+    /// until [`WorkerPool::refresh`] makes it half-open.
+    fn takes_placements(&self) -> bool {
+        self.has_room()
+            && matches!(
+                self.breaker.state(),
+                BreakerState::Closed { .. }
+                    | BreakerState::HalfOpen {
+                        probe_in_flight: false
+                    }
+            )
     }
 
     /// Laplace-smoothed, so a new worker starts at 0.5 rather than at either
@@ -86,7 +117,9 @@ impl WorkerState {
         (self.succeeded as f64 + 1.0) / ((self.succeeded + self.failed) as f64 + 2.0)
     }
 
-    /// The worker's score for `capability`, or `None` when it cannot take it.
+    /// The worker's score for `capability`, or `None` when it is full or
+    /// does not offer it. The breaker is not consulted: it depends on time,
+    /// which only [`WorkerPool::select`] is given.
     pub fn score(&self, capability: &str, weights: &ScoreWeights) -> Option<f64> {
         if !self.has_room() || !self.capabilities.iter().any(|c| c == capability) {
             return None;
@@ -169,14 +202,21 @@ impl Eq for Ranked {}
 ///
 /// Invariant: for every capability offered by at least one worker,
 /// `offered` counts those workers and `ready` holds exactly the
-/// [`Ranked`] entries of those with room, computed from their current state;
-/// a capability nobody offers has no entry in either map.
+/// [`Ranked`] entries of those that [take placements], computed from their
+/// current state; a capability nobody offers has no entry in either map.
+/// `cooling` holds exactly the workers whose breaker is `Open`, with the
+/// end of the cool-down.
+///
+/// [take placements]: WorkerState::takes_placements
 #[derive(Debug, Clone, Default)]
 struct CapabilityIndex {
     /// Number of workers, busy or not, offering each capability.
     offered: HashMap<String, usize>,
-    /// Per capability, the workers offering it that have room, best first.
+    /// Per capability, the workers offering it that take placements, best
+    /// first.
     ready: HashMap<String, BTreeSet<Ranked>>,
+    /// Workers whose breaker is open, soonest readmitted first.
+    cooling: BTreeSet<(u64, AgentId)>,
 }
 
 impl CapabilityIndex {
@@ -204,10 +244,15 @@ impl CapabilityIndex {
         }
     }
 
-    /// Files `worker` under each of its capabilities if it has room. Its
-    /// offers must already be counted.
+    /// Files `worker` where its state puts it: in `cooling` while its
+    /// breaker is open, under each of its capabilities while it takes
+    /// placements. Its offers must already be counted.
     fn rank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
-        if !worker.has_room() {
+        if let BreakerState::Open { until_ms } = worker.breaker.state() {
+            self.cooling.insert((until_ms, worker.id.clone()));
+            return;
+        }
+        if !worker.takes_placements() {
             return;
         }
         let entry = worker.ranked(weights);
@@ -221,7 +266,11 @@ impl CapabilityIndex {
     /// Undoes [`CapabilityIndex::rank`]; must see the worker in the state it
     /// was ranked in.
     fn unrank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
-        if !worker.has_room() {
+        if let BreakerState::Open { until_ms } = worker.breaker.state() {
+            self.cooling.remove(&(until_ms, worker.id.clone()));
+            return;
+        }
+        if !worker.takes_placements() {
             return;
         }
         let entry = worker.ranked(weights);
@@ -237,10 +286,15 @@ impl CapabilityIndex {
 ///
 /// The pool holds its [`ScoreWeights`] because the index is ordered by
 /// score: weights passed per call could not reuse the order.
+///
+/// Time comes in as `now_ms` (milliseconds on any clock that does not go
+/// backwards, the same for every call) because breakers cool down.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerPool {
     /// Expected to have passed [`ScoreWeights::validate`].
     weights: ScoreWeights,
+    /// Given to the breaker of every worker the pool admits.
+    breaker: BreakerPolicy,
     workers: BTreeMap<AgentId, WorkerState>,
     index: CapabilityIndex,
 }
@@ -258,8 +312,23 @@ impl WorkerPool {
         }
     }
 
+    /// Uses `policy` for the breakers of the pool's workers, present and
+    /// future (present ones keep their state). Without it the pool uses
+    /// [`BreakerPolicy::default`].
+    pub fn with_breaker(mut self, policy: BreakerPolicy) -> Self {
+        self.breaker = policy;
+        for worker in self.workers.values_mut() {
+            worker.breaker.set_policy(policy);
+        }
+        self
+    }
+
     pub fn weights(&self) -> &ScoreWeights {
         &self.weights
+    }
+
+    pub fn breaker_policy(&self) -> &BreakerPolicy {
+        &self.breaker
     }
 
     pub fn get(&self, id: &AgentId) -> Option<&WorkerState> {
@@ -323,6 +392,7 @@ impl WorkerPool {
                     in_flight: 0,
                     succeeded: 0,
                     failed: 0,
+                    breaker: CircuitBreaker::new(self.breaker),
                 };
                 self.index.add_offers(&worker);
                 self.index.rank(&worker, &self.weights);
@@ -353,10 +423,46 @@ impl WorkerPool {
         self.index.offered.contains_key(capability)
     }
 
-    /// The best worker with room for `capability`; ties go to the worker
-    /// with fewer attempts in flight, then to the smaller id, so a decision
-    /// is deterministic. O(log n): the first entry of the capability's index.
-    pub fn select(&self, capability: &str) -> Option<AgentId> {
+    /// Moves the workers whose breaker cool-down has ended by `now_ms` back
+    /// into the indexes, half-open. [`WorkerPool::select`] calls it, so a
+    /// coordinator need not; O(log n) per readmitted worker and one look at
+    /// the head of the cooling set otherwise.
+    pub fn refresh(&mut self, now_ms: u64) {
+        while self
+            .index
+            .cooling
+            .first()
+            .is_some_and(|(until_ms, _)| *until_ms <= now_ms)
+        {
+            let Some((_, id)) = self.index.cooling.pop_first() else {
+                break;
+            };
+            // Popping the entry was the unranking of the open worker.
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.breaker.refresh(now_ms);
+                self.index.rank(worker, &self.weights);
+            }
+        }
+    }
+
+    /// When the earliest open breaker's cool-down ends, if any is open: a
+    /// coordinator with subtasks waiting for a capability can wake up then
+    /// and select again, as no other event may come.
+    pub fn next_readmission_ms(&self) -> Option<u64> {
+        self.index.cooling.first().map(|(until_ms, _)| *until_ms)
+    }
+
+    /// The best worker for `capability` at `now_ms`: it has room and its
+    /// breaker admits a placement. Ties go to the worker with fewer
+    /// attempts in flight, then to the smaller id, so a decision is
+    /// deterministic.
+    ///
+    /// Takes `&mut self` because it first [refreshes](WorkerPool::refresh)
+    /// the pool: the coordinator's loop stays `select` then `acquire`, and
+    /// no call path can forget to readmit a cooled-down worker. O(log n):
+    /// the first entry of the capability's index.
+    pub fn select(&mut self, capability: &str, now_ms: u64) -> Option<AgentId> {
+        self.refresh(now_ms);
         self.index
             .ready
             .get(capability)?
@@ -364,21 +470,36 @@ impl WorkerPool {
             .map(|entry| entry.id.clone())
     }
 
-    /// Records a placement.
-    pub fn acquire(&mut self, id: &AgentId) {
+    /// Records a placement. On a half-open worker it is the probe, and the
+    /// worker leaves the indexes until the probe ends.
+    pub fn acquire(&mut self, id: &AgentId, now_ms: u64) {
         self.update(id, |worker| {
-            worker.in_flight = worker.in_flight.saturating_add(1)
+            worker.in_flight = worker.in_flight.saturating_add(1);
+            worker.breaker.on_dispatch(now_ms);
         });
     }
 
     /// Records the end of an attempt; `success` is `None` when the attempt
     /// was abandoned without a verdict (cancelled, worker lost).
-    pub fn release(&mut self, id: &AgentId, success: Option<bool>) {
+    ///
+    /// A verdict goes to the breaker. An abandonment frees a half-open
+    /// worker's probe slot only once none of its attempts is in flight: the
+    /// pool cannot tell the probe from an attempt placed before the breaker
+    /// opened, and freeing the slot for the latter would let a second probe
+    /// run beside the first.
+    pub fn release(&mut self, id: &AgentId, success: Option<bool>, now_ms: u64) {
         self.update(id, |worker| {
             worker.in_flight = worker.in_flight.saturating_sub(1);
             match success {
-                Some(true) => worker.succeeded += 1,
-                Some(false) => worker.failed += 1,
+                Some(true) => {
+                    worker.succeeded += 1;
+                    worker.breaker.record_success(now_ms);
+                }
+                Some(false) => {
+                    worker.failed += 1;
+                    worker.breaker.record_failure(now_ms);
+                }
+                None if worker.in_flight == 0 => worker.breaker.record_abandoned(now_ms),
                 None => {}
             }
         });
@@ -425,13 +546,22 @@ mod tests {
             for capability in worker.distinct_capabilities() {
                 *offered.entry(capability.to_owned()).or_default() += 1;
                 let set = ready.entry(capability.to_owned()).or_default();
-                if worker.has_room() {
+                if worker.takes_placements() {
                     set.insert(worker.ranked(&pool.weights));
                 }
             }
         }
+        let cooling: BTreeSet<(u64, AgentId)> = pool
+            .workers
+            .values()
+            .filter_map(|worker| match worker.breaker_state() {
+                BreakerState::Open { until_ms } => Some((until_ms, worker.id.clone())),
+                _ => None,
+            })
+            .collect();
         assert_eq!(pool.index.offered, offered);
         assert_eq!(pool.index.ready, ready);
+        assert_eq!(pool.index.cooling, cooling);
     }
 
     #[test]
@@ -462,6 +592,7 @@ mod tests {
             in_flight: 1,
             succeeded: 8,
             failed: 0,
+            breaker: CircuitBreaker::default(),
         };
         let score = worker.score("a", &ScoreWeights::default()).unwrap();
         let expected = 0.3 + 0.3 * (9.0 / 10.0) + 0.2 * 0.75 + 0.2 * 0.5;
@@ -475,18 +606,18 @@ mod tests {
             registration("generalist", &["math.eval", "text.word_count"], 1),
             registration("specialist", &["math.eval"], 1),
         ]);
-        assert_eq!(p.select("math.eval"), Some(AgentId::new("specialist")));
-        p.acquire(&AgentId::new("specialist"));
-        assert_eq!(p.select("math.eval"), Some(AgentId::new("generalist")));
-        p.acquire(&AgentId::new("generalist"));
-        assert_eq!(p.select("math.eval"), None);
-        assert_eq!(p.select("text.word_count"), None);
+        assert_eq!(p.select("math.eval", 0), Some(AgentId::new("specialist")));
+        p.acquire(&AgentId::new("specialist"), 0);
+        assert_eq!(p.select("math.eval", 0), Some(AgentId::new("generalist")));
+        p.acquire(&AgentId::new("generalist"), 0);
+        assert_eq!(p.select("math.eval", 0), None);
+        assert_eq!(p.select("text.word_count", 0), None);
         assert!(p.offers("math.eval"));
         assert!(!p.offers("json.query"));
         // A full worker comes back when an attempt ends.
-        p.release(&AgentId::new("generalist"), Some(true));
+        p.release(&AgentId::new("generalist"), Some(true), 0);
         assert_eq!(
-            p.select("text.word_count"),
+            p.select("text.word_count", 0),
             Some(AgentId::new("generalist"))
         );
         assert_index_consistent(&p);
@@ -499,15 +630,15 @@ mod tests {
             registration("w2", &["c"], 10),
         ]);
         assert_eq!(
-            p.select("c"),
+            p.select("c", 0),
             Some(AgentId::new("w1")),
             "tie goes to the smaller id"
         );
         for _ in 0..3 {
-            p.acquire(&AgentId::new("w1"));
-            p.release(&AgentId::new("w1"), Some(false));
+            p.acquire(&AgentId::new("w1"), 0);
+            p.release(&AgentId::new("w1"), Some(false), 0);
         }
-        assert_eq!(p.select("c"), Some(AgentId::new("w2")));
+        assert_eq!(p.select("c", 0), Some(AgentId::new("w2")));
     }
 
     #[test]
@@ -524,16 +655,16 @@ mod tests {
             registration("a", &["c"], 3),
             registration("b", &["c"], 3),
         ]));
-        p.acquire(&AgentId::new("a"));
-        assert_eq!(p.select("c"), Some(AgentId::new("b")));
-        p.acquire(&AgentId::new("b"));
-        assert_eq!(p.select("c"), Some(AgentId::new("a")));
+        p.acquire(&AgentId::new("a"), 0);
+        assert_eq!(p.select("c", 0), Some(AgentId::new("b")));
+        p.acquire(&AgentId::new("b"), 0);
+        assert_eq!(p.select("c", 0), Some(AgentId::new("a")));
     }
 
     #[test]
     fn sync_reports_departed_workers_and_keeps_counters() {
         let mut p = pool(&[registration("w1", &["c"], 2), registration("w2", &["c"], 2)]);
-        p.acquire(&AgentId::new("w1"));
+        p.acquire(&AgentId::new("w1"), 0);
         let only_w1 = membership(&[registration("w1", &["c"], 2)]);
         assert_eq!(p.sync(&only_w1), vec![AgentId::new("w2")]);
         assert_eq!(p.get(&AgentId::new("w1")).unwrap().in_flight, 1);
@@ -548,18 +679,18 @@ mod tests {
     #[test]
     fn sync_moves_a_worker_whose_capabilities_or_limit_change() {
         let mut p = pool(&[registration("w", &["a"], 2)]);
-        p.acquire(&AgentId::new("w"));
-        assert_eq!(p.select("a"), Some(AgentId::new("w")));
+        p.acquire(&AgentId::new("w"), 0);
+        assert_eq!(p.select("a", 0), Some(AgentId::new("w")));
         p.sync(&membership(&[registration("w", &["b"], 2)]));
-        assert_eq!(p.select("a"), None);
+        assert_eq!(p.select("a", 0), None);
         assert!(!p.offers("a"));
-        assert_eq!(p.select("b"), Some(AgentId::new("w")));
+        assert_eq!(p.select("b", 0), Some(AgentId::new("w")));
         // Lowering the limit to the attempts in flight fills the worker.
         p.sync(&membership(&[registration("w", &["b"], 1)]));
-        assert_eq!(p.select("b"), None);
+        assert_eq!(p.select("b", 0), None);
         assert!(p.offers("b"));
-        p.release(&AgentId::new("w"), None);
-        assert_eq!(p.select("b"), Some(AgentId::new("w")));
+        p.release(&AgentId::new("w"), None, 0);
+        assert_eq!(p.select("b", 0), Some(AgentId::new("w")));
         // A worker that stops being one leaves the pool.
         let mut peer = registration("w", &["b"], 1);
         peer.role = Role::Peer;
@@ -571,11 +702,180 @@ mod tests {
     #[test]
     fn a_capability_listed_twice_is_indexed_once() {
         let mut p = pool(&[registration("w", &["a", "a"], 1)]);
-        assert_eq!(p.select("a"), Some(AgentId::new("w")));
-        p.acquire(&AgentId::new("w"));
-        assert_eq!(p.select("a"), None);
+        assert_eq!(p.select("a", 0), Some(AgentId::new("w")));
+        p.acquire(&AgentId::new("w"), 0);
+        assert_eq!(p.select("a", 0), None);
         p.sync(&Membership::default());
         assert!(!p.offers("a"));
+        assert_index_consistent(&p);
+    }
+
+    /// Weights under which every worker scores the same, so only the
+    /// breaker and the tie-breaks decide.
+    fn flat_weights() -> ScoreWeights {
+        ScoreWeights {
+            capability: 1.0,
+            success_rate: 0.0,
+            free_load: 0.0,
+            specialization: 0.0,
+        }
+    }
+
+    const BREAKER: BreakerPolicy = BreakerPolicy {
+        failures_to_open: 3,
+        cool_down_ms: 1_000,
+    };
+
+    fn breaker_pool(workers: &[AgentRegistration]) -> WorkerPool {
+        let mut p = WorkerPool::new(flat_weights()).with_breaker(BREAKER);
+        p.sync(&membership(workers));
+        p
+    }
+
+    fn fail(p: &mut WorkerPool, id: &AgentId, now: u64) {
+        p.acquire(id, now);
+        p.release(id, Some(false), now);
+    }
+
+    fn breaker_of(p: &WorkerPool, id: &str) -> BreakerState {
+        p.get(&AgentId::new(id)).unwrap().breaker_state()
+    }
+
+    #[test]
+    fn a_failing_worker_sits_out_its_cool_down_then_gets_one_probe() {
+        let (w1, w2) = (AgentId::new("w1"), AgentId::new("w2"));
+        let mut p = breaker_pool(&[registration("w1", &["c"], 4), registration("w2", &["c"], 1)]);
+        assert_eq!(p.select("c", 0), Some(w1.clone()), "tie goes to w1");
+        for now in [1, 2] {
+            fail(&mut p, &w1, now);
+            assert_eq!(p.select("c", now), Some(w1.clone()), "still closed");
+        }
+        fail(&mut p, &w1, 10);
+        assert_eq!(breaker_of(&p, "w1"), BreakerState::Open { until_ms: 1_010 });
+        assert_eq!(p.next_readmission_ms(), Some(1_010));
+        assert_index_consistent(&p);
+
+        // Open: the other capable worker is chosen, and once it is full
+        // nobody is, although w1 has room.
+        assert_eq!(p.select("c", 10), Some(w2.clone()));
+        p.acquire(&w2, 10);
+        assert_eq!(p.select("c", 1_009), None);
+        assert!(p.get(&w1).unwrap().has_room());
+
+        // Cooled down: exactly one probe goes to w1.
+        assert_eq!(p.select("c", 1_010), Some(w1.clone()));
+        assert_eq!(
+            breaker_of(&p, "w1"),
+            BreakerState::HalfOpen {
+                probe_in_flight: false
+            }
+        );
+        assert_eq!(p.next_readmission_ms(), None);
+        p.acquire(&w1, 1_010);
+        assert_eq!(
+            breaker_of(&p, "w1"),
+            BreakerState::HalfOpen {
+                probe_in_flight: true
+            }
+        );
+        assert_eq!(p.select("c", 1_011), None, "no second probe");
+        assert_index_consistent(&p);
+
+        // A successful probe restores w1 fully: several placements again.
+        p.release(&w1, Some(true), 1_200);
+        assert_eq!(
+            breaker_of(&p, "w1"),
+            BreakerState::Closed {
+                consecutive_failures: 0
+            }
+        );
+        for _ in 0..4 {
+            assert_eq!(p.select("c", 1_200), Some(w1.clone()));
+            p.acquire(&w1, 1_200);
+        }
+        assert_eq!(p.select("c", 1_200), None, "w1 full, w2 busy");
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn a_failed_probe_sits_out_another_cool_down() {
+        let w = AgentId::new("w");
+        let mut p = breaker_pool(&[registration("w", &["c"], 2)]);
+        for now in 0..3 {
+            fail(&mut p, &w, now);
+        }
+        assert_eq!(p.select("c", 1_001), None);
+        assert_eq!(p.select("c", 1_002), Some(w.clone()));
+        p.acquire(&w, 1_002);
+        p.release(&w, Some(false), 1_500);
+        assert_eq!(breaker_of(&p, "w"), BreakerState::Open { until_ms: 2_500 });
+        assert_eq!(p.select("c", 2_499), None);
+        assert_eq!(p.select("c", 2_500), Some(w));
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_slot_once_nothing_is_in_flight() {
+        let w = AgentId::new("w");
+        let mut p = breaker_pool(&[registration("w", &["c"], 4)]);
+        // An attempt placed while the worker was healthy is still running
+        // when the breaker opens.
+        p.acquire(&w, 0);
+        for now in 1..4 {
+            fail(&mut p, &w, now);
+        }
+        assert_eq!(p.select("c", 1_003), Some(w.clone()));
+        p.acquire(&w, 1_003);
+        // The pool cannot tell which attempt was abandoned: one still runs,
+        // so the slot stays taken and no second probe goes out.
+        p.release(&w, None, 1_100);
+        assert_eq!(p.select("c", 1_100), None);
+        p.release(&w, None, 1_200);
+        assert_eq!(
+            breaker_of(&p, "w"),
+            BreakerState::HalfOpen {
+                probe_in_flight: false
+            }
+        );
+        assert_eq!(p.select("c", 1_200), Some(w));
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn the_breaker_policy_reaches_present_and_future_workers() {
+        let policy = BreakerPolicy {
+            failures_to_open: 1,
+            cool_down_ms: 7,
+        };
+        let mut p = pool(&[registration("old", &["c"], 1)]).with_breaker(policy);
+        assert_eq!(p.breaker_policy(), &policy);
+        p.sync(&membership(&[
+            registration("old", &["c"], 1),
+            registration("new", &["c"], 1),
+        ]));
+        for w in p.workers() {
+            assert_eq!(w.breaker.policy(), &policy);
+        }
+        fail(&mut p, &AgentId::new("old"), 0);
+        assert_eq!(breaker_of(&p, "old"), BreakerState::Open { until_ms: 7 });
+        assert_eq!(
+            WorkerPool::default().breaker_policy(),
+            &BreakerPolicy::default()
+        );
+    }
+
+    #[test]
+    fn a_departed_open_worker_leaves_the_cooling_set() {
+        let mut p = breaker_pool(&[registration("w", &["c"], 1)]);
+        for now in 0..3 {
+            fail(&mut p, &AgentId::new("w"), now);
+        }
+        assert_eq!(p.next_readmission_ms(), Some(1_002));
+        p.sync(&Membership::default());
+        assert_eq!(p.next_readmission_ms(), None);
+        // It comes back as a new worker, with a closed breaker.
+        p.sync(&membership(&[registration("w", &["c"], 1)]));
+        assert_eq!(p.select("c", 5), Some(AgentId::new("w")));
         assert_index_consistent(&p);
     }
 
@@ -583,6 +883,7 @@ mod tests {
     /// worker. The reference the indexed pool must agree with.
     #[derive(Debug, Default)]
     struct LinearPool {
+        breaker: BreakerPolicy,
         workers: BTreeMap<AgentId, WorkerState>,
     }
 
@@ -610,6 +911,7 @@ mod tests {
                     in_flight: 0,
                     succeeded: 0,
                     failed: 0,
+                    breaker: CircuitBreaker::new(self.breaker),
                 });
                 worker.capabilities = agent.capabilities.clone();
                 worker.max_concurrency = agent.max_concurrency;
@@ -617,14 +919,27 @@ mod tests {
             gone
         }
 
-        /// Highest score; ties to fewer attempts in flight, then to the
-        /// smaller id.
-        fn select(&self, capability: &str, weights: &ScoreWeights) -> Option<AgentId> {
+        /// Highest score among the workers with room whose breaker admits
+        /// a placement at `now`; ties to fewer attempts in flight, then to
+        /// the smaller id. Refreshes every breaker first, as the pool
+        /// refreshes the ones due, so both hold the same states.
+        fn select(
+            &mut self,
+            capability: &str,
+            weights: &ScoreWeights,
+            now: u64,
+        ) -> Option<AgentId> {
+            for worker in self.workers.values_mut() {
+                worker.breaker.refresh(now);
+            }
             let mut best: Option<(&WorkerState, f64)> = None;
             for worker in self.workers.values() {
                 let Some(score) = worker.score(capability, weights) else {
                     continue;
                 };
+                if !worker.breaker.admits(now) {
+                    continue;
+                }
                 let better = match best {
                     None => true,
                     Some((current, current_score)) => {
@@ -648,19 +963,30 @@ mod tests {
                 .any(|w| w.capabilities.iter().any(|c| c == capability))
         }
 
-        fn acquire(&mut self, id: &AgentId) {
+        fn acquire(&mut self, id: &AgentId, now: u64) {
             if let Some(worker) = self.workers.get_mut(id) {
                 worker.in_flight += 1;
+                worker.breaker.on_dispatch(now);
             }
         }
 
-        fn release(&mut self, id: &AgentId, success: Option<bool>) {
+        fn release(&mut self, id: &AgentId, success: Option<bool>, now: u64) {
             if let Some(worker) = self.workers.get_mut(id) {
                 worker.in_flight = worker.in_flight.saturating_sub(1);
                 match success {
-                    Some(true) => worker.succeeded += 1,
-                    Some(false) => worker.failed += 1,
-                    None => {}
+                    Some(true) => {
+                        worker.succeeded += 1;
+                        worker.breaker.record_success(now);
+                    }
+                    Some(false) => {
+                        worker.failed += 1;
+                        worker.breaker.record_failure(now);
+                    }
+                    None => {
+                        if worker.in_flight == 0 {
+                            worker.breaker.record_abandoned(now);
+                        }
+                    }
                 }
             }
         }
@@ -674,11 +1000,16 @@ mod tests {
     enum Op {
         /// The live membership becomes exactly these registrations.
         Sync(Vec<AgentRegistration>),
-        /// Whatever the worker's state, even full or unknown.
+        /// Whatever the worker's state, even full, open or unknown.
         Acquire(usize),
         /// What the coordinator does: select, then acquire the choice.
         Place(usize),
         Release(usize, Option<bool>),
+        /// An attempt placed on the worker (whatever its state) fails at
+        /// once, so breakers open often.
+        Fail(usize),
+        /// Time passes, so cool-downs end.
+        Advance(u64),
     }
 
     fn worker_id(i: usize) -> AgentId {
@@ -710,6 +1041,8 @@ mod tests {
             4 => (0..CAPABILITIES.len()).prop_map(Op::Place),
             4 => (0..WORKER_IDS + 1, proptest::option::of(any::<bool>()))
                 .prop_map(|(i, verdict)| Op::Release(i, verdict)),
+            3 => (0..WORKER_IDS + 1).prop_map(Op::Fail),
+            2 => (0u64..150).prop_map(Op::Advance),
         ]
     }
 
@@ -728,6 +1061,35 @@ mod tests {
             .prop_filter("valid weights", |w| w.validate().is_ok())
     }
 
+    /// Breakers that open after few failures and cool down within a few
+    /// `Advance` steps (or at once), so every state is visited.
+    fn breaker_strategy() -> impl Strategy<Value = BreakerPolicy> {
+        (1u32..4, proptest::sample::select(vec![0u64, 1, 50, 200])).prop_map(
+            |(failures_to_open, cool_down_ms)| BreakerPolicy {
+                failures_to_open,
+                cool_down_ms,
+            },
+        )
+    }
+
+    #[derive(Debug, Clone)]
+    enum ProbeOp {
+        Place(usize),
+        /// Ends the outstanding attempt at this position (modulo their
+        /// number).
+        End(usize, Option<bool>),
+        Advance(u64),
+    }
+
+    fn probe_op_strategy() -> impl Strategy<Value = ProbeOp> {
+        prop_oneof![
+            4 => (0usize..2).prop_map(ProbeOp::Place),
+            4 => (any::<usize>(), proptest::option::weighted(0.7, proptest::bool::weighted(0.3)))
+                .prop_map(|(k, verdict)| ProbeOp::End(k, verdict)),
+            2 => (0u64..150).prop_map(ProbeOp::Advance),
+        ]
+    }
+
     proptest! {
         #[test]
         fn selection_never_exceeds_max_concurrency(
@@ -741,8 +1103,8 @@ mod tests {
             let capacity: u32 = limits.iter().sum();
             let mut placed = 0u32;
             for _ in 0..placements {
-                match p.select("c") {
-                    Some(id) => { p.acquire(&id); placed += 1; }
+                match p.select("c", 0) {
+                    Some(id) => { p.acquire(&id, 0); placed += 1; }
                     None => break,
                 }
             }
@@ -761,6 +1123,7 @@ mod tests {
                 in_flight,
                 succeeded: s,
                 failed: f,
+                breaker: CircuitBreaker::default(),
             };
             let score = worker.score("c0", &ScoreWeights::default()).unwrap();
             prop_assert!(score > 0.3 && score <= 1.0 + 1e-12);
@@ -768,14 +1131,17 @@ mod tests {
 
         /// The proof that the index is right: after every operation of a
         /// random history, the indexed pool decides exactly as a linear scan
-        /// of every worker does, and tracks the same workers.
+        /// of every worker does (a worker is eligible iff it has room and
+        /// its breaker admits at `now`), and tracks the same workers.
         #[test]
         fn indexed_selection_matches_linear_scan(
             weights in weights_strategy(),
+            breaker in breaker_strategy(),
             ops in proptest::collection::vec(op_strategy(), 1..80),
         ) {
-            let mut pool = WorkerPool::new(weights.clone());
-            let mut reference = LinearPool::default();
+            let mut pool = WorkerPool::new(weights.clone()).with_breaker(breaker);
+            let mut reference = LinearPool { breaker, ..LinearPool::default() };
+            let mut now = 0u64;
             for op in ops {
                 match op {
                     Op::Sync(registrations) => {
@@ -783,32 +1149,110 @@ mod tests {
                         prop_assert_eq!(pool.sync(&view), reference.sync(&view));
                     }
                     Op::Acquire(i) => {
-                        pool.acquire(&worker_id(i));
-                        reference.acquire(&worker_id(i));
+                        pool.acquire(&worker_id(i), now);
+                        reference.acquire(&worker_id(i), now);
                     }
                     Op::Place(c) => {
-                        let chosen = pool.select(CAPABILITIES[c]);
-                        prop_assert_eq!(&chosen, &reference.select(CAPABILITIES[c], &weights));
+                        let chosen = pool.select(CAPABILITIES[c], now);
+                        prop_assert_eq!(&chosen, &reference.select(CAPABILITIES[c], &weights, now));
                         if let Some(id) = chosen {
-                            pool.acquire(&id);
-                            reference.acquire(&id);
+                            prop_assert!(!pool.get(&id).unwrap().breaker.is_open(now));
+                            pool.acquire(&id, now);
+                            reference.acquire(&id, now);
                         }
                     }
                     Op::Release(i, verdict) => {
-                        pool.release(&worker_id(i), verdict);
-                        reference.release(&worker_id(i), verdict);
+                        pool.release(&worker_id(i), verdict, now);
+                        reference.release(&worker_id(i), verdict, now);
                     }
+                    Op::Fail(i) => {
+                        pool.acquire(&worker_id(i), now);
+                        pool.release(&worker_id(i), Some(false), now);
+                        reference.acquire(&worker_id(i), now);
+                        reference.release(&worker_id(i), Some(false), now);
+                    }
+                    Op::Advance(dt) => now += dt,
                 }
+                // Before selecting (which refreshes), the cooling set has
+                // only open breakers, the soonest first.
+                prop_assert_eq!(
+                    pool.next_readmission_ms(),
+                    pool.workers()
+                        .filter_map(|w| match w.breaker_state() {
+                            BreakerState::Open { until_ms } => Some(until_ms),
+                            _ => None,
+                        })
+                        .min()
+                );
                 for capability in CAPABILITIES {
                     prop_assert_eq!(
-                        pool.select(capability),
-                        reference.select(capability, &weights),
+                        pool.select(capability, now),
+                        reference.select(capability, &weights, now),
                         "select({})", capability
                     );
                     prop_assert_eq!(pool.offers(capability), reference.offers(capability));
                 }
                 prop_assert!(pool.workers().eq(reference.workers.values()));
                 assert_index_consistent(&pool);
+            }
+        }
+
+        /// Driven the way a coordinator drives it (placements only through
+        /// `select`, every attempt ended exactly once, in any order), the
+        /// pool never has two probes on a half-open worker, and never
+        /// places on a worker whose cool-down has not ended.
+        #[test]
+        fn a_half_open_worker_gets_one_probe_at_a_time(
+            limits in proptest::collection::vec(1u32..4, 1..4),
+            breaker in breaker_strategy(),
+            ops in proptest::collection::vec(probe_op_strategy(), 1..150),
+        ) {
+            let regs: Vec<_> = limits.iter().enumerate()
+                .map(|(i, &m)| registration(&format!("w{i}"), &["c0", &format!("c{}", i % 2)], m))
+                .collect();
+            let mut p = WorkerPool::new(ScoreWeights::default()).with_breaker(breaker);
+            p.sync(&membership(&regs));
+            let mut now = 0u64;
+            // Outstanding attempts: the worker, and whether the attempt was
+            // placed as a probe of the worker's current half-open period.
+            let mut attempts: Vec<(AgentId, bool)> = Vec::new();
+            for op in ops {
+                match op {
+                    ProbeOp::Place(c) => {
+                        if let Some(id) = p.select(CAPABILITIES[c], now) {
+                            let worker = p.get(&id).unwrap();
+                            prop_assert!(!worker.breaker.is_open(now));
+                            let probe = matches!(worker.breaker_state(), BreakerState::HalfOpen { .. });
+                            p.acquire(&id, now);
+                            attempts.push((id, probe));
+                        }
+                    }
+                    ProbeOp::End(k, verdict) => {
+                        if !attempts.is_empty() {
+                            let (id, _) = attempts.remove(k % attempts.len());
+                            p.release(&id, verdict, now);
+                        }
+                    }
+                    ProbeOp::Advance(dt) => now += dt,
+                }
+                for worker in p.workers() {
+                    let mine = attempts.iter_mut().filter(|(id, _)| *id == worker.id);
+                    match worker.breaker_state() {
+                        BreakerState::HalfOpen { probe_in_flight } => {
+                            let probes = mine.filter(|(_, probe)| *probe).count();
+                            prop_assert!(probes <= 1, "{} probes on {}", probes, worker.id);
+                            prop_assert!(probes == 0 || probe_in_flight);
+                        }
+                        // The half-open period is over: its probe, if still
+                        // running, is an ordinary attempt now.
+                        _ => mine.for_each(|(_, probe)| *probe = false),
+                    }
+                    prop_assert_eq!(
+                        worker.in_flight as usize,
+                        attempts.iter().filter(|(id, _)| *id == worker.id).count()
+                    );
+                }
+                assert_index_consistent(&p);
             }
         }
     }

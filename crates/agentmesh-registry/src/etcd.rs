@@ -42,15 +42,46 @@
 //! interruption it re-reads and re-watches, and the record's own `revision`
 //! field (strictly increasing) filters out anything it already yielded.
 //!
+//! [`Registry::put_tasks_fenced`] adds to each transaction a compare that
+//! the writer's leader key still exists with its fence's create revision
+//! (see `election.rs`), and [`Registry::unfinished_tasks`] reads the prefix
+//! in pages of [`EtcdOptions::task_page_size`] keys, all at the revision of
+//! the first page, so a listing of 100k records is neither one huge
+//! response nor a mix of different moments.
+//!
+//! # Coordinator election
+//!
+//! Each campaigning node puts one candidate key,
+//! [`keys::coordinator_candidate`], on its lease; the oldest key (lowest
+//! create revision) leads, and its create revision is the [`Fence`]. A
+//! background list-and-watch of [`keys::ELECTION_COORDINATOR_CANDIDATES`]
+//! keeps [`Registry::leader`] current and is what campaigns wait on.
+//! A [`Leadership`]'s `held` flag turns `false` when its node
+//!
+//! - sees the leader key deleted or re-created (resign, lease expiry or
+//!   revoke, a delete by hand),
+//! - has replaced its lease (the keep-alive lost the old one),
+//! - hears from etcd that the lease is gone (it asks every TTL/3), or
+//! - cannot confirm the lease alive in time: unless refreshed, etcd has
+//!   expired it by the time of the last answered question plus the
+//!   remaining TTL it reported plus 1 s (a partitioned leader sees nothing
+//!   else),
+//!
+//! and at once when it resigns or shuts down. In all but the first case
+//! the key may outlive the term, so the node then deletes it itself: etcd
+//! must not keep a leader that no longer acts as one. `election.rs` has
+//! the details.
+//!
 //! Every request is bounded by [`EtcdOptions::request_timeout`], and every
 //! failure maps to [`RegistryError::Unavailable`] naming what was attempted.
 
 mod backoff;
+mod election;
 mod lease;
 mod membership;
 mod task_watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,12 +90,12 @@ use std::time::Duration;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::{DEFAULT_LEASE_TTL, Registry, RegistryError, TaskWatch, keys};
+use crate::{DEFAULT_LEASE_TTL, Fence, Leadership, Registry, RegistryError, TaskWatch, keys};
 
 /// Records written per etcd transaction. etcd refuses transactions of more
 /// than `--max-txn-ops` operations (128 by default); half of that leaves
@@ -81,6 +112,11 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// answers pings more frequent than 5 s with GOAWAY.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Task records per page of [`Registry::unfinished_tasks`] unless
+/// configured: a page of records of a few KiB each stays far below the
+/// client's 4 MiB limit on one response.
+pub const DEFAULT_TASK_PAGE_SIZE: usize = 128;
+
 /// How to reach etcd and how long this node's lease lives.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -93,6 +129,8 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Bound on every single request once connected.
     pub request_timeout: Duration,
+    /// Task records per request when listing them (at least 1).
+    pub task_page_size: usize,
 }
 
 impl EtcdOptions {
@@ -102,6 +140,7 @@ impl EtcdOptions {
             lease_ttl: DEFAULT_LEASE_TTL,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            task_page_size: DEFAULT_TASK_PAGE_SIZE,
         }
     }
 
@@ -117,6 +156,11 @@ impl EtcdOptions {
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    pub fn with_task_page_size(mut self, records: usize) -> Self {
+        self.task_page_size = records;
         self
     }
 
@@ -148,6 +192,7 @@ struct Inner {
     closed: AtomicBool,
     keep_alive: Mutex<Option<JoinHandle<()>>>,
     membership_task: Mutex<Option<JoinHandle<()>>>,
+    election_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the background tasks need; they never hold an [`Inner`], so they do
@@ -163,6 +208,15 @@ struct Shared {
     /// Mirror of `node.lease` readable without awaiting.
     lease_id: AtomicI64,
     membership: watch::Sender<Arc<Membership>>,
+    /// The coordinator candidates as last observed.
+    candidates: watch::Sender<Arc<election::Candidates>>,
+    /// The oldest of `candidates`: the coordinator leader.
+    leader: watch::Sender<Option<AgentId>>,
+    /// The `held` flag of every term this node leads, by fence revision.
+    terms: Mutex<HashMap<i64, Arc<watch::Sender<bool>>>>,
+    /// Fence revisions of terms this node gave up for lost while their
+    /// leader key may still exist, until the key is deleted.
+    abandoned: Mutex<HashSet<i64>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -233,6 +287,8 @@ impl EtcdRegistry {
             };
 
         let (membership, _) = watch::channel(Arc::new(Membership::default()));
+        let (candidates, _) = watch::channel(Arc::new(election::Candidates::default()));
+        let (leader, _) = watch::channel(None);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             client,
@@ -244,10 +300,19 @@ impl EtcdRegistry {
             }),
             lease_id: AtomicI64::new(lease.id()),
             membership,
+            candidates,
+            leader,
+            terms: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(HashSet::new()),
             shutdown: shutdown_rx,
         });
 
-        let (view, revision) = match membership::list_agents(&shared).await {
+        let listed = async {
+            let agents = membership::list_agents(&shared).await?;
+            let candidates = election::list_candidates(&shared).await?;
+            Ok::<_, RegistryError>((agents, candidates))
+        };
+        let ((view, revision), (candidates, election_revision)) = match listed.await {
             Ok(listed) => listed,
             Err(e) => {
                 shared.revoke_lease(lease.id()).await;
@@ -255,9 +320,11 @@ impl EtcdRegistry {
             }
         };
         shared.membership.send_replace(Arc::new(view));
+        election::publish(&shared, &candidates);
 
         let keep_alive = tokio::spawn(lease::keep_alive(shared.clone()));
         let membership_task = tokio::spawn(membership::follow(shared.clone(), revision));
+        let election_task = tokio::spawn(election::follow(shared.clone(), election_revision));
         info!(
             endpoints = %endpoints,
             lease_id = lease.id(),
@@ -271,6 +338,7 @@ impl EtcdRegistry {
                 closed: AtomicBool::new(false),
                 keep_alive: Mutex::new(Some(keep_alive)),
                 membership_task: Mutex::new(Some(membership_task)),
+                election_task: Mutex::new(Some(election_task)),
             }),
         })
     }
@@ -319,7 +387,7 @@ fn take_task(slot: &Mutex<Option<JoinHandle<()>>>) -> Option<JoinHandle<()>> {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
-        for slot in [&self.keep_alive, &self.membership_task] {
+        for slot in [&self.keep_alive, &self.membership_task, &self.election_task] {
             if let Some(task) = take_task(slot) {
                 task.abort();
             }
@@ -328,6 +396,14 @@ impl Drop for Inner {
 }
 
 impl Shared {
+    fn lock_terms(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<watch::Sender<bool>>>> {
+        self.terms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_abandoned(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.abandoned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs one etcd request within the request timeout; `what` names the
     /// attempt in the error ("put of 3 task records failed").
     async fn request<T>(
@@ -391,6 +467,124 @@ impl Shared {
                 "lease revoke timed out; it expires after its ttl"
             ),
         }
+    }
+
+    /// Writes task records in transactions of at most
+    /// [`MAX_RECORDS_PER_TXN`] puts, each guarded by `fence` if given.
+    async fn put_records(
+        &self,
+        records: &[Arc<TaskRecord>],
+        fence: Option<&Fence>,
+    ) -> Result<(), RegistryError> {
+        let not_leader = |written| RegistryError::NotLeader {
+            fence_revision: fence.map_or(0, |f| f.revision),
+            written,
+        };
+        // A term on a lease this node has replaced is over, whatever etcd
+        // still holds: the old lease is refreshed by nobody.
+        if fence.is_some_and(|f| f.lease != self.lease_id.load(Ordering::SeqCst)) {
+            return Err(not_leader(0));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        // etcd refuses a transaction that writes one key twice; the last
+        // record of an id wins, as it would with separate puts.
+        let mut latest: HashMap<&TaskId, usize> = HashMap::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            latest.insert(&record.id, i);
+        }
+        let mut ops = Vec::with_capacity(latest.len());
+        for (i, record) in records.iter().enumerate() {
+            if latest.get(&record.id) == Some(&i) {
+                let key = keys::task(&record.id);
+                let value = encode(&key, record.as_ref())?;
+                ops.push(TxnOp::put(key, value, None));
+            }
+        }
+        let total = ops.len();
+        let mut written = 0;
+        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
+            let mut txn = Txn::new();
+            if let Some(fence) = fence {
+                txn = txn.when([election::fence_compare(fence)]);
+            }
+            let mut client = self.client.clone();
+            let response = self
+                .request(
+                    || {
+                        if total <= MAX_RECORDS_PER_TXN {
+                            format!("put of {total} task records failed")
+                        } else {
+                            format!(
+                                "put of task records {}..{} of {total} failed \
+                                 ({written} written before)",
+                                written + 1,
+                                written + chunk.len()
+                            )
+                        }
+                    },
+                    client.txn(txn.and_then(chunk.to_vec())),
+                )
+                .await?;
+            // Without a compare a transaction always succeeds.
+            if !response.succeeded() {
+                return Err(not_leader(written));
+            }
+            written += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Every task record that is not terminal, in key order, read page by
+    /// page at one revision. Records that do not decode are skipped with a
+    /// warning.
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
+        let page = i64::try_from(self.options.task_page_size.max(1)).unwrap_or(i64::MAX);
+        let end = keys::tasks_end();
+        let mut start = keys::TASKS.as_bytes().to_vec();
+        // 0 reads the newest revision; every later page reads the first's.
+        let mut revision = 0;
+        let mut pages = 0usize;
+        let mut unfinished = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.as_str())
+                .with_limit(page)
+                .with_revision(revision);
+            let mut client = self.client.clone();
+            let response = self
+                .request(
+                    || format!("listing of task records failed after {pages} pages"),
+                    client.get(start.clone(), Some(options)),
+                )
+                .await?;
+            pages += 1;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                match decode::<TaskRecord>(&key, kv.value()) {
+                    Ok(record) if !record.status.is_terminal() => unfinished.push(record),
+                    Ok(_) => {}
+                    Err(e) => warn!(key = %key, error = %e, "skipping corrupt task record"),
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The smallest key after the last one.
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        debug!(
+            unfinished = unfinished.len(),
+            pages, revision, "listed unfinished task records"
+        );
+        Ok(unfinished)
     }
 
     /// Reads one task record and the store revision it was read at. The
@@ -471,48 +665,37 @@ impl Registry for EtcdRegistry {
     }
 
     async fn put_tasks(&self, records: &[Arc<TaskRecord>]) -> Result<(), RegistryError> {
-        let shared = self.check_open()?;
-        if records.is_empty() {
-            return Ok(());
+        self.check_open()?.put_records(records, None).await
+    }
+
+    async fn put_tasks_fenced(
+        &self,
+        records: &[Arc<TaskRecord>],
+        fence: &Fence,
+    ) -> Result<(), RegistryError> {
+        self.check_open()?.put_records(records, Some(fence)).await
+    }
+
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
+        self.check_open()?.unfinished_tasks().await
+    }
+
+    async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError> {
+        self.check_open()?;
+        election::campaign(&self.inner.shared, candidate).await
+    }
+
+    async fn resign(&self, leadership: &Leadership) -> Result<(), RegistryError> {
+        match self.check_open() {
+            Ok(shared) => election::resign(shared, leadership).await,
+            // Shutdown ended every term and revoked the lease, and with it
+            // the leader key: nothing is left to give up.
+            Err(_) => Ok(()),
         }
-        // etcd refuses a transaction that writes one key twice; the last
-        // record of an id wins, as it would with separate puts.
-        let mut latest: HashMap<&TaskId, usize> = HashMap::with_capacity(records.len());
-        for (i, record) in records.iter().enumerate() {
-            latest.insert(&record.id, i);
-        }
-        let mut ops = Vec::with_capacity(latest.len());
-        for (i, record) in records.iter().enumerate() {
-            if latest.get(&record.id) == Some(&i) {
-                let key = keys::task(&record.id);
-                let value = encode(&key, record.as_ref())?;
-                ops.push(TxnOp::put(key, value, None));
-            }
-        }
-        let total = ops.len();
-        let mut written = 0;
-        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
-            let mut client = shared.client.clone();
-            shared
-                .request(
-                    || {
-                        if total <= MAX_RECORDS_PER_TXN {
-                            format!("put of {total} task records failed")
-                        } else {
-                            format!(
-                                "put of task records {}..{} of {total} failed \
-                                 ({written} written before)",
-                                written + 1,
-                                written + chunk.len()
-                            )
-                        }
-                    },
-                    client.txn(Txn::new().and_then(chunk.to_vec())),
-                )
-                .await?;
-            written += chunk.len();
-        }
-        Ok(())
+    }
+
+    fn leader(&self) -> watch::Receiver<Option<AgentId>> {
+        self.inner.shared.leader.subscribe()
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
@@ -540,7 +723,11 @@ impl Registry for EtcdRegistry {
         self.inner.shutdown.send_replace(true);
         // Stop the keep-alive first, so it cannot grant a new lease after
         // the revoke below.
-        for slot in [&self.inner.keep_alive, &self.inner.membership_task] {
+        for slot in [
+            &self.inner.keep_alive,
+            &self.inner.membership_task,
+            &self.inner.election_task,
+        ] {
             if let Some(task) = take_task(slot) {
                 task.abort();
                 // Cancelled, or a panic already logged by the runtime:
@@ -549,6 +736,9 @@ impl Registry for EtcdRegistry {
             }
         }
         let shared = &self.inner.shared;
+        // Leadership ends here, before the revoke deletes the leader key,
+        // so this node stops acting as the leader before anyone else starts.
+        election::end_all_terms(shared);
         let lease = {
             let mut node = shared.node.lock().await;
             node.agents.clear();

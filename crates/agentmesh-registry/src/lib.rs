@@ -5,6 +5,12 @@
 //! task records. Two backends implement it: [`EtcdRegistry`] for a real
 //! cluster and [`MemoryRegistry`] for `agentmesh local` and unit tests. The
 //! etcd key layout is owned by [`keys`].
+//!
+//! The registry also elects the coordinator: [`Registry::campaign`] resolves
+//! with a [`Leadership`] once this node leads, [`Registry::leader`] tells
+//! every node who leads, and [`Registry::put_tasks_fenced`] writes task
+//! records only while the writer's leadership still stands, so a deposed
+//! leader that has not noticed yet cannot overwrite its successor's records.
 
 pub mod etcd;
 pub mod keys;
@@ -38,6 +44,68 @@ pub enum RegistryError {
     Corrupt { key: String, message: String },
     #[error("registry is shut down")]
     Closed,
+    /// A fenced write found that the leadership it was fenced with no
+    /// longer stands (lost, resigned, or taken over by another
+    /// coordinator): the transaction that noticed wrote nothing.
+    #[error(
+        "not the coordinator leader: the leadership fenced at revision {fence_revision} \
+         no longer stands, write refused ({written} records written before)"
+    )]
+    NotLeader {
+        /// The create revision of the leader key the write was fenced with.
+        fence_revision: i64,
+        /// Records written by earlier transactions of the same call, while
+        /// the leadership still stood (only a batch of more than one
+        /// transaction can have any).
+        written: usize,
+    },
+}
+
+/// What a fenced write checks: the leader key and its create revision.
+///
+/// The create revision is unique to one term of leadership: a key deleted
+/// (resign, lease expiry) and created again gets a new one, so a write
+/// fenced with an old term fails even if the same node leads again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The leader key (with etcd,
+    /// `/agentmesh/v1/election/coordinator/<lease-hex>`).
+    pub key: String,
+    /// The create revision of [`Fence::key`] when leadership was won.
+    pub revision: i64,
+    /// The node lease the leader key is attached to; a node that replaced
+    /// its lease refuses writes fenced with the old one without asking etcd.
+    pub lease: i64,
+}
+
+/// Coordinator leadership won by [`Registry::campaign`]; the caller keeps
+/// it for as long as it acts as the leader.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// The agent this node campaigned for, as published to
+    /// [`Registry::leader`].
+    pub candidate: AgentId,
+    /// The fence for [`Registry::put_tasks_fenced`].
+    pub fence: Fence,
+    /// `true` while leadership stands. It turns `false` once and for good
+    /// when leadership is lost or given up; each backend documents when
+    /// exactly. A `false` here means: stop acting as the leader, and
+    /// campaign again to lead again.
+    pub held: watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// Whether leadership still stands, as far as this node knows.
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    /// Resolves once leadership is lost (at once if it already is).
+    pub async fn lost(&self) {
+        let mut held = self.held.clone();
+        // A dropped sender means nobody can report it held any more: lost.
+        let _ = held.wait_for(|held| !*held).await;
+    }
 }
 
 /// A stream of a task's record: the current record first, then one per
@@ -68,7 +136,47 @@ pub trait Registry: Send + Sync + 'static {
     /// Follows one task's record. Yields nothing until the task exists.
     async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError>;
 
-    /// Revokes this node's lease (its agents leave every view at once) and
-    /// stops background work.
+    /// Returns every task record whose status is not terminal (pending or
+    /// running), in task id order: what a new leader resumes. Records that
+    /// do not decode are logged and skipped, so one bad record cannot stop
+    /// a takeover.
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError>;
+
+    /// Campaigns for coordinator leadership with `candidate` as the value
+    /// others see in [`Registry::leader`], and resolves once this node
+    /// leads. While another node leads it waits, for as long as that takes.
+    ///
+    /// Leadership is tied to this node's liveness: a leader that dies is
+    /// replaced once its node's lease runs out. A node is one candidate:
+    /// run one campaign per registry at a time — a second one would share
+    /// the first's candidacy, and dropping either withdraws it.
+    ///
+    /// Fails only with [`RegistryError::Closed`] when the registry shuts
+    /// down meanwhile; an unreachable store is retried with backoff.
+    /// Dropping the future withdraws the candidacy.
+    async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError>;
+
+    /// Gives leadership up at once, so a standby takes over without
+    /// waiting for a lease to run out. `leadership.held` is `false` when
+    /// this returns; resigning a leadership already lost is not an error.
+    async fn resign(&self, leadership: &Leadership) -> Result<(), RegistryError>;
+
+    /// The coordinator leader as this node last observed it, kept current
+    /// in the background; `None` while nobody leads. Followers forward
+    /// leader-only requests to it.
+    fn leader(&self) -> watch::Receiver<Option<AgentId>>;
+
+    /// Persists task records like [`Registry::put_tasks`], but only while
+    /// `fence`'s leadership stands: every transaction carries the check,
+    /// and one that finds the leadership gone writes nothing and fails with
+    /// [`RegistryError::NotLeader`].
+    async fn put_tasks_fenced(
+        &self,
+        records: &[Arc<TaskRecord>],
+        fence: &Fence,
+    ) -> Result<(), RegistryError>;
+
+    /// Revokes this node's lease (its agents leave every view at once, and
+    /// its leadership, if any, ends) and stops background work.
     async fn shutdown(&self);
 }

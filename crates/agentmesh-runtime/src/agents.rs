@@ -47,17 +47,22 @@ pub async fn start_coordinator(
     endpoint: &str,
 ) -> Result<StartedCoordinator, NodeError> {
     let hub = RecordHub::default();
+    let backlog = router.new_backlog();
     let args = CoordinatorArguments {
         id: id.clone(),
         registry: registry.clone(),
         router: router.clone(),
         config,
         hub: hub.clone(),
+        backlog: backlog.clone(),
     };
     let (actor, _) = Actor::spawn(None, Coordinator, args)
         .await
         .map_err(|e| NodeError::Spawn(format!("coordinator '{id}': {e}")))?;
-    router.add_local(id.clone(), Arc::new(CoordinatorMailbox(actor.clone())));
+    router.add_local(
+        id.clone(),
+        Arc::new(CoordinatorMailbox(actor.clone(), backlog)),
+    );
     registry
         .register(AgentRegistration {
             id: id.clone(),
@@ -89,17 +94,19 @@ pub async fn start_worker(
 ) -> Result<StartedWorker, NodeError> {
     let id = registration.id.clone();
     let load = Arc::new(AtomicU32::new(0));
+    let backlog = router.new_backlog();
     let args = WorkerArguments {
         id: id.clone(),
         tools: tools.restricted_to(&registration.capabilities),
         router: router.clone(),
         max_concurrency: registration.max_concurrency,
         load: load.clone(),
+        backlog: backlog.clone(),
     };
     let (actor, _) = Actor::spawn(None, Worker, args)
         .await
         .map_err(|e| NodeError::Spawn(format!("worker '{id}': {e}")))?;
-    router.add_local(id.clone(), Arc::new(WorkerMailbox(actor.clone())));
+    router.add_local(id.clone(), Arc::new(WorkerMailbox(actor.clone(), backlog)));
     registry.register(registration.clone()).await?;
     info!(agent_id = %id, capabilities = ?registration.capabilities, "worker started");
     let publisher = tokio::spawn(publish_load(registration, load.clone(), registry));

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentmesh_core::Role;
+use agentmesh_core::breaker::BreakerPolicy;
+use agentmesh_core::retry::RetryPolicy;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::TaskLimits;
 use thiserror::Error;
@@ -46,9 +48,13 @@ pub struct CoordinatorConfig {
     pub max_queued_subtasks: usize,
     /// Tasks not yet finished.
     pub max_active_tasks: usize,
-    /// Attempts of one subtask before the task fails; a new attempt starts
-    /// when a worker is lost or unreachable.
-    pub max_attempts: u32,
+    /// Attempts of one subtask before the task fails (a new attempt starts
+    /// when a worker is lost, unreachable, silent or hands it back), and the
+    /// backoff between them.
+    pub retry: RetryPolicy,
+    /// When a worker is taken out of placement after failures in a row,
+    /// and for how long.
+    pub breaker: BreakerPolicy,
     /// Record updates persisted in one registry transaction.
     pub write_batch: usize,
     /// Record transactions in flight at once (a task is never in two).
@@ -70,7 +76,8 @@ impl Default for CoordinatorConfig {
             weights: ScoreWeights::default(),
             max_queued_subtasks: 10_000,
             max_active_tasks: 10_000,
-            max_attempts: 3,
+            retry: RetryPolicy::default(),
+            breaker: BreakerPolicy::default(),
             write_batch: 64,
             write_concurrency: 1,
             attempt_timeout: Duration::from_secs(600),
@@ -88,6 +95,9 @@ pub struct MailboxConfig {
     /// Envelopes sent to one node and not yet acknowledged; a sender waits
     /// for room beyond this, which bounds memory when a peer is slow.
     pub max_in_flight_per_node: usize,
+    /// Messages one agent may have waiting in its mailbox; beyond it,
+    /// deliveries are refused with `RESOURCE_EXHAUSTED`.
+    pub max_backlog_per_agent: usize,
 }
 
 impl Default for MailboxConfig {
@@ -96,6 +106,7 @@ impl Default for MailboxConfig {
             max_envelope_bytes: 4 * 1024 * 1024,
             deliver_timeout: Duration::from_secs(5),
             max_in_flight_per_node: 4096,
+            max_backlog_per_agent: 10_000,
         }
     }
 }
@@ -115,6 +126,8 @@ pub enum ConfigError {
     },
     #[error("invalid score weights: {0}")]
     Weights(String),
+    #[error("invalid policy: {0}")]
+    Policy(String),
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
 }
@@ -164,12 +177,13 @@ impl NodeConfig {
             .validate()
             .map_err(ConfigError::Weights)?;
         let c = &self.coordinator;
+        c.retry.validate().map_err(ConfigError::Policy)?;
+        c.breaker.validate().map_err(ConfigError::Policy)?;
         for (value, name) in [
             (c.max_queued_subtasks, "max queued subtasks"),
             (c.max_active_tasks, "max active tasks"),
             (c.write_batch, "write batch"),
             (c.write_concurrency, "write concurrency"),
-            (c.max_attempts as usize, "max attempts"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
         ] {
             if value == 0 {
@@ -222,10 +236,10 @@ mod tests {
             Err(ConfigError::MissingLevel)
         );
         let mut c = config();
-        c.coordinator.max_attempts = 0;
-        assert_eq!(
+        c.coordinator.retry.max_attempts = 0;
+        assert!(matches!(
             c.validate(&ToolBox::builtin(&[])),
-            Err(ConfigError::Zero("max attempts"))
-        );
+            Err(ConfigError::Policy(_))
+        ));
     }
 }

@@ -10,7 +10,7 @@
 mod link;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use agentmesh_core::{AgentId, Membership};
@@ -49,6 +49,8 @@ pub enum DeliverError {
     TooLarge { size: usize, limit: usize },
     #[error("agent '{0}' has stopped")]
     Stopped(AgentId),
+    #[error("agent '{agent}' has {limit} messages waiting; retry later")]
+    Busy { agent: AgentId, limit: usize },
     #[error("agent '{agent}' at {endpoint} is unreachable: {message}")]
     Unreachable {
         agent: AgentId,
@@ -65,7 +67,9 @@ impl From<DeliverError> for Status {
             DeliverError::UnknownKind { .. } | DeliverError::BadPayload { .. } => {
                 Status::invalid_argument(message)
             }
-            DeliverError::TooLarge { .. } => Status::resource_exhausted(message),
+            DeliverError::TooLarge { .. } | DeliverError::Busy { .. } => {
+                Status::resource_exhausted(message)
+            }
             DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
                 Status::unavailable(message)
             }
@@ -77,6 +81,43 @@ impl From<DeliverError> for Status {
 /// own message and enqueues it.
 pub trait LocalMailbox: Send + Sync + 'static {
     fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError>;
+}
+
+/// Bounds the envelopes an actor has been handed and not yet handled.
+/// ractor's mailboxes are unbounded, so the bound is kept here, at the
+/// door: past it, senders get `RESOURCE_EXHAUSTED` and retry later or
+/// elsewhere instead of growing the queue.
+#[derive(Debug)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl Backlog {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queued: AtomicUsize::new(0),
+            limit: limit.max(1),
+        })
+    }
+
+    /// Counts one envelope in, or refuses it.
+    pub fn enter(&self, agent: &str) -> Result<(), DeliverError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(DeliverError::Busy {
+                agent: AgentId::new(agent),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The actor took one counted envelope off its queue (or it never got
+    /// there).
+    pub fn leave(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Resolves agent ids to local mailboxes or remote endpoints.
@@ -106,6 +147,11 @@ impl Router {
             closing: watch::Sender::new(false),
             config,
         })
+    }
+
+    /// A backlog bound for a new agent of this node, sized by the config.
+    pub fn new_backlog(&self) -> Arc<Backlog> {
+        Backlog::new(self.config.max_backlog_per_agent)
     }
 
     pub fn add_local(&self, id: AgentId, mailbox: Arc<dyn LocalMailbox>) {
@@ -507,6 +553,21 @@ mod tests {
                 .ends_with("no acknowledgement within 200ms"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_backlog_refuses_past_its_limit_and_frees_room_as_messages_are_handled() {
+        let backlog = Backlog::new(2);
+        backlog.enter("a").unwrap();
+        backlog.enter("a").unwrap();
+        let status = Status::from(backlog.enter("a").unwrap_err());
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "agent 'a' has 2 messages waiting; retry later"
+        );
+        backlog.leave();
+        backlog.enter("a").unwrap();
     }
 
     #[tokio::test]

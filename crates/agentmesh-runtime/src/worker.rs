@@ -30,7 +30,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::mailbox::{self, DeliverError, LocalMailbox, Router, kind};
+use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 use crate::tools::{ToolBox, ToolError};
 
 /// One attempt of one subtask.
@@ -65,10 +65,13 @@ pub struct WorkerArguments {
     pub max_concurrency: u32,
     /// Attempts running now; read by the node to publish the worker's load.
     pub load: Arc<AtomicU32>,
+    /// Shared with the worker's mailbox entry.
+    pub backlog: Arc<Backlog>,
 }
 
 pub struct WorkerState {
     id: AgentId,
+    backlog: Arc<Backlog>,
     tools: ToolBox,
     router: Arc<Router>,
     max_concurrency: u32,
@@ -93,6 +96,7 @@ impl Actor for Worker {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(WorkerState {
             id: args.id,
+            backlog: args.backlog,
             tools: args.tools,
             router: args.router,
             max_concurrency: args.max_concurrency,
@@ -112,8 +116,12 @@ impl Actor for Worker {
             WorkerMessage::Assign {
                 coordinator,
                 assignment,
-            } => state.start(myself, coordinator, assignment),
+            } => {
+                state.backlog.leave();
+                state.start(myself, coordinator, assignment)
+            }
             WorkerMessage::Cancel(cancel) => {
+                state.backlog.leave();
                 let key = (cancel.task_id, cancel.subtask_id, cancel.attempt);
                 if let Some((handle, _)) = state.running.remove(&key) {
                     debug!(task_id = %key.0, subtask = %key.1, attempt = key.2, "cancelling attempt");
@@ -308,8 +316,9 @@ async fn report(router: &Router, from: &AgentId, coordinator: &AgentId, result: 
     }
 }
 
-/// The worker's entry in its node's mailbox.
-pub struct WorkerMailbox(pub ActorRef<WorkerMessage>);
+/// The worker's entry in its node's mailbox; `Backlog` bounds the
+/// assignments and cancellations waiting for the actor.
+pub struct WorkerMailbox(pub ActorRef<WorkerMessage>, pub Arc<Backlog>);
 
 impl LocalMailbox for WorkerMailbox {
     fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
@@ -326,8 +335,10 @@ impl LocalMailbox for WorkerMailbox {
                 ));
             }
         };
-        self.0
-            .cast(message)
-            .map_err(|_| DeliverError::Stopped(AgentId::new(envelope.to)))
+        self.1.enter(&envelope.to)?;
+        self.0.cast(message).map_err(|_| {
+            self.1.leave();
+            DeliverError::Stopped(AgentId::new(envelope.to))
+        })
     }
 }

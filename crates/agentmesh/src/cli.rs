@@ -34,7 +34,7 @@ pub enum Command {
     Local(LocalArgs),
     /// Runs one cluster node (coordinator, worker, peer or hierarchy level)
     /// against etcd until SIGTERM or Ctrl-C.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Submits a task file; prints the task id, or with --wait the final
     /// record as JSON.
     Submit(SubmitArgs),
@@ -185,7 +185,8 @@ pub struct NodeArgs {
     /// RESOURCE_EXHAUSTED (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS", default_value_t = 10_000)]
     pub max_queued_subtasks: usize,
-    /// Attempts of one subtask when workers are lost (coordinator).
+    /// Attempts of one subtask, the first included, when workers fail, are
+    /// lost or hand it back (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// Largest task document accepted, in bytes (coordinator).
@@ -205,6 +206,21 @@ pub struct NodeArgs {
     /// without a result before it is started elsewhere (coordinator).
     #[arg(long, env = "AGENTMESH_ATTEMPT_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub attempt_timeout: u64,
+    /// First pause before a subtask is retried, in ms; it doubles per
+    /// attempt, with jitter (coordinator).
+    #[arg(long, env = "AGENTMESH_RETRY_BASE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_base_ms: u64,
+    /// Longest pause between attempts of a subtask, in ms (coordinator).
+    #[arg(long, env = "AGENTMESH_RETRY_MAX_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_ms: u64,
+    /// Failures in a row after which a worker is taken out of placement
+    /// (coordinator).
+    #[arg(long, env = "AGENTMESH_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+    /// How long such a worker sits out before one probe subtask, in ms
+    /// (coordinator).
+    #[arg(long, env = "AGENTMESH_BREAKER_COOL_DOWN_MS", default_value_t = 10_000)]
+    pub breaker_cool_down_ms: u64,
     /// Task-record transactions to etcd in flight at once (coordinator).
     /// One is fastest against a local etcd (bench/RESULTS.md); more can
     /// help when etcd is a network round trip away.
@@ -242,7 +258,11 @@ impl NodeArgs {
         config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
-        coordinator.max_attempts = self.max_attempts;
+        coordinator.retry.max_attempts = self.max_attempts;
+        coordinator.retry.base_delay_ms = self.retry_base_ms;
+        coordinator.retry.max_delay_ms = self.retry_max_ms;
+        coordinator.breaker.failures_to_open = self.breaker_failures;
+        coordinator.breaker.cool_down_ms = self.breaker_cool_down_ms;
         coordinator.write_concurrency = self.write_concurrency as usize;
         coordinator.attempt_timeout = Duration::from_secs(self.attempt_timeout);
         coordinator.write_batch = self.write_batch as usize;

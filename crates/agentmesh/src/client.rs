@@ -9,7 +9,7 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -29,9 +29,45 @@ fn worth_another_endpoint(status: &Status) -> bool {
     )
 }
 
+/// A request the cluster refused, kept whole so callers can look at its
+/// code and metadata; shown as one line.
+#[derive(Debug)]
+pub struct Refused(pub Status);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{:?}]", self.0.message(), self.0.code())
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// A one-line error for a refused request.
 pub fn describe(status: &Status) -> anyhow::Error {
-    anyhow!("{} [{:?}]", status.message(), status.code())
+    anyhow::Error::new(Refused(status.clone()))
+}
+
+/// Submits refused for back-pressure are tried this many times in all.
+const SUBMIT_ATTEMPTS: u32 = 5;
+/// The pause after a refusal that carried no hint.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// The pause a back-pressure refusal asks for; `None` for other errors.
+fn retry_after(error: &anyhow::Error) -> Option<Duration> {
+    let Refused(status) = error.downcast_ref::<Refused>()?;
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let hinted = status
+        .metadata()
+        .get(agentmesh_runtime::error::RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    Some(
+        hinted
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(Duration::from_secs(30)),
+    )
 }
 
 impl Client {
@@ -86,21 +122,41 @@ impl Client {
         bail!("no endpoint answered: {}", failures.join("; "))
     }
 
+    /// Submits a task; a refusal for back-pressure (`RESOURCE_EXHAUSTED`)
+    /// is retried after the pause the coordinator asks for, a few times.
     pub async fn submit(&self, document: String) -> anyhow::Result<String> {
-        self.call(|channel| {
-            let document = document.clone();
-            async move {
-                let reply = TaskServiceClient::new(channel)
-                    .max_encoding_message_size(usize::MAX)
-                    .submit(pb::SubmitRequest {
-                        document,
-                        wait: false,
-                    })
-                    .await?;
-                Ok(reply.into_inner().task_id)
+        let mut attempt = 1;
+        loop {
+            let outcome = self
+                .call(|channel| {
+                    let document = document.clone();
+                    async move {
+                        let reply = TaskServiceClient::new(channel)
+                            .max_encoding_message_size(usize::MAX)
+                            .submit(pb::SubmitRequest {
+                                document,
+                                wait: false,
+                            })
+                            .await?;
+                        Ok(reply.into_inner().task_id)
+                    }
+                })
+                .await;
+            match outcome {
+                Err(error) if attempt < SUBMIT_ATTEMPTS => {
+                    let Some(pause) = retry_after(&error) else {
+                        return Err(error);
+                    };
+                    eprintln!(
+                        "cluster busy ({error}); submitting again in {} ms ({attempt}/{SUBMIT_ATTEMPTS})",
+                        pause.as_millis()
+                    );
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
             }
-        })
-        .await
+        }
     }
 
     pub async fn get(&self, task_id: &str) -> anyhow::Result<pb::TaskRecord> {
@@ -200,5 +256,29 @@ impl Client {
             "lost the watch of task {task_id} on every endpoint: {}",
             failures.join("; ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_pressure_refusals_are_retried_after_the_hinted_pause() {
+        let mut busy = Status::resource_exhausted("coordinator queue is full");
+        busy.metadata_mut().insert(
+            agentmesh_runtime::error::RETRY_AFTER_MS,
+            tonic::metadata::MetadataValue::from(250u64),
+        );
+        assert_eq!(
+            retry_after(&describe(&busy)),
+            Some(Duration::from_millis(250))
+        );
+        let unhinted = Status::resource_exhausted("full");
+        assert_eq!(retry_after(&describe(&unhinted)), Some(DEFAULT_RETRY_AFTER));
+        // Anything else is final.
+        let invalid = Status::invalid_argument("dependency cycle");
+        assert_eq!(retry_after(&describe(&invalid)), None);
+        assert_eq!(retry_after(&anyhow::anyhow!("connection refused")), None);
     }
 }

@@ -74,7 +74,7 @@ fn init_tracing(node: bool) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Local(args) => local(args).await,
-        Command::Node(args) => node(args).await,
+        Command::Node(args) => node(*args).await,
         Command::Submit(args) => submit(args).await,
         Command::Task { command } => task(command).await,
         Command::Agents(args) => agents(args).await,

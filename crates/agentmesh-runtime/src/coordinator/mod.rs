@@ -16,10 +16,12 @@
 mod hub;
 mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::retry::exhausted_message;
 use agentmesh_core::scheduling::{WorkerPool, WorkerState};
 use agentmesh_core::task::record::{Applied, StoppedAttempt};
 use agentmesh_core::task::{Status, TaskRecord};
@@ -38,15 +40,26 @@ pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
 use crate::config::{ATTEMPT_GRACE, CoordinatorConfig};
-use crate::mailbox::{self, DeliverError, LocalMailbox, Router, kind};
+use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubmitError {
-    #[error("coordinator queue is full: {queued} subtasks waiting, limit {limit}; retry later")]
-    QueueFull { queued: usize, limit: usize },
+    #[error(
+        "coordinator queue is full: {queued} subtasks waiting and {ready} more from this task would exceed the limit of {limit}; retry later"
+    )]
+    QueueFull {
+        queued: usize,
+        ready: usize,
+        limit: usize,
+    },
+    /// Retrying cannot help: the task alone is wider than the queue.
+    #[error(
+        "task has {ready} subtasks ready at once, more than the coordinator's queue limit of {limit} (--max-queued-subtasks)"
+    )]
+    TooWide { ready: usize, limit: usize },
     #[error("coordinator is at its limit of {limit} unfinished tasks; retry later")]
     TooManyTasks { limit: usize },
     #[error("task record could not be persisted: {0}")]
@@ -108,10 +121,13 @@ pub struct CoordinatorArguments {
     pub config: CoordinatorConfig,
     /// Where durable record changes are announced in this process.
     pub hub: RecordHub,
+    /// Shared with the coordinator's mailbox entry.
+    pub backlog: Arc<Backlog>,
 }
 
 pub struct CoordinatorState {
     id: AgentId,
+    backlog: Arc<Backlog>,
     router: Arc<Router>,
     writer: RecordWriter,
     config: CoordinatorConfig,
@@ -119,6 +135,10 @@ pub struct CoordinatorState {
     tasks: HashMap<TaskId, TaskRecord>,
     /// Subtasks ready to run, waiting for a worker with room.
     queue: VecDeque<(TaskId, usize)>,
+    /// Subtasks to retry, by the time their backoff ends.
+    backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
+    /// For timers that wake the actor when a backoff ends.
+    myself: Option<ActorRef<CoordinatorMessage>>,
     pool: WorkerPool,
 }
 
@@ -136,7 +156,8 @@ impl Actor for Coordinator {
         args: CoordinatorArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut membership = args.registry.membership();
-        let mut pool = WorkerPool::new(args.config.weights.clone());
+        let mut pool =
+            WorkerPool::new(args.config.weights.clone()).with_breaker(args.config.breaker);
         pool.sync(&membership.borrow_and_update());
         let events = myself.clone();
         tokio::spawn(async move {
@@ -160,6 +181,7 @@ impl Actor for Coordinator {
         });
         Ok(CoordinatorState {
             id: args.id,
+            backlog: args.backlog,
             router: args.router,
             writer: RecordWriter::spawn(
                 args.registry,
@@ -170,6 +192,8 @@ impl Actor for Coordinator {
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),
+            backoff: BTreeMap::new(),
+            myself: Some(myself.clone()),
             pool,
         })
     }
@@ -190,7 +214,10 @@ impl Actor for Coordinator {
                 let status = state.cancel(&task, reason).await;
                 let _ = reply.send(status);
             }
-            CoordinatorMessage::Result(result) => state.apply_result(result).await,
+            CoordinatorMessage::Result(result) => {
+                state.backlog.leave();
+                state.apply_result(result).await
+            }
             CoordinatorMessage::DeliveryFailed {
                 task,
                 subtask,
@@ -221,10 +248,19 @@ impl CoordinatorState {
             return;
         }
         let ready = record.ready();
-        if self.queue.len() + ready.len() > self.config.max_queued_subtasks {
+        let limit = self.config.max_queued_subtasks;
+        if ready.len() > limit {
+            let _ = reply.send(Err(SubmitError::TooWide {
+                ready: ready.len(),
+                limit,
+            }));
+            return;
+        }
+        if self.queue.len() + ready.len() > limit {
             let _ = reply.send(Err(SubmitError::QueueFull {
                 queued: self.queue.len(),
-                limit: self.config.max_queued_subtasks,
+                ready: ready.len(),
+                limit,
             }));
             return;
         }
@@ -303,7 +339,7 @@ impl CoordinatorState {
             debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "ignoring stale result");
             return;
         }
-        self.pool.release(&worker, Some(success));
+        self.pool.release(&worker, Some(success), now);
         let completed_id = result.subtask_id;
         let newly_ready: Vec<usize> = record
             .ready()
@@ -316,29 +352,52 @@ impl CoordinatorState {
         self.finish_change(&id).await;
     }
 
-    /// Starts the subtask again elsewhere, or fails the task once its
-    /// attempts are spent.
+    /// Starts the subtask again elsewhere after a backoff, or fails the task
+    /// once the retry budget is spent, naming every worker tried.
     async fn retry(&mut self, id: &TaskId, subtask: usize, attempt: u32, error: String) {
         let Some(record) = self.tasks.get_mut(id) else {
             return;
         };
         let worker = record.subtasks[subtask].worker.clone();
         let now = now_ms();
-        if attempt >= self.config.max_attempts {
-            let message = format!("gave up after {attempt} attempts; last error: {error}");
+        if !self.config.retry.allows(attempt) {
+            let s = &record.subtasks[subtask];
+            let message = exhausted_message(&s.id, attempt, &s.tried, &error);
             let (applied, stopped) = record.fail(subtask, attempt, message, now);
             if applied == Applied::Changed {
-                worker.iter().for_each(|w| self.pool.release(w, None));
+                worker.iter().for_each(|w| self.pool.release(w, None, now));
                 self.stop_attempts(id, stopped);
                 self.finish_change(id).await;
             }
             return;
         }
         if record.requeue(subtask, attempt, error.clone(), now) == Applied::Changed {
-            warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, "re-dispatching subtask");
-            worker.iter().for_each(|w| self.pool.release(w, None));
-            self.queue.push_front((id.clone(), subtask));
+            let delay = self.config.retry.delay_ms(attempt, jitter());
+            warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, delay_ms = delay, "re-dispatching subtask");
+            worker.iter().for_each(|w| self.pool.release(w, None, now));
+            self.backoff
+                .entry(now + delay)
+                .or_default()
+                .push((id.clone(), subtask));
+            if let Some(myself) = &self.myself {
+                let wake = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let _ = wake.cast(CoordinatorMessage::Tick);
+                });
+            }
             self.finish_change(id).await;
+        }
+    }
+
+    /// Moves retries whose backoff has passed to the front of the queue.
+    fn release_backoffs(&mut self, now: u64) {
+        let later = self.backoff.split_off(&(now + 1));
+        let due = std::mem::replace(&mut self.backoff, later);
+        for (_, subtasks) in due.into_iter().rev() {
+            for entry in subtasks.into_iter().rev() {
+                self.queue.push_front(entry);
+            }
         }
     }
 
@@ -439,7 +498,7 @@ impl CoordinatorState {
             None => return,
         };
         for stop in stopped {
-            self.pool.release(&stop.worker, None);
+            self.pool.release(&stop.worker, None, now_ms());
             self.send_cancel(id, stop.subtask, stop.attempt, &stop.worker, &reason);
         }
     }
@@ -474,6 +533,7 @@ impl CoordinatorState {
     /// Places every ready subtask that has a worker with room; the rest keep
     /// their place in the queue.
     async fn schedule(&mut self, myself: &ActorRef<CoordinatorMessage>) {
+        self.release_backoffs(now_ms());
         let mut waiting = VecDeque::new();
         while let Some((id, index)) = self.queue.pop_front() {
             let Some(record) = self.tasks.get_mut(&id) else {
@@ -482,7 +542,10 @@ impl CoordinatorState {
             if record.subtasks[index].status != Status::Pending {
                 continue;
             }
-            let Some(worker) = self.pool.select(&record.subtasks[index].capability) else {
+            let Some(worker) = self
+                .pool
+                .select(&record.subtasks[index].capability, now_ms())
+            else {
                 waiting.push_back((id, index));
                 continue;
             };
@@ -497,7 +560,7 @@ impl CoordinatorState {
                 }
             };
             let attempt = record.start_attempt(index, worker.clone(), now);
-            self.pool.acquire(&worker);
+            self.pool.acquire(&worker, now);
             let subtask = &record.subtasks[index];
             let assignment = SubtaskAssignment {
                 task_id: id.to_string(),
@@ -545,8 +608,9 @@ fn dispatch(
     });
 }
 
-/// The coordinator's entry in its node's mailbox.
-pub struct CoordinatorMailbox(pub ActorRef<CoordinatorMessage>);
+/// The coordinator's entry in its node's mailbox; `Backlog` bounds the
+/// results waiting for the actor.
+pub struct CoordinatorMailbox(pub ActorRef<CoordinatorMessage>, pub Arc<Backlog>);
 
 impl LocalMailbox for CoordinatorMailbox {
     fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
@@ -554,8 +618,19 @@ impl LocalMailbox for CoordinatorMailbox {
             return Err(mailbox::unknown_kind(&envelope, &[kind::SUBTASK_RESULT]));
         }
         let result = mailbox::decode(&envelope)?;
+        self.1.enter(&envelope.to)?;
         self.0
             .cast(CoordinatorMessage::Result(result))
-            .map_err(|_| DeliverError::Stopped(AgentId::new(envelope.to)))
+            .map_err(|_| {
+                self.1.leave();
+                DeliverError::Stopped(AgentId::new(envelope.to))
+            })
     }
+}
+
+/// A fresh number in [0, 1) for retry jitter. `RandomState` is seeded per
+/// process and per call from the OS, which is all jitter needs.
+fn jitter() -> f64 {
+    let bits = RandomState::new().hash_one(now_ms());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
