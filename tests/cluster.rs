@@ -136,6 +136,7 @@ fn sequential_and_parallel_tasks_run_across_processes() {
     let words = agents.iter().find(|a| a["id"] == "worker-words").unwrap();
     assert_eq!(words["role"], "worker");
     assert_eq!(words["capabilities"], json!(["text.word_count", "sleep"]));
+    assert_eq!(words["breaker"], "closed", "{words}");
     let table = run_cli(&["agents", "--endpoint", cluster.endpoint()]);
     assert!(
         table.success() && table.stdout.contains("worker-query"),

@@ -133,6 +133,7 @@ pub fn agent_info(agent: &AgentRegistration, stats: Option<&WorkerState>) -> pb:
         succeeded: stats.map_or(0, |s| s.succeeded),
         failed: stats.map_or(0, |s| s.failed),
         reputation: None,
+        breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
     }
 }
 

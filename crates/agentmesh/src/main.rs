@@ -248,28 +248,34 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "succeeded": a.succeeded,
         "failed": a.failed,
         "reputation": a.reputation,
+        "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
         "version": a.version,
     })
 }
 
 fn print_agents_table(agents: &[pb::AgentInfo]) {
     println!(
-        "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<22} CAPABILITIES",
-        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "ENDPOINT"
+        "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} CAPABILITIES",
+        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT"
     );
     for a in agents {
         let level = if a.level.is_empty() { "-" } else { &a.level };
         let load = format!("{}/{}", a.load, a.max_concurrency);
         let outcomes = format!("{}/{}", a.succeeded, a.failed);
         let reputation = a.reputation.map_or("-".to_owned(), |r| format!("{r:.3}"));
+        let breaker = if a.breaker.is_empty() {
+            "-"
+        } else {
+            &a.breaker
+        };
         let capabilities = if a.capabilities.is_empty() {
             "-".to_owned()
         } else {
             a.capabilities.join(",")
         };
         println!(
-            "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<22} {}",
-            a.id, a.role, level, load, outcomes, reputation, a.endpoint, capabilities
+            "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {}",
+            a.id, a.role, level, load, outcomes, reputation, breaker, a.endpoint, capabilities
         );
     }
 }
