@@ -463,3 +463,57 @@ fn the_load_generator_runs_an_embedded_cluster_without_etcd() {
         "{report}"
     );
 }
+
+/// The node's own gRPC health answer for the whole server.
+fn serving_status(rt: &tokio::runtime::Runtime, endpoint: &str) -> Option<String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut client = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        let reply = client.check(request).await.ok()?.into_inner();
+        Some(format!("{:?}", reply.status()))
+    })
+}
+
+#[test]
+fn a_node_reports_not_serving_while_etcd_is_down_and_recovers_by_itself() {
+    let etcd = Etcd::start();
+    let url = etcd.client_url();
+    let node = start_node(
+        "coordinator",
+        &url,
+        "coordinator",
+        &["--id", "coordinator-1", "--lease-ttl", "2"],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = || serving_status(&rt, &node.endpoint);
+    assert_eq!(status().as_deref(), Some("Serving"));
+
+    etcd.stop();
+    eventually(
+        "NOT_SERVING while etcd is down",
+        Duration::from_secs(15),
+        || (status().as_deref() == Some("NotServing")).then_some(()),
+    );
+    etcd.restart();
+    eventually(
+        "SERVING again once etcd is back",
+        Duration::from_secs(20),
+        || (status().as_deref() == Some("Serving")).then_some(()),
+    );
+    // Recovered without a restart: the node is registered again.
+    let agents = run_cli(&["agents", "--endpoint", &node.endpoint, "--json"]);
+    assert!(agents.stdout.contains("coordinator-1"), "{agents}");
+    node.process.assert_no_panic();
+}

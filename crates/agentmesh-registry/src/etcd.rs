@@ -217,6 +217,8 @@ struct Shared {
     /// Fence revisions of terms this node gave up for lost while their
     /// leader key may still exist, until the key is deleted.
     abandoned: Mutex<HashSet<i64>>,
+    /// Whether etcd answers the lease keep-alive (see `Registry::store_reachable`).
+    reachable: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -304,6 +306,7 @@ impl EtcdRegistry {
             leader,
             terms: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashSet::new()),
+            reachable: watch::Sender::new(true),
             shutdown: shutdown_rx,
         });
 
@@ -696,6 +699,10 @@ impl Registry for EtcdRegistry {
 
     fn leader(&self) -> watch::Receiver<Option<AgentId>> {
         self.inner.shared.leader.subscribe()
+    }
+
+    fn store_reachable(&self) -> watch::Receiver<bool> {
+        self.inner.shared.reachable.subscribe()
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {

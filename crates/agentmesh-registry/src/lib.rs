@@ -166,6 +166,12 @@ pub trait Registry: Send + Sync + 'static {
     /// leader-only requests to it.
     fn leader(&self) -> watch::Receiver<Option<AgentId>>;
 
+    /// Whether the backing store answers: `false` from the moment the
+    /// node's lease could not be refreshed until the node has a lease again
+    /// and its agents are re-registered. Nodes report `NOT_SERVING` on gRPC
+    /// health meanwhile.
+    fn store_reachable(&self) -> watch::Receiver<bool>;
+
     /// Persists task records like [`Registry::put_tasks`], but only while
     /// `fence`'s leadership stands: every transaction carries the check,
     /// and one that finds the leadership gone writes nothing and fails with

@@ -297,6 +297,11 @@ impl Registry for MemoryRegistry {
         self.shared.leader.subscribe()
     }
 
+    /// Memory is always there.
+    fn store_reachable(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
         Ok(self.current(id).map(|r| (*r).clone()))
     }

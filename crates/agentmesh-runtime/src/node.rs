@@ -63,6 +63,8 @@ pub struct Node {
     coordinator: Option<ActorRef<CoordinatorMessage>>,
     worker: Option<StartedWorker>,
     health: HealthReporter,
+    /// Mirrors etcd's reachability into gRPC health until shutdown.
+    store_health: JoinHandle<()>,
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -132,6 +134,11 @@ impl Node {
         if coordinator.is_some() {
             health.set_serving::<TaskServiceServer<TaskGrpc>>().await;
         }
+        let store_health = tokio::spawn(follow_store_health(
+            health.clone(),
+            registry.store_reachable(),
+            coordinator.is_some(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -169,6 +176,7 @@ impl Node {
             coordinator,
             worker,
             health,
+            store_health,
             stop_server,
             server,
         })
@@ -190,6 +198,7 @@ impl Node {
     /// still running here as lost and starting them twice.
     pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), NodeError> {
         info!(addr = %self.addr, "node stopping");
+        self.store_health.abort();
         self.health
             .set_not_serving::<AgentMailboxServer<MailboxService>>()
             .await;
@@ -243,4 +252,42 @@ impl Node {
         info!("node stopped");
         outcome
     }
+}
+
+/// Reports `NOT_SERVING` for every service (and the server as a whole)
+/// while the registry's store cannot be reached, `SERVING` again once it
+/// can: load balancers and probes then steer away from a node that cannot
+/// register, persist or discover anything.
+async fn follow_store_health(
+    health: HealthReporter,
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+    task_service: bool,
+) {
+    use tonic_health::ServingStatus;
+    while reachable.changed().await.is_ok() {
+        let up = *reachable.borrow_and_update();
+        let status = if up {
+            info!("registry store reachable again: serving");
+            ServingStatus::Serving
+        } else {
+            warn!("registry store unreachable: reporting NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(service_name::<AgentMailboxServer<MailboxService>>(), status)
+            .await;
+        health
+            .set_service_status(service_name::<ClusterServiceServer<ClusterGrpc>>(), status)
+            .await;
+        if task_service {
+            health
+                .set_service_status(service_name::<TaskServiceServer<TaskGrpc>>(), status)
+                .await;
+        }
+    }
+}
+
+fn service_name<S: tonic::server::NamedService>() -> &'static str {
+    S::NAME
 }

@@ -401,10 +401,11 @@ async fn put_candidate(
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([put()])
         .or_else([TxnOp::get(key, None)]);
-    // The creation runs in a task of its own: if the campaign is dropped
-    // while etcd is applying it, the task still learns that the key was
-    // created and withdraws it, instead of leaving a candidate nobody acts
-    // for under the node's live lease.
+    // The creation runs in a task of its own, and a created key travels
+    // back inside its withdrawal guard: if the campaign is dropped while
+    // etcd applies the creation, or before it reads the answer, the guard
+    // is dropped with the unread answer and withdraws the key, instead of
+    // leaving a candidate nobody acts for under the node's live lease.
     let (created, creation) = tokio::sync::oneshot::channel();
     let task_shared = shared.clone();
     let task_key = key.to_owned();
@@ -415,22 +416,27 @@ async fn put_candidate(
                 || format!("creation of coordinator candidate key '{task_key}' failed"),
                 client.txn(txn),
             )
-            .await;
-        if let Err(Ok(response)) = created.send(outcome)
-            && response.succeeded()
-        {
-            let revision = response.header().map_or(0, |h| h.revision());
-            drop(CandidacyGuard::new(&task_shared, &task_key, revision));
-        }
+            .await
+            .map(|response| {
+                let guard = response.succeeded().then(|| {
+                    let revision = response.header().map_or(0, |h| h.revision());
+                    (
+                        revision,
+                        CandidacyGuard::new(&task_shared, &task_key, revision),
+                    )
+                });
+                (response, guard)
+            });
+        // Unread or undelivered, the guard withdraws the key as it drops.
+        let _ = created.send(outcome);
     });
     let mut client = shared.client.clone();
-    let response = creation
+    let (response, guard) = creation
         .await
         .map_err(|_| Retry::Again("candidate key creation was interrupted".into()))?
         .map_err(Retry::Failed)?;
-    if response.succeeded() {
-        let revision = response.header().map_or(0, |h| h.revision());
-        return Ok((revision, CandidacyGuard::new(shared, key, revision)));
+    if let Some((revision, guard)) = guard {
+        return Ok((revision, guard));
     }
     let existing = response.op_responses().into_iter().find_map(|op| match op {
         TxnOpResponse::Get(get) => get.kvs().first().cloned(),

@@ -31,6 +31,7 @@ pub(super) async fn keep_alive(shared: Arc<Shared>) {
             Ended::Failed(reason) => reason,
         };
         warn!(lease_id = lease, error = %reason, "lease keep-alive failed; granting a new lease");
+        shared.reachable.send_replace(false);
         loop {
             match renew(&shared, lease).await {
                 Ok((new_lease, agents)) => {
@@ -41,6 +42,7 @@ pub(super) async fn keep_alive(shared: Arc<Shared>) {
                         "re-registered agents under a new lease"
                     );
                     backoff.reset();
+                    shared.reachable.send_replace(true);
                     break;
                 }
                 Err(e) => {
