@@ -99,6 +99,39 @@ impl Cluster {
         out.json()
     }
 
+    /// Submits a one-subtask `sleep` of `ms` and waits until a worker runs
+    /// it; returns the task id and that worker's id.
+    fn start_nap(&self, ms: u64) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let nap = task_file(
+            &dir,
+            "nap.yaml",
+            &format!(
+                "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: {{ ms: {ms} }}\n"
+            ),
+        );
+        let out = run_cli(&["submit", "--endpoint", self.endpoint(), &nap]);
+        assert!(out.success(), "{out}");
+        let id = out.stdout.trim().to_owned();
+        let runner = eventually(
+            "the nap to start on a worker",
+            Duration::from_secs(10),
+            || {
+                self.status(&id)["subtasks"][0]["worker"]
+                    .as_str()
+                    .map(str::to_owned)
+            },
+        );
+        (id, runner)
+    }
+
+    fn worker(&self, id: &str) -> &Node {
+        self.workers
+            .iter()
+            .find(|w| w.process.name() == id)
+            .unwrap_or_else(|| panic!("no worker '{id}'"))
+    }
+
     fn assert_no_panic(&self) {
         self.coordinator.process.assert_no_panic();
         for worker in &self.workers {
@@ -341,30 +374,8 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
 #[test]
 fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
     let cluster = Cluster::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let nap = task_file(
-        &dir,
-        "nap.yaml",
-        "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
-    );
-    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &nap]);
-    assert!(out.success(), "{out}");
-    let id = out.stdout.trim().to_owned();
-    let victim = eventually(
-        "the nap to start on a worker",
-        Duration::from_secs(10),
-        || {
-            cluster.status(&id)["subtasks"][0]["worker"]
-                .as_str()
-                .map(str::to_owned)
-        },
-    );
-
-    let worker = cluster
-        .workers
-        .iter()
-        .find(|w| w.process.name() == victim)
-        .expect("the worker running the nap");
+    let (id, victim) = cluster.start_nap(1500);
+    let worker = cluster.worker(&victim);
     let killed_at = Instant::now();
     worker.process.kill();
 
@@ -398,29 +409,8 @@ fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
 #[test]
 fn a_worker_stopped_with_sigterm_finishes_its_subtask_before_leaving() {
     let cluster = Cluster::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let nap = task_file(
-        &dir,
-        "nap.yaml",
-        "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
-    );
-    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &nap]);
-    assert!(out.success(), "{out}");
-    let id = out.stdout.trim().to_owned();
-    let runner = eventually(
-        "the nap to start on a worker",
-        Duration::from_secs(10),
-        || {
-            cluster.status(&id)["subtasks"][0]["worker"]
-                .as_str()
-                .map(str::to_owned)
-        },
-    );
-    let worker = cluster
-        .workers
-        .iter()
-        .find(|w| w.process.name() == runner)
-        .expect("the worker running the nap");
+    let (id, runner) = cluster.start_nap(1500);
+    let worker = cluster.worker(&runner);
     worker.process.signal("TERM");
 
     let status = worker

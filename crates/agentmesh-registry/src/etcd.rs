@@ -79,6 +79,7 @@ mod backoff;
 mod election;
 mod lease;
 mod membership;
+mod prefix_watch;
 mod task_watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -326,8 +327,12 @@ impl EtcdRegistry {
         election::publish(&shared, &candidates);
 
         let keep_alive = tokio::spawn(lease::keep_alive(shared.clone()));
-        let membership_task = tokio::spawn(membership::follow(shared.clone(), revision));
-        let election_task = tokio::spawn(election::follow(shared.clone(), election_revision));
+        let membership_task =
+            tokio::spawn(prefix_watch::follow::<Membership>(shared.clone(), revision));
+        let election_task = tokio::spawn(prefix_watch::follow::<election::Candidates>(
+            shared.clone(),
+            election_revision,
+        ));
         info!(
             endpoints = %endpoints,
             lease_id = lease.id(),

@@ -68,14 +68,15 @@
 //! the deposed leader believes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agentmesh_core::AgentId;
 use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Compare, CompareOp, Event, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -83,7 +84,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::backoff::{Backoff, sleep_unless_stopped, stopped};
-use super::usable_watch_response;
+use super::prefix_watch::PrefixView;
 use crate::{Fence, Leadership, RegistryError, keys};
 
 /// Shortest interval of the monitor's checks, whatever the TTL.
@@ -169,88 +170,34 @@ pub(super) fn publish(shared: &Shared, candidates: &Candidates) {
     });
 }
 
-/// Why one watch of the candidates ended.
-enum Ended {
-    Shutdown,
-    Interrupted(String),
-}
+impl PrefixView for Candidates {
+    const NAME: &'static str = "coordinator candidates";
+    const PREFIX: &'static str = keys::ELECTION_COORDINATOR_CANDIDATES;
 
-/// Follows the candidates from `revision` + 1 (the revision of the list
-/// that produced the published view), re-listing after every
-/// interruption. Runs until the registry shuts down.
-pub(super) async fn follow(shared: Arc<Shared>, mut revision: i64) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut backoff = Backoff::new();
-    let mut view = (**shared.candidates.borrow()).clone();
-    loop {
-        match watch_from(&shared, revision + 1, &mut view, &mut backoff).await {
-            Ended::Shutdown => return,
-            Ended::Interrupted(reason) => {
-                warn!(error = %reason, "election watch interrupted; listing candidates again");
-            }
-        }
-        loop {
-            if !sleep_unless_stopped(backoff.next_delay(), &mut shutdown).await {
-                return;
-            }
-            match list_candidates(&shared).await {
-                Ok((listed, listed_at)) => {
-                    revision = listed_at;
-                    view = listed;
-                    publish(&shared, &view);
-                    break;
-                }
-                Err(e) => warn!(error = %e, "listing of coordinator candidates failed"),
-            }
-        }
+    fn published(shared: &Shared) -> Self {
+        (**shared.candidates.borrow()).clone()
     }
-}
 
-/// Watches the candidates from `start`, applying every event to `view` and
-/// publishing each change, until the watch ends.
-async fn watch_from(
-    shared: &Shared,
-    start: i64,
-    view: &mut Candidates,
-    backoff: &mut Backoff,
-) -> Ended {
-    let mut shutdown = shared.shutdown.clone();
-    let mut client = shared.client.clone();
-    let options = WatchOptions::new().with_prefix().with_start_revision(start);
-    let opened = tokio::select! {
-        _ = stopped(&mut shutdown) => return Ended::Shutdown,
-        opened = shared.request(
-            || format!("watch of coordinator candidates from revision {start} failed"),
-            client.watch(keys::ELECTION_COORDINATOR_CANDIDATES, Some(options)),
-        ) => opened,
-    };
-    let mut stream = match opened {
-        Ok(stream) => stream,
-        Err(e) => return Ended::Interrupted(e.to_string()),
-    };
-    loop {
-        let message = tokio::select! {
-            _ = stopped(&mut shutdown) => return Ended::Shutdown,
-            message = stream.message() => message,
+    fn list(shared: &Shared) -> impl Future<Output = Result<(Self, i64), RegistryError>> + Send {
+        list_candidates(shared)
+    }
+
+    fn apply(&mut self, event: &Event) -> bool {
+        let Some(kv) = event.kv() else {
+            return false;
         };
-        let response = match usable_watch_response(message, start) {
-            Ok(response) => response,
-            Err(reason) => return Ended::Interrupted(reason),
-        };
-        if response.created() {
-            debug!(start_revision = start, "election watch running");
-            backoff.reset();
-        }
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            match event.event_type() {
-                EventType::Put => view.put(kv),
-                EventType::Delete => {
-                    view.0.remove(kv.key());
-                }
+        match event.event_type() {
+            EventType::Put => self.put(kv),
+            EventType::Delete => {
+                self.0.remove(kv.key());
             }
         }
-        publish(shared, view);
+        // `publish` compares with what is published.
+        true
+    }
+
+    fn publish(&self, shared: &Shared) {
+        publish(shared, self);
     }
 }
 

@@ -1,15 +1,15 @@
 //! The membership task: keeps the node's view of every registered agent
 //! current with a list followed by a watch of [`keys::AGENTS`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use agentmesh_core::{AgentRegistration, Membership};
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
-use tracing::{debug, warn};
+use etcd_client::{Event, EventType, GetOptions, KeyValue};
+use tracing::warn;
 
 use super::Shared;
-use super::backoff::{Backoff, sleep_unless_stopped, stopped};
-use super::usable_watch_response;
+use super::prefix_watch::PrefixView;
 use crate::{RegistryError, keys};
 
 /// Reads every registration; returns the view and the store revision it
@@ -53,99 +53,41 @@ fn registration_of(kv: &KeyValue) -> Option<AgentRegistration> {
     }
 }
 
-/// Why one watch of the prefix ended.
-enum Ended {
-    Shutdown,
-    Interrupted(String),
-}
+impl PrefixView for Membership {
+    const NAME: &'static str = "registered agents";
+    const PREFIX: &'static str = keys::AGENTS;
 
-/// Follows the prefix from `revision` + 1 (the revision of the list that
-/// produced the published view), re-listing after every interruption.
-/// Runs until the registry shuts down.
-pub(super) async fn follow(shared: Arc<Shared>, mut revision: i64) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut backoff = Backoff::new();
-    let mut view = (**shared.membership.borrow()).clone();
-    loop {
-        match watch_from(&shared, revision + 1, &mut view, &mut backoff).await {
-            Ended::Shutdown => return,
-            Ended::Interrupted(reason) => {
-                warn!(error = %reason, "membership watch interrupted; listing agents again");
-            }
-        }
-        loop {
-            if !sleep_unless_stopped(backoff.next_delay(), &mut shutdown).await {
-                return;
-            }
-            match list_agents(&shared).await {
-                Ok((listed, listed_at)) => {
-                    revision = listed_at;
-                    view = listed;
-                    publish(&shared, &view);
-                    break;
+    fn published(shared: &Shared) -> Self {
+        (**shared.membership.borrow()).clone()
+    }
+
+    fn list(shared: &Shared) -> impl Future<Output = Result<(Self, i64), RegistryError>> + Send {
+        list_agents(shared)
+    }
+
+    fn apply(&mut self, event: &Event) -> bool {
+        let Some(kv) = event.kv() else {
+            return false;
+        };
+        match event.event_type() {
+            EventType::Put => match registration_of(kv) {
+                Some(agent) => {
+                    let previous = self.agents.insert(agent.id.clone(), agent.clone());
+                    previous.as_ref() != Some(&agent)
                 }
-                Err(e) => warn!(error = %e, "membership listing failed"),
+                // A corrupt value replaced whatever was there.
+                None => {
+                    keys::agent_id_of(kv.key()).is_some_and(|id| self.agents.remove(&id).is_some())
+                }
+            },
+            EventType::Delete => {
+                keys::agent_id_of(kv.key()).is_some_and(|id| self.agents.remove(&id).is_some())
             }
         }
     }
-}
 
-/// Watches the prefix from `start`, applying every event to `view` and
-/// publishing each change, until the watch ends.
-async fn watch_from(
-    shared: &Shared,
-    start: i64,
-    view: &mut Membership,
-    backoff: &mut Backoff,
-) -> Ended {
-    let mut shutdown = shared.shutdown.clone();
-    let mut client = shared.client.clone();
-    let options = WatchOptions::new().with_prefix().with_start_revision(start);
-    let opened = tokio::select! {
-        _ = stopped(&mut shutdown) => return Ended::Shutdown,
-        opened = shared.request(
-            || format!("watch of registered agents from revision {start} failed"),
-            client.watch(keys::AGENTS, Some(options)),
-        ) => opened,
-    };
-    let mut stream = match opened {
-        Ok(stream) => stream,
-        Err(e) => return Ended::Interrupted(e.to_string()),
-    };
-    loop {
-        let message = tokio::select! {
-            _ = stopped(&mut shutdown) => return Ended::Shutdown,
-            message = stream.message() => message,
-        };
-        let response = match usable_watch_response(message, start) {
-            Ok(response) => response,
-            Err(reason) => return Ended::Interrupted(reason),
-        };
-        if response.created() {
-            debug!(start_revision = start, "membership watch running");
-            backoff.reset();
-        }
-        let mut changed = false;
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            changed |= match event.event_type() {
-                EventType::Put => match registration_of(kv) {
-                    Some(agent) => {
-                        let previous = view.agents.insert(agent.id.clone(), agent.clone());
-                        previous.as_ref() != Some(&agent)
-                    }
-                    // A corrupt value replaced whatever was there.
-                    None => keys::agent_id_of(kv.key())
-                        .is_some_and(|id| view.agents.remove(&id).is_some()),
-                },
-                EventType::Delete => {
-                    keys::agent_id_of(kv.key()).is_some_and(|id| view.agents.remove(&id).is_some())
-                }
-            };
-        }
-        if changed {
-            shared.membership.send_replace(Arc::new(view.clone()));
-        }
+    fn publish(&self, shared: &Shared) {
+        publish(shared, self);
     }
 }
 
