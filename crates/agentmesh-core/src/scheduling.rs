@@ -248,26 +248,25 @@ impl CapabilityIndex {
     /// breaker is open, under each of its capabilities while it takes
     /// placements. Its offers must already be counted.
     fn rank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
-        if let BreakerState::Open { until_ms } = worker.breaker.state() {
-            self.cooling.insert((until_ms, worker.id.clone()));
-            return;
-        }
-        if !worker.takes_placements() {
-            return;
-        }
-        let entry = worker.ranked(weights);
-        for capability in worker.distinct_capabilities() {
-            if let Some(ready) = self.ready.get_mut(capability) {
-                ready.insert(entry.clone());
-            }
-        }
+        self.file(worker, weights, true);
     }
 
     /// Undoes [`CapabilityIndex::rank`]; must see the worker in the state it
     /// was ranked in.
     fn unrank(&mut self, worker: &WorkerState, weights: &ScoreWeights) {
+        self.file(worker, weights, false);
+    }
+
+    /// Files the worker's entries in (`insert`) or out of the index, by the
+    /// one rule both directions must share.
+    fn file(&mut self, worker: &WorkerState, weights: &ScoreWeights, insert: bool) {
         if let BreakerState::Open { until_ms } = worker.breaker.state() {
-            self.cooling.remove(&(until_ms, worker.id.clone()));
+            let entry = (until_ms, worker.id.clone());
+            if insert {
+                self.cooling.insert(entry);
+            } else {
+                self.cooling.remove(&entry);
+            }
             return;
         }
         if !worker.takes_placements() {
@@ -276,7 +275,11 @@ impl CapabilityIndex {
         let entry = worker.ranked(weights);
         for capability in worker.distinct_capabilities() {
             if let Some(ready) = self.ready.get_mut(capability) {
-                ready.remove(&entry);
+                if insert {
+                    ready.insert(entry.clone());
+                } else {
+                    ready.remove(&entry);
+                }
             }
         }
     }

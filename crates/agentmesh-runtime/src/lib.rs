@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod coordinator;
+pub mod endpoint;
 pub mod error;
 pub mod local;
 pub mod mailbox;

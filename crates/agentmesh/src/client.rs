@@ -82,14 +82,11 @@ impl Client {
         Ok(Self { endpoints })
     }
 
-    async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        Endpoint::from_shared(uri)
+    /// One HTTP/2 connection to `endpoint`.
+    pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+        Endpoint::from_shared(agentmesh_runtime::endpoint::uri(endpoint))
             .with_context(|| format!("bad endpoint '{endpoint}'"))?
+            .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await

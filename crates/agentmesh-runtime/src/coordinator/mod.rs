@@ -138,7 +138,7 @@ pub struct CoordinatorState {
     /// Subtasks to retry, by the time their backoff ends.
     backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
     /// For timers that wake the actor when a backoff ends.
-    myself: Option<ActorRef<CoordinatorMessage>>,
+    myself: ActorRef<CoordinatorMessage>,
     pool: WorkerPool,
 }
 
@@ -193,7 +193,7 @@ impl Actor for Coordinator {
             tasks: HashMap::new(),
             queue: VecDeque::new(),
             backoff: BTreeMap::new(),
-            myself: Some(myself.clone()),
+            myself: myself.clone(),
             pool,
         })
     }
@@ -379,13 +379,11 @@ impl CoordinatorState {
                 .entry(now + delay)
                 .or_default()
                 .push((id.clone(), subtask));
-            if let Some(myself) = &self.myself {
-                let wake = myself.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                    let _ = wake.cast(CoordinatorMessage::Tick);
-                });
-            }
+            let wake = self.myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _ = wake.cast(CoordinatorMessage::Tick);
+            });
             self.finish_change(id).await;
         }
     }

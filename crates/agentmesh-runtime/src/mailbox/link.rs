@@ -49,12 +49,7 @@ impl Link {
     /// Starts connecting in the background; envelopes sent meanwhile wait
     /// in the outbound buffer.
     pub(super) fn open(endpoint: &str, config: &MailboxConfig) -> Result<Arc<Self>, String> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)
+        let channel = Endpoint::from_shared(crate::endpoint::uri(endpoint))
             .map_err(|e| format!("bad endpoint: {e}"))?
             .connect_timeout(config.deliver_timeout)
             .tcp_nodelay(true)

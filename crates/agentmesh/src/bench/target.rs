@@ -7,9 +7,10 @@ use agentmesh_core::task::Status;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::LocalCluster;
-use anyhow::Context;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::client::Client;
 
 /// Runs one task to its end and returns its result, or why it has none.
 #[async_trait::async_trait]
@@ -31,19 +32,9 @@ impl RemoteTarget {
     /// Opens `connections` HTTP/2 connections to `endpoint`; tasks are
     /// spread over them in turn.
     pub async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Self> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            let channel = Endpoint::from_shared(uri.clone())
-                .with_context(|| format!("bad endpoint '{endpoint}'"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {endpoint}"))?;
+            let channel = Client::connect(endpoint).await?;
             clients.push(TaskServiceClient::new(channel));
         }
         Ok(Self {
