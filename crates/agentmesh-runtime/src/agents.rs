@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
+use crate::coordinator::leadership::LeadershipLoop;
 use crate::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, RecordHub,
 };
@@ -33,10 +34,13 @@ pub fn generate_id(role: Role) -> AgentId {
     AgentId::new(format!("{role}-{}", &uuid[..8]))
 }
 
-/// A running coordinator and the hub of its tasks' durable records.
+/// A running coordinator, the hub of its tasks' durable records and its
+/// election loop (it owns tasks only while it leads).
 pub struct StartedCoordinator {
+    pub id: AgentId,
     pub actor: ActorRef<CoordinatorMessage>,
     pub hub: RecordHub,
+    pub leadership: LeadershipLoop,
 }
 
 pub async fn start_coordinator(
@@ -75,8 +79,14 @@ pub async fn start_coordinator(
             version: VERSION.to_owned(),
         })
         .await?;
-    info!(agent_id = %id, "coordinator started");
-    Ok(StartedCoordinator { actor, hub })
+    let leadership = LeadershipLoop::spawn(registry, id.clone(), actor.clone());
+    info!(agent_id = %id, "coordinator started: campaigning for leadership");
+    Ok(StartedCoordinator {
+        id,
+        actor,
+        hub,
+        leadership,
+    })
 }
 
 /// A running worker and the task that publishes its load.

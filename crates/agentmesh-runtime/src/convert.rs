@@ -120,7 +120,11 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
 
 /// An agent as `ListAgents` reports it, with the scheduler's counters when
 /// the answering node schedules work on it.
-pub fn agent_info(agent: &AgentRegistration, stats: Option<&WorkerState>) -> pb::AgentInfo {
+pub fn agent_info(
+    agent: &AgentRegistration,
+    stats: Option<&WorkerState>,
+    leader: bool,
+) -> pb::AgentInfo {
     pb::AgentInfo {
         id: agent.id.to_string(),
         role: agent.role.to_string(),
@@ -134,6 +138,7 @@ pub fn agent_info(agent: &AgentRegistration, stats: Option<&WorkerState>) -> pb:
         failed: stats.map_or(0, |s| s.failed),
         reputation: None,
         breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
+        leader,
     }
 }
 

@@ -1,8 +1,10 @@
 //! Errors of the client API and their gRPC status codes, mapped in one
 //! place from a deliberately small set.
 
-use agentmesh_core::TaskId;
+use std::time::Duration;
+
 use agentmesh_core::task::TaskFileError;
+use agentmesh_core::{AgentId, TaskId};
 use agentmesh_registry::RegistryError;
 use thiserror::Error;
 use tonic::Status;
@@ -23,6 +25,12 @@ pub enum ApiError {
     NoCoordinator,
     #[error("coordinator did not answer: {0}")]
     Coordinator(String),
+    #[error("no coordinator leader was elected within {0:?}; retry")]
+    NoLeader(Duration),
+    /// Only the leader changes tasks, and this request may not be
+    /// forwarded (again).
+    #[error("this coordinator is not the leader; '{0}' leads: send the request there or retry")]
+    NotLeader(AgentId),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -50,7 +58,9 @@ impl From<ApiError> for Status {
             ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => {
                 Status::invalid_argument(message)
             }
-            ApiError::Submit(SubmitError::NotPersisted(_)) => Status::unavailable(message),
+            ApiError::Submit(SubmitError::NotPersisted(_) | SubmitError::NotLeader)
+            | ApiError::NoLeader(_)
+            | ApiError::NotLeader(_) => Status::unavailable(message),
             ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::NoCoordinator => Status::failed_precondition(message),

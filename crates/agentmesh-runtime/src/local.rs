@@ -12,6 +12,7 @@ use ractor::ActorRef;
 use crate::agents::{self, StartedWorker, VERSION};
 use crate::config::NodeConfig;
 use crate::coordinator::CoordinatorMessage;
+use crate::coordinator::leadership::LeadershipLoop;
 use crate::error::ApiError;
 use crate::mailbox::Router;
 use crate::node::NodeError;
@@ -24,6 +25,8 @@ const IN_PROCESS: &str = "in-process";
 pub struct LocalCluster {
     api: TaskApi,
     coordinator: ActorRef<CoordinatorMessage>,
+    /// Dropping it would step the coordinator down.
+    _leadership: LeadershipLoop,
     workers: Vec<StartedWorker>,
 }
 
@@ -73,6 +76,7 @@ impl LocalCluster {
         Ok(Self {
             api,
             coordinator: coordinator.actor,
+            _leadership: coordinator.leadership,
             workers: started,
         })
     }

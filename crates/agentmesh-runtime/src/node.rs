@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::agents::{self, StartedWorker, VERSION};
 use crate::config::{ConfigError, NodeConfig};
 use crate::coordinator::CoordinatorMessage;
+use crate::coordinator::leadership::LeadershipLoop;
 use crate::mailbox::{MailboxService, Router};
 use crate::services::cluster::ClusterGrpc;
 use crate::services::task::{TaskApi, TaskGrpc};
@@ -61,6 +62,8 @@ pub struct Node {
     registry: Arc<dyn Registry>,
     router: Arc<Router>,
     coordinator: Option<ActorRef<CoordinatorMessage>>,
+    /// The coordinator's election loop, to step down before leaving.
+    leadership: Option<LeadershipLoop>,
     worker: Option<StartedWorker>,
     health: HealthReporter,
     /// Mirrors etcd's reachability into gRPC health until shutdown.
@@ -148,6 +151,7 @@ impl Node {
             started_coordinator.as_ref(),
             config.coordinator.limits.clone(),
         );
+        let leadership = started_coordinator.map(|c| c.leadership);
         let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
@@ -174,6 +178,7 @@ impl Node {
             registry,
             router,
             coordinator,
+            leadership,
             worker,
             health,
             store_health,
@@ -190,8 +195,10 @@ impl Node {
         &self.agents
     }
 
-    /// Leaves the cluster in order: stop taking work (new attempts are
-    /// handed back to their coordinator), let running subtasks finish for
+    /// Leaves the cluster in order: a coordinator steps down first (its
+    /// queued records land, then it resigns, so a standby takes over at
+    /// once); a worker stops taking work (new attempts are
+    /// handed back to their coordinator), lets running subtasks finish for
     /// up to `drain_timeout`, hand back what is still running, then
     /// deregister, stop the actors and the server, and revoke the lease.
     /// Deregistering last keeps coordinators from treating the attempts
@@ -202,6 +209,9 @@ impl Node {
         self.health
             .set_not_serving::<AgentMailboxServer<MailboxService>>()
             .await;
+        if let Some(leadership) = self.leadership {
+            leadership.step_down().await;
+        }
         if let Some(worker) = &self.worker {
             worker.publisher.abort();
             let running = worker

@@ -240,6 +240,7 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
     serde_json::json!({
         "id": a.id,
         "role": a.role,
+        "leader": a.leader,
         "level": if a.level.is_empty() { None } else { Some(&a.level) },
         "capabilities": a.capabilities,
         "endpoint": a.endpoint,
@@ -255,11 +256,16 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
 
 fn print_agents_table(agents: &[pb::AgentInfo]) {
     println!(
-        "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} CAPABILITIES",
+        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} CAPABILITIES",
         "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT"
     );
     for a in agents {
         let level = if a.level.is_empty() { "-" } else { &a.level };
+        let role = if a.leader {
+            format!("{} leader", a.role)
+        } else {
+            a.role.clone()
+        };
         let load = format!("{}/{}", a.load, a.max_concurrency);
         let outcomes = format!("{}/{}", a.succeeded, a.failed);
         let reputation = a.reputation.map_or("-".to_owned(), |r| format!("{r:.3}"));
@@ -274,8 +280,8 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
             a.capabilities.join(",")
         };
         println!(
-            "{:<24} {:<12} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {}",
-            a.id, a.role, level, load, outcomes, reputation, breaker, a.endpoint, capabilities
+            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {}",
+            a.id, role, level, load, outcomes, reputation, breaker, a.endpoint, capabilities
         );
     }
 }

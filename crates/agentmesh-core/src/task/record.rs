@@ -68,6 +68,11 @@ pub struct SubtaskRecord {
     /// The worker of every attempt, in order (a worker may appear twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried: Vec<AgentId>,
+    /// Attempts ended by a change of coordinator rather than by anything
+    /// the subtask or its worker did; they do not count against the retry
+    /// budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +139,7 @@ impl TaskRecord {
                 worker: None,
                 attempts: 0,
                 tried: Vec::new(),
+                restarts: 0,
                 output: None,
                 error: None,
                 started_ms: None,
@@ -304,6 +310,36 @@ impl TaskRecord {
         Applied::Changed
     }
 
+    /// Takes over the record from a coordinator that is gone: every running
+    /// attempt goes back to pending (a result of it is stale from now on,
+    /// as its attempt number is no longer current) and counts as a restart,
+    /// not against the retry budget. Returns the subtasks ready to run, and
+    /// leaves completed subtasks alone so they are not run again.
+    pub fn resume(&mut self, reason: &str, now_ms: u64) -> Vec<usize> {
+        if self.status.is_terminal() {
+            return Vec::new();
+        }
+        let mut changed = false;
+        for s in &mut self.subtasks {
+            if s.status == Status::Running {
+                s.status = Status::Pending;
+                s.restarts += 1;
+                s.error = Some(reason.to_owned());
+                changed = true;
+            }
+        }
+        if changed {
+            self.touch(now_ms);
+        }
+        self.ready()
+    }
+
+    /// Attempts of a subtask that count against its retry budget.
+    pub fn budgeted_attempts(&self, subtask: usize) -> u32 {
+        let s = &self.subtasks[subtask];
+        s.attempts.saturating_sub(s.restarts)
+    }
+
     /// Cancels the task; returns the running attempts to stop.
     pub fn cancel(&mut self, reason: String, now_ms: u64) -> Vec<StoppedAttempt> {
         if self.status.is_terminal() {
@@ -374,6 +410,10 @@ impl TaskRecord {
         self.updated_ms = self.updated_ms.max(now_ms);
         self.revision += 1;
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -130,6 +130,18 @@ impl RecordHub {
         }
     }
 
+    /// Forgets every task that has not ended, when this coordinator stops
+    /// leading: their watchers' channels close, and they go on from the
+    /// registry, where the next leader's records appear. Ended tasks stay:
+    /// their final records are facts whoever leads.
+    pub fn forget_unfinished(&self) {
+        let mut inner = self.lock();
+        inner
+            .tasks
+            .retain(|_, entry| entry.latest.status.is_terminal());
+        inner.early.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -204,6 +216,21 @@ mod tests {
         // Dropped before any record: nothing is left behind.
         drop(hub.follow_new(&TaskId::new("refused")));
         assert!(hub.lock().early.is_empty());
+    }
+
+    #[test]
+    fn forgetting_unfinished_tasks_closes_their_watchers_and_keeps_ended_ones() {
+        let hub = RecordHub::default();
+        hub.publish(record("running", 1, Status::Running));
+        hub.publish(record("done", 2, Status::Completed));
+        let mut watcher = hub.subscribe(&TaskId::new("running")).unwrap();
+        let early = hub.follow_new(&TaskId::new("new"));
+        hub.forget_unfinished();
+        assert!(watcher.changes.try_recv().is_err());
+        assert!(watcher.changes.is_closed());
+        assert!(early.changes.is_closed());
+        assert!(hub.latest(&TaskId::new("running")).is_none());
+        assert!(hub.latest(&TaskId::new("done")).is_some());
     }
 
     #[test]

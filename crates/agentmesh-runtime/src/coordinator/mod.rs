@@ -12,8 +12,14 @@
 //! All decisions are made by the pure state machine of
 //! `agentmesh_core::task::TaskRecord` and by `WorkerPool`; this actor only
 //! feeds them events and carries out what they decide.
+//!
+//! Only the elected leader owns tasks (see [`leadership`]): on
+//! [`CoordinatorMessage::Lead`] it takes over every unfinished record from
+//! the registry, and on [`CoordinatorMessage::Relinquish`] it forgets them
+//! all, for the next leader to resume from their last durable records.
 
 mod hub;
+pub mod leadership;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -29,6 +35,7 @@ use agentmesh_core::{AgentId, Membership, TaskId};
 use agentmesh_proto::v1::{
     Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult, subtask_result,
 };
+use agentmesh_registry::Leadership;
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use thiserror::Error;
@@ -44,6 +51,8 @@ use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a coordinator that stops leading waits for its queued records.
+const WRITER_FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubmitError {
@@ -64,6 +73,10 @@ pub enum SubmitError {
     TooManyTasks { limit: usize },
     #[error("task record could not be persisted: {0}")]
     NotPersisted(String),
+    /// Leadership changed hands between routing the request and handling
+    /// it; the client retries and reaches the new leader.
+    #[error("this coordinator is not the leader (any more); retry")]
+    NotLeader,
 }
 
 /// A task the coordinator has taken on; `durable` hears when its first
@@ -112,6 +125,17 @@ pub enum CoordinatorMessage {
     /// The scheduler's view of every worker, for `agents`.
     Workers(RpcReplyPort<Vec<WorkerState>>),
     Tick,
+    /// This coordinator won the election: resume `tasks`, every unfinished
+    /// record in the registry, and write fenced with `leadership`.
+    Lead {
+        leadership: Leadership,
+        tasks: Vec<TaskRecord>,
+    },
+    /// Leadership is over: forget every task. With `done`, the caller is
+    /// stepping down and hears once the records already queued are written.
+    Relinquish {
+        done: Option<RpcReplyPort<()>>,
+    },
 }
 
 pub struct CoordinatorArguments {
@@ -129,7 +153,11 @@ pub struct CoordinatorState {
     id: AgentId,
     backlog: Arc<Backlog>,
     router: Arc<Router>,
-    writer: RecordWriter,
+    registry: Arc<dyn Registry>,
+    hub: RecordHub,
+    /// Present while this coordinator leads; its writer is fenced with the
+    /// term's leadership.
+    writer: Option<RecordWriter>,
     config: CoordinatorConfig,
     /// Unfinished tasks this coordinator owns.
     tasks: HashMap<TaskId, TaskRecord>,
@@ -140,6 +168,8 @@ pub struct CoordinatorState {
     /// For timers that wake the actor when a backoff ends.
     myself: ActorRef<CoordinatorMessage>,
     pool: WorkerPool,
+    /// The latest membership, to start a fresh pool from.
+    membership: Arc<Membership>,
 }
 
 #[derive(Debug, Default)]
@@ -156,9 +186,8 @@ impl Actor for Coordinator {
         args: CoordinatorArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut membership = args.registry.membership();
-        let mut pool =
-            WorkerPool::new(args.config.weights.clone()).with_breaker(args.config.breaker);
-        pool.sync(&membership.borrow_and_update());
+        let view = membership.borrow_and_update().clone();
+        let pool = fresh_pool(&args.config, &view);
         let events = myself.clone();
         tokio::spawn(async move {
             while membership.changed().await.is_ok() {
@@ -183,18 +212,16 @@ impl Actor for Coordinator {
             id: args.id,
             backlog: args.backlog,
             router: args.router,
-            writer: RecordWriter::spawn(
-                args.registry,
-                args.config.write_batch,
-                args.config.write_concurrency,
-                args.hub,
-            ),
+            registry: args.registry,
+            hub: args.hub,
+            writer: None,
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),
             backoff: BTreeMap::new(),
             myself: myself.clone(),
             pool,
+            membership: view,
         })
     }
 
@@ -229,6 +256,13 @@ impl Actor for Coordinator {
                 let _ = reply.send(state.pool.workers().cloned().collect());
             }
             CoordinatorMessage::Tick => state.check_deadlines().await,
+            CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
+            CoordinatorMessage::Relinquish { done } => {
+                state.relinquish().await;
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
         }
         state.schedule(&myself).await;
         Ok(())
@@ -236,11 +270,85 @@ impl Actor for Coordinator {
 }
 
 impl CoordinatorState {
+    /// Takes over as leader: every unfinished task is resumed from its
+    /// durable record — completed subtasks stay done, running ones start
+    /// again (a restart, outside their retry budget) — and owned from now
+    /// on. Resumed work is never refused for lack of room: it was accepted
+    /// before, so the queue bounds may be exceeded until it drains.
+    async fn lead(&mut self, leadership: Leadership, tasks: Vec<TaskRecord>) {
+        if self.writer.is_some() {
+            self.relinquish().await;
+        }
+        let fence = leadership.fence.revision;
+        self.writer = Some(RecordWriter::spawn(
+            self.registry.clone(),
+            leadership,
+            self.config.write_batch,
+            self.config.write_concurrency,
+            self.hub.clone(),
+        ));
+        let now = now_ms();
+        let resumed = tasks.len();
+        let mut restarted = 0;
+        for mut record in tasks {
+            let running = record
+                .subtasks
+                .iter()
+                .filter(|s| s.status == Status::Running)
+                .count();
+            restarted += running;
+            let ready = record.resume("the coordinator leader changed; started again", now);
+            let id = record.id.clone();
+            self.queue
+                .extend(ready.into_iter().map(|i| (id.clone(), i)));
+            if running > 0 {
+                self.tasks.insert(id.clone(), record);
+                self.finish_change(&id).await;
+            } else {
+                // Unchanged and durable as it is.
+                self.hub.publish(Arc::new(record.clone()));
+                self.tasks.insert(id, record);
+            }
+        }
+        info!(
+            fence,
+            tasks = resumed,
+            restarted_subtasks = restarted,
+            at_ms = now,
+            "coordinator leadership won: resuming unfinished tasks"
+        );
+    }
+
+    /// Stops leading: forgets every task, its queue and its placements.
+    /// Waits for the records already handed to the writer (written, or
+    /// refused by the fence) before the hub forgets, so no record of the
+    /// old term lands in the hub afterwards.
+    async fn relinquish(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let dropped = self.tasks.len();
+        self.tasks.clear();
+        self.queue.clear();
+        self.backoff.clear();
+        self.pool = fresh_pool(&self.config, &self.membership);
+        writer.finish(WRITER_FINISH_TIMEOUT).await;
+        self.hub.forget_unfinished();
+        info!(
+            tasks = dropped,
+            "no longer the coordinator leader: tasks left to the next leader"
+        );
+    }
+
     async fn submit(
         &mut self,
         record: TaskRecord,
         reply: RpcReplyPort<Result<Accepted, SubmitError>>,
     ) {
+        if self.writer.is_none() {
+            let _ = reply.send(Err(SubmitError::NotLeader));
+            return;
+        }
         if self.tasks.len() >= self.config.max_active_tasks {
             let _ = reply.send(Err(SubmitError::TooManyTasks {
                 limit: self.config.max_active_tasks,
@@ -267,7 +375,9 @@ impl CoordinatorState {
         let id = record.id.clone();
         info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
         let (ack, durable) = oneshot::channel();
-        self.writer.write(Arc::new(record.clone()), Some(ack)).await;
+        if let Some(writer) = &self.writer {
+            writer.write(Arc::new(record.clone()), Some(ack)).await;
+        }
         self.queue
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
         self.tasks.insert(id.clone(), record);
@@ -339,6 +449,7 @@ impl CoordinatorState {
             debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "ignoring stale result");
             return;
         }
+        debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "result applied");
         self.pool.release(&worker, Some(success), now);
         let completed_id = result.subtask_id;
         let newly_ready: Vec<usize> = record
@@ -360,7 +471,7 @@ impl CoordinatorState {
         };
         let worker = record.subtasks[subtask].worker.clone();
         let now = now_ms();
-        if !self.config.retry.allows(attempt) {
+        if !self.config.retry.allows(record.budgeted_attempts(subtask)) {
             let s = &record.subtasks[subtask];
             let message = exhausted_message(&s.id, attempt, &s.tried, &error);
             let (applied, stopped) = record.fail(subtask, attempt, message, now);
@@ -399,7 +510,8 @@ impl CoordinatorState {
         }
     }
 
-    async fn membership_changed(&mut self, view: &Membership) {
+    async fn membership_changed(&mut self, view: &Arc<Membership>) {
+        self.membership = view.clone();
         let gone = self.pool.sync(view);
         if gone.is_empty() {
             return;
@@ -482,7 +594,9 @@ impl CoordinatorState {
     async fn finish_change(&mut self, id: &TaskId) -> Option<Status> {
         let record = self.tasks.get(id)?;
         let status = record.status;
-        self.writer.write(Arc::new(record.clone()), None).await;
+        if let Some(writer) = &self.writer {
+            writer.write(Arc::new(record.clone()), None).await;
+        }
         if status.is_terminal() {
             info!(task_id = %id, %status, "task finished");
             self.tasks.remove(id);
@@ -624,6 +738,13 @@ impl LocalMailbox for CoordinatorMailbox {
                 DeliverError::Stopped(AgentId::new(envelope.to))
             })
     }
+}
+
+/// A pool with no placements, for a coordinator that starts leading.
+fn fresh_pool(config: &CoordinatorConfig, membership: &Membership) -> WorkerPool {
+    let mut pool = WorkerPool::new(config.weights.clone()).with_breaker(config.breaker);
+    pool.sync(membership);
+    pool
 }
 
 /// A fresh number in [0, 1) for retry jitter. `RandomState` is seeded per

@@ -8,6 +8,12 @@
 //! order. Under load many changes share one write; when idle a change is
 //! written at once. Acknowledgements fire only after the write succeeded,
 //! so a client told "accepted" can rely on the record.
+//!
+//! A writer belongs to one term of leadership: every transaction is fenced
+//! with it, and a failed write is retried for as long as the term stands —
+//! an etcd outage delays records, it does not drop them. Once the term is
+//! over, what is still unwritten is given up: the next leader resumes each
+//! task from its last durable record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,9 +21,9 @@ use std::time::Duration;
 
 use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
-use agentmesh_registry::{Registry, RegistryError};
+use agentmesh_registry::{Leadership, Registry, RegistryError};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::warn;
 
 use super::hub::RecordHub;
@@ -25,8 +31,9 @@ use super::hub::RecordHub;
 /// Changes waiting to be written; a full queue makes the coordinator wait,
 /// which is the back-pressure that keeps memory bounded.
 const QUEUE: usize = 4096;
-/// Attempts of one batch before its acknowledgements report the error.
-const MAX_WRITE_ATTEMPTS: u32 = 5;
+/// First pause after a failed write; it doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 pub type WriteAck = oneshot::Sender<Result<(), String>>;
 
@@ -35,23 +42,46 @@ struct Write {
     ack: Option<WriteAck>,
 }
 
-#[derive(Clone)]
 pub struct RecordWriter {
     queue: mpsc::Sender<Write>,
+    task: JoinHandle<()>,
 }
 
 impl RecordWriter {
-    /// `batch` records at most per transaction, `concurrency` transactions
-    /// in flight at most.
+    /// Writes fenced with `leadership`: `batch` records at most per
+    /// transaction, `concurrency` transactions in flight at most.
     pub fn spawn(
         registry: Arc<dyn Registry>,
+        leadership: Leadership,
         batch: usize,
         concurrency: usize,
         hub: RecordHub,
     ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(registry, rx, batch.max(1), concurrency.max(1), hub));
-        Self { queue }
+        let task = tokio::spawn(run(
+            registry,
+            leadership,
+            rx,
+            batch.max(1),
+            concurrency.max(1),
+            hub,
+        ));
+        Self { queue, task }
+    }
+
+    /// Takes no more records and resolves once every queued one is written
+    /// (or given up with the term), or after `timeout`, when what is left
+    /// is abandoned.
+    pub async fn finish(self, timeout: Duration) {
+        drop(self.queue);
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            warn!(
+                ?timeout,
+                "record writer did not finish in time; abandoning its queue"
+            );
+            task.abort();
+        }
     }
 
     /// Queues a record; `ack` hears when it is durable.
@@ -135,6 +165,7 @@ impl WritePlan {
 
 async fn run(
     registry: Arc<dyn Registry>,
+    leadership: Leadership,
     mut rx: mpsc::Receiver<Write>,
     batch: usize,
     concurrency: usize,
@@ -149,8 +180,9 @@ async fn run(
             && let Some(next) = plan.next_batch(batch)
         {
             let registry = registry.clone();
+            let leadership = leadership.clone();
             in_flight.spawn(async move {
-                let outcome = write_with_retry(registry.as_ref(), &next.records).await;
+                let outcome = write_with_retry(registry.as_ref(), &leadership, &next.records).await;
                 (next, outcome)
             });
         }
@@ -177,27 +209,33 @@ async fn run(
     }
 }
 
+/// Writes one batch, retrying with backoff while the term stands.
 async fn write_with_retry(
     registry: &dyn Registry,
+    leadership: &Leadership,
     records: &[Arc<TaskRecord>],
 ) -> Result<(), String> {
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 1;
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 1u32;
     loop {
-        match registry.put_tasks(records).await {
+        let error = match registry.put_tasks_fenced(records, &leadership.fence).await {
             Ok(()) => return Ok(()),
-            Err(error @ RegistryError::Closed) => return Err(error.to_string()),
-            Err(error) if attempt >= MAX_WRITE_ATTEMPTS => {
-                warn!(%error, records = records.len(), attempt, "giving up on task record write");
+            Err(error @ (RegistryError::Closed | RegistryError::NotLeader { .. })) => {
                 return Err(error.to_string());
             }
-            Err(error) => {
-                warn!(%error, records = records.len(), attempt, "task record write failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                attempt += 1;
-            }
+            Err(error) => error,
+        };
+        if !leadership.is_held() {
+            warn!(%error, records = records.len(), attempt, "leadership lost: giving up on task record write");
+            return Err(format!("{error}; leadership was lost meanwhile"));
         }
+        warn!(%error, records = records.len(), attempt, "task record write failed, retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = leadership.lost() => {}
+        }
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        attempt += 1;
     }
 }
 

@@ -53,11 +53,15 @@ impl ClusterService for ClusterGrpc {
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsReply>, Status> {
         let membership = self.registry.membership().borrow().clone();
+        let leader = self.registry.leader().borrow().clone();
         let stats = worker_stats(self.coordinator.as_ref()).await;
         let agents = membership
             .agents
             .values()
-            .map(|agent| convert::agent_info(agent, stats.iter().find(|s| s.id == agent.id)))
+            .map(|agent| {
+                let stats = stats.iter().find(|s| s.id == agent.id);
+                convert::agent_info(agent, stats, leader.as_ref() == Some(&agent.id))
+            })
             .collect();
         Ok(Response::new(pb::ListAgentsReply { agents }))
     }

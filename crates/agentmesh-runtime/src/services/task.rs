@@ -2,22 +2,29 @@
 //!
 //! [`TaskApi`] holds the logic and is called in-process by `agentmesh
 //! local`; [`TaskGrpc`] exposes it over gRPC.
+//!
+//! Any coordinator answers every call. `Submit` and `Cancel` change a task,
+//! which only the leader may do: a follower forwards them to the leader
+//! (one hop; see [`super::forward`]). `Get` and `Watch` are answered from
+//! the leader's memory on the leader and from the registry elsewhere.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_core::TaskId;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_core::{AgentId, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
+use super::forward::{self, Forwarder};
 use crate::agents::StartedCoordinator;
 
 use crate::clock::now_ms;
@@ -29,15 +36,36 @@ use crate::error::ApiError;
 /// the durable write of its record.
 const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a call that needs the leader waits for an election to end
+/// before it is refused with UNAVAILABLE.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a call that changes a task is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node's coordinator leads.
+    Here,
+    /// Another coordinator leads; it is reached at `endpoint`.
+    Leader { id: AgentId, endpoint: String },
+}
+
 /// A stream of task records that ends after the first terminal one.
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
 
 #[derive(Clone)]
 pub struct TaskApi {
     registry: Arc<dyn Registry>,
-    coordinator: Option<ActorRef<CoordinatorMessage>>,
-    hub: Option<RecordHub>,
+    coordinator: Option<LocalCoordinator>,
     limits: TaskLimits,
+}
+
+/// This node's coordinator, as the API sees it.
+#[derive(Clone)]
+struct LocalCoordinator {
+    id: AgentId,
+    actor: ActorRef<CoordinatorMessage>,
+    hub: RecordHub,
+    leading: watch::Receiver<bool>,
 }
 
 impl TaskApi {
@@ -48,14 +76,63 @@ impl TaskApi {
     ) -> Self {
         Self {
             registry,
-            coordinator: coordinator.map(|c| c.actor.clone()),
-            hub: coordinator.map(|c| c.hub.clone()),
+            coordinator: coordinator.map(|c| LocalCoordinator {
+                id: c.id.clone(),
+                actor: c.actor.clone(),
+                hub: c.hub.clone(),
+                leading: c.leadership.leading(),
+            }),
             limits,
         }
     }
 
-    fn coordinator(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
+    fn local(&self) -> Result<&LocalCoordinator, ApiError> {
         self.coordinator.as_ref().ok_or(ApiError::NoCoordinator)
+    }
+
+    fn hub(&self) -> Option<&RecordHub> {
+        self.coordinator.as_ref().map(|c| &c.hub)
+    }
+
+    /// Who handles a call that changes a task. Waits up to
+    /// [`LEADER_WAIT`] while nobody leads or while this node's coordinator
+    /// has won but not yet taken its tasks over.
+    pub async fn route(&self) -> Result<Route, ApiError> {
+        let local = self.local()?;
+        let mut leading = local.leading.clone();
+        let mut leader = self.registry.leader();
+        let mut membership = self.registry.membership();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            if *leading.borrow_and_update() {
+                return Ok(Route::Here);
+            }
+            let current = leader.borrow_and_update().clone();
+            if let Some(id) = current.filter(|id| *id != local.id)
+                && let Some(agent) = membership.borrow_and_update().agents.get(&id)
+            {
+                return Ok(Route::Leader {
+                    endpoint: agent.endpoint.clone(),
+                    id,
+                });
+            }
+            tokio::select! {
+                _ = leading.changed() => {}
+                _ = leader.changed() => {}
+                _ = membership.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::NoLeader(LEADER_WAIT));
+                }
+            }
+        }
+    }
+
+    /// The local coordinator, once it leads.
+    async fn leader_here(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
+        match self.route().await? {
+            Route::Here => Ok(&self.local()?.actor),
+            Route::Leader { id, .. } => Err(ApiError::NotLeader(id)),
+        }
     }
 
     /// Validates a task document against the live cluster and hands it to
@@ -74,7 +151,7 @@ impl TaskApi {
     pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
         let record = self.new_record(document)?;
         let id = record.id.clone();
-        let hub = self.hub.as_ref().ok_or(ApiError::NoCoordinator)?;
+        let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
         let mut durable = self.hand_over(record).await?.durable;
         let mut durable_done = false;
@@ -116,7 +193,8 @@ impl TaskApi {
 
     async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
         let outcome = self
-            .coordinator()?
+            .leader_here()
+            .await?
             .call(
                 |reply| CoordinatorMessage::Submit { record, reply },
                 Some(COORDINATOR_TIMEOUT),
@@ -129,7 +207,7 @@ impl TaskApi {
     /// otherwise.
     pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ApiError> {
         check_id(id)?;
-        if let Some(record) = self.hub.as_ref().and_then(|hub| hub.latest(id)) {
+        if let Some(record) = self.hub().and_then(|hub| hub.latest(id)) {
             return Ok((*record).clone());
         }
         self.registry
@@ -156,7 +234,7 @@ impl TaskApi {
                     .boxed(),
                 Err(error) => futures::stream::iter([Err(ApiError::from(error))]).boxed(),
             });
-        let local = self.hub.as_ref().and_then(|hub| hub.subscribe(id));
+        let local = self.hub().and_then(|hub| hub.subscribe(id));
         let merged = match local {
             Some(subscription) => {
                 let first = futures::stream::iter([Ok(subscription.latest)]);
@@ -211,7 +289,7 @@ impl TaskApi {
 
     pub async fn cancel(&self, id: &TaskId, reason: String) -> Result<Status, ApiError> {
         check_id(id)?;
-        let coordinator = self.coordinator()?;
+        let coordinator = self.leader_here().await?;
         let task = id.clone();
         let outcome = coordinator
             .call(
@@ -253,16 +331,34 @@ fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<
     }
 }
 
-/// The gRPC face of [`TaskApi`].
+/// The gRPC face of [`TaskApi`]; forwards what only the leader may do
+/// when this node's coordinator does not lead.
 pub struct TaskGrpc {
     api: TaskApi,
+    forwarder: Forwarder,
 }
 
 impl TaskGrpc {
     pub fn server(api: TaskApi, max_message_bytes: usize) -> TaskServiceServer<Self> {
-        TaskServiceServer::new(Self { api })
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes)
+        TaskServiceServer::new(Self {
+            api,
+            forwarder: Forwarder::new(max_message_bytes),
+        })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+    }
+
+    /// `None` when this node leads; otherwise the leader to forward to. A
+    /// request that was forwarded already is not forwarded again: two
+    /// coordinators that disagree on who leads must not bounce it forever.
+    async fn forward_to<T>(&self, request: &Request<T>) -> Result<Option<Route>, tonic::Status> {
+        match self.api.route().await? {
+            Route::Here => Ok(None),
+            Route::Leader { id, .. } if forward::was_forwarded(request) => {
+                Err(ApiError::NotLeader(id).into())
+            }
+            leader => Ok(Some(leader)),
+        }
     }
 }
 
@@ -274,6 +370,9 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
+        if let Some(leader) = self.forward_to(&request).await? {
+            return self.forwarder.submit(&leader, request.into_inner()).await;
+        }
         let request = request.into_inner();
         let reply = if request.wait {
             let record = self.api.run(&request.document).await?;
@@ -323,6 +422,9 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelReply>, tonic::Status> {
+        if let Some(leader) = self.forward_to(&request).await? {
+            return self.forwarder.cancel(&leader, request.into_inner()).await;
+        }
         let request = request.into_inner();
         let reason = if request.reason.is_empty() {
             "cancelled by request".to_owned()

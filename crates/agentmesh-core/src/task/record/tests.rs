@@ -133,3 +133,41 @@ fn record_round_trips_through_json() {
     let text = serde_json::to_string(&r).unwrap();
     assert_eq!(serde_json::from_str::<TaskRecord>(&text).unwrap(), r);
 }
+
+#[test]
+fn resume_keeps_completed_work_and_restarts_running_attempts_outside_the_budget() {
+    let mut r = average();
+    let a = r.start_attempt(0, w("w1"), 1001);
+    let b = r.start_attempt(1, w("w2"), 1001);
+    r.complete(0, a, json!({"words": 4}), 1002);
+    let before = r.revision;
+
+    // A new coordinator loads this record from the registry.
+    assert_eq!(r.resume("coordinator changed", 1003), vec![1]);
+    assert!(r.revision > before);
+    assert_eq!(r.subtasks[0].status, Status::Completed);
+    assert_eq!(r.subtasks[1].status, Status::Pending);
+    assert_eq!(r.subtasks[1].restarts, 1);
+    assert_eq!(r.budgeted_attempts(1), 0);
+
+    // The old coordinator's attempt can no longer land.
+    let again = r.start_attempt(1, w("w3"), 1004);
+    assert_eq!(again, b + 1);
+    assert_eq!(r.complete(1, b, json!({"words": 9}), 1005), Applied::Stale);
+    assert_eq!(r.budgeted_attempts(1), 1);
+    assert_eq!(
+        r.complete(1, again, json!({"words": 6}), 1006),
+        Applied::Changed
+    );
+    assert_eq!(r.ready(), vec![2]);
+}
+
+#[test]
+fn resuming_an_ended_or_untouched_task_changes_nothing() {
+    let mut r = average();
+    let revision = r.revision;
+    assert_eq!(r.resume("coordinator changed", 1001), vec![0, 1]);
+    assert_eq!(r.revision, revision);
+    r.cancel("stop".into(), 1002);
+    assert!(r.resume("coordinator changed", 1003).is_empty());
+}
