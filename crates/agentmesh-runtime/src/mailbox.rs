@@ -18,7 +18,7 @@ use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer
 use agentmesh_proto::v1::{DeliverAck, Envelope, LinkAck, LinkRefusal};
 use futures::{FutureExt, StreamExt};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -129,8 +129,22 @@ pub struct Router {
     /// Turns true when the node stops serving: inbound links end, so the
     /// server's graceful shutdown is not held up by streams that never end.
     closing: watch::Sender<bool>,
+    /// Endpoints whose link broke with an error, for whoever tracks work
+    /// sent there (see [`Router::broken_links`]).
+    broken: broadcast::Sender<BrokenLink>,
     config: MailboxConfig,
 }
+
+/// A link to another node that failed (reset, refused, timed out) rather
+/// than being closed by its peer.
+#[derive(Debug, Clone)]
+pub struct BrokenLink {
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// Broken-link notices a slow subscriber may fall behind by.
+const BROKEN_LINK_BACKLOG: usize = 256;
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,12 +158,21 @@ impl Router {
             local: RwLock::new(HashMap::new()),
             membership,
             links: Mutex::new(HashMap::new()),
+            broken: broadcast::channel(BROKEN_LINK_BACKLOG).0,
             closing: watch::Sender::new(false),
             config,
         })
     }
 
     /// A backlog bound for a new agent of this node, sized by the config.
+    /// Announces every link to another node that breaks: the connection
+    /// to that node failed, so what was delivered there may be lost. A
+    /// coordinator starts such attempts elsewhere without waiting for the
+    /// node's lease to run out.
+    pub fn broken_links(&self) -> broadcast::Receiver<BrokenLink> {
+        self.broken.subscribe()
+    }
+
     pub fn new_backlog(&self) -> Arc<Backlog> {
         Backlog::new(self.config.max_backlog_per_agent)
     }
@@ -239,7 +262,7 @@ impl Router {
         {
             return Ok(link.clone());
         }
-        let link = Link::open(endpoint, &self.config)?;
+        let link = Link::open(endpoint, &self.config, self.broken.clone())?;
         links.insert(endpoint.to_owned(), link.clone());
         Ok(link)
     }
@@ -552,6 +575,67 @@ mod tests {
                 .to_string()
                 .ends_with("no acknowledgement within 200ms"),
             "{error}"
+        );
+    }
+
+    /// A node whose link ends after the first envelope: with an error
+    /// (`crash`), or closed in order.
+    struct EndsAfterOne {
+        crash: bool,
+    }
+
+    #[tonic::async_trait]
+    impl AgentMailbox for EndsAfterOne {
+        async fn deliver(&self, _: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
+            Err(Status::unimplemented("links only"))
+        }
+
+        type LinkStream = ReceiverStream<Result<LinkAck, Status>>;
+
+        async fn link(
+            &self,
+            request: Request<Streaming<Envelope>>,
+        ) -> Result<Response<Self::LinkStream>, Status> {
+            let (acks, stream) = mpsc::channel(1);
+            let mut inbound = request.into_inner();
+            let crash = self.crash;
+            tokio::spawn(async move {
+                let _ = inbound.next().await;
+                if crash {
+                    let _ = acks.send(Err(Status::unavailable("node crashed"))).await;
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(stream)))
+        }
+    }
+
+    async fn link_ending(crash: bool) -> (String, broadcast::Receiver<BrokenLink>, Arc<Router>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentMailboxServer::new(EndsAfterOne { crash }))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let (_view, membership) = watch::channel(view(&[("w", &endpoint)]));
+        let sender = Router::new(membership, MailboxConfig::default());
+        let broken = sender.broken_links();
+        sender.send(env("w", "ping", vec![])).await.unwrap_err();
+        (endpoint, broken, sender)
+    }
+
+    #[tokio::test]
+    async fn a_link_that_fails_is_announced_and_one_closed_in_order_is_not() {
+        let (endpoint, mut broken, _router) = link_ending(true).await;
+        let notice = broken.try_recv().expect("a notice of the broken link");
+        assert_eq!(notice.endpoint, endpoint);
+        assert!(notice.reason.contains("node crashed"), "{notice:?}");
+
+        let (_, mut closed, _router) = link_ending(false).await;
+        let notice = closed.try_recv();
+        assert!(
+            matches!(notice, Err(broadcast::error::TryRecvError::Empty)),
+            "{notice:?}"
         );
     }
 

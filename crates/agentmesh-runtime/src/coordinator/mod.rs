@@ -47,7 +47,7 @@ pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
 use crate::config::{ATTEMPT_GRACE, CoordinatorConfig};
-use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
+use crate::mailbox::{self, Backlog, BrokenLink, DeliverError, LocalMailbox, Router, kind};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -122,6 +122,9 @@ pub enum CoordinatorMessage {
         error: String,
     },
     Membership(Arc<Membership>),
+    /// The connection to another node failed: attempts running there may
+    /// be lost with it.
+    LinkBroken(BrokenLink),
     /// The scheduler's view of every worker, for `agents`.
     Workers(RpcReplyPort<Vec<WorkerState>>),
     Tick,
@@ -197,6 +200,21 @@ impl Actor for Coordinator {
                 }
             }
         });
+        let mut broken = args.router.broken_links();
+        let events = myself.clone();
+        tokio::spawn(async move {
+            loop {
+                match broken.recv().await {
+                    Ok(link) => {
+                        if events.cast(CoordinatorMessage::LinkBroken(link)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         let ticks = myself.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
@@ -252,6 +270,7 @@ impl Actor for Coordinator {
                 error,
             } => state.retry(&task, subtask, attempt, error).await,
             CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
+            CoordinatorMessage::LinkBroken(link) => state.link_broken(link).await,
             CoordinatorMessage::Workers(reply) => {
                 let _ = reply.send(state.pool.workers().cloned().collect());
             }
@@ -516,17 +535,7 @@ impl CoordinatorState {
         if gone.is_empty() {
             return;
         }
-        let lost: Vec<(TaskId, usize, u32, AgentId)> = self
-            .tasks
-            .values()
-            .flat_map(|record| {
-                record.subtasks.iter().enumerate().filter_map(|(i, s)| {
-                    let worker = s.worker.as_ref()?;
-                    (s.status == Status::Running && gone.contains(worker))
-                        .then(|| (record.id.clone(), i, s.attempts, worker.clone()))
-                })
-            })
-            .collect();
+        let lost = self.running_on(|worker| gone.contains(worker));
         for (task, subtask, attempt, worker) in lost {
             self.retry(
                 &task,
@@ -536,6 +545,45 @@ impl CoordinatorState {
             )
             .await;
         }
+    }
+
+    /// Starts again elsewhere every attempt running on a node whose
+    /// connection failed — typically a killed process, noticed long before
+    /// its lease runs out. Should the node be alive after all, its late
+    /// results are stale and ignored.
+    async fn link_broken(&mut self, link: BrokenLink) {
+        let workers: Vec<&AgentId> = self
+            .membership
+            .agents
+            .values()
+            .filter(|agent| agent.endpoint == link.endpoint)
+            .map(|agent| &agent.id)
+            .collect();
+        if workers.is_empty() {
+            return;
+        }
+        let lost = self.running_on(|worker| workers.contains(&worker));
+        for (task, subtask, attempt, worker) in lost {
+            let reason = format!(
+                "connection to worker '{worker}' at {} failed: {}",
+                link.endpoint, link.reason
+            );
+            self.retry(&task, subtask, attempt, reason).await;
+        }
+    }
+
+    /// The running attempts on the workers `on` selects.
+    fn running_on(&self, on: impl Fn(&AgentId) -> bool) -> Vec<(TaskId, usize, u32, AgentId)> {
+        self.tasks
+            .values()
+            .flat_map(|record| {
+                record.subtasks.iter().enumerate().filter_map(|(i, s)| {
+                    let worker = s.worker.as_ref()?;
+                    (s.status == Status::Running && on(worker))
+                        .then(|| (record.id.clone(), i, s.attempts, worker.clone()))
+                })
+            })
+            .collect()
     }
 
     /// Ends tasks past their time limit, and starts again elsewhere the

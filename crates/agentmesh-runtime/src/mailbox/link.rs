@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
 use agentmesh_proto::v1::{Envelope, LinkAck};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::debug;
 
-use super::ENVELOPE_OVERHEAD;
+use super::{BrokenLink, ENVELOPE_OVERHEAD};
 use crate::config::MailboxConfig;
 
 /// Envelopes queued for the stream before senders wait.
@@ -48,7 +48,11 @@ pub(super) struct Link {
 impl Link {
     /// Starts connecting in the background; envelopes sent meanwhile wait
     /// in the outbound buffer.
-    pub(super) fn open(endpoint: &str, config: &MailboxConfig) -> Result<Arc<Self>, String> {
+    pub(super) fn open(
+        endpoint: &str,
+        config: &MailboxConfig,
+        broken: broadcast::Sender<BrokenLink>,
+    ) -> Result<Arc<Self>, String> {
         let channel = Endpoint::from_shared(crate::endpoint::uri(endpoint))
             .map_err(|e| format!("bad endpoint: {e}"))?
             .connect_timeout(config.deliver_timeout)
@@ -68,7 +72,7 @@ impl Link {
             in_flight: Semaphore::new(config.max_in_flight_per_node.max(1)),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(run(link.clone(), client, queued));
+        tokio::spawn(run(link.clone(), client, queued, broken));
         tokio::spawn(sweep(Arc::downgrade(&link)));
         Ok(link)
     }
@@ -176,21 +180,35 @@ async fn run(
     link: Arc<Link>,
     mut client: AgentMailboxClient<tonic::transport::Channel>,
     queued: mpsc::Receiver<Envelope>,
+    broken: broadcast::Sender<BrokenLink>,
 ) {
-    let reason = match client.link(ReceiverStream::new(queued)).await {
+    let (reason, failed) = match client.link(ReceiverStream::new(queued)).await {
         Ok(response) => {
             let mut acks = response.into_inner();
             loop {
                 match acks.message().await {
                     Ok(Some(ack)) => link.acknowledge(ack),
-                    Ok(None) => break "the peer closed the stream".to_owned(),
-                    Err(status) => break format!("{}: {}", status.code(), status.message()),
+                    // The peer stops serving only after it has handed its
+                    // work back: nothing sent there is lost.
+                    Ok(None) => break ("the peer closed the stream".to_owned(), false),
+                    Err(status) => {
+                        break (format!("{}: {}", status.code(), status.message()), true);
+                    }
                 }
             }
         }
-        Err(status) => format!("{}: {}", status.code(), status.message()),
+        Err(status) => (format!("{}: {}", status.code(), status.message()), true),
     };
-    debug!(%reason, "mailbox link closed");
+    debug!(%reason, endpoint = %link.endpoint, "mailbox link closed");
+    if failed {
+        // Announced before the senders waiting on the link hear of it, so
+        // whoever reacts to their errors finds the notice already there.
+        // Nobody listening is fine: no coordinator on this node.
+        let _ = broken.send(BrokenLink {
+            endpoint: link.endpoint.clone(),
+            reason: reason.clone(),
+        });
+    }
     link.close(&reason);
 }
 
