@@ -507,3 +507,104 @@ fn a_node_reports_not_serving_while_etcd_is_down_and_recovers_by_itself() {
     assert!(agents.stdout.contains("coordinator-1"), "{agents}");
     node.process.assert_no_panic();
 }
+
+/// Two coordinators: the second is a standby that forwards what only the
+/// leader may do. On SIGTERM the leader resigns, so the standby takes over
+/// long before the leader's 30 s lease would have run out, and resumes the
+/// task that was running.
+#[test]
+fn a_standby_coordinator_forwards_submits_and_takes_over_when_the_leader_stops() {
+    let etcd = Etcd::start();
+    let url = etcd.client_url();
+    let long_ttl = ["--lease-ttl", "30"];
+    let first = start_node(
+        "coordinator-1",
+        &url,
+        "coordinator",
+        &[&["--id", "coordinator-1"][..], &long_ttl].concat(),
+    );
+    let leader_of = |node: &Node| -> Option<String> {
+        let out = run_cli(&["agents", "--endpoint", &node.endpoint, "--json"]);
+        out.success().then_some(())?;
+        out.json()
+            .as_array()?
+            .iter()
+            .find(|a| a["leader"] == true)
+            .and_then(|a| a["id"].as_str().map(str::to_owned))
+    };
+    eventually("coordinator-1 to lead", Duration::from_secs(15), || {
+        (leader_of(&first).as_deref() == Some("coordinator-1")).then_some(())
+    });
+    let second = start_node(
+        "coordinator-2",
+        &url,
+        "coordinator",
+        &[&["--id", "coordinator-2"][..], &long_ttl].concat(),
+    );
+    let worker = start_node(
+        "worker",
+        &url,
+        "worker",
+        &[
+            "--id",
+            "worker-1",
+            "--capabilities",
+            "sleep",
+            "--lease-ttl",
+            "3",
+        ],
+    );
+    eventually(
+        "the standby to see the worker",
+        Duration::from_secs(15),
+        || {
+            let out = run_cli(&["agents", "--endpoint", &second.endpoint, "--json"]);
+            (out.success() && out.stdout.contains("worker-1")).then_some(())
+        },
+    );
+
+    // Submitted to the standby, which forwards it to the leader.
+    let dir = tempfile::tempdir().unwrap();
+    let nap = task_file(
+        &dir,
+        "nap.yaml",
+        "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
+    );
+    let out = run_cli(&["submit", "--endpoint", &second.endpoint, &nap]);
+    assert!(out.success(), "{out}");
+    let id = out.stdout.trim().to_owned();
+    let status_at = |node: &Node| {
+        let out = run_cli(&["task", "status", &id, "--endpoint", &node.endpoint]);
+        out.success().then(|| out.json())
+    };
+    eventually("the nap to run", Duration::from_secs(10), || {
+        (status_at(&second)?["status"] == "running").then_some(())
+    });
+
+    first.process.signal("TERM");
+    let exit = first
+        .process
+        .wait_exit(Duration::from_secs(20))
+        .expect("the leader to exit");
+    assert!(exit.success(), "the leader exited with {exit}");
+    // Well inside the 30 s lease: only a resign explains it.
+    eventually("coordinator-2 to lead", Duration::from_secs(10), || {
+        (leader_of(&second).as_deref() == Some("coordinator-2")).then_some(())
+    });
+    let done = eventually("the nap to finish", Duration::from_secs(20), || {
+        let record = status_at(&second)?;
+        record["status"]
+            .as_str()
+            .is_some_and(|s| s != "running" && s != "pending")
+            .then_some(record)
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"], json!({"slept_ms": 1500}));
+    assert_eq!(
+        done["subtasks"][0]["attempts"], 2,
+        "the new leader started the running attempt again: {done}"
+    );
+    for node in [&first, &second, &worker] {
+        node.process.assert_no_panic();
+    }
+}
