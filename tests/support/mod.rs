@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod netns;
+
 /// How often [`eventually`] and the other waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How long [`Etcd`] waits for `/health` before giving up.

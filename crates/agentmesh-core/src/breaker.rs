@@ -197,6 +197,20 @@ impl CircuitBreaker {
         };
     }
 
+    /// The worker could not be reached at all (its connection broke, or a
+    /// delivery was refused at the transport): open at once for a
+    /// cool-down, whatever the count. Waiting for `failures_to_open` such
+    /// failures would only send more attempts into the void.
+    pub fn trip(&mut self, now_ms: u64) {
+        let reopen = now_ms.saturating_add(self.policy.cool_down_ms);
+        self.state = match self.state {
+            BreakerState::Open { until_ms } => BreakerState::Open {
+                until_ms: until_ms.max(reopen),
+            },
+            _ => BreakerState::Open { until_ms: reopen },
+        };
+    }
+
     /// An attempt ended without a verdict (cancelled, worker lost): it says
     /// nothing about the worker, so counts stay; a half-open probe's slot is
     /// freed for the next probe.
@@ -209,6 +223,27 @@ impl CircuitBreaker {
                 probe_in_flight: false,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod trip_tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_worker_is_out_at_once_and_probed_after_the_cool_down() {
+        let policy = BreakerPolicy {
+            failures_to_open: 5,
+            cool_down_ms: 1000,
+        };
+        let mut breaker = CircuitBreaker::new(policy);
+        breaker.trip(100);
+        assert!(!breaker.admits(500));
+        assert!(breaker.admits(1100), "one probe after the cool-down");
+        breaker.on_dispatch(1100);
+        breaker.trip(1200);
+        assert!(!breaker.admits(2100));
+        assert!(breaker.admits(2200));
     }
 }
 

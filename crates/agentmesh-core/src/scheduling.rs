@@ -482,6 +482,12 @@ impl WorkerPool {
         });
     }
 
+    /// Takes a worker that could not be reached out of placement for a
+    /// breaker cool-down (see [`CircuitBreaker::trip`]).
+    pub fn trip(&mut self, id: &AgentId, now_ms: u64) {
+        self.update(id, |worker| worker.breaker.trip(now_ms));
+    }
+
     /// Records the end of an attempt; `success` is `None` when the attempt
     /// was abandoned without a verdict (cancelled, worker lost).
     ///
@@ -814,6 +820,26 @@ mod tests {
         assert_eq!(breaker_of(&p, "w"), BreakerState::Open { until_ms: 2_500 });
         assert_eq!(p.select("c", 2_499), None);
         assert_eq!(p.select("c", 2_500), Some(w));
+        assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn an_unreachable_worker_is_tripped_out_of_placement_at_once() {
+        let dead = AgentId::new("dead");
+        let alive = AgentId::new("alive");
+        let mut p = breaker_pool(&[
+            registration("dead", &["c"], 8),
+            registration("alive", &["c"], 1),
+        ]);
+        p.trip(&dead, 10);
+        assert_eq!(p.select("c", 11), Some(alive.clone()));
+        p.acquire(&alive, 11);
+        assert_eq!(p.select("c", 12), None, "no placement on the dead one");
+        assert_eq!(
+            p.select("c", 1_010),
+            Some(dead),
+            "probed after the cool-down"
+        );
         assert_index_consistent(&p);
     }
 

@@ -289,6 +289,7 @@ fn result_of(
         }),
         elapsed_us: elapsed.as_micros() as u64,
         handed_back: false,
+        term: assignment.term,
     }
 }
 

@@ -23,11 +23,14 @@ use prost::Message;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A worker that never answers its first attempt of anything (it "dies"
-/// with its coordinator) and answers later attempts with `6*7`.
+/// with its coordinator) and answers later attempts with `6*7` — right
+/// after a wrong answer for the same attempt number under the first
+/// attempt's term, as a worker of the old leader's lost attempt would.
 struct FirstAttemptLost {
     id: AgentId,
     router: Arc<Router>,
     seen: Mutex<Vec<(String, u32)>>,
+    first_term: Mutex<Option<i64>>,
 }
 
 impl LocalMailbox for FirstAttemptLost {
@@ -40,25 +43,36 @@ impl LocalMailbox for FirstAttemptLost {
             .lock()
             .unwrap()
             .push((envelope.from.clone(), assignment.attempt));
+        let first_term = *self
+            .first_term
+            .lock()
+            .unwrap()
+            .get_or_insert(assignment.term);
         if assignment.attempt >= 2 {
-            let result = SubtaskResult {
-                task_id: assignment.task_id,
-                subtask_id: assignment.subtask_id,
-                attempt: assignment.attempt,
-                worker_id: self.id.to_string(),
-                outcome: Some(subtask_result::Outcome::OutputJson(
-                    r#"{"value":42}"#.into(),
-                )),
-                ..Default::default()
+            let answer = |output: &str, term: i64| {
+                let result = SubtaskResult {
+                    task_id: assignment.task_id.clone(),
+                    subtask_id: assignment.subtask_id.clone(),
+                    attempt: assignment.attempt,
+                    worker_id: self.id.to_string(),
+                    outcome: Some(subtask_result::Outcome::OutputJson(output.into())),
+                    term,
+                    ..Default::default()
+                };
+                mailbox::envelope(
+                    &self.id,
+                    &AgentId::new(envelope.from.clone()),
+                    kind::SUBTASK_RESULT,
+                    result,
+                )
             };
-            let reply = mailbox::envelope(
-                &self.id,
-                &AgentId::new(envelope.from),
-                kind::SUBTASK_RESULT,
-                result,
-            );
+            let stale = answer(r#"{"value":7}"#, first_term);
+            let current = answer(r#"{"value":42}"#, assignment.term);
             let router = self.router.clone();
-            tokio::spawn(async move { router.send(reply).await.unwrap() });
+            tokio::spawn(async move {
+                router.send(stale).await.unwrap();
+                router.send(current).await.unwrap();
+            });
         }
         Ok(())
     }
@@ -104,6 +118,7 @@ async fn leader_with_a_running_task() -> (Cluster, agentmesh_core::TaskId) {
         id: AgentId::new("worker"),
         router: router.clone(),
         seen: Mutex::new(Vec::new()),
+        first_term: Mutex::new(None),
     });
     router.add_local(worker.id.clone(), worker.clone());
     second

@@ -120,6 +120,8 @@ pub enum CoordinatorMessage {
         subtask: usize,
         attempt: u32,
         error: String,
+        /// The worker's node could not be reached at all (not merely busy).
+        unreachable: bool,
     },
     Membership(Arc<Membership>),
     /// The connection to another node failed: attempts running there may
@@ -161,6 +163,9 @@ pub struct CoordinatorState {
     /// Present while this coordinator leads; its writer is fenced with the
     /// term's leadership.
     writer: Option<RecordWriter>,
+    /// The current term (the fence revision); assignments carry it and
+    /// results of other terms are stale.
+    term: i64,
     config: CoordinatorConfig,
     /// Unfinished tasks this coordinator owns.
     tasks: HashMap<TaskId, TaskRecord>,
@@ -233,6 +238,7 @@ impl Actor for Coordinator {
             registry: args.registry,
             hub: args.hub,
             writer: None,
+            term: 0,
             config: args.config,
             tasks: HashMap::new(),
             queue: VecDeque::new(),
@@ -268,7 +274,13 @@ impl Actor for Coordinator {
                 subtask,
                 attempt,
                 error,
-            } => state.retry(&task, subtask, attempt, error).await,
+                unreachable,
+            } => {
+                if unreachable {
+                    state.trip_worker_of(&task, subtask);
+                }
+                state.retry(&task, subtask, attempt, error).await
+            }
             CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
             CoordinatorMessage::LinkBroken(link) => state.link_broken(link).await,
             CoordinatorMessage::Workers(reply) => {
@@ -299,6 +311,7 @@ impl CoordinatorState {
             self.relinquish().await;
         }
         let fence = leadership.fence.revision;
+        self.term = fence;
         self.writer = Some(RecordWriter::spawn(
             self.registry.clone(),
             leadership,
@@ -414,6 +427,10 @@ impl CoordinatorState {
 
     async fn apply_result(&mut self, result: SubtaskResult) {
         let id = TaskId::new(result.task_id.clone());
+        if result.term != self.term {
+            debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, term = result.term, "ignoring result of an earlier term");
+            return;
+        }
         let Some(record) = self.tasks.get_mut(&id) else {
             debug!(task_id = %id, "result for a task that is no longer active");
             return;
@@ -468,7 +485,7 @@ impl CoordinatorState {
             debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "ignoring stale result");
             return;
         }
-        debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "result applied");
+        debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, term = result.term, "result applied");
         self.pool.release(&worker, Some(success), now);
         let completed_id = result.subtask_id;
         let newly_ready: Vec<usize> = record
@@ -562,13 +579,38 @@ impl CoordinatorState {
         if workers.is_empty() {
             return;
         }
-        let lost = self.running_on(|worker| workers.contains(&worker));
+        let now = now_ms();
+        let workers: Vec<AgentId> = workers.into_iter().cloned().collect();
+        for worker in &workers {
+            self.pool.trip(worker, now);
+        }
+        let lost = self.running_on(|worker| workers.contains(worker));
+        warn!(
+            endpoint = %link.endpoint,
+            reason = %link.reason,
+            workers = workers.len(),
+            attempts = lost.len(),
+            "link to a node broke: its workers sit out a cool-down, their attempts start elsewhere"
+        );
         for (task, subtask, attempt, worker) in lost {
             let reason = format!(
                 "connection to worker '{worker}' at {} failed: {}",
                 link.endpoint, link.reason
             );
             self.retry(&task, subtask, attempt, reason).await;
+        }
+    }
+
+    /// Takes the worker of a subtask's current attempt out of placement
+    /// for a breaker cool-down: it could not be reached.
+    fn trip_worker_of(&mut self, task: &TaskId, subtask: usize) {
+        let worker = self
+            .tasks
+            .get(task)
+            .and_then(|record| record.subtasks[subtask].worker.clone());
+        if let Some(worker) = worker {
+            warn!(worker = %worker, "worker unreachable: out of placement for a cool-down");
+            self.pool.trip(&worker, now_ms());
         }
     }
 
@@ -729,8 +771,9 @@ impl CoordinatorState {
                 capability: subtask.capability.clone(),
                 input_json: input.to_string(),
                 timeout_ms: subtask.timeout_ms.unwrap_or(0),
+                term: self.term,
             };
-            debug!(task_id = %id, subtask = %subtask.id, attempt, worker = %worker, "dispatching");
+            debug!(task_id = %id, subtask = %subtask.id, attempt, term = self.term, worker = %worker, "dispatching");
             let envelope = mailbox::envelope(&self.id, &worker, kind::SUBTASK_ASSIGN, assignment);
             self.finish_change(&id).await;
             dispatch(
@@ -762,6 +805,7 @@ fn dispatch(
                 task,
                 subtask,
                 attempt,
+                unreachable: matches!(error, DeliverError::Unreachable { .. }),
                 error: error.to_string(),
             });
         }
