@@ -290,38 +290,6 @@ async fn connect(endpoint: &str) -> Result<Channel, String> {
     }
 }
 
-/// The `leader` flag of an agent as `ListAgents` reports it: `Some` once
-/// the wire type has the field, `None` before. Read through `Debug` so this
-/// file compiles with and without the field.
-fn leader_flag(agent: &pb::AgentInfo) -> Option<bool> {
-    let text = format!("{agent:?}");
-    if text.contains("leader: true") {
-        Some(true)
-    } else if text.contains("leader: false") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// Whether a coordinator's log says it currently leads: its latest
-/// leadership line is a win.
-fn log_says_leader(process: &Process) -> bool {
-    let mut leading = false;
-    for line in process.output_lines() {
-        if line.contains("coordinator leadership won")
-            || line.contains("won coordinator leadership")
-        {
-            leading = true;
-        } else if line.contains("coordinator leadership lost")
-            || line.contains("coordinator leadership ended")
-        {
-            leading = false;
-        }
-    }
-    leading
-}
-
 /// etcd, coordinators and workers on loopback. Every process ever started
 /// stays here (killed ones too) so its log can be checked at the end.
 struct Cluster {
@@ -452,43 +420,15 @@ impl Cluster {
         );
     }
 
-    /// The live coordinator that leads: from `ListAgents`' `leader` flag
-    /// once the wire type has it, from the coordinators' logs before.
+    /// The live coordinator that `ListAgents` marks as the leader.
     fn leader(&self) -> Option<String> {
         let live = self.live_coordinators();
         let live_ids: HashSet<&str> = live.iter().map(|n| n.process.name()).collect();
-        let mut flag_known = false;
-        for node in &live {
-            let Ok(agents) = list_agents(&self.rt, &node.endpoint) else {
-                continue;
-            };
-            for agent in &agents {
-                match leader_flag(agent) {
-                    Some(true) if live_ids.contains(agent.id.as_str()) => {
-                        return Some(agent.id.clone());
-                    }
-                    Some(_) => flag_known = true,
-                    None => {}
-                }
-            }
-        }
-        if flag_known {
-            return None;
-        }
-        let mut leaders = live.iter().filter(|n| log_says_leader(&n.process));
-        match (leaders.next(), leaders.next()) {
-            (Some(only), None) => Some(only.process.name().to_owned()),
-            _ => None,
-        }
-    }
-
-    /// Where [`Cluster::leader`] reads the leader from.
-    fn leader_source(&self) -> &'static str {
-        let flagged = self.live_coordinators().iter().any(|node| {
-            list_agents(&self.rt, &node.endpoint)
-                .is_ok_and(|agents| agents.iter().any(|a| leader_flag(a).is_some()))
-        });
-        if flagged { "list_agents" } else { "logs" }
+        live.iter()
+            .filter_map(|node| list_agents(&self.rt, &node.endpoint).ok())
+            .flatten()
+            .find(|agent| agent.leader && live_ids.contains(agent.id.as_str()))
+            .map(|agent| agent.id)
     }
 
     fn assert_no_panic(&self) {
@@ -1602,11 +1542,10 @@ fn leader_coordinator_sigkill_with_two_standbys() {
     );
     println!(
         "CHAOS scenario=leader-kill {} {} killed_leader={first_leader} new_leader={new_leader} \
-         leader_source={} accepted_before_kill={accepted_before_kill} new_leader_seen_ms={} \
+         accepted_before_kill={accepted_before_kill} new_leader_seen_ms={} \
          first_resumed_dispatch_ms={} wall_s={:.1}",
         summary.fields(),
         applied.fields(),
-        cluster.leader_source(),
         failover.as_millis(),
         resumed_ms.map_or("n/a".to_owned(), |ms| ms.to_string()),
         started.elapsed().as_secs_f64()
