@@ -54,7 +54,7 @@ use tonic::{Code, Status};
 use support::netns::NetnsPair;
 use support::{
     Etcd, NODE_START_TIMEOUT, Node, Process, Stream, agentmesh_bin, etcd_binary, eventually,
-    parse_listening_line,
+    start_node_with_env,
 };
 
 /// Lease TTL of every node: failure detection within about 2 s.
@@ -191,41 +191,6 @@ fn check_result(record: &pb::TaskRecord, index: usize, nap_ms: u64) -> Option<St
 // Nodes
 // ---------------------------------------------------------------------------
 
-/// `agentmesh node --role ROLE --etcd URL --listen 127.0.0.1:0 ARGS...`
-/// with extra environment (the harness's `start_node` takes none); waits
-/// for its `listening on` line.
-fn spawn_node(
-    name: &str,
-    etcd_url: &str,
-    role: &str,
-    extra: &[&str],
-    envs: &[(&str, &str)],
-) -> Node {
-    let mut args = vec![
-        "node",
-        "--role",
-        role,
-        "--etcd",
-        etcd_url,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let process = Process::spawn(name, agentmesh_bin(), &args, envs);
-    let line = process.wait_for_line_where(
-        "a stdout line `listening on 127.0.0.1:PORT`",
-        NODE_START_TIMEOUT,
-        |stream, line| stream == Stream::Stdout && line.trim_start().starts_with("listening on "),
-    );
-    let addr = parse_listening_line(&line)
-        .unwrap_or_else(|e| panic!("{name}: {e}\n--- last lines ---\n{}", process.log_tail(40)));
-    Node {
-        endpoint: format!("http://{addr}"),
-        addr: addr.to_string(),
-        process,
-    }
-}
-
 fn coordinator_args(id: &str) -> Vec<&str> {
     let mut args = vec!["--id", id, "--lease-ttl", LEASE_TTL];
     args.extend_from_slice(&COORDINATOR_FLAGS);
@@ -318,7 +283,7 @@ impl Cluster {
         let url = cluster.etcd.client_url();
         for n in 1..=coordinators {
             let id = format!("coordinator-{n}");
-            let node = spawn_node(
+            let node = start_node_with_env(
                 &id,
                 &url,
                 "coordinator",
@@ -344,7 +309,7 @@ impl Cluster {
     fn add_worker(&mut self) -> String {
         self.workers_started += 1;
         let id = format!("worker-{}", self.workers_started);
-        let node = spawn_node(
+        let node = start_node_with_env(
             &id,
             &self.etcd.client_url(),
             "worker",
@@ -459,6 +424,22 @@ struct Load {
     settle: Duration,
 }
 
+impl Load {
+    /// The load of the fail-over scenarios: `tasks` naps of 500 ms, 20
+    /// submits a second round-robin over every coordinator, 32 in flight.
+    fn failover(tasks: usize, submit_window: Duration, settle: Duration) -> Self {
+        Self {
+            tasks,
+            nap_ms: 500,
+            rate: 20.0,
+            in_flight: 32,
+            round_robin: true,
+            submit_window,
+            settle,
+        }
+    }
+}
+
 /// Shared with the test thread while the driver runs.
 #[derive(Default)]
 struct Progress {
@@ -466,6 +447,22 @@ struct Progress {
     terminal: AtomicUsize,
     /// Set when the driver has returned its summary.
     finished: AtomicBool,
+}
+
+impl Progress {
+    /// Waits (60 s at most) until a third of `tasks` are accepted, or the
+    /// driver has given up.
+    fn wait_for_a_third_accepted(&self, tasks: usize) {
+        eventually(
+            "a third of the tasks to be accepted",
+            Duration::from_secs(60),
+            || {
+                (self.accepted.load(Ordering::SeqCst) >= tasks / 3
+                    || self.finished.load(Ordering::SeqCst))
+                .then_some(())
+            },
+        );
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1495,25 +1492,9 @@ fn leader_coordinator_sigkill_with_two_standbys() {
         Duration::from_secs(15),
         || cluster.leader(),
     );
-    let load = Load {
-        tasks: TASKS,
-        nap_ms: 500,
-        rate: 20.0,
-        in_flight: 32,
-        round_robin: true,
-        submit_window: Duration::from_secs(90),
-        settle: Duration::from_secs(45),
-    };
+    let load = Load::failover(TASKS, Duration::from_secs(90), Duration::from_secs(45));
     let (progress, driver) = drive(cluster.coordinator_endpoints(), load);
-    eventually(
-        "a third of the tasks to be accepted",
-        Duration::from_secs(60),
-        || {
-            (progress.accepted.load(Ordering::SeqCst) >= TASKS / 3
-                || progress.finished.load(Ordering::SeqCst))
-            .then_some(())
-        },
-    );
+    progress.wait_for_a_third_accepted(TASKS);
     let accepted_before_kill = progress.accepted.load(Ordering::SeqCst);
     let killed_at = cluster.kill(&first_leader);
     let killed_instant = Instant::now();
@@ -1572,25 +1553,9 @@ fn etcd_down_for_10s_mid_load() {
     const OUTAGE: Duration = Duration::from_secs(10);
     let started = Instant::now();
     let cluster = Cluster::start(2, 3);
-    let load = Load {
-        tasks: TASKS,
-        nap_ms: 500,
-        rate: 20.0,
-        in_flight: 32,
-        round_robin: true,
-        submit_window: Duration::from_secs(100),
-        settle: Duration::from_secs(60),
-    };
+    let load = Load::failover(TASKS, Duration::from_secs(100), Duration::from_secs(60));
     let (progress, driver) = drive(cluster.coordinator_endpoints(), load);
-    eventually(
-        "a third of the tasks to be accepted",
-        Duration::from_secs(60),
-        || {
-            (progress.accepted.load(Ordering::SeqCst) >= TASKS / 3
-                || progress.finished.load(Ordering::SeqCst))
-            .then_some(())
-        },
-    );
+    progress.wait_for_a_third_accepted(TASKS);
     let accepted_before = progress.accepted.load(Ordering::SeqCst);
     cluster.etcd.stop();
     let stopped_at = Instant::now();

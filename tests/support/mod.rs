@@ -1077,6 +1077,17 @@ pub struct Node {
 /// 127.0.0.1:PORT`, which the node prints once after binding. Panics with the
 /// node's output if the line does not come or does not parse.
 pub fn start_node(name: &str, etcd_url: &str, role: &str, extra_args: &[&str]) -> Node {
+    start_node_with_env(name, etcd_url, role, extra_args, &[])
+}
+
+/// [`start_node`] with extra environment variables for the node.
+pub fn start_node_with_env(
+    name: &str,
+    etcd_url: &str,
+    role: &str,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+) -> Node {
     let mut args = vec![
         "node",
         "--role",
@@ -1087,7 +1098,7 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, extra_args: &[&str]) -
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra_args);
-    let process = Process::spawn(name, agentmesh_bin(), &args, &[]);
+    let process = Process::spawn(name, agentmesh_bin(), &args, envs);
     let line = process.wait_for_line_where(
         "a stdout line `listening on 127.0.0.1:PORT`",
         NODE_START_TIMEOUT,

@@ -206,23 +206,18 @@ impl NetnsPair {
     /// Drops every packet between B and A's address, both ways, with
     /// iptables rules inside B (B's own namespace: nothing else is touched).
     pub fn partition_b_from_a(&self) {
-        for rule in self.partition_rules() {
-            let mut args = vec!["-w", "-I"];
-            args.extend(rule.iter().map(String::as_str));
-            let out = self.run_in(&self.b, &self.iptables, &args);
-            assert!(
-                out.success(),
-                "iptables {} in {}:\n{out}",
-                args.join(" "),
-                self.b
-            );
-        }
+        self.change_partition_rules("-I");
     }
 
     /// Deletes the rules of [`NetnsPair::partition_b_from_a`].
     pub fn heal(&self) {
+        self.change_partition_rules("-D");
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`) the partition rules in B.
+    fn change_partition_rules(&self, action: &str) {
         for rule in self.partition_rules() {
-            let mut args = vec!["-w", "-D"];
+            let mut args = vec!["-w", action];
             args.extend(rule.iter().map(String::as_str));
             let out = self.run_in(&self.b, &self.iptables, &args);
             assert!(

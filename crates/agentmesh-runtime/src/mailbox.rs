@@ -439,11 +439,16 @@ mod tests {
 
     /// A node serving `router`'s mailbox on a free loopback port.
     async fn serve(router: Arc<Router>) -> String {
+        serve_mailbox(MailboxService::server(router)).await
+    }
+
+    /// `mailbox` served on a free loopback port; returns its endpoint.
+    async fn serve_mailbox<M: AgentMailbox>(mailbox: AgentMailboxServer<M>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(MailboxService::server(router))
+                .add_service(mailbox)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
         addr.to_string()
@@ -556,13 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unanswered_envelope_fails_after_the_delivery_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AgentMailboxServer::new(Silent))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
+        let endpoint = serve_mailbox(AgentMailboxServer::new(Silent)).await;
         let (_view, membership) = watch::channel(view(&[("mute", &endpoint)]));
         let config = MailboxConfig {
             deliver_timeout: std::time::Duration::from_millis(200),
@@ -610,13 +609,7 @@ mod tests {
     }
 
     async fn link_ending(crash: bool) -> (String, broadcast::Receiver<BrokenLink>, Arc<Router>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = listener.local_addr().unwrap().to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AgentMailboxServer::new(EndsAfterOne { crash }))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
+        let endpoint = serve_mailbox(AgentMailboxServer::new(EndsAfterOne { crash })).await;
         let (_view, membership) = watch::channel(view(&[("w", &endpoint)]));
         let sender = Router::new(membership, MailboxConfig::default());
         let broken = sender.broken_links();
