@@ -10,6 +10,7 @@ pub mod agent;
 pub mod breaker;
 pub mod builtin;
 pub mod ids;
+pub mod reputation;
 pub mod retry;
 pub mod scheduling;
 pub mod task;
