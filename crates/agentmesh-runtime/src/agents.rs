@@ -17,6 +17,7 @@ use crate::coordinator::leadership::LeadershipLoop;
 use crate::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, RecordHub,
 };
+use crate::faults::Faults;
 use crate::mailbox::Router;
 use crate::node::NodeError;
 use crate::tools::ToolBox;
@@ -99,6 +100,7 @@ pub struct StartedWorker {
 pub async fn start_worker(
     registration: AgentRegistration,
     tools: ToolBox,
+    faults: Faults,
     registry: Arc<dyn Registry>,
     router: Arc<Router>,
 ) -> Result<StartedWorker, NodeError> {
@@ -112,6 +114,7 @@ pub async fn start_worker(
         max_concurrency: registration.max_concurrency,
         load: load.clone(),
         backlog: backlog.clone(),
+        faults,
     };
     let (actor, _) = Actor::spawn(None, Worker, args)
         .await

@@ -1,6 +1,7 @@
 //! The node's configuration: one typed struct, validated before any port is
 //! bound. The binary fills it from flags and `AGENTMESH_*` variables.
 
+use crate::faults::Faults;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct NodeConfig {
     pub mailbox: MailboxConfig,
     /// Time the node waits for in-flight work when asked to stop.
     pub drain_timeout: Duration,
+    /// Misbehaviour a worker or peer injects on purpose; for tests and
+    /// demonstrations only, none by default.
+    pub faults: Faults,
 }
 
 /// Knobs of the coordinator role.
@@ -147,6 +151,7 @@ impl NodeConfig {
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            faults: Faults::default(),
         }
     }
 

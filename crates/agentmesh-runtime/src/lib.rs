@@ -9,6 +9,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod endpoint;
 pub mod error;
+pub mod faults;
 pub mod local;
 pub mod mailbox;
 pub mod node;

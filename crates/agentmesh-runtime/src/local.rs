@@ -62,6 +62,7 @@ impl LocalCluster {
                 agents::start_worker(
                     registration,
                     tools.clone(),
+                    config.faults.clone(),
                     registry.clone(),
                     router.clone(),
                 )

@@ -82,6 +82,10 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let tools = ToolBox::builtin(&config.http_allow);
         config.validate(&tools)?;
+        if !config.faults.is_empty() {
+            let faults: Vec<String> = config.faults.0.iter().map(ToString::to_string).collect();
+            warn!(faults = %faults.join(","), "fault injection is on: this node misbehaves on purpose");
+        }
         let addr = listener.local_addr()?;
         let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let router = Router::new(registry.membership(), config.mailbox.clone());
@@ -120,8 +124,14 @@ impl Node {
                     version: VERSION.to_owned(),
                 };
                 worker = Some(
-                    agents::start_worker(registration, tools, registry.clone(), router.clone())
-                        .await?,
+                    agents::start_worker(
+                        registration,
+                        tools,
+                        config.faults.clone(),
+                        registry.clone(),
+                        router.clone(),
+                    )
+                    .await?,
                 );
             }
         }

@@ -30,6 +30,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::faults::Faults;
 use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 use crate::tools::{ToolBox, ToolError};
 
@@ -67,6 +68,8 @@ pub struct WorkerArguments {
     pub load: Arc<AtomicU32>,
     /// Shared with the worker's mailbox entry.
     pub backlog: Arc<Backlog>,
+    /// Misbehaviour injected on purpose (tests only; empty by default).
+    pub faults: Faults,
 }
 
 pub struct WorkerState {
@@ -79,6 +82,7 @@ pub struct WorkerState {
     /// Running attempts and the coordinator each one reports to.
     running: HashMap<AttemptKey, (AbortHandle, AgentId)>,
     draining: bool,
+    faults: Arc<Faults>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +107,7 @@ impl Actor for Worker {
             load: args.load,
             running: HashMap::new(),
             draining: false,
+            faults: Arc::new(args.faults),
         })
     }
 
@@ -202,11 +207,12 @@ impl WorkerState {
             return;
         }
         let tools = self.tools.clone();
+        let faults = self.faults.clone();
         let finished = key.clone();
         let reports_to = coordinator.clone();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = run(&tools, &assignment).await;
+            let outcome = run_with_faults(&tools, &assignment, &faults).await;
             let result = result_of(&id, &assignment, outcome, started.elapsed());
             // Bookkeeping first, so the slot is free before the coordinator
             // can hand it out again.
@@ -247,6 +253,26 @@ fn handed_back(worker: &AgentId, assignment: &SubtaskAssignment, reason: String)
     SubtaskResult {
         handed_back: true,
         ..result_of(worker, assignment, Err(reason), Duration::ZERO)
+    }
+}
+
+/// [`run`], misbehaving as `faults` say.
+async fn run_with_faults(
+    tools: &ToolBox,
+    assignment: &SubtaskAssignment,
+    faults: &Faults,
+) -> Result<String, String> {
+    if faults.is_empty() {
+        return run(tools, assignment).await;
+    }
+    tokio::time::sleep(faults.delay()).await;
+    if faults.fails() {
+        return Err("injected fault: the attempt failed on purpose (--fault fail)".into());
+    }
+    let output = run(tools, assignment).await?;
+    match serde_json::from_str(&output) {
+        Ok(value) => Ok(faults.corrupt(value).to_string()),
+        Err(_) => Ok(output),
     }
 }
 

@@ -86,6 +86,7 @@ async fn a_silent_worker_loses_its_attempt_to_another_after_the_attempt_timeout(
     let _worker = agents::start_worker(
         registration("honest", 4),
         ToolBox::builtin(&[]),
+        Default::default(),
         registry.clone(),
         router.clone(),
     )

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use agentmesh_core::Role;
 use agentmesh_core::task::Status;
+use agentmesh_runtime::faults::Faults;
 use agentmesh_runtime::{LocalCluster, NodeConfig};
 use serde_json::json;
 
@@ -36,5 +37,36 @@ async fn average_word_count_runs_in_process() {
         .unwrap();
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.result, Some(json!({"value": 5})));
+    cluster.stop();
+}
+
+/// `--fault` makes every worker misbehave on purpose: a wrong answer
+/// arrives as a normal result, a failure as a failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_change_what_workers_answer() {
+    let task =
+        r#"{"name":"t","tasks":[{"id":"x","capability":"math.eval","input":{"expr":"6*7"}}]}"#;
+    let mut wrong = config();
+    wrong.faults = "wrong-result:1".parse().map(|f| Faults(vec![f])).unwrap();
+    let cluster = within(LocalCluster::start(1, wrong)).await.unwrap();
+    let record = within(cluster.run(task)).await.unwrap();
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.result, Some(json!({"value": 43.0})));
+    cluster.stop();
+
+    let mut failing = config();
+    failing.faults = Faults(vec!["fail:1".parse().unwrap()]);
+    failing.coordinator.retry.max_attempts = 1;
+    let cluster = within(LocalCluster::start(1, failing)).await.unwrap();
+    let record = within(cluster.run(task)).await.unwrap();
+    assert_eq!(record.status, Status::Failed);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("injected fault"),
+        "{record:?}"
+    );
     cluster.stop();
 }

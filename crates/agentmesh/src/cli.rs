@@ -8,6 +8,7 @@ use std::time::Duration;
 use agentmesh_core::Role;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_runtime::NodeConfig;
+use agentmesh_runtime::faults::{Fault, Faults};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
@@ -232,6 +233,12 @@ pub struct NodeArgs {
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
+    /// FOR TESTS ONLY: misbehave on purpose (worker or peer). Repeatable:
+    /// `wrong-result:P` returns a wrong output with probability P,
+    /// `fail:P` fails the attempt with probability P, `slow:MS` delays every
+    /// attempt. Off by default.
+    #[arg(long = "fault", value_name = "KIND:VALUE")]
+    pub faults: Vec<Fault>,
 }
 
 impl NodeArgs {
@@ -255,6 +262,7 @@ impl NodeArgs {
         config.max_concurrency = self.max_concurrency;
         config.http_allow = non_empty(&self.http_allow);
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
+        config.faults = Faults(self.faults.clone());
         config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
