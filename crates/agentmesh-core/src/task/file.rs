@@ -20,6 +20,13 @@ pub struct TaskFile {
     /// Time limit of the whole task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// `peer_consensus`: how many peers run each subtask (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<u32>,
+    /// `peer_consensus`: how the peers agree (`voting`,
+    /// `reputation_weighted`, `quality_based` or `hybrid`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<String>,
 }
 
 /// One entry of `tasks`.

@@ -17,6 +17,8 @@ pub struct TaskLimits {
     pub max_input_bytes: usize,
     /// Upper bound of a task or subtask timeout.
     pub max_timeout_ms: u64,
+    /// Peers one `peer_consensus` subtask may ask for.
+    pub max_redundancy: u32,
 }
 
 impl Default for TaskLimits {
@@ -27,6 +29,7 @@ impl Default for TaskLimits {
             max_depth: 64,
             max_input_bytes: 256 * 1024,
             max_timeout_ms: 24 * 60 * 60 * 1000,
+            max_redundancy: 9,
         }
     }
 }

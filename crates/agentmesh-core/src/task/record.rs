@@ -81,6 +81,10 @@ pub struct SubtaskRecord {
     pub started_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
+    /// `peer_consensus`: how the output was agreed on (algorithm, votes,
+    /// agreement, dissenters, solo fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +95,12 @@ pub struct TaskRecord {
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// `peer_consensus`: peers per subtask.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redundancy: u32,
+    /// `peer_consensus`: the consensus algorithm asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<String>,
     pub status: Status,
     pub subtasks: Vec<SubtaskRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +154,7 @@ impl TaskRecord {
                 error: None,
                 started_ms: None,
                 finished_ms: None,
+                consensus: None,
             })
             .collect();
         Self {
@@ -152,6 +163,8 @@ impl TaskRecord {
             pattern: file.pattern,
             strategy: file.strategy,
             timeout_ms: file.timeout_ms,
+            redundancy: file.redundancy.unwrap_or(0),
+            consensus: file.consensus,
             status: Status::Pending,
             subtasks,
             result: None,

@@ -105,6 +105,7 @@ pub fn validate(
     available: &dyn Fn() -> Vec<String>,
 ) -> Result<TaskFile, TaskFileError> {
     check_header(&file, limits)?;
+    check_collaboration(&mut file, limits)?;
     check_ids(&file)?;
     if file.strategy == Strategy::Sequential {
         for i in 1..file.tasks.len() {
@@ -140,6 +141,55 @@ fn list_or_none(items: Vec<String>) -> String {
     }
 }
 
+/// Peers per subtask when a `peer_consensus` task does not say.
+pub const DEFAULT_REDUNDANCY: u32 = 3;
+/// The consensus algorithms a task may ask for.
+pub const CONSENSUS_ALGORITHMS: [&str; 4] =
+    ["voting", "reputation_weighted", "quality_based", "hybrid"];
+
+/// `redundancy` and `consensus` belong to `peer_consensus` tasks; fills in
+/// their defaults there.
+fn check_collaboration(file: &mut TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
+    if file.pattern != Pattern::PeerConsensus {
+        for (field, given) in [
+            ("redundancy", file.redundancy.is_some()),
+            ("consensus", file.consensus.is_some()),
+        ] {
+            if given {
+                return Err(TaskFileError::invalid(
+                    field,
+                    format!(
+                        "applies to pattern peer_consensus only (this task's pattern is {})",
+                        file.pattern
+                    ),
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let redundancy = *file.redundancy.get_or_insert(DEFAULT_REDUNDANCY);
+    if redundancy == 0 || redundancy > limits.max_redundancy {
+        return Err(TaskFileError::invalid(
+            "redundancy",
+            format!(
+                "must be between 1 and {} peers, got {redundancy}",
+                limits.max_redundancy
+            ),
+        ));
+    }
+    let algorithm = file.consensus.get_or_insert_with(|| "hybrid".to_owned());
+    if !CONSENSUS_ALGORITHMS.contains(&algorithm.as_str()) {
+        return Err(TaskFileError::invalid(
+            "consensus",
+            format!(
+                "unknown algorithm '{algorithm}' (known: {})",
+                CONSENSUS_ALGORITHMS.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
     if file.name.trim().is_empty() {
         return Err(TaskFileError::invalid("name", "must not be empty"));
@@ -153,11 +203,14 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
             ),
         ));
     }
-    if file.pattern != Pattern::CoordinatorWorker {
+    if !matches!(
+        file.pattern,
+        Pattern::CoordinatorWorker | Pattern::PeerConsensus
+    ) {
         return Err(TaskFileError::Unsupported {
             field: "pattern".into(),
             message: format!(
-                "pattern '{}' is not available in this cluster yet (supported: coordinator_worker)",
+                "pattern '{}' is not available in this cluster yet (supported: coordinator_worker, peer_consensus)",
                 file.pattern
             ),
         });
