@@ -7,8 +7,11 @@
 //! every actor that needs them.
 
 pub mod agent;
+pub mod auction;
 pub mod breaker;
 pub mod builtin;
+pub mod collaboration;
+pub mod consensus;
 pub mod ids;
 pub mod reputation;
 pub mod retry;

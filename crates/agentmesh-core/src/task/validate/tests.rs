@@ -265,7 +265,10 @@ proptest! {
 fn peer_consensus_tasks_get_defaults_and_bad_collaboration_fields_are_refused() {
     let check = |doc: &str| parse_and_validate(doc, &TaskLimits::default(), &|_| true, &Vec::new);
     let task = r#""tasks":[{"id":"x","capability":"math.eval","input":{"expr":"1"}}]"#;
-    let file = check(&format!(r#"{{"name":"t","pattern":"peer_consensus",{task}}}"#)).unwrap();
+    let file = check(&format!(
+        r#"{{"name":"t","pattern":"peer_consensus",{task}}}"#
+    ))
+    .unwrap();
     assert_eq!(file.redundancy, Some(3));
     assert_eq!(file.consensus.as_deref(), Some("hybrid"));
     let error = check(&format!(r#"{{"name":"t","redundancy":3,{task}}}"#)).unwrap_err();
@@ -277,10 +280,17 @@ fn peer_consensus_tasks_get_defaults_and_bad_collaboration_fields_are_refused() 
         r#"{{"name":"t","pattern":"peer_consensus","redundancy":10,{task}}}"#
     ))
     .unwrap_err();
-    assert_eq!(error.to_string(), "redundancy: must be between 1 and 9 peers, got 10");
+    assert_eq!(
+        error.to_string(),
+        "redundancy: must be between 1 and 9 peers, got 10"
+    );
     let error = check(&format!(
         r#"{{"name":"t","pattern":"peer_consensus","consensus":"dice",{task}}}"#
     ))
     .unwrap_err();
-    assert!(error.to_string().starts_with("consensus: unknown algorithm 'dice'"));
+    assert!(
+        error
+            .to_string()
+            .starts_with("consensus: unknown algorithm 'dice'")
+    );
 }
