@@ -1,7 +1,8 @@
 //! `EtcdRegistry` against a real etcd: membership through leases, lease
 //! expiry as failure detection, task records and their watches, recovery
 //! from an etcd outage, coordinator election with fenced writes, listing
-//! unfinished tasks, and a clear error when etcd is not there.
+//! unfinished tasks, reputation records updated by compare-and-swap, and a
+//! clear error when etcd is not there.
 //!
 //! Tests are plain `#[test]` functions (the harness is blocking); each
 //! builds its own tokio runtime and `block_on`s the async calls, while the
@@ -14,10 +15,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
 use agentmesh_core::{AgentId, AgentRegistration, Role, TaskId};
 use agentmesh_registry::{
-    EtcdOptions, EtcdRegistry, Leadership, Registry, RegistryError, TaskWatch, keys,
+    EtcdOptions, EtcdRegistry, Leadership, MAX_REPUTATION_CAS_ATTEMPTS, Registry, RegistryError,
+    ReputationEntry, TaskWatch, keys,
 };
 use etcd_client::{Client, GetOptions};
 use futures::StreamExt;
@@ -810,6 +813,307 @@ fn unfinished_tasks_are_every_pending_or_running_record_across_pages() {
         .collect();
     assert_eq!(expected.len(), 20);
     assert_eq!(listed, expected);
+    rt.block_on(registry.shutdown());
+}
+
+/// The update every coordinator applies in the reputation tests: one more
+/// agreement, counted.
+fn agree(current: Option<Reputation>) -> Reputation {
+    let mut next = current.unwrap_or_else(|| Reputation::new(0));
+    next.alpha += 1.0;
+    next.updates += 1;
+    next.updated_ms += 1;
+    next
+}
+
+fn reputation_of(
+    rt: &tokio::runtime::Runtime,
+    registry: &EtcdRegistry,
+    agent: &str,
+    capability: &str,
+) -> Option<Reputation> {
+    rt.block_on(registry.reputation(&AgentId::new(agent), capability))
+        .expect("reputation")
+}
+
+#[test]
+fn reputation_records_are_created_updated_listed_and_outlive_their_writer() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let writer = connect(&rt, &etcd, Duration::from_secs(5));
+    let reader = connect(&rt, &etcd, Duration::from_secs(5));
+    let mut raw = raw_client(&rt, &etcd);
+    let worker = AgentId::new("worker-1");
+
+    assert_eq!(reputation_of(&rt, &reader, "worker-1", "math.eval"), None);
+    assert!(
+        rt.block_on(reader.reputations())
+            .expect("reputations of an empty store")
+            .is_empty()
+    );
+
+    // Created from nothing, then updated from what is stored.
+    let created = rt
+        .block_on(writer.update_reputation(&worker, "math.eval", &|current| {
+            assert_eq!(current, None, "a new record starts from nothing");
+            Reputation::new(1_000)
+        }))
+        .expect("create");
+    assert_eq!(created, Reputation::new(1_000));
+    let updated = rt
+        .block_on(writer.update_reputation(&worker, "math.eval", &agree))
+        .expect("update");
+    assert_eq!(
+        (
+            updated.alpha,
+            updated.beta,
+            updated.updates,
+            updated.updated_ms
+        ),
+        (2.0, 1.0, 1, 1_001)
+    );
+    assert_eq!(
+        reputation_of(&rt, &reader, "worker-1", "math.eval"),
+        Some(updated)
+    );
+    assert_eq!(reputation_of(&rt, &reader, "worker-1", "json.query"), None);
+
+    // Stored as JSON under /reputation/<agent>/<capability>, on no lease.
+    let key = keys::reputation(&worker, "math.eval");
+    assert_eq!(key, "/agentmesh/v1/reputation/worker-1/math.eval");
+    let stored = rt.block_on(raw.get(key.as_str(), None)).expect("raw get");
+    let kv = &stored.kvs()[0];
+    assert_eq!(kv.lease(), 0, "a reputation must not be on a node's lease");
+    let value: Reputation = serde_json::from_slice(kv.value()).expect("stored JSON");
+    assert_eq!(value, updated);
+
+    // Ids that hold '/' or '%' keep agent and capability apart.
+    let odd = [("a/b", "c"), ("a", "b/c"), ("pct%2Fagent", "x.y-z")];
+    for (agent, capability) in odd {
+        rt.block_on(writer.update_reputation(&AgentId::new(agent), capability, &agree))
+            .expect("update an odd id");
+    }
+    for (agent, capability) in odd {
+        assert_eq!(
+            reputation_of(&rt, &reader, agent, capability).map(|r| r.updates),
+            Some(1),
+            "{agent} / {capability}"
+        );
+    }
+
+    // A corrupt record: an error of its own read and update (left as it
+    // is), skipped by the listing; so are keys that name no record.
+    let broken = AgentId::new("broken");
+    let broken_key = keys::reputation(&broken, "math.eval");
+    rt.block_on(raw.put(broken_key.as_str(), "{not json", None))
+        .expect("put corrupt record");
+    for key in [
+        format!("{}no-capability", keys::REPUTATION),
+        format!("{}a/b/c", keys::REPUTATION),
+        "/agentmesh/v1/reputation".to_owned(),
+        keys::reputation_end(),
+    ] {
+        let value = serde_json::to_vec(&Reputation::new(0)).expect("encode");
+        rt.block_on(raw.put(key, value, None))
+            .expect("put a stray key");
+    }
+    match rt.block_on(reader.reputation(&broken, "math.eval")) {
+        Err(RegistryError::Corrupt { key, .. }) => assert_eq!(key, broken_key),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match rt.block_on(writer.update_reputation(&broken, "math.eval", &agree)) {
+        Err(RegistryError::Corrupt { key, .. }) => assert_eq!(key, broken_key),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let still = rt
+        .block_on(raw.get(broken_key.as_str(), None))
+        .expect("raw get");
+    assert_eq!(still.kvs()[0].value(), b"{not json");
+
+    let entry = |agent: &str, capability: &str, reputation| ReputationEntry {
+        agent: AgentId::new(agent),
+        capability: capability.to_owned(),
+        reputation,
+    };
+    let mut expected = vec![
+        entry("a/b", "c", agree(None)),
+        entry("a", "b/c", agree(None)),
+        entry("pct%2Fagent", "x.y-z", agree(None)),
+        entry("worker-1", "math.eval", updated),
+    ];
+    expected.sort_by(|a, b| (&a.agent, &a.capability).cmp(&(&b.agent, &b.capability)));
+    assert_eq!(expected[0].agent, AgentId::new("a"), "sorted by agent id");
+    assert_eq!(
+        rt.block_on(reader.reputations()).expect("reputations"),
+        expected
+    );
+
+    // The writer's node goes away; its records stay.
+    rt.block_on(writer.shutdown());
+    assert_eq!(
+        reputation_of(&rt, &reader, "worker-1", "math.eval"),
+        Some(updated)
+    );
+    assert!(matches!(
+        rt.block_on(writer.update_reputation(&worker, "math.eval", &agree)),
+        Err(RegistryError::Closed)
+    ));
+    rt.block_on(reader.shutdown());
+}
+
+#[test]
+fn concurrent_reputation_updates_from_two_coordinators_lose_nothing() {
+    const PER_COORDINATOR: u64 = 50;
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let coordinators = [
+        connect(&rt, &etcd, Duration::from_secs(5)),
+        connect(&rt, &etcd, Duration::from_secs(5)),
+    ];
+    let worker = AgentId::new("worker-1");
+    // Calls of the update function: above the updates made when the
+    // coordinators raced and retried.
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(coordinators.len()));
+    let runs: Vec<_> = coordinators
+        .iter()
+        .map(|coordinator| {
+            let coordinator = coordinator.clone();
+            let (worker, calls, start) = (worker.clone(), calls.clone(), start.clone());
+            rt.spawn(async move {
+                start.wait().await;
+                let mut written = Vec::new();
+                let mut most_attempts = 0;
+                for _ in 0..PER_COORDINATOR {
+                    let attempts = std::sync::atomic::AtomicU32::new(0);
+                    let update = |current| {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        agree(current)
+                    };
+                    let record = coordinator
+                        .update_reputation(&worker, "math.eval", &update)
+                        .await
+                        .expect("update_reputation");
+                    written.push(record.updates);
+                    most_attempts = most_attempts.max(attempts.into_inner());
+                }
+                (written, most_attempts)
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    let mut most_attempts = 0;
+    for run in runs {
+        let (theirs, attempts) = rt.block_on(run).expect("coordinator task");
+        written.extend(theirs);
+        most_attempts = most_attempts.max(attempts);
+    }
+
+    let last =
+        reputation_of(&rt, &coordinators[0], "worker-1", "math.eval").expect("the record exists");
+    assert_eq!(last.updates, 2 * PER_COORDINATOR, "updates were lost");
+    assert_eq!(
+        last.alpha,
+        Reputation::new(0).alpha + (2 * PER_COORDINATOR) as f64
+    );
+    assert_eq!(last.beta, Reputation::new(0).beta);
+    // Every write built on the one before it: each count exactly once.
+    written.sort_unstable();
+    assert_eq!(written, (1..=2 * PER_COORDINATOR).collect::<Vec<_>>());
+    let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{} updates took {calls} calls of the update: {} conflicts retried, \
+         at most {most_attempts} attempts for one update",
+        2 * PER_COORDINATOR,
+        calls - 2 * PER_COORDINATOR
+    );
+    for coordinator in &coordinators {
+        rt.block_on(coordinator.shutdown());
+    }
+}
+
+/// Writes `agent`'s reputation for `capability` from another client, on a
+/// thread and runtime of its own: the update functions below call it while
+/// the registry's own runtime waits for them.
+fn write_behind_the_back(etcd: &Etcd, agent: &AgentId, capability: &str, reputation: Reputation) {
+    let url = etcd.client_url();
+    let key = keys::reputation(agent, capability);
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build a runtime");
+                rt.block_on(async {
+                    let mut client = Client::connect([url], None).await?;
+                    let value = serde_json::to_vec(&reputation).expect("encode");
+                    client.put(key, value, None).await
+                })
+                .expect("write behind the registry's back");
+            })
+            .join()
+            .expect("writer thread");
+    });
+}
+
+#[test]
+fn a_reputation_update_retries_on_conflict_and_gives_up_when_always_beaten() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let registry = connect(&rt, &etcd, Duration::from_secs(5));
+    let worker = AgentId::new("worker-1");
+
+    // One conflicting write between the read and the write: the update
+    // runs again on the newer record, and nothing is lost.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let update = |current: Option<Reputation>| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(current.map(|r| r.updates));
+        if seen.len() == 1 {
+            write_behind_the_back(&etcd, &worker, "math.eval", agree(Some(agree(None))));
+        }
+        agree(current)
+    };
+    let written = rt
+        .block_on(registry.update_reputation(&worker, "math.eval", &update))
+        .expect("update_reputation");
+    assert_eq!(*seen.lock().unwrap(), [None, Some(2)]);
+    assert_eq!(written.updates, 3);
+    assert_eq!(
+        reputation_of(&rt, &registry, "worker-1", "math.eval"),
+        Some(written)
+    );
+
+    // A conflict on every attempt: Contended, and this call wrote nothing.
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let update = |current: Option<Reputation>| {
+        let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut theirs = Reputation::new(0);
+        theirs.updates = 100 + u64::from(n);
+        write_behind_the_back(&etcd, &worker, "math.eval", theirs);
+        let mut mine = agree(current);
+        mine.beta = 1_000.0;
+        mine
+    };
+    match rt.block_on(registry.update_reputation(&worker, "math.eval", &update)) {
+        Err(RegistryError::Contended { key, attempts }) => {
+            assert_eq!(key, keys::reputation(&worker, "math.eval"));
+            assert_eq!(attempts, MAX_REPUTATION_CAS_ATTEMPTS);
+        }
+        other => panic!("expected Contended, got {other:?}"),
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        MAX_REPUTATION_CAS_ATTEMPTS
+    );
+    let last = reputation_of(&rt, &registry, "worker-1", "math.eval").expect("record");
+    assert_eq!(last.beta, 1.0, "the beaten update must not be written");
+    assert_eq!(
+        last.updates,
+        100 + u64::from(MAX_REPUTATION_CAS_ATTEMPTS) - 1
+    );
     rt.block_on(registry.shutdown());
 }
 

@@ -91,22 +91,42 @@ impl Membership {
         &'a self,
         capability: &'a str,
     ) -> impl Iterator<Item = &'a AgentRegistration> + 'a {
+        self.offering(Role::Worker, capability)
+    }
+
+    /// Agents of `role` that offer `capability`.
+    pub fn offering<'a>(
+        &'a self,
+        role: Role,
+        capability: &'a str,
+    ) -> impl Iterator<Item = &'a AgentRegistration> + 'a {
         self.agents
             .values()
-            .filter(move |a| a.role == Role::Worker && a.offers(capability))
+            .filter(move |a| a.role == role && a.offers(capability))
     }
 
     /// Whether any live worker offers `capability`.
     pub fn offers(&self, capability: &str) -> bool {
-        self.workers_offering(capability).next().is_some()
+        self.offers_as(Role::Worker, capability)
+    }
+
+    /// Whether any live agent of `role` offers `capability`.
+    pub fn offers_as(&self, role: Role, capability: &str) -> bool {
+        self.offering(role, capability).next().is_some()
     }
 
     /// Every capability offered by a live worker, sorted and deduplicated.
     pub fn capabilities(&self) -> Vec<String> {
+        self.capabilities_of(Role::Worker)
+    }
+
+    /// Every capability offered by a live agent of `role`, sorted and
+    /// deduplicated.
+    pub fn capabilities_of(&self, role: Role) -> Vec<String> {
         let mut all: Vec<String> = self
             .agents
             .values()
-            .filter(|a| a.role == Role::Worker)
+            .filter(|a| a.role == role)
             .flat_map(|a| a.capabilities.iter().cloned())
             .collect();
         all.sort();

@@ -12,6 +12,11 @@
 //!
 //! A plain state machine: the peer actor feeds it bids, results and clock
 //! ticks and carries out the [`Next`] step it returns.
+//!
+//! **Probation.** A peer with fewer than `probation` recorded outcomes for
+//! the capability is seated ahead of proven peers, one per round: without
+//! it the first peers to win would win forever, and a newcomer — honest or
+//! not — would never be found out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +60,9 @@ pub struct Round {
     seats: usize,
     invited: BTreeSet<AgentId>,
     bids: BTreeMap<AgentId, Bid>,
+    /// Outcomes recorded so far for each bidder.
+    experience: BTreeMap<AgentId, u64>,
+    probation: u64,
     weights: BidWeights,
     execution_ms: u64,
     phase: Phase,
@@ -64,11 +72,13 @@ pub struct Round {
 
 impl Round {
     /// Invites `invited` to bid for `seats` seats until `bid_deadline_ms`;
-    /// seated peers then have `execution_ms` to answer.
+    /// seated peers then have `execution_ms` to answer. Peers with fewer
+    /// than `probation` recorded outcomes are on probation.
     pub fn new(
         invited: impl IntoIterator<Item = AgentId>,
         seats: usize,
         weights: BidWeights,
+        probation: u64,
         bid_deadline_ms: u64,
         execution_ms: u64,
     ) -> Self {
@@ -76,6 +86,8 @@ impl Round {
             seats: seats.max(1),
             invited: invited.into_iter().collect(),
             bids: BTreeMap::new(),
+            experience: BTreeMap::new(),
+            probation,
             weights,
             execution_ms,
             phase: Phase::Bidding {
@@ -96,12 +108,16 @@ impl Round {
         self.bids.values()
     }
 
-    /// A sealed bid arrived. Bids from peers not invited, repeated bids
-    /// and bids after the auction closed are ignored.
-    pub fn bid(&mut self, bid: Bid, now_ms: u64) -> Next {
+    /// A sealed bid arrived from a peer with `experience` recorded
+    /// outcomes. Bids from peers not invited, repeated bids and bids after
+    /// the auction closed are ignored.
+    pub fn bid(&mut self, bid: Bid, experience: u64, now_ms: u64) -> Next {
         if !matches!(self.phase, Phase::Bidding { .. }) || !self.invited.contains(&bid.agent) {
             return Next::Wait;
         }
+        self.experience
+            .entry(bid.agent.clone())
+            .or_insert(experience);
         self.bids.entry(bid.agent.clone()).or_insert(bid);
         if self.bids.len() == self.invited.len() {
             return self.close_auction(now_ms);
@@ -130,9 +146,34 @@ impl Round {
         }
     }
 
+    /// The least experienced eligible bidder on probation, best bid first
+    /// among equals.
+    fn on_probation(&self) -> Option<&Bid> {
+        let experience = |b: &Bid| self.experience.get(&b.agent).copied().unwrap_or(0);
+        self.bids
+            .values()
+            .filter(|b| b.eligible() && experience(b) < self.probation)
+            .min_by(|a, b| {
+                experience(a)
+                    .cmp(&experience(b))
+                    .then(b.score(&self.weights).total_cmp(&a.score(&self.weights)))
+                    .then(a.agent.cmp(&b.agent))
+            })
+    }
+
     fn close_auction(&mut self, now_ms: u64) -> Next {
-        let bids: Vec<Bid> = self.bids.values().cloned().collect();
-        let award = auction::award(&bids, self.seats, &self.weights);
+        let probation = self.on_probation().cloned();
+        let others: Vec<Bid> = self
+            .bids
+            .values()
+            .filter(|b| probation.as_ref().is_none_or(|p| p.agent != b.agent))
+            .cloned()
+            .collect();
+        let seats = self.seats - usize::from(probation.is_some());
+        let mut award = auction::award(&others, seats, &self.weights);
+        if let Some(newcomer) = probation {
+            award.winners.insert(0, newcomer.agent);
+        }
         if award.winners.is_empty() {
             self.phase = Phase::Done;
             return Next::Fail(format!(
@@ -208,6 +249,7 @@ mod tests {
             peers.iter().map(|p| a(p)),
             seats,
             BidWeights::default(),
+            0,
             100,
             1000,
         )
@@ -216,11 +258,11 @@ mod tests {
     #[test]
     fn the_best_bidders_are_seated_once_every_invited_peer_bid() {
         let mut r = round(&["p1", "p2", "p3", "p4"], 3);
-        assert_eq!(r.bid(bid("p1", 0.9), 10), Next::Wait);
-        assert_eq!(r.bid(bid("p2", 0.2), 11), Next::Wait);
-        assert_eq!(r.bid(bid("stranger", 1.0), 12), Next::Wait);
-        assert_eq!(r.bid(bid("p3", 0.8), 13), Next::Wait);
-        let Next::Assign { participants, solo } = r.bid(bid("p4", 0.7), 14) else {
+        assert_eq!(r.bid(bid("p1", 0.9), 100, 10), Next::Wait);
+        assert_eq!(r.bid(bid("p2", 0.2), 100, 11), Next::Wait);
+        assert_eq!(r.bid(bid("stranger", 1.0), 100, 12), Next::Wait);
+        assert_eq!(r.bid(bid("p3", 0.8), 100, 13), Next::Wait);
+        let Next::Assign { participants, solo } = r.bid(bid("p4", 0.7), 100, 14) else {
             panic!("the auction closes when every invited peer bid");
         };
         assert_eq!(participants, vec![a("p1"), a("p3"), a("p4")]);
@@ -228,23 +270,42 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_on_probation_takes_one_seat_ahead_of_proven_peers() {
+        let mut r = Round::new(
+            ["p1", "p2", "p3", "new"].map(a),
+            2,
+            BidWeights::default(),
+            3,
+            100,
+            1000,
+        );
+        r.bid(bid("p1", 0.9), 50, 1);
+        r.bid(bid("p2", 0.8), 50, 2);
+        r.bid(bid("p3", 0.7), 50, 3);
+        let Next::Assign { participants, .. } = r.bid(bid("new", 0.1), 1, 4) else {
+            panic!("every invited peer bid");
+        };
+        assert_eq!(participants, vec![a("new"), a("p1")]);
+    }
+
+    #[test]
     fn too_few_bids_by_the_deadline_fall_back_to_solo() {
         let mut r = round(&["p1", "p2", "p3"], 3);
-        r.bid(bid("p2", 0.5), 10);
+        r.bid(bid("p2", 0.5), 100, 10);
         assert_eq!(r.tick(99), Next::Wait);
         let Next::Assign { participants, solo } = r.tick(100) else {
             panic!("the bid deadline closes the auction");
         };
         assert_eq!(participants, vec![a("p2")]);
         assert!(solo.unwrap().contains("only 1 of 3"));
-        assert_eq!(r.bid(bid("p1", 0.9), 101), Next::Wait, "too late");
+        assert_eq!(r.bid(bid("p1", 0.9), 100, 101), Next::Wait, "too late");
     }
 
     #[test]
     fn results_are_decided_when_all_are_in_or_the_deadline_passed() {
         let mut r = round(&["p1", "p2", "p3"], 3);
         for p in ["p1", "p2", "p3"] {
-            r.bid(bid(p, 0.5), 10);
+            r.bid(bid(p, 0.5), 100, 10);
         }
         assert_eq!(r.result(&a("p1"), Ok(json!(1)), 20), Next::Wait);
         assert_eq!(
@@ -271,7 +332,7 @@ mod tests {
         };
         assert!(reason.contains("no peer"), "{reason}");
         let mut r = round(&["p1"], 1);
-        r.bid(bid("p1", 0.5), 1);
+        r.bid(bid("p1", 0.5), 100, 1);
         assert!(matches!(r.tick(2000), Next::Fail(reason) if reason.contains("in time")));
     }
 }

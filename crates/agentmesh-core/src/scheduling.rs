@@ -300,10 +300,8 @@ pub struct WorkerPool {
     breaker: BreakerPolicy,
     workers: BTreeMap<AgentId, WorkerState>,
     index: CapabilityIndex,
-}
-
-fn is_live_worker(agent: &AgentRegistration) -> bool {
-    agent.role == Role::Worker && agent.max_concurrency > 0
+    /// Whether the pool places on peers rather than on workers.
+    peers: bool,
 }
 
 impl WorkerPool {
@@ -313,6 +311,20 @@ impl WorkerPool {
             weights,
             ..Self::default()
         }
+    }
+
+    /// A pool of peers (agents of role `peer`) rather than workers: where a
+    /// coordinator places the proposer of a `peer_consensus` subtask.
+    pub fn of_peers(mut self) -> Self {
+        self.peers = true;
+        self
+    }
+
+    /// Whether `agent` is one this pool places on: of the pool's role, and
+    /// able to run anything at all.
+    fn admits(&self, agent: &AgentRegistration) -> bool {
+        let role = if self.peers { Role::Peer } else { Role::Worker };
+        agent.role == role && agent.max_concurrency > 0
     }
 
     /// Uses `policy` for the breakers of the pool's workers, present and
@@ -354,7 +366,12 @@ impl WorkerPool {
         let mut gone = Vec::new();
         let mut changed = Vec::new();
         let mut known = self.workers.values().peekable();
-        for (id, agent) in membership.agents.iter().filter(|(_, a)| is_live_worker(a)) {
+        let admitted: Vec<(&AgentId, &AgentRegistration)> = membership
+            .agents
+            .iter()
+            .filter(|(_, a)| self.admits(a))
+            .collect();
+        for (id, agent) in admitted {
             while let Some(worker) = known.next_if(|w| w.id < *id) {
                 gone.push(worker.id.clone());
             }
@@ -821,6 +838,19 @@ mod tests {
         assert_eq!(p.select("c", 2_499), None);
         assert_eq!(p.select("c", 2_500), Some(w));
         assert_index_consistent(&p);
+    }
+
+    #[test]
+    fn a_pool_places_on_its_own_role_only() {
+        let mut peer = registration("peer", &["c"], 2);
+        peer.role = Role::Peer;
+        let view = membership(&[registration("worker", &["c"], 2), peer]);
+        let mut workers = WorkerPool::new(flat_weights());
+        let mut peers = WorkerPool::new(flat_weights()).of_peers();
+        workers.sync(&view);
+        peers.sync(&view);
+        assert_eq!(workers.select("c", 0), Some(AgentId::new("worker")));
+        assert_eq!(peers.select("c", 0), Some(AgentId::new("peer")));
     }
 
     #[test]

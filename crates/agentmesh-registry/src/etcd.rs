@@ -72,6 +72,17 @@
 //! must not keep a leader that no longer acts as one. `election.rs` has
 //! the details.
 //!
+//! # Reputation records
+//!
+//! One key per agent and capability, [`keys::reputation`] (no lease: a
+//! reputation outlives the node it is about and the coordinators that
+//! wrote it). [`Registry::update_reputation`] is a compare-and-swap loop:
+//! a transaction puts the new record only if the key's mod revision is
+//! still the one read (0 for "absent": etcd compares a missing key as
+//! revision 0), and otherwise reads the key in the same transaction, so a
+//! conflict costs one round trip and the retry starts from the record that
+//! won. `reputation.rs` has the details.
+//!
 //! Every request is bounded by [`EtcdOptions::request_timeout`], and every
 //! failure maps to [`RegistryError::Unavailable`] naming what was attempted.
 
@@ -80,6 +91,7 @@ mod election;
 mod lease;
 mod membership;
 mod prefix_watch;
+mod reputation;
 mod task_watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -88,15 +100,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::{DEFAULT_LEASE_TTL, Fence, Leadership, Registry, RegistryError, TaskWatch, keys};
+use crate::{
+    DEFAULT_LEASE_TTL, Fence, Leadership, Registry, RegistryError, ReputationEntry, TaskWatch, keys,
+};
 
 /// Records written per etcd transaction. etcd refuses transactions of more
 /// than `--max-txn-ops` operations (128 by default); half of that leaves
@@ -548,22 +563,57 @@ impl Shared {
     /// page at one revision. Records that do not decode are skipped with a
     /// warning.
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
-        let page = i64::try_from(self.options.task_page_size.max(1)).unwrap_or(i64::MAX);
-        let end = keys::tasks_end();
-        let mut start = keys::TASKS.as_bytes().to_vec();
+        let mut unfinished = Vec::new();
+        let (pages, revision) = self
+            .list_range(
+                keys::TASKS,
+                &keys::tasks_end(),
+                self.options.task_page_size,
+                "task records",
+                |kv| {
+                    let key = String::from_utf8_lossy(kv.key());
+                    match decode::<TaskRecord>(&key, kv.value()) {
+                        Ok(record) if !record.status.is_terminal() => unfinished.push(record),
+                        Ok(_) => {}
+                        Err(e) => warn!(key = %key, error = %e, "skipping corrupt task record"),
+                    }
+                },
+            )
+            .await?;
+        debug!(
+            unfinished = unfinished.len(),
+            pages, revision, "listed unfinished task records"
+        );
+        Ok(unfinished)
+    }
+
+    /// Reads every key in `[start, end)` in key order, `page` keys per
+    /// request (at least 1), every page at the revision of the first, so
+    /// the listing is one consistent moment however long it is. Calls
+    /// `each` for every key; returns the pages read and the revision.
+    /// `what` names the keys in the error ("task records").
+    async fn list_range(
+        &self,
+        start: &str,
+        end: &str,
+        page: usize,
+        what: &str,
+        mut each: impl FnMut(&KeyValue),
+    ) -> Result<(usize, i64), RegistryError> {
+        let page = i64::try_from(page.max(1)).unwrap_or(i64::MAX);
+        let mut start = start.as_bytes().to_vec();
         // 0 reads the newest revision; every later page reads the first's.
         let mut revision = 0;
         let mut pages = 0usize;
-        let mut unfinished = Vec::new();
         loop {
             let options = GetOptions::new()
-                .with_range(end.as_str())
+                .with_range(end)
                 .with_limit(page)
                 .with_revision(revision);
             let mut client = self.client.clone();
             let response = self
                 .request(
-                    || format!("listing of task records failed after {pages} pages"),
+                    || format!("listing of {what} failed after {pages} pages"),
                     client.get(start.clone(), Some(options)),
                 )
                 .await?;
@@ -571,28 +621,16 @@ impl Shared {
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
-            for kv in response.kvs() {
-                let key = String::from_utf8_lossy(kv.key());
-                match decode::<TaskRecord>(&key, kv.value()) {
-                    Ok(record) if !record.status.is_terminal() => unfinished.push(record),
-                    Ok(_) => {}
-                    Err(e) => warn!(key = %key, error = %e, "skipping corrupt task record"),
-                }
-            }
+            response.kvs().iter().for_each(&mut each);
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     // The smallest key after the last one.
                     start = last.key().to_vec();
                     start.push(0);
                 }
-                _ => break,
+                _ => return Ok((pages, revision)),
             }
         }
-        debug!(
-            unfinished = unfinished.len(),
-            pages, revision, "listed unfinished task records"
-        );
-        Ok(unfinished)
     }
 
     /// Reads one task record and the store revision it was read at. The
@@ -726,6 +764,29 @@ impl Registry for EtcdRegistry {
             current,
             revision,
         ))
+    }
+
+    async fn reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+    ) -> Result<Option<Reputation>, RegistryError> {
+        self.check_open()?.reputation(agent, capability).await
+    }
+
+    async fn reputations(&self) -> Result<Vec<ReputationEntry>, RegistryError> {
+        self.check_open()?.reputations().await
+    }
+
+    async fn update_reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+        update: &(dyn Fn(Option<Reputation>) -> Reputation + Send + Sync),
+    ) -> Result<Reputation, RegistryError> {
+        self.check_open()?
+            .update_reputation(agent, capability, update)
+            .await
     }
 
     async fn shutdown(&self) {

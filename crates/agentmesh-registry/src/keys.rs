@@ -6,7 +6,10 @@
 //!                                        coordinator candidate of one node: its agent id,
 //!                                        attached to the node's lease; the oldest leads
 //! /agentmesh/v1/tasks/<task-id>          task record JSON
-//! /agentmesh/v1/reputation/<agent-id>    reputation record, updated with compare-and-swap
+//! /agentmesh/v1/reputation/<agent-id>/<capability>
+//!                                        reputation record JSON of one agent for one
+//!                                        capability, updated with compare-and-swap; both
+//!                                        segments escaped (see [`reputation`])
 //! /agentmesh/v1/checkpoints/<task-id>    workflow checkpoints
 //! ```
 //!
@@ -46,6 +49,77 @@ pub fn coordinator_candidate(lease: i64) -> String {
 pub fn tasks_end() -> String {
     // '/' + 1 == '0'
     format!("{}0", TASKS.trim_end_matches('/'))
+}
+
+/// The end of the key range of every reputation record: [`REPUTATION`]
+/// with its last byte incremented.
+pub fn reputation_end() -> String {
+    // '/' + 1 == '0'
+    format!("{}0", REPUTATION.trim_end_matches('/'))
+}
+
+/// The key of `agent`'s reputation for `capability`:
+/// `/agentmesh/v1/reputation/<agent>/<capability>`.
+///
+/// Neither agent ids nor capability names are restricted to a character
+/// set (an `--id` may hold any text), so both segments are escaped: `%`
+/// becomes `%25` and `/` becomes `%2F`, and nothing else changes. An
+/// escaped segment holds no `/`, so the slash after the agent is always
+/// the split, and ids of the usual kind (`worker-1`, `text.word_count`)
+/// read as they are. [`reputation_of`] reverses it.
+pub fn reputation(agent: &AgentId, capability: &str) -> String {
+    format!(
+        "{REPUTATION}{}/{}",
+        escape_segment(agent.as_str()),
+        escape_segment(capability)
+    )
+}
+
+/// The agent and capability of a key under [`REPUTATION`]; `None` for a
+/// key [`reputation`] does not build (no split, a stray `/`, or an escape
+/// other than `%25` and `%2F`).
+pub fn reputation_of(key: &[u8]) -> Option<(AgentId, String)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(REPUTATION)?;
+    let (agent, capability) = rest.split_once('/')?;
+    if capability.contains('/') {
+        return None;
+    }
+    Some((
+        AgentId::new(unescape_segment(agent)?),
+        unescape_segment(capability)?,
+    ))
+}
+
+/// One key segment with `%` and `/` percent-encoded.
+fn escape_segment(segment: &str) -> String {
+    let mut escaped = String::with_capacity(segment.len());
+    for c in segment.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '/' => escaped.push_str("%2F"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// The inverse of [`escape_segment`]; `None` for any other `%` sequence,
+/// so every segment has exactly one spelling.
+fn unescape_segment(segment: &str) -> Option<String> {
+    let mut plain = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(at) = rest.find('%') {
+        plain.push_str(&rest[..at]);
+        let escape = rest.get(at..at + 3)?;
+        plain.push(match escape {
+            "%25" => '%',
+            "%2F" => '/',
+            _ => return None,
+        });
+        rest = &rest[at + 3..];
+    }
+    plain.push_str(rest);
+    Some(plain)
 }
 
 /// The agent id of a key under [`AGENTS`].
@@ -94,6 +168,58 @@ mod tests {
             coordinator_candidate(0x694d_8a2b_1c3d_4e5f),
             "/agentmesh/v1/election/coordinator/694d8a2b1c3d4e5f"
         );
+    }
+
+    #[test]
+    fn reputation_keys_round_trip_and_split_unambiguously() {
+        let key = reputation(&AgentId::new("worker-1"), "text.word_count");
+        assert_eq!(key, "/agentmesh/v1/reputation/worker-1/text.word_count");
+        assert_eq!(
+            reputation_of(key.as_bytes()),
+            Some((AgentId::new("worker-1"), "text.word_count".to_owned()))
+        );
+        // Without escaping, ("a/b", "c") and ("a", "b/c") would share a key.
+        let odd = [
+            ("a/b", "c"),
+            ("a", "b/c"),
+            ("a%2Fb", "c"),
+            ("100%", "%"),
+            ("", ""),
+            ("ünï.cödé-1", "x.y-z_w"),
+            ("/", "//"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (agent_id, capability) in odd {
+            let id = AgentId::new(agent_id);
+            let key = reputation(&id, capability);
+            assert!(key.starts_with(REPUTATION) && key.as_str() < reputation_end().as_str());
+            assert!(seen.insert(key.clone()), "two records share '{key}'");
+            assert_eq!(
+                reputation_of(key.as_bytes()),
+                Some((id, capability.to_owned())),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            reputation(&AgentId::new("a/b"), "c"),
+            "/agentmesh/v1/reputation/a%2Fb/c"
+        );
+    }
+
+    #[test]
+    fn keys_not_built_by_reputation_name_no_record() {
+        for key in [
+            "/agentmesh/v1/reputation/no-capability",
+            "/agentmesh/v1/reputation/a/b/c",
+            "/agentmesh/v1/reputation/a%2fb/c",
+            "/agentmesh/v1/reputation/a%41/c",
+            "/agentmesh/v1/reputation/a%2/c",
+            "/agentmesh/v1/reputation/a/c%",
+            "/agentmesh/v1/tasks/a/b",
+        ] {
+            assert_eq!(reputation_of(key.as_bytes()), None, "{key}");
+        }
+        assert_eq!(reputation_end(), "/agentmesh/v1/reputation0");
     }
 
     #[test]

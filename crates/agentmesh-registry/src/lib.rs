@@ -11,6 +11,11 @@
 //! every node who leads, and [`Registry::put_tasks_fenced`] writes task
 //! records only while the writer's leadership still stands, so a deposed
 //! leader that has not noticed yet cannot overwrite its successor's records.
+//!
+//! Reputation records — how far each agent is trusted for each capability —
+//! are durable too, and change only by read-modify-write under
+//! compare-and-swap ([`Registry::update_reputation`]), so coordinators that
+//! update the same record at once lose none of each other's updates.
 
 pub mod etcd;
 pub mod keys;
@@ -19,6 +24,7 @@ pub mod memory;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
@@ -32,6 +38,13 @@ pub use memory::MemoryRegistry;
 /// Lease time-to-live used when none is configured: a dead node's agents
 /// leave every view within this time.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// How often [`Registry::update_reputation`] tries to write before it gives
+/// up with [`RegistryError::Contended`]. Each failed try means another
+/// writer's update of the same record went through meanwhile, so it takes
+/// this many updates of one record racing one call to exhaust it. (The
+/// in-memory backend serialises updates and never needs a second try.)
+pub const MAX_REPUTATION_CAS_ATTEMPTS: u32 = 32;
 
 #[derive(Debug, Error)]
 pub enum RegistryError {
@@ -59,6 +72,25 @@ pub enum RegistryError {
         /// transaction can have any).
         written: usize,
     },
+    /// A compare-and-swap lost to other writers of the same key on every
+    /// attempt: nothing was written by this call. Retrying later may
+    /// succeed.
+    #[error("update of '{key}' gave up after {attempts} attempts: the record kept changing")]
+    Contended {
+        /// The key (with etcd, the full etcd key) that kept changing.
+        key: String,
+        /// Attempts made, each of them beaten by another writer.
+        attempts: u32,
+    },
+}
+
+/// One agent's reputation for one capability, as listed by
+/// [`Registry::reputations`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReputationEntry {
+    pub agent: AgentId,
+    pub capability: String,
+    pub reputation: Reputation,
 }
 
 /// What a fenced write checks: the leader key and its create revision.
@@ -181,6 +213,45 @@ pub trait Registry: Send + Sync + 'static {
         records: &[Arc<TaskRecord>],
         fence: &Fence,
     ) -> Result<(), RegistryError>;
+
+    /// The reputation of `agent` for `capability`, if any was recorded.
+    ///
+    /// A record that does not decode fails with [`RegistryError::Corrupt`].
+    async fn reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+    ) -> Result<Option<Reputation>, RegistryError>;
+
+    /// Every recorded reputation, ordered by agent id, then capability:
+    /// for `agentmesh agents` and auctions. Records that do not decode are
+    /// logged and skipped.
+    async fn reputations(&self) -> Result<Vec<ReputationEntry>, RegistryError>;
+
+    /// Read-modify-write of `agent`'s reputation for `capability` under
+    /// compare-and-swap, returning the record written.
+    ///
+    /// Reads the current record (`None` if there is none), calls `update`
+    /// with it, and writes the result only if the record did not change
+    /// meanwhile; if it did, it reads again and calls `update` again with
+    /// the newer record. So `update` may run more than once per call and
+    /// must compute its result from its argument alone (no side effects,
+    /// no calls into the registry); no update of any writer is lost. After
+    /// [`MAX_REPUTATION_CAS_ATTEMPTS`] attempts, each beaten by another
+    /// writer, it fails with [`RegistryError::Contended`] having written
+    /// nothing. A stored record that does not decode fails the call with
+    /// [`RegistryError::Corrupt`] and is left as it is.
+    ///
+    /// Records are not tied to any node's lease: they outlive the agents
+    /// and coordinators they are about. A call that fails with
+    /// [`RegistryError::Unavailable`] after its write was sent (a timeout)
+    /// may or may not have written.
+    async fn update_reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+        update: &(dyn Fn(Option<Reputation>) -> Reputation + Send + Sync),
+    ) -> Result<Reputation, RegistryError>;
 
     /// Revokes this node's lease (its agents leave every view at once, and
     /// its leadership, if any, ends) and stops background work.

@@ -14,11 +14,21 @@
 //! `held` flag turns `false`, when the node resigns, shuts down, or is
 //! dropped (its last handle goes away): the in-process counterparts of a
 //! resign, a lease revoke and a lease expiry.
+//!
+//! # Reputation records
+//!
+//! Records live in the cluster state, and [`Registry::update_reputation`]
+//! reads, updates and writes a record under one lock, so concurrent
+//! updates from any node take turns and none is lost. It is the limit
+//! case of etcd's compare-and-swap: a swap that never finds the record
+//! changed, so the update runs exactly once per call and the call is never
+//! [`RegistryError::Contended`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
@@ -28,7 +38,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::info;
 
-use crate::{Fence, Leadership, Registry, RegistryError, TaskWatch};
+use crate::{Fence, Leadership, Registry, RegistryError, ReputationEntry, TaskWatch};
 
 /// Record changes buffered for slow watchers; a watcher that falls further
 /// behind re-reads the current record instead of failing.
@@ -53,6 +63,8 @@ struct Shared {
     election: Mutex<Election>,
     leader: watch::Sender<Option<AgentId>>,
     next_node: AtomicU64,
+    /// Reputation records by agent and capability.
+    reputations: Mutex<BTreeMap<(AgentId, String), Reputation>>,
 }
 
 #[derive(Default)]
@@ -101,6 +113,7 @@ impl MemoryRegistry {
             election: Mutex::new(Election::default()),
             leader,
             next_node: AtomicU64::new(1),
+            reputations: Mutex::new(BTreeMap::new()),
         });
         Self {
             node: Node::new(shared.clone()),
@@ -185,6 +198,12 @@ impl Node {
 impl Shared {
     fn lock_election(&self) -> std::sync::MutexGuard<'_, Election> {
         self.election.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_reputations(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(AgentId, String), Reputation>> {
+        self.reputations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends the leadership of `node`, if it leads.
@@ -330,6 +349,53 @@ impl Registry for MemoryRegistry {
         Ok(first.chain(updates).boxed())
     }
 
+    async fn reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+    ) -> Result<Option<Reputation>, RegistryError> {
+        Ok(self
+            .shared
+            .lock_reputations()
+            .get(&(agent.clone(), capability.to_owned()))
+            .copied())
+    }
+
+    async fn reputations(&self) -> Result<Vec<ReputationEntry>, RegistryError> {
+        Ok(self
+            .shared
+            .lock_reputations()
+            .iter()
+            .map(|((agent, capability), reputation)| ReputationEntry {
+                agent: agent.clone(),
+                capability: capability.clone(),
+                reputation: *reputation,
+            })
+            .collect())
+    }
+
+    /// Runs `update` under the lock of the cluster's records: writers of
+    /// every node take turns, so there is never a conflict to retry and
+    /// never [`RegistryError::Contended`]. (Computing outside the lock and
+    /// comparing versions, as etcd must, lets a writer that is slower
+    /// between read and write lose every attempt to a faster one; in one
+    /// process nothing requires that.) `update` must not call into the
+    /// registry's reputation methods, as the trait requires: here that
+    /// would deadlock.
+    async fn update_reputation(
+        &self,
+        agent: &AgentId,
+        capability: &str,
+        update: &(dyn Fn(Option<Reputation>) -> Reputation + Send + Sync),
+    ) -> Result<Reputation, RegistryError> {
+        let mut records = self.shared.lock_reputations();
+        let slot = (agent.clone(), capability.to_owned());
+        // A panicking `update` leaves the record as it was.
+        let next = update(records.get(&slot).copied());
+        records.insert(slot, next);
+        Ok(next)
+    }
+
     async fn shutdown(&self) {
         self.node.closed.send_replace(true);
         self.shared.release_node(self.node.id, "node shut down");
@@ -340,6 +406,8 @@ impl Registry for MemoryRegistry {
 mod tests {
     use agentmesh_core::Role;
     use agentmesh_core::task::{Status, TaskLimits, parse_and_validate};
+
+    use futures::FutureExt;
 
     use super::*;
 
@@ -524,5 +592,126 @@ mod tests {
         registry.put_tasks(&[Arc::new(r.clone())]).await.unwrap();
         assert_eq!(watch.next().await.unwrap().unwrap().revision, 2);
         assert_eq!(registry.get_task(&r.id).await.unwrap(), Some(r));
+    }
+
+    /// The update every coordinator applies in the tests below: one more
+    /// agreement, counted.
+    fn agree(current: Option<Reputation>) -> Reputation {
+        let mut next = current.unwrap_or_else(|| Reputation::new(0));
+        next.alpha += 1.0;
+        next.updates += 1;
+        next.updated_ms += 1;
+        next
+    }
+
+    #[tokio::test]
+    async fn reputation_updates_create_then_change_the_record() {
+        let a = MemoryRegistry::new();
+        let b = a.join();
+        let worker = AgentId::new("worker-1");
+        assert_eq!(a.reputation(&worker, "math.eval").await.unwrap(), None);
+        assert!(a.reputations().await.unwrap().is_empty());
+
+        let created = a
+            .update_reputation(&worker, "math.eval", &|current| {
+                assert_eq!(current, None, "a new record starts from nothing");
+                Reputation::new(7)
+            })
+            .await
+            .unwrap();
+        assert_eq!(created, Reputation::new(7));
+        let updated = b
+            .update_reputation(&worker, "math.eval", &agree)
+            .await
+            .unwrap();
+        assert_eq!(
+            (updated.alpha, updated.beta, updated.updates),
+            (2.0, 1.0, 1)
+        );
+        assert_eq!(
+            a.reputation(&worker, "math.eval").await.unwrap(),
+            Some(updated)
+        );
+        assert_eq!(a.reputation(&worker, "json.query").await.unwrap(), None);
+
+        let other = b
+            .update_reputation(&AgentId::new("worker-0"), "math.eval", &agree)
+            .await
+            .unwrap();
+        let listed = a.reputations().await.unwrap();
+        assert_eq!(
+            listed,
+            [
+                ReputationEntry {
+                    agent: AgentId::new("worker-0"),
+                    capability: "math.eval".into(),
+                    reputation: other,
+                },
+                ReputationEntry {
+                    agent: worker,
+                    capability: "math.eval".into(),
+                    reputation: updated,
+                },
+            ]
+        );
+    }
+
+    /// Two nodes on two OS threads, each making 50 updates of one record
+    /// at the same time (the memory registry never waits, so no runtime is
+    /// needed to drive its futures).
+    #[test]
+    fn concurrent_reputation_updates_from_two_nodes_lose_nothing() {
+        const PER_NODE: u64 = 50;
+        let first = MemoryRegistry::new();
+        let nodes = [first.clone(), first.join()];
+        let calls = AtomicU64::new(0);
+        let start = std::sync::Barrier::new(nodes.len());
+        let mut written: Vec<u64> = std::thread::scope(|scope| {
+            let runs: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    let (calls, start) = (&calls, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        let update = |current| {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            // Widens the window between read and write, as
+                            // a network round trip would: a blind
+                            // read-then-write loses updates here.
+                            std::thread::yield_now();
+                            agree(current)
+                        };
+                        (0..PER_NODE)
+                            .map(|_| {
+                                node.update_reputation(&AgentId::new("w"), "c", &update)
+                                    .now_or_never()
+                                    .expect("the memory registry never waits")
+                                    .unwrap()
+                                    .updates
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .flat_map(|run| run.join().unwrap())
+                .collect()
+        });
+        let last = first
+            .reputation(&AgentId::new("w"), "c")
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.updates, 2 * PER_NODE, "updates were lost");
+        assert_eq!(last.alpha, 1.0 + (2 * PER_NODE) as f64);
+        // Every write built on the one before it: each count once.
+        written.sort_unstable();
+        assert_eq!(written, (1..=2 * PER_NODE).collect::<Vec<_>>());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2 * PER_NODE,
+            "one call per update"
+        );
     }
 }

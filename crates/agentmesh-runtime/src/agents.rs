@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
+use crate::config::PeerConfig;
 use crate::coordinator::leadership::LeadershipLoop;
 use crate::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, RecordHub,
@@ -20,6 +21,7 @@ use crate::coordinator::{
 use crate::faults::Faults;
 use crate::mailbox::Router;
 use crate::node::NodeError;
+use crate::peer::{Peer, PeerArguments, PeerMailbox, PeerMessage};
 use crate::tools::ToolBox;
 use crate::worker::{Worker, WorkerArguments, WorkerMailbox, WorkerMessage};
 
@@ -95,6 +97,8 @@ pub struct StartedWorker {
     pub actor: ActorRef<WorkerMessage>,
     pub load: Arc<AtomicU32>,
     pub publisher: JoinHandle<()>,
+    /// The peer actor of a `--role peer` node.
+    pub peer: Option<ActorRef<PeerMessage>>,
 }
 
 pub async fn start_worker(
@@ -103,6 +107,30 @@ pub async fn start_worker(
     faults: Faults,
     registry: Arc<dyn Registry>,
     router: Arc<Router>,
+) -> Result<StartedWorker, NodeError> {
+    start_worker_with(registration, tools, faults, registry, router, None).await
+}
+
+/// A worker that also collaborates as a peer: its peer actor proposes and
+/// bids for collaborations, its worker actor runs the tools.
+pub async fn start_peer(
+    registration: AgentRegistration,
+    tools: ToolBox,
+    faults: Faults,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+    config: PeerConfig,
+) -> Result<StartedWorker, NodeError> {
+    start_worker_with(registration, tools, faults, registry, router, Some(config)).await
+}
+
+async fn start_worker_with(
+    registration: AgentRegistration,
+    tools: ToolBox,
+    faults: Faults,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+    peer: Option<PeerConfig>,
 ) -> Result<StartedWorker, NodeError> {
     let id = registration.id.clone();
     let load = Arc::new(AtomicU32::new(0));
@@ -119,14 +147,45 @@ pub async fn start_worker(
     let (actor, _) = Actor::spawn(None, Worker, args)
         .await
         .map_err(|e| NodeError::Spawn(format!("worker '{id}': {e}")))?;
-    router.add_local(id.clone(), Arc::new(WorkerMailbox(actor.clone(), backlog)));
+    let worker_mailbox = WorkerMailbox(actor.clone(), backlog);
+    let mut peer_actor = None;
+    match peer {
+        None => router.add_local(id.clone(), Arc::new(worker_mailbox)),
+        Some(config) => {
+            let args = PeerArguments {
+                id: id.clone(),
+                capabilities: registration.capabilities.clone(),
+                max_concurrency: registration.max_concurrency,
+                load: load.clone(),
+                endpoint: registration.endpoint.clone(),
+                router: router.clone(),
+                registry: registry.clone(),
+                backlog: router.new_backlog(),
+                config,
+            };
+            let backlog = args.backlog.clone();
+            let (peer, _) = Actor::spawn(None, Peer, args)
+                .await
+                .map_err(|e| NodeError::Spawn(format!("peer '{id}': {e}")))?;
+            router.add_local(
+                id.clone(),
+                Arc::new(PeerMailbox {
+                    worker: worker_mailbox,
+                    peer: peer.clone(),
+                    backlog,
+                }),
+            );
+            peer_actor = Some(peer);
+        }
+    }
     registry.register(registration.clone()).await?;
-    info!(agent_id = %id, capabilities = ?registration.capabilities, "worker started");
+    info!(agent_id = %id, role = %registration.role, capabilities = ?registration.capabilities, "worker started");
     let publisher = tokio::spawn(publish_load(registration, load.clone(), registry));
     Ok(StartedWorker {
         actor,
         load,
         publisher,
+        peer: peer_actor,
     })
 }
 

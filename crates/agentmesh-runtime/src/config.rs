@@ -1,17 +1,20 @@
 //! The node's configuration: one typed struct, validated before any port is
 //! bound. The binary fills it from flags and `AGENTMESH_*` variables.
 
-use crate::faults::Faults;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentmesh_core::Role;
+use agentmesh_core::auction::BidWeights;
 use agentmesh_core::breaker::BreakerPolicy;
+use agentmesh_core::consensus::ConsensusPolicy;
+use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::retry::RetryPolicy;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::TaskLimits;
 use thiserror::Error;
 
+use crate::faults::Faults;
 use crate::tools::ToolBox;
 
 /// Everything a node needs to start.
@@ -35,6 +38,7 @@ pub struct NodeConfig {
     pub http_allow: Vec<String>,
     pub coordinator: CoordinatorConfig,
     pub mailbox: MailboxConfig,
+    pub peer: PeerConfig,
     /// Time the node waits for in-flight work when asked to stop.
     pub drain_timeout: Duration,
     /// Misbehaviour a worker or peer injects on purpose; for tests and
@@ -85,6 +89,41 @@ impl Default for CoordinatorConfig {
             write_batch: 64,
             write_concurrency: 1,
             attempt_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Knobs of the peer role: how long a collaboration round waits for bids
+/// and results, how bids are scored, how results are agreed on and how
+/// reputation moves.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Bids arriving later than this after a proposal are not considered;
+    /// with too few bids by then the subtask runs solo.
+    pub bid_window: Duration,
+    /// How long seated peers have to answer a subtask without its own
+    /// `timeout_ms`.
+    pub execution_timeout: Duration,
+    pub bid_weights: BidWeights,
+    /// Outcomes a peer needs on record for a capability before it competes
+    /// on reputation alone; until then it gets one seat per round ahead of
+    /// proven peers, so every newcomer is tried and a wrong one found out.
+    pub probation: u64,
+    /// Quorum, tolerance and minimum agreement (the algorithm comes from
+    /// the task).
+    pub consensus: ConsensusPolicy,
+    pub reputation: ReputationPolicy,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            bid_window: Duration::from_millis(500),
+            execution_timeout: Duration::from_secs(30),
+            bid_weights: BidWeights::default(),
+            probation: 3,
+            consensus: ConsensusPolicy::default(),
+            reputation: ReputationPolicy::default(),
         }
     }
 }
@@ -150,6 +189,7 @@ impl NodeConfig {
             http_allow: Vec::new(),
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),
+            peer: PeerConfig::default(),
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
         }
@@ -181,6 +221,10 @@ impl NodeConfig {
             .weights
             .validate()
             .map_err(ConfigError::Weights)?;
+        let p = &self.peer;
+        p.bid_weights.validate().map_err(ConfigError::Policy)?;
+        p.consensus.validate().map_err(ConfigError::Policy)?;
+        p.reputation.validate().map_err(ConfigError::Policy)?;
         let c = &self.coordinator;
         c.retry.validate().map_err(ConfigError::Policy)?;
         c.breaker.validate().map_err(ConfigError::Policy)?;

@@ -57,6 +57,7 @@ fn subtask(s: &SubtaskRecord) -> pb::SubtaskRecord {
         finished_unix_ms: s.finished_ms.unwrap_or(0),
         depends_on: s.depends_on.clone(),
         workers_tried: s.tried.iter().map(ToString::to_string).collect(),
+        consensus_json: json_text(s.consensus.as_ref()),
     }
 }
 
@@ -74,6 +75,19 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
         updated_unix_ms: r.updated_ms,
         revision: r.revision,
     }
+}
+
+/// Drops the `keys` whose value is null: fields that only some patterns
+/// fill are left out rather than shown empty everywhere.
+fn without_nulls(mut value: Value, keys: &[&str]) -> Value {
+    if let Value::Object(fields) = &mut value {
+        for key in keys {
+            if fields.get(*key).is_some_and(Value::is_null) {
+                fields.remove(*key);
+            }
+        }
+    }
+    value
 }
 
 fn parse_json(text: &str) -> Value {
@@ -104,7 +118,7 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
         "error": non_empty(&r.error),
         "elapsed_ms": elapsed,
         "revision": r.revision,
-        "subtasks": r.subtasks.iter().map(|s| json!({
+        "subtasks": r.subtasks.iter().map(|s| without_nulls(json!({
             "id": s.id,
             "capability": s.capability,
             "status": status_name(s.status()),
@@ -112,9 +126,10 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
             "attempts": s.attempts,
             "workers_tried": s.workers_tried,
             "output": parse_json(&s.output_json),
+            "consensus": parse_json(&s.consensus_json),
             "error": non_empty(&s.error),
             "elapsed_ms": s.finished_unix_ms.saturating_sub(s.started_unix_ms),
-        })).collect::<Vec<_>>(),
+        }), &["consensus"])).collect::<Vec<_>>(),
     })
 }
 

@@ -104,6 +104,7 @@ mod tests {
         let capability = ApiError::TaskFile(TaskFileError::CapabilityUnavailable {
             field: "tasks[0].capability".into(),
             capability: "x".into(),
+            runner: "worker",
             available: "none".into(),
         });
         assert_eq!(Status::from(capability).code(), Code::FailedPrecondition);

@@ -5,7 +5,6 @@
 //! opening and retries at work.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -123,8 +122,7 @@ fn chance(p: f64) -> bool {
     if p >= 1.0 {
         return true;
     }
-    let bits = RandomState::new().hash_one(std::time::Instant::now());
-    ((bits >> 11) as f64 / (1u64 << 53) as f64) < p
+    crate::random::unit() < p
 }
 
 #[cfg(test)]

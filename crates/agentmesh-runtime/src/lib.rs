@@ -13,6 +13,8 @@ pub mod faults;
 pub mod local;
 pub mod mailbox;
 pub mod node;
+pub mod peer;
+pub mod random;
 pub mod services;
 pub mod tools;
 pub mod worker;

@@ -30,6 +30,9 @@ pub mod kind {
     pub const SUBTASK_ASSIGN: &str = "subtask.assign";
     pub const SUBTASK_RESULT: &str = "subtask.result";
     pub const SUBTASK_CANCEL: &str = "subtask.cancel";
+    pub const PEER_JOIN: &str = "peer.join";
+    pub const COLLAB_PROPOSAL: &str = "collab.proposal";
+    pub const COLLAB_BID: &str = "collab.bid";
 }
 
 /// Why an envelope could not be delivered.

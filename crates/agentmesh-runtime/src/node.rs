@@ -123,16 +123,27 @@ impl Node {
                     max_concurrency: config.max_concurrency,
                     version: VERSION.to_owned(),
                 };
-                worker = Some(
+                let faults = config.faults.clone();
+                worker = Some(if config.role == Role::Peer {
+                    agents::start_peer(
+                        registration,
+                        tools,
+                        faults,
+                        registry.clone(),
+                        router.clone(),
+                        config.peer.clone(),
+                    )
+                    .await?
+                } else {
                     agents::start_worker(
                         registration,
                         tools,
-                        config.faults.clone(),
+                        faults,
                         registry.clone(),
                         router.clone(),
                     )
-                    .await?,
-                );
+                    .await?
+                });
             }
         }
 
@@ -250,6 +261,9 @@ impl Node {
         }
         if let Some(worker) = &self.worker {
             worker.actor.stop(Some("node shutdown".into()));
+            if let Some(peer) = &worker.peer {
+                peer.stop(Some("node shutdown".into()));
+            }
         }
         if let Some(coordinator) = &self.coordinator {
             coordinator.stop(Some("node shutdown".into()));

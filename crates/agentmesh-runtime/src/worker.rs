@@ -316,13 +316,19 @@ fn result_of(
         elapsed_us: elapsed.as_micros() as u64,
         handed_back: false,
         term: assignment.term,
+        consensus_json: String::new(),
     }
 }
 
 /// Sends a result to its coordinator, again with backoff while the
 /// coordinator cannot be reached (restarting, partitioned): a result is the
 /// only copy of the work, so it is not dropped at the first failure.
-async fn report(router: &Router, from: &AgentId, coordinator: &AgentId, result: SubtaskResult) {
+pub(crate) async fn report(
+    router: &Router,
+    from: &AgentId,
+    coordinator: &AgentId,
+    result: SubtaskResult,
+) {
     let mut delay = REPORT_FIRST_DELAY;
     for attempt in 1..=REPORT_ATTEMPTS {
         let envelope = mailbox::envelope(from, coordinator, kind::SUBTASK_RESULT, result.clone());

@@ -11,6 +11,7 @@ use thiserror::Error;
 use super::file::{Pattern, Strategy, TaskFile};
 use super::limits::TaskLimits;
 use super::reference::{ReferenceError, visit_references};
+use crate::Role;
 
 /// Length limit of task names and subtask ids.
 pub const MAX_NAME_LEN: usize = 128;
@@ -32,10 +33,12 @@ pub enum TaskFileError {
     Cycle(Vec<String>),
     /// No live worker offers a capability; depends on the cluster's state,
     /// not on the document.
-    #[error("{field}: no live worker offers capability '{capability}' (available: {available})")]
+    #[error("{field}: no live {runner} offers capability '{capability}' (available: {available})")]
     CapabilityUnavailable {
         field: String,
         capability: String,
+        /// `worker`, or `peer` for a `peer_consensus` task.
+        runner: &'static str,
         available: String,
     },
     /// The document is valid but asks for something this cluster does not run.
@@ -126,6 +129,7 @@ pub fn validate(
             return Err(TaskFileError::CapabilityUnavailable {
                 field: format!("tasks[{i}].capability"),
                 capability: task.capability.clone(),
+                runner: runner_of(file.pattern).as_str(),
                 available: list_or_none(available()),
             });
         }
@@ -138,6 +142,15 @@ fn list_or_none(items: Vec<String>) -> String {
         "none".to_owned()
     } else {
         items.join(", ")
+    }
+}
+
+/// The role of the agents that run the subtasks of a task with `pattern`:
+/// `offers` in [`validate`] must answer for them.
+pub fn runner_of(pattern: Pattern) -> Role {
+    match pattern {
+        Pattern::PeerConsensus => Role::Peer,
+        _ => Role::Worker,
     }
 }
 

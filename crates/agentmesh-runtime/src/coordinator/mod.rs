@@ -20,15 +20,15 @@
 
 mod hub;
 pub mod leadership;
+mod pools;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::retry::exhausted_message;
-use agentmesh_core::scheduling::{WorkerPool, WorkerState};
+use agentmesh_core::scheduling::WorkerState;
 use agentmesh_core::task::record::{Applied, StoppedAttempt};
 use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
@@ -43,6 +43,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 pub use hub::{EarlyWatch, RecordHub, Subscription};
+use pools::Pools;
 pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
@@ -175,7 +176,7 @@ pub struct CoordinatorState {
     backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
     /// For timers that wake the actor when a backoff ends.
     myself: ActorRef<CoordinatorMessage>,
-    pool: WorkerPool,
+    pool: Pools,
     /// The latest membership, to start a fresh pool from.
     membership: Arc<Membership>,
 }
@@ -195,7 +196,7 @@ impl Actor for Coordinator {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut membership = args.registry.membership();
         let view = membership.borrow_and_update().clone();
-        let pool = fresh_pool(&args.config, &view);
+        let pool = Pools::new(&args.config, &view);
         let events = myself.clone();
         tokio::spawn(async move {
             while membership.changed().await.is_ok() {
@@ -284,7 +285,7 @@ impl Actor for Coordinator {
             CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
             CoordinatorMessage::LinkBroken(link) => state.link_broken(link).await,
             CoordinatorMessage::Workers(reply) => {
-                let _ = reply.send(state.pool.workers().cloned().collect());
+                let _ = reply.send(state.pool.agents().cloned().collect());
             }
             CoordinatorMessage::Tick => state.check_deadlines().await,
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
@@ -363,7 +364,7 @@ impl CoordinatorState {
         self.tasks.clear();
         self.queue.clear();
         self.backoff.clear();
-        self.pool = fresh_pool(&self.config, &self.membership);
+        self.pool = Pools::new(&self.config, &self.membership);
         writer.finish(WRITER_FINISH_TIMEOUT).await;
         self.hub.forget_unfinished();
         info!(
@@ -486,6 +487,10 @@ impl CoordinatorState {
             return;
         }
         debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, term = result.term, "result applied");
+        if !result.consensus_json.is_empty() {
+            // How the peers agreed, kept with the output it explains.
+            record.subtasks[index].consensus = serde_json::from_str(&result.consensus_json).ok();
+        }
         self.pool.release(&worker, Some(success), now);
         let completed_id = result.subtask_id;
         let newly_ready: Vec<usize> = record
@@ -519,7 +524,7 @@ impl CoordinatorState {
             return;
         }
         if record.requeue(subtask, attempt, error.clone(), now) == Applied::Changed {
-            let delay = self.config.retry.delay_ms(attempt, jitter());
+            let delay = self.config.retry.delay_ms(attempt, crate::random::unit());
             warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, delay_ms = delay, "re-dispatching subtask");
             worker.iter().for_each(|w| self.pool.release(w, None, now));
             self.backoff
@@ -746,6 +751,7 @@ impl CoordinatorState {
             }
             let Some(worker) = self
                 .pool
+                .for_pattern(record.pattern)
                 .select(&record.subtasks[index].capability, now_ms())
             else {
                 waiting.push_back((id, index));
@@ -772,6 +778,8 @@ impl CoordinatorState {
                 input_json: input.to_string(),
                 timeout_ms: subtask.timeout_ms.unwrap_or(0),
                 term: self.term,
+                redundancy: record.redundancy,
+                consensus: record.consensus.clone().unwrap_or_default(),
             };
             debug!(task_id = %id, subtask = %subtask.id, attempt, term = self.term, worker = %worker, "dispatching");
             let envelope = mailbox::envelope(&self.id, &worker, kind::SUBTASK_ASSIGN, assignment);
@@ -830,18 +838,4 @@ impl LocalMailbox for CoordinatorMailbox {
                 DeliverError::Stopped(AgentId::new(envelope.to))
             })
     }
-}
-
-/// A pool with no placements, for a coordinator that starts leading.
-fn fresh_pool(config: &CoordinatorConfig, membership: &Membership) -> WorkerPool {
-    let mut pool = WorkerPool::new(config.weights.clone()).with_breaker(config.breaker);
-    pool.sync(membership);
-    pool
-}
-
-/// A fresh number in [0, 1) for retry jitter. `RandomState` is seeded per
-/// process and per call from the OS, which is all jitter needs.
-fn jitter() -> f64 {
-    let bits = RandomState::new().hash_one(now_ms());
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

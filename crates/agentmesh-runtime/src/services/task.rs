@@ -12,7 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_core::task::validate::{parse, runner_of};
+use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{AgentId, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
@@ -178,11 +179,13 @@ impl TaskApi {
 
     fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
         let membership = self.registry.membership().borrow().clone();
-        let file = parse_and_validate(
-            document,
+        let file = parse(document, &self.limits)?;
+        let runner = runner_of(file.pattern);
+        let file = validate(
+            file,
             &self.limits,
-            &|capability| membership.offers(capability),
-            &|| membership.capabilities(),
+            &|capability| membership.offers_as(runner, capability),
+            &|| membership.capabilities_of(runner),
         )?;
         Ok(TaskRecord::new(
             TaskId::new(uuid::Uuid::new_v4().to_string()),
