@@ -184,14 +184,15 @@ impl Round {
         }
         let solo = (award.winners.len() < self.seats).then(|| {
             format!(
-                "only {} of {} peers needed answered before the bid deadline; ran solo on '{}'",
+                "only {} of {} peers needed answered before the bid deadline; ran solo",
                 award.winners.len(),
                 self.seats,
-                award.winners[0]
             )
         });
+        // Alone, the best bid runs it, never a peer on probation.
         self.participants = if solo.is_some() {
-            award.winners[..1].to_vec()
+            let all: Vec<Bid> = self.bids.values().cloned().collect();
+            auction::award(&all, 1, &self.weights).winners
         } else {
             award.winners
         };
@@ -297,7 +298,10 @@ mod tests {
             panic!("the bid deadline closes the auction");
         };
         assert_eq!(participants, vec![a("p2")]);
-        assert!(solo.unwrap().contains("only 1 of 3"));
+        assert_eq!(
+            solo.as_deref(),
+            Some("only 1 of 3 peers needed answered before the bid deadline; ran solo")
+        );
         assert_eq!(r.bid(bid("p1", 0.9), 100, 101), Next::Wait, "too late");
     }
 
@@ -322,6 +326,17 @@ mod tests {
             vec![(a("p1"), Ok(json!(1))), (a("p2"), Err("boom".into()))]
         );
         assert_eq!(missing, vec![a("p3")]);
+    }
+
+    #[test]
+    fn a_solo_run_goes_to_the_best_bid_not_to_a_peer_on_probation() {
+        let mut r = Round::new(["p1", "new"].map(a), 3, BidWeights::default(), 3, 100, 1000);
+        r.bid(bid("p1", 0.9), 50, 1);
+        let Next::Assign { participants, solo } = r.bid(bid("new", 0.1), 0, 2) else {
+            panic!("every invited peer bid");
+        };
+        assert!(solo.is_some());
+        assert_eq!(participants, vec![a("p1")]);
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub fn agent_info(
     agent: &AgentRegistration,
     stats: Option<&WorkerState>,
     leader: bool,
+    reputation: Option<f64>,
 ) -> pb::AgentInfo {
     pb::AgentInfo {
         id: agent.id.to_string(),
@@ -151,7 +152,7 @@ pub fn agent_info(
         version: agent.version.clone(),
         succeeded: stats.map_or(0, |s| s.succeeded),
         failed: stats.map_or(0, |s| s.failed),
-        reputation: None,
+        reputation,
         breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
         leader,
     }

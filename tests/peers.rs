@@ -1,0 +1,219 @@
+//! Peers that cross-check each other: a real etcd, a coordinator and five
+//! `--role peer` processes, one of which answers wrongly on purpose
+//! (`--fault wrong-result:1`). Every `peer_consensus` task must come back
+//! right, the faulty peer must be out-voted and named, its reputation must
+//! end below every honest peer's, and it must win fewer auctions as the
+//! cluster learns whom to trust.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::{Etcd, Node, eventually, run_cli, start_node};
+
+const HONEST: [&str; 4] = ["peer-1", "peer-2", "peer-3", "peer-4"];
+const FAULTY: &str = "peer-faulty";
+const ROUNDS: usize = 100;
+
+struct Peers {
+    _etcd: Etcd,
+    coordinator: Node,
+    peers: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+impl Peers {
+    fn start() -> Self {
+        let etcd = Etcd::start();
+        let url = etcd.client_url();
+        let coordinator = start_node(
+            "coordinator",
+            &url,
+            "coordinator",
+            &["--id", "coordinator-1"],
+        );
+        let mut peers: Vec<Node> = HONEST
+            .iter()
+            .map(|id| {
+                start_node(
+                    id,
+                    &url,
+                    "peer",
+                    &["--id", id, "--capabilities", "math.eval"],
+                )
+            })
+            .collect();
+        peers.push(start_node(
+            FAULTY,
+            &url,
+            "peer",
+            &[
+                "--id",
+                FAULTY,
+                "--capabilities",
+                "math.eval",
+                "--fault",
+                "wrong-result:1",
+            ],
+        ));
+        let cluster = Self {
+            _etcd: etcd,
+            coordinator,
+            peers,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        eventually("five peers registered", Duration::from_secs(15), || {
+            (cluster.agents().len() == 6).then_some(())
+        });
+        cluster
+    }
+
+    fn agents(&self) -> Vec<Value> {
+        let out = run_cli(&["agents", "--endpoint", &self.coordinator.endpoint, "--json"]);
+        assert!(out.success(), "{out}");
+        out.json().as_array().cloned().unwrap_or_default()
+    }
+
+    fn reputations(&self) -> BTreeMap<String, f64> {
+        self.agents()
+            .iter()
+            .filter_map(|a| Some((a["id"].as_str()?.to_owned(), a["reputation"].as_f64()?)))
+            .collect()
+    }
+
+    /// Runs `3 * n` on `redundancy` peers; returns the final record.
+    fn run(&self, n: usize, redundancy: u32, consensus: &str) -> Value {
+        let path = self.dir.path().join(format!("task-{n}-{redundancy}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: triple-{n}\npattern: peer_consensus\nredundancy: {redundancy}\n\
+                 consensus: {consensus}\ntasks:\n  - id: triple\n    capability: math.eval\n    \
+                 input: {{ expr: \"{n} * 3\" }}\n"
+            ),
+        )
+        .unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let out = run_cli(&[
+            "submit",
+            "--endpoint",
+            &self.coordinator.endpoint,
+            &path,
+            "--wait",
+        ]);
+        assert!(out.success(), "task {n} failed: {out}");
+        let record = out.json();
+        assert_eq!(
+            record["result"]["value"].as_f64(),
+            Some((3 * n) as f64),
+            "task {n} has a wrong result: {record}"
+        );
+        record
+    }
+
+    fn assert_no_panic(&self) {
+        self.coordinator.process.assert_no_panic();
+        for peer in &self.peers {
+            peer.process.assert_no_panic();
+        }
+    }
+}
+
+fn participants(record: &Value) -> Vec<String> {
+    record["subtasks"][0]["consensus"]["votes"]
+        .as_array()
+        .map(|votes| {
+            votes
+                .iter()
+                .filter_map(|v| v["agent"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn median(mut samples: Vec<u64>) -> u64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+#[test]
+fn consensus_outvotes_a_faulty_peer_whose_reputation_falls() {
+    let cluster = Peers::start();
+    let mut faulty_wins = [0usize; 2];
+    let mut first_seen: BTreeMap<String, f64> = BTreeMap::new();
+    let mut elapsed_3 = Vec::new();
+    for n in 1..=ROUNDS {
+        let record = cluster.run(n, 3, "voting");
+        let consensus = &record["subtasks"][0]["consensus"];
+        let seated = participants(&record);
+        assert_eq!(seated.len(), 3, "three peers voted: {record}");
+        assert!(consensus["solo"].is_null(), "{record}");
+        let dissenters: Vec<&str> = consensus["dissenters"]
+            .as_array()
+            .map(|d| d.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if seated.iter().any(|p| p == FAULTY) {
+            faulty_wins[usize::from(n > ROUNDS / 2)] += 1;
+            assert_eq!(
+                dissenters,
+                vec![FAULTY],
+                "the faulty peer is named: {record}"
+            );
+            assert!((consensus["agreement"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        } else {
+            assert!(dissenters.is_empty(), "{record}");
+        }
+        elapsed_3.push(record["subtasks"][0]["elapsed_ms"].as_u64().unwrap_or(0));
+        for (peer, score) in cluster.reputations() {
+            first_seen.entry(peer).or_insert(score);
+        }
+    }
+    let last = cluster.reputations();
+    let faulty = last[FAULTY];
+    for honest in HONEST {
+        assert!(
+            faulty < last[honest],
+            "the faulty peer's reputation {faulty} must end below {honest}'s {}",
+            last[honest]
+        );
+    }
+    assert!(
+        faulty_wins[1] < faulty_wins[0],
+        "the faulty peer must win fewer auctions over time: {faulty_wins:?} (first, second half)"
+    );
+
+    let elapsed_5: Vec<u64> = (1..=20)
+        .map(|n| {
+            let record = cluster.run(n, 5, "voting");
+            assert_eq!(participants(&record).len(), 5, "{record}");
+            record["subtasks"][0]["elapsed_ms"].as_u64().unwrap_or(0)
+        })
+        .collect();
+
+    // More seats than peers: the round runs solo on the best bid, and says so.
+    let solo = cluster.run(7, 7, "hybrid");
+    let why = solo["subtasks"][0]["consensus"]["solo"]
+        .as_str()
+        .unwrap_or("");
+    assert!(why.starts_with("only 5 of 7 peers"), "{solo}");
+    assert_ne!(participants(&solo), vec![FAULTY.to_owned()]);
+
+    for (peer, first) in &first_seen {
+        println!(
+            "REPUTATION peer={peer} first={first:.3} last={:.3}",
+            last[peer]
+        );
+    }
+    println!(
+        "CONSENSUS rounds={ROUNDS} correct={ROUNDS} faulty_seated_first_half={} \
+         faulty_seated_second_half={} median_round_ms_3_peers={} median_round_ms_5_peers={}",
+        faulty_wins[0],
+        faulty_wins[1],
+        median(elapsed_3),
+        median(elapsed_5)
+    );
+    cluster.assert_no_panic();
+}
