@@ -81,6 +81,9 @@ pub struct WorkerState {
     pub in_flight: u32,
     pub succeeded: u64,
     pub failed: u64,
+    /// The agent's cluster-wide reputation (registry), when one is
+    /// recorded; it tempers the success rate seen by this coordinator alone.
+    pub reputation: Option<f64>,
     /// Fed with the verdicts of this coordinator's attempts only, like the
     /// counters above.
     pub breaker: CircuitBreaker,
@@ -112,9 +115,16 @@ impl WorkerState {
     }
 
     /// Laplace-smoothed, so a new worker starts at 0.5 rather than at either
-    /// extreme.
+    /// extreme; averaged with the agent's recorded reputation when there is
+    /// one, so what other coordinators and peers learned counts too.
     pub fn success_rate(&self) -> f64 {
-        (self.succeeded as f64 + 1.0) / ((self.succeeded + self.failed) as f64 + 2.0)
+        let local = (self.succeeded as f64 + 1.0) / ((self.succeeded + self.failed) as f64 + 2.0);
+        match self.reputation {
+            Some(reputation) if reputation.is_finite() => {
+                (local + reputation.clamp(0.0, 1.0)) / 2.0
+            }
+            _ => local,
+        }
     }
 
     /// The worker's score for `capability`, or `None` when it is full or
@@ -412,6 +422,7 @@ impl WorkerPool {
                     in_flight: 0,
                     succeeded: 0,
                     failed: 0,
+                    reputation: None,
                     breaker: CircuitBreaker::new(self.breaker),
                 };
                 self.index.add_offers(&worker);
@@ -497,6 +508,17 @@ impl WorkerPool {
             worker.in_flight = worker.in_flight.saturating_add(1);
             worker.breaker.on_dispatch(now_ms);
         });
+    }
+
+    /// Sets an agent's recorded reputation (see [`WorkerState::reputation`]).
+    pub fn set_reputation(&mut self, id: &AgentId, reputation: Option<f64>) {
+        let unchanged = self
+            .workers
+            .get(id)
+            .is_none_or(|w| w.reputation == reputation);
+        if !unchanged {
+            self.update(id, |worker| worker.reputation = reputation);
+        }
     }
 
     /// Takes a worker that could not be reached out of placement for a
@@ -618,6 +640,7 @@ mod tests {
             in_flight: 1,
             succeeded: 8,
             failed: 0,
+            reputation: None,
             breaker: CircuitBreaker::default(),
         };
         let score = worker.score("a", &ScoreWeights::default()).unwrap();
@@ -841,6 +864,27 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_reputation_tempers_the_success_rate() {
+        let mut p = WorkerPool::new(ScoreWeights {
+            capability: 0.0,
+            success_rate: 1.0,
+            free_load: 0.0,
+            specialization: 0.0,
+        });
+        p.sync(&membership(&[
+            registration("a", &["c"], 1),
+            registration("b", &["c"], 1),
+        ]));
+        assert_eq!(p.select("c", 0), Some(AgentId::new("a")), "ties by id");
+        p.set_reputation(&AgentId::new("a"), Some(0.1));
+        p.set_reputation(&AgentId::new("b"), Some(0.9));
+        assert_eq!(p.select("c", 0), Some(AgentId::new("b")));
+        let b = p.workers().find(|w| w.id == AgentId::new("b")).unwrap();
+        assert!((b.success_rate() - 0.7).abs() < 1e-12);
+        assert_index_consistent(&p);
+    }
+
+    #[test]
     fn a_pool_places_on_its_own_role_only() {
         let mut peer = registration("peer", &["c"], 2);
         peer.role = Role::Peer;
@@ -970,6 +1014,7 @@ mod tests {
                     in_flight: 0,
                     succeeded: 0,
                     failed: 0,
+                    reputation: None,
                     breaker: CircuitBreaker::new(self.breaker),
                 });
                 worker.capabilities = agent.capabilities.clone();
@@ -1182,6 +1227,7 @@ mod tests {
                 in_flight,
                 succeeded: s,
                 failed: f,
+                reputation: None,
                 breaker: CircuitBreaker::default(),
             };
             let score = worker.score("c0", &ScoreWeights::default()).unwrap();

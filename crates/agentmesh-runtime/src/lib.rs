@@ -15,6 +15,7 @@ pub mod mailbox;
 pub mod node;
 pub mod peer;
 pub mod random;
+pub mod reputation;
 pub mod services;
 pub mod tools;
 pub mod worker;

@@ -52,6 +52,8 @@ use crate::mailbox::{self, Backlog, BrokenLink, DeliverError, LocalMailbox, Rout
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(200);
+/// How often recorded reputations are read into worker scores.
+const REPUTATION_REFRESH: Duration = Duration::from_secs(5);
 /// How long a coordinator that stops leading waits for its queued records.
 const WRITER_FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,6 +130,8 @@ pub enum CoordinatorMessage {
     /// The connection to another node failed: attempts running there may
     /// be lost with it.
     LinkBroken(BrokenLink),
+    /// Every agent's recorded reputation, refreshed periodically.
+    Reputations(HashMap<AgentId, f64>),
     /// The scheduler's view of every worker, for `agents`.
     Workers(RpcReplyPort<Vec<WorkerState>>),
     Tick,
@@ -221,6 +225,26 @@ impl Actor for Coordinator {
                 }
             }
         });
+        let registry = args.registry.clone();
+        let events = myself.clone();
+        tokio::spawn(async move {
+            let policy = agentmesh_core::reputation::ReputationPolicy::default();
+            let mut interval = tokio::time::interval(REPUTATION_REFRESH);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                let Ok(scores) = crate::reputation::mean_scores(registry.as_ref(), &policy).await
+                else {
+                    continue;
+                };
+                if events
+                    .cast(CoordinatorMessage::Reputations(scores))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         let ticks = myself.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
@@ -284,6 +308,11 @@ impl Actor for Coordinator {
             }
             CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
             CoordinatorMessage::LinkBroken(link) => state.link_broken(link).await,
+            CoordinatorMessage::Reputations(scores) => {
+                for agent in state.membership.agents.keys() {
+                    state.pool.set_reputation(agent, scores.get(agent).copied());
+                }
+            }
             CoordinatorMessage::Workers(reply) => {
                 let _ = reply.send(state.pool.agents().cloned().collect());
             }

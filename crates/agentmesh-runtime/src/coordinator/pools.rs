@@ -51,6 +51,11 @@ impl Pools {
         self.peers.release(id, success, now_ms);
     }
 
+    pub fn set_reputation(&mut self, id: &AgentId, reputation: Option<f64>) {
+        self.workers.set_reputation(id, reputation);
+        self.peers.set_reputation(id, reputation);
+    }
+
     pub fn trip(&mut self, id: &AgentId, now_ms: u64) {
         self.workers.trip(id, now_ms);
         self.peers.trip(id, now_ms);

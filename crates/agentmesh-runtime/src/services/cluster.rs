@@ -1,10 +1,8 @@
 //! `ClusterService`: the cluster as this node sees it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_core::AgentId;
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_proto::v1 as pb;
@@ -14,7 +12,6 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tonic::{Request, Response, Status};
 
-use crate::clock::now_ms;
 use crate::convert;
 use crate::coordinator::CoordinatorMessage;
 
@@ -50,25 +47,6 @@ async fn worker_stats(coordinator: Option<&ActorRef<CoordinatorMessage>>) -> Vec
     }
 }
 
-/// Each agent's mean reputation over its capabilities, decayed to now;
-/// empty when the registry cannot say (the listing does without).
-async fn reputations(registry: &dyn Registry) -> HashMap<AgentId, f64> {
-    let Ok(entries) = registry.reputations().await else {
-        return HashMap::new();
-    };
-    let now = now_ms();
-    let policy = ReputationPolicy::default();
-    let mut sums: HashMap<AgentId, (f64, u32)> = HashMap::new();
-    for entry in entries {
-        let sum = sums.entry(entry.agent).or_default();
-        sum.0 += entry.reputation.score_at(now, &policy);
-        sum.1 += 1;
-    }
-    sums.into_iter()
-        .map(|(agent, (total, n))| (agent, total / f64::from(n)))
-        .collect()
-}
-
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
     async fn list_agents(
@@ -78,7 +56,11 @@ impl ClusterService for ClusterGrpc {
         let membership = self.registry.membership().borrow().clone();
         let leader = self.registry.leader().borrow().clone();
         let stats = worker_stats(self.coordinator.as_ref()).await;
-        let reputations = reputations(self.registry.as_ref()).await;
+        // The listing does without reputations the registry cannot give.
+        let reputations =
+            crate::reputation::mean_scores(self.registry.as_ref(), &ReputationPolicy::default())
+                .await
+                .unwrap_or_default();
         let agents = membership
             .agents
             .values()
