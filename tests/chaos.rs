@@ -654,13 +654,6 @@ impl Summary {
 
     /// The assertions every scenario shares about the tasks themselves.
     fn assert_all_completed(&self) {
-        let first = |list: &[String]| {
-            list.iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        };
         assert!(
             self.fatal.is_empty(),
             "the cluster refused a task document as invalid (a test bug):\n  {}",
@@ -1087,6 +1080,15 @@ impl Driver {
     }
 }
 
+/// The first five entries of a failure list, one per line, for messages.
+fn first(list: &[String]) -> String {
+    list.iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
 fn is_terminal(status: pb::TaskStatus) -> bool {
     matches!(
         status,
@@ -1234,13 +1236,6 @@ impl AppliedCheck {
     }
 
     fn assert_clean(&self) {
-        let first = |list: &[String]| {
-            list.iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        };
         assert!(
             self.malformed.is_empty(),
             "`result applied` lines without task_id=, subtask=, attempt= and term=:\n  {}",
