@@ -347,6 +347,17 @@ impl TaskRecord {
         self.ready()
     }
 
+    /// Excuses the current attempt of a subtask from the retry budget: it
+    /// ended through no fault of the subtask or its worker (handed back by
+    /// a draining or full worker). Stale attempts are not excused.
+    pub fn excuse(&mut self, subtask: usize, attempt: u32) -> Applied {
+        if !self.current(subtask, attempt) {
+            return Applied::Stale;
+        }
+        self.subtasks[subtask].restarts += 1;
+        Applied::Changed
+    }
+
     /// Attempts of a subtask that count against its retry budget.
     pub fn budgeted_attempts(&self, subtask: usize) -> u32 {
         let s = &self.subtasks[subtask];

@@ -470,7 +470,9 @@ impl CoordinatorState {
             return;
         };
         if result.handed_back {
-            // Not a verdict on the subtask or the worker: place it elsewhere.
+            // Not a verdict on the subtask or the worker: place it
+            // elsewhere, without spending the retry budget.
+            record.excuse(index, result.attempt);
             let reason = match result.outcome {
                 Some(subtask_result::Outcome::Error(reason)) => reason,
                 _ => format!("worker '{}' handed the attempt back", result.worker_id),

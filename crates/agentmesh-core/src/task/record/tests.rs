@@ -171,3 +171,15 @@ fn resuming_an_ended_or_untouched_task_changes_nothing() {
     r.cancel("stop".into(), 1002);
     assert!(r.resume("coordinator changed", 1003).is_empty());
 }
+
+#[test]
+fn an_excused_attempt_does_not_count_against_the_budget() {
+    let mut r = average();
+    let first = r.start_attempt(0, w("w1"), 1001);
+    assert_eq!(r.excuse(0, first), Applied::Changed);
+    assert_eq!(r.budgeted_attempts(0), 0);
+    assert_eq!(r.excuse(0, first + 1), Applied::Stale);
+    r.requeue(0, first, "handed back".into(), 1002);
+    r.start_attempt(0, w("w2"), 1003);
+    assert_eq!(r.budgeted_attempts(0), 1);
+}
