@@ -310,8 +310,8 @@ pub struct WorkerPool {
     breaker: BreakerPolicy,
     workers: BTreeMap<AgentId, WorkerState>,
     index: CapabilityIndex,
-    /// Whether the pool places on peers rather than on workers.
-    peers: bool,
+    /// The role of the agents the pool places on; workers when unset.
+    role: Option<Role>,
 }
 
 impl WorkerPool {
@@ -323,18 +323,18 @@ impl WorkerPool {
         }
     }
 
-    /// A pool of peers (agents of role `peer`) rather than workers: where a
-    /// coordinator places the proposer of a `peer_consensus` subtask.
-    pub fn of_peers(mut self) -> Self {
-        self.peers = true;
+    /// A pool of agents of `role` rather than workers: peers, where a
+    /// coordinator places the proposer of a `peer_consensus` subtask, or
+    /// hierarchy levels, where it places a `hierarchical` task's plan.
+    pub fn of_role(mut self, role: Role) -> Self {
+        self.role = Some(role);
         self
     }
 
     /// Whether `agent` is one this pool places on: of the pool's role, and
     /// able to run anything at all.
     fn admits(&self, agent: &AgentRegistration) -> bool {
-        let role = if self.peers { Role::Peer } else { Role::Worker };
-        agent.role == role && agent.max_concurrency > 0
+        agent.role == self.role.unwrap_or(Role::Worker) && agent.max_concurrency > 0
     }
 
     /// Uses `policy` for the breakers of the pool's workers, present and
@@ -890,7 +890,7 @@ mod tests {
         peer.role = Role::Peer;
         let view = membership(&[registration("worker", &["c"], 2), peer]);
         let mut workers = WorkerPool::new(flat_weights());
-        let mut peers = WorkerPool::new(flat_weights()).of_peers();
+        let mut peers = WorkerPool::new(flat_weights()).of_role(Role::Peer);
         workers.sync(&view);
         peers.sync(&view);
         assert_eq!(workers.select("c", 0), Some(AgentId::new("worker")));
