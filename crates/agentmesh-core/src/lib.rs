@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod builtin;
 pub mod collaboration;
 pub mod consensus;
+pub mod hierarchy;
 pub mod ids;
 pub mod reputation;
 pub mod retry;

@@ -70,3 +70,22 @@ async fn injected_faults_change_what_workers_answer() {
     );
     cluster.stop();
 }
+
+/// The hierarchical form validates, but until the level actors exist the
+/// cluster refuses to run it, precisely and without touching anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hierarchical_task_is_refused_until_levels_run() {
+    let cluster = within(LocalCluster::start(1, config())).await.unwrap();
+    let error = within(cluster.api().submit(include_str!(
+        "../../../examples/hierarchical-market-study.yaml"
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("pattern: pattern 'hierarchical' is not available in this cluster yet"),
+        "{error}"
+    );
+    cluster.stop();
+}

@@ -16,7 +16,15 @@ pub struct TaskFile {
     pub pattern: Pattern,
     #[serde(default)]
     pub strategy: Strategy,
+    /// The subtasks of every pattern but `hierarchical`, which lists them
+    /// under `objectives` instead (and leaves this empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<SubtaskSpec>,
+    /// `hierarchical`: what the strategic level hands to tactical
+    /// coordinators, one objective each, with the operational tasks that
+    /// reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<ObjectiveSpec>,
     /// Time limit of the whole task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -41,6 +49,20 @@ pub struct SubtaskSpec {
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+/// One entry of `objectives`: a goal one tactical coordinator owns, reached
+/// by a DAG of operational tasks. Ids, `depends_on` and `{{id.field}}`
+/// references are scoped to the objective, so two objectives may both have
+/// a task `survey` and neither can read the other's outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSpec {
+    pub id: String,
+    /// What the objective is for, in words, carried into its reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub tasks: Vec<SubtaskSpec>,
 }
 
 fn empty_object() -> Value {
@@ -80,7 +102,13 @@ impl fmt::Display for Pattern {
 }
 
 /// How subtasks are ordered: `sequential` chains every entry to the one
-/// before it; `parallel` runs the DAG given by `depends_on`.
+/// before it; `parallel` runs the DAG given by `depends_on`. With pattern
+/// `hierarchical` the strategy orders the tasks within each objective.
+///
+/// `hierarchical` is part of the format but refused at validation: levels
+/// are a pattern (`pattern: hierarchical` with `objectives`), not an order
+/// of one list of tasks, and a synonym would give one thing two spellings
+/// and let `strategy: hierarchical` contradict `pattern: peer_consensus`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {

@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 pub struct TaskLimits {
     /// Size of the task document in bytes.
     pub max_document_bytes: usize,
-    /// Number of subtasks in one task.
+    /// Number of subtasks in one task; for a `hierarchical` task, of
+    /// operational tasks over all its objectives.
     pub max_subtasks: usize,
+    /// Objectives of one `hierarchical` task, each of which occupies a
+    /// tactical coordinator while it runs.
+    pub max_objectives: usize,
     /// Length of the longest dependency chain.
     pub max_depth: usize,
     /// Size of one subtask's input, serialized as JSON.
@@ -26,6 +30,7 @@ impl Default for TaskLimits {
         Self {
             max_document_bytes: 1024 * 1024,
             max_subtasks: 1024,
+            max_objectives: 32,
             max_depth: 64,
             max_input_bytes: 256 * 1024,
             max_timeout_ms: 24 * 60 * 60 * 1000,

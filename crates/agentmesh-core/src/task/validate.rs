@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
-use super::file::{Pattern, Strategy, TaskFile};
+use super::file::{ObjectiveSpec, Pattern, Strategy, SubtaskSpec, TaskFile};
 use super::limits::TaskLimits;
-use super::reference::{ReferenceError, visit_references};
+use super::reference::{Reference, ReferenceError, visit_references};
 use crate::Role;
 
 /// Length limit of task names and subtask ids.
@@ -97,7 +97,8 @@ pub fn parse_and_validate(
 }
 
 /// Checks a parsed task file and returns it normalised: for the
-/// `sequential` strategy every entry depends on the entry before it.
+/// `sequential` strategy every entry depends on the entry before it (within
+/// each objective, for a `hierarchical` task).
 ///
 /// `offers` tells whether a live worker offers a capability; `available`
 /// lists what is offered, for the error message.
@@ -109,30 +110,29 @@ pub fn validate(
 ) -> Result<TaskFile, TaskFileError> {
     check_header(&file, limits)?;
     check_collaboration(&mut file, limits)?;
-    check_ids(&file)?;
-    if file.strategy == Strategy::Sequential {
-        for i in 1..file.tasks.len() {
-            let previous = file.tasks[i - 1].id.clone();
-            if !file.tasks[i].depends_on.contains(&previous) {
-                file.tasks[i].depends_on.push(previous);
-            }
+    let runner = runner_of(file.pattern).as_str();
+    let capability = |field: String, capability: &str| {
+        if offers(capability) {
+            return Ok(());
         }
-    }
-    let index = check_ids(&file)?;
-    let deps = check_dependencies(&file, &index)?;
-    let order = topological_order(&file, &deps)?;
-    check_depth(&file, &deps, &order, limits)?;
-    let ancestors = ancestors(&deps, &order);
-    for (i, task) in file.tasks.iter().enumerate() {
-        check_entry(&file, i, &index, &ancestors[i], limits)?;
-        if !offers(&task.capability) {
-            return Err(TaskFileError::CapabilityUnavailable {
-                field: format!("tasks[{i}].capability"),
-                capability: task.capability.clone(),
-                runner: runner_of(file.pattern).as_str(),
-                available: list_or_none(available()),
-            });
-        }
+        Err(TaskFileError::CapabilityUnavailable {
+            field,
+            capability: capability.to_owned(),
+            runner,
+            available: list_or_none(available()),
+        })
+    };
+    let dag = Dag {
+        field: "tasks",
+        strategy: file.strategy,
+        limits,
+        capability: &capability,
+        elsewhere: &|_| None,
+    };
+    if file.pattern == Pattern::Hierarchical {
+        check_objectives(&mut file.objectives, &dag)?;
+    } else {
+        dag.check(&mut file.tasks)?;
     }
     Ok(file)
 }
@@ -150,6 +150,8 @@ fn list_or_none(items: Vec<String>) -> String {
 pub fn runner_of(pattern: Pattern) -> Role {
     match pattern {
         Pattern::PeerConsensus => Role::Peer,
+        // `hierarchical`: operational tasks are plain capability calls that
+        // tactical coordinators hand to workers.
         _ => Role::Worker,
     }
 }
@@ -218,37 +220,52 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
     }
     if !matches!(
         file.pattern,
-        Pattern::CoordinatorWorker | Pattern::PeerConsensus
+        Pattern::CoordinatorWorker | Pattern::PeerConsensus | Pattern::Hierarchical
     ) {
         return Err(TaskFileError::Unsupported {
             field: "pattern".into(),
             message: format!(
-                "pattern '{}' is not available in this cluster yet (supported: coordinator_worker, peer_consensus)",
+                "pattern '{}' is not available in this cluster yet (supported: coordinator_worker, peer_consensus, hierarchical)",
                 file.pattern
             ),
         });
     }
     if file.strategy == Strategy::Hierarchical {
+        // Levels are a pattern, not an order of one list of tasks; see
+        // `Strategy`.
         return Err(TaskFileError::Unsupported {
             field: "strategy".into(),
-            message: "strategy 'hierarchical' is not available in this cluster yet (supported: sequential, parallel)".into(),
+            message: "strategy 'hierarchical' is not available (supported: sequential, parallel); for strategic, tactical and operational levels use pattern 'hierarchical' with objectives".into(),
         });
     }
-    if file.tasks.is_empty() {
-        return Err(TaskFileError::invalid(
-            "tasks",
-            "must list at least one task",
-        ));
-    }
-    if file.tasks.len() > limits.max_subtasks {
-        return Err(TaskFileError::invalid(
-            "tasks",
-            format!(
-                "lists {} tasks, over the limit of {}",
-                file.tasks.len(),
-                limits.max_subtasks
-            ),
-        ));
+    if file.pattern == Pattern::Hierarchical {
+        check_objective_counts(file, limits)?;
+    } else {
+        if !file.objectives.is_empty() {
+            return Err(TaskFileError::invalid(
+                "objectives",
+                format!(
+                    "applies to pattern hierarchical only (this task's pattern is {})",
+                    file.pattern
+                ),
+            ));
+        }
+        if file.tasks.is_empty() {
+            return Err(TaskFileError::invalid(
+                "tasks",
+                "must list at least one task",
+            ));
+        }
+        if file.tasks.len() > limits.max_subtasks {
+            return Err(TaskFileError::invalid(
+                "tasks",
+                format!(
+                    "lists {} tasks, over the limit of {}",
+                    file.tasks.len(),
+                    limits.max_subtasks
+                ),
+            ));
+        }
     }
     check_timeout("timeout_ms", file.timeout_ms, limits)
 }
@@ -276,59 +293,317 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn check_ids(file: &TaskFile) -> Result<HashMap<&str, usize>, TaskFileError> {
-    let mut index = HashMap::with_capacity(file.tasks.len());
-    for (i, task) in file.tasks.iter().enumerate() {
-        if !valid_id(&task.id) {
+fn invalid_id(field: String, id: &str) -> TaskFileError {
+    TaskFileError::invalid(
+        field,
+        format!("'{id}' is not a valid id (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -)"),
+    )
+}
+
+/// `hierarchical`: `objectives` is given and within bounds, `tasks` is not
+/// used, and the operational tasks of all objectives together stay within
+/// `max_subtasks`.
+fn check_objective_counts(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
+    if !file.tasks.is_empty() {
+        return Err(TaskFileError::invalid(
+            "tasks",
+            "must be empty with pattern hierarchical (list the operational tasks under objectives[].tasks)",
+        ));
+    }
+    if file.objectives.is_empty() {
+        return Err(TaskFileError::invalid(
+            "objectives",
+            "must list at least one objective with pattern hierarchical",
+        ));
+    }
+    if file.objectives.len() > limits.max_objectives {
+        return Err(TaskFileError::invalid(
+            "objectives",
+            format!(
+                "lists {} objectives, over the limit of {}",
+                file.objectives.len(),
+                limits.max_objectives
+            ),
+        ));
+    }
+    let total: usize = file.objectives.iter().map(|o| o.tasks.len()).sum();
+    if total > limits.max_subtasks {
+        return Err(TaskFileError::invalid(
+            "objectives",
+            format!(
+                "list {total} operational tasks in all, over the limit of {}",
+                limits.max_subtasks
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Objective ids, then each objective's tasks with the checks of a flat
+/// task; ids and references are scoped to their objective.
+fn check_objectives(objectives: &mut [ObjectiveSpec], flat: &Dag<'_>) -> Result<(), TaskFileError> {
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(objectives.len());
+    for (o, objective) in objectives.iter().enumerate() {
+        let field = || format!("objectives[{o}].id");
+        if !valid_id(&objective.id) {
+            return Err(invalid_id(field(), &objective.id));
+        }
+        if let Some(first) = index.insert(objective.id.as_str(), o) {
             return Err(TaskFileError::invalid(
-                format!("tasks[{i}].id"),
+                field(),
                 format!(
-                    "'{}' is not a valid id (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -)",
-                    task.id
+                    "duplicate id '{}' (first used by objectives[{first}])",
+                    objective.id
                 ),
             ));
         }
-        if let Some(first) = index.insert(task.id.as_str(), i) {
-            return Err(TaskFileError::invalid(
-                format!("tasks[{i}].id"),
-                format!("duplicate id '{}' (first used by tasks[{first}])", task.id),
-            ));
+    }
+    // Which objectives hold each task id, to explain a reference that
+    // reaches across objectives.
+    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    for objective in objectives.iter() {
+        for task in &objective.tasks {
+            owners
+                .entry(task.id.clone())
+                .or_default()
+                .push(objective.id.clone());
         }
     }
-    Ok(index)
+    for (o, objective) in objectives.iter_mut().enumerate() {
+        let field = format!("objectives[{o}].tasks");
+        if objective.tasks.is_empty() {
+            return Err(TaskFileError::invalid(field, "must list at least one task"));
+        }
+        let own = objective.id.as_str();
+        let elsewhere = |id: &str| {
+            let other = owners.get(id)?.iter().find(|other| *other != own)?;
+            Some(format!(
+                "references stay within their objective; '{id}' is a task of objective '{other}'"
+            ))
+        };
+        let dag = Dag {
+            field: &field,
+            elsewhere: &elsewhere,
+            ..*flat
+        };
+        dag.check(&mut objective.tasks).map_err(|e| match e {
+            TaskFileError::Cycle(ids) => TaskFileError::invalid(
+                field.as_str(),
+                format!("dependency cycle: {}", ids.join(" -> ")),
+            ),
+            other => other,
+        })?;
+    }
+    Ok(())
 }
 
-fn check_dependencies(
-    file: &TaskFile,
-    index: &HashMap<&str, usize>,
-) -> Result<Vec<Vec<usize>>, TaskFileError> {
-    file.tasks
-        .iter()
-        .enumerate()
-        .map(|(i, task)| {
-            let mut deps = Vec::with_capacity(task.depends_on.len());
-            for dep in &task.depends_on {
-                let field = || format!("tasks[{i}].depends_on");
-                let &d = index.get(dep.as_str()).ok_or_else(|| {
-                    TaskFileError::invalid(field(), format!("unknown task id '{dep}'"))
-                })?;
-                if d == i {
-                    return Err(TaskFileError::invalid(
-                        field(),
-                        format!("task '{dep}' depends on itself"),
-                    ));
-                }
-                if !deps.contains(&d) {
-                    deps.push(d);
+/// One list of subtasks forming a DAG, with what its checks need: the
+/// `tasks` of a flat task or of one objective, checked alike.
+#[derive(Clone, Copy)]
+struct Dag<'a> {
+    /// Where the list is in the document (`tasks`, `objectives[1].tasks`),
+    /// the prefix of every error's field.
+    field: &'a str,
+    strategy: Strategy,
+    limits: &'a TaskLimits,
+    /// Refuses a capability (named at the given field) no live runner
+    /// offers.
+    capability: &'a dyn Fn(String, &str) -> Result<(), TaskFileError>,
+    /// A hint for a reference to an id this list does not have but another
+    /// part of the document does.
+    elsewhere: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Dag<'_> {
+    /// The field of entry `i`, followed by `rest` (`.id`, `.input.expr`).
+    fn at(&self, i: usize, rest: &str) -> String {
+        format!("{}[{i}]{rest}", self.field)
+    }
+
+    fn check(&self, tasks: &mut [SubtaskSpec]) -> Result<(), TaskFileError> {
+        // Ids first, so chaining below never works on a duplicate.
+        self.check_ids(tasks)?;
+        if self.strategy == Strategy::Sequential {
+            for i in 1..tasks.len() {
+                let previous = tasks[i - 1].id.clone();
+                if !tasks[i].depends_on.contains(&previous) {
+                    tasks[i].depends_on.push(previous);
                 }
             }
-            Ok(deps)
-        })
-        .collect()
+        }
+        let tasks = &*tasks;
+        let index = self.check_ids(tasks)?;
+        let deps = self.check_dependencies(tasks, &index)?;
+        let order = topological_order(tasks, &deps)?;
+        self.check_depth(tasks, &deps, &order)?;
+        let ancestors = ancestors(&deps, &order);
+        for (i, task) in tasks.iter().enumerate() {
+            self.check_entry(task, i, &index, &ancestors[i])?;
+            (self.capability)(self.at(i, ".capability"), &task.capability)?;
+        }
+        Ok(())
+    }
+
+    fn check_ids<'t>(
+        &self,
+        tasks: &'t [SubtaskSpec],
+    ) -> Result<HashMap<&'t str, usize>, TaskFileError> {
+        let mut index = HashMap::with_capacity(tasks.len());
+        for (i, task) in tasks.iter().enumerate() {
+            if !valid_id(&task.id) {
+                return Err(invalid_id(self.at(i, ".id"), &task.id));
+            }
+            if let Some(first) = index.insert(task.id.as_str(), i) {
+                return Err(TaskFileError::invalid(
+                    self.at(i, ".id"),
+                    format!(
+                        "duplicate id '{}' (first used by {})",
+                        task.id,
+                        self.at(first, "")
+                    ),
+                ));
+            }
+        }
+        Ok(index)
+    }
+
+    fn check_dependencies(
+        &self,
+        tasks: &[SubtaskSpec],
+        index: &HashMap<&str, usize>,
+    ) -> Result<Vec<Vec<usize>>, TaskFileError> {
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| {
+                let mut deps = Vec::with_capacity(task.depends_on.len());
+                for dep in &task.depends_on {
+                    let field = || self.at(i, ".depends_on");
+                    let &d = index.get(dep.as_str()).ok_or_else(|| {
+                        let mut message = format!("unknown task id '{dep}'");
+                        if let Some(hint) = (self.elsewhere)(dep) {
+                            message = format!("{message} ({hint})");
+                        }
+                        TaskFileError::invalid(field(), message)
+                    })?;
+                    if d == i {
+                        return Err(TaskFileError::invalid(
+                            field(),
+                            format!("task '{dep}' depends on itself"),
+                        ));
+                    }
+                    if !deps.contains(&d) {
+                        deps.push(d);
+                    }
+                }
+                Ok(deps)
+            })
+            .collect()
+    }
+
+    fn check_depth(
+        &self,
+        tasks: &[SubtaskSpec],
+        deps: &[Vec<usize>],
+        order: &[usize],
+    ) -> Result<(), TaskFileError> {
+        let mut depth = vec![1usize; deps.len()];
+        for &i in order {
+            depth[i] = 1 + deps[i].iter().map(|&d| depth[d]).max().unwrap_or(0);
+            if depth[i] > self.limits.max_depth {
+                return Err(TaskFileError::invalid(
+                    self.at(i, ".depends_on"),
+                    format!(
+                        "task '{}' ends a dependency chain of {} tasks, over the limit of {}",
+                        tasks[i].id, depth[i], self.limits.max_depth
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_entry(
+        &self,
+        task: &SubtaskSpec,
+        i: usize,
+        index: &HashMap<&str, usize>,
+        ancestors: &HashSet<usize>,
+    ) -> Result<(), TaskFileError> {
+        if task.capability.trim().is_empty() {
+            return Err(TaskFileError::invalid(
+                self.at(i, ".capability"),
+                "must not be empty",
+            ));
+        }
+        check_timeout(&self.at(i, ".timeout_ms"), task.timeout_ms, self.limits)?;
+        let input_size = serde_json::to_vec(&task.input).map_or(0, |v| v.len());
+        if input_size > self.limits.max_input_bytes {
+            return Err(TaskFileError::invalid(
+                self.at(i, ".input"),
+                format!(
+                    "is {input_size} bytes as JSON, over the limit of {}",
+                    self.limits.max_input_bytes
+                ),
+            ));
+        }
+        let mut first_error = None;
+        visit_references(&task.input, &mut |path, refs| {
+            if first_error.is_some() {
+                return;
+            }
+            let field = if path.is_empty() {
+                self.at(i, ".input")
+            } else {
+                self.at(i, &format!(".input.{path}"))
+            };
+            first_error = self
+                .check_references(task.id.as_str(), refs, index, ancestors)
+                .err()
+                .map(|message| TaskFileError::invalid(field, message));
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn check_references(
+        &self,
+        task: &str,
+        refs: Result<Vec<Reference>, ReferenceError>,
+        index: &HashMap<&str, usize>,
+        ancestors: &HashSet<usize>,
+    ) -> Result<(), String> {
+        for reference in refs.map_err(|e| e.to_string())? {
+            match index.get(reference.task.as_str()) {
+                None => {
+                    let mut message = format!(
+                        "reference {} names unknown task '{}'",
+                        reference.display(),
+                        reference.task
+                    );
+                    if let Some(hint) = (self.elsewhere)(&reference.task) {
+                        message = format!("{message} ({hint})");
+                    }
+                    return Err(message);
+                }
+                Some(d) if !ancestors.contains(d) => {
+                    return Err(format!(
+                        "reference {} names task '{}', which is not a dependency of '{task}' (add it to depends_on)",
+                        reference.display(),
+                        reference.task
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Kahn's algorithm; on a cycle, reports one cycle by name.
-fn topological_order(file: &TaskFile, deps: &[Vec<usize>]) -> Result<Vec<usize>, TaskFileError> {
+fn topological_order(
+    tasks: &[SubtaskSpec],
+    deps: &[Vec<usize>],
+) -> Result<Vec<usize>, TaskFileError> {
     let n = deps.len();
     let mut indegree: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut dependents = vec![Vec::new(); n];
@@ -354,10 +629,7 @@ fn topological_order(file: &TaskFile, deps: &[Vec<usize>]) -> Result<Vec<usize>,
     }
     let cycle = find_cycle(deps, &indegree);
     Err(TaskFileError::Cycle(
-        cycle
-            .into_iter()
-            .map(|i| file.tasks[i].id.clone())
-            .collect(),
+        cycle.into_iter().map(|i| tasks[i].id.clone()).collect(),
     ))
 }
 
@@ -388,28 +660,6 @@ fn find_cycle(deps: &[Vec<usize>], indegree: &[usize]) -> Vec<usize> {
     }
 }
 
-fn check_depth(
-    file: &TaskFile,
-    deps: &[Vec<usize>],
-    order: &[usize],
-    limits: &TaskLimits,
-) -> Result<(), TaskFileError> {
-    let mut depth = vec![1usize; deps.len()];
-    for &i in order {
-        depth[i] = 1 + deps[i].iter().map(|&d| depth[d]).max().unwrap_or(0);
-        if depth[i] > limits.max_depth {
-            return Err(TaskFileError::invalid(
-                format!("tasks[{i}].depends_on"),
-                format!(
-                    "task '{}' ends a dependency chain of {} tasks, over the limit of {}",
-                    file.tasks[i].id, depth[i], limits.max_depth
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The transitive dependencies of every task, whose outputs its references
 /// may use.
 fn ancestors(deps: &[Vec<usize>], order: &[usize]) -> Vec<HashSet<usize>> {
@@ -423,76 +673,6 @@ fn ancestors(deps: &[Vec<usize>], order: &[usize]) -> Vec<HashSet<usize>> {
         all[i] = mine;
     }
     all
-}
-
-fn check_entry(
-    file: &TaskFile,
-    i: usize,
-    index: &HashMap<&str, usize>,
-    ancestors: &HashSet<usize>,
-    limits: &TaskLimits,
-) -> Result<(), TaskFileError> {
-    let task = &file.tasks[i];
-    if task.capability.trim().is_empty() {
-        return Err(TaskFileError::invalid(
-            format!("tasks[{i}].capability"),
-            "must not be empty",
-        ));
-    }
-    check_timeout(&format!("tasks[{i}].timeout_ms"), task.timeout_ms, limits)?;
-    let input_size = serde_json::to_vec(&task.input).map_or(0, |v| v.len());
-    if input_size > limits.max_input_bytes {
-        return Err(TaskFileError::invalid(
-            format!("tasks[{i}].input"),
-            format!(
-                "is {input_size} bytes as JSON, over the limit of {}",
-                limits.max_input_bytes
-            ),
-        ));
-    }
-    let mut first_error = None;
-    visit_references(&task.input, &mut |path, refs| {
-        if first_error.is_some() {
-            return;
-        }
-        let field = if path.is_empty() {
-            format!("tasks[{i}].input")
-        } else {
-            format!("tasks[{i}].input.{path}")
-        };
-        first_error = check_references(task.id.as_str(), refs, index, ancestors)
-            .err()
-            .map(|message| TaskFileError::invalid(field, message));
-    });
-    first_error.map_or(Ok(()), Err)
-}
-
-fn check_references(
-    task: &str,
-    refs: Result<Vec<super::reference::Reference>, ReferenceError>,
-    index: &HashMap<&str, usize>,
-    ancestors: &HashSet<usize>,
-) -> Result<(), String> {
-    for reference in refs.map_err(|e| e.to_string())? {
-        match index.get(reference.task.as_str()) {
-            None => {
-                return Err(format!(
-                    "reference {} names unknown task '{}'",
-                    reference.display(),
-                    reference.task
-                ));
-            }
-            Some(d) if !ancestors.contains(d) => {
-                return Err(format!(
-                    "reference {} names task '{}', which is not a dependency of '{task}' (add it to depends_on)",
-                    reference.display(),
-                    reference.task
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::task::validate::{parse, runner_of};
-use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
+use agentmesh_core::task::{Pattern, Status, TaskFileError, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{AgentId, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
@@ -180,6 +180,17 @@ impl TaskApi {
     fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
         let membership = self.registry.membership().borrow().clone();
         let file = parse(document, &self.limits)?;
+        if file.pattern == Pattern::Hierarchical {
+            // The task-file form and the levels' logic exist
+            // (`agentmesh_core::hierarchy`); the level actors do not yet.
+            return Err(TaskFileError::Unsupported {
+                field: "pattern".into(),
+                message: "pattern 'hierarchical' is not available in this cluster yet \
+                          (supported: coordinator_worker, peer_consensus)"
+                    .into(),
+            }
+            .into());
+        }
         let runner = runner_of(file.pattern);
         let file = validate(
             file,
