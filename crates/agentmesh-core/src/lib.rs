@@ -18,6 +18,8 @@ pub mod reputation;
 pub mod retry;
 pub mod scheduling;
 pub mod task;
+#[cfg(test)]
+mod test_support;
 
 pub use agent::{AgentRegistration, Membership, Role};
 pub use ids::{AgentId, SubtaskId, TaskId};

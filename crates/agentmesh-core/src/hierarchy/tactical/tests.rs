@@ -313,20 +313,9 @@ fn summaries_serialize_for_the_upward_report() {
     assert_eq!(policy.retries_elsewhere, 2);
 }
 
-/// A random DAG: each task depends on a subset of the tasks before it, and
-/// its input references every dependency's output.
+/// A random DAG; each task's input references every dependency's output.
 fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
-    (1usize..24).prop_flat_map(|n| {
-        (0..n)
-            .map(|i| proptest::collection::btree_set(0..i.max(1), 0..=i.min(3)))
-            .collect::<Vec<_>>()
-            .prop_map(|deps| {
-                deps.into_iter()
-                    .enumerate()
-                    .map(|(i, ds)| ds.into_iter().filter(|&d| d < i).collect())
-                    .collect()
-            })
-    })
+    crate::test_support::dag(24, 3)
 }
 
 fn objective_of(deps: &[Vec<usize>]) -> ObjectiveSpec {

@@ -198,19 +198,8 @@ fn depth_and_count_limits_apply() {
     assert_eq!(err.to_string(), "tasks: lists 3 tasks, over the limit of 2");
 }
 
-/// A random DAG: each task depends on a subset of the tasks before it.
 fn dag() -> impl proptest::strategy::Strategy<Value = Vec<Vec<usize>>> {
-    (1usize..40).prop_flat_map(|n| {
-        (0..n)
-            .map(|i| proptest::collection::vec(0..i.max(1), 0..=i.min(4)))
-            .collect::<Vec<_>>()
-            .prop_map(|deps| {
-                deps.into_iter()
-                    .enumerate()
-                    .map(|(i, ds)| ds.into_iter().filter(|&d| d < i).collect())
-                    .collect()
-            })
-    })
+    crate::test_support::dag(40, 4)
 }
 
 fn file_from(deps: &[Vec<usize>]) -> TaskFile {
