@@ -1,5 +1,4 @@
 use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_assume, proptest};
-use proptest::strategy::Strategy as _;
 
 use super::*;
 use crate::task::file::{ObjectiveSpec, SubtaskSpec};
