@@ -19,6 +19,7 @@ use crate::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorMailbox, CoordinatorMessage, RecordHub,
 };
 use crate::faults::Faults;
+use crate::level::{Level, LevelArguments, LevelMailbox, LevelMessage};
 use crate::mailbox::Router;
 use crate::node::NodeError;
 use crate::peer::{Peer, PeerArguments, PeerMailbox, PeerMessage};
@@ -187,6 +188,42 @@ async fn start_worker_with(
         publisher,
         peer: peer_actor,
     })
+}
+
+/// A strategic or tactical level agent: it coordinates the level below
+/// and runs no tools.
+pub async fn start_level(
+    registration: AgentRegistration,
+    level: agentmesh_core::hierarchy::Level,
+    registry: Arc<dyn Registry>,
+    router: Arc<Router>,
+    tactical: agentmesh_core::hierarchy::TacticalPolicy,
+    strategic: agentmesh_core::hierarchy::StrategicPolicy,
+) -> Result<ActorRef<LevelMessage>, NodeError> {
+    let id = registration.id.clone();
+    let backlog = router.new_backlog();
+    let args = LevelArguments {
+        id: id.clone(),
+        level,
+        router: router.clone(),
+        registry: registry.clone(),
+        backlog: backlog.clone(),
+        tactical,
+        strategic,
+    };
+    let (actor, _) = Actor::spawn(None, Level, args)
+        .await
+        .map_err(|e| NodeError::Spawn(format!("{level} level '{id}': {e}")))?;
+    router.add_local(
+        id.clone(),
+        Arc::new(LevelMailbox {
+            actor: actor.clone(),
+            backlog,
+        }),
+    );
+    registry.register(registration).await?;
+    info!(agent_id = %id, %level, "hierarchy level started");
+    Ok(actor)
 }
 
 /// Re-registers the worker when its load changed, at most every

@@ -8,10 +8,12 @@ use agentmesh_core::Role;
 use agentmesh_core::auction::BidWeights;
 use agentmesh_core::breaker::BreakerPolicy;
 use agentmesh_core::consensus::ConsensusPolicy;
+use agentmesh_core::hierarchy::{StrategicPolicy, TacticalPolicy};
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::retry::RetryPolicy;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::TaskLimits;
+use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
 use thiserror::Error;
 
 use crate::faults::Faults;
@@ -39,6 +41,9 @@ pub struct NodeConfig {
     pub coordinator: CoordinatorConfig,
     pub mailbox: MailboxConfig,
     pub peer: PeerConfig,
+    /// How hard hierarchy levels try before escalating or giving up.
+    pub tactical: TacticalPolicy,
+    pub strategic: StrategicPolicy,
     /// Time the node waits for in-flight work when asked to stop.
     pub drain_timeout: Duration,
     /// Misbehaviour a worker or peer injects on purpose; for tests and
@@ -190,6 +195,8 @@ impl NodeConfig {
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),
             peer: PeerConfig::default(),
+            tactical: TacticalPolicy::default(),
+            strategic: StrategicPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
         }
@@ -208,6 +215,11 @@ impl NodeConfig {
             }
             _ => {}
         }
+        if let Some(offer) = self.coordinating_level() {
+            // Strategic and tactical agents coordinate; they run no tools.
+            self.capabilities = vec![offer.to_owned()];
+            return self.validate_policies();
+        }
         if let Some(unknown) = self.capabilities.iter().find(|c| !tools.has(c)) {
             return Err(ConfigError::UnknownCapability {
                 capability: unknown.clone(),
@@ -217,6 +229,20 @@ impl NodeConfig {
         if self.capabilities.is_empty() {
             self.capabilities = tools.names();
         }
+        self.validate_policies()
+    }
+
+    /// What a strategic or tactical level agent offers; `None` for every
+    /// other node, which runs tools.
+    pub fn coordinating_level(&self) -> Option<&'static str> {
+        match (self.role, self.level.as_deref()) {
+            (Role::Level, Some("strategic")) => Some(STRATEGIC_PLAN),
+            (Role::Level, Some("tactical")) => Some(TACTICAL_OBJECTIVE),
+            _ => None,
+        }
+    }
+
+    fn validate_policies(&self) -> Result<(), ConfigError> {
         self.coordinator
             .weights
             .validate()

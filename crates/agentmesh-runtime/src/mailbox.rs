@@ -33,6 +33,7 @@ pub mod kind {
     pub const PEER_JOIN: &str = "peer.join";
     pub const COLLAB_PROPOSAL: &str = "collab.proposal";
     pub const COLLAB_BID: &str = "collab.bid";
+    pub const HIERARCHY: &str = "hierarchy.message";
 }
 
 /// Why an envelope could not be delivered.

@@ -35,6 +35,7 @@ use crate::agents::{self, StartedWorker, VERSION};
 use crate::config::{ConfigError, NodeConfig};
 use crate::coordinator::CoordinatorMessage;
 use crate::coordinator::leadership::LeadershipLoop;
+use crate::level::LevelMessage;
 use crate::mailbox::{MailboxService, Router};
 use crate::services::cluster::ClusterGrpc;
 use crate::services::task::{TaskApi, TaskGrpc};
@@ -62,6 +63,8 @@ pub struct Node {
     registry: Arc<dyn Registry>,
     router: Arc<Router>,
     coordinator: Option<ActorRef<CoordinatorMessage>>,
+    /// A strategic or tactical level's actor.
+    level: Option<ActorRef<LevelMessage>>,
     /// The coordinator's election loop, to step down before leaving.
     leadership: Option<LeadershipLoop>,
     worker: Option<StartedWorker>,
@@ -97,6 +100,7 @@ impl Node {
 
         let mut started_coordinator = None;
         let mut worker = None;
+        let mut level_actor = None;
         match config.role {
             Role::Coordinator => {
                 started_coordinator = Some(
@@ -124,26 +128,46 @@ impl Node {
                     version: VERSION.to_owned(),
                 };
                 let faults = config.faults.clone();
-                worker = Some(if config.role == Role::Peer {
-                    agents::start_peer(
-                        registration,
-                        tools,
-                        faults,
-                        registry.clone(),
-                        router.clone(),
-                        config.peer.clone(),
-                    )
-                    .await?
+                if config.coordinating_level().is_some() {
+                    let level = config
+                        .level
+                        .as_deref()
+                        .unwrap_or_default()
+                        .parse()
+                        .map_err(|e| NodeError::Spawn(format!("{e}")))?;
+                    level_actor = Some(
+                        agents::start_level(
+                            registration,
+                            level,
+                            registry.clone(),
+                            router.clone(),
+                            config.tactical,
+                            config.strategic,
+                        )
+                        .await?,
+                    );
                 } else {
-                    agents::start_worker(
-                        registration,
-                        tools,
-                        faults,
-                        registry.clone(),
-                        router.clone(),
-                    )
-                    .await?
-                });
+                    worker = Some(if config.role == Role::Peer {
+                        agents::start_peer(
+                            registration,
+                            tools,
+                            faults,
+                            registry.clone(),
+                            router.clone(),
+                            config.peer.clone(),
+                        )
+                        .await?
+                    } else {
+                        agents::start_worker(
+                            registration,
+                            tools,
+                            faults,
+                            registry.clone(),
+                            router.clone(),
+                        )
+                        .await?
+                    });
+                }
             }
         }
 
@@ -199,6 +223,7 @@ impl Node {
             registry,
             router,
             coordinator,
+            level: level_actor,
             leadership,
             worker,
             health,
@@ -267,6 +292,9 @@ impl Node {
         }
         if let Some(coordinator) = &self.coordinator {
             coordinator.stop(Some("node shutdown".into()));
+        }
+        if let Some(level) = &self.level {
+            level.stop(Some("node shutdown".into()));
         }
         for id in &self.agents {
             self.router.remove_local(id);

@@ -71,10 +71,10 @@ async fn injected_faults_change_what_workers_answer() {
     cluster.stop();
 }
 
-/// The hierarchical form validates, but until the level actors exist the
-/// cluster refuses to run it, precisely and without touching anything.
+/// A hierarchical task needs level nodes: without a strategic-level agent
+/// it is refused, precisely and without touching anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hierarchical_task_is_refused_until_levels_run() {
+async fn a_hierarchical_task_without_levels_is_refused() {
     let cluster = within(LocalCluster::start(1, config())).await.unwrap();
     let error = within(cluster.api().submit(include_str!(
         "../../../examples/hierarchical-market-study.yaml"
@@ -84,7 +84,7 @@ async fn a_hierarchical_task_is_refused_until_levels_run() {
     assert!(
         error
             .to_string()
-            .starts_with("pattern: pattern 'hierarchical' is not available in this cluster yet"),
+            .starts_with("pattern: a hierarchical task needs a strategic-level agent"),
         "{error}"
     );
     cluster.stop();

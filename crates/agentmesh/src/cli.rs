@@ -233,6 +233,14 @@ pub struct NodeArgs {
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
+    /// Tactical level: other operational agents a failed operational task
+    /// is tried on before the objective is escalated.
+    #[arg(long, env = "AGENTMESH_TACTICAL_RETRIES", default_value_t = 2)]
+    pub tactical_retries: u32,
+    /// Strategic level: times an escalated objective is re-planned on
+    /// another tactical agent before it is given up.
+    #[arg(long, env = "AGENTMESH_STRATEGIC_REPLANS", default_value_t = 1)]
+    pub strategic_replans: u32,
     /// FOR TESTS ONLY: misbehave on purpose (worker or peer). Repeatable:
     /// `wrong-result:P` returns a wrong output with probability P,
     /// `fail:P` fails the attempt with probability P, `slow:MS` delays every
@@ -263,6 +271,8 @@ impl NodeArgs {
         config.http_allow = non_empty(&self.http_allow);
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
+        config.tactical.retries_elsewhere = self.tactical_retries;
+        config.strategic.replans = self.strategic_replans;
         config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::file::{Pattern, Strategy, TaskFile};
+use super::file::{Pattern, Strategy, SubtaskSpec, TaskFile};
 use super::reference::{ReferenceError, resolve};
 use crate::ids::{AgentId, TaskId};
 
@@ -135,7 +135,10 @@ pub enum Applied {
 
 impl TaskRecord {
     /// A new pending record for a validated task file.
-    pub fn new(id: TaskId, file: TaskFile, now_ms: u64) -> Self {
+    pub fn new(id: TaskId, mut file: TaskFile, now_ms: u64) -> Self {
+        if file.pattern == Pattern::Hierarchical {
+            file.tasks = vec![plan_of(&file)];
+        }
         let subtasks = file
             .tasks
             .into_iter()
@@ -203,6 +206,11 @@ impl TaskRecord {
 
     /// The subtask's input with every reference replaced by earlier outputs.
     pub fn resolved_input(&self, subtask: usize) -> Result<Value, ReferenceError> {
+        if self.pattern == Pattern::Hierarchical {
+            // The plan carries the objectives as written; their references
+            // are resolved by the tactical level, within each objective.
+            return Ok(self.subtasks[subtask].input.clone());
+        }
         let output_of = |id: &str| {
             self.subtasks
                 .iter()
@@ -433,6 +441,25 @@ impl TaskRecord {
     fn touch(&mut self, now_ms: u64) {
         self.updated_ms = self.updated_ms.max(now_ms);
         self.revision += 1;
+    }
+}
+
+/// The capability of a hierarchical task's plan: what a strategic-level
+/// agent offers.
+pub const STRATEGIC_PLAN: &str = "hierarchy.strategic";
+/// What a tactical-level agent offers.
+pub const TACTICAL_OBJECTIVE: &str = "hierarchy.tactical";
+
+/// A hierarchical task is one subtask for the coordinator: its plan, run by
+/// a strategic-level agent over the task's objectives, whose output is the
+/// final report.
+fn plan_of(file: &TaskFile) -> SubtaskSpec {
+    SubtaskSpec {
+        id: "plan".into(),
+        capability: STRATEGIC_PLAN.into(),
+        input: serde_json::json!({ "objectives": file.objectives }),
+        depends_on: Vec::new(),
+        timeout_ms: None,
     }
 }
 

@@ -110,7 +110,7 @@ pub fn validate(
 ) -> Result<TaskFile, TaskFileError> {
     check_header(&file, limits)?;
     check_collaboration(&mut file, limits)?;
-    let runner = runner_of(file.pattern).as_str();
+    let runner = runner_name(file.pattern);
     let capability = |field: String, capability: &str| {
         if offers(capability) {
             return Ok(());
@@ -150,9 +150,18 @@ fn list_or_none(items: Vec<String>) -> String {
 pub fn runner_of(pattern: Pattern) -> Role {
     match pattern {
         Pattern::PeerConsensus => Role::Peer,
-        // `hierarchical`: operational tasks are plain capability calls that
-        // tactical coordinators hand to workers.
+        // Operational tasks run on operational-level agents.
+        Pattern::Hierarchical => Role::Level,
         _ => Role::Worker,
+    }
+}
+
+/// How errors name the agents that run a task with `pattern`.
+fn runner_name(pattern: Pattern) -> &'static str {
+    match runner_of(pattern) {
+        Role::Peer => "peer",
+        Role::Level => "operational-level agent",
+        _ => "worker",
     }
 }
 

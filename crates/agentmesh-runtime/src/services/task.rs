@@ -12,9 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::task::record::STRATEGIC_PLAN;
 use agentmesh_core::task::validate::{parse, runner_of};
 use agentmesh_core::task::{Pattern, Status, TaskFileError, TaskLimits, TaskRecord, validate};
-use agentmesh_core::{AgentId, TaskId};
+use agentmesh_core::{AgentId, Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
@@ -180,13 +181,13 @@ impl TaskApi {
     fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
         let membership = self.registry.membership().borrow().clone();
         let file = parse(document, &self.limits)?;
-        if file.pattern == Pattern::Hierarchical {
-            // The task-file form and the levels' logic exist
-            // (`agentmesh_core::hierarchy`); the level actors do not yet.
+        if file.pattern == Pattern::Hierarchical
+            && !membership.offers_as(Role::Level, STRATEGIC_PLAN)
+        {
             return Err(TaskFileError::Unsupported {
                 field: "pattern".into(),
-                message: "pattern 'hierarchical' is not available in this cluster yet \
-                          (supported: coordinator_worker, peer_consensus)"
+                message: "a hierarchical task needs a strategic-level agent \
+                          (agentmesh node --role level --level strategic), and none is live"
                     .into(),
             }
             .into());

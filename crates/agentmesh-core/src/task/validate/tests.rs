@@ -456,7 +456,7 @@ fn an_unoffered_operational_capability_is_named_by_path() {
     assert!(err.is_precondition());
     assert_eq!(
         err.to_string(),
-        "objectives[0].tasks[1].capability: no live worker offers capability 'math.eval' (available: text.word_count)"
+        "objectives[0].tasks[1].capability: no live operational-level agent offers capability 'math.eval' (available: text.word_count)"
     );
 }
 
