@@ -93,3 +93,78 @@ fn a_hierarchical_task_crosses_three_levels_and_recovers_from_an_escalation() {
         node.process.assert_no_panic();
     }
 }
+
+/// A tactical agent that dies mid-objective loses it: once its lease runs
+/// out the strategic agent re-plans the objective on the other tactical
+/// agent, without waiting for the plan's deadline.
+#[test]
+fn a_tactical_agent_that_dies_has_its_objective_replanned() {
+    let etcd = Etcd::start();
+    let url = etcd.client_url();
+    let coordinator = start_node(
+        "coordinator",
+        &url,
+        "coordinator",
+        &["--id", "coordinator-1"],
+    );
+    let mut levels = Vec::new();
+    for (id, level) in [
+        ("strategic-1", "strategic"),
+        ("tactical-1", "tactical"),
+        ("tactical-2", "tactical"),
+        ("operational-1", "operational"),
+    ] {
+        levels.push(start_node(
+            id,
+            &url,
+            "level",
+            &["--id", id, "--level", level, "--lease-ttl", "2"],
+        ));
+    }
+    let endpoint = coordinator.endpoint.clone();
+    eventually("every level registered", Duration::from_secs(15), || {
+        let out = run_cli(&["agents", "--endpoint", &endpoint, "--json"]);
+        (out.success() && out.json().as_array().map_or(0, Vec::len) == 5).then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nap.yaml");
+    std::fs::write(
+        &file,
+        "name: long-objective\npattern: hierarchical\nobjectives:\n  - id: wait\n    tasks:\n      \
+         - id: nap\n        capability: sleep\n        input: { ms: 1500 }\n",
+    )
+    .unwrap();
+    let out = run_cli(&["submit", "--endpoint", &endpoint, file.to_str().unwrap()]);
+    assert!(out.success(), "{out}");
+    let id = out.stdout.trim().to_owned();
+    // Ids order placement: tactical-1 gets the objective first.
+    levels[1]
+        .process
+        .wait_for_line("directive received", Duration::from_secs(10));
+    levels[1].process.kill();
+
+    let done = eventually("the task to end", Duration::from_secs(30), || {
+        let out = run_cli(&["task", "status", &id, "--endpoint", &endpoint]);
+        let record = out.success().then(|| out.json())?;
+        (record["status"] != "running" && record["status"] != "pending").then_some(record)
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    let report = &done["result"];
+    assert_eq!(
+        report["strategic_summary"]["objectives"][0]["outputs"]["nap"],
+        json!({"slept_ms": 1500})
+    );
+    assert_eq!(report["strategic_summary"]["replans"], 1, "{report}");
+    assert!(
+        report["assessment"]["notes"]
+            .to_string()
+            .contains("tactical-1"),
+        "{report}"
+    );
+    coordinator.process.assert_no_panic();
+    for (i, node) in levels.iter().enumerate() {
+        if i != 1 {
+            node.process.assert_no_panic();
+        }
+    }
+}

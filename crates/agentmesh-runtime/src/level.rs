@@ -52,6 +52,8 @@ pub enum LevelMessage {
     },
     /// An operational agent's result (tactical level).
     Result(SubtaskResult),
+    /// The cluster changed: agents that left lose what they were doing.
+    Membership(Arc<Membership>),
 }
 
 pub struct LevelArguments {
@@ -129,9 +131,18 @@ impl Actor for Level {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: LevelArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let mut membership = args.registry.membership();
+        tokio::spawn(async move {
+            while membership.changed().await.is_ok() {
+                let view = membership.borrow_and_update().clone();
+                if myself.cast(LevelMessage::Membership(view)).is_err() {
+                    break;
+                }
+            }
+        });
         Ok(LevelState {
             id: args.id,
             level: args.level,
@@ -151,7 +162,9 @@ impl Actor for Level {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.backlog.leave();
+        if !matches!(message, LevelMessage::Membership(_)) {
+            state.backlog.leave();
+        }
         match message {
             LevelMessage::Plan {
                 coordinator,
@@ -159,6 +172,7 @@ impl Actor for Level {
             } => state.plan(coordinator, assignment),
             LevelMessage::Hierarchy { from, message } => state.hierarchy(from, message),
             LevelMessage::Result(result) => state.operational_result(result),
+            LevelMessage::Membership(view) => state.membership_changed(&view),
         }
         Ok(())
     }
@@ -167,6 +181,58 @@ impl Actor for Level {
 impl LevelState {
     fn membership(&self) -> Arc<Membership> {
         self.registry.membership().borrow().clone()
+    }
+
+    /// A tactical agent that left loses its objective (re-planned); an
+    /// operational agent that left fails its running task (tried
+    /// elsewhere), without waiting for the plan's deadline.
+    fn membership_changed(&mut self, view: &Membership) {
+        let gone = |agent: &AgentId| !view.agents.contains_key(agent);
+        let plans: Vec<String> = self.plans.keys().cloned().collect();
+        for task_id in plans {
+            let Some(run) = self.plans.get_mut(&task_id) else {
+                continue;
+            };
+            let lost: Vec<(String, AgentId)> = run
+                .objectives
+                .iter()
+                .filter_map(|o| {
+                    let agent = run.strategic.assignee(&o.id)?;
+                    gone(agent).then(|| (o.id.clone(), agent.clone()))
+                })
+                .collect();
+            for (objective, agent) in &lost {
+                warn!(task_id, objective = %objective, tactical = %agent, "tactical agent left the cluster");
+                run.strategic
+                    .lost(objective, agent, "the tactical agent left the cluster");
+            }
+            if !lost.is_empty() {
+                self.advance_plan(&task_id);
+            }
+        }
+        let objectives: Vec<String> = self.objectives.keys().cloned().collect();
+        for key in objectives {
+            let Some(run) = self.objectives.get_mut(&key) else {
+                continue;
+            };
+            let lost: Vec<(String, AgentId)> = run
+                .tactical
+                .in_flight()
+                .into_iter()
+                .filter_map(|(task, agent)| {
+                    let agent = agent?;
+                    gone(agent).then(|| (task.to_owned(), agent.clone()))
+                })
+                .collect();
+            for (task, agent) in &lost {
+                run.avoid.insert(agent.clone());
+                run.tactical
+                    .failed(task, agent, "the operational agent left the cluster");
+            }
+            if !lost.is_empty() {
+                self.advance_objective(&key);
+            }
+        }
     }
 
     // ----- strategic -------------------------------------------------------
