@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentmesh_core::hierarchy::{
     Direction as CoreDirection, Escalation, Level as LevelName, Strategic, StrategicPolicy,
@@ -598,22 +599,9 @@ impl LevelState {
         assignment: &SubtaskAssignment,
         output: Result<Value, String>,
     ) {
-        let result = SubtaskResult {
-            task_id: assignment.task_id.clone(),
-            subtask_id: assignment.subtask_id.clone(),
-            attempt: assignment.attempt,
-            worker_id: self.id.to_string(),
-            outcome: Some(match output {
-                Ok(value) => subtask_result::Outcome::OutputJson(value.to_string()),
-                Err(error) => subtask_result::Outcome::Error(error),
-            }),
-            term: assignment.term,
-            ..SubtaskResult::default()
-        };
-        let router = self.router.clone();
-        let id = self.id.clone();
-        let coordinator = coordinator.clone();
-        tokio::spawn(async move { worker::report(&router, &id, &coordinator, result).await });
+        let outcome = output.map(|value| value.to_string());
+        let result = worker::result_of(&self.id, assignment, outcome, Duration::ZERO);
+        worker::report_later(&self.router, &self.id, coordinator, result);
     }
 }
 
@@ -641,15 +629,9 @@ fn send(
     from: &AgentId,
     to: &AgentId,
     kind: &str,
-    message: impl prost::Message + 'static,
+    message: impl prost::Message,
 ) {
-    let envelope = mailbox::envelope(from, to, kind, message);
-    let router = router.clone();
-    tokio::spawn(async move {
-        if let Err(error) = router.send(envelope).await {
-            warn!(%error, "hierarchy message not delivered");
-        }
-    });
+    mailbox::tell(router, mailbox::envelope(from, to, kind, message));
 }
 
 /// A strategic or tactical agent's mailbox entry.

@@ -384,6 +384,17 @@ pub fn envelope(
     }
 }
 
+/// Sends an envelope without waiting for it (tell): a failed delivery is
+/// logged and otherwise left to the protocol's own deadlines.
+pub fn tell(router: &Arc<Router>, envelope: Envelope) {
+    let router = router.clone();
+    tokio::spawn(async move {
+        if let Err(error) = router.send(envelope).await {
+            tracing::debug!(%error, "message not delivered");
+        }
+    });
+}
+
 /// Decodes an envelope's payload as `M`.
 pub fn decode<M: prost::Message + Default>(envelope: &Envelope) -> Result<M, DeliverError> {
     M::decode(envelope.payload.as_slice()).map_err(|e| DeliverError::BadPayload {

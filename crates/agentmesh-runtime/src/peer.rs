@@ -481,33 +481,14 @@ impl PeerState {
     /// Reports the round's outcome to the coordinator as the subtask's
     /// result, with retries like any worker result.
     fn answer(&self, led: &Led, outcome: Result<Value, String>, how: Option<Value>) {
-        let result = SubtaskResult {
-            task_id: led.assignment.task_id.clone(),
-            subtask_id: led.assignment.subtask_id.clone(),
-            attempt: led.assignment.attempt,
-            worker_id: self.id.to_string(),
-            outcome: Some(match outcome {
-                Ok(output) => subtask_result::Outcome::OutputJson(output.to_string()),
-                Err(error) => subtask_result::Outcome::Error(error),
-            }),
-            term: led.assignment.term,
-            consensus_json: how.map(|h| h.to_string()).unwrap_or_default(),
-            ..SubtaskResult::default()
-        };
-        let router = self.router.clone();
-        let id = self.id.clone();
-        let coordinator = led.coordinator.clone();
-        tokio::spawn(async move { worker::report(&router, &id, &coordinator, result).await });
+        let outcome = outcome.map(|output| output.to_string());
+        let mut result = worker::result_of(&self.id, &led.assignment, outcome, Duration::ZERO);
+        result.consensus_json = how.map(|h| h.to_string()).unwrap_or_default();
+        worker::report_later(&self.router, &self.id, &led.coordinator, result);
     }
 
-    fn send(&self, to: &AgentId, kind: &str, message: impl prost::Message + 'static) {
-        let envelope = mailbox::envelope(&self.id, to, kind, message);
-        let router = self.router.clone();
-        tokio::spawn(async move {
-            if let Err(error) = router.send(envelope).await {
-                debug!(%error, "peer message not delivered");
-            }
-        });
+    fn send(&self, to: &AgentId, kind: &str, message: impl prost::Message) {
+        mailbox::tell(&self.router, mailbox::envelope(&self.id, to, kind, message));
     }
 }
 

@@ -298,7 +298,7 @@ async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, 
     serde_json::to_string(&output).map_err(|e| format!("output is not serializable: {e}"))
 }
 
-fn result_of(
+pub(crate) fn result_of(
     worker: &AgentId,
     assignment: &SubtaskAssignment,
     outcome: Result<String, String>,
@@ -318,6 +318,17 @@ fn result_of(
         term: assignment.term,
         consensus_json: String::new(),
     }
+}
+
+/// [`report`] in the background: for actors that must not wait for it.
+pub(crate) fn report_later(
+    router: &Arc<Router>,
+    from: &AgentId,
+    coordinator: &AgentId,
+    result: SubtaskResult,
+) {
+    let (router, from, coordinator) = (router.clone(), from.clone(), coordinator.clone());
+    tokio::spawn(async move { report(&router, &from, &coordinator, result).await });
 }
 
 /// Sends a result to its coordinator, again with backoff while the

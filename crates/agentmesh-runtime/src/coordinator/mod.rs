@@ -760,12 +760,7 @@ impl CoordinatorState {
             reason: reason.to_owned(),
         };
         let envelope = mailbox::envelope(&self.id, worker, kind::SUBTASK_CANCEL, cancel);
-        let router = self.router.clone();
-        tokio::spawn(async move {
-            if let Err(error) = router.send(envelope).await {
-                debug!(%error, "could not deliver cancellation");
-            }
-        });
+        mailbox::tell(&self.router, envelope);
     }
 
     /// Places every ready subtask that has a worker with room; the rest keep
