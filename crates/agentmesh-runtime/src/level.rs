@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use crate::feeds;
 use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 use crate::worker;
 
@@ -135,15 +136,7 @@ impl Actor for Level {
         myself: ActorRef<Self::Msg>,
         args: LevelArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut membership = args.registry.membership();
-        tokio::spawn(async move {
-            while membership.changed().await.is_ok() {
-                let view = membership.borrow_and_update().clone();
-                if myself.cast(LevelMessage::Membership(view)).is_err() {
-                    break;
-                }
-            }
-        });
+        feeds::follow(args.registry.membership(), myself, LevelMessage::Membership);
         Ok(LevelState {
             id: args.id,
             level: args.level,

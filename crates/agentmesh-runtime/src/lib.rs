@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod endpoint;
 pub mod error;
 pub mod faults;
+pub mod feeds;
 pub mod level;
 pub mod local;
 pub mod mailbox;

@@ -17,7 +17,7 @@
 //! moves messages between them. A peer that just joined tells the peers
 //! already there (`peer.join`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::config::PeerConfig;
+use crate::feeds;
 use crate::mailbox::{self, Backlog, DeliverError, LocalMailbox, Router, kind};
 use crate::worker::{self, WorkerMailbox};
 
@@ -97,8 +98,6 @@ pub struct PeerState {
     config: PeerConfig,
     /// Rounds this peer leads, by round id.
     led: HashMap<String, Led>,
-    /// Peers that announced themselves, with what they offer.
-    known: BTreeMap<AgentId, PeerJoin>,
 }
 
 #[derive(Debug, Default)]
@@ -124,19 +123,9 @@ impl Actor for Peer {
             backlog: args.backlog,
             config: args.config,
             led: HashMap::new(),
-            known: BTreeMap::new(),
         };
         state.announce(&args.endpoint).await;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                if myself.cast(PeerMessage::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        feeds::every(TICK, myself, || PeerMessage::Tick);
         Ok(state)
     }
 
@@ -159,9 +148,6 @@ impl Actor for Peer {
             PeerMessage::Replica(result) => state.receive_replica(result).await,
             PeerMessage::Joined(join) => {
                 info!(peer = %join.agent_id, capabilities = ?join.capabilities, reputation = join.reputation, "peer joined");
-                state
-                    .known
-                    .insert(AgentId::new(join.agent_id.clone()), join);
             }
             PeerMessage::Tick => {
                 let now = now_ms();

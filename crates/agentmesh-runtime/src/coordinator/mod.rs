@@ -48,6 +48,7 @@ pub use writer::RecordWriter;
 
 use crate::clock::now_ms;
 use crate::config::{ATTEMPT_GRACE, CoordinatorConfig};
+use crate::feeds;
 use crate::mailbox::{self, Backlog, BrokenLink, DeliverError, LocalMailbox, Router, kind};
 
 /// How often deadlines are checked.
@@ -198,18 +199,10 @@ impl Actor for Coordinator {
         myself: ActorRef<Self::Msg>,
         args: CoordinatorArguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut membership = args.registry.membership();
-        let view = membership.borrow_and_update().clone();
+        let membership = args.registry.membership();
+        let view = membership.borrow().clone();
         let pool = Pools::new(&args.config, &view);
-        let events = myself.clone();
-        tokio::spawn(async move {
-            while membership.changed().await.is_ok() {
-                let view = membership.borrow_and_update().clone();
-                if events.cast(CoordinatorMessage::Membership(view)).is_err() {
-                    break;
-                }
-            }
-        });
+        feeds::follow(membership, myself.clone(), CoordinatorMessage::Membership);
         let mut broken = args.router.broken_links();
         let events = myself.clone();
         tokio::spawn(async move {
@@ -245,17 +238,7 @@ impl Actor for Coordinator {
                 }
             }
         });
-        let ticks = myself.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                if ticks.cast(CoordinatorMessage::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        feeds::every(TICK, myself.clone(), || CoordinatorMessage::Tick);
         Ok(CoordinatorState {
             id: args.id,
             backlog: args.backlog,
