@@ -85,6 +85,9 @@ struct Led {
     assignment: SubtaskAssignment,
     algorithm: Algorithm,
     solo: Option<String>,
+    /// Each bidder's reputation as read for its bid; consensus weighs the
+    /// votes with it rather than reading the registry again.
+    beliefs: HashMap<AgentId, Reputation>,
 }
 
 pub struct PeerState {
@@ -259,6 +262,7 @@ impl PeerState {
                 assignment,
                 algorithm,
                 solo: None,
+                beliefs: HashMap::new(),
             },
         );
     }
@@ -300,6 +304,7 @@ impl PeerState {
         let Some(led) = self.led.get_mut(&bid.round_id) else {
             return;
         };
+        led.beliefs.insert(agent.clone(), belief);
         let next = led.round.bid(
             Bid {
                 agent,
@@ -383,7 +388,10 @@ impl PeerState {
         for (agent, result) in results {
             match result {
                 Ok(output) => {
-                    let reputation = self.reputation_of(&agent, &capability).await;
+                    let reputation = led.beliefs.get(&agent).map_or_else(
+                        || Reputation::new(now_ms()).score(),
+                        |belief| belief.score_at(now_ms(), &self.config.reputation),
+                    );
                     ballots.push(Ballot {
                         agent,
                         output,
