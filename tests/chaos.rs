@@ -60,7 +60,7 @@ use support::{
 /// Lease TTL of every node: failure detection within about 2 s.
 const LEASE_TTL: &str = "2";
 /// Coordinators log each applied result at DEBUG.
-const COORDINATOR_LOG: &str = "info,agentmesh_runtime::coordinator=debug";
+const COORDINATOR_LOG: &str = "info,agentmesh_runtime::actors::coordinator=debug";
 /// A retry budget the chaos itself cannot exhaust, with short backoffs.
 const COORDINATOR_FLAGS: [&str; 6] = [
     "--max-attempts",

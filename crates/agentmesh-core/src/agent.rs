@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hierarchy::Level;
+
 use crate::ids::AgentId;
 
 /// The part an agent plays in the cluster.
@@ -55,9 +57,10 @@ impl FromStr for Role {
 pub struct AgentRegistration {
     pub id: AgentId,
     pub role: Role,
-    /// Hierarchy level (`strategic`, `tactical`, `operational`) of a level agent.
+    /// Hierarchy level of a level agent (stored as `strategic`,
+    /// `tactical` or `operational`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
+    pub level: Option<Level>,
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// `host:port` of the node's gRPC mailbox.

@@ -14,6 +14,7 @@ pub mod collaboration;
 pub mod consensus;
 pub mod hierarchy;
 pub mod ids;
+pub mod patterns;
 pub mod reputation;
 pub mod retry;
 pub mod scheduling;

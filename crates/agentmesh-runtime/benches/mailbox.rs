@@ -29,7 +29,7 @@ use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
 use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
 use agentmesh_proto::v1::{DeliverAck, Envelope, LinkAck};
 use agentmesh_runtime::MailboxConfig;
-use agentmesh_runtime::mailbox::{DeliverError, LocalMailbox, MailboxService, Router};
+use agentmesh_runtime::transport::{DeliverError, LocalMailbox, MailboxService, Router};
 use criterion::{Criterion, Throughput};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;

@@ -144,7 +144,10 @@ pub fn agent_info(
     pb::AgentInfo {
         id: agent.id.to_string(),
         role: agent.role.to_string(),
-        level: agent.level.clone().unwrap_or_default(),
+        level: agent
+            .level
+            .map(|l| l.as_str().to_owned())
+            .unwrap_or_default(),
         capabilities: agent.capabilities.clone(),
         endpoint: agent.endpoint.clone(),
         load: agent.load,

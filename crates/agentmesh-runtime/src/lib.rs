@@ -1,27 +1,26 @@
-//! The agentmesh runtime: actors, mailboxes, services and tools, and the
-//! node that wires them together. The binary only parses flags and calls
-//! into this crate, so tests start nodes in-process the same way.
+//! The agentmesh runtime: actors, transport, services and the node that
+//! wires them together. The binary only parses flags and calls into this
+//! crate, so tests start nodes in-process the same way.
+//!
+//! Layers, each depending only on those below it:
+//!
+//! ```text
+//! node/       NodeBuilder, Node, LocalCluster, config, health, errors: wiring
+//! api/        client-facing gRPC services (tasks, cluster), forwarding, error → Status
+//! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
+//! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
+//! convert     the one place that maps domain types to and from protobuf
+//! support/    clock, randomness, feeds (ticks and watches into actors)
+//! ```
 
-pub mod agents;
-pub mod clock;
-pub mod config;
+pub mod actors;
+pub mod api;
 pub mod convert;
-pub mod coordinator;
-pub mod endpoint;
-pub mod error;
-pub mod faults;
-pub mod feeds;
-pub mod level;
-pub mod local;
-pub mod mailbox;
 pub mod node;
-pub mod peer;
-pub mod random;
-pub mod reputation;
-pub mod services;
+pub mod support;
 pub mod tools;
-pub mod worker;
+pub mod transport;
 
-pub use config::{CoordinatorConfig, MailboxConfig, NodeConfig};
-pub use local::LocalCluster;
+pub use node::config::{CoordinatorConfig, MailboxConfig, NodeConfig};
+pub use node::local::LocalCluster;
 pub use node::{Node, NodeError};

@@ -12,10 +12,10 @@ use agentmesh_proto::v1::Envelope;
 use agentmesh_registry::{MemoryRegistry, Registry};
 use agentmesh_runtime::CoordinatorConfig;
 use agentmesh_runtime::MailboxConfig;
-use agentmesh_runtime::agents::{self, VERSION};
-use agentmesh_runtime::mailbox::{DeliverError, LocalMailbox, Router};
-use agentmesh_runtime::services::task::TaskApi;
+use agentmesh_runtime::api::task::TaskApi;
+use agentmesh_runtime::node::agents::{Spawner, VERSION};
 use agentmesh_runtime::tools::ToolBox;
+use agentmesh_runtime::transport::{DeliverError, LocalMailbox, Router};
 
 /// Accepts every envelope and does nothing with it.
 struct Silent(Mutex<Vec<String>>);
@@ -53,16 +53,14 @@ async fn a_silent_worker_loses_its_attempt_to_another_after_the_attempt_timeout(
         ..CoordinatorConfig::default()
     };
     let limits = config.limits.clone();
-    let coordinator = agents::start_coordinator(
-        AgentId::new("coordinator"),
-        registry.clone(),
-        router.clone(),
-        config,
-        "in-process",
-    )
-    .await
-    .unwrap();
-    let api = TaskApi::new(registry.clone(), Some(&coordinator), limits);
+    let spawner = Spawner::new(registry.clone(), router.clone())
+        .await
+        .unwrap();
+    let coordinator = spawner
+        .coordinator(AgentId::new("coordinator"), config, "in-process")
+        .await
+        .unwrap();
+    let api = TaskApi::new(registry.clone(), Some(coordinator.handle.clone()), limits);
     let id = api
         .submit(
             r#"{"name":"t","tasks":[{"id":"x","capability":"math.eval","input":{"expr":"6*7"}}]}"#,
@@ -83,15 +81,15 @@ async fn a_silent_worker_loses_its_attempt_to_another_after_the_attempt_timeout(
         "the silent worker never got the assignment"
     );
     // Now a real worker joins.
-    let _worker = agents::start_worker(
-        registration("honest", 4),
-        ToolBox::builtin(&[]),
-        Default::default(),
-        registry.clone(),
-        router.clone(),
-    )
-    .await
-    .unwrap();
+    let _worker = spawner
+        .worker(
+            registration("honest", 4),
+            &ToolBox::builtin(&[]),
+            Default::default(),
+            None,
+        )
+        .await
+        .unwrap();
     let record = tokio::time::timeout(Duration::from_secs(10), api.outcome(&id, 0))
         .await
         .expect("the task to end")

@@ -14,10 +14,10 @@ use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskResult, subtask_re
 use agentmesh_registry::{MemoryRegistry, Registry};
 use agentmesh_runtime::CoordinatorConfig;
 use agentmesh_runtime::MailboxConfig;
-use agentmesh_runtime::agents::{self, StartedCoordinator, VERSION};
-use agentmesh_runtime::coordinator::leadership::LeadershipLoop;
-use agentmesh_runtime::mailbox::{self, DeliverError, LocalMailbox, Router, kind};
-use agentmesh_runtime::services::task::{Route, TaskApi};
+use agentmesh_runtime::actors::coordinator::leadership::LeadershipLoop;
+use agentmesh_runtime::api::task::{Route, TaskApi};
+use agentmesh_runtime::node::agents::{Spawner, StartedCoordinator, VERSION};
+use agentmesh_runtime::transport::{self, DeliverError, Kind, LocalMailbox, Router};
 use prost::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ struct FirstAttemptLost {
 
 impl LocalMailbox for FirstAttemptLost {
     fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
-        if envelope.kind != kind::SUBTASK_ASSIGN {
+        if envelope.kind != Kind::SubtaskAssign.as_str() {
             return Ok(());
         }
         let assignment = SubtaskAssignment::decode(envelope.payload.as_slice()).unwrap();
@@ -59,10 +59,10 @@ impl LocalMailbox for FirstAttemptLost {
                     term,
                     ..Default::default()
                 };
-                mailbox::envelope(
+                transport::envelope(
                     &self.id,
                     &AgentId::new(envelope.from.clone()),
-                    kind::SUBTASK_RESULT,
+                    Kind::SubtaskResult,
                     result,
                 )
             };
@@ -95,16 +95,14 @@ async fn coordinator(
     let registry: Arc<dyn Registry> = Arc::new(registry.clone());
     let config = CoordinatorConfig::default();
     let limits = config.limits.clone();
-    let started = agents::start_coordinator(
-        AgentId::new(name),
-        registry.clone(),
-        router.clone(),
-        config,
-        "in-process",
-    )
-    .await
-    .unwrap();
-    let api = TaskApi::new(registry, Some(&started), limits);
+    let spawner = Spawner::new(registry.clone(), router.clone())
+        .await
+        .unwrap();
+    let started = spawner
+        .coordinator(AgentId::new(name), config, "in-process")
+        .await
+        .unwrap();
+    let api = TaskApi::new(registry, Some(started.handle.clone()), limits);
     (started, api)
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use agentmesh_core::Role;
 use agentmesh_core::task::Status;
-use agentmesh_runtime::faults::Faults;
-use agentmesh_runtime::{LocalCluster, NodeConfig};
+use agentmesh_runtime::NodeConfig;
+use agentmesh_runtime::actors::faults::Faults;
+use agentmesh_runtime::node::NodeBuilder;
 use serde_json::json;
 
 fn config() -> NodeConfig {
@@ -22,7 +23,7 @@ async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn average_word_count_runs_in_process() {
-    let cluster = within(LocalCluster::start(3, config())).await.unwrap();
+    let cluster = within(NodeBuilder::new(config()).local(3)).await.unwrap();
     let id = within(
         cluster
             .api()
@@ -37,7 +38,7 @@ async fn average_word_count_runs_in_process() {
         .unwrap();
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.result, Some(json!({"value": 5})));
-    cluster.stop();
+    cluster.shutdown().await;
 }
 
 /// `--fault` makes every worker misbehave on purpose: a wrong answer
@@ -48,16 +49,16 @@ async fn injected_faults_change_what_workers_answer() {
         r#"{"name":"t","tasks":[{"id":"x","capability":"math.eval","input":{"expr":"6*7"}}]}"#;
     let mut wrong = config();
     wrong.faults = "wrong-result:1".parse().map(|f| Faults(vec![f])).unwrap();
-    let cluster = within(LocalCluster::start(1, wrong)).await.unwrap();
+    let cluster = within(NodeBuilder::new(wrong).local(1)).await.unwrap();
     let record = within(cluster.run(task)).await.unwrap();
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.result, Some(json!({"value": 43.0})));
-    cluster.stop();
+    cluster.shutdown().await;
 
     let mut failing = config();
     failing.faults = Faults(vec!["fail:1".parse().unwrap()]);
     failing.coordinator.retry.max_attempts = 1;
-    let cluster = within(LocalCluster::start(1, failing)).await.unwrap();
+    let cluster = within(NodeBuilder::new(failing).local(1)).await.unwrap();
     let record = within(cluster.run(task)).await.unwrap();
     assert_eq!(record.status, Status::Failed);
     assert!(
@@ -68,14 +69,14 @@ async fn injected_faults_change_what_workers_answer() {
             .contains("injected fault"),
         "{record:?}"
     );
-    cluster.stop();
+    cluster.shutdown().await;
 }
 
 /// A hierarchical task needs level nodes: without a strategic-level agent
 /// it is refused, precisely and without touching anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hierarchical_task_without_levels_is_refused() {
-    let cluster = within(LocalCluster::start(1, config())).await.unwrap();
+    let cluster = within(NodeBuilder::new(config()).local(1)).await.unwrap();
     let error = within(cluster.api().submit(include_str!(
         "../../../examples/hierarchical-market-study.yaml"
     )))
@@ -87,5 +88,5 @@ async fn a_hierarchical_task_without_levels_is_refused() {
             .starts_with("pattern: a hierarchical task needs a strategic-level agent"),
         "{error}"
     );
-    cluster.stop();
+    cluster.shutdown().await;
 }

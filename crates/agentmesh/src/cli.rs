@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_core::Role;
+use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_runtime::NodeConfig;
-use agentmesh_runtime::faults::{Fault, Faults};
+use agentmesh_runtime::actors::faults::{Fault, Faults};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
@@ -256,13 +257,10 @@ impl NodeArgs {
 
     pub fn to_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(self.role.into(), self.listen);
-        config.level = self.level.map(|l| {
-            match l {
-                LevelArg::Strategic => "strategic",
-                LevelArg::Tactical => "tactical",
-                LevelArg::Operational => "operational",
-            }
-            .to_owned()
+        config.level = self.level.map(|l| match l {
+            LevelArg::Strategic => Level::Strategic,
+            LevelArg::Tactical => Level::Tactical,
+            LevelArg::Operational => Level::Operational,
         });
         config.id = self.id.clone();
         config.advertise = self.advertise.clone();

@@ -9,8 +9,9 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
+use agentmesh_runtime::transport::channel;
 use anyhow::{Context, bail};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +61,7 @@ fn retry_after(error: &anyhow::Error) -> Option<Duration> {
     }
     let hinted = status
         .metadata()
-        .get(agentmesh_runtime::error::RETRY_AFTER_MS)
+        .get(agentmesh_runtime::api::error::RETRY_AFTER_MS)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(Duration::from_millis);
     Some(
@@ -84,13 +85,7 @@ impl Client {
 
     /// One HTTP/2 connection to `endpoint`.
     pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-        Endpoint::from_shared(agentmesh_runtime::endpoint::uri(endpoint))
-            .with_context(|| format!("bad endpoint '{endpoint}'"))?
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {endpoint}"))
+        Ok(channel::connect(endpoint, CONNECT_TIMEOUT).await?)
     }
 
     /// Runs `call` against each endpoint until one answers.
@@ -264,7 +259,7 @@ mod tests {
     fn back_pressure_refusals_are_retried_after_the_hinted_pause() {
         let mut busy = Status::resource_exhausted("coordinator queue is full");
         busy.metadata_mut().insert(
-            agentmesh_runtime::error::RETRY_AFTER_MS,
+            agentmesh_runtime::api::error::RETRY_AFTER_MS,
             tonic::metadata::MetadataValue::from(250u64),
         );
         assert_eq!(

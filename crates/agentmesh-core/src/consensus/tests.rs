@@ -51,7 +51,7 @@ fn algorithm_names_round_trip() {
         assert_eq!(a.to_string(), a.as_str());
     }
     let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
-    assert_eq!(names, crate::task::validate::CONSENSUS_ALGORITHMS);
+    assert_eq!(names, crate::patterns::CONSENSUS_ALGORITHMS);
     let err = "majority".parse::<Algorithm>().unwrap_err();
     assert!(err.contains("majority") && err.contains("hybrid"), "{err}");
 }

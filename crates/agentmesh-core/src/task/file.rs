@@ -37,6 +37,21 @@ pub struct TaskFile {
     pub consensus: Option<String>,
 }
 
+impl TaskFile {
+    /// The pattern-specific fields this file sets (see
+    /// `PatternRules::fields`).
+    pub fn pattern_fields(&self) -> Vec<&'static str> {
+        [
+            ("objectives", !self.objectives.is_empty()),
+            ("redundancy", self.redundancy.is_some()),
+            ("consensus", self.consensus.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, given)| given.then_some(field))
+        .collect()
+    }
+}
+
 /// One entry of `tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,9 +12,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::file::{Pattern, Strategy, SubtaskSpec, TaskFile};
+use super::file::{Pattern, Strategy, TaskFile};
 use super::reference::{ReferenceError, resolve};
 use crate::ids::{AgentId, TaskId};
+use crate::patterns;
 
 /// Lifecycle state of a task or subtask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,12 +136,12 @@ pub enum Applied {
 
 impl TaskRecord {
     /// A new pending record for a validated task file.
-    pub fn new(id: TaskId, mut file: TaskFile, now_ms: u64) -> Self {
-        if file.pattern == Pattern::Hierarchical {
-            file.tasks = vec![plan_of(&file)];
-        }
-        let subtasks = file
-            .tasks
+    pub fn new(id: TaskId, file: TaskFile, now_ms: u64) -> Self {
+        let specs = match patterns::rules(file.pattern) {
+            Some(rules) => rules.subtasks(&file),
+            None => file.tasks.clone(),
+        };
+        let subtasks = specs
             .into_iter()
             .map(|spec| SubtaskRecord {
                 id: spec.id,
@@ -206,9 +207,7 @@ impl TaskRecord {
 
     /// The subtask's input with every reference replaced by earlier outputs.
     pub fn resolved_input(&self, subtask: usize) -> Result<Value, ReferenceError> {
-        if self.pattern == Pattern::Hierarchical {
-            // The plan carries the objectives as written; their references
-            // are resolved by the tactical level, within each objective.
+        if patterns::rules(self.pattern).is_some_and(|rules| rules.input_as_written()) {
             return Ok(self.subtasks[subtask].input.clone());
         }
         let output_of = |id: &str| {
@@ -449,19 +448,6 @@ impl TaskRecord {
 pub const STRATEGIC_PLAN: &str = "hierarchy.strategic";
 /// What a tactical-level agent offers.
 pub const TACTICAL_OBJECTIVE: &str = "hierarchy.tactical";
-
-/// A hierarchical task is one subtask for the coordinator: its plan, run by
-/// a strategic-level agent over the task's objectives, whose output is the
-/// final report.
-fn plan_of(file: &TaskFile) -> SubtaskSpec {
-    SubtaskSpec {
-        id: "plan".into(),
-        capability: STRATEGIC_PLAN.into(),
-        input: serde_json::json!({ "objectives": file.objectives }),
-        depends_on: Vec::new(),
-        timeout_ms: None,
-    }
-}
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

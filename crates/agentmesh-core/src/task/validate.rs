@@ -8,10 +8,10 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
-use super::file::{ObjectiveSpec, Pattern, Strategy, SubtaskSpec, TaskFile};
+use super::file::{Strategy, SubtaskSpec, TaskFile};
 use super::limits::TaskLimits;
 use super::reference::{Reference, ReferenceError, visit_references};
-use crate::Role;
+use crate::patterns::{self, PatternRules};
 
 /// Length limit of task names and subtask ids.
 pub const MAX_NAME_LEN: usize = 128;
@@ -57,7 +57,7 @@ impl TaskFileError {
         )
     }
 
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         TaskFileError::Invalid {
             field: field.into(),
             message: message.into(),
@@ -108,9 +108,11 @@ pub fn validate(
     offers: &dyn Fn(&str) -> bool,
     available: &dyn Fn() -> Vec<String>,
 ) -> Result<TaskFile, TaskFileError> {
-    check_header(&file, limits)?;
-    check_collaboration(&mut file, limits)?;
-    let runner = runner_name(file.pattern);
+    let rules = check_header(&file)?;
+    check_foreign_fields(&file)?;
+    rules.check_shape(&mut file, limits)?;
+    check_timeout("timeout_ms", file.timeout_ms, limits)?;
+    let runner = rules.runner_name();
     let capability = |field: String, capability: &str| {
         if offers(capability) {
             return Ok(());
@@ -129,11 +131,7 @@ pub fn validate(
         capability: &capability,
         elsewhere: &|_| None,
     };
-    if file.pattern == Pattern::Hierarchical {
-        check_objectives(&mut file.objectives, &dag)?;
-    } else {
-        dag.check(&mut file.tasks)?;
-    }
+    rules.check_tasks(&mut file, &dag)?;
     Ok(file)
 }
 
@@ -145,76 +143,9 @@ fn list_or_none(items: Vec<String>) -> String {
     }
 }
 
-/// The role of the agents that run the subtasks of a task with `pattern`:
-/// `offers` in [`validate`] must answer for them.
-pub fn runner_of(pattern: Pattern) -> Role {
-    match pattern {
-        Pattern::PeerConsensus => Role::Peer,
-        // Operational tasks run on operational-level agents.
-        Pattern::Hierarchical => Role::Level,
-        _ => Role::Worker,
-    }
-}
-
-/// How errors name the agents that run a task with `pattern`.
-fn runner_name(pattern: Pattern) -> &'static str {
-    match runner_of(pattern) {
-        Role::Peer => "peer",
-        Role::Level => "operational-level agent",
-        _ => "worker",
-    }
-}
-
-/// Peers per subtask when a `peer_consensus` task does not say.
-pub const DEFAULT_REDUNDANCY: u32 = 3;
-/// The consensus algorithms a task may ask for.
-pub const CONSENSUS_ALGORITHMS: [&str; 4] =
-    ["voting", "reputation_weighted", "quality_based", "hybrid"];
-
-/// `redundancy` and `consensus` belong to `peer_consensus` tasks; fills in
-/// their defaults there.
-fn check_collaboration(file: &mut TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
-    if file.pattern != Pattern::PeerConsensus {
-        for (field, given) in [
-            ("redundancy", file.redundancy.is_some()),
-            ("consensus", file.consensus.is_some()),
-        ] {
-            if given {
-                return Err(TaskFileError::invalid(
-                    field,
-                    format!(
-                        "applies to pattern peer_consensus only (this task's pattern is {})",
-                        file.pattern
-                    ),
-                ));
-            }
-        }
-        return Ok(());
-    }
-    let redundancy = *file.redundancy.get_or_insert(DEFAULT_REDUNDANCY);
-    if redundancy == 0 || redundancy > limits.max_redundancy {
-        return Err(TaskFileError::invalid(
-            "redundancy",
-            format!(
-                "must be between 1 and {} peers, got {redundancy}",
-                limits.max_redundancy
-            ),
-        ));
-    }
-    let algorithm = file.consensus.get_or_insert_with(|| "hybrid".to_owned());
-    if !CONSENSUS_ALGORITHMS.contains(&algorithm.as_str()) {
-        return Err(TaskFileError::invalid(
-            "consensus",
-            format!(
-                "unknown algorithm '{algorithm}' (known: {})",
-                CONSENSUS_ALGORITHMS.join(", ")
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
+/// The checks every pattern shares: the name, a pattern this cluster
+/// runs, the strategy. Returns the pattern's rules.
+fn check_header(file: &TaskFile) -> Result<&'static dyn PatternRules, TaskFileError> {
     if file.name.trim().is_empty() {
         return Err(TaskFileError::invalid("name", "must not be empty"));
     }
@@ -227,18 +158,14 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
             ),
         ));
     }
-    if !matches!(
-        file.pattern,
-        Pattern::CoordinatorWorker | Pattern::PeerConsensus | Pattern::Hierarchical
-    ) {
-        return Err(TaskFileError::Unsupported {
-            field: "pattern".into(),
-            message: format!(
-                "pattern '{}' is not available in this cluster yet (supported: coordinator_worker, peer_consensus, hierarchical)",
-                file.pattern
-            ),
-        });
-    }
+    let rules = patterns::rules(file.pattern).ok_or_else(|| TaskFileError::Unsupported {
+        field: "pattern".into(),
+        message: format!(
+            "pattern '{}' is not available in this cluster yet (supported: {})",
+            file.pattern,
+            patterns::supported().join(", ")
+        ),
+    })?;
     if file.strategy == Strategy::Hierarchical {
         // Levels are a pattern, not an order of one list of tasks; see
         // `Strategy`.
@@ -247,39 +174,28 @@ fn check_header(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileErro
             message: "strategy 'hierarchical' is not available (supported: sequential, parallel); for strategic, tactical and operational levels use pattern 'hierarchical' with objectives".into(),
         });
     }
-    if file.pattern == Pattern::Hierarchical {
-        check_objective_counts(file, limits)?;
-    } else {
-        if !file.objectives.is_empty() {
+    Ok(rules)
+}
+
+/// Refuses a field that belongs to another pattern than the task's.
+fn check_foreign_fields(file: &TaskFile) -> Result<(), TaskFileError> {
+    for field in file.pattern_fields() {
+        let owner = patterns::owner_of(field);
+        if owner.is_some_and(|owner| owner != file.pattern) {
             return Err(TaskFileError::invalid(
-                "objectives",
+                field,
                 format!(
-                    "applies to pattern hierarchical only (this task's pattern is {})",
+                    "applies to pattern {} only (this task's pattern is {})",
+                    owner.unwrap_or(file.pattern),
                     file.pattern
                 ),
             ));
         }
-        if file.tasks.is_empty() {
-            return Err(TaskFileError::invalid(
-                "tasks",
-                "must list at least one task",
-            ));
-        }
-        if file.tasks.len() > limits.max_subtasks {
-            return Err(TaskFileError::invalid(
-                "tasks",
-                format!(
-                    "lists {} tasks, over the limit of {}",
-                    file.tasks.len(),
-                    limits.max_subtasks
-                ),
-            ));
-        }
     }
-    check_timeout("timeout_ms", file.timeout_ms, limits)
+    Ok(())
 }
 
-fn check_timeout(
+pub(crate) fn check_timeout(
     field: &str,
     timeout: Option<u64>,
     limits: &TaskLimits,
@@ -294,7 +210,7 @@ fn check_timeout(
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_NAME_LEN
         && id
@@ -302,125 +218,28 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn invalid_id(field: String, id: &str) -> TaskFileError {
+pub(crate) fn invalid_id(field: String, id: &str) -> TaskFileError {
     TaskFileError::invalid(
         field,
         format!("'{id}' is not a valid id (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -)"),
     )
 }
 
-/// `hierarchical`: `objectives` is given and within bounds, `tasks` is not
-/// used, and the operational tasks of all objectives together stay within
-/// `max_subtasks`.
-fn check_objective_counts(file: &TaskFile, limits: &TaskLimits) -> Result<(), TaskFileError> {
-    if !file.tasks.is_empty() {
-        return Err(TaskFileError::invalid(
-            "tasks",
-            "must be empty with pattern hierarchical (list the operational tasks under objectives[].tasks)",
-        ));
-    }
-    if file.objectives.is_empty() {
-        return Err(TaskFileError::invalid(
-            "objectives",
-            "must list at least one objective with pattern hierarchical",
-        ));
-    }
-    if file.objectives.len() > limits.max_objectives {
-        return Err(TaskFileError::invalid(
-            "objectives",
-            format!(
-                "lists {} objectives, over the limit of {}",
-                file.objectives.len(),
-                limits.max_objectives
-            ),
-        ));
-    }
-    let total: usize = file.objectives.iter().map(|o| o.tasks.len()).sum();
-    if total > limits.max_subtasks {
-        return Err(TaskFileError::invalid(
-            "objectives",
-            format!(
-                "list {total} operational tasks in all, over the limit of {}",
-                limits.max_subtasks
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Objective ids, then each objective's tasks with the checks of a flat
-/// task; ids and references are scoped to their objective.
-fn check_objectives(objectives: &mut [ObjectiveSpec], flat: &Dag<'_>) -> Result<(), TaskFileError> {
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(objectives.len());
-    for (o, objective) in objectives.iter().enumerate() {
-        let field = || format!("objectives[{o}].id");
-        if !valid_id(&objective.id) {
-            return Err(invalid_id(field(), &objective.id));
-        }
-        if let Some(first) = index.insert(objective.id.as_str(), o) {
-            return Err(TaskFileError::invalid(
-                field(),
-                format!(
-                    "duplicate id '{}' (first used by objectives[{first}])",
-                    objective.id
-                ),
-            ));
-        }
-    }
-    // Which objectives hold each task id, to explain a reference that
-    // reaches across objectives.
-    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
-    for objective in objectives.iter() {
-        for task in &objective.tasks {
-            owners
-                .entry(task.id.clone())
-                .or_default()
-                .push(objective.id.clone());
-        }
-    }
-    for (o, objective) in objectives.iter_mut().enumerate() {
-        let field = format!("objectives[{o}].tasks");
-        if objective.tasks.is_empty() {
-            return Err(TaskFileError::invalid(field, "must list at least one task"));
-        }
-        let own = objective.id.as_str();
-        let elsewhere = |id: &str| {
-            let other = owners.get(id)?.iter().find(|other| *other != own)?;
-            Some(format!(
-                "references stay within their objective; '{id}' is a task of objective '{other}'"
-            ))
-        };
-        let dag = Dag {
-            field: &field,
-            elsewhere: &elsewhere,
-            ..*flat
-        };
-        dag.check(&mut objective.tasks).map_err(|e| match e {
-            TaskFileError::Cycle(ids) => TaskFileError::invalid(
-                field.as_str(),
-                format!("dependency cycle: {}", ids.join(" -> ")),
-            ),
-            other => other,
-        })?;
-    }
-    Ok(())
-}
-
 /// One list of subtasks forming a DAG, with what its checks need: the
 /// `tasks` of a flat task or of one objective, checked alike.
 #[derive(Clone, Copy)]
-struct Dag<'a> {
+pub struct Dag<'a> {
     /// Where the list is in the document (`tasks`, `objectives[1].tasks`),
     /// the prefix of every error's field.
-    field: &'a str,
-    strategy: Strategy,
-    limits: &'a TaskLimits,
+    pub(crate) field: &'a str,
+    pub(crate) strategy: Strategy,
+    pub(crate) limits: &'a TaskLimits,
     /// Refuses a capability (named at the given field) no live runner
     /// offers.
-    capability: &'a dyn Fn(String, &str) -> Result<(), TaskFileError>,
+    pub(crate) capability: &'a dyn Fn(String, &str) -> Result<(), TaskFileError>,
     /// A hint for a reference to an id this list does not have but another
     /// part of the document does.
-    elsewhere: &'a dyn Fn(&str) -> Option<String>,
+    pub(crate) elsewhere: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Dag<'_> {
@@ -429,7 +248,7 @@ impl Dag<'_> {
         format!("{}[{i}]{rest}", self.field)
     }
 
-    fn check(&self, tasks: &mut [SubtaskSpec]) -> Result<(), TaskFileError> {
+    pub fn check(&self, tasks: &mut [SubtaskSpec]) -> Result<(), TaskFileError> {
         // Ids first, so chaining below never works on a duplicate.
         self.check_ids(tasks)?;
         if self.strategy == Strategy::Sequential {

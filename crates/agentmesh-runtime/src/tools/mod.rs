@@ -78,6 +78,16 @@ impl ToolBox {
         self.tools.keys().cloned().collect()
     }
 
+    /// Adds every tool of `other`, replacing tools of the same name.
+    pub fn extend(&mut self, other: &ToolBox) {
+        self.tools.extend(
+            other
+                .tools
+                .iter()
+                .map(|(name, tool)| (name.clone(), tool.clone())),
+        );
+    }
+
     /// Only the named tools.
     pub fn restricted_to(&self, names: &[String]) -> Self {
         Self {

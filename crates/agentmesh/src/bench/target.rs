@@ -93,8 +93,8 @@ impl EmbeddedTarget {
         }
     }
 
-    pub fn stop(self) {
-        self.cluster.stop();
+    pub async fn shutdown(self) {
+        self.cluster.shutdown().await;
     }
 }
 

@@ -1,3 +1,4 @@
+use crate::task::Pattern;
 use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_assume, proptest};
 
 use super::*;

@@ -1,0 +1,134 @@
+//! What the coordinator is told and answers, and how the node's services
+//! hold it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentmesh_core::scheduling::WorkerState;
+use agentmesh_core::task::{Status, TaskRecord};
+use agentmesh_core::{AgentId, Membership, TaskId};
+use agentmesh_proto::v1::SubtaskResult;
+use agentmesh_registry::{Leadership, Registry};
+use ractor::{ActorRef, RpcReplyPort};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use super::hub::RecordHub;
+use crate::node::config::CoordinatorConfig;
+use crate::support::background::Background;
+use crate::transport::{Backlog, BrokenLink, Router};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SubmitError {
+    #[error(
+        "coordinator queue is full: {queued} subtasks waiting and {ready} more from this task would exceed the limit of {limit}; retry later"
+    )]
+    QueueFull {
+        queued: usize,
+        ready: usize,
+        limit: usize,
+    },
+    /// Retrying cannot help: the task alone is wider than the queue.
+    #[error(
+        "task has {ready} subtasks ready at once, more than the coordinator's queue limit of {limit} (--max-queued-subtasks)"
+    )]
+    TooWide { ready: usize, limit: usize },
+    #[error("coordinator is at its limit of {limit} unfinished tasks; retry later")]
+    TooManyTasks { limit: usize },
+    #[error("task record could not be persisted: {0}")]
+    NotPersisted(String),
+    /// Leadership changed hands between routing the request and handling
+    /// it; the client retries and reaches the new leader.
+    #[error("this coordinator is not the leader (any more); retry")]
+    NotLeader,
+}
+
+/// A task the coordinator has taken on; `durable` hears when its first
+/// record is in the registry (or why it could not be written). Until then
+/// nobody must be told the task was accepted.
+#[derive(Debug)]
+pub struct Accepted {
+    pub id: TaskId,
+    pub durable: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Accepted {
+    /// Waits until the task's first record is durable.
+    pub async fn durable(self) -> Result<TaskId, SubmitError> {
+        match self.durable.await {
+            Ok(Ok(())) => Ok(self.id),
+            Ok(Err(error)) => Err(SubmitError::NotPersisted(error)),
+            Err(_) => Err(SubmitError::NotPersisted(
+                "record writer has stopped".into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum CoordinatorMessage {
+    Submit {
+        record: TaskRecord,
+        reply: RpcReplyPort<Result<Accepted, SubmitError>>,
+    },
+    /// Replies with the task's status after the call, or `None` when this
+    /// coordinator does not own an unfinished task of that id.
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: RpcReplyPort<Option<Status>>,
+    },
+    Result(SubtaskResult),
+    DeliveryFailed {
+        task: TaskId,
+        subtask: usize,
+        attempt: u32,
+        error: String,
+        /// The worker's node could not be reached at all (not merely busy).
+        unreachable: bool,
+    },
+    Membership(Arc<Membership>),
+    /// The connection to another node failed: attempts running there may
+    /// be lost with it.
+    LinkBroken(BrokenLink),
+    /// Every agent's recorded reputation, refreshed periodically.
+    Reputations(HashMap<AgentId, f64>),
+    /// The scheduler's view of every worker, for `agents`.
+    Workers(RpcReplyPort<Vec<WorkerState>>),
+    Tick,
+    /// This coordinator won the election: resume `tasks`, every unfinished
+    /// record in the registry, and write fenced with `leadership`.
+    Lead {
+        leadership: Leadership,
+        tasks: Vec<TaskRecord>,
+    },
+    /// Leadership is over: forget every task. With `done`, the caller is
+    /// stepping down and hears once the records already queued are written.
+    Relinquish {
+        done: Option<RpcReplyPort<()>>,
+    },
+}
+
+pub struct CoordinatorArguments {
+    pub id: AgentId,
+    pub registry: Arc<dyn Registry>,
+    pub router: Arc<Router>,
+    pub config: CoordinatorConfig,
+    /// Where durable record changes are announced in this process.
+    pub hub: RecordHub,
+    /// Shared with the coordinator's mailbox entry.
+    pub backlog: Arc<Backlog>,
+    /// Owns the feeds into the actor.
+    pub background: Background,
+}
+
+/// A running coordinator as the node's services see it: the actor, the hub
+/// of its tasks' durable records, and whether it leads.
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    pub id: AgentId,
+    pub actor: ActorRef<CoordinatorMessage>,
+    pub hub: RecordHub,
+    /// `true` while it leads and has taken its tasks over.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+}

@@ -1,0 +1,418 @@
+//! The coordinator actor: owns every unfinished task it accepted, places
+//! ready subtasks on workers, applies their results and persists each
+//! change of a task record.
+//!
+//! ```text
+//! TaskService ──Submit/Cancel (call)──▶ Coordinator (actor)
+//! registry membership watch ──cast──▶      │  ready queue (bounded) → WorkerPool::select
+//! worker results (mailbox) ──cast──▶       │──subtask.assign──▶ Router ──▶ worker
+//!                                          └──record changes──▶ RecordWriter ──▶ registry
+//! ```
+//!
+//! All decisions are made by the pure state machine of
+//! `agentmesh_core::task::TaskRecord` and by `WorkerPool`; this actor only
+//! feeds them events and carries out what they decide.
+//!
+//! Only the elected leader owns tasks (see [`leadership`]): on
+//! [`CoordinatorMessage::Lead`] it takes over every unfinished record from
+//! the registry, and on [`CoordinatorMessage::Relinquish`] it forgets them
+//! all, for the next leader to resume from their last durable records.
+
+mod deadlines;
+mod hub;
+pub mod leadership;
+mod messages;
+mod pools;
+mod recovery;
+mod schedule;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::task::record::{Applied, StoppedAttempt};
+use agentmesh_core::task::{Status, TaskRecord};
+use agentmesh_core::{AgentId, Membership, TaskId};
+use agentmesh_proto::v1::{Envelope, SubtaskCancel, SubtaskResult, subtask_result};
+use agentmesh_registry::Registry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+pub use hub::{EarlyWatch, RecordHub, Subscription};
+pub use messages::{
+    Accepted, CoordinatorArguments, CoordinatorHandle, CoordinatorMessage, SubmitError,
+};
+use pools::Pools;
+pub use writer::RecordWriter;
+
+use crate::node::config::CoordinatorConfig;
+use crate::support::clock::now_ms;
+use crate::support::feeds;
+use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
+
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(200);
+/// How often recorded reputations are read into worker scores.
+const REPUTATION_REFRESH: Duration = Duration::from_secs(5);
+/// How long a coordinator that stops leading waits for its queued records.
+const WRITER_FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct CoordinatorState {
+    id: AgentId,
+    backlog: Arc<Backlog>,
+    router: Arc<Router>,
+    registry: Arc<dyn Registry>,
+    hub: RecordHub,
+    /// Present while this coordinator leads; its writer is fenced with the
+    /// term's leadership.
+    writer: Option<RecordWriter>,
+    /// The current term (the fence revision); assignments carry it and
+    /// results of other terms are stale.
+    term: i64,
+    config: CoordinatorConfig,
+    /// Unfinished tasks this coordinator owns.
+    tasks: HashMap<TaskId, TaskRecord>,
+    /// Subtasks ready to run, waiting for a worker with room.
+    queue: VecDeque<(TaskId, usize)>,
+    /// Subtasks to retry, by the time their backoff ends.
+    backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
+    /// For timers that wake the actor when a backoff ends.
+    myself: ActorRef<CoordinatorMessage>,
+    pool: Pools,
+    /// The latest membership, to start a fresh pool from.
+    membership: Arc<Membership>,
+}
+
+#[derive(Debug, Default)]
+pub struct Coordinator;
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMessage;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CoordinatorArguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let membership = args.registry.membership();
+        let view = membership.borrow().clone();
+        let pool = Pools::new(&args.config, &view);
+        let background = &args.background;
+        feeds::follow(
+            background,
+            membership,
+            myself.clone(),
+            CoordinatorMessage::Membership,
+        );
+        feeds::broadcast(
+            background,
+            args.router.broken_links(),
+            myself.clone(),
+            CoordinatorMessage::LinkBroken,
+        );
+        let registry = args.registry.clone();
+        let events = myself.clone();
+        background.spawn("reputation refresh", async move {
+            let policy = agentmesh_core::reputation::ReputationPolicy::default();
+            let mut interval = tokio::time::interval(REPUTATION_REFRESH);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                let Ok(scores) =
+                    crate::support::reputation::mean_scores(registry.as_ref(), &policy).await
+                else {
+                    continue;
+                };
+                if events
+                    .cast(CoordinatorMessage::Reputations(scores))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        feeds::every(background, TICK, myself.clone(), || {
+            CoordinatorMessage::Tick
+        });
+        Ok(CoordinatorState {
+            id: args.id,
+            backlog: args.backlog,
+            router: args.router,
+            registry: args.registry,
+            hub: args.hub,
+            writer: None,
+            term: 0,
+            config: args.config,
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            backoff: BTreeMap::new(),
+            myself: myself.clone(),
+            pool,
+            membership: view,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMessage::Submit { record, reply } => state.submit(record, reply).await,
+            CoordinatorMessage::Cancel {
+                task,
+                reason,
+                reply,
+            } => {
+                let status = state.cancel(&task, reason).await;
+                let _ = reply.send(status);
+            }
+            CoordinatorMessage::Result(result) => {
+                state.backlog.leave();
+                state.apply_result(result).await
+            }
+            CoordinatorMessage::DeliveryFailed {
+                task,
+                subtask,
+                attempt,
+                error,
+                unreachable,
+            } => {
+                if unreachable {
+                    state.trip_worker_of(&task, subtask);
+                }
+                state.retry(&task, subtask, attempt, error).await
+            }
+            CoordinatorMessage::Membership(view) => state.membership_changed(&view).await,
+            CoordinatorMessage::LinkBroken(link) => state.link_broken(link).await,
+            CoordinatorMessage::Reputations(scores) => {
+                for agent in state.membership.agents.keys() {
+                    state.pool.set_reputation(agent, scores.get(agent).copied());
+                }
+            }
+            CoordinatorMessage::Workers(reply) => {
+                let _ = reply.send(state.pool.agents().cloned().collect());
+            }
+            CoordinatorMessage::Tick => state.check_deadlines().await,
+            CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
+            CoordinatorMessage::Relinquish { done } => {
+                state.relinquish().await;
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+        state.schedule(&myself).await;
+        Ok(())
+    }
+}
+
+impl CoordinatorState {
+    async fn submit(
+        &mut self,
+        record: TaskRecord,
+        reply: RpcReplyPort<Result<Accepted, SubmitError>>,
+    ) {
+        if self.writer.is_none() {
+            let _ = reply.send(Err(SubmitError::NotLeader));
+            return;
+        }
+        if self.tasks.len() >= self.config.max_active_tasks {
+            let _ = reply.send(Err(SubmitError::TooManyTasks {
+                limit: self.config.max_active_tasks,
+            }));
+            return;
+        }
+        let ready = record.ready();
+        let limit = self.config.max_queued_subtasks;
+        if ready.len() > limit {
+            let _ = reply.send(Err(SubmitError::TooWide {
+                ready: ready.len(),
+                limit,
+            }));
+            return;
+        }
+        if self.queue.len() + ready.len() > limit {
+            let _ = reply.send(Err(SubmitError::QueueFull {
+                queued: self.queue.len(),
+                ready: ready.len(),
+                limit,
+            }));
+            return;
+        }
+        let id = record.id.clone();
+        info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
+        let (ack, durable) = oneshot::channel();
+        if let Some(writer) = &self.writer {
+            writer.write(Arc::new(record.clone()), Some(ack)).await;
+        }
+        self.queue
+            .extend(ready.into_iter().map(|i| (id.clone(), i)));
+        self.tasks.insert(id.clone(), record);
+        // The caller waits for durability, not the actor.
+        let _ = reply.send(Ok(Accepted { id, durable }));
+    }
+
+    async fn cancel(&mut self, id: &TaskId, reason: String) -> Option<Status> {
+        let record = self.tasks.get_mut(id)?;
+        let stopped = record.cancel(reason, now_ms());
+        info!(task_id = %id, "task cancelled");
+        self.stop_attempts(id, stopped);
+        self.finish_change(id).await
+    }
+
+    async fn apply_result(&mut self, result: SubtaskResult) {
+        let id = TaskId::new(result.task_id.clone());
+        if result.term != self.term {
+            debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, term = result.term, "ignoring result of an earlier term");
+            return;
+        }
+        let Some(record) = self.tasks.get_mut(&id) else {
+            debug!(task_id = %id, "result for a task that is no longer active");
+            return;
+        };
+        let Some(index) = record.position(&result.subtask_id) else {
+            warn!(task_id = %id, subtask = %result.subtask_id, "result for an unknown subtask");
+            return;
+        };
+        if result.handed_back {
+            // Not a verdict on the subtask or the worker: place it
+            // elsewhere, without spending the retry budget.
+            record.excuse(index, result.attempt);
+            let reason = match result.outcome {
+                Some(subtask_result::Outcome::Error(reason)) => reason,
+                _ => format!("worker '{}' handed the attempt back", result.worker_id),
+            };
+            self.retry(&id, index, result.attempt, reason).await;
+            return;
+        }
+        let now = now_ms();
+        let worker = AgentId::new(result.worker_id.clone());
+        let (applied, stopped, success) = match result.outcome {
+            Some(subtask_result::Outcome::OutputJson(json)) => match serde_json::from_str(&json) {
+                Ok(output) => (
+                    record.complete(index, result.attempt, output, now),
+                    Vec::new(),
+                    true,
+                ),
+                Err(e) => {
+                    let (applied, stopped) = record.fail(
+                        index,
+                        result.attempt,
+                        format!("worker returned invalid JSON: {e}"),
+                        now,
+                    );
+                    (applied, stopped, false)
+                }
+            },
+            Some(subtask_result::Outcome::Error(error)) => {
+                let (applied, stopped) = record.fail(index, result.attempt, error, now);
+                (applied, stopped, false)
+            }
+            None => {
+                let (applied, stopped) = record.fail(
+                    index,
+                    result.attempt,
+                    "worker sent a result without outcome".into(),
+                    now,
+                );
+                (applied, stopped, false)
+            }
+        };
+        if applied == Applied::Stale {
+            debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, "ignoring stale result");
+            return;
+        }
+        debug!(task_id = %id, subtask = %result.subtask_id, attempt = result.attempt, term = result.term, "result applied");
+        if !result.consensus_json.is_empty() {
+            // How the peers agreed, kept with the output it explains.
+            record.subtasks[index].consensus = serde_json::from_str(&result.consensus_json).ok();
+        }
+        self.pool.release(&worker, Some(success), now);
+        let completed_id = result.subtask_id;
+        let newly_ready: Vec<usize> = record
+            .ready()
+            .into_iter()
+            .filter(|&i| record.subtasks[i].depends_on.contains(&completed_id))
+            .collect();
+        self.queue
+            .extend(newly_ready.into_iter().map(|i| (id.clone(), i)));
+        self.stop_attempts(&id, stopped);
+        self.finish_change(&id).await;
+    }
+
+    /// Persists the task's record; forgets the task once it has ended.
+    async fn finish_change(&mut self, id: &TaskId) -> Option<Status> {
+        let record = self.tasks.get(id)?;
+        let status = record.status;
+        if let Some(writer) = &self.writer {
+            writer.write(Arc::new(record.clone()), None).await;
+        }
+        if status.is_terminal() {
+            info!(task_id = %id, %status, "task finished");
+            self.tasks.remove(id);
+        }
+        Some(status)
+    }
+
+    fn stop_attempts(&mut self, id: &TaskId, stopped: Vec<StoppedAttempt>) {
+        let reason = match self.tasks.get(id) {
+            Some(record) => record.error.clone().unwrap_or_default(),
+            None => return,
+        };
+        for stop in stopped {
+            self.pool.release(&stop.worker, None, now_ms());
+            self.send_cancel(id, stop.subtask, stop.attempt, &stop.worker, &reason);
+        }
+    }
+
+    /// Tells a worker to stop an attempt; best effort, off the actor.
+    fn send_cancel(
+        &self,
+        id: &TaskId,
+        subtask: usize,
+        attempt: u32,
+        worker: &AgentId,
+        reason: &str,
+    ) {
+        let Some(record) = self.tasks.get(id) else {
+            return;
+        };
+        let cancel = SubtaskCancel {
+            task_id: id.to_string(),
+            subtask_id: record.subtasks[subtask].id.clone(),
+            attempt,
+            reason: reason.to_owned(),
+        };
+        let envelope = transport::envelope(&self.id, worker, Kind::SubtaskCancel, cancel);
+        transport::tell(&self.router, envelope);
+    }
+}
+
+/// Sends an assignment without holding up the actor; a failed delivery
+/// comes back as a message so the subtask is retried elsewhere.
+/// What the coordinator accepts from its mailbox: results.
+#[derive(Debug)]
+pub struct CoordinatorInbox;
+
+impl Inbox for CoordinatorInbox {
+    type Message = CoordinatorMessage;
+
+    fn accepts(&self) -> &'static [Kind] {
+        &[Kind::SubtaskResult]
+    }
+
+    fn decode(
+        &self,
+        _kind: Kind,
+        envelope: Envelope,
+    ) -> Result<Inbound<CoordinatorMessage>, DeliverError> {
+        let result = transport::decode(&envelope)?;
+        Ok(Inbound::Message(CoordinatorMessage::Result(result)))
+    }
+}

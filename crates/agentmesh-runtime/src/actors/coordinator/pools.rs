@@ -1,0 +1,75 @@
+//! Where a coordinator places subtasks: workers for `coordinator_worker`
+//! tasks, peers (each proposing a collaboration among peers) for
+//! `peer_consensus` tasks, hierarchy levels for `hierarchical` tasks (their
+//! plan goes to a strategic-level agent). An agent is in one pool at most,
+//! by its role, so what is done by agent id is done in every pool.
+
+use agentmesh_core::patterns;
+use agentmesh_core::scheduling::{WorkerPool, WorkerState};
+use agentmesh_core::task::Pattern;
+use agentmesh_core::{AgentId, Membership, Role};
+
+use crate::node::config::CoordinatorConfig;
+
+/// The roles placed on, in the order of [`Pools::pools`].
+const ROLES: [Role; 3] = [Role::Worker, Role::Peer, Role::Level];
+
+pub struct Pools {
+    pools: [WorkerPool; 3],
+}
+
+impl Pools {
+    /// Pools with no placements, for the agents of `membership`.
+    pub fn new(config: &CoordinatorConfig, membership: &Membership) -> Self {
+        let mut pools = Self {
+            pools: ROLES.map(|role| {
+                WorkerPool::new(config.weights.clone())
+                    .with_breaker(config.breaker)
+                    .of_role(role)
+            }),
+        };
+        pools.sync(membership);
+        pools
+    }
+
+    /// The pool a subtask of a task with `pattern` is placed from: its
+    /// runners' role, as the pattern's rules say.
+    pub fn for_pattern(&mut self, pattern: Pattern) -> &mut WorkerPool {
+        let role = patterns::rules(pattern).map_or(Role::Worker, |rules| rules.runner());
+        let index = ROLES.iter().position(|r| *r == role).unwrap_or(0);
+        &mut self.pools[index]
+    }
+
+    /// Returns the agents that left any pool.
+    pub fn sync(&mut self, membership: &Membership) -> Vec<AgentId> {
+        self.pools
+            .iter_mut()
+            .flat_map(|pool| pool.sync(membership))
+            .collect()
+    }
+
+    pub fn acquire(&mut self, id: &AgentId, now_ms: u64) {
+        self.pools.iter_mut().for_each(|p| p.acquire(id, now_ms));
+    }
+
+    pub fn release(&mut self, id: &AgentId, success: Option<bool>, now_ms: u64) {
+        self.pools
+            .iter_mut()
+            .for_each(|p| p.release(id, success, now_ms));
+    }
+
+    pub fn set_reputation(&mut self, id: &AgentId, reputation: Option<f64>) {
+        self.pools
+            .iter_mut()
+            .for_each(|p| p.set_reputation(id, reputation));
+    }
+
+    pub fn trip(&mut self, id: &AgentId, now_ms: u64) {
+        self.pools.iter_mut().for_each(|p| p.trip(id, now_ms));
+    }
+
+    /// Every agent placed on, workers first.
+    pub fn agents(&self) -> impl Iterator<Item = &WorkerState> {
+        self.pools.iter().flat_map(WorkerPool::workers)
+    }
+}

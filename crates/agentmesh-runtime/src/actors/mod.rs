@@ -1,0 +1,7 @@
+//! The agents: each an actor with a bounded mailbox on the node's router.
+
+pub mod coordinator;
+pub mod faults;
+pub mod level;
+pub mod peer;
+pub mod worker;

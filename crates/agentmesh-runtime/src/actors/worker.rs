@@ -1,0 +1,387 @@
+//! The worker actor: runs subtasks with its tools, at most
+//! `max_concurrency` at once, and reports each result to the coordinator
+//! that assigned it.
+//!
+//! ```text
+//! Worker (actor) ── spawns one tokio task per running attempt
+//!    ▲  subtask.assign / subtask.cancel            │ subtask.result
+//!    └──────────── Router ◀── AgentMailbox ◀───────┴──▶ Router ──▶ coordinator
+//! ```
+//!
+//! Tool calls run outside the actor so a slow tool never delays the
+//! mailbox; cancelling an attempt aborts its task, which drops the tool's
+//! future.
+//!
+//! An attempt the worker will not run to its end — it is at its limit, or
+//! draining for shutdown — goes back to the coordinator as *handed back*,
+//! which places it elsewhere without counting a failure. A result the
+//! coordinator cannot be reached for is sent again with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agentmesh_core::AgentId;
+use agentmesh_proto::v1::{
+    Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult, subtask_result,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
+
+use crate::actors::faults::Faults;
+use crate::tools::{ToolBox, ToolError};
+use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
+
+/// One attempt of one subtask.
+type AttemptKey = (String, String, u32);
+
+#[derive(Debug)]
+pub enum WorkerMessage {
+    Assign {
+        coordinator: AgentId,
+        assignment: SubtaskAssignment,
+    },
+    Cancel(SubtaskCancel),
+    Finished(AttemptKey),
+    /// Stop taking new attempts (they are handed back); running ones go on.
+    /// Replies with the number still running.
+    Drain(RpcReplyPort<usize>),
+    /// Abort every running attempt and hand it back; replies once the
+    /// coordinators have been told (or could not be reached).
+    HandBack(RpcReplyPort<()>),
+}
+
+/// Sends of one result before the worker gives up on it.
+const REPORT_ATTEMPTS: u32 = 8;
+/// First pause between sends of a result; doubles up to [`REPORT_MAX_DELAY`].
+const REPORT_FIRST_DELAY: Duration = Duration::from_millis(100);
+const REPORT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+pub struct WorkerArguments {
+    pub id: AgentId,
+    pub tools: ToolBox,
+    pub router: Arc<Router>,
+    pub max_concurrency: u32,
+    /// Attempts running now; read by the node to publish the worker's load.
+    pub load: Arc<AtomicU32>,
+    /// Shared with the worker's mailbox entry.
+    pub backlog: Arc<Backlog>,
+    /// Misbehaviour injected on purpose (tests only; empty by default).
+    pub faults: Faults,
+}
+
+pub struct WorkerState {
+    id: AgentId,
+    backlog: Arc<Backlog>,
+    tools: ToolBox,
+    router: Arc<Router>,
+    max_concurrency: u32,
+    load: Arc<AtomicU32>,
+    /// Running attempts and the coordinator each one reports to.
+    running: HashMap<AttemptKey, (AbortHandle, AgentId)>,
+    draining: bool,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug, Default)]
+pub struct Worker;
+
+impl Actor for Worker {
+    type Msg = WorkerMessage;
+    type State = WorkerState;
+    type Arguments = WorkerArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WorkerArguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(WorkerState {
+            id: args.id,
+            backlog: args.backlog,
+            tools: args.tools,
+            router: args.router,
+            max_concurrency: args.max_concurrency,
+            load: args.load,
+            running: HashMap::new(),
+            draining: false,
+            faults: Arc::new(args.faults),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            WorkerMessage::Assign {
+                coordinator,
+                assignment,
+            } => {
+                state.backlog.leave();
+                state.start(myself, coordinator, assignment)
+            }
+            WorkerMessage::Cancel(cancel) => {
+                state.backlog.leave();
+                let key = (cancel.task_id, cancel.subtask_id, cancel.attempt);
+                if let Some((handle, _)) = state.running.remove(&key) {
+                    debug!(task_id = %key.0, subtask = %key.1, attempt = key.2, "cancelling attempt");
+                    handle.abort();
+                }
+            }
+            WorkerMessage::Finished(key) => {
+                state.running.remove(&key);
+            }
+            WorkerMessage::Drain(reply) => {
+                state.draining = true;
+                let _ = reply.send(state.running.len());
+            }
+            WorkerMessage::HandBack(reply) => {
+                let reports = state.hand_back_all();
+                tokio::spawn(async move {
+                    futures::future::join_all(reports).await;
+                    let _ = reply.send(());
+                });
+            }
+        }
+        state
+            .load
+            .store(state.running.len() as u32, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (handle, _) in state.running.values() {
+            handle.abort();
+        }
+        Ok(())
+    }
+}
+
+impl WorkerState {
+    fn start(
+        &mut self,
+        myself: ActorRef<WorkerMessage>,
+        coordinator: AgentId,
+        assignment: SubtaskAssignment,
+    ) {
+        let key = (
+            assignment.task_id.clone(),
+            assignment.subtask_id.clone(),
+            assignment.attempt,
+        );
+        let router = self.router.clone();
+        let id = self.id.clone();
+        let hand_back = if self.draining {
+            Some(format!("worker '{}' is draining", self.id))
+        } else if self.running.len() >= self.max_concurrency as usize {
+            Some(format!(
+                "worker '{}' is at its max concurrency of {}",
+                self.id, self.max_concurrency
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = hand_back {
+            let result = handed_back(&id, &assignment, reason);
+            tokio::spawn(async move { report(&router, &id, &coordinator, result).await });
+            return;
+        }
+        if !self.tools.has(&assignment.capability) {
+            let error = format!(
+                "worker '{}' does not offer capability '{}'",
+                self.id, assignment.capability
+            );
+            tokio::spawn(async move {
+                let result = result_of(&id, &assignment, Err(error), Duration::ZERO);
+                report(&router, &id, &coordinator, result).await;
+            });
+            return;
+        }
+        let tools = self.tools.clone();
+        let faults = self.faults.clone();
+        let finished = key.clone();
+        let reports_to = coordinator.clone();
+        let handle = tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = run_with_faults(&tools, &assignment, &faults).await;
+            let result = result_of(&id, &assignment, outcome, started.elapsed());
+            // Bookkeeping first, so the slot is free before the coordinator
+            // can hand it out again.
+            let _ = myself.cast(WorkerMessage::Finished(finished));
+            report(&router, &id, &coordinator, result).await;
+        });
+        self.running
+            .insert(key, (handle.abort_handle(), reports_to));
+    }
+
+    /// Aborts every running attempt; the returned futures tell each
+    /// attempt's coordinator that it was handed back.
+    fn hand_back_all(&mut self) -> Vec<impl std::future::Future<Output = ()> + use<>> {
+        self.running
+            .drain()
+            .map(|((task_id, subtask_id, attempt), (handle, coordinator))| {
+                handle.abort();
+                let assignment = SubtaskAssignment {
+                    task_id,
+                    subtask_id,
+                    attempt,
+                    ..SubtaskAssignment::default()
+                };
+                let reason = format!(
+                    "worker '{}' stopped before the attempt finished (drain grace period over)",
+                    self.id
+                );
+                let result = handed_back(&self.id, &assignment, reason);
+                let router = self.router.clone();
+                let id = self.id.clone();
+                async move { report(&router, &id, &coordinator, result).await }
+            })
+            .collect()
+    }
+}
+
+fn handed_back(worker: &AgentId, assignment: &SubtaskAssignment, reason: String) -> SubtaskResult {
+    SubtaskResult {
+        handed_back: true,
+        ..result_of(worker, assignment, Err(reason), Duration::ZERO)
+    }
+}
+
+/// [`run`], misbehaving as `faults` say.
+async fn run_with_faults(
+    tools: &ToolBox,
+    assignment: &SubtaskAssignment,
+    faults: &Faults,
+) -> Result<String, String> {
+    if faults.is_empty() {
+        return run(tools, assignment).await;
+    }
+    tokio::time::sleep(faults.delay()).await;
+    if faults.fails() {
+        return Err("injected fault: the attempt failed on purpose (--fault fail)".into());
+    }
+    let output = run(tools, assignment).await?;
+    match serde_json::from_str(&output) {
+        Ok(value) => Ok(faults.corrupt(value).to_string()),
+        Err(_) => Ok(output),
+    }
+}
+
+async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, String> {
+    let tool = tools
+        .get(&assignment.capability)
+        .ok_or_else(|| format!("no tool '{}'", assignment.capability))?;
+    let input = serde_json::from_str(&assignment.input_json)
+        .map_err(|e| format!("input is not valid JSON: {e}"))?;
+    let call = tool.call(input);
+    let outcome = if assignment.timeout_ms > 0 {
+        let limit = Duration::from_millis(assignment.timeout_ms);
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(ToolError::Failed(format!(
+                "timed out after {} ms",
+                assignment.timeout_ms
+            )))
+        })
+    } else {
+        call.await
+    };
+    let output = outcome.map_err(|e| e.to_string())?;
+    serde_json::to_string(&output).map_err(|e| format!("output is not serializable: {e}"))
+}
+
+pub(crate) fn result_of(
+    worker: &AgentId,
+    assignment: &SubtaskAssignment,
+    outcome: Result<String, String>,
+    elapsed: Duration,
+) -> SubtaskResult {
+    SubtaskResult {
+        task_id: assignment.task_id.clone(),
+        subtask_id: assignment.subtask_id.clone(),
+        attempt: assignment.attempt,
+        worker_id: worker.to_string(),
+        outcome: Some(match outcome {
+            Ok(output) => subtask_result::Outcome::OutputJson(output),
+            Err(error) => subtask_result::Outcome::Error(error),
+        }),
+        elapsed_us: elapsed.as_micros() as u64,
+        handed_back: false,
+        term: assignment.term,
+        consensus_json: String::new(),
+    }
+}
+
+/// [`report`] in the background: for actors that must not wait for it.
+pub(crate) fn report_later(
+    router: &Arc<Router>,
+    from: &AgentId,
+    coordinator: &AgentId,
+    result: SubtaskResult,
+) {
+    let (router, from, coordinator) = (router.clone(), from.clone(), coordinator.clone());
+    tokio::spawn(async move { report(&router, &from, &coordinator, result).await });
+}
+
+/// Sends a result to its coordinator, again with backoff while the
+/// coordinator cannot be reached (restarting, partitioned): a result is the
+/// only copy of the work, so it is not dropped at the first failure.
+pub(crate) async fn report(
+    router: &Router,
+    from: &AgentId,
+    coordinator: &AgentId,
+    result: SubtaskResult,
+) {
+    let mut delay = REPORT_FIRST_DELAY;
+    for attempt in 1..=REPORT_ATTEMPTS {
+        let envelope = transport::envelope(from, coordinator, Kind::SubtaskResult, result.clone());
+        match router.send(envelope).await {
+            Ok(()) => return,
+            Err(error) if attempt == REPORT_ATTEMPTS => {
+                // The coordinator re-dispatches the attempt when its own
+                // deadline or this worker's departure tells it to.
+                warn!(%error, coordinator = %coordinator, task_id = %result.task_id,
+                      subtask = %result.subtask_id, "giving up on reporting a subtask result");
+            }
+            Err(error) => {
+                debug!(%error, attempt, "result not delivered, sending again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REPORT_MAX_DELAY);
+            }
+        }
+    }
+}
+
+/// What a worker accepts from its mailbox: assignments and cancellations.
+#[derive(Debug)]
+pub struct WorkerInbox;
+
+impl Inbox for WorkerInbox {
+    type Message = WorkerMessage;
+
+    fn accepts(&self) -> &'static [Kind] {
+        &[Kind::SubtaskAssign, Kind::SubtaskCancel]
+    }
+
+    fn decode(
+        &self,
+        kind: Kind,
+        envelope: Envelope,
+    ) -> Result<Inbound<WorkerMessage>, DeliverError> {
+        Ok(Inbound::Message(match kind {
+            Kind::SubtaskAssign => WorkerMessage::Assign {
+                assignment: transport::decode(&envelope)?,
+                coordinator: AgentId::new(envelope.from),
+            },
+            _ => WorkerMessage::Cancel(transport::decode(&envelope)?),
+        }))
+    }
+}

@@ -1,0 +1,143 @@
+//! Errors of the client API and of the mailbox, and their gRPC status
+//! codes: the one place where an error becomes a `tonic::Status`.
+
+use std::time::Duration;
+
+use agentmesh_core::task::TaskFileError;
+use agentmesh_core::{AgentId, TaskId};
+use agentmesh_registry::RegistryError;
+use thiserror::Error;
+use tonic::Status;
+
+use crate::actors::coordinator::SubmitError;
+use crate::transport::DeliverError;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    TaskFile(#[from] TaskFileError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no task '{0}'")]
+    NotFound(TaskId),
+    #[error("this node runs no coordinator; send tasks to a coordinator node")]
+    NoCoordinator,
+    #[error("coordinator did not answer: {0}")]
+    Coordinator(String),
+    #[error("no coordinator leader was elected within {0:?}; retry")]
+    NoLeader(Duration),
+    /// Only the leader changes tasks, and this request may not be
+    /// forwarded (again).
+    #[error("this coordinator is not the leader; '{0}' leads: send the request there or retry")]
+    NotLeader(AgentId),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// gRPC metadata key of the pause a refused client should take before
+/// submitting again, in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// The pause suggested when the coordinator's queues are full: long enough
+/// for a batch of work to drain, short enough not to idle a cluster.
+const QUEUE_FULL_RETRY_MS: u64 = 500;
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.to_string();
+        match error {
+            ApiError::Submit(SubmitError::QueueFull { .. } | SubmitError::TooManyTasks { .. }) => {
+                let mut status = Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    RETRY_AFTER_MS,
+                    tonic::metadata::MetadataValue::from(QUEUE_FULL_RETRY_MS),
+                );
+                status
+            }
+            ApiError::TaskFile(e) if e.is_precondition() => Status::failed_precondition(message),
+            ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => {
+                Status::invalid_argument(message)
+            }
+            ApiError::Submit(SubmitError::NotPersisted(_) | SubmitError::NotLeader)
+            | ApiError::NoLeader(_)
+            | ApiError::NotLeader(_) => Status::unavailable(message),
+            ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
+            ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::NoCoordinator => Status::failed_precondition(message),
+            ApiError::Coordinator(_) => Status::unavailable(message),
+            ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),
+            ApiError::Registry(_) => Status::unavailable(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_full_queue_says_when_to_come_back() {
+        let full = ApiError::Submit(SubmitError::QueueFull {
+            queued: 9,
+            ready: 2,
+            limit: 10,
+        });
+        let status = Status::from(full);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_AFTER_MS)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "500"
+        );
+    }
+
+    #[test]
+    fn codes_follow_the_kind_of_failure() {
+        let cycle = ApiError::TaskFile(TaskFileError::Cycle(vec!["a".into(), "a".into()]));
+        assert_eq!(Status::from(cycle).code(), Code::InvalidArgument);
+        let capability = ApiError::TaskFile(TaskFileError::CapabilityUnavailable {
+            field: "tasks[0].capability".into(),
+            capability: "x".into(),
+            runner: "worker",
+            available: "none".into(),
+        });
+        assert_eq!(Status::from(capability).code(), Code::FailedPrecondition);
+        let full = ApiError::Submit(SubmitError::QueueFull {
+            queued: 1,
+            ready: 1,
+            limit: 1,
+        });
+        assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
+        let wide = ApiError::Submit(SubmitError::TooWide { ready: 3, limit: 2 });
+        assert_eq!(Status::from(wide).code(), Code::FailedPrecondition);
+        let status = Status::from(ApiError::NotFound(TaskId::new("t9")));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "no task 't9'")
+        );
+    }
+}
+impl From<DeliverError> for Status {
+    fn from(error: DeliverError) -> Self {
+        let message = error.to_string();
+        match error {
+            DeliverError::UnknownAgent(_) => Status::not_found(message),
+            DeliverError::UnknownKind { .. } | DeliverError::BadPayload { .. } => {
+                Status::invalid_argument(message)
+            }
+            DeliverError::TooLarge { .. } | DeliverError::Busy { .. } => {
+                Status::resource_exhausted(message)
+            }
+            DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
+                Status::unavailable(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! One hop from a follower coordinator to the leader, for the calls only
+//! the leader may handle (`Submit`, `Cancel`).
+//!
+//! The forwarded request carries [`FORWARDED_BY`], so the receiver answers
+//! it or refuses it but never forwards it again: while two coordinators
+//! disagree on who leads, a request fails with UNAVAILABLE (and the client
+//! retries) instead of bouncing between them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::task_service_client::TaskServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::task::Route;
+use crate::transport::channel;
+
+/// Metadata key marking a request forwarded by a follower.
+pub const FORWARDED_BY: &str = "agentmesh-forwarded-by";
+
+/// How long connecting to the leader may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a follower forwarded this request here.
+pub fn was_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_BY)
+}
+
+/// Clients of the coordinators this node forwarded to, by endpoint; one
+/// HTTP/2 connection each, made on first use.
+pub struct Forwarder {
+    max_message_bytes: usize,
+    clients: Mutex<HashMap<String, TaskServiceClient<Channel>>>,
+}
+
+impl Forwarder {
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            max_message_bytes,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn submit(
+        &self,
+        leader: &Route,
+        request: pb::SubmitRequest,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let (mut client, request) = self.prepare(leader, request)?;
+        client.submit(request).await.map_err(|s| explain(leader, s))
+    }
+
+    pub async fn cancel(
+        &self,
+        leader: &Route,
+        request: pb::CancelTaskRequest,
+    ) -> Result<Response<pb::CancelReply>, Status> {
+        let (mut client, request) = self.prepare(leader, request)?;
+        client.cancel(request).await.map_err(|s| explain(leader, s))
+    }
+
+    fn prepare<T>(
+        &self,
+        leader: &Route,
+        message: T,
+    ) -> Result<(TaskServiceClient<Channel>, Request<T>), Status> {
+        let Route::Leader { id, endpoint } = leader else {
+            return Err(Status::internal(
+                "forwarding a request that is handled here",
+            ));
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let client = match clients.get(endpoint) {
+            Some(client) => client.clone(),
+            None => {
+                let channel = channel::lazy(endpoint, CONNECT_TIMEOUT).map_err(|e| {
+                    Status::unavailable(format!("cannot forward to leader '{id}': {e}"))
+                })?;
+                let client = TaskServiceClient::new(channel)
+                    .max_decoding_message_size(self.max_message_bytes)
+                    .max_encoding_message_size(self.max_message_bytes);
+                clients.insert(endpoint.clone(), client.clone());
+                client
+            }
+        };
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(
+            FORWARDED_BY,
+            tonic::metadata::MetadataValue::from_static("follower"),
+        );
+        Ok((client, request))
+    }
+}
+
+/// Keeps the leader's answer, saying where it came from when the leader
+/// could not be reached at all.
+fn explain(leader: &Route, status: Status) -> Status {
+    match leader {
+        Route::Leader { id, endpoint } if status.code() == tonic::Code::Unavailable => {
+            let mut explained = Status::unavailable(format!(
+                "forwarded to the coordinator leader '{id}' at {endpoint}: {}",
+                status.message()
+            ));
+            *explained.metadata_mut() = status.metadata().clone();
+            explained
+        }
+        _ => status,
+    }
+}

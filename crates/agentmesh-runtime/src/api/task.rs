@@ -1,0 +1,440 @@
+//! `TaskService`: submit, get, watch and cancel tasks.
+//!
+//! [`TaskApi`] holds the logic and is called in-process by `agentmesh
+//! local`; [`TaskGrpc`] exposes it over gRPC.
+//!
+//! Any coordinator answers every call. `Submit` and `Cancel` change a task,
+//! which only the leader may do: a follower forwards them to the leader
+//! (one hop; see [`super::forward`]). `Get` and `Watch` are answered from
+//! the leader's memory on the leader and from the registry elsewhere.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::patterns;
+use agentmesh_core::task::validate::parse;
+use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
+use agentmesh_core::{AgentId, Role, TaskId};
+use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use agentmesh_registry::Registry;
+use futures::{Stream, StreamExt};
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response};
+
+use super::forward::{self, Forwarder};
+
+use crate::actors::coordinator::{
+    Accepted, CoordinatorHandle, CoordinatorMessage, RecordHub, SubmitError,
+};
+use crate::api::error::ApiError;
+use crate::convert;
+use crate::support::clock::now_ms;
+
+/// Time allowed for the coordinator to accept or cancel a task, including
+/// the durable write of its record.
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a call that needs the leader waits for an election to end
+/// before it is refused with UNAVAILABLE.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a call that changes a task is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node's coordinator leads.
+    Here,
+    /// Another coordinator leads; it is reached at `endpoint`.
+    Leader { id: AgentId, endpoint: String },
+}
+
+/// A stream of task records that ends after the first terminal one.
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
+
+#[derive(Clone)]
+pub struct TaskApi {
+    registry: Arc<dyn Registry>,
+    coordinator: Option<CoordinatorHandle>,
+    limits: TaskLimits,
+}
+
+impl TaskApi {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        coordinator: Option<CoordinatorHandle>,
+        limits: TaskLimits,
+    ) -> Self {
+        Self {
+            registry,
+            coordinator,
+            limits,
+        }
+    }
+
+    fn local(&self) -> Result<&CoordinatorHandle, ApiError> {
+        self.coordinator.as_ref().ok_or(ApiError::NoCoordinator)
+    }
+
+    fn hub(&self) -> Option<&RecordHub> {
+        self.coordinator.as_ref().map(|c| &c.hub)
+    }
+
+    /// Who handles a call that changes a task. Waits up to
+    /// [`LEADER_WAIT`] while nobody leads or while this node's coordinator
+    /// has won but not yet taken its tasks over.
+    pub async fn route(&self) -> Result<Route, ApiError> {
+        let local = self.local()?;
+        let mut leading = local.leading.clone();
+        let mut leader = self.registry.leader();
+        let mut membership = self.registry.membership();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            if *leading.borrow_and_update() {
+                return Ok(Route::Here);
+            }
+            let current = leader.borrow_and_update().clone();
+            if let Some(id) = current.filter(|id| *id != local.id)
+                && let Some(agent) = membership.borrow_and_update().agents.get(&id)
+            {
+                return Ok(Route::Leader {
+                    endpoint: agent.endpoint.clone(),
+                    id,
+                });
+            }
+            tokio::select! {
+                _ = leading.changed() => {}
+                _ = leader.changed() => {}
+                _ = membership.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::NoLeader(LEADER_WAIT));
+                }
+            }
+        }
+    }
+
+    /// The local coordinator, once it leads.
+    async fn leader_here(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
+        match self.route().await? {
+            Route::Here => Ok(&self.local()?.actor),
+            Route::Leader { id, .. } => Err(ApiError::NotLeader(id)),
+        }
+    }
+
+    /// Validates a task document against the live cluster and hands it to
+    /// the coordinator; returns once the task record is durable.
+    pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
+        let record = self.new_record(document)?;
+        Ok(self.hand_over(record).await?.durable().await?)
+    }
+
+    /// Submits a task and waits for its end; returns the final record.
+    ///
+    /// Only the final record's durability is awaited — it implies the
+    /// task's — so a short task has one registry write on its critical
+    /// path rather than two, and its first records often merge into that
+    /// one write. The caller hears of the task only once it has ended.
+    pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
+        let record = self.new_record(document)?;
+        let id = record.id.clone();
+        let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
+        let mut early = hub.follow_new(&id);
+        let mut durable = self.hand_over(record).await?.durable;
+        let mut durable_done = false;
+        let mut last = 0;
+        loop {
+            tokio::select! {
+                written = &mut durable, if !durable_done => match written {
+                    Ok(Ok(())) => durable_done = true,
+                    Ok(Err(error)) => return Err(SubmitError::NotPersisted(error).into()),
+                    Err(_) => {
+                        return Err(SubmitError::NotPersisted("record writer has stopped".into()).into());
+                    }
+                },
+                record = early.changes.recv() => match record {
+                    Some(record) if record.status.is_terminal() => return Ok(record),
+                    Some(record) => last = record.revision,
+                    // Fell behind the hub: follow the rest like any watcher.
+                    None => break,
+                },
+            }
+        }
+        self.outcome(&id, last).await
+    }
+
+    fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
+        let membership = self.registry.membership().borrow().clone();
+        let file = parse(document, &self.limits)?;
+        // Unsupported patterns are refused by `validate`, naming the ones
+        // this cluster runs.
+        let runner = match patterns::rules(file.pattern) {
+            Some(rules) => {
+                rules.check_cluster(&membership)?;
+                rules.runner()
+            }
+            None => Role::Worker,
+        };
+        let file = validate(
+            file,
+            &self.limits,
+            &|capability| membership.offers_as(runner, capability),
+            &|| membership.capabilities_of(runner),
+        )?;
+        Ok(TaskRecord::new(
+            TaskId::new(uuid::Uuid::new_v4().to_string()),
+            file,
+            now_ms(),
+        ))
+    }
+
+    async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
+        let outcome = self
+            .leader_here()
+            .await?
+            .call(
+                |reply| CoordinatorMessage::Submit { record, reply },
+                Some(COORDINATOR_TIMEOUT),
+            )
+            .await;
+        Ok(answer(outcome)??)
+    }
+
+    /// Served from memory for tasks this node owns, from the registry
+    /// otherwise.
+    pub async fn get(&self, id: &TaskId) -> Result<TaskRecord, ApiError> {
+        check_id(id)?;
+        if let Some(record) = self.hub().and_then(|hub| hub.latest(id)) {
+            return Ok((*record).clone());
+        }
+        self.registry
+            .get_task(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(id.clone()))
+    }
+
+    /// The record, then every later change, ending after the terminal
+    /// record. Only records with a revision above `after_revision` are sent.
+    ///
+    /// A task this node owns is followed in memory through the record hub;
+    /// any other task, or a watcher that fell behind the hub, through the
+    /// registry's watch. Records are deduplicated by revision, so the
+    /// switch from one source to the other neither skips nor repeats one.
+    pub async fn watch(&self, id: &TaskId, after_revision: u64) -> Result<RecordStream, ApiError> {
+        check_id(id)?;
+        let registry = self.registry.clone();
+        let remote_id = id.clone();
+        let remote = futures::stream::once(async move { registry.watch_task(&remote_id).await })
+            .flat_map(|watch| match watch {
+                Ok(records) => records
+                    .map(|item| item.map(Arc::new).map_err(ApiError::from))
+                    .boxed(),
+                Err(error) => futures::stream::iter([Err(ApiError::from(error))]).boxed(),
+            });
+        let local = self.hub().and_then(|hub| hub.subscribe(id));
+        let merged = match local {
+            Some(subscription) => {
+                let first = futures::stream::iter([Ok(subscription.latest)]);
+                let changes = ReceiverStream::new(subscription.changes).map(Ok);
+                first.chain(changes).chain(remote).boxed()
+            }
+            None => {
+                // Answer NOT_FOUND at once rather than as a stream error.
+                self.get(id).await?;
+                remote.boxed()
+            }
+        };
+        let stream = futures::stream::unfold(
+            (merged, after_revision, false),
+            |(mut merged, mut last, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let item = merged.next().await?;
+                    match item {
+                        Ok(record) if record.revision <= last => continue,
+                        Ok(record) => {
+                            last = record.revision;
+                            let ended = record.status.is_terminal();
+                            return Some((Ok(record), (merged, last, ended)));
+                        }
+                        Err(error) => return Some((Err(error), (merged, last, true))),
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    /// Waits for the task to end and returns its final record.
+    pub async fn outcome(
+        &self,
+        id: &TaskId,
+        after_revision: u64,
+    ) -> Result<Arc<TaskRecord>, ApiError> {
+        let mut records = self.watch(id, after_revision).await?;
+        let mut last = None;
+        while let Some(record) = records.next().await {
+            last = Some(record?);
+        }
+        match last {
+            Some(record) => Ok(record),
+            None => self.get(id).await.map(Arc::new),
+        }
+    }
+
+    pub async fn cancel(&self, id: &TaskId, reason: String) -> Result<Status, ApiError> {
+        check_id(id)?;
+        let coordinator = self.leader_here().await?;
+        let task = id.clone();
+        let outcome = coordinator
+            .call(
+                |reply| CoordinatorMessage::Cancel {
+                    task,
+                    reason,
+                    reply,
+                },
+                Some(COORDINATOR_TIMEOUT),
+            )
+            .await;
+        match answer(outcome)? {
+            Some(status) => Ok(status),
+            // Not active here: already ended, or never existed.
+            None => Ok(self.get(id).await?.status),
+        }
+    }
+}
+
+fn check_id(id: &TaskId) -> Result<(), ApiError> {
+    if id.as_str().is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "task_id must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<T, ApiError> {
+    match outcome {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(ApiError::Coordinator(format!(
+            "no answer within {COORDINATOR_TIMEOUT:?}"
+        ))),
+        Ok(CallResult::SenderError) => Err(ApiError::Coordinator(
+            "the coordinator dropped the request".into(),
+        )),
+        Err(e) => Err(ApiError::Coordinator(e.to_string())),
+    }
+}
+
+/// The gRPC face of [`TaskApi`]; forwards what only the leader may do
+/// when this node's coordinator does not lead.
+pub struct TaskGrpc {
+    api: TaskApi,
+    forwarder: Forwarder,
+}
+
+impl TaskGrpc {
+    pub fn server(api: TaskApi, max_message_bytes: usize) -> TaskServiceServer<Self> {
+        TaskServiceServer::new(Self {
+            api,
+            forwarder: Forwarder::new(max_message_bytes),
+        })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+    }
+
+    /// `None` when this node leads; otherwise the leader to forward to. A
+    /// request that was forwarded already is not forwarded again: two
+    /// coordinators that disagree on who leads must not bounce it forever.
+    async fn forward_to<T>(&self, request: &Request<T>) -> Result<Option<Route>, tonic::Status> {
+        match self.api.route().await? {
+            Route::Here => Ok(None),
+            Route::Leader { id, .. } if forward::was_forwarded(request) => {
+                Err(ApiError::NotLeader(id).into())
+            }
+            leader => Ok(Some(leader)),
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TaskRecord, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TaskService for TaskGrpc {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
+        if let Some(leader) = self.forward_to(&request).await? {
+            return self.forwarder.submit(&leader, request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        let reply = if request.wait {
+            let record = self.api.run(&request.document).await?;
+            pb::SubmitReply {
+                task_id: record.id.to_string(),
+                record: Some(convert::task_record(&record)),
+            }
+        } else {
+            pb::SubmitReply {
+                task_id: self.api.submit(&request.document).await?.to_string(),
+                record: None,
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::TaskRecord>, tonic::Status> {
+        let record = self
+            .api
+            .get(&TaskId::new(request.into_inner().task_id))
+            .await?;
+        Ok(Response::new(convert::task_record(&record)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchStream>, tonic::Status> {
+        let request = request.into_inner();
+        let records = self
+            .api
+            .watch(&TaskId::new(request.task_id), request.after_revision)
+            .await?;
+        let stream = records.map(|item| {
+            item.map(|r| convert::task_record(&r))
+                .map_err(tonic::Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelReply>, tonic::Status> {
+        if let Some(leader) = self.forward_to(&request).await? {
+            return self.forwarder.cancel(&leader, request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        let reason = if request.reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            request.reason
+        };
+        let status = self
+            .api
+            .cancel(&TaskId::new(request.task_id), reason)
+            .await?;
+        Ok(Response::new(pb::CancelReply {
+            status: convert::status(status).into(),
+        }))
+    }
+}

@@ -1,0 +1,192 @@
+//! [`NodeBuilder`]: the one way to start agentmesh in a process, used by
+//! `agentmesh node`, `agentmesh local`, the load generator and embedding
+//! programs alike.
+//!
+//! ```no_run
+//! # use agentmesh_runtime::node::NodeBuilder;
+//! # use agentmesh_runtime::NodeConfig;
+//! # use agentmesh_core::Role;
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NodeConfig::new(Role::Worker, "127.0.0.1:0".parse()?);
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! let node = NodeBuilder::new(config)
+//!     // .tool(MyTool)            a capability of your own
+//!     // .registry(etcd)          an EtcdRegistry; in memory by default
+//!     .serve(listener)
+//!     .await?;
+//! node.shutdown(std::time::Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use agentmesh_core::{AgentId, AgentRegistration, Role};
+use agentmesh_registry::{MemoryRegistry, Registry};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::agents::{self, Spawner, VERSION};
+use super::config::NodeConfig;
+use super::error::NodeError;
+use super::local::LocalCluster;
+use super::{Node, RunningAgents};
+use crate::api::task::TaskApi;
+use crate::tools::{Tool, ToolBox};
+use crate::transport::Router;
+
+/// Endpoint recorded for agents that are reached only in process.
+const IN_PROCESS: &str = "in-process";
+
+/// Configures and starts a node: its agents, their tools, the registry.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    tools: ToolBox,
+    registry: Option<Arc<dyn Registry>>,
+}
+
+impl NodeBuilder {
+    /// A node with the built-in tools (`http.get` only when the config's
+    /// `http_allow` names hosts) and an in-memory registry.
+    pub fn new(config: NodeConfig) -> Self {
+        let tools = ToolBox::builtin(&config.http_allow);
+        Self {
+            config,
+            tools,
+            registry: None,
+        }
+    }
+
+    /// Adds a tool: its name becomes a capability the node's workers offer
+    /// (all tools when the config lists no capabilities).
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        self.tools = self.tools.with(tool);
+        self
+    }
+
+    /// Adds every tool of `tools`.
+    pub fn tools(mut self, tools: &ToolBox) -> Self {
+        self.tools.extend(tools);
+        self
+    }
+
+    /// Where agents register and records live; an in-memory registry (one
+    /// process, nothing durable) when not set.
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Starts the node's agent (by the config's role), registers it and
+    /// serves gRPC on `listener`.
+    pub async fn serve(self, listener: TcpListener) -> Result<Node, NodeError> {
+        let (mut config, tools) = (self.config, self.tools);
+        config.validate(&tools)?;
+        warn_about_faults(&config);
+        let registry = self
+            .registry
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
+        let addr = listener.local_addr()?;
+        let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let router = Router::new(registry.membership(), config.mailbox.clone());
+        let spawner = Spawner::new(registry, router).await?;
+        let id = config
+            .id
+            .clone()
+            .map(AgentId::from)
+            .unwrap_or_else(|| agents::generate_id(config.role));
+        let mut running = RunningAgents::default();
+        match config.role {
+            Role::Coordinator => {
+                let coordinator = spawner
+                    .coordinator(id.clone(), config.coordinator.clone(), &endpoint)
+                    .await?;
+                running.add_coordinator(coordinator);
+            }
+            Role::Worker | Role::Peer | Role::Level => {
+                let registration = registration(&config, id.clone(), &endpoint);
+                match config.coordinating_level() {
+                    Some(level) => {
+                        let actor = spawner
+                            .level(registration, level, config.tactical, config.strategic)
+                            .await?;
+                        running.add_level(id.clone(), actor);
+                    }
+                    None => {
+                        let peer = (config.role == Role::Peer).then(|| config.peer.clone());
+                        let worker = spawner
+                            .worker(registration, &tools, config.faults.clone(), peer)
+                            .await?;
+                        running.add_worker(id.clone(), worker);
+                    }
+                }
+            }
+        }
+        let node = Node::serve(spawner, running, &config, listener).await?;
+        info!(addr = %node.addr(), %endpoint, agent_id = %id, role = %config.role, "node serving");
+        Ok(node)
+    }
+
+    /// Starts an embedded cluster in this process: one coordinator and
+    /// `workers` workers, each offering every tool (or the config's
+    /// capabilities), over the registry (in memory by default). The same
+    /// actors and envelopes as a cluster; only the transport is an
+    /// in-process channel.
+    pub async fn local(self, workers: usize) -> Result<LocalCluster, NodeError> {
+        let (mut config, tools) = (self.config, self.tools);
+        config.role = Role::Worker;
+        config.validate(&tools)?;
+        warn_about_faults(&config);
+        let registry = self
+            .registry
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
+        let router = Router::new(registry.membership(), config.mailbox.clone());
+        let spawner = Spawner::new(registry.clone(), router).await?;
+        let mut running = RunningAgents::default();
+        let coordinator = spawner
+            .coordinator(
+                AgentId::new("coordinator"),
+                config.coordinator.clone(),
+                IN_PROCESS,
+            )
+            .await?;
+        let api = TaskApi::new(
+            registry,
+            Some(coordinator.handle.clone()),
+            config.coordinator.limits.clone(),
+        );
+        running.add_coordinator(coordinator);
+        for n in 1..=workers {
+            let id = AgentId::new(format!("worker-{n}"));
+            let worker = spawner
+                .worker(
+                    registration(&config, id.clone(), IN_PROCESS),
+                    &tools,
+                    config.faults.clone(),
+                    None,
+                )
+                .await?;
+            running.add_worker(id, worker);
+        }
+        Ok(LocalCluster::new(api, spawner, running))
+    }
+}
+
+fn registration(config: &NodeConfig, id: AgentId, endpoint: &str) -> AgentRegistration {
+    AgentRegistration {
+        id,
+        role: config.role,
+        level: config.level,
+        capabilities: config.capabilities.clone(),
+        endpoint: endpoint.to_owned(),
+        load: 0,
+        max_concurrency: config.max_concurrency,
+        version: VERSION.to_owned(),
+    }
+}
+
+fn warn_about_faults(config: &NodeConfig) {
+    if !config.faults.is_empty() {
+        let faults: Vec<String> = config.faults.0.iter().map(ToString::to_string).collect();
+        warn!(faults = %faults.join(","), "fault injection is on: this node misbehaves on purpose");
+    }
+}

@@ -1,0 +1,318 @@
+//! The node's configuration: one typed struct, validated before any port is
+//! bound. The binary fills it from flags and `AGENTMESH_*` variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentmesh_core::Role;
+use agentmesh_core::auction::BidWeights;
+use agentmesh_core::breaker::BreakerPolicy;
+use agentmesh_core::consensus::ConsensusPolicy;
+use agentmesh_core::hierarchy::{Level, StrategicPolicy, TacticalPolicy};
+use agentmesh_core::reputation::ReputationPolicy;
+use agentmesh_core::retry::RetryPolicy;
+use agentmesh_core::scheduling::ScoreWeights;
+use agentmesh_core::task::TaskLimits;
+use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
+use thiserror::Error;
+
+use crate::actors::faults::Faults;
+use crate::tools::ToolBox;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub role: Role,
+    /// Hierarchy level of a `level` node.
+    pub level: Option<Level>,
+    /// Agent id; generated from the role when absent.
+    pub id: Option<String>,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Address other nodes use to reach this one; the bound address when
+    /// absent.
+    pub advertise: Option<String>,
+    /// Capabilities a worker offers; every available tool when empty.
+    pub capabilities: Vec<String>,
+    /// Subtasks a worker runs at once.
+    pub max_concurrency: u32,
+    /// Hosts the `http.get` tool may fetch from; the tool is off when empty.
+    pub http_allow: Vec<String>,
+    pub coordinator: CoordinatorConfig,
+    pub mailbox: MailboxConfig,
+    pub peer: PeerConfig,
+    /// How hard hierarchy levels try before escalating or giving up.
+    pub tactical: TacticalPolicy,
+    pub strategic: StrategicPolicy,
+    /// Time the node waits for in-flight work when asked to stop.
+    pub drain_timeout: Duration,
+    /// Misbehaviour a worker or peer injects on purpose; for tests and
+    /// demonstrations only, none by default.
+    pub faults: Faults,
+}
+
+/// Knobs of the coordinator role.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub limits: TaskLimits,
+    pub weights: ScoreWeights,
+    /// Subtasks waiting for a free worker, over all tasks; a submit that
+    /// would exceed it is refused with `RESOURCE_EXHAUSTED`.
+    pub max_queued_subtasks: usize,
+    /// Tasks not yet finished.
+    pub max_active_tasks: usize,
+    /// Attempts of one subtask before the task fails (a new attempt starts
+    /// when a worker is lost, unreachable, silent or hands it back), and the
+    /// backoff between them.
+    pub retry: RetryPolicy,
+    /// When a worker is taken out of placement after failures in a row,
+    /// and for how long.
+    pub breaker: BreakerPolicy,
+    /// Record updates persisted in one registry transaction.
+    pub write_batch: usize,
+    /// Record transactions in flight at once (a task is never in two).
+    pub write_concurrency: usize,
+    /// How long an attempt of a subtask without its own `timeout_ms` may
+    /// go without a result before it is started again elsewhere (a hung
+    /// or partitioned worker). Subtasks with `timeout_ms` get that plus
+    /// [`ATTEMPT_GRACE`].
+    pub attempt_timeout: Duration,
+}
+
+/// Time for a result to travel back after a worker's own timeout fired.
+pub const ATTEMPT_GRACE: Duration = Duration::from_secs(2);
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            limits: TaskLimits::default(),
+            weights: ScoreWeights::default(),
+            max_queued_subtasks: 10_000,
+            max_active_tasks: 10_000,
+            retry: RetryPolicy::default(),
+            breaker: BreakerPolicy::default(),
+            write_batch: 64,
+            write_concurrency: 1,
+            attempt_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Knobs of the peer role: how long a collaboration round waits for bids
+/// and results, how bids are scored, how results are agreed on and how
+/// reputation moves.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Bids arriving later than this after a proposal are not considered;
+    /// with too few bids by then the subtask runs solo.
+    pub bid_window: Duration,
+    /// How long seated peers have to answer a subtask without its own
+    /// `timeout_ms`.
+    pub execution_timeout: Duration,
+    pub bid_weights: BidWeights,
+    /// Outcomes a peer needs on record for a capability before it competes
+    /// on reputation alone; until then it gets one seat per round ahead of
+    /// proven peers, so every newcomer is tried and a wrong one found out.
+    pub probation: u64,
+    /// Quorum, tolerance and minimum agreement (the algorithm comes from
+    /// the task).
+    pub consensus: ConsensusPolicy,
+    pub reputation: ReputationPolicy,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            bid_window: Duration::from_millis(500),
+            execution_timeout: Duration::from_secs(30),
+            bid_weights: BidWeights::default(),
+            probation: 3,
+            consensus: ConsensusPolicy::default(),
+            reputation: ReputationPolicy::default(),
+        }
+    }
+}
+
+/// Knobs of the node's mailbox.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    /// Largest envelope payload accepted or sent.
+    pub max_envelope_bytes: usize,
+    /// Time allowed for one remote delivery.
+    pub deliver_timeout: Duration,
+    /// Envelopes sent to one node and not yet acknowledged; a sender waits
+    /// for room beyond this, which bounds memory when a peer is slow.
+    pub max_in_flight_per_node: usize,
+    /// Messages one agent may have waiting in its mailbox; beyond it,
+    /// deliveries are refused with `RESOURCE_EXHAUSTED`.
+    pub max_backlog_per_agent: usize,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 4 * 1024 * 1024,
+            deliver_timeout: Duration::from_secs(5),
+            max_in_flight_per_node: 4096,
+            max_backlog_per_agent: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--max-concurrency must be at least 1")]
+    ZeroConcurrency,
+    #[error("--level is required with --role level (strategic, tactical or operational)")]
+    MissingLevel,
+    #[error("unknown capability '{capability}' (this node's tools: {available})")]
+    UnknownCapability {
+        capability: String,
+        available: String,
+    },
+    #[error("invalid score weights: {0}")]
+    Weights(String),
+    #[error("invalid policy: {0}")]
+    Policy(String),
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
+}
+
+impl NodeConfig {
+    /// A worker or coordinator listening on `listen` with default knobs.
+    pub fn new(role: Role, listen: SocketAddr) -> Self {
+        Self {
+            role,
+            level: None,
+            id: None,
+            listen,
+            advertise: None,
+            capabilities: Vec::new(),
+            max_concurrency: 4,
+            http_allow: Vec::new(),
+            coordinator: CoordinatorConfig::default(),
+            mailbox: MailboxConfig::default(),
+            peer: PeerConfig::default(),
+            tactical: TacticalPolicy::default(),
+            strategic: StrategicPolicy::default(),
+            drain_timeout: Duration::from_secs(10),
+            faults: Faults::default(),
+        }
+    }
+
+    /// Checks every value and resolves the worker's capabilities against the
+    /// tools the node has.
+    pub fn validate(&mut self, tools: &ToolBox) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::ZeroConcurrency);
+        }
+        if self.role == Role::Level && self.level.is_none() {
+            return Err(ConfigError::MissingLevel);
+        }
+        if let Some(level) = self.coordinating_level() {
+            // Strategic and tactical agents coordinate; they run no tools.
+            let offer = if level == Level::Strategic {
+                STRATEGIC_PLAN
+            } else {
+                TACTICAL_OBJECTIVE
+            };
+            self.capabilities = vec![offer.to_owned()];
+            return self.validate_policies();
+        }
+        if let Some(unknown) = self.capabilities.iter().find(|c| !tools.has(c)) {
+            return Err(ConfigError::UnknownCapability {
+                capability: unknown.clone(),
+                available: tools.names().join(", "),
+            });
+        }
+        if self.capabilities.is_empty() {
+            self.capabilities = tools.names();
+        }
+        self.validate_policies()
+    }
+
+    /// The level of a strategic or tactical agent, which coordinates the
+    /// level below and runs no tools; `None` for every other node.
+    pub fn coordinating_level(&self) -> Option<Level> {
+        match (self.role, self.level) {
+            (Role::Level, Some(level @ (Level::Strategic | Level::Tactical))) => Some(level),
+            _ => None,
+        }
+    }
+
+    fn validate_policies(&self) -> Result<(), ConfigError> {
+        self.coordinator
+            .weights
+            .validate()
+            .map_err(ConfigError::Weights)?;
+        let p = &self.peer;
+        p.bid_weights.validate().map_err(ConfigError::Policy)?;
+        p.consensus.validate().map_err(ConfigError::Policy)?;
+        p.reputation.validate().map_err(ConfigError::Policy)?;
+        let c = &self.coordinator;
+        c.retry.validate().map_err(ConfigError::Policy)?;
+        c.breaker.validate().map_err(ConfigError::Policy)?;
+        for (value, name) in [
+            (c.max_queued_subtasks, "max queued subtasks"),
+            (c.max_active_tasks, "max active tasks"),
+            (c.write_batch, "write batch"),
+            (c.write_concurrency, "write concurrency"),
+            (self.mailbox.max_envelope_bytes, "max envelope bytes"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig::new(Role::Worker, "127.0.0.1:0".parse().unwrap())
+    }
+
+    #[test]
+    fn empty_capabilities_mean_every_tool() {
+        let mut c = config();
+        c.validate(&ToolBox::builtin(&[])).unwrap();
+        assert!(c.capabilities.contains(&"math.eval".to_owned()));
+        assert!(!c.capabilities.contains(&"http.get".to_owned()));
+    }
+
+    #[test]
+    fn unknown_capability_names_the_tools() {
+        let mut c = config();
+        c.capabilities = vec!["math.evil".into()];
+        let err = c.validate(&ToolBox::builtin(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown capability 'math.evil' (this node's tools: ")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = config();
+        c.max_concurrency = 0;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::ZeroConcurrency)
+        );
+        let mut c = config();
+        c.role = Role::Level;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::MissingLevel)
+        );
+        let mut c = config();
+        c.coordinator.retry.max_attempts = 0;
+        assert!(matches!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::Policy(_))
+        ));
+    }
+}

@@ -1,0 +1,22 @@
+//! Why a node could not start or stop cleanly.
+
+use agentmesh_registry::RegistryError;
+use thiserror::Error;
+
+use super::config::ConfigError;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to start actor {0}")]
+    Spawn(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("failed to read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+    #[error("an agent of this node failed: {0}")]
+    AgentFailed(String),
+}

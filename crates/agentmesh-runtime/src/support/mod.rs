@@ -1,0 +1,7 @@
+//! Small helpers the actors and the node share.
+
+pub mod background;
+pub mod clock;
+pub mod feeds;
+pub mod random;
+pub mod reputation;

@@ -1,0 +1,96 @@
+//! The `AgentMailbox` gRPC service of a node: envelopes from other nodes
+//! (one `Link` stream per node, or a unary `Deliver` from any client) are
+//! handed to the router's local path.
+
+use std::sync::Arc;
+
+use agentmesh_proto::v1::agent_mailbox_server::{AgentMailbox, AgentMailboxServer};
+use agentmesh_proto::v1::{DeliverAck, Envelope, LinkAck, LinkRefusal};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ENVELOPE_OVERHEAD, Router};
+
+/// The `AgentMailbox` gRPC service of a node.
+#[derive(Debug, Clone)]
+pub struct MailboxService {
+    router: Arc<Router>,
+}
+
+impl MailboxService {
+    pub fn server(router: Arc<Router>) -> AgentMailboxServer<Self> {
+        let limit = router.config().max_envelope_bytes + ENVELOPE_OVERHEAD;
+        AgentMailboxServer::new(Self { router })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+/// Ack messages a node may owe a peer that does not read them before it
+/// stops reading that peer's envelopes.
+const ACK_BUFFER: usize = 256;
+/// Envelopes answered by one ack message at most.
+const ACK_BATCH: usize = 1024;
+
+#[tonic::async_trait]
+impl AgentMailbox for MailboxService {
+    async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
+        self.router.deliver_local(request.into_inner())?;
+        Ok(Response::new(DeliverAck {}))
+    }
+
+    type LinkStream = ReceiverStream<Result<LinkAck, Status>>;
+
+    /// Hands each envelope to its agent as it arrives and answers everything
+    /// read so far in one ack: under load one ack covers many envelopes,
+    /// when idle each envelope is answered at once.
+    async fn link(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (acks, stream) = mpsc::channel(ACK_BUFFER);
+        let router = self.router.clone();
+        let mut closing = self.router.closing();
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    next = inbound.next() => match next {
+                        Some(Ok(first)) => first,
+                        _ => break,
+                    },
+                    _ = closing.wait_for(|closing| *closing) => break,
+                };
+                let mut ack = LinkAck::default();
+                answer(&router, first, &mut ack);
+                // Whatever else has already arrived shares this ack.
+                while ack.accepted.len() + ack.refused.len() < ACK_BATCH
+                    && let Some(Some(Ok(envelope))) = inbound.next().now_or_never()
+                {
+                    answer(&router, envelope, &mut ack);
+                }
+                if acks.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+fn answer(router: &Router, envelope: Envelope, ack: &mut LinkAck) {
+    let seq = envelope.seq;
+    match router.deliver_local(envelope) {
+        Ok(()) => ack.accepted.push(seq),
+        Err(error) => {
+            let status = Status::from(error);
+            ack.refused.push(LinkRefusal {
+                seq,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            });
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The `agentmesh` command line: parse flags, set up logging, run one
+//! command. Everything a command does lives in `agentmesh-runtime`; this
+//! crate only wires it up and reads top to bottom.
+//!
+//! It is a library too, so that a program of your own can be the whole
+//! `agentmesh` command line with tools of your own added to every node it
+//! starts (`node`, `local`, `bench`):
+//!
+//! ```no_run
+//! use agentmesh::Agentmesh;
+//! # use agentmesh::tools::{Tool, ToolError};
+//! # struct Reverse;
+//! # #[async_trait::async_trait]
+//! # impl Tool for Reverse {
+//! #     fn name(&self) -> &str { "text.reverse" }
+//! #     async fn call(&self, input: serde_json::Value) -> Result<serde_json::Value, ToolError> {
+//! #         Ok(input)
+//! #     }
+//! # }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Agentmesh::new().tool(Reverse).main()
+//! }
+//! ```
+//!
+//! `examples/custom-tool/` is such a program.
+
+mod bench;
+mod cli;
+mod client;
+
+/// The tool interface, for programs that add tools of their own.
+pub mod tools {
+    pub use agentmesh_runtime::tools::{Tool, ToolBox, ToolError};
+}
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentmesh_proto::v1 as pb;
+use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry};
+use agentmesh_runtime::convert;
+use agentmesh_runtime::node::NodeBuilder;
+use agentmesh_runtime::tools::{Tool, ToolBox};
+use anyhow::{Context, bail};
+use clap::Parser;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
+use crate::cli::{
+    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
+};
+use crate::client::Client;
+
+/// The example `agentmesh local` runs when no task file is given.
+const BUILTIN_EXAMPLE: &str = include_str!("../../../examples/average-word-count.yaml");
+
+/// Exit code of a task that failed or was cancelled.
+const TASK_FAILED: u8 = 1;
+/// Exit code of a refused request or bad input.
+const REFUSED: u8 = 2;
+
+/// The `agentmesh` command line, with the tools it adds to every node it
+/// starts.
+#[derive(Debug, Default)]
+pub struct Agentmesh {
+    tools: ToolBox,
+}
+
+impl Agentmesh {
+    /// The stock command line: built-in tools only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool to every node this command line starts; its name is the
+    /// capability it offers.
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        self.tools = self.tools.with(tool);
+        self
+    }
+
+    /// Parses the process's arguments, runs the command, and returns the
+    /// exit code: 0 success, 1 the task failed or was cancelled, 2 the
+    /// request or the input was refused.
+    pub fn main(self) -> ExitCode {
+        main(self.tools)
+    }
+}
+
+fn main(tools: ToolBox) -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Node(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(REFUSED);
+        }
+    };
+    match runtime.block_on(run(cli, &tools)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(REFUSED)
+        }
+    }
+}
+
+/// Logs go to stderr so stdout carries only results. Nodes log at `info`,
+/// client commands at `warn`; `RUST_LOG` overrides both.
+fn init_tracing(node: bool) {
+    let default = if node { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Local(args) => local(args, tools).await,
+        Command::Node(args) => node(*args, tools).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Task { command } => task(command).await,
+        Command::Agents(args) => agents(args).await,
+        Command::Bench(args) => bench(args, tools).await,
+    }
+}
+
+async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
+    let options = BenchOptions {
+        shape: args.shape,
+        tasks: args.tasks,
+        concurrency: args.concurrency,
+        warmup: args.warmup(),
+        time_limit: std::time::Duration::from_secs(args.time_limit),
+        rate: args.rate,
+        progress: !args.no_progress && bench::stderr_is_terminal(),
+    };
+    let report = match &args.endpoint {
+        Some(endpoint) => {
+            let target = RemoteTarget::connect(endpoint, args.connections as usize).await?;
+            let target: Arc<dyn Target> = Arc::new(target);
+            bench::run(target, &options).await
+        }
+        None => {
+            let cluster = NodeBuilder::new(args.to_config())
+                .tools(tools)
+                .local(usize::from(args.workers))
+                .await
+                .context("failed to start the embedded cluster")?;
+            let description = format!(
+                "embedded cluster, in-memory registry, {} worker(s)",
+                args.workers
+            );
+            let target = Arc::new(EmbeddedTarget::new(cluster, description));
+            let report = bench::run(target.clone(), &options).await;
+            if let Ok(target) = Arc::try_unwrap(target) {
+                target.shutdown().await;
+            }
+            report
+        }
+    };
+    // One line, so scripts can take the last line of stdout as the report.
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TASK_FAILED)
+    })
+}
+
+async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
+    let document = match &args.task_file {
+        Some(path) => read_task_file(path)?,
+        None => BUILTIN_EXAMPLE.to_owned(),
+    };
+    let cluster = NodeBuilder::new(args.to_config())
+        .tools(tools)
+        .local(usize::from(args.workers))
+        .await
+        .context("failed to start the local cluster")?;
+    let outcome = tokio::select! {
+        outcome = cluster.run(&document) => outcome,
+        reason = cluster.failed() => anyhow::bail!("the local cluster failed: {reason}"),
+    };
+    cluster.shutdown().await;
+    let record = convert::task_record(&outcome.map_err(|e| anyhow::anyhow!(e))?);
+    print_json(&convert::task_json(&record))?;
+    Ok(exit_for(&record))
+}
+
+async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
+    let config = args.to_config();
+    info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
+    let mut options = EtcdOptions::new(args.etcd.clone());
+    options.lease_ttl = args.lease_ttl();
+    let registry: Arc<dyn Registry> = Arc::new(
+        EtcdRegistry::connect(options)
+            .await
+            .context("failed to connect to etcd")?,
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to bind {}", config.listen))?;
+    let drain_timeout = config.drain_timeout;
+    let node = NodeBuilder::new(config)
+        .tools(tools)
+        .registry(registry)
+        .serve(listener)
+        .await
+        .context("failed to start the node")?;
+    // Scripts and tests wait for this line; it is printed once, after bind.
+    println!("listening on {}", node.addr());
+    let exit = tokio::select! {
+        () = wait_for_shutdown_signal() => {
+            info!("shutdown signal received");
+            ExitCode::SUCCESS
+        }
+        reason = node.failed() => {
+            error!(%reason, "stopping the node");
+            ExitCode::FAILURE
+        }
+    };
+    node.shutdown(drain_timeout)
+        .await
+        .context("unclean shutdown")?;
+    Ok(exit)
+}
+
+async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let document = read_task_file(&args.task_file)?;
+    let client = Client::new(args.endpoints.endpoint)?;
+    let task_id = client.submit(document).await?;
+    if !args.wait {
+        println!("{task_id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("submitted task {task_id}, waiting for it to finish");
+    let record = client.watch(&task_id, |_| {}).await?;
+    print_json(&convert::task_json(&record))?;
+    Ok(exit_for(&record))
+}
+
+async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TaskCommand::Status(args) => {
+            let record = Client::new(args.endpoints.endpoint)?.get(&args.id).await?;
+            print_json(&convert::task_json(&record))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TaskCommand::Watch(args) => {
+            let client = Client::new(args.endpoints.endpoint)?;
+            let record = client
+                .watch(&args.id, |record| {
+                    println!("{}", convert::task_json(record))
+                })
+                .await?;
+            Ok(exit_for(&record))
+        }
+        TaskCommand::Cancel(args) => {
+            let client = Client::new(args.endpoints.endpoint)?;
+            let status = client.cancel(&args.id, &args.reason).await?;
+            println!("{}", convert::status_name(status));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
+    let agents = Client::new(args.endpoints.endpoint)?.list_agents().await?;
+    if args.json {
+        let list: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
+        print_json(&serde_json::Value::Array(list))?;
+    } else {
+        print_agents_table(&agents);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id,
+        "role": a.role,
+        "leader": a.leader,
+        "level": if a.level.is_empty() { None } else { Some(&a.level) },
+        "capabilities": a.capabilities,
+        "endpoint": a.endpoint,
+        "load": a.load,
+        "max_concurrency": a.max_concurrency,
+        "succeeded": a.succeeded,
+        "failed": a.failed,
+        "reputation": a.reputation,
+        "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
+        "version": a.version,
+    })
+}
+
+fn print_agents_table(agents: &[pb::AgentInfo]) {
+    println!(
+        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} CAPABILITIES",
+        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT"
+    );
+    for a in agents {
+        let level = if a.level.is_empty() { "-" } else { &a.level };
+        let role = if a.leader {
+            format!("{} leader", a.role)
+        } else {
+            a.role.clone()
+        };
+        let load = format!("{}/{}", a.load, a.max_concurrency);
+        let outcomes = format!("{}/{}", a.succeeded, a.failed);
+        let reputation = a.reputation.map_or("-".to_owned(), |r| format!("{r:.3}"));
+        let breaker = if a.breaker.is_empty() {
+            "-"
+        } else {
+            &a.breaker
+        };
+        let capabilities = if a.capabilities.is_empty() {
+            "-".to_owned()
+        } else {
+            a.capabilities.join(",")
+        };
+        println!(
+            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {}",
+            a.id, role, level, load, outcomes, reputation, breaker, a.endpoint, capabilities
+        );
+    }
+}
+
+fn read_task_file(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("failed to read the task file from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read task file {}", path.display()))?;
+    }
+    if text.trim().is_empty() {
+        bail!("task file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn exit_for(record: &pb::TaskRecord) -> ExitCode {
+    if record.status() == pb::TaskStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TASK_FAILED)
+    }
+}
