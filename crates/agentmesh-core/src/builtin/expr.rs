@@ -716,6 +716,31 @@ mod tests {
         assert_eq!(ok("-7 % 3"), -1.0);
     }
 
+    /// The README documents `%` as the remainder of truncated division: its
+    /// sign is the dividend's, unlike a modulo, which takes the divisor's.
+    #[test]
+    fn remainder_takes_the_sign_of_the_dividend() {
+        assert_eq!(ok("7 % 3"), 1.0);
+        assert_eq!(ok("-7 % 3"), -1.0);
+        assert_eq!(ok("7 % -3"), 1.0);
+        assert_eq!(ok("-7 % -3"), -1.0);
+        assert_eq!(ok("-5.5 % 2"), -1.5);
+        assert_eq!(ok("6 % -3"), 0.0);
+    }
+
+    /// The README documents `round` as rounding halves away from zero, not
+    /// to even.
+    #[test]
+    fn round_ties_away_from_zero() {
+        assert_eq!(ok("round(0.5)"), 1.0);
+        assert_eq!(ok("round(1.5)"), 2.0);
+        assert_eq!(ok("round(2.5)"), 3.0);
+        assert_eq!(ok("round(-0.5)"), -1.0);
+        assert_eq!(ok("round(-2.5)"), -3.0);
+        assert_eq!(ok("round(2.4999)"), 2.0);
+        assert_eq!(ok("round(-2.5001)"), -3.0);
+    }
+
     #[test]
     fn constants() {
         assert_eq!(ok("pi"), PI);
