@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use agentmesh_core::{AgentId, AgentRegistration, Role};
-use agentmesh_registry::Registry;
+use agentmesh_registry::{AgentDirectory, Registry};
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -232,7 +232,7 @@ pub async fn start_level(
 async fn publish_load(
     mut registration: AgentRegistration,
     load: Arc<AtomicU32>,
-    registry: Arc<dyn Registry>,
+    registry: Arc<dyn AgentDirectory>,
 ) {
     let mut interval = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -152,9 +152,15 @@ async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("failed to bind {}", config.listen))?;
     let drain_timeout = config.drain_timeout;
-    let node = Node::start(config, registry, listener)
-        .await
-        .context("failed to start the node")?;
+    let node = match Node::start(config, registry.clone(), listener).await {
+        Ok(node) => node,
+        Err(e) => {
+            // Revoke the lease now rather than leave it to run out: a node
+            // refused at startup (a live duplicate --id) holds nothing.
+            registry.shutdown().await;
+            return Err(e).context("failed to start the node");
+        }
+    };
     // Scripts and tests wait for this line; it is printed once, after bind.
     println!("listening on {}", node.addr());
     wait_for_shutdown_signal().await;
