@@ -3,8 +3,8 @@
 //!
 //! Each clause of the contract is one `pub async fn` taking a [`Backend`],
 //! which makes nodes of one cluster whose store starts empty. A backend's
-//! tests run every clause with [`conformance_tests!`](crate::conformance_tests),
-//! one test per clause: this crate's unit tests against [`MemoryRegistry`]
+//! tests run every clause with
+//! [`conformance_tests!`](crate::conformance_tests), one test per clause: this crate's unit tests against [`MemoryRegistry`]
 //! nodes, the workspace's `registry_etcd` tests against
 //! [`EtcdRegistry`](crate::EtcdRegistry) nodes on a real etcd process. What
 //! only one backend does (lease expiry, outages, pagination, etcd's key
@@ -39,7 +39,8 @@ pub trait Backend: Send + Sync {
     async fn node(&self) -> Arc<dyn Registry>;
 }
 
-/// The cluster of a [`MemoryRegistry`]: every node is a [`MemoryRegistry::join`].
+/// The cluster of a [`MemoryRegistry`]: every node is a
+/// [`MemoryRegistry::join`] of it.
 #[async_trait]
 impl Backend for MemoryRegistry {
     async fn node(&self) -> Arc<dyn Registry> {

@@ -86,8 +86,8 @@
 //!
 //! One key per agent and capability, [`keys::reputation`] (no lease: a
 //! reputation outlives the node it is about and the coordinators that
-//! wrote it). [`ReputationStore::update_reputation`] is a compare-and-swap loop:
-//! a transaction puts the new record only if the key's mod revision is
+//! wrote it). [`ReputationStore::update_reputation`] is a compare-and-swap
+//! loop: a transaction puts the new record only if the key's mod revision is
 //! still the one read (0 for "absent": etcd compares a missing key as
 //! revision 0), and otherwise reads the key in the same transaction, so a
 //! conflict costs one round trip and the retry starts from the record that

@@ -49,8 +49,8 @@ pub use memory::MemoryRegistry;
 /// leave every view within this time.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// How often [`ReputationStore::update_reputation`] tries to write before it gives
-/// up with [`RegistryError::Contended`]. Each failed try means another
+/// How often [`ReputationStore::update_reputation`] tries to write before
+/// it gives up with [`RegistryError::Contended`]. Each failed try means another
 /// writer's update of the same record went through meanwhile, so it takes
 /// this many updates of one record racing one call to exhaust it. (The
 /// in-memory backend serialises updates and never needs a second try.)

@@ -13,8 +13,9 @@
 //! ids that are free or its own; an id another node registered is refused
 //! with [`RegistryError::DuplicateAgent`], and a deregistration removes
 //! only the node's own agents. A node's agents leave the view when it shuts
-//! down or is dropped (its last handle goes away). `agentmesh local` runs
-//! every agent on one node, so they never collide with each other; nodes
+//! down or is dropped (its last handle goes away), and a node that shut
+//! down registers nothing more. `agentmesh local` registers all its agents
+//! through clones of one registry: one node, which owns every id; nodes
 //! made by [`MemoryRegistry::join`] play separate processes.
 //!
 //! # Coordinator election
@@ -28,8 +29,8 @@
 //!
 //! # Reputation records
 //!
-//! Records live in the cluster state, and [`ReputationStore::update_reputation`]
-//! reads, updates and writes a record under one lock, so concurrent
+//! Records live in the cluster state, and
+//! [`ReputationStore::update_reputation`] reads, updates and writes a record under one lock, so concurrent
 //! updates from any node take turns and none is lost. It is the limit
 //! case of etcd's compare-and-swap: a swap that never finds the record
 //! changed, so the update runs exactly once per call and the call is never
