@@ -24,6 +24,16 @@
 //! current lease id sit behind one async mutex, so a `register` racing a
 //! renewal can never leave an agent on the abandoned lease.
 //!
+//! # One agent per id
+//!
+//! An agent key is written and deleted only by the node that owns it: a
+//! transaction compares that the key is absent or attached to one of the
+//! node's own leases (its current one, or one it replaced, whose keys it
+//! moves to the new lease after an outage). A key on any other lease is a
+//! live agent of another node: [`AgentDirectory::register`] fails with
+//! [`RegistryError::DuplicateAgent`] and [`AgentDirectory::deregister`]
+//! leaves it alone. `registration.rs` has the details.
+//!
 //! # Membership view
 //!
 //! Another task lists [`keys::AGENTS`], publishes the view on a
@@ -36,15 +46,15 @@
 //! # Task records
 //!
 //! Task records are plain keys under [`keys::TASKS`] (no lease: they outlive
-//! their coordinator). [`Registry::put_tasks`] writes a batch in one
-//! transaction. [`Registry::watch_task`] reads the record, then follows the
+//! their coordinator). [`TaskStore::put_tasks`] writes a batch in one
+//! transaction. [`TaskStore::watch_task`] reads the record, then follows the
 //! key from a spawned task that feeds a bounded channel; after an
 //! interruption it re-reads and re-watches, and the record's own `revision`
 //! field (strictly increasing) filters out anything it already yielded.
 //!
-//! [`Registry::put_tasks_fenced`] adds to each transaction a compare that
+//! [`TaskStore::put_tasks_fenced`] adds to each transaction a compare that
 //! the writer's leader key still exists with its fence's create revision
-//! (see `election.rs`), and [`Registry::unfinished_tasks`] reads the prefix
+//! (see `election.rs`), and [`TaskStore::unfinished_tasks`] reads the prefix
 //! in pages of [`EtcdOptions::task_page_size`] keys, all at the revision of
 //! the first page, so a listing of 100k records is neither one huge
 //! response nor a mix of different moments.
@@ -55,7 +65,7 @@
 //! [`keys::coordinator_candidate`], on its lease; the oldest key (lowest
 //! create revision) leads, and its create revision is the [`Fence`]. A
 //! background list-and-watch of [`keys::ELECTION_COORDINATOR_CANDIDATES`]
-//! keeps [`Registry::leader`] current and is what campaigns wait on.
+//! keeps [`Election::leader`] current and is what campaigns wait on.
 //! A [`Leadership`]'s `held` flag turns `false` when its node
 //!
 //! - sees the leader key deleted or re-created (resign, lease expiry or
@@ -76,8 +86,8 @@
 //!
 //! One key per agent and capability, [`keys::reputation`] (no lease: a
 //! reputation outlives the node it is about and the coordinators that
-//! wrote it). [`Registry::update_reputation`] is a compare-and-swap loop:
-//! a transaction puts the new record only if the key's mod revision is
+//! wrote it). [`ReputationStore::update_reputation`] is a compare-and-swap
+//! loop: a transaction puts the new record only if the key's mod revision is
 //! still the one read (0 for "absent": etcd compares a missing key as
 //! revision 0), and otherwise reads the key in the same transaction, so a
 //! conflict costs one round trip and the retry starts from the record that
@@ -91,6 +101,7 @@ mod election;
 mod lease;
 mod membership;
 mod prefix_watch;
+mod registration;
 mod reputation;
 mod task_watch;
 
@@ -104,14 +115,16 @@ use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
-    DEFAULT_LEASE_TTL, Fence, Leadership, Registry, RegistryError, ReputationEntry, TaskWatch, keys,
+    AgentDirectory, DEFAULT_LEASE_TTL, Election, Fence, Leadership, Registry, RegistryError,
+    ReputationEntry, ReputationStore, TaskStore, TaskWatch, keys,
 };
+use registration::Expect;
 
 /// Records written per etcd transaction. etcd refuses transactions of more
 /// than `--max-txn-ops` operations (128 by default); half of that leaves
@@ -128,7 +141,7 @@ const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// answers pings more frequent than 5 s with GOAWAY.
 const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Task records per page of [`Registry::unfinished_tasks`] unless
+/// Task records per page of [`TaskStore::unfinished_tasks`] unless
 /// configured: a page of records of a few KiB each stays far below the
 /// client's 4 MiB limit on one response.
 pub const DEFAULT_TASK_PAGE_SIZE: usize = 128;
@@ -233,13 +246,17 @@ struct Shared {
     /// Fence revisions of terms this node gave up for lost while their
     /// leader key may still exist, until the key is deleted.
     abandoned: Mutex<HashSet<i64>>,
-    /// Whether etcd answers the lease keep-alive (see `Registry::store_reachable`).
+    /// Whether etcd answers the lease keep-alive (see `AgentDirectory::store_reachable`).
     reachable: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 }
 
 struct NodeState {
     lease: i64,
+    /// Leases this node held before `lease` and replaced, whose keys may
+    /// still exist until the node moved them (see `registration.rs`):
+    /// agent keys on them are still this node's.
+    retired: HashSet<i64>,
     agents: BTreeMap<AgentId, AgentRegistration>,
 }
 
@@ -314,6 +331,7 @@ impl EtcdRegistry {
             options,
             node: tokio::sync::Mutex::new(NodeState {
                 lease: lease.id(),
+                retired: HashSet::new(),
                 agents: BTreeMap::new(),
             }),
             lease_id: AtomicI64::new(lease.id()),
@@ -443,33 +461,6 @@ impl Shared {
                 what()
             ))),
         }
-    }
-
-    /// Puts the registrations under `lease`, in as few transactions as the
-    /// etcd limit allows.
-    async fn put_agents<'a>(
-        &self,
-        lease: i64,
-        agents: impl ExactSizeIterator<Item = &'a AgentRegistration>,
-    ) -> Result<(), RegistryError> {
-        let total = agents.len();
-        let mut ops = Vec::with_capacity(total);
-        for agent in agents {
-            ops.push(TxnOp::put(
-                keys::agent(&agent.id),
-                encode(&keys::agent(&agent.id), agent)?,
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-        }
-        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
-            let mut client = self.client.clone();
-            self.request(
-                || format!("re-registration of {total} agents under lease {lease} failed"),
-                client.txn(Txn::new().and_then(chunk.to_vec())),
-            )
-            .await?;
-        }
-        Ok(())
     }
 
     /// Revokes `lease`, best effort and briefly: failure only means the
@@ -672,44 +663,37 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 }
 
 #[async_trait]
-impl Registry for EtcdRegistry {
+impl AgentDirectory for EtcdRegistry {
     async fn register(&self, agent: AgentRegistration) -> Result<(), RegistryError> {
         let shared = self.check_open()?;
-        let key = keys::agent(&agent.id);
-        let value = encode(&key, &agent)?;
         let mut node = shared.node.lock().await;
-        let lease = node.lease;
-        let mut client = shared.client.clone();
-        shared
-            .request(
-                || format!("registration of agent '{}' failed", agent.id),
-                client.put(key, value, Some(PutOptions::new().with_lease(lease))),
-            )
-            .await?;
-        debug!(agent_id = %agent.id, lease_id = lease, "registered agent");
-        node.agents.insert(agent.id.clone(), agent);
-        Ok(())
+        // An agent registered before is expected on the current lease, a
+        // new one absent; `put_agent` follows the key where it really is.
+        let first = if node.agents.contains_key(&agent.id) {
+            Expect::Lease(node.lease)
+        } else {
+            Expect::Absent
+        };
+        shared.put_agent(&mut node, &agent, first).await
     }
 
     async fn deregister(&self, id: &AgentId) -> Result<(), RegistryError> {
         let shared = self.check_open()?;
         let mut node = shared.node.lock().await;
-        let mut client = shared.client.clone();
-        shared
-            .request(
-                || format!("deregistration of agent '{id}' failed"),
-                client.delete(keys::agent(id), None),
-            )
-            .await?;
-        debug!(agent_id = %id, "deregistered agent");
-        node.agents.remove(id);
-        Ok(())
+        shared.delete_agent(&mut node, id).await
     }
 
     fn membership(&self) -> watch::Receiver<Arc<Membership>> {
         self.inner.shared.membership.subscribe()
     }
 
+    fn store_reachable(&self) -> watch::Receiver<bool> {
+        self.inner.shared.reachable.subscribe()
+    }
+}
+
+#[async_trait]
+impl TaskStore for EtcdRegistry {
     async fn put_tasks(&self, records: &[Arc<TaskRecord>]) -> Result<(), RegistryError> {
         self.check_open()?.put_records(records, None).await
     }
@@ -720,32 +704,6 @@ impl Registry for EtcdRegistry {
         fence: &Fence,
     ) -> Result<(), RegistryError> {
         self.check_open()?.put_records(records, Some(fence)).await
-    }
-
-    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
-        self.check_open()?.unfinished_tasks().await
-    }
-
-    async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError> {
-        self.check_open()?;
-        election::campaign(&self.inner.shared, candidate).await
-    }
-
-    async fn resign(&self, leadership: &Leadership) -> Result<(), RegistryError> {
-        match self.check_open() {
-            Ok(shared) => election::resign(shared, leadership).await,
-            // Shutdown ended every term and revoked the lease, and with it
-            // the leader key: nothing is left to give up.
-            Err(_) => Ok(()),
-        }
-    }
-
-    fn leader(&self) -> watch::Receiver<Option<AgentId>> {
-        self.inner.shared.leader.subscribe()
-    }
-
-    fn store_reachable(&self) -> watch::Receiver<bool> {
-        self.inner.shared.reachable.subscribe()
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
@@ -766,6 +724,34 @@ impl Registry for EtcdRegistry {
         ))
     }
 
+    async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
+        self.check_open()?.unfinished_tasks().await
+    }
+}
+
+#[async_trait]
+impl Election for EtcdRegistry {
+    async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError> {
+        self.check_open()?;
+        election::campaign(&self.inner.shared, candidate).await
+    }
+
+    async fn resign(&self, leadership: &Leadership) -> Result<(), RegistryError> {
+        match self.check_open() {
+            Ok(shared) => election::resign(shared, leadership).await,
+            // Shutdown ended every term and revoked the lease, and with it
+            // the leader key: nothing is left to give up.
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn leader(&self) -> watch::Receiver<Option<AgentId>> {
+        self.inner.shared.leader.subscribe()
+    }
+}
+
+#[async_trait]
+impl ReputationStore for EtcdRegistry {
     async fn reputation(
         &self,
         agent: &AgentId,
@@ -788,7 +774,10 @@ impl Registry for EtcdRegistry {
             .update_reputation(agent, capability, update)
             .await
     }
+}
 
+#[async_trait]
+impl Registry for EtcdRegistry {
     async fn shutdown(&self) {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;

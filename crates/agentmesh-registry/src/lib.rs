@@ -1,22 +1,32 @@
 //! Where agents find each other and where task records live.
 //!
-//! [`Registry`] is the one interface the runtime uses for membership (agents
-//! registered under their node's lease, watched by everyone) and for durable
-//! task records. Two backends implement it: [`EtcdRegistry`] for a real
-//! cluster and [`MemoryRegistry`] for `agentmesh local` and unit tests. The
-//! etcd key layout is owned by [`keys`].
+//! A registry plays four roles, one trait each, so a component asks only
+//! for what it uses:
 //!
-//! The registry also elects the coordinator: [`Registry::campaign`] resolves
-//! with a [`Leadership`] once this node leads, [`Registry::leader`] tells
-//! every node who leads, and [`Registry::put_tasks_fenced`] writes task
-//! records only while the writer's leadership still stands, so a deposed
-//! leader that has not noticed yet cannot overwrite its successor's records.
+//! - [`AgentDirectory`]: membership. Agents registered under their node's
+//!   lease, watched by everyone; an agent id is unique among live nodes.
+//! - [`TaskStore`]: durable task records, and their watches.
+//! - [`Election`]: coordinator leadership. [`Election::campaign`] resolves
+//!   with a [`Leadership`] once this node leads, [`Election::leader`] tells
+//!   every node who leads, and [`TaskStore::put_tasks_fenced`] writes task
+//!   records only while the writer's leadership still stands, so a deposed
+//!   leader that has not noticed yet cannot overwrite its successor's
+//!   records.
+//! - [`ReputationStore`]: how far each agent is trusted for each
+//!   capability. Records change only by read-modify-write under
+//!   compare-and-swap ([`ReputationStore::update_reputation`]), so
+//!   coordinators that update the same record at once lose none of each
+//!   other's updates.
 //!
-//! Reputation records — how far each agent is trusted for each capability —
-//! are durable too, and change only by read-modify-write under
-//! compare-and-swap ([`Registry::update_reputation`]), so coordinators that
-//! update the same record at once lose none of each other's updates.
+//! [`Registry`] is all four plus [`Registry::shutdown`]: the one handle a
+//! node is built with. Two backends implement it: [`EtcdRegistry`] for a
+//! real cluster and [`MemoryRegistry`] for `agentmesh local` and unit
+//! tests. The etcd key layout is owned by [`keys`]. One conformance suite,
+//! `conformance` (behind the `testsuite` feature), states the contract as
+//! tests and runs unchanged against both.
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod conformance;
 pub mod etcd;
 pub mod keys;
 pub mod memory;
@@ -39,8 +49,8 @@ pub use memory::MemoryRegistry;
 /// leave every view within this time.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 
-/// How often [`Registry::update_reputation`] tries to write before it gives
-/// up with [`RegistryError::Contended`]. Each failed try means another
+/// How often [`ReputationStore::update_reputation`] tries to write before
+/// it gives up with [`RegistryError::Contended`]. Each failed try means another
 /// writer's update of the same record went through meanwhile, so it takes
 /// this many updates of one record racing one call to exhaust it. (The
 /// in-memory backend serialises updates and never needs a second try.)
@@ -82,10 +92,19 @@ pub enum RegistryError {
         /// Attempts made, each of them beaten by another writer.
         attempts: u32,
     },
+    /// Another live node has registered an agent under this id: ids name
+    /// one agent in the whole cluster, so this node's registration was
+    /// refused and the other node's left as it is.
+    #[error(
+        "agent id '{id}' is already registered by another live node; choose another --id \
+         or stop that node (a node that died without shutting down holds its id until \
+         its lease expires)"
+    )]
+    DuplicateAgent { id: AgentId },
 }
 
 /// One agent's reputation for one capability, as listed by
-/// [`Registry::reputations`].
+/// [`ReputationStore::reputations`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReputationEntry {
     pub agent: AgentId,
@@ -110,14 +129,14 @@ pub struct Fence {
     pub lease: i64,
 }
 
-/// Coordinator leadership won by [`Registry::campaign`]; the caller keeps
+/// Coordinator leadership won by [`Election::campaign`]; the caller keeps
 /// it for as long as it acts as the leader.
 #[derive(Debug, Clone)]
 pub struct Leadership {
     /// The agent this node campaigned for, as published to
-    /// [`Registry::leader`].
+    /// [`Election::leader`].
     pub candidate: AgentId,
-    /// The fence for [`Registry::put_tasks_fenced`].
+    /// The fence for [`TaskStore::put_tasks_fenced`].
     pub fence: Fence,
     /// `true` while leadership stands. It turns `false` once and for good
     /// when leadership is lost or given up; each backend documents when
@@ -144,24 +163,58 @@ impl Leadership {
 /// persisted change.
 pub type TaskWatch = BoxStream<'static, Result<TaskRecord, RegistryError>>;
 
-/// Membership and durable records, as seen by one node.
+/// Agents and their registrations: the membership role of a registry.
 ///
-/// A registry instance belongs to one node: agents it registers live as long
-/// as the node's lease, and [`Registry::shutdown`] removes them at once.
+/// An agent id names one agent in the whole cluster. A node registers its
+/// agents under its own liveness (with etcd, its lease), and owns each
+/// registration until it deregisters it or its liveness ends. So
+/// registering an id another live node owns fails with
+/// [`RegistryError::DuplicateAgent`] and changes nothing, and deregistering
+/// an id another node owns removes nothing: a second node started by
+/// mistake with a live node's id can neither take over nor delete the
+/// live agent.
 #[async_trait]
-pub trait Registry: Send + Sync + 'static {
-    /// Registers an agent, or updates its registration, under this node's
-    /// lease.
+pub trait AgentDirectory: Send + Sync {
+    /// Registers an agent, or updates this node's registration of it, under
+    /// this node's liveness.
+    ///
+    /// Fails with [`RegistryError::DuplicateAgent`] when another live node
+    /// owns the id. The id is free again once that node deregisters it or
+    /// its liveness ends (with etcd: its lease is revoked or expires, which
+    /// for a node that died without shutting down takes up to its lease
+    /// TTL). Fails with [`RegistryError::Closed`] after [`Registry::shutdown`].
     async fn register(&self, agent: AgentRegistration) -> Result<(), RegistryError>;
 
-    /// Removes an agent registered by this node.
+    /// Removes an agent this node registered. An id this node does not own
+    /// (never registered here, already gone, or owned by another node) is
+    /// left as it is, and that is not an error.
     async fn deregister(&self, id: &AgentId) -> Result<(), RegistryError>;
 
     /// The live view of every registered agent, kept current by a watch.
     fn membership(&self) -> watch::Receiver<Arc<Membership>>;
 
+    /// Whether the backing store answers: `false` from the moment the
+    /// node's lease could not be refreshed until the node has a lease again
+    /// and its agents are re-registered. Nodes report `NOT_SERVING` on gRPC
+    /// health meanwhile.
+    fn store_reachable(&self) -> watch::Receiver<bool>;
+}
+
+/// Durable task records: the task store role of a registry.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
     /// Persists task records, all in one transaction.
     async fn put_tasks(&self, records: &[Arc<TaskRecord>]) -> Result<(), RegistryError>;
+
+    /// Persists task records like [`TaskStore::put_tasks`], but only while
+    /// `fence`'s leadership stands: every transaction carries the check,
+    /// and one that finds the leadership gone writes nothing and fails with
+    /// [`RegistryError::NotLeader`].
+    async fn put_tasks_fenced(
+        &self,
+        records: &[Arc<TaskRecord>],
+        fence: &Fence,
+    ) -> Result<(), RegistryError>;
 
     async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError>;
 
@@ -173,9 +226,13 @@ pub trait Registry: Send + Sync + 'static {
     /// do not decode are logged and skipped, so one bad record cannot stop
     /// a takeover.
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError>;
+}
 
+/// Coordinator leadership: the election role of a registry.
+#[async_trait]
+pub trait Election: Send + Sync {
     /// Campaigns for coordinator leadership with `candidate` as the value
-    /// others see in [`Registry::leader`], and resolves once this node
+    /// others see in [`Election::leader`], and resolves once this node
     /// leads. While another node leads it waits, for as long as that takes.
     ///
     /// Leadership is tied to this node's liveness: a leader that dies is
@@ -197,23 +254,11 @@ pub trait Registry: Send + Sync + 'static {
     /// in the background; `None` while nobody leads. Followers forward
     /// leader-only requests to it.
     fn leader(&self) -> watch::Receiver<Option<AgentId>>;
+}
 
-    /// Whether the backing store answers: `false` from the moment the
-    /// node's lease could not be refreshed until the node has a lease again
-    /// and its agents are re-registered. Nodes report `NOT_SERVING` on gRPC
-    /// health meanwhile.
-    fn store_reachable(&self) -> watch::Receiver<bool>;
-
-    /// Persists task records like [`Registry::put_tasks`], but only while
-    /// `fence`'s leadership stands: every transaction carries the check,
-    /// and one that finds the leadership gone writes nothing and fails with
-    /// [`RegistryError::NotLeader`].
-    async fn put_tasks_fenced(
-        &self,
-        records: &[Arc<TaskRecord>],
-        fence: &Fence,
-    ) -> Result<(), RegistryError>;
-
+/// Durable reputation records: the reputation store role of a registry.
+#[async_trait]
+pub trait ReputationStore: Send + Sync {
     /// The reputation of `agent` for `capability`, if any was recorded.
     ///
     /// A record that does not decode fails with [`RegistryError::Corrupt`].
@@ -252,7 +297,17 @@ pub trait Registry: Send + Sync + 'static {
         capability: &str,
         update: &(dyn Fn(Option<Reputation>) -> Reputation + Send + Sync),
     ) -> Result<Reputation, RegistryError>;
+}
 
+/// Every role of a registry, as seen by one node: the handle a node is
+/// built with.
+///
+/// A registry instance belongs to one node: agents it registers live as long
+/// as the node's lease, and [`Registry::shutdown`] removes them at once.
+/// Components that need one role only take that role
+/// (`Arc<dyn TaskStore>` from an `Arc<dyn Registry>` by upcasting).
+#[async_trait]
+pub trait Registry: AgentDirectory + TaskStore + Election + ReputationStore + 'static {
     /// Revokes this node's lease (its agents leave every view at once, and
     /// its leadership, if any, ends) and stops background work.
     async fn shutdown(&self);

@@ -6,9 +6,21 @@
 //! cluster; clones are handles of the same node. All nodes see the same
 //! membership and task records, exactly as they would through etcd.
 //!
+//! # Membership
+//!
+//! The cluster state remembers which node registered each agent, as etcd
+//! does with the key's lease. A node may register (and update) agents under
+//! ids that are free or its own; an id another node registered is refused
+//! with [`RegistryError::DuplicateAgent`], and a deregistration removes
+//! only the node's own agents. A node's agents leave the view when it shuts
+//! down or is dropped (its last handle goes away), and a node that shut
+//! down registers nothing more. `agentmesh local` registers all its agents
+//! through clones of one registry: one node, which owns every id; nodes
+//! made by [`MemoryRegistry::join`] play separate processes.
+//!
 //! # Coordinator election
 //!
-//! Leadership is a slot in the cluster state: [`Registry::campaign`] takes
+//! Leadership is a slot in the cluster state: [`Election::campaign`] takes
 //! it when it is free and otherwise waits until it is. Each term gets the
 //! next value of a counter as its fence revision. Leadership ends, and its
 //! `held` flag turns `false`, when the node resigns, shuts down, or is
@@ -17,8 +29,8 @@
 //!
 //! # Reputation records
 //!
-//! Records live in the cluster state, and [`Registry::update_reputation`]
-//! reads, updates and writes a record under one lock, so concurrent
+//! Records live in the cluster state, and
+//! [`ReputationStore::update_reputation`] reads, updates and writes a record under one lock, so concurrent
 //! updates from any node take turns and none is lost. It is the limit
 //! case of etcd's compare-and-swap: a swap that never finds the record
 //! changed, so the update runs exactly once per call and the call is never
@@ -38,7 +50,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::info;
 
-use crate::{Fence, Leadership, Registry, RegistryError, ReputationEntry, TaskWatch};
+use crate::{
+    AgentDirectory, Election, Fence, Leadership, Registry, RegistryError, ReputationEntry,
+    ReputationStore, TaskStore, TaskWatch,
+};
 
 /// Record changes buffered for slow watchers; a watcher that falls further
 /// behind re-reads the current record instead of failing.
@@ -56,11 +71,14 @@ pub struct MemoryRegistry {
 /// The cluster state every node of one in-process cluster shares.
 struct Shared {
     membership: watch::Sender<Arc<Membership>>,
+    /// The node that registered each agent of `membership`. Locked before
+    /// `membership` is changed, so the two always agree.
+    owners: Mutex<HashMap<AgentId, u64>>,
     tasks: Mutex<HashMap<TaskId, Arc<TaskRecord>>>,
     changes: broadcast::Sender<Arc<TaskRecord>>,
     /// Locked before `tasks` when both are needed, so a fenced write and a
     /// change of leader never interleave.
-    election: Mutex<Election>,
+    election: Mutex<ElectionState>,
     leader: watch::Sender<Option<AgentId>>,
     next_node: AtomicU64,
     /// Reputation records by agent and capability.
@@ -68,7 +86,7 @@ struct Shared {
 }
 
 #[derive(Default)]
-struct Election {
+struct ElectionState {
     holder: Option<Holder>,
     /// Terms begun so far; the latest term's fence revision.
     terms: i64,
@@ -80,7 +98,8 @@ struct Holder {
     held: watch::Sender<bool>,
 }
 
-/// One node; dropped with its last handle, which frees its leadership.
+/// One node; dropped with its last handle, which frees its leadership and
+/// its agents' ids.
 struct Node {
     id: u64,
     shared: Arc<Shared>,
@@ -91,6 +110,7 @@ struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shared.release_node(self.id, "node dropped");
+        self.shared.release_agents(self.id);
     }
 }
 
@@ -108,9 +128,10 @@ impl MemoryRegistry {
         let (leader, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             membership,
+            owners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             changes,
-            election: Mutex::new(Election::default()),
+            election: Mutex::new(ElectionState::default()),
             leader,
             next_node: AtomicU64::new(1),
             reputations: Mutex::new(BTreeMap::new()),
@@ -196,7 +217,7 @@ impl Node {
 }
 
 impl Shared {
-    fn lock_election(&self) -> std::sync::MutexGuard<'_, Election> {
+    fn lock_election(&self) -> std::sync::MutexGuard<'_, ElectionState> {
         self.election.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -204,6 +225,33 @@ impl Shared {
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<(AgentId, String), Reputation>> {
         self.reputations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, u64>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes every agent `node` registered: what a lease revoke or
+    /// expiry does with etcd.
+    fn release_agents(&self, node: u64) {
+        let mut owners = self.lock_owners();
+        let gone: Vec<AgentId> = owners
+            .iter()
+            .filter(|(_, owner)| **owner == node)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            owners.remove(id);
+        }
+        self.membership.send_modify(|view| {
+            let view = Arc::make_mut(view);
+            for id in &gone {
+                view.agents.remove(id);
+            }
+        });
     }
 
     /// Ends the leadership of `node`, if it leads.
@@ -214,7 +262,7 @@ impl Shared {
         }
     }
 
-    fn release(&self, election: &mut Election, why: &str) {
+    fn release(&self, election: &mut ElectionState, why: &str) {
         if let Some(holder) = election.holder.take() {
             holder.held.send_replace(false);
             self.leader.send_replace(None);
@@ -228,18 +276,42 @@ impl Shared {
 }
 
 #[async_trait]
-impl Registry for MemoryRegistry {
+impl AgentDirectory for MemoryRegistry {
     async fn register(&self, agent: AgentRegistration) -> Result<(), RegistryError> {
-        self.shared.membership.send_modify(|view| {
-            Arc::make_mut(view).agents.insert(agent.id.clone(), agent);
+        if *self.node.closed.borrow() {
+            return Err(RegistryError::Closed);
+        }
+        let mut owners = self.shared.lock_owners();
+        match owners.get(&agent.id) {
+            Some(owner) if *owner != self.node.id => {
+                return Err(RegistryError::DuplicateAgent { id: agent.id });
+            }
+            Some(_) => {}
+            None => {
+                owners.insert(agent.id.clone(), self.node.id);
+            }
+        }
+        self.shared.membership.send_if_modified(|view| {
+            let changed = view.agents.get(&agent.id) != Some(&agent);
+            if changed {
+                Arc::make_mut(view).agents.insert(agent.id.clone(), agent);
+            }
+            changed
         });
         Ok(())
     }
 
     async fn deregister(&self, id: &AgentId) -> Result<(), RegistryError> {
-        self.shared
-            .membership
-            .send_if_modified(|view| Arc::make_mut(view).agents.remove(id).is_some());
+        if *self.node.closed.borrow() {
+            return Err(RegistryError::Closed);
+        }
+        let mut owners = self.shared.lock_owners();
+        if owners.get(id) == Some(&self.node.id) {
+            owners.remove(id);
+            self.shared
+                .membership
+                .send_if_modified(|view| Arc::make_mut(view).agents.remove(id).is_some());
+        }
         Ok(())
     }
 
@@ -247,6 +319,14 @@ impl Registry for MemoryRegistry {
         self.shared.membership.subscribe()
     }
 
+    /// Memory is always there.
+    fn store_reachable(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryRegistry {
     async fn put_tasks(&self, records: &[Arc<TaskRecord>]) -> Result<(), RegistryError> {
         self.write(records);
         Ok(())
@@ -271,6 +351,34 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
+        Ok(self.current(id).map(|r| (*r).clone()))
+    }
+
+    async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError> {
+        // Subscribe before reading the current record so no change falls in
+        // between; revisions filter out what the first read already covered.
+        let changes = BroadcastStream::new(self.shared.changes.subscribe());
+        let first = self.current(id);
+        let mut last_revision = first.as_ref().map_or(0, |r| r.revision);
+        let this = self.clone();
+        let id = id.clone();
+        let updates = changes.filter_map(move |change| {
+            let record = match change {
+                Ok(record) if record.id == id => Some(record),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(_)) => this.current(&id),
+            };
+            let fresh = record.filter(|r| r.revision > last_revision);
+            if let Some(r) = &fresh {
+                last_revision = r.revision;
+            }
+            futures::future::ready(fresh.map(|r| Ok((*r).clone())))
+        });
+        let first = futures::stream::iter(first.map(|r| Ok((*r).clone())));
+        Ok(first.chain(updates).boxed())
+    }
+
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
         let tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut unfinished: Vec<TaskRecord> = tasks
@@ -282,7 +390,10 @@ impl Registry for MemoryRegistry {
         unfinished.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         Ok(unfinished)
     }
+}
 
+#[async_trait]
+impl Election for MemoryRegistry {
     async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError> {
         let mut leader = self.shared.leader.subscribe();
         let mut closed = self.node.closed.subscribe();
@@ -315,40 +426,10 @@ impl Registry for MemoryRegistry {
     fn leader(&self) -> watch::Receiver<Option<AgentId>> {
         self.shared.leader.subscribe()
     }
+}
 
-    /// Memory is always there.
-    fn store_reachable(&self) -> watch::Receiver<bool> {
-        watch::channel(true).1
-    }
-
-    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, RegistryError> {
-        Ok(self.current(id).map(|r| (*r).clone()))
-    }
-
-    async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError> {
-        // Subscribe before reading the current record so no change falls in
-        // between; revisions filter out what the first read already covered.
-        let changes = BroadcastStream::new(self.shared.changes.subscribe());
-        let first = self.current(id);
-        let mut last_revision = first.as_ref().map_or(0, |r| r.revision);
-        let this = self.clone();
-        let id = id.clone();
-        let updates = changes.filter_map(move |change| {
-            let record = match change {
-                Ok(record) if record.id == id => Some(record),
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(_)) => this.current(&id),
-            };
-            let fresh = record.filter(|r| r.revision > last_revision);
-            if let Some(r) = &fresh {
-                last_revision = r.revision;
-            }
-            futures::future::ready(fresh.map(|r| Ok((*r).clone())))
-        });
-        let first = futures::stream::iter(first.map(|r| Ok((*r).clone())));
-        Ok(first.chain(updates).boxed())
-    }
-
+#[async_trait]
+impl ReputationStore for MemoryRegistry {
     async fn reputation(
         &self,
         agent: &AgentId,
@@ -395,21 +476,41 @@ impl Registry for MemoryRegistry {
         records.insert(slot, next);
         Ok(next)
     }
+}
 
+#[async_trait]
+impl Registry for MemoryRegistry {
     async fn shutdown(&self) {
         self.node.closed.send_replace(true);
         self.shared.release_node(self.node.id, "node shut down");
+        self.shared.release_agents(self.node.id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use agentmesh_core::Role;
-    use agentmesh_core::task::{Status, TaskLimits, parse_and_validate};
 
     use futures::FutureExt;
 
     use super::*;
+    use crate::conformance::Clause;
+
+    /// Runs a clause of the conformance suite on a fresh in-process
+    /// cluster, on two worker threads so that concurrent clauses really
+    /// run at once.
+    fn run(clause: Clause) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("build a tokio runtime");
+        runtime.block_on(clause(&MemoryRegistry::new()));
+    }
+
+    mod conformance {
+        crate::conformance_tests!(super::run);
+    }
 
     fn agent(id: &str) -> AgentRegistration {
         AgentRegistration {
@@ -424,28 +525,45 @@ mod tests {
         }
     }
 
-    fn record() -> TaskRecord {
-        let file = parse_and_validate(
-            r#"{"name":"t","tasks":[{"id":"a","capability":"c"}]}"#,
-            &TaskLimits::default(),
-            &|_| true,
-            &Vec::new,
-        )
-        .unwrap();
-        TaskRecord::new(TaskId::new("t1"), file, 0)
+    fn has(registry: &MemoryRegistry, id: &str) -> bool {
+        registry
+            .membership()
+            .borrow()
+            .agents
+            .contains_key(&AgentId::new(id))
     }
 
+    /// Clones are handles of one node: what one registers, another updates
+    /// and deregisters. `agentmesh local` registers all its agents through
+    /// clones of one registry this way.
     #[tokio::test]
-    async fn clones_share_membership() {
+    async fn clones_are_one_node() {
         let a = MemoryRegistry::new();
         let b = a.clone();
-        let mut view = b.membership();
         a.register(agent("w1")).await.unwrap();
-        view.changed().await.unwrap();
-        assert!(view.borrow().agents.contains_key(&AgentId::new("w1")));
-        a.deregister(&AgentId::new("w1")).await.unwrap();
-        view.changed().await.unwrap();
-        assert!(view.borrow().agents.is_empty());
+        a.register(agent("w2")).await.unwrap();
+        let mut busy = agent("w1");
+        busy.load = 2;
+        b.register(busy.clone()).await.unwrap();
+        assert_eq!(b.membership().borrow().get(&busy.id), Some(&busy));
+        b.deregister(&AgentId::new("w1")).await.unwrap();
+        assert!(!has(&a, "w1") && has(&a, "w2"));
+    }
+
+    /// The counterpart of a lease expiry: a node whose every handle is gone
+    /// leaves the view and frees its ids.
+    #[tokio::test]
+    async fn dropping_a_node_frees_its_agents_ids() {
+        let a = MemoryRegistry::new();
+        let b = a.join();
+        b.register(agent("w1")).await.unwrap();
+        assert!(matches!(
+            a.register(agent("w1")).await,
+            Err(RegistryError::DuplicateAgent { .. })
+        ));
+        drop(b);
+        assert!(!has(&a, "w1"));
+        a.register(agent("w1")).await.unwrap();
     }
 
     fn pending_campaign(
@@ -464,238 +582,79 @@ mod tests {
         }
     }
 
+    /// What only the in-memory election does (the contract itself is the
+    /// conformance suite's): a node campaigning again joins its own term,
+    /// dropping a node's last handle ends its term, and shutdown ends the
+    /// node's waiting campaigns.
     #[tokio::test]
-    async fn one_node_leads_until_it_resigns_or_goes_away() {
+    async fn a_node_keeps_its_term_until_it_goes_away() {
         let a = MemoryRegistry::new();
         let b = a.join();
         let c = a.join();
-        assert_eq!(*b.leader().borrow(), None);
 
-        let first = a.campaign(&AgentId::new("coord-a")).await.unwrap();
-        assert!(first.is_held());
-        assert_eq!(*b.leader().borrow(), Some(AgentId::new("coord-a")));
-        // The same node campaigning again is the same term.
-        let same = a.clone().campaign(&AgentId::new("coord-a")).await.unwrap();
-        assert_eq!(same.fence, first.fence);
+        let first = b.campaign(&AgentId::new("coord-b")).await.unwrap();
+        let same = b.clone().campaign(&AgentId::new("coord-b")).await.unwrap();
+        assert_eq!(
+            same.fence, first.fence,
+            "the same node's campaign joins its term"
+        );
 
-        let waiting = pending_campaign(&b, "coord-b");
-        settle().await;
-        assert!(!waiting.is_finished(), "b must wait while a leads");
-
-        a.resign(&first).await.unwrap();
-        assert!(!first.is_held() && !same.is_held());
-        let second = waiting.await.unwrap().unwrap();
-        assert!(second.fence.revision > first.fence.revision);
-        assert_eq!(*a.leader().borrow(), Some(AgentId::new("coord-b")));
-        a.resign(&first).await.unwrap();
-        assert!(second.is_held(), "a stale resign must not end b's term");
-
-        // Dropping every handle of the leading node frees leadership.
         let waiting = pending_campaign(&c, "coord-c");
         settle().await;
         assert!(!waiting.is_finished());
         drop(b);
-        let third = waiting.await.unwrap().unwrap();
-        assert!(!second.is_held());
-        assert_eq!(third.candidate, AgentId::new("coord-c"));
+        let second = waiting.await.unwrap().unwrap();
+        assert!(!first.is_held() && !same.is_held());
+        assert_eq!(second.candidate, AgentId::new("coord-c"));
 
-        // So does shutdown, which also ends the node's own campaigns.
+        let d = a.join();
+        let closed = pending_campaign(&d, "coord-d");
+        settle().await;
+        d.shutdown().await;
+        assert!(
+            matches!(closed.await.unwrap(), Err(RegistryError::Closed)),
+            "shutdown ends the node's waiting campaign"
+        );
+
         let waiting = pending_campaign(&a, "coord-a");
         settle().await;
         c.shutdown().await;
-        assert!(!third.is_held());
-        let fourth = waiting.await.unwrap().unwrap();
-        assert!(fourth.is_held());
-        assert_eq!(*a.leader().borrow(), Some(AgentId::new("coord-a")));
-        assert!(matches!(
-            c.campaign(&AgentId::new("coord-c")).await,
-            Err(RegistryError::Closed)
-        ));
-    }
-
-    #[tokio::test]
-    async fn fenced_writes_need_the_current_term() {
-        let a = MemoryRegistry::new();
-        let b = a.join();
-        let r = Arc::new(record());
-        let old = a.campaign(&AgentId::new("coord-a")).await.unwrap();
-        a.put_tasks_fenced(std::slice::from_ref(&r), &old.fence)
-            .await
-            .unwrap();
-        a.resign(&old).await.unwrap();
-        let new = b.campaign(&AgentId::new("coord-b")).await.unwrap();
-
-        let mut changed = (*r).clone();
-        changed.revision = 2;
-        match a
-            .put_tasks_fenced(&[Arc::new(changed.clone())], &old.fence)
-            .await
-        {
-            Err(RegistryError::NotLeader {
-                fence_revision,
-                written: 0,
-            }) => assert_eq!(fence_revision, old.fence.revision),
-            other => panic!("expected NotLeader, got {other:?}"),
-        }
-        assert_eq!(
-            a.get_task(&r.id).await.unwrap().map(|r| r.revision),
-            Some(1)
-        );
-        b.put_tasks_fenced(&[Arc::new(changed)], &new.fence)
-            .await
-            .unwrap();
-        assert_eq!(
-            a.get_task(&r.id).await.unwrap().map(|r| r.revision),
-            Some(2)
-        );
-    }
-
-    #[tokio::test]
-    async fn unfinished_tasks_leave_out_terminal_records() {
-        let registry = MemoryRegistry::new();
-        let statuses = [
-            Status::Completed,
-            Status::Running,
-            Status::Failed,
-            Status::Pending,
-            Status::Cancelled,
-        ];
-        let records: Vec<Arc<TaskRecord>> = statuses
-            .iter()
-            .enumerate()
-            .map(|(i, status)| {
-                let mut r = record();
-                r.id = TaskId::new(format!("t{i}"));
-                r.status = *status;
-                Arc::new(r)
-            })
-            .collect();
-        registry.put_tasks(&records).await.unwrap();
-        let ids: Vec<String> = registry
-            .unfinished_tasks()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id.to_string())
-            .collect();
-        assert_eq!(ids, ["t1", "t3"]);
-    }
-
-    #[tokio::test]
-    async fn watch_yields_current_then_every_later_revision() {
-        let registry = MemoryRegistry::new();
-        let mut r = record();
-        registry.put_tasks(&[Arc::new(r.clone())]).await.unwrap();
-        let mut watch = registry.watch_task(&r.id).await.unwrap();
-        assert_eq!(watch.next().await.unwrap().unwrap().revision, 1);
-        r.start_attempt(0, AgentId::new("w"), 1);
-        registry.put_tasks(&[Arc::new(r.clone())]).await.unwrap();
-        assert_eq!(watch.next().await.unwrap().unwrap().revision, 2);
-        assert_eq!(registry.get_task(&r.id).await.unwrap(), Some(r));
-    }
-
-    /// The update every coordinator applies in the tests below: one more
-    /// agreement, counted.
-    fn agree(current: Option<Reputation>) -> Reputation {
-        let mut next = current.unwrap_or_else(|| Reputation::new(0));
-        next.alpha += 1.0;
-        next.updates += 1;
-        next.updated_ms += 1;
-        next
-    }
-
-    #[tokio::test]
-    async fn reputation_updates_create_then_change_the_record() {
-        let a = MemoryRegistry::new();
-        let b = a.join();
-        let worker = AgentId::new("worker-1");
-        assert_eq!(a.reputation(&worker, "math.eval").await.unwrap(), None);
-        assert!(a.reputations().await.unwrap().is_empty());
-
-        let created = a
-            .update_reputation(&worker, "math.eval", &|current| {
-                assert_eq!(current, None, "a new record starts from nothing");
-                Reputation::new(7)
-            })
-            .await
-            .unwrap();
-        assert_eq!(created, Reputation::new(7));
-        let updated = b
-            .update_reputation(&worker, "math.eval", &agree)
-            .await
-            .unwrap();
-        assert_eq!(
-            (updated.alpha, updated.beta, updated.updates),
-            (2.0, 1.0, 1)
-        );
-        assert_eq!(
-            a.reputation(&worker, "math.eval").await.unwrap(),
-            Some(updated)
-        );
-        assert_eq!(a.reputation(&worker, "json.query").await.unwrap(), None);
-
-        let other = b
-            .update_reputation(&AgentId::new("worker-0"), "math.eval", &agree)
-            .await
-            .unwrap();
-        let listed = a.reputations().await.unwrap();
-        assert_eq!(
-            listed,
-            [
-                ReputationEntry {
-                    agent: AgentId::new("worker-0"),
-                    capability: "math.eval".into(),
-                    reputation: other,
-                },
-                ReputationEntry {
-                    agent: worker,
-                    capability: "math.eval".into(),
-                    reputation: updated,
-                },
-            ]
-        );
+        assert!(!second.is_held());
+        let third = waiting.await.unwrap().unwrap();
+        assert_eq!(third.candidate, AgentId::new("coord-a"));
     }
 
     /// Two nodes on two OS threads, each making 50 updates of one record
-    /// at the same time (the memory registry never waits, so no runtime is
-    /// needed to drive its futures).
+    /// at the same time. The memory registry serialises updates instead of
+    /// comparing and retrying, so each update runs exactly once per call
+    /// (and it never waits, so no runtime is needed to drive its futures).
     #[test]
-    fn concurrent_reputation_updates_from_two_nodes_lose_nothing() {
+    fn reputation_updates_run_once_per_call() {
         const PER_NODE: u64 = 50;
         let first = MemoryRegistry::new();
         let nodes = [first.clone(), first.join()];
         let calls = AtomicU64::new(0);
         let start = std::sync::Barrier::new(nodes.len());
-        let mut written: Vec<u64> = std::thread::scope(|scope| {
-            let runs: Vec<_> = nodes
-                .iter()
-                .map(|node| {
-                    let (calls, start) = (&calls, &start);
-                    scope.spawn(move || {
-                        start.wait();
-                        let update = |current| {
-                            calls.fetch_add(1, Ordering::Relaxed);
-                            // Widens the window between read and write, as
-                            // a network round trip would: a blind
-                            // read-then-write loses updates here.
-                            std::thread::yield_now();
-                            agree(current)
-                        };
-                        (0..PER_NODE)
-                            .map(|_| {
-                                node.update_reputation(&AgentId::new("w"), "c", &update)
-                                    .now_or_never()
-                                    .expect("the memory registry never waits")
-                                    .unwrap()
-                                    .updates
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            runs.into_iter()
-                .flat_map(|run| run.join().unwrap())
-                .collect()
+        std::thread::scope(|scope| {
+            for node in &nodes {
+                let (calls, start) = (&calls, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let update = |current: Option<Reputation>| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        std::thread::yield_now();
+                        let mut next = current.unwrap_or_else(|| Reputation::new(0));
+                        next.updates += 1;
+                        next
+                    };
+                    for _ in 0..PER_NODE {
+                        node.update_reputation(&AgentId::new("w"), "c", &update)
+                            .now_or_never()
+                            .expect("the memory registry never waits")
+                            .unwrap();
+                    }
+                });
+            }
         });
         let last = first
             .reputation(&AgentId::new("w"), "c")
@@ -704,10 +663,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(last.updates, 2 * PER_NODE, "updates were lost");
-        assert_eq!(last.alpha, 1.0 + (2 * PER_NODE) as f64);
-        // Every write built on the one before it: each count once.
-        written.sort_unstable();
-        assert_eq!(written, (1..=2 * PER_NODE).collect::<Vec<_>>());
         assert_eq!(
             calls.load(Ordering::Relaxed),
             2 * PER_NODE,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use agentmesh_core::task::Status;
 use agentmesh_core::{AgentId, AgentRegistration, Role};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskResult, subtask_result};
-use agentmesh_registry::{MemoryRegistry, Registry};
+use agentmesh_registry::{AgentDirectory, MemoryRegistry, Registry};
 use agentmesh_runtime::CoordinatorConfig;
 use agentmesh_runtime::MailboxConfig;
 use agentmesh_runtime::actors::coordinator::leadership::LeadershipLoop;

@@ -212,12 +212,20 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("failed to bind {}", config.listen))?;
     let drain_timeout = config.drain_timeout;
-    let node = NodeBuilder::new(config)
+    let started = NodeBuilder::new(config)
         .tools(tools)
-        .registry(registry)
+        .registry(registry.clone())
         .serve(listener)
-        .await
-        .context("failed to start the node")?;
+        .await;
+    let node = match started {
+        Ok(node) => node,
+        Err(e) => {
+            // Revoke the lease now rather than leave it to run out: a node
+            // refused at startup (a live duplicate --id) holds nothing.
+            registry.shutdown().await;
+            return Err(e).context("failed to start the node");
+        }
+    };
     // Scripts and tests wait for this line; it is printed once, after bind.
     println!("listening on {}", node.addr());
     let exit = tokio::select! {

@@ -216,7 +216,7 @@ enum Retry {
     Failed(RegistryError),
 }
 
-/// Campaigns until this node leads; see [`crate::Registry::campaign`].
+/// Campaigns until this node leads; see [`crate::Election::campaign`].
 pub(super) async fn campaign(
     shared: &Arc<Shared>,
     candidate: &AgentId,
@@ -666,7 +666,7 @@ pub(super) fn end_all_terms(shared: &Shared) {
     }
 }
 
-/// Gives up `leadership`; see [`crate::Registry::resign`].
+/// Gives up `leadership`; see [`crate::Election::resign`].
 pub(super) async fn resign(shared: &Shared, leadership: &Leadership) -> Result<(), RegistryError> {
     end_term(shared, &leadership.fence);
     let deleted = delete_leader_key(shared, &leadership.fence).await?;

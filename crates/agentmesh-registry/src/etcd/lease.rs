@@ -1,5 +1,6 @@
 //! The keep-alive task: refreshes the node's lease every TTL/3 and, when
-//! the lease is lost, replaces it and re-registers the node's agents.
+//! the lease is lost, replaces it and re-registers the node's agents
+//! (moving their keys to the new lease, as `registration.rs` describes).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -106,8 +107,8 @@ async fn refresh_until_failure(shared: &Shared, lease: i64) -> Ended {
     }
 }
 
-/// Grants a new lease and re-puts every agent of this node under it;
-/// returns the new lease and the number of agents.
+/// Grants a new lease and moves every agent of this node to it; returns
+/// the new lease and the number of agents registered under it.
 async fn renew(shared: &Shared, old_lease: i64) -> Result<(i64, usize), RegistryError> {
     let mut client = shared.client.clone();
     let granted = shared
@@ -120,8 +121,12 @@ async fn renew(shared: &Shared, old_lease: i64) -> Result<(i64, usize), Registry
     // Registrations wait while the agents move, so none lands on the old
     // lease after this point.
     let mut node = shared.node.lock().await;
+    // Usually `old_lease`; a lease granted by an earlier renewal that
+    // failed half-way otherwise. Either way its keys are still this node's.
+    let replaced = node.lease;
+    node.retired.insert(replaced);
     node.lease = lease;
     shared.lease_id.store(lease, Ordering::SeqCst);
-    shared.put_agents(lease, node.agents.values()).await?;
-    Ok((lease, node.agents.len()))
+    let registered = shared.reregister(&mut node, replaced).await?;
+    Ok((lease, registered))
 }

@@ -67,6 +67,9 @@ impl From<ApiError> for Status {
             ApiError::NoCoordinator => Status::failed_precondition(message),
             ApiError::Coordinator(_) => Status::unavailable(message),
             ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),
+            ApiError::Registry(RegistryError::DuplicateAgent { .. }) => {
+                Status::already_exists(message)
+            }
             ApiError::Registry(_) => Status::unavailable(message),
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmesh_core::hierarchy::{Level, StrategicPolicy, TacticalPolicy};
 use agentmesh_core::{AgentId, AgentRegistration, Role};
-use agentmesh_registry::Registry;
+use agentmesh_registry::{AgentDirectory, Registry};
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -327,7 +327,7 @@ impl StartedWorker {
 async fn publish_load(
     mut registration: AgentRegistration,
     load: Arc<AtomicU32>,
-    registry: Arc<dyn Registry>,
+    registry: Arc<dyn AgentDirectory>,
 ) {
     let mut interval = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use agentmesh_core::AgentId;
 use agentmesh_core::reputation::ReputationPolicy;
-use agentmesh_registry::{Registry, RegistryError};
+use agentmesh_registry::{RegistryError, ReputationStore};
 
 use crate::support::clock::now_ms;
 
 /// Each agent's mean reputation over its capabilities, decayed to now.
 pub async fn mean_scores(
-    registry: &dyn Registry,
+    registry: &dyn ReputationStore,
     policy: &ReputationPolicy,
 ) -> Result<HashMap<AgentId, f64>, RegistryError> {
     let now = now_ms();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use agentmesh_core::AgentId;
 use agentmesh_core::task::TaskRecord;
-use agentmesh_registry::{Leadership, Registry, RegistryError};
+use agentmesh_registry::{Election, Leadership, Registry, RegistryError, TaskStore};
 use ractor::ActorRef;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -132,7 +132,7 @@ async fn run(
 /// Every unfinished task, read again until it works; `None` when the term
 /// ended first.
 async fn load_unfinished(
-    registry: &dyn Registry,
+    registry: &dyn TaskStore,
     leadership: &Leadership,
 ) -> Option<Vec<TaskRecord>> {
     let mut delay = LOAD_RETRY_FIRST;
@@ -161,7 +161,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-async fn resign(registry: &dyn Registry, leadership: &Leadership) {
+async fn resign(registry: &dyn Election, leadership: &Leadership) {
     match registry.resign(leadership).await {
         Ok(()) => info!(
             fence = leadership.fence.revision,

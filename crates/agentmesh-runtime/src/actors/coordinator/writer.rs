@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
-use agentmesh_registry::{Leadership, Registry, RegistryError};
+use agentmesh_registry::{Leadership, RegistryError, TaskStore};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::warn;
@@ -51,7 +51,7 @@ impl RecordWriter {
     /// Writes fenced with `leadership`: `batch` records at most per
     /// transaction, `concurrency` transactions in flight at most.
     pub fn spawn(
-        registry: Arc<dyn Registry>,
+        registry: Arc<dyn TaskStore>,
         leadership: Leadership,
         batch: usize,
         concurrency: usize,
@@ -164,7 +164,7 @@ impl WritePlan {
 }
 
 async fn run(
-    registry: Arc<dyn Registry>,
+    registry: Arc<dyn TaskStore>,
     leadership: Leadership,
     mut rx: mpsc::Receiver<Write>,
     batch: usize,
@@ -211,7 +211,7 @@ async fn run(
 
 /// Writes one batch, retrying with backoff while the term stands.
 async fn write_with_retry(
-    registry: &dyn Registry,
+    registry: &dyn TaskStore,
     leadership: &Leadership,
     records: &[Arc<TaskRecord>],
 ) -> Result<(), String> {
