@@ -1,4 +1,4 @@
-//! The agentmesh runtime: actors, mailboxes, services and tools, and the
+//! The agentmesh runtime: actors, mailboxes and services, and the
 //! node that wires them together. The binary only parses flags and calls
 //! into this crate, so tests start nodes in-process the same way.
 
@@ -19,8 +19,12 @@ pub mod peer;
 pub mod random;
 pub mod reputation;
 pub mod services;
-pub mod tools;
 pub mod worker;
+
+/// The tool types, so that an embedding binary depending on the runtime
+/// alone names the same `Tool`, `ToolError` and `ToolBox` the node runs; a
+/// crate that only defines tools depends on `agentmesh-tools` instead.
+pub use agentmesh_tools as tools;
 
 pub use config::{CoordinatorConfig, MailboxConfig, NodeConfig};
 pub use local::LocalCluster;
