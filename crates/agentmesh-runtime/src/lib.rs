@@ -1,16 +1,17 @@
 //! The agentmesh runtime: actors, transport, services and the node that
 //! wires them together. The binary only parses flags and calls into this
-//! crate, so tests start nodes in-process the same way.
+//! crate, so tests and embedding programs start nodes in-process the same
+//! way.
 //!
 //! Layers, each depending only on those below it:
 //!
 //! ```text
-//! node/       NodeBuilder, Node, LocalCluster, config, health, errors: wiring
+//! node/       NodeBuilder, Node, LocalCluster, supervisor, config, health, errors: wiring
 //! api/        client-facing gRPC services (tasks, cluster), forwarding, error → Status
 //! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
 //! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
 //! convert     the one place that maps domain types to and from protobuf
-//! support/    clock, randomness, feeds (ticks and watches into actors)
+//! support/    owned background tasks, feeds into actors, clock, randomness
 //! ```
 
 pub mod actors;
@@ -18,8 +19,12 @@ pub mod api;
 pub mod convert;
 pub mod node;
 pub mod support;
-pub mod tools;
 pub mod transport;
+
+/// The tool types, so that an embedding binary depending on the runtime
+/// alone names the same `Tool`, `ToolError` and `ToolBox` the node runs; a
+/// crate that only defines tools depends on `agentmesh-tools` instead.
+pub use agentmesh_tools as tools;
 
 pub use node::config::{CoordinatorConfig, MailboxConfig, NodeConfig};
 pub use node::local::LocalCluster;

@@ -10,9 +10,27 @@ use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_runtime::NodeConfig;
 use agentmesh_runtime::actors::faults::{Fault, Faults};
+use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
+
+/// `--help` of `--http-allow`, shared by `node` and `local`.
+const HTTP_ALLOW_HELP: &str = "Hosts the http.get tool may fetch from, comma-separated; the tool is \
+    off when empty.\n\nEach entry is `host` or `host:port` and opens one port: `example.com` allows \
+    only the default port of the URL's scheme (80 for http://, 443 for https://), \
+    `example.com:8080` only port 8080, over http or https. Redirects are followed up to 5 times, \
+    each target checked against the same list. URLs with user info, whitespace or control \
+    characters are refused; a body over 1 MiB or a call over 10 s fails.";
+
+/// One `--http-allow` value; an empty one (a trailing comma, a variable set
+/// to nothing) names no host, as before the entries were typed.
+fn allow_entry(entry: &str) -> Result<Option<AllowedHost>, AllowedHostError> {
+    match entry.trim() {
+        "" => Ok(None),
+        entry => entry.parse().map(Some),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,9 +135,10 @@ pub struct LocalArgs {
     /// Subtasks each worker runs at once.
     #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
-    /// Hosts the http.get tool may fetch from (comma-separated); off when empty.
-    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',')]
-    pub http_allow: Vec<String>,
+    /// Hosts the http.get tool may fetch from (comma-separated `host` or
+    /// `host:port`); off when empty.
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',', value_parser = allow_entry, long_help = HTTP_ALLOW_HELP)]
+    pub http_allow: Vec<Option<AllowedHost>>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -180,9 +199,10 @@ pub struct NodeArgs {
     /// leave every view within this time.
     #[arg(long, env = "AGENTMESH_LEASE_TTL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
-    /// Hosts the http.get tool may fetch from (comma-separated); off when empty.
-    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',')]
-    pub http_allow: Vec<String>,
+    /// Hosts the http.get tool may fetch from (comma-separated `host` or
+    /// `host:port`); off when empty.
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',', value_parser = allow_entry, long_help = HTTP_ALLOW_HELP)]
+    pub http_allow: Vec<Option<AllowedHost>>,
     /// Subtasks waiting for a free worker before submits are refused with
     /// RESOURCE_EXHAUSTED (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS", default_value_t = 10_000)]
@@ -266,7 +286,7 @@ impl NodeArgs {
         config.advertise = self.advertise.clone();
         config.capabilities = non_empty(&self.capabilities);
         config.max_concurrency = self.max_concurrency;
-        config.http_allow = non_empty(&self.http_allow);
+        config.http_allow = self.http_allow.iter().flatten().cloned().collect();
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
         config.tactical.retries_elsewhere = self.tactical_retries;
@@ -295,7 +315,7 @@ impl LocalArgs {
     pub fn to_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)));
         config.max_concurrency = self.max_concurrency;
-        config.http_allow = non_empty(&self.http_allow);
+        config.http_allow = self.http_allow.iter().flatten().cloned().collect();
         config
     }
 }
@@ -447,6 +467,35 @@ mod tests {
             ]);
             assert!(parsed.is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn http_allow_entries_are_parsed_by_the_flag() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "local",
+            "--http-allow",
+            "Example.com,,api.example.com:8443,",
+        ])
+        .unwrap();
+        let Command::Local(args) = cli.command else {
+            panic!("expected local")
+        };
+        let allow: Vec<String> = args
+            .to_config()
+            .http_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allow, vec!["example.com", "api.example.com:8443"]);
+
+        let err = Cli::try_parse_from(["agentmesh", "local", "--http-allow", "http://example.com"])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("http allow-list entry 'http://example.com' must be host or host:port"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! use agentmesh::Agentmesh;
 //! # use agentmesh::tools::{Tool, ToolError};
 //! # struct Reverse;
-//! # #[async_trait::async_trait]
+//! # #[agentmesh::tools::async_trait]
 //! # impl Tool for Reverse {
 //! #     fn name(&self) -> &str { "text.reverse" }
 //! #     async fn call(&self, input: serde_json::Value) -> Result<serde_json::Value, ToolError> {
@@ -31,7 +31,7 @@ mod client;
 
 /// The tool interface, for programs that add tools of their own.
 pub mod tools {
-    pub use agentmesh_runtime::tools::{Tool, ToolBox, ToolError};
+    pub use agentmesh_runtime::tools::{Tool, ToolBox, ToolError, async_trait};
 }
 
 use std::io::Read;

@@ -7,8 +7,7 @@
 use std::process::ExitCode;
 
 use agentmesh::Agentmesh;
-use agentmesh::tools::{Tool, ToolError};
-use async_trait::async_trait;
+use agentmesh::tools::{Tool, ToolError, async_trait};
 use serde_json::{Value, json};
 
 /// Reverses a text: input `{"text": "..."}`, output

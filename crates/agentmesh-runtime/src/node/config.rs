@@ -17,7 +17,7 @@ use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
 use thiserror::Error;
 
 use crate::actors::faults::Faults;
-use crate::tools::ToolBox;
+use crate::tools::{AllowedHost, ToolBox};
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -36,8 +36,9 @@ pub struct NodeConfig {
     pub capabilities: Vec<String>,
     /// Subtasks a worker runs at once.
     pub max_concurrency: u32,
-    /// Hosts the `http.get` tool may fetch from; the tool is off when empty.
-    pub http_allow: Vec<String>,
+    /// Hosts and ports the `http.get` tool may fetch from; the tool is off
+    /// when empty.
+    pub http_allow: Vec<AllowedHost>,
     pub coordinator: CoordinatorConfig,
     pub mailbox: MailboxConfig,
     pub peer: PeerConfig,

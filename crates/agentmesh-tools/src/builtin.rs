@@ -6,7 +6,7 @@ use agentmesh_core::builtin::{expr, json_query, word_count};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolError, str_field};
+use crate::{Tool, ToolError, str_field};
 
 /// Longest `sleep` accepted, so a typo cannot park a worker slot for days.
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
