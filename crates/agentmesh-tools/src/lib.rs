@@ -130,8 +130,12 @@ impl ToolBox {
 
     /// Adds every tool of `other`, replacing tools of the same name.
     pub fn extend(&mut self, other: &ToolBox) {
-        self.tools
-            .extend(other.tools.iter().map(|(name, tool)| (name.clone(), tool.clone())));
+        self.tools.extend(
+            other
+                .tools
+                .iter()
+                .map(|(name, tool)| (name.clone(), tool.clone())),
+        );
     }
 
     /// Only the named tools.

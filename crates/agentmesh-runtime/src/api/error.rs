@@ -75,6 +75,24 @@ impl From<ApiError> for Status {
     }
 }
 
+impl From<DeliverError> for Status {
+    fn from(error: DeliverError) -> Self {
+        let message = error.to_string();
+        match error {
+            DeliverError::UnknownAgent(_) => Status::not_found(message),
+            DeliverError::UnknownKind { .. } | DeliverError::BadPayload { .. } => {
+                Status::invalid_argument(message)
+            }
+            DeliverError::TooLarge { .. } | DeliverError::Busy { .. } => {
+                Status::resource_exhausted(message)
+            }
+            DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
+                Status::unavailable(message)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -125,22 +143,5 @@ mod tests {
             (status.code(), status.message()),
             (Code::NotFound, "no task 't9'")
         );
-    }
-}
-impl From<DeliverError> for Status {
-    fn from(error: DeliverError) -> Self {
-        let message = error.to_string();
-        match error {
-            DeliverError::UnknownAgent(_) => Status::not_found(message),
-            DeliverError::UnknownKind { .. } | DeliverError::BadPayload { .. } => {
-                Status::invalid_argument(message)
-            }
-            DeliverError::TooLarge { .. } | DeliverError::Busy { .. } => {
-                Status::resource_exhausted(message)
-            }
-            DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
-                Status::unavailable(message)
-            }
-        }
     }
 }
