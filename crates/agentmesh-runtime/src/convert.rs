@@ -1,9 +1,11 @@
 //! Conversion between domain types and `agentmesh.v1` protobuf messages:
 //! the only place in the runtime that knows both.
 
-use agentmesh_core::AgentRegistration;
+use std::time::Duration;
+
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_core::task::{Status, SubtaskRecord, TaskRecord};
+use agentmesh_core::{AgentId, AgentRegistration};
 use agentmesh_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -158,6 +160,41 @@ pub fn agent_info(
         reputation,
         breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
         leader,
+    }
+}
+
+/// A subtask result's outcome as domain data: the output, or why there is
+/// none. `who` names the sender in the error (`worker`, `peer`).
+pub fn outcome(result: &pb::SubtaskResult, who: &str) -> Result<Value, String> {
+    match &result.outcome {
+        Some(pb::subtask_result::Outcome::OutputJson(json)) => {
+            serde_json::from_str(json).map_err(|e| format!("{who} returned invalid JSON: {e}"))
+        }
+        Some(pb::subtask_result::Outcome::Error(error)) => Err(error.clone()),
+        None => Err(format!("{who} sent a result without outcome")),
+    }
+}
+
+/// The result of one attempt of `assignment`, run by `worker`.
+pub fn subtask_result(
+    worker: &AgentId,
+    assignment: &pb::SubtaskAssignment,
+    outcome: Result<String, String>,
+    elapsed: Duration,
+) -> pb::SubtaskResult {
+    pb::SubtaskResult {
+        task_id: assignment.task_id.clone(),
+        subtask_id: assignment.subtask_id.clone(),
+        attempt: assignment.attempt,
+        worker_id: worker.to_string(),
+        outcome: Some(match outcome {
+            Ok(output) => pb::subtask_result::Outcome::OutputJson(output),
+            Err(error) => pb::subtask_result::Outcome::Error(error),
+        }),
+        elapsed_us: elapsed.as_micros() as u64,
+        handed_back: false,
+        term: assignment.term,
+        consensus_json: String::new(),
     }
 }
 

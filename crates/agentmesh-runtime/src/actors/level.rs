@@ -28,16 +28,15 @@ use agentmesh_core::task::file::ObjectiveSpec;
 use agentmesh_core::task::record::TACTICAL_OBJECTIVE;
 use agentmesh_core::{AgentId, Membership, Role};
 use agentmesh_proto::v1::hierarchy_message::Direction;
-use agentmesh_proto::v1::{
-    Envelope, HierarchyMessage, SubtaskAssignment, SubtaskResult, subtask_result,
-};
+use agentmesh_proto::v1::{Envelope, HierarchyMessage, SubtaskAssignment, SubtaskResult};
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use crate::actors::worker;
+use crate::actors::report;
+use crate::convert;
 use crate::support::background::Background;
 use crate::support::feeds;
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
@@ -439,24 +438,14 @@ impl LevelState {
             return;
         };
         let agent = AgentId::new(result.worker_id.clone());
-        match result.outcome {
-            Some(subtask_result::Outcome::OutputJson(json)) => match serde_json::from_str(&json) {
-                Ok(output) => {
-                    run.tactical.completed(task, &agent, output);
-                }
-                Err(error) => {
-                    run.avoid.insert(agent.clone());
-                    run.tactical
-                        .failed(task, &agent, format!("invalid JSON output: {error}"));
-                }
-            },
-            Some(subtask_result::Outcome::Error(error)) => {
+        match convert::outcome(&result, "operational agent") {
+            Ok(output) => {
+                run.tactical.completed(task, &agent, output);
+            }
+            Err(error) => {
                 warn!(task = %task, agent = %agent, %error, "operational task failed");
                 run.avoid.insert(agent.clone());
                 run.tactical.failed(task, &agent, error);
-            }
-            None => {
-                run.tactical.failed(task, &agent, "result without outcome");
             }
         }
         self.advance_objective(&key);
@@ -601,8 +590,8 @@ impl LevelState {
         output: Result<Value, String>,
     ) {
         let outcome = output.map(|value| value.to_string());
-        let result = worker::result_of(&self.id, assignment, outcome, Duration::ZERO);
-        worker::report_later(&self.router, &self.id, coordinator, result);
+        let result = convert::subtask_result(&self.id, assignment, outcome, Duration::ZERO);
+        report::report_later(&self.router, &self.id, coordinator, result);
     }
 }
 

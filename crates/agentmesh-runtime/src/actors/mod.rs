@@ -4,4 +4,5 @@ pub mod coordinator;
 pub mod faults;
 pub mod level;
 pub mod peer;
+pub mod report;
 pub mod worker;

@@ -29,14 +29,15 @@ use agentmesh_core::reputation::{Outcome, Reputation};
 use agentmesh_core::{AgentId, Membership, Role};
 use agentmesh_proto::v1::{
     CollaborationBid, CollaborationProposal, Envelope, PeerJoin, SubtaskAssignment, SubtaskResult,
-    subtask_result,
 };
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use crate::actors::worker::{self, WorkerInbox};
+use crate::actors::report;
+use crate::actors::worker::WorkerInbox;
+use crate::convert;
 use crate::node::config::PeerConfig;
 use crate::support::background::Background;
 use crate::support::clock::now_ms;
@@ -336,13 +337,7 @@ impl PeerState {
             debug!(round = %round_id, "result for a round that is over");
             return;
         };
-        let outcome = match result.outcome {
-            Some(subtask_result::Outcome::OutputJson(json)) => {
-                serde_json::from_str(&json).map_err(|e| format!("peer returned invalid JSON: {e}"))
-            }
-            Some(subtask_result::Outcome::Error(error)) => Err(error),
-            None => Err("peer sent a result without outcome".into()),
-        };
+        let outcome = convert::outcome(&result, "peer");
         let next = led
             .round
             .result(&AgentId::new(result.worker_id), outcome, now_ms());
@@ -485,9 +480,10 @@ impl PeerState {
     /// result, with retries like any worker result.
     fn answer(&self, led: &Led, outcome: Result<Value, String>, how: Option<Value>) {
         let outcome = outcome.map(|output| output.to_string());
-        let mut result = worker::result_of(&self.id, &led.assignment, outcome, Duration::ZERO);
+        let mut result =
+            convert::subtask_result(&self.id, &led.assignment, outcome, Duration::ZERO);
         result.consensus_json = how.map(|h| h.to_string()).unwrap_or_default();
-        worker::report_later(&self.router, &self.id, &led.coordinator, result);
+        report::report_later(&self.router, &self.id, &led.coordinator, result);
     }
 
     fn send(&self, to: &AgentId, kind: Kind, message: impl prost::Message) {

@@ -23,14 +23,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agentmesh_core::AgentId;
-use agentmesh_proto::v1::{
-    Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult, subtask_result,
-};
+use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::report::report;
 use crate::actors::faults::Faults;
+use crate::convert::subtask_result as result_of;
 use crate::tools::{ToolBox, ToolError};
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
 
@@ -52,12 +52,6 @@ pub enum WorkerMessage {
     /// coordinators have been told (or could not be reached).
     HandBack(RpcReplyPort<()>),
 }
-
-/// Sends of one result before the worker gives up on it.
-const REPORT_ATTEMPTS: u32 = 8;
-/// First pause between sends of a result; doubles up to [`REPORT_MAX_DELAY`].
-const REPORT_FIRST_DELAY: Duration = Duration::from_millis(100);
-const REPORT_MAX_DELAY: Duration = Duration::from_secs(5);
 
 pub struct WorkerArguments {
     pub id: AgentId,
@@ -296,68 +290,6 @@ async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, 
     };
     let output = outcome.map_err(|e| e.to_string())?;
     serde_json::to_string(&output).map_err(|e| format!("output is not serializable: {e}"))
-}
-
-pub(crate) fn result_of(
-    worker: &AgentId,
-    assignment: &SubtaskAssignment,
-    outcome: Result<String, String>,
-    elapsed: Duration,
-) -> SubtaskResult {
-    SubtaskResult {
-        task_id: assignment.task_id.clone(),
-        subtask_id: assignment.subtask_id.clone(),
-        attempt: assignment.attempt,
-        worker_id: worker.to_string(),
-        outcome: Some(match outcome {
-            Ok(output) => subtask_result::Outcome::OutputJson(output),
-            Err(error) => subtask_result::Outcome::Error(error),
-        }),
-        elapsed_us: elapsed.as_micros() as u64,
-        handed_back: false,
-        term: assignment.term,
-        consensus_json: String::new(),
-    }
-}
-
-/// [`report`] in the background: for actors that must not wait for it.
-pub(crate) fn report_later(
-    router: &Arc<Router>,
-    from: &AgentId,
-    coordinator: &AgentId,
-    result: SubtaskResult,
-) {
-    let (router, from, coordinator) = (router.clone(), from.clone(), coordinator.clone());
-    tokio::spawn(async move { report(&router, &from, &coordinator, result).await });
-}
-
-/// Sends a result to its coordinator, again with backoff while the
-/// coordinator cannot be reached (restarting, partitioned): a result is the
-/// only copy of the work, so it is not dropped at the first failure.
-pub(crate) async fn report(
-    router: &Router,
-    from: &AgentId,
-    coordinator: &AgentId,
-    result: SubtaskResult,
-) {
-    let mut delay = REPORT_FIRST_DELAY;
-    for attempt in 1..=REPORT_ATTEMPTS {
-        let envelope = transport::envelope(from, coordinator, Kind::SubtaskResult, result.clone());
-        match router.send(envelope).await {
-            Ok(()) => return,
-            Err(error) if attempt == REPORT_ATTEMPTS => {
-                // The coordinator re-dispatches the attempt when its own
-                // deadline or this worker's departure tells it to.
-                warn!(%error, coordinator = %coordinator, task_id = %result.task_id,
-                      subtask = %result.subtask_id, "giving up on reporting a subtask result");
-            }
-            Err(error) => {
-                debug!(%error, attempt, "result not delivered, sending again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(REPORT_MAX_DELAY);
-            }
-        }
-    }
 }
 
 /// What a worker accepts from its mailbox: assignments and cancellations.

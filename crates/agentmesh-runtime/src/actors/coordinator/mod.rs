@@ -47,6 +47,7 @@ pub use messages::{
 use pools::Pools;
 pub use writer::RecordWriter;
 
+use crate::convert;
 use crate::node::config::CoordinatorConfig;
 use crate::support::clock::now_ms;
 use crate::support::feeds;
@@ -293,34 +294,14 @@ impl CoordinatorState {
         }
         let now = now_ms();
         let worker = AgentId::new(result.worker_id.clone());
-        let (applied, stopped, success) = match result.outcome {
-            Some(subtask_result::Outcome::OutputJson(json)) => match serde_json::from_str(&json) {
-                Ok(output) => (
-                    record.complete(index, result.attempt, output, now),
-                    Vec::new(),
-                    true,
-                ),
-                Err(e) => {
-                    let (applied, stopped) = record.fail(
-                        index,
-                        result.attempt,
-                        format!("worker returned invalid JSON: {e}"),
-                        now,
-                    );
-                    (applied, stopped, false)
-                }
-            },
-            Some(subtask_result::Outcome::Error(error)) => {
+        let (applied, stopped, success) = match convert::outcome(&result, "worker") {
+            Ok(output) => (
+                record.complete(index, result.attempt, output, now),
+                Vec::new(),
+                true,
+            ),
+            Err(error) => {
                 let (applied, stopped) = record.fail(index, result.attempt, error, now);
-                (applied, stopped, false)
-            }
-            None => {
-                let (applied, stopped) = record.fail(
-                    index,
-                    result.attempt,
-                    "worker sent a result without outcome".into(),
-                    now,
-                );
                 (applied, stopped, false)
             }
         };
