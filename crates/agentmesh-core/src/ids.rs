@@ -62,3 +62,26 @@ string_id!(
     /// Id of a subtask, unique within its task (the `id` of a task-file entry).
     SubtaskId
 );
+
+/// One attempt of one subtask under one leadership term: what a result must
+/// name to be applied and what a cancellation stops. A new leader may reuse
+/// an attempt number whose record the old leader never wrote, so the term
+/// is part of the identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId {
+    pub task: TaskId,
+    pub subtask: SubtaskId,
+    /// The leader's fence revision when the attempt was assigned.
+    pub term: i64,
+    pub attempt: u32,
+}
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.task, self.subtask, self.term, self.attempt
+        )
+    }
+}

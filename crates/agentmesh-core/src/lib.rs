@@ -23,4 +23,4 @@ pub mod task;
 mod test_support;
 
 pub use agent::{AgentRegistration, Membership, Role};
-pub use ids::{AgentId, SubtaskId, TaskId};
+pub use ids::{AgentId, AttemptId, SubtaskId, TaskId};

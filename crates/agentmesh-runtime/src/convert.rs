@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_core::task::{Status, SubtaskRecord, TaskRecord};
-use agentmesh_core::{AgentId, AgentRegistration};
+use agentmesh_core::{AgentId, AgentRegistration, AttemptId, SubtaskId, TaskId};
 use agentmesh_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -195,6 +195,57 @@ pub fn subtask_result(
         handed_back: false,
         term: assignment.term,
         consensus_json: String::new(),
+    }
+}
+
+/// The attempt an assignment starts.
+pub fn assigned_attempt(assignment: &pb::SubtaskAssignment) -> AttemptId {
+    attempt_id(
+        &assignment.task_id,
+        &assignment.subtask_id,
+        assignment.term,
+        assignment.attempt,
+    )
+}
+
+/// The attempt a result reports on.
+pub fn reported_attempt(result: &pb::SubtaskResult) -> AttemptId {
+    attempt_id(
+        &result.task_id,
+        &result.subtask_id,
+        result.term,
+        result.attempt,
+    )
+}
+
+/// The attempt a cancellation stops.
+pub fn cancelled_attempt(cancel: &pb::SubtaskCancel) -> AttemptId {
+    attempt_id(
+        &cancel.task_id,
+        &cancel.subtask_id,
+        cancel.term,
+        cancel.attempt,
+    )
+}
+
+fn attempt_id(task: &str, subtask: &str, term: i64, attempt: u32) -> AttemptId {
+    AttemptId {
+        task: TaskId::new(task),
+        subtask: SubtaskId::new(subtask),
+        term,
+        attempt,
+    }
+}
+
+/// An assignment of `attempt` with nothing to run: for reporting on an
+/// attempt whose assignment is gone (handed back at shutdown).
+pub fn bare_assignment(attempt: &AttemptId) -> pb::SubtaskAssignment {
+    pb::SubtaskAssignment {
+        task_id: attempt.task.to_string(),
+        subtask_id: attempt.subtask.to_string(),
+        attempt: attempt.attempt,
+        term: attempt.term,
+        ..pb::SubtaskAssignment::default()
     }
 }
 

@@ -223,10 +223,7 @@ impl PeerState {
 
     /// Opens a round for a subtask the coordinator gave this peer.
     async fn lead(&mut self, coordinator: AgentId, assignment: SubtaskAssignment) {
-        let round_id = format!(
-            "{}/{}/{}/{}",
-            assignment.task_id, assignment.subtask_id, assignment.term, assignment.attempt
-        );
+        let round_id = convert::assigned_attempt(&assignment).to_string();
         let membership = self.registry.membership().borrow().clone();
         let invited: Vec<AgentId> = peers(&membership)
             .filter(|p| offers(&membership, p, &assignment.capability))
@@ -329,10 +326,7 @@ impl PeerState {
     }
 
     async fn receive_replica(&mut self, result: SubtaskResult) {
-        let round_id = format!(
-            "{}/{}/{}/{}",
-            result.task_id, result.subtask_id, result.term, result.attempt
-        );
+        let round_id = convert::reported_attempt(&result).to_string();
         let Some(led) = self.led.get_mut(&round_id) else {
             debug!(round = %round_id, "result for a round that is over");
             return;

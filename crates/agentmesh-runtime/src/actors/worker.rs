@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use agentmesh_core::AgentId;
+use agentmesh_core::{AgentId, AttemptId};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
@@ -30,12 +30,9 @@ use tracing::debug;
 
 use super::report::report;
 use crate::actors::faults::Faults;
-use crate::convert::subtask_result as result_of;
+use crate::convert::{self, subtask_result as result_of};
 use crate::tools::{ToolBox, ToolError};
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
-
-/// One attempt of one subtask.
-type AttemptKey = (String, String, u32);
 
 #[derive(Debug)]
 pub enum WorkerMessage {
@@ -44,7 +41,7 @@ pub enum WorkerMessage {
         assignment: SubtaskAssignment,
     },
     Cancel(SubtaskCancel),
-    Finished(AttemptKey),
+    Finished(AttemptId),
     /// Stop taking new attempts (they are handed back); running ones go on.
     /// Replies with the number still running.
     Drain(RpcReplyPort<usize>),
@@ -74,7 +71,7 @@ pub struct WorkerState {
     max_concurrency: u32,
     load: Arc<AtomicU32>,
     /// Running attempts and the coordinator each one reports to.
-    running: HashMap<AttemptKey, (AbortHandle, AgentId)>,
+    running: HashMap<AttemptId, (AbortHandle, AgentId)>,
     draining: bool,
     faults: Arc<Faults>,
 }
@@ -121,9 +118,9 @@ impl Actor for Worker {
             }
             WorkerMessage::Cancel(cancel) => {
                 state.backlog.leave();
-                let key = (cancel.task_id, cancel.subtask_id, cancel.attempt);
-                if let Some((handle, _)) = state.running.remove(&key) {
-                    debug!(task_id = %key.0, subtask = %key.1, attempt = key.2, "cancelling attempt");
+                let attempt = convert::cancelled_attempt(&cancel);
+                if let Some((handle, _)) = state.running.remove(&attempt) {
+                    debug!(%attempt, "cancelling attempt");
                     handle.abort();
                 }
             }
@@ -167,11 +164,7 @@ impl WorkerState {
         coordinator: AgentId,
         assignment: SubtaskAssignment,
     ) {
-        let key = (
-            assignment.task_id.clone(),
-            assignment.subtask_id.clone(),
-            assignment.attempt,
-        );
+        let key = convert::assigned_attempt(&assignment);
         let router = self.router.clone();
         let id = self.id.clone();
         let hand_back = if self.draining {
@@ -222,14 +215,9 @@ impl WorkerState {
     fn hand_back_all(&mut self) -> Vec<impl std::future::Future<Output = ()> + use<>> {
         self.running
             .drain()
-            .map(|((task_id, subtask_id, attempt), (handle, coordinator))| {
+            .map(|(attempt, (handle, coordinator))| {
                 handle.abort();
-                let assignment = SubtaskAssignment {
-                    task_id,
-                    subtask_id,
-                    attempt,
-                    ..SubtaskAssignment::default()
-                };
+                let assignment = convert::bare_assignment(&attempt);
                 let reason = format!(
                     "worker '{}' stopped before the attempt finished (drain grace period over)",
                     self.id

@@ -369,6 +369,9 @@ impl CoordinatorState {
             subtask_id: record.subtasks[subtask].id.clone(),
             attempt,
             reason: reason.to_owned(),
+            // Attempts this coordinator tracks were all started in its
+            // term: those of earlier terms are restarted on takeover.
+            term: self.term,
         };
         let envelope = transport::envelope(&self.id, worker, Kind::SubtaskCancel, cancel);
         transport::tell(&self.router, envelope);
