@@ -10,13 +10,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use agentmesh_core::AgentId;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::task::Route;
 use crate::transport::channel;
+
+/// Where a call that changes a task is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node's coordinator leads.
+    Here,
+    /// Another coordinator leads; it is reached at `endpoint`.
+    Leader { id: AgentId, endpoint: String },
+}
 
 /// Metadata key marking a request forwarded by a follower.
 pub const FORWARDED_BY: &str = "agentmesh-forwarded-by";

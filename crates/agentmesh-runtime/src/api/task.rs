@@ -15,7 +15,7 @@ use std::time::Duration;
 use agentmesh_core::patterns;
 use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
-use agentmesh_core::{AgentId, Role, TaskId};
+use agentmesh_core::{Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
@@ -25,6 +25,7 @@ use ractor::rpc::CallResult;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
+pub use super::forward::Route;
 use super::forward::{self, Forwarder};
 
 use crate::actors::coordinator::{
@@ -41,15 +42,6 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a call that needs the leader waits for an election to end
 /// before it is refused with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
-
-/// Where a call that changes a task is handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// This node's coordinator leads.
-    Here,
-    /// Another coordinator leads; it is reached at `endpoint`.
-    Leader { id: AgentId, endpoint: String },
-}
 
 /// A stream of task records that ends after the first terminal one.
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
