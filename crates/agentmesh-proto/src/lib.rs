@@ -3,8 +3,6 @@
 //! Nothing but generated types lives here; domain code converts to and from
 //! these types in one module per crate.
 
-#![allow(clippy::all, missing_docs)]
-
 pub mod v1 {
     tonic::include_proto!("agentmesh.v1");
 
