@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use rand::Rng;
+use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 /// The uninformed prior: Beta(1, 1), a score of 0.5.
@@ -197,46 +199,21 @@ impl Reputation {
     /// auctions: a peer with little evidence sometimes outbids a proven
     /// one, so every peer gets tried and a wrong one is found out, while a
     /// peer with much evidence against it almost never wins. The mean
-    /// alone would seat the first winners forever. `uniform` yields numbers
-    /// in [0, 1).
-    pub fn sample(
+    /// alone would seat the first winners forever.
+    pub fn sample<R: Rng + ?Sized>(
         &self,
         now_ms: u64,
         policy: &ReputationPolicy,
-        uniform: &mut dyn FnMut() -> f64,
+        rng: &mut R,
     ) -> f64 {
         let belief = self.decayed(now_ms, policy);
-        let a = gamma(belief.alpha.max(PRIOR), uniform);
-        let b = gamma(belief.beta.max(PRIOR), uniform);
-        if a + b > 0.0 { a / (a + b) } else { 0.5 }
-    }
-}
-
-/// A Gamma(shape, 1) draw for `shape >= 1` (Marsaglia and Tsang), from
-/// uniform draws; Beta(α, β) is Gα / (Gα + Gβ).
-fn gamma(shape: f64, uniform: &mut dyn FnMut() -> f64) -> f64 {
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    // Bounded: the acceptance rate is above 95% for every shape >= 1.
-    for _ in 0..64 {
-        let x = normal(uniform);
-        let v = (1.0 + c * x).powi(3);
-        if v <= 0.0 {
-            continue;
-        }
-        let u = uniform().max(f64::MIN_POSITIVE);
-        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
+        // Decay keeps both parameters finite and at least the prior, so the
+        // distribution always exists; the mean stands in should it not.
+        match Beta::new(belief.alpha.max(PRIOR), belief.beta.max(PRIOR)) {
+            Ok(beta) => beta.sample(rng),
+            Err(_) => belief.score(),
         }
     }
-    shape
-}
-
-/// A standard normal draw (Box–Muller).
-fn normal(uniform: &mut dyn FnMut() -> f64) -> f64 {
-    let u1 = uniform().max(f64::MIN_POSITIVE);
-    let u2 = uniform();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Evidence beyond the prior; 0 for anything that is not a sane count.
@@ -250,29 +227,22 @@ fn excess(evidence: f64) -> f64 {
 
 #[cfg(test)]
 mod sampling_tests {
-    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
 
-    /// A small deterministic generator for the tests (SplitMix64).
-    fn uniform(seed: u64) -> impl FnMut() -> f64 {
-        let mut state = seed;
-        move || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use super::*;
 
     fn mean_of_samples(r: &Reputation, seed: u64) -> f64 {
         let policy = ReputationPolicy::default();
-        let mut draw = uniform(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
         let n = 4000;
-        (0..n).map(|_| r.sample(0, &policy, &mut draw)).sum::<f64>() / n as f64
+        (0..n).map(|_| r.sample(0, &policy, &mut rng)).sum::<f64>() / n as f64
     }
 
     #[test]
     fn samples_center_on_the_score_and_stay_in_the_unit_interval() {
+        let policy = ReputationPolicy::default();
+        let mut rng = StdRng::seed_from_u64(3);
         for (alpha, beta) in [(1.0, 1.0), (9.0, 1.0), (1.0, 5.0), (40.0, 60.0)] {
             let r = Reputation {
                 alpha,
@@ -286,11 +256,18 @@ mod sampling_tests {
                 "Beta({alpha}, {beta}): sample mean {mean}, score {}",
                 r.score()
             );
+            for _ in 0..1000 {
+                let draw = r.sample(0, &policy, &mut rng);
+                assert!(
+                    (0.0..=1.0).contains(&draw),
+                    "Beta({alpha}, {beta}) drew {draw}"
+                );
+            }
         }
     }
 
     #[test]
-    fn a_proven_liar_rarely_outbids_a_newcomer() {
+    fn a_proven_liar_outbids_a_newcomer_one_time_in_twelve() {
         let policy = ReputationPolicy::default();
         let liar = Reputation {
             alpha: 1.0,
@@ -299,15 +276,37 @@ mod sampling_tests {
             updates: 10,
         };
         let newcomer = Reputation::new(0);
-        let mut draw = uniform(42);
-        let wins = (0..1000)
-            .filter(|_| liar.sample(0, &policy, &mut draw) > newcomer.sample(0, &policy, &mut draw))
+        let mut rng = StdRng::seed_from_u64(42);
+        let rounds = 12_000;
+        let wins = (0..rounds)
+            .filter(|_| liar.sample(0, &policy, &mut rng) > newcomer.sample(0, &policy, &mut rng))
             .count();
-        // Exactly: P(Beta(1, 11) > Uniform) = E[Beta(1, 11)] = 1/12.
+        // Exactly: P(Beta(1, 11) > Uniform) = E[Beta(1, 11)] = 1/12, so
+        // 1000 of 12000 rounds; the band is over three standard deviations
+        // (about 30) wide on each side.
         assert!(
-            (50..120).contains(&wins),
-            "the liar outbid a newcomer {wins} times in 1000, expected about 83"
+            (900..1100).contains(&wins),
+            "the liar outbid a newcomer {wins} times in {rounds}, expected about 1000"
         );
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_bids() {
+        let policy = ReputationPolicy::default();
+        let r = Reputation {
+            alpha: 3.0,
+            beta: 2.0,
+            updated_ms: 0,
+            updates: 3,
+        };
+        let draws = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| r.sample(0, &policy, &mut rng))
+                .collect::<Vec<f64>>()
+        };
+        assert_eq!(draws(11), draws(11));
+        assert_ne!(draws(11), draws(12));
     }
 }
 

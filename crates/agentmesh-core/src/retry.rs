@@ -7,9 +7,10 @@
 //! random factor. The fixed half keeps a retry from coming back almost at
 //! once, which full jitter allows.
 //!
-//! The policy is pure: the caller draws the jitter (from whatever source it
-//! likes) and passes it in, so every delay is reproducible in tests.
+//! The policy is pure: the caller passes the generator the jitter is drawn
+//! from, so a seeded one makes every delay reproducible in tests.
 
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::AgentId;
@@ -72,6 +73,13 @@ impl RetryPolicy {
     }
 
     /// The delay before the next attempt after attempt `failed_attempt`
+    /// (1-based) failed, with equal jitter drawn from `rng`: see
+    /// [`RetryPolicy::delay_with_jitter_ms`].
+    pub fn delay_ms<R: Rng + ?Sized>(&self, failed_attempt: u32, rng: &mut R) -> u64 {
+        self.delay_with_jitter_ms(failed_attempt, rng.random::<f64>())
+    }
+
+    /// The delay before the next attempt after attempt `failed_attempt`
     /// (1-based) failed, with equal jitter: the upper half of the backoff
     /// is always waited, the lower half scaled by `jitter`.
     ///
@@ -79,7 +87,7 @@ impl RetryPolicy {
     /// and NaN counts as 0, so a bad draw cannot shorten or stretch the wait
     /// beyond [backoff / 2, backoff]. For a fixed `jitter` the delay never
     /// decreases as attempts fail.
-    pub fn delay_ms(&self, failed_attempt: u32, jitter: f64) -> u64 {
+    pub fn delay_with_jitter_ms(&self, failed_attempt: u32, jitter: f64) -> u64 {
         let backoff = self.backoff_ms(failed_attempt);
         let half = backoff / 2;
         let jitter = if jitter.is_nan() {
@@ -148,6 +156,8 @@ pub fn exhausted_message(
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
 
     use super::*;
 
@@ -233,22 +243,51 @@ mod tests {
         assert_eq!(p.backoff_ms(3), u64::MAX / 4 * 4);
         assert_eq!(p.backoff_ms(4), u64::MAX);
         assert_eq!(p.backoff_ms(u32::MAX), u64::MAX);
-        let delay = p.delay_ms(u32::MAX, 0.999_999);
+        let delay = p.delay_with_jitter_ms(u32::MAX, 0.999_999);
         assert!(delay > u64::MAX / 4 * 3, "jitter near 1 waits near the cap");
-        assert_eq!(p.delay_ms(u32::MAX, 0.0), u64::MAX - u64::MAX / 2);
+        assert_eq!(
+            p.delay_with_jitter_ms(u32::MAX, 0.0),
+            u64::MAX - u64::MAX / 2
+        );
     }
 
     #[test]
     fn equal_jitter_keeps_half_the_backoff() {
         let p = policy(100, 5_000);
-        assert_eq!(p.delay_ms(1, 0.0), 50);
-        assert_eq!(p.delay_ms(1, 0.5), 75);
-        assert_eq!(p.delay_ms(3, 0.0), 200);
-        assert_eq!(p.delay_ms(3, 0.99), 398);
+        assert_eq!(p.delay_with_jitter_ms(1, 0.0), 50);
+        assert_eq!(p.delay_with_jitter_ms(1, 0.5), 75);
+        assert_eq!(p.delay_with_jitter_ms(3, 0.0), 200);
+        assert_eq!(p.delay_with_jitter_ms(3, 0.99), 398);
         // Bad draws are clamped rather than trusted.
-        assert_eq!(p.delay_ms(1, f64::NAN), 50);
-        assert_eq!(p.delay_ms(1, -3.0), 50);
-        assert_eq!(p.delay_ms(1, 7.0), 100);
+        assert_eq!(p.delay_with_jitter_ms(1, f64::NAN), 50);
+        assert_eq!(p.delay_with_jitter_ms(1, -3.0), 50);
+        assert_eq!(p.delay_with_jitter_ms(1, 7.0), 100);
+    }
+
+    #[test]
+    fn jitter_drawn_from_a_seeded_generator_is_reproducible_and_spread() {
+        let p = policy(1_000, 5_000);
+        let draws = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200)
+                .map(|_| p.delay_ms(1, &mut rng))
+                .collect::<Vec<u64>>()
+        };
+        let delays = draws(7);
+        assert_eq!(delays, draws(7), "the same seed gives the same delays");
+        assert!(
+            delays.iter().all(|d| (500..=1_000).contains(d)),
+            "{delays:?}"
+        );
+        // The draws spread over the whole jittered range rather than
+        // bunching: both of its halves are used.
+        assert!(delays.iter().any(|&d| d < 750) && delays.iter().any(|&d| d >= 750));
+        let distinct: std::collections::HashSet<u64> = delays.iter().copied().collect();
+        assert!(
+            distinct.len() > 100,
+            "{} distinct delays of 200",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -307,7 +346,7 @@ mod tests {
                 .checked_mul(2u64.checked_pow(attempt.saturating_sub(1)).unwrap_or(u64::MAX))
                 .map_or(p.max_delay_ms, |b| b.min(p.max_delay_ms));
             prop_assert_eq!(p.backoff_ms(attempt), backoff);
-            let delay = p.delay_ms(attempt, jitter);
+            let delay = p.delay_with_jitter_ms(attempt, jitter);
             prop_assert!(delay >= backoff / 2, "{} < {}/2", delay, backoff);
             prop_assert!(delay <= backoff);
             prop_assert!(delay <= p.max_delay_ms);
@@ -319,7 +358,7 @@ mod tests {
             attempt in 0u32..200,
             jitter in 0.0f64..1.0,
         ) {
-            prop_assert!(p.delay_ms(attempt, jitter) <= p.delay_ms(attempt + 1, jitter));
+            prop_assert!(p.delay_with_jitter_ms(attempt, jitter) <= p.delay_with_jitter_ms(attempt + 1, jitter));
         }
     }
 }

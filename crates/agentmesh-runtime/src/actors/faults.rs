@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rand::{Rng, RngExt};
 use serde_json::Value;
 
 /// One kind of misbehaviour.
@@ -85,17 +86,27 @@ impl Faults {
 
     /// Whether this attempt fails on purpose (drawn per attempt).
     pub fn fails(&self) -> bool {
+        self.fails_with(&mut rand::rng())
+    }
+
+    /// [`Faults::fails`], drawing from `rng` so tests can seed it.
+    pub fn fails_with<R: Rng + ?Sized>(&self, rng: &mut R) -> bool {
         self.0
             .iter()
-            .any(|f| matches!(f, Fault::Fail(p) if chance(*p)))
+            .any(|f| matches!(f, Fault::Fail(p) if chance(*p, rng)))
     }
 
     /// The output to report: `output`, or a wrong version of it.
     pub fn corrupt(&self, output: Value) -> Value {
+        self.corrupt_with(output, &mut rand::rng())
+    }
+
+    /// [`Faults::corrupt`], drawing from `rng` so tests can seed it.
+    pub fn corrupt_with<R: Rng + ?Sized>(&self, output: Value, rng: &mut R) -> Value {
         let wrong = self
             .0
             .iter()
-            .any(|f| matches!(f, Fault::WrongResult(p) if chance(*p)));
+            .any(|f| matches!(f, Fault::WrongResult(p) if chance(*p, rng)));
         if wrong { falsify(output) } else { output }
     }
 }
@@ -117,16 +128,16 @@ pub fn falsify(value: Value) -> Value {
     }
 }
 
-/// True with probability `p`; 1.0 is always, 0.0 never.
-fn chance(p: f64) -> bool {
-    if p >= 1.0 {
-        return true;
-    }
-    crate::support::random::unit() < p
+/// True with probability `p`: the draw is in [0, 1), so 1.0 is always and
+/// 0.0 (or NaN) never.
+fn chance<R: Rng + ?Sized>(p: f64, rng: &mut R) -> bool {
+    rng.random::<f64>() < p
 }
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
     use serde_json::json;
 
     use super::*;
@@ -167,6 +178,31 @@ mod tests {
         assert_eq!(
             Faults(vec![Fault::Slow(Duration::from_millis(5))]).delay(),
             Duration::from_millis(5)
+        );
+    }
+
+    #[test]
+    fn probable_faults_fire_at_their_rate_and_replay_from_a_seed() {
+        let faults = Faults(vec![Fault::Fail(0.25), Fault::WrongResult(0.5)]);
+        let run = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..4000)
+                .map(|_| {
+                    let failed = faults.fails_with(&mut rng);
+                    let wrong = faults.corrupt_with(json!(1), &mut rng) != json!(1);
+                    (failed, wrong)
+                })
+                .collect::<Vec<_>>()
+        };
+        let draws = run(5);
+        assert_eq!(draws, run(5), "the same seed injects the same faults");
+        let failed = draws.iter().filter(|(f, _)| *f).count();
+        let wrong = draws.iter().filter(|(_, w)| *w).count();
+        // 1000 and 2000 expected; each band is over four standard deviations.
+        assert!((890..1110).contains(&failed), "{failed} failures in 4000");
+        assert!(
+            (1870..2130).contains(&wrong),
+            "{wrong} wrong results in 4000"
         );
     }
 }

@@ -303,11 +303,7 @@ impl PeerState {
         };
         let agent = AgentId::new(bid.agent_id);
         let belief = self.belief(&agent, &capability).await;
-        let reputation = belief.sample(
-            now_ms(),
-            &self.config.reputation,
-            &mut crate::support::random::unit,
-        );
+        let reputation = belief.sample(now_ms(), &self.config.reputation, &mut rand::rng());
         let Some(led) = self.led.get_mut(&bid.round_id) else {
             return;
         };

@@ -36,8 +36,7 @@ const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A new agent id: the role and a random suffix.
 pub fn generate_id(role: Role) -> AgentId {
-    let uuid = uuid::Uuid::new_v4().simple().to_string();
-    AgentId::new(format!("{role}-{}", &uuid[..8]))
+    AgentId::new(format!("{role}-{:08x}", rand::random::<u32>()))
 }
 
 /// Starts the agents of one node: every actor linked to the node's

@@ -3,5 +3,4 @@
 pub mod background;
 pub mod clock;
 pub mod feeds;
-pub mod random;
 pub mod reputation;

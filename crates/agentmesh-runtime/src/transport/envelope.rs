@@ -72,7 +72,7 @@ impl fmt::Display for Kind {
 /// Envelope ids: a random prefix per process and a counter, unique without
 /// asking the operating system for randomness on every message.
 static ENVELOPE_PREFIX: LazyLock<String> =
-    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    LazyLock::new(|| format!("{:012x}", rand::random::<u64>() >> 16));
 static ENVELOPE_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// Builds an envelope with a fresh id.

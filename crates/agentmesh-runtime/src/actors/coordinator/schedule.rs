@@ -37,10 +37,7 @@ impl CoordinatorState {
             return;
         }
         if record.requeue(subtask, attempt, error.clone(), now) == Applied::Changed {
-            let delay = self
-                .config
-                .retry
-                .delay_ms(attempt, crate::support::random::unit());
+            let delay = self.config.retry.delay_ms(attempt, &mut rand::rng());
             warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, delay_ms = delay, "re-dispatching subtask");
             worker.iter().for_each(|w| self.pool.release(w, None, now));
             self.backoff
