@@ -285,9 +285,9 @@ mod tests {
             .validate()
             .is_err()
         );
-        let parsed: BreakerPolicy = serde_yaml::from_str("cool_down_ms: 50").unwrap();
+        let parsed: BreakerPolicy = serde_saphyr::from_str("cool_down_ms: 50").unwrap();
         assert_eq!(parsed.failures_to_open, 5);
-        assert!(serde_yaml::from_str::<BreakerPolicy>("cooldown: 50").is_err());
+        assert!(serde_saphyr::from_str::<BreakerPolicy>("cooldown: 50").is_err());
     }
 
     #[test]

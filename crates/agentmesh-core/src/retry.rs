@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn deserializes_with_defaults_and_rejects_unknown_fields() {
-        let p: RetryPolicy = serde_yaml::from_str("max_attempts: 5").unwrap();
+        let p: RetryPolicy = serde_saphyr::from_str("max_attempts: 5").unwrap();
         assert_eq!(
             p,
             RetryPolicy {
@@ -189,7 +189,7 @@ mod tests {
                 ..RetryPolicy::default()
             }
         );
-        assert!(serde_yaml::from_str::<RetryPolicy>("attempts: 5").is_err());
+        assert!(serde_saphyr::from_str::<RetryPolicy>("attempts: 5").is_err());
     }
 
     #[test]

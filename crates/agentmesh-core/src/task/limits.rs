@@ -23,6 +23,17 @@ pub struct TaskLimits {
     pub max_timeout_ms: u64,
     /// Peers one `peer_consensus` subtask may ask for.
     pub max_redundancy: u32,
+    /// Mappings and sequences nested in one another, the document's own
+    /// top level included, in either format. Checked while parsing, so a
+    /// document of nothing but `[[[[…` is refused after that many levels
+    /// rather than parsed in full.
+    pub max_nesting: usize,
+    /// Parser events (node starts, node ends and scalars) that YAML aliases
+    /// may replay over the whole document. Checked while parsing, so an
+    /// alias bomb is refused before it is expanded; the expanded text of
+    /// the document's scalars is also held to four times
+    /// `max_document_bytes`.
+    pub max_alias_expansion: usize,
 }
 
 impl Default for TaskLimits {
@@ -35,6 +46,12 @@ impl Default for TaskLimits {
             max_input_bytes: 256 * 1024,
             max_timeout_ms: 24 * 60 * 60 * 1000,
             max_redundancy: 9,
+            // A task file is the top-level mapping, `tasks` or `objectives`,
+            // and a subtask's mapping, a few levels above its input.
+            max_nesting: 64,
+            // About a hundred replayed events for each of the most subtasks
+            // a task may have: room for inputs shared through anchors.
+            max_alias_expansion: 100_000,
         }
     }
 }

@@ -44,6 +44,15 @@ pub enum TaskFileError {
     /// The document is valid but asks for something this cluster does not run.
     #[error("{field}: {message}")]
     Unsupported { field: String, message: String },
+    /// Parsing stopped at a bound on the work a document may cause (nesting,
+    /// alias expansion); `limit` names the bound, a [`TaskLimits`] field
+    /// where there is one.
+    #[error("task file {found}, over the limit {limit} = {max}")]
+    OverLimit {
+        limit: &'static str,
+        max: usize,
+        found: String,
+    },
 }
 
 impl TaskFileError {
@@ -66,6 +75,10 @@ impl TaskFileError {
 }
 
 /// Parses JSON or YAML (JSON when the first non-blank character is `{`).
+///
+/// Both stay within `limits` while they run: nesting is bounded in either
+/// format, and YAML alias expansion by events and by text, so the work a
+/// document causes is bounded by its size before any of it is validated.
 pub fn parse(document: &str, limits: &TaskLimits) -> Result<TaskFile, TaskFileError> {
     if document.len() > limits.max_document_bytes {
         return Err(TaskFileError::TooLarge {
@@ -74,15 +87,167 @@ pub fn parse(document: &str, limits: &TaskLimits) -> Result<TaskFile, TaskFileEr
         });
     }
     if document.trim_start().starts_with('{') {
+        check_json_nesting(document, limits.max_nesting)?;
         serde_json::from_str(document).map_err(|e| TaskFileError::Syntax {
             format: "JSON",
             message: e.to_string(),
         })
     } else {
-        serde_yaml::from_str(document).map_err(|e| TaskFileError::Syntax {
+        serde_saphyr::from_str_with_options(document, yaml_options(limits))
+            .map_err(|e| yaml_error(e, limits))
+    }
+}
+
+/// serde_json has a fixed nesting limit of its own (128); one linear pass
+/// over the brackets outside strings holds JSON to `max_nesting` as well,
+/// before serde_json builds anything. Malformed documents pass through to
+/// serde_json, which reports them.
+fn check_json_nesting(document: &str, max_nesting: usize) -> Result<(), TaskFileError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (offset, byte) in document.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            _ if in_string => {}
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_nesting {
+                    return Err(TaskFileError::OverLimit {
+                        limit: "max_nesting",
+                        max: max_nesting,
+                        found: format!("nests too deep at byte {offset}"),
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How YAML task files are read: within `limits`, and with the YAML 1.2
+/// scalars serde_yaml 0.9 read, so a file means what it meant before
+/// (`yes` and `0755` stay strings, `~: x` is a key named `~`, `<<` is an
+/// ordinary key, `.inf` becomes `null`, unknown tags are refused). A key
+/// given twice is refused anywhere, as it was for the task's own fields,
+/// rather than the last one silently winning inside an input.
+fn yaml_options(limits: &TaskLimits) -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(yaml_budget(limits));
+    options.alias_limits.max_total_replayed_events = limits.max_alias_expansion;
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
+    options.null_as_string = true;
+    options.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    options.reject_unsupported_tags = true;
+    options.with_snippet = false;
+    options
+}
+
+/// The parser's budget: nesting and expanded text from `limits`; the
+/// library's own caps on nodes, events, aliases and anchors (250 000 nodes,
+/// a million events, 50 000 aliases and anchors) are far above any task
+/// within `max_subtasks` and `max_input_bytes` and stay as they are.
+fn yaml_budget(limits: &TaskLimits) -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = limits.max_nesting;
+    // The scanner reads a flow collection ahead before the nesting budget
+    // sees its events, so its own flow limit is where `[[[[…` stops.
+    budget.flow_nesting_limit = limits.max_nesting;
+    budget.max_total_scalar_bytes = expanded_text_limit(limits);
+    // Expansion is bounded outright below; the ratio heuristic would also
+    // refuse an honest file that shares one anchor among many subtasks.
+    budget.enforce_alias_anchor_ratio = false;
+    budget
+}
+
+/// Scalar text a YAML document may hold once its aliases are expanded.
+/// Escapes such as `\L` decode to more bytes than they take, so even a
+/// file without aliases may hold a little more text than its own size.
+fn expanded_text_limit(limits: &TaskLimits) -> usize {
+    limits.max_document_bytes.saturating_mul(4)
+}
+
+/// A budget breach names its limit; anything else is a syntax error.
+fn yaml_error(error: serde_saphyr::Error, limits: &TaskLimits) -> TaskFileError {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    let at = error
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    let over = |limit, max, found: String| TaskFileError::OverLimit {
+        limit,
+        max,
+        found: format!("{found}{at}"),
+    };
+    let budget = yaml_budget(limits);
+    // A breach inside an alias's replay arrives wrapped in where the alias
+    // was used; the breach itself decides the refusal.
+    let mut cause = &error;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = cause {
+        cause = error;
+    }
+    match cause {
+        E::ExternalMessage { source, .. }
+            if matches!(
+                source.as_ref(),
+                serde_saphyr::ExternalMessageSource::Parser(scan)
+                    if *scan.kind() == serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded
+            ) =>
+        {
+            over("max_nesting", limits.max_nesting, "nests too deep".into())
+        }
+        E::AliasReplayLimitExceeded { .. } => over(
+            "max_alias_expansion",
+            limits.max_alias_expansion,
+            "expands YAML aliases to more events".into(),
+        ),
+        E::Budget { breach, .. } => match *breach {
+            B::Depth { depth } => over(
+                "max_nesting",
+                limits.max_nesting,
+                format!("nests {depth} levels deep"),
+            ),
+            B::ScalarBytes { total_scalar_bytes } => over(
+                "4 × max_document_bytes",
+                budget.max_total_scalar_bytes,
+                format!("expands to {total_scalar_bytes} bytes of text"),
+            ),
+            B::Nodes { nodes } => over(
+                "YAML nodes",
+                budget.max_nodes,
+                format!("has {nodes} YAML nodes"),
+            ),
+            B::Events { events } => over(
+                "YAML events",
+                budget.max_events,
+                format!("has {events} YAML events"),
+            ),
+            B::Aliases { aliases } => over(
+                "YAML aliases",
+                budget.max_aliases,
+                format!("has {aliases} YAML aliases"),
+            ),
+            B::Anchors { anchors } => over(
+                "YAML anchors",
+                budget.max_anchors,
+                format!("has {anchors} YAML anchors"),
+            ),
+            ref other => TaskFileError::Syntax {
+                format: "YAML",
+                message: format!("over the YAML parser's budget ({other:?}){at}"),
+            },
+        },
+        _ => TaskFileError::Syntax {
             format: "YAML",
-            message: e.to_string(),
-        })
+            message: error.to_string(),
+        },
     }
 }
 
@@ -505,3 +670,6 @@ fn ancestors(deps: &[Vec<usize>], order: &[usize]) -> Vec<HashSet<usize>> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod parse_tests;
