@@ -1,8 +1,6 @@
 //! Capped exponential backoff with jitter, and sleeps that end early on
 //! shutdown.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -37,16 +35,8 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(MAX_DELAY);
         let half = base / 2;
-        half + half.mul_f64(random_fraction())
+        half + half.mul_f64(rand::random::<f64>())
     }
-}
-
-/// A number in `[0, 1)` from the standard library's randomly keyed hasher
-/// (no RNG dependency is worth it for jitter).
-fn random_fraction() -> f64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Resolves once the registry shuts down (or the registry is dropped, which
@@ -84,13 +74,5 @@ mod tests {
         assert!(capped >= MAX_DELAY / 2);
         backoff.reset();
         assert!(backoff.next_delay() <= INITIAL_DELAY);
-    }
-
-    #[test]
-    fn random_fraction_is_in_unit_interval() {
-        for _ in 0..100 {
-            let f = random_fraction();
-            assert!((0.0..1.0).contains(&f));
-        }
     }
 }
