@@ -60,6 +60,12 @@ fn subtask(s: &SubtaskRecord) -> pb::SubtaskRecord {
         depends_on: s.depends_on.clone(),
         workers_tried: s.tried.iter().map(ToString::to_string).collect(),
         consensus_json: json_text(s.consensus.as_ref()),
+        term: s.term,
+        applied: s.applied.as_ref().map(|a| pb::AppliedResult {
+            term: a.term,
+            attempt: a.attempt,
+            worker: a.worker.to_string(),
+        }),
     }
 }
 
@@ -126,12 +132,18 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
             "status": status_name(s.status()),
             "worker": non_empty(&s.worker),
             "attempts": s.attempts,
+            "term": s.term,
             "workers_tried": s.workers_tried,
             "output": parse_json(&s.output_json),
             "consensus": parse_json(&s.consensus_json),
+            "applied": s.applied.as_ref().map(|a| json!({
+                "term": a.term,
+                "attempt": a.attempt,
+                "worker": a.worker,
+            })),
             "error": non_empty(&s.error),
             "elapsed_ms": s.finished_unix_ms.saturating_sub(s.started_unix_ms),
-        }), &["consensus"])).collect::<Vec<_>>(),
+        }), &["consensus", "applied"])).collect::<Vec<_>>(),
     })
 }
 
@@ -252,7 +264,7 @@ pub fn bare_assignment(attempt: &AttemptId) -> pb::SubtaskAssignment {
 #[cfg(test)]
 mod tests {
     use agentmesh_core::TaskId;
-    use agentmesh_core::task::{TaskLimits, parse_and_validate};
+    use agentmesh_core::task::{AppliedResult, TaskLimits, parse_and_validate};
 
     use super::*;
 
@@ -266,12 +278,21 @@ mod tests {
         )
         .unwrap();
         let mut record = TaskRecord::new(TaskId::new("t1"), file, 10);
-        let attempt = record.start_attempt(0, "w1".into(), 11);
-        record.complete(0, attempt, json!({"value": 2}), 15);
+        let attempt = record.start_attempt(0, 3, "w1".into(), 11);
+        let by = AppliedResult {
+            term: 3,
+            attempt,
+            worker: "w1".into(),
+        };
+        record.complete(0, by, json!({"value": 2}), 15);
         let shown = task_json(&task_record(&record));
         assert_eq!(shown["status"], json!("completed"));
         assert_eq!(shown["result"], json!({"value": 2}));
         assert_eq!(shown["subtasks"][0]["worker"], json!("w1"));
+        assert_eq!(
+            shown["subtasks"][0]["applied"],
+            json!({"term": 3, "attempt": 1, "worker": "w1"})
+        );
         assert_eq!(shown["elapsed_ms"], json!(5));
         assert_eq!(shown["error"], Value::Null);
     }

@@ -3,7 +3,7 @@
 //! takes over the unfinished task from its durable record: the running
 //! attempt starts again under a new attempt number (a restart, outside the
 //! retry budget), and the task completes once, under the new leader.
-//! (`tests/chaos.rs` does the same with etcd and processes.)
+//! (`tests/e2e/chaos/` does the same with etcd and processes.)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -10,5 +10,5 @@ pub mod validate;
 
 pub use file::{Pattern, Strategy, SubtaskSpec, TaskFile};
 pub use limits::TaskLimits;
-pub use record::{Status, SubtaskRecord, TaskRecord};
+pub use record::{AppliedResult, Status, SubtaskRecord, TaskRecord};
 pub use validate::{TaskFileError, parse_and_validate, validate};

@@ -66,6 +66,12 @@ pub struct SubtaskRecord {
     /// Number of attempts started; the latest attempt's number.
     #[serde(default)]
     pub attempts: u32,
+    /// The coordinator term (the leader's fence revision) under which the
+    /// latest attempt started. With `attempts` it names that attempt: a new
+    /// leader may reuse the number of an attempt whose record its
+    /// predecessor never wrote.
+    #[serde(default, skip_serializing_if = "is_zero_term")]
+    pub term: i64,
     /// The worker of every attempt, in order (a worker may appear twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tried: Vec<AgentId>,
@@ -76,6 +82,13 @@ pub struct SubtaskRecord {
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// The worker's result that ended the subtask, kept with the output it
+    /// produced so that "one result applied per subtask, the current
+    /// attempt's" can be checked from the durable record. `None` while the
+    /// subtask runs, and when no result ended it (cancelled, or its retry
+    /// budget spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +99,16 @@ pub struct SubtaskRecord {
     /// agreement, dissenters, solo fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<Value>,
+}
+
+/// Which attempt a worker's result belongs to, as the result itself says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedResult {
+    /// The coordinator term the attempt was dispatched under.
+    pub term: i64,
+    pub attempt: u32,
+    /// The worker that sent the result.
+    pub worker: AgentId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,9 +175,11 @@ impl TaskRecord {
                 status: Status::Pending,
                 worker: None,
                 attempts: 0,
+                term: 0,
                 tried: Vec::new(),
                 restarts: 0,
                 output: None,
+                applied: None,
                 error: None,
                 started_ms: None,
                 finished_ms: None,
@@ -219,12 +244,19 @@ impl TaskRecord {
         resolve(&self.subtasks[subtask].input, &output_of)
     }
 
-    /// Starts a new attempt of a pending subtask on `worker`; returns the
-    /// attempt number.
-    pub fn start_attempt(&mut self, subtask: usize, worker: AgentId, now_ms: u64) -> u32 {
+    /// Starts a new attempt of a pending subtask on `worker`, under the
+    /// coordinator term `term`; returns the attempt number.
+    pub fn start_attempt(
+        &mut self,
+        subtask: usize,
+        term: i64,
+        worker: AgentId,
+        now_ms: u64,
+    ) -> u32 {
         let s = &mut self.subtasks[subtask];
         s.status = Status::Running;
         s.attempts += 1;
+        s.term = term;
         s.tried.push(worker.clone());
         s.worker = Some(worker);
         s.error = None;
@@ -243,21 +275,24 @@ impl TaskRecord {
         !self.status.is_terminal() && s.status == Status::Running && s.attempts == attempt
     }
 
-    /// Applies a successful result; completes the task when it was the last
-    /// subtask.
+    /// Applies a successful result of attempt `result.attempt`; completes
+    /// the task when it was the last subtask. The record keeps `result` as
+    /// the subtask's applied result; which term a result may come from is
+    /// the coordinator's to check.
     pub fn complete(
         &mut self,
         subtask: usize,
-        attempt: u32,
+        result: AppliedResult,
         output: Value,
         now_ms: u64,
     ) -> Applied {
-        if !self.current(subtask, attempt) {
+        if !self.current(subtask, result.attempt) {
             return Applied::Stale;
         }
         let s = &mut self.subtasks[subtask];
         s.status = Status::Completed;
         s.output = Some(output);
+        s.applied = Some(result);
         s.finished_ms = Some(now_ms);
         if self.subtasks.iter().all(|s| s.status == Status::Completed) {
             self.status = Status::Completed;
@@ -267,9 +302,29 @@ impl TaskRecord {
         Applied::Changed
     }
 
-    /// Fails the subtask and with it the task; returns the other running
-    /// attempts, which should be cancelled.
+    /// Applies a failed result of attempt `result.attempt`: fails the
+    /// subtask and with it the task, and keeps `result` as the subtask's
+    /// applied result; returns the other running attempts, which should be
+    /// cancelled.
     pub fn fail(
+        &mut self,
+        subtask: usize,
+        result: AppliedResult,
+        error: String,
+        now_ms: u64,
+    ) -> (Applied, Vec<StoppedAttempt>) {
+        let attempt = result.attempt;
+        let outcome = self.give_up(subtask, attempt, error, now_ms);
+        if outcome.0 == Applied::Changed {
+            self.subtasks[subtask].applied = Some(result);
+        }
+        outcome
+    }
+
+    /// Fails the subtask, and with it the task, without a result of its
+    /// current attempt (its retry budget is spent); returns the other
+    /// running attempts, which should be cancelled.
+    pub fn give_up(
         &mut self,
         subtask: usize,
         attempt: u32,
@@ -451,6 +506,10 @@ pub const TACTICAL_OBJECTIVE: &str = "hierarchy.tactical";
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero_term(term: &i64) -> bool {
+    *term == 0
 }
 
 #[cfg(test)]

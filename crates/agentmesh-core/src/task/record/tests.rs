@@ -21,27 +21,39 @@ fn w(id: &str) -> AgentId {
     AgentId::new(id)
 }
 
+/// The coordinator term of these tests.
+const TERM: i64 = 7;
+
+/// A result of `attempt` in [`TERM`], as a worker reports it.
+fn by(attempt: u32) -> AppliedResult {
+    AppliedResult {
+        term: TERM,
+        attempt,
+        worker: w("w"),
+    }
+}
+
 #[test]
 fn dependencies_gate_readiness_and_results_flow_through_references() {
     let mut r = average();
     assert_eq!(r.ready(), vec![0, 1]);
-    let a = r.start_attempt(0, w("w1"), 1001);
-    let b = r.start_attempt(1, w("w2"), 1001);
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let b = r.start_attempt(1, TERM, w("w2"), 1001);
     assert_eq!(r.status, Status::Running);
     assert!(r.ready().is_empty());
     assert_eq!(
-        r.complete(0, a, json!({"words": 4}), 1002),
+        r.complete(0, by(a), json!({"words": 4}), 1002),
         Applied::Changed
     );
     assert!(r.ready().is_empty());
     assert_eq!(
-        r.complete(1, b, json!({"words": 6}), 1003),
+        r.complete(1, by(b), json!({"words": 6}), 1003),
         Applied::Changed
     );
     assert_eq!(r.ready(), vec![2]);
     assert_eq!(r.resolved_input(2).unwrap(), json!({"expr": "(4 + 6) / 2"}));
-    let c = r.start_attempt(2, w("w3"), 1004);
-    r.complete(2, c, json!({"value": 5.0}), 1005);
+    let c = r.start_attempt(2, TERM, w("w3"), 1004);
+    r.complete(2, by(c), json!({"value": 5.0}), 1005);
     assert_eq!(r.status, Status::Completed);
     assert_eq!(r.result, Some(json!({"value": 5.0})));
 }
@@ -49,24 +61,24 @@ fn dependencies_gate_readiness_and_results_flow_through_references() {
 #[test]
 fn stale_attempts_are_ignored() {
     let mut r = average();
-    let first = r.start_attempt(0, w("w1"), 1001);
+    let first = r.start_attempt(0, TERM, w("w1"), 1001);
     assert_eq!(
         r.requeue(0, first, "worker lost".into(), 1002),
         Applied::Changed
     );
-    let second = r.start_attempt(0, w("w2"), 1003);
+    let second = r.start_attempt(0, TERM, w("w2"), 1003);
     assert_eq!(second, first + 1);
     assert_eq!(
-        r.complete(0, first, json!({"words": 1}), 1004),
+        r.complete(0, by(first), json!({"words": 1}), 1004),
         Applied::Stale
     );
     assert_eq!(r.subtasks[0].status, Status::Running);
     assert_eq!(
-        r.complete(0, second, json!({"words": 1}), 1005),
+        r.complete(0, by(second), json!({"words": 1}), 1005),
         Applied::Changed
     );
     assert_eq!(
-        r.complete(0, second, json!({"words": 9}), 1006),
+        r.complete(0, by(second), json!({"words": 9}), 1006),
         Applied::Stale
     );
     assert_eq!(r.subtasks[0].output, Some(json!({"words": 1})));
@@ -75,9 +87,9 @@ fn stale_attempts_are_ignored() {
 #[test]
 fn failure_ends_the_task_and_stops_running_attempts() {
     let mut r = average();
-    let a = r.start_attempt(0, w("w1"), 1001);
-    let b = r.start_attempt(1, w("w2"), 1001);
-    let (applied, stopped) = r.fail(0, a, "boom".into(), 1002);
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let b = r.start_attempt(1, TERM, w("w2"), 1001);
+    let (applied, stopped) = r.fail(0, by(a), "boom".into(), 1002);
     assert_eq!(applied, Applied::Changed);
     assert_eq!(r.status, Status::Failed);
     assert_eq!(
@@ -99,7 +111,7 @@ fn failure_ends_the_task_and_stops_running_attempts() {
 #[test]
 fn cancel_is_terminal_and_idempotent() {
     let mut r = average();
-    r.start_attempt(0, w("w1"), 1001);
+    r.start_attempt(0, TERM, w("w1"), 1001);
     assert_eq!(r.cancel("user asked".into(), 1002).len(), 1);
     assert_eq!(r.status, Status::Cancelled);
     assert!(r.cancel("again".into(), 1003).is_empty());
@@ -112,8 +124,8 @@ fn several_final_subtasks_aggregate_into_an_object() {
         r#"{"name":"two","tasks":[{"id":"x","capability":"c"},{"id":"y","capability":"c"}]}"#,
     );
     for i in 0..2 {
-        let a = r.start_attempt(i, w("w"), 1);
-        r.complete(i, a, json!(i), 2);
+        let a = r.start_attempt(i, TERM, w("w"), 1);
+        r.complete(i, by(a), json!(i), 2);
     }
     assert_eq!(r.result, Some(json!({"x": 0, "y": 1})));
 }
@@ -122,8 +134,8 @@ fn several_final_subtasks_aggregate_into_an_object() {
 fn every_change_increases_the_revision() {
     let mut r = average();
     let start = r.revision;
-    let a = r.start_attempt(0, w("w1"), 1001);
-    r.complete(0, a, json!({}), 1002);
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    r.complete(0, by(a), json!({}), 1002);
     assert_eq!(r.revision, start + 2);
 }
 
@@ -137,9 +149,9 @@ fn record_round_trips_through_json() {
 #[test]
 fn resume_keeps_completed_work_and_restarts_running_attempts_outside_the_budget() {
     let mut r = average();
-    let a = r.start_attempt(0, w("w1"), 1001);
-    let b = r.start_attempt(1, w("w2"), 1001);
-    r.complete(0, a, json!({"words": 4}), 1002);
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let b = r.start_attempt(1, TERM, w("w2"), 1001);
+    r.complete(0, by(a), json!({"words": 4}), 1002);
     let before = r.revision;
 
     // A new coordinator loads this record from the registry.
@@ -151,12 +163,15 @@ fn resume_keeps_completed_work_and_restarts_running_attempts_outside_the_budget(
     assert_eq!(r.budgeted_attempts(1), 0);
 
     // The old coordinator's attempt can no longer land.
-    let again = r.start_attempt(1, w("w3"), 1004);
+    let again = r.start_attempt(1, TERM, w("w3"), 1004);
     assert_eq!(again, b + 1);
-    assert_eq!(r.complete(1, b, json!({"words": 9}), 1005), Applied::Stale);
+    assert_eq!(
+        r.complete(1, by(b), json!({"words": 9}), 1005),
+        Applied::Stale
+    );
     assert_eq!(r.budgeted_attempts(1), 1);
     assert_eq!(
-        r.complete(1, again, json!({"words": 6}), 1006),
+        r.complete(1, by(again), json!({"words": 6}), 1006),
         Applied::Changed
     );
     assert_eq!(r.ready(), vec![2]);
@@ -175,11 +190,85 @@ fn resuming_an_ended_or_untouched_task_changes_nothing() {
 #[test]
 fn an_excused_attempt_does_not_count_against_the_budget() {
     let mut r = average();
-    let first = r.start_attempt(0, w("w1"), 1001);
+    let first = r.start_attempt(0, TERM, w("w1"), 1001);
     assert_eq!(r.excuse(0, first), Applied::Changed);
     assert_eq!(r.budgeted_attempts(0), 0);
     assert_eq!(r.excuse(0, first + 1), Applied::Stale);
     r.requeue(0, first, "handed back".into(), 1002);
-    r.start_attempt(0, w("w2"), 1003);
+    r.start_attempt(0, TERM, w("w2"), 1003);
     assert_eq!(r.budgeted_attempts(0), 1);
+}
+
+#[test]
+fn an_ended_subtask_keeps_the_result_that_ended_it() {
+    let mut r = average();
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    assert_eq!(r.subtasks[0].term, TERM);
+    assert_eq!(r.subtasks[0].applied, None, "nothing applied while it runs");
+    let result = AppliedResult {
+        term: TERM,
+        attempt: a,
+        worker: w("w1"),
+    };
+    r.complete(0, result.clone(), json!({"words": 4}), 1002);
+    assert_eq!(r.subtasks[0].applied, Some(result.clone()));
+
+    // A later result for the same subtask changes neither the output nor
+    // which result was applied.
+    let late = AppliedResult {
+        term: TERM + 1,
+        ..result.clone()
+    };
+    assert_eq!(
+        r.complete(0, late, json!({"words": 9}), 1003),
+        Applied::Stale
+    );
+    assert_eq!(r.subtasks[0].applied, Some(result));
+    assert_eq!(r.subtasks[0].output, Some(json!({"words": 4})));
+
+    // A failed result is kept too.
+    let b = r.start_attempt(1, TERM, w("w2"), 1004);
+    r.fail(1, by(b), "boom".into(), 1005);
+    assert_eq!(r.subtasks[1].applied, Some(by(b)));
+    assert_eq!(r.status, Status::Failed);
+}
+
+#[test]
+fn a_stale_or_missing_result_applies_nothing() {
+    let mut r = average();
+    let first = r.start_attempt(0, TERM, w("w1"), 1001);
+    r.requeue(0, first, "worker lost".into(), 1002);
+    let second = r.start_attempt(0, TERM + 1, w("w2"), 1003);
+    let (applied, _) = r.fail(0, by(first), "late".into(), 1004);
+    assert_eq!(applied, Applied::Stale);
+    assert_eq!(r.subtasks[0].applied, None);
+    assert_eq!(r.subtasks[0].term, TERM + 1, "the latest attempt's term");
+
+    // Giving up after the retry budget is an end without a result.
+    let (applied, _) = r.give_up(0, second, "budget spent".into(), 1005);
+    assert_eq!(applied, Applied::Changed);
+    assert_eq!(r.subtasks[0].status, Status::Failed);
+    assert_eq!(r.subtasks[0].applied, None);
+}
+
+#[test]
+fn records_written_before_terms_and_applied_results_still_decode() {
+    let mut r = average();
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    r.complete(0, by(a), json!({"words": 4}), 1002);
+    let mut old = serde_json::to_value(&r).unwrap();
+    for s in old["subtasks"].as_array_mut().unwrap() {
+        let fields = s.as_object_mut().unwrap();
+        fields.remove("term");
+        fields.remove("applied");
+    }
+    let decoded: TaskRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(decoded.subtasks[0].term, 0);
+    assert_eq!(decoded.subtasks[0].applied, None);
+    assert_eq!(decoded.subtasks[0].output, Some(json!({"words": 4})));
+
+    // And a record with neither writes neither.
+    let fresh = serde_json::to_value(average()).unwrap();
+    assert!(fresh["subtasks"][0].get("term").is_none());
+    assert!(fresh["subtasks"][0].get("applied").is_none());
 }

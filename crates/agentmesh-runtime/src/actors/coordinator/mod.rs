@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_core::task::record::{Applied, StoppedAttempt};
+use agentmesh_core::task::record::{Applied, AppliedResult, StoppedAttempt};
 use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
 use agentmesh_proto::v1::{Envelope, SubtaskCancel, SubtaskResult, subtask_result};
@@ -294,14 +294,15 @@ impl CoordinatorState {
         }
         let now = now_ms();
         let worker = AgentId::new(result.worker_id.clone());
+        let by = AppliedResult {
+            term: result.term,
+            attempt: result.attempt,
+            worker: worker.clone(),
+        };
         let (applied, stopped, success) = match convert::outcome(&result, "worker") {
-            Ok(output) => (
-                record.complete(index, result.attempt, output, now),
-                Vec::new(),
-                true,
-            ),
+            Ok(output) => (record.complete(index, by, output, now), Vec::new(), true),
             Err(error) => {
-                let (applied, stopped) = record.fail(index, result.attempt, error, now);
+                let (applied, stopped) = record.fail(index, by, error, now);
                 (applied, stopped, false)
             }
         };

@@ -28,7 +28,7 @@ impl CoordinatorState {
         if !self.config.retry.allows(record.budgeted_attempts(subtask)) {
             let s = &record.subtasks[subtask];
             let message = exhausted_message(&s.id, attempt, &s.tried, &error);
-            let (applied, stopped) = record.fail(subtask, attempt, message, now);
+            let (applied, stopped) = record.give_up(subtask, attempt, message, now);
             if applied == Applied::Changed {
                 worker.iter().for_each(|w| self.pool.release(w, None, now));
                 self.stop_attempts(id, stopped);
@@ -94,7 +94,7 @@ impl CoordinatorState {
                     continue;
                 }
             };
-            let attempt = record.start_attempt(index, worker.clone(), now);
+            let attempt = record.start_attempt(index, self.term, worker.clone(), now);
             self.pool.acquire(&worker, now);
             let subtask = &record.subtasks[index];
             let assignment = SubtaskAssignment {

@@ -5,121 +5,54 @@
 //! end below every honest peer's, and it must win fewer auctions as the
 //! cluster learns whom to trust.
 
-mod support;
-
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use support::{Etcd, Node, eventually, run_cli, start_node};
+use crate::support::cluster::{Cluster, NodeSpec};
 
 const HONEST: [&str; 4] = ["peer-1", "peer-2", "peer-3", "peer-4"];
 const FAULTY: &str = "peer-faulty";
 const ROUNDS: usize = 100;
 
-struct Peers {
-    _etcd: Etcd,
-    coordinator: Node,
-    peers: Vec<Node>,
-    dir: tempfile::TempDir,
+/// A coordinator, the four honest peers and the faulty one.
+fn start() -> Cluster {
+    let mut builder = Cluster::builder().coordinators(1);
+    for id in HONEST {
+        builder = builder.peer(id, "math.eval");
+    }
+    builder
+        .node(NodeSpec::peer(FAULTY, "math.eval").args(&["--fault", "wrong-result:1"]))
+        .start()
 }
 
-impl Peers {
-    fn start() -> Self {
-        let etcd = Etcd::start();
-        let url = etcd.client_url();
-        let coordinator = start_node(
-            "coordinator",
-            &url,
-            "coordinator",
-            &["--id", "coordinator-1"],
-        );
-        let mut peers: Vec<Node> = HONEST
-            .iter()
-            .map(|id| {
-                start_node(
-                    id,
-                    &url,
-                    "peer",
-                    &["--id", id, "--capabilities", "math.eval"],
-                )
-            })
-            .collect();
-        peers.push(start_node(
-            FAULTY,
-            &url,
-            "peer",
-            &[
-                "--id",
-                FAULTY,
-                "--capabilities",
-                "math.eval",
-                "--fault",
-                "wrong-result:1",
-            ],
-        ));
-        let cluster = Self {
-            _etcd: etcd,
-            coordinator,
-            peers,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        eventually("five peers registered", Duration::from_secs(15), || {
-            (cluster.agents().len() == 6).then_some(())
-        });
-        cluster
-    }
+fn reputations(cluster: &Cluster) -> BTreeMap<String, f64> {
+    cluster
+        .agents()
+        .iter()
+        .filter_map(|a| Some((a["id"].as_str()?.to_owned(), a["reputation"].as_f64()?)))
+        .collect()
+}
 
-    fn agents(&self) -> Vec<Value> {
-        let out = run_cli(&["agents", "--endpoint", &self.coordinator.endpoint, "--json"]);
-        assert!(out.success(), "{out}");
-        out.json().as_array().cloned().unwrap_or_default()
-    }
-
-    fn reputations(&self) -> BTreeMap<String, f64> {
-        self.agents()
-            .iter()
-            .filter_map(|a| Some((a["id"].as_str()?.to_owned(), a["reputation"].as_f64()?)))
-            .collect()
-    }
-
-    /// Runs `3 * n` on `redundancy` peers; returns the final record.
-    fn run(&self, n: usize, redundancy: u32, consensus: &str) -> Value {
-        let path = self.dir.path().join(format!("task-{n}-{redundancy}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "name: triple-{n}\npattern: peer_consensus\nredundancy: {redundancy}\n\
-                 consensus: {consensus}\ntasks:\n  - id: triple\n    capability: math.eval\n    \
-                 input: {{ expr: \"{n} * 3\" }}\n"
-            ),
-        )
-        .unwrap();
-        let path = path.to_string_lossy().into_owned();
-        let out = run_cli(&[
-            "submit",
-            "--endpoint",
-            &self.coordinator.endpoint,
-            &path,
-            "--wait",
-        ]);
-        assert!(out.success(), "task {n} failed: {out}");
-        let record = out.json();
-        assert_eq!(
-            record["result"]["value"].as_f64(),
-            Some((3 * n) as f64),
-            "task {n} has a wrong result: {record}"
-        );
-        record
-    }
-
-    fn assert_no_panic(&self) {
-        self.coordinator.process.assert_no_panic();
-        for peer in &self.peers {
-            peer.process.assert_no_panic();
-        }
-    }
+/// Runs `3 * n` on `redundancy` peers; returns the final record.
+fn run(cluster: &Cluster, n: usize, redundancy: u32, consensus: &str) -> Value {
+    let path = cluster.task_file(
+        &format!("task-{n}-{redundancy}.yaml"),
+        &format!(
+            "name: triple-{n}\npattern: peer_consensus\nredundancy: {redundancy}\n\
+             consensus: {consensus}\ntasks:\n  - id: triple\n    capability: math.eval\n    \
+             input: {{ expr: \"{n} * 3\" }}\n"
+        ),
+    );
+    let out = cluster.cli(&["submit", "--endpoint", cluster.endpoint(), &path, "--wait"]);
+    assert!(out.success(), "task {n} failed: {out}");
+    let record = out.json();
+    assert_eq!(
+        record["result"]["value"].as_f64(),
+        Some((3 * n) as f64),
+        "task {n} has a wrong result: {record}"
+    );
+    record
 }
 
 fn participants(record: &Value) -> Vec<String> {
@@ -141,12 +74,12 @@ fn median(mut samples: Vec<u64>) -> u64 {
 
 #[test]
 fn consensus_outvotes_a_faulty_peer_whose_reputation_falls() {
-    let cluster = Peers::start();
+    let cluster = start();
     let mut faulty_wins = [0usize; 2];
     let mut first_seen: BTreeMap<String, f64> = BTreeMap::new();
     let mut elapsed_3 = Vec::new();
     for n in 1..=ROUNDS {
-        let record = cluster.run(n, 3, "voting");
+        let record = run(&cluster, n, 3, "voting");
         let consensus = &record["subtasks"][0]["consensus"];
         let seated = participants(&record);
         assert_eq!(seated.len(), 3, "three peers voted: {record}");
@@ -167,11 +100,11 @@ fn consensus_outvotes_a_faulty_peer_whose_reputation_falls() {
             assert!(dissenters.is_empty(), "{record}");
         }
         elapsed_3.push(record["subtasks"][0]["elapsed_ms"].as_u64().unwrap_or(0));
-        for (peer, score) in cluster.reputations() {
+        for (peer, score) in reputations(&cluster) {
             first_seen.entry(peer).or_insert(score);
         }
     }
-    let last = cluster.reputations();
+    let last = reputations(&cluster);
     let faulty = last[FAULTY];
     for honest in HONEST {
         assert!(
@@ -187,14 +120,14 @@ fn consensus_outvotes_a_faulty_peer_whose_reputation_falls() {
 
     let elapsed_5: Vec<u64> = (1..=20)
         .map(|n| {
-            let record = cluster.run(n, 5, "voting");
+            let record = run(&cluster, n, 5, "voting");
             assert_eq!(participants(&record).len(), 5, "{record}");
             record["subtasks"][0]["elapsed_ms"].as_u64().unwrap_or(0)
         })
         .collect();
 
     // More seats than peers: the round runs solo on the best bid, and says so.
-    let solo = cluster.run(7, 7, "hybrid");
+    let solo = run(&cluster, 7, 7, "hybrid");
     let why = solo["subtasks"][0]["consensus"]["solo"]
         .as_str()
         .unwrap_or("");

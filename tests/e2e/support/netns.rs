@@ -13,7 +13,6 @@
 //! FAILURE ([`require_tools`]); a kernel or container without network
 //! namespace, veth or netfilter support makes [`NetnsPair::create`] return
 //! the reason, for the test to print `SKIPPED: ...` and return.
-#![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,4 @@
-//! Shared harness for agentmesh's end-to-end tests (`mod support;` from each
-//! test file).
+//! The harness shared by every end-to-end test module.
 //!
 //! Everything here is plain blocking `std` code: tests are ordinary `#[test]`
 //! functions that spawn real processes (an `etcd`, `agentmesh` nodes, the
@@ -12,20 +11,23 @@
 //!   a skip.
 //! * [`Process`]: a spawned child, killed on drop, whose stdout/stderr lines
 //!   are captured in memory and in `<scratch dir>/<name>.log`.
-//! * [`run_cli`] / [`start_node`]: the `agentmesh` binary as a CLI and as a
-//!   cluster node.
+//! * [`run_cli`] / [`start_node`]: the `agentmesh` binary as a CLI and as
+//!   one node on its own.
+//! * [`cluster::Cluster`]: etcd and `agentmesh node` processes, built with
+//!   [`cluster::Cluster::builder`]; [`netns::NetnsPair`] puts one behind a
+//!   network partition.
+//! * [`grpc`]: the few gRPC calls tests make directly.
 //!
 //! Scratch directories live under cargo's `CARGO_TARGET_TMPDIR`
 //! (`target/tmp`). They are deleted when the owner is dropped, except when the
 //! test is panicking: then the logs are kept, and their path and tail are
 //! printed to stderr (which the test runner shows for failed tests).
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::fmt::{self, Debug};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,13 +38,17 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod cluster;
+pub mod grpc;
 pub mod netns;
+
+pub use cluster::start_node;
 
 /// How often [`eventually`] and the other waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How long [`Etcd`] waits for `/health` before giving up.
 pub const ETCD_HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long [`start_node`] waits for the node's `listening on` line.
+/// How long a node may take to print its `listening on` line.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout of [`run_cli`].
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -376,10 +382,6 @@ impl Etcd {
         self.root.join("data")
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
     /// The last `n` lines of the etcd log (all launches, each introduced by a
     /// `=== harness:` line).
     pub fn log_tail(&self, n: usize) -> String {
@@ -413,6 +415,41 @@ impl Etcd {
 
     pub fn is_healthy(&self) -> bool {
         self.health().is_ok()
+    }
+
+    /// SIGSTOPs etcd: it keeps its sockets but answers nothing — a stalled
+    /// disk or a paused VM as its clients see it — until [`Etcd::resume`].
+    pub fn pause(&self) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| self.fail("cannot pause etcd: not running"));
+        send_signal(pid, "STOP");
+    }
+
+    /// SIGCONTs etcd after [`Etcd::pause`].
+    pub fn resume(&self) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| self.fail("cannot resume etcd: not running"));
+        send_signal(pid, "CONT");
+    }
+
+    /// Whether `key` exists, asked with a fresh client.
+    pub fn has_key(&self, key: &str) -> Result<bool, String> {
+        let url = self.client_url();
+        grpc::runtime().block_on(async {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(grpc::CONNECT_TIMEOUT)
+                .with_timeout(grpc::CALL_TIMEOUT);
+            let mut client = etcd_client::Client::connect([url.as_str()], Some(options))
+                .await
+                .map_err(|e| format!("connect to {url}: {e}"))?;
+            let reply = client
+                .get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                .await
+                .map_err(|e| format!("get {key} from {url}: {e}"))?;
+            Ok(reply.count() > 0)
+        })
     }
 
     /// SIGKILLs etcd and reaps it. The data dir is kept for [`Etcd::restart`].
@@ -674,10 +711,6 @@ impl Process {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -824,22 +857,11 @@ impl Process {
                 self.name
             ));
         }
-        let result = Command::new("kill")
-            .args(["-s", sig, &self.pid.to_string()])
-            .output();
-        match result {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => panic!(
-                "`kill -s {sig} {}` failed ({}): {}",
-                self.pid,
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!("cannot run `kill -s {sig} {}`: {e}", self.pid),
-        }
+        send_signal(self.pid, sig);
     }
 
-    fn fail(&self, msg: &str) -> ! {
+    /// Panics with `msg`, followed by the process's last lines of output.
+    pub fn fail(&self, msg: &str) -> ! {
         panic!(
             "{msg}\n--- {} (pid {}) output, last {TAIL_LINES} lines; full log at {} ---\n{}",
             self.name,
@@ -881,6 +903,22 @@ impl fmt::Debug for Process {
             .field("pid", &self.pid)
             .field("log_path", &self.log_path)
             .finish_non_exhaustive()
+    }
+}
+
+/// `kill -s SIG PID`; panics if it fails.
+fn send_signal(pid: u32, sig: &str) {
+    match Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "`kill -s {sig} {pid}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run `kill -s {sig} {pid}`: {e}"),
     }
 }
 
@@ -1056,78 +1094,4 @@ fn read_all_in_background(mut source: impl Read + Send + 'static) -> mpsc::Recei
         let _ = tx.send(bytes);
     });
     rx
-}
-
-// ---------------------------------------------------------------------------
-// agentmesh nodes
-// ---------------------------------------------------------------------------
-
-/// A running `agentmesh node`.
-#[derive(Debug)]
-pub struct Node {
-    pub process: Process,
-    /// `http://127.0.0.1:PORT`, for `--endpoint`.
-    pub endpoint: String,
-    /// `127.0.0.1:PORT`, the bound listen address.
-    pub addr: String,
-}
-
-/// Runs `agentmesh node --role ROLE --etcd ETCD_URL --listen 127.0.0.1:0
-/// EXTRA...` and waits (15 s) for the stdout line `listening on
-/// 127.0.0.1:PORT`, which the node prints once after binding. Panics with the
-/// node's output if the line does not come or does not parse.
-pub fn start_node(name: &str, etcd_url: &str, role: &str, extra_args: &[&str]) -> Node {
-    start_node_with_env(name, etcd_url, role, extra_args, &[])
-}
-
-/// [`start_node`] with extra environment variables for the node.
-pub fn start_node_with_env(
-    name: &str,
-    etcd_url: &str,
-    role: &str,
-    extra_args: &[&str],
-    envs: &[(&str, &str)],
-) -> Node {
-    let mut args = vec![
-        "node",
-        "--role",
-        role,
-        "--etcd",
-        etcd_url,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra_args);
-    let process = Process::spawn(name, agentmesh_bin(), &args, envs);
-    let line = process.wait_for_line_where(
-        "a stdout line `listening on 127.0.0.1:PORT`",
-        NODE_START_TIMEOUT,
-        |stream, line| stream == Stream::Stdout && line.trim_start().starts_with(LISTENING_PREFIX),
-    );
-    let addr =
-        parse_listening_line(&line).unwrap_or_else(|e| process.fail(&format!("{name}: {e}")));
-    Node {
-        endpoint: format!("http://{addr}"),
-        addr: addr.to_string(),
-        process,
-    }
-}
-
-const LISTENING_PREFIX: &str = "listening on ";
-
-/// Parses exactly `listening on 127.0.0.1:PORT` (surrounding whitespace
-/// allowed, PORT non-zero).
-pub fn parse_listening_line(line: &str) -> Result<SocketAddr, String> {
-    let expected = "expected a line exactly `listening on 127.0.0.1:PORT`";
-    let rest = line
-        .trim()
-        .strip_prefix(LISTENING_PREFIX)
-        .ok_or_else(|| format!("{expected}, got {line:?}"))?;
-    let addr: SocketAddr = rest
-        .parse()
-        .map_err(|e| format!("{expected}, got {line:?} ({e})"))?;
-    if addr.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) || addr.port() == 0 {
-        return Err(format!("{expected} with a non-zero port, got {line:?}"));
-    }
-    Ok(addr)
 }

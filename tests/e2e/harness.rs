@@ -1,15 +1,13 @@
-//! Self-tests of the end-to-end harness in `tests/support`. They use a real
-//! etcd and ordinary shell commands, not agentmesh itself.
-
-mod support;
+//! Self-tests of the end-to-end harness in [`crate::support`]. They use a
+//! real etcd and ordinary shell commands, not agentmesh itself.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{
-    Etcd, Process, eventually, eventually_ok, free_port, http_request, parse_listening_line,
-    run_command,
+use crate::support::cluster::parse_listening_line;
+use crate::support::{
+    Etcd, Process, agentmesh_bin, eventually, eventually_ok, free_port, http_request, run_command,
 };
 
 const SECS_5: Duration = Duration::from_secs(5);
@@ -358,7 +356,7 @@ fn run_command_kills_on_timeout() {
 
 #[test]
 fn agentmesh_binary_is_built() {
-    let bin = support::agentmesh_bin();
+    let bin = agentmesh_bin();
     assert!(bin.is_file(), "{}", bin.display());
 }
 

@@ -15,7 +15,7 @@
 //! registries' background tasks run on the runtime's workers. Waits poll
 //! with a deadline (`support::eventually`).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::thread;

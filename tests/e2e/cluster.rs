@@ -2,150 +2,48 @@
 //! processes (one coordinator, three workers with different capabilities)
 //! talking gRPC on 127.0.0.1, driven through the `agentmesh` CLI.
 
-mod support;
-
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use support::{Etcd, Node, eventually, run_cli, start_node};
+use crate::support::cluster::{Cluster, ClusterBuilder};
+use crate::support::grpc::{runtime, serving_status};
+use crate::support::{eventually, run_cli};
 
 /// Lease TTL of the test nodes; short so failure detection is quick.
 const TTL_SECS: u64 = 3;
 
-struct Cluster {
-    /// Kept alive for the cluster's lifetime; dropping it kills etcd.
-    _etcd: Etcd,
-    coordinator: Node,
-    workers: Vec<Node>,
+/// A coordinator and three workers: words (text.word_count, sleep), maths
+/// (math.eval, sleep) and query (json.query, math.eval, sleep).
+fn four_nodes() -> ClusterBuilder {
+    Cluster::builder()
+        .coordinators(1)
+        .worker("worker-words", "text.word_count,sleep")
+        .worker("worker-maths", "math.eval,sleep")
+        .worker("worker-query", "json.query,math.eval,sleep")
+        .lease_ttl(TTL_SECS)
 }
 
-impl Cluster {
-    /// A coordinator with `coordinator_args` and three workers:
-    /// words (text.word_count, sleep), maths (math.eval, sleep) and
-    /// query (json.query, math.eval, sleep).
-    fn start(coordinator_args: &[&str]) -> Self {
-        let etcd = Etcd::start();
-        let url = etcd.client_url();
-        let ttl = TTL_SECS.to_string();
-        let mut args = vec!["--id", "coordinator-1", "--lease-ttl", &ttl];
-        args.extend_from_slice(coordinator_args);
-        let coordinator = start_node("coordinator", &url, "coordinator", &args);
-        let workers = [
-            ("worker-words", "text.word_count,sleep"),
-            ("worker-maths", "math.eval,sleep"),
-            ("worker-query", "json.query,math.eval,sleep"),
-        ]
-        .into_iter()
-        .map(|(id, capabilities)| {
-            start_node(
-                id,
-                &url,
-                "worker",
-                &[
-                    "--id",
-                    id,
-                    "--capabilities",
-                    capabilities,
-                    "--lease-ttl",
-                    &ttl,
-                ],
-            )
-        })
-        .collect();
-        let cluster = Self {
-            _etcd: etcd,
-            coordinator,
-            workers,
-        };
-        eventually(
-            "all four agents registered",
-            Duration::from_secs(15),
-            || (cluster.agent_ids().len() == 4).then_some(()),
-        );
-        cluster
-    }
-
-    fn endpoint(&self) -> &str {
-        &self.coordinator.endpoint
-    }
-
-    fn agents(&self) -> Vec<Value> {
-        let out = run_cli(&["agents", "--endpoint", self.endpoint(), "--json"]);
-        assert!(out.success(), "agents failed: {out}");
-        out.json().as_array().cloned().unwrap_or_default()
-    }
-
-    fn agent_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .agents()
-            .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    fn submit_wait(&self, file: &str) -> Value {
-        let out = run_cli(&["submit", "--endpoint", self.endpoint(), file, "--wait"]);
-        assert!(out.success(), "submit --wait {file} failed: {out}");
-        out.json()
-    }
-
-    fn status(&self, id: &str) -> Value {
-        let out = run_cli(&["task", "status", id, "--endpoint", self.endpoint()]);
-        assert!(out.success(), "task status failed: {out}");
-        out.json()
-    }
-
-    /// Submits a one-subtask `sleep` of `ms` and waits until a worker runs
-    /// it; returns the task id and that worker's id.
-    fn start_nap(&self, ms: u64) -> (String, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let nap = task_file(
-            &dir,
-            "nap.yaml",
-            &format!(
-                "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: {{ ms: {ms} }}\n"
-            ),
-        );
-        let out = run_cli(&["submit", "--endpoint", self.endpoint(), &nap]);
-        assert!(out.success(), "{out}");
-        let id = out.stdout.trim().to_owned();
-        let runner = eventually(
-            "the nap to start on a worker",
-            Duration::from_secs(10),
-            || {
-                self.status(&id)["subtasks"][0]["worker"]
-                    .as_str()
-                    .map(str::to_owned)
-            },
-        );
-        (id, runner)
-    }
-
-    fn worker(&self, id: &str) -> &Node {
-        self.workers
-            .iter()
-            .find(|w| w.process.name() == id)
-            .unwrap_or_else(|| panic!("no worker '{id}'"))
-    }
-
-    fn assert_no_panic(&self) {
-        self.coordinator.process.assert_no_panic();
-        for worker in &self.workers {
-            worker.process.assert_no_panic();
-        }
-    }
-}
-
-fn task_file(dir: &tempfile::TempDir, name: &str, content: &str) -> String {
-    let path = dir.path().join(name);
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(content.as_bytes()))
-        .unwrap();
-    path.to_string_lossy().into_owned()
+/// Submits a one-subtask `sleep` of `ms` and waits until a worker runs it;
+/// returns the task id and that worker's id.
+fn start_nap(cluster: &Cluster, ms: u64) -> (String, String) {
+    let nap = cluster.task_file(
+        "nap.yaml",
+        &format!(
+            "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: {{ ms: {ms} }}\n"
+        ),
+    );
+    let id = cluster.submit(&nap);
+    let runner = eventually(
+        "the nap to start on a worker",
+        Duration::from_secs(10),
+        || {
+            cluster.status(&id)["subtasks"][0]["worker"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    );
+    (id, runner)
 }
 
 fn example(name: &str) -> String {
@@ -154,7 +52,7 @@ fn example(name: &str) -> String {
 
 #[test]
 fn sequential_and_parallel_tasks_run_across_processes() {
-    let cluster = Cluster::start(&[]);
+    let cluster = four_nodes().start();
 
     let agents = cluster.agents();
     let ids: Vec<&str> = agents.iter().filter_map(|a| a["id"].as_str()).collect();
@@ -235,9 +133,7 @@ fn sequential_and_parallel_tasks_run_across_processes() {
     );
 
     // A task whose tool fails ends failed, with the cause, and exit code 1.
-    let dir = tempfile::tempdir().unwrap();
-    let bad_maths = task_file(
-        &dir,
+    let bad_maths = cluster.task_file(
         "div.json",
         r#"{"name":"div","tasks":[{"id":"d","capability":"math.eval","input":{"expr":"1 / 0"}}]}"#,
     );
@@ -264,17 +160,15 @@ fn sequential_and_parallel_tasks_run_across_processes() {
 
 #[test]
 fn bad_input_is_refused_precisely_while_a_long_task_completes() {
-    let cluster = Cluster::start(&["--max-task-bytes", "4096", "--max-queued-subtasks", "2"]);
-    let dir = tempfile::tempdir().unwrap();
+    let cluster = four_nodes()
+        .coordinator_args(&["--max-task-bytes", "4096", "--max-queued-subtasks", "2"])
+        .start();
 
-    let long = task_file(
-        &dir,
+    let long = cluster.task_file(
         "long.yaml",
         "name: long\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 2500 }\n  - id: after\n    capability: math.eval\n    input: { expr: \"{{nap.slept_ms}} / 100\" }\n    depends_on: [nap]\n",
     );
-    let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &long]);
-    assert!(out.success(), "{out}");
-    let long_id = out.stdout.trim().to_owned();
+    let long_id = cluster.submit(&long);
     assert_eq!(cluster.status(&long_id)["status"], "running");
 
     let oversize = format!(
@@ -318,7 +212,7 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
         ),
     ];
     for (name, content, expected) in &cases {
-        let path = task_file(&dir, name, content);
+        let path = cluster.task_file(name, content);
         let out = run_cli(&["submit", "--endpoint", cluster.endpoint(), &path]);
         assert_eq!(out.code(), Some(2), "{name} must be refused: {out}");
         assert!(out.stdout.is_empty(), "{name}: nothing on stdout: {out}");
@@ -335,8 +229,7 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
 
     // A task wider than the coordinator's queue can never fit: refused at
     // once, not retried.
-    let wide = task_file(
-        &dir,
+    let wide = cluster.task_file(
         "wide.json",
         r#"{"name":"wide","tasks":[{"id":"a","capability":"sleep","input":{"ms":1}},{"id":"b","capability":"sleep","input":{"ms":1}},{"id":"c","capability":"sleep","input":{"ms":1}}]}"#,
     );
@@ -349,10 +242,7 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
     );
 
     // The long task was not disturbed.
-    let done = eventually("the long task to finish", Duration::from_secs(20), || {
-        let record = cluster.status(&long_id);
-        (record["status"] != "running" && record["status"] != "pending").then_some(record)
-    });
+    let done = cluster.wait_ended(&long_id, Duration::from_secs(20));
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"], json!({"value": 25}));
 
@@ -373,11 +263,10 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
 
 #[test]
 fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
-    let cluster = Cluster::start(&[]);
-    let (id, victim) = cluster.start_nap(1500);
-    let worker = cluster.worker(&victim);
+    let cluster = four_nodes().start();
+    let (id, victim) = start_nap(&cluster, 1500);
     let killed_at = Instant::now();
-    worker.process.kill();
+    cluster.kill(&victim);
 
     eventually(
         "the killed worker to leave the registry",
@@ -408,9 +297,9 @@ fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
 
 #[test]
 fn a_worker_stopped_with_sigterm_finishes_its_subtask_before_leaving() {
-    let cluster = Cluster::start(&[]);
-    let (id, runner) = cluster.start_nap(1500);
-    let worker = cluster.worker(&runner);
+    let cluster = four_nodes().start();
+    let (id, runner) = start_nap(&cluster, 1500);
+    let worker = cluster.node(&runner);
     worker.process.signal("TERM");
 
     let status = worker
@@ -454,49 +343,21 @@ fn the_load_generator_runs_an_embedded_cluster_without_etcd() {
     );
 }
 
-/// The node's own gRPC health answer for the whole server.
-fn serving_status(rt: &tokio::runtime::Runtime, endpoint: &str) -> Option<String> {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let mut client = HealthClient::new(channel);
-        let request = HealthCheckRequest {
-            service: String::new(),
-        };
-        let reply = client.check(request).await.ok()?.into_inner();
-        Some(format!("{:?}", reply.status()))
-    })
-}
-
 #[test]
 fn a_node_reports_not_serving_while_etcd_is_down_and_recovers_by_itself() {
-    let etcd = Etcd::start();
-    let url = etcd.client_url();
-    let node = start_node(
-        "coordinator",
-        &url,
-        "coordinator",
-        &["--id", "coordinator-1", "--lease-ttl", "2"],
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let cluster = Cluster::builder().coordinators(1).lease_ttl(2).start();
+    let node = cluster.node("coordinator-1");
+    let rt = runtime();
     let status = || serving_status(&rt, &node.endpoint);
     assert_eq!(status().as_deref(), Some("Serving"));
 
-    etcd.stop();
+    cluster.etcd().stop();
     eventually(
         "NOT_SERVING while etcd is down",
         Duration::from_secs(15),
         || (status().as_deref() == Some("NotServing")).then_some(()),
     );
-    etcd.restart();
+    cluster.etcd().restart();
     eventually(
         "SERVING again once etcd is back",
         Duration::from_secs(20),
@@ -505,7 +366,7 @@ fn a_node_reports_not_serving_while_etcd_is_down_and_recovers_by_itself() {
     // Recovered without a restart: the node is registered again.
     let agents = run_cli(&["agents", "--endpoint", &node.endpoint, "--json"]);
     assert!(agents.stdout.contains("coordinator-1"), "{agents}");
-    node.process.assert_no_panic();
+    cluster.assert_no_panic();
 }
 
 /// Two coordinators: the second is a standby that forwards what only the
@@ -514,71 +375,31 @@ fn a_node_reports_not_serving_while_etcd_is_down_and_recovers_by_itself() {
 /// task that was running.
 #[test]
 fn a_standby_coordinator_forwards_submits_and_takes_over_when_the_leader_stops() {
-    let etcd = Etcd::start();
-    let url = etcd.client_url();
-    let long_ttl = ["--lease-ttl", "30"];
-    let first = start_node(
-        "coordinator-1",
-        &url,
-        "coordinator",
-        &[&["--id", "coordinator-1"][..], &long_ttl].concat(),
-    );
-    let leader_of = |node: &Node| -> Option<String> {
-        let out = run_cli(&["agents", "--endpoint", &node.endpoint, "--json"]);
-        out.success().then_some(())?;
-        out.json()
-            .as_array()?
-            .iter()
-            .find(|a| a["leader"] == true)
-            .and_then(|a| a["id"].as_str().map(str::to_owned))
-    };
-    eventually("coordinator-1 to lead", Duration::from_secs(15), || {
-        (leader_of(&first).as_deref() == Some("coordinator-1")).then_some(())
-    });
-    let second = start_node(
-        "coordinator-2",
-        &url,
-        "coordinator",
-        &[&["--id", "coordinator-2"][..], &long_ttl].concat(),
-    );
-    let worker = start_node(
-        "worker",
-        &url,
-        "worker",
-        &[
-            "--id",
-            "worker-1",
-            "--capabilities",
-            "sleep",
-            "--lease-ttl",
-            "3",
-        ],
-    );
-    eventually(
-        "the standby to see the worker",
-        Duration::from_secs(15),
-        || {
-            let out = run_cli(&["agents", "--endpoint", &second.endpoint, "--json"]);
-            (out.success() && out.stdout.contains("worker-1")).then_some(())
-        },
-    );
+    // coordinator-1 leads before coordinator-2 starts; the standby lists the
+    // worker once started.
+    let cluster = Cluster::builder()
+        .coordinators(2)
+        .worker("worker-1", "sleep")
+        .lease_ttl(30)
+        .start();
+    let first = cluster.node("coordinator-1");
+    let second = cluster.node("coordinator-2");
+    assert_eq!(cluster.leader().as_deref(), Some("coordinator-1"));
 
     // Submitted to the standby, which forwards it to the leader.
-    let dir = tempfile::tempdir().unwrap();
-    let nap = task_file(
-        &dir,
+    let nap = cluster.task_file(
         "nap.yaml",
         "name: nap\ntasks:\n  - id: nap\n    capability: sleep\n    input: { ms: 1500 }\n",
     );
     let out = run_cli(&["submit", "--endpoint", &second.endpoint, &nap]);
     assert!(out.success(), "{out}");
     let id = out.stdout.trim().to_owned();
-    let status_at = |node: &Node| {
-        let out = run_cli(&["task", "status", &id, "--endpoint", &node.endpoint]);
+    let status_at_second = || {
+        let out = run_cli(&["task", "status", &id, "--endpoint", &second.endpoint]);
         out.success().then(|| out.json())
     };
     eventually("the nap to run", Duration::from_secs(10), || {
-        (status_at(&second)?["status"] == "running").then_some(())
+        (status_at_second()?["status"] == "running").then_some(())
     });
 
     first.process.signal("TERM");
@@ -589,22 +410,15 @@ fn a_standby_coordinator_forwards_submits_and_takes_over_when_the_leader_stops()
     assert!(exit.success(), "the leader exited with {exit}");
     // Well inside the 30 s lease: only a resign explains it.
     eventually("coordinator-2 to lead", Duration::from_secs(10), || {
-        (leader_of(&second).as_deref() == Some("coordinator-2")).then_some(())
+        (cluster.leader().as_deref() == Some("coordinator-2")).then_some(())
     });
-    let done = eventually("the nap to finish", Duration::from_secs(20), || {
-        let record = status_at(&second)?;
-        record["status"]
-            .as_str()
-            .is_some_and(|s| s != "running" && s != "pending")
-            .then_some(record)
-    });
+    // Asked of coordinator-2, the only coordinator left.
+    let done = cluster.wait_ended(&id, Duration::from_secs(20));
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["result"], json!({"slept_ms": 1500}));
     assert_eq!(
         done["subtasks"][0]["attempts"], 2,
         "the new leader started the running attempt again: {done}"
     );
-    for node in [&first, &second, &worker] {
-        node.process.assert_no_panic();
-    }
+    cluster.assert_no_panic();
 }

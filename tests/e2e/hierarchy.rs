@@ -6,58 +6,30 @@
 //! which avoids the failed operational agent, and the task completes. The
 //! result shows every level's part.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
 
-use support::{Etcd, eventually, run_cli, start_node};
+use crate::support::cluster::{Cluster, NodeSpec};
 
 #[test]
 fn a_hierarchical_task_crosses_three_levels_and_recovers_from_an_escalation() {
-    let etcd = Etcd::start();
-    let url = etcd.client_url();
-    let mut nodes = vec![start_node(
-        "coordinator",
-        &url,
-        "coordinator",
-        &["--id", "coordinator-1"],
-    )];
-    let levels: [(&str, &[&str]); 5] = [
-        ("strategic-1", &["--level", "strategic"]),
-        (
-            "tactical-1",
-            &["--level", "tactical", "--tactical-retries", "0"],
-        ),
-        (
-            "tactical-2",
-            &["--level", "tactical", "--tactical-retries", "0"],
-        ),
+    let no_retries = ["--tactical-retries", "0"];
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .level("strategic-1", "strategic")
+        .node(NodeSpec::level("tactical-1", "tactical").args(&no_retries))
+        .node(NodeSpec::level("tactical-2", "tactical").args(&no_retries))
         // Ids order placement: the faulty operational agent is tried first.
-        (
-            "operational-a",
-            &["--level", "operational", "--fault", "fail:1"],
-        ),
-        ("operational-b", &["--level", "operational"]),
-    ];
-    for (id, args) in levels {
-        let args: Vec<&str> = ["--id", id].iter().chain(args).copied().collect();
-        nodes.push(start_node(id, &url, "level", &args));
-    }
-    let endpoint = nodes[0].endpoint.clone();
-    eventually("every level registered", Duration::from_secs(15), || {
-        let out = run_cli(&["agents", "--endpoint", &endpoint, "--json"]);
-        (out.success() && out.json().as_array().map_or(0, Vec::len) == 6).then_some(())
-    });
+        .node(NodeSpec::level("operational-a", "operational").args(&["--fault", "fail:1"]))
+        .level("operational-b", "operational")
+        .start();
 
     let example = format!(
         "{}/../../examples/hierarchical-market-study.yaml",
         env!("CARGO_MANIFEST_DIR")
     );
-    let out = run_cli(&["submit", "--endpoint", &endpoint, &example, "--wait"]);
-    assert!(out.success(), "{out}");
-    let record = out.json();
+    let record = cluster.submit_wait(&example);
     let report = &record["result"];
 
     // Operational results, inside each objective's tactical summary.
@@ -89,9 +61,7 @@ fn a_hierarchical_task_crosses_three_levels_and_recovers_from_an_escalation() {
     );
     assert!(notes.contains("operational-a"), "{notes}");
 
-    for node in &nodes {
-        node.process.assert_no_panic();
-    }
+    cluster.assert_no_panic();
 }
 
 /// A tactical agent that dies mid-objective loses it: once its lease runs
@@ -99,55 +69,28 @@ fn a_hierarchical_task_crosses_three_levels_and_recovers_from_an_escalation() {
 /// agent, without waiting for the plan's deadline.
 #[test]
 fn a_tactical_agent_that_dies_has_its_objective_replanned() {
-    let etcd = Etcd::start();
-    let url = etcd.client_url();
-    let coordinator = start_node(
-        "coordinator",
-        &url,
-        "coordinator",
-        &["--id", "coordinator-1"],
-    );
-    let mut levels = Vec::new();
-    for (id, level) in [
-        ("strategic-1", "strategic"),
-        ("tactical-1", "tactical"),
-        ("tactical-2", "tactical"),
-        ("operational-1", "operational"),
-    ] {
-        levels.push(start_node(
-            id,
-            &url,
-            "level",
-            &["--id", id, "--level", level, "--lease-ttl", "2"],
-        ));
-    }
-    let endpoint = coordinator.endpoint.clone();
-    eventually("every level registered", Duration::from_secs(15), || {
-        let out = run_cli(&["agents", "--endpoint", &endpoint, "--json"]);
-        (out.success() && out.json().as_array().map_or(0, Vec::len) == 5).then_some(())
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("nap.yaml");
-    std::fs::write(
-        &file,
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .level("strategic-1", "strategic")
+        .level("tactical-1", "tactical")
+        .level("tactical-2", "tactical")
+        .level("operational-1", "operational")
+        .lease_ttl(2)
+        .start();
+    let file = cluster.task_file(
+        "nap.yaml",
         "name: long-objective\npattern: hierarchical\nobjectives:\n  - id: wait\n    tasks:\n      \
          - id: nap\n        capability: sleep\n        input: { ms: 1500 }\n",
-    )
-    .unwrap();
-    let out = run_cli(&["submit", "--endpoint", &endpoint, file.to_str().unwrap()]);
-    assert!(out.success(), "{out}");
-    let id = out.stdout.trim().to_owned();
+    );
+    let id = cluster.submit(&file);
     // Ids order placement: tactical-1 gets the objective first.
-    levels[1]
+    let tactical = cluster.node("tactical-1");
+    tactical
         .process
         .wait_for_line("directive received", Duration::from_secs(10));
-    levels[1].process.kill();
+    cluster.kill("tactical-1");
 
-    let done = eventually("the task to end", Duration::from_secs(30), || {
-        let out = run_cli(&["task", "status", &id, "--endpoint", &endpoint]);
-        let record = out.success().then(|| out.json())?;
-        (record["status"] != "running" && record["status"] != "pending").then_some(record)
-    });
+    let done = cluster.wait_ended(&id, Duration::from_secs(30));
     assert_eq!(done["status"], "completed", "{done}");
     let report = &done["result"];
     assert_eq!(
@@ -161,10 +104,6 @@ fn a_tactical_agent_that_dies_has_its_objective_replanned() {
             .contains("tactical-1"),
         "{report}"
     );
-    coordinator.process.assert_no_panic();
-    for (i, node) in levels.iter().enumerate() {
-        if i != 1 {
-            node.process.assert_no_panic();
-        }
-    }
+    // The killed tactical agent included: it must not have panicked before.
+    cluster.assert_no_panic();
 }

@@ -1,0 +1,19 @@
+//! agentmesh's end-to-end tests: one test binary (`cargo nextest run -p
+//! agentmesh --test e2e`) whose modules start real processes — an etcd,
+//! `agentmesh node`s, the `agentmesh` CLI — through the shared harness in
+//! [`support`].
+//!
+//! * `harness`: self-tests of the harness.
+//! * `registry_etcd`: the etcd registry against a real etcd.
+//! * `cluster`: coordinators and workers, driven through the CLI.
+//! * `peers`: peer consensus and reputation.
+//! * `hierarchy`: tasks across strategic, tactical and operational agents.
+//! * `chaos`: load while workers, the leader, etcd or the network fail.
+
+mod chaos;
+mod cluster;
+mod harness;
+mod hierarchy;
+mod peers;
+mod registry_etcd;
+mod support;

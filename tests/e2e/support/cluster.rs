@@ -1,0 +1,662 @@
+//! A cluster for one test: an etcd and `agentmesh node` processes, built
+//! in the style of quickwit's `ClusterSandboxBuilder`:
+//!
+//! ```text
+//! let cluster = Cluster::builder()
+//!     .coordinators(2)
+//!     .worker("worker-maths", "math.eval,sleep")
+//!     .level("strategic-1", "strategic")
+//!     .lease_ttl(2)
+//!     .start();
+//! cluster.submit_wait(&file);
+//! cluster.kill("worker-maths");
+//! ```
+//!
+//! [`ClusterBuilder::start`] starts etcd, then the coordinators in order —
+//! `coordinator-1` leads before the next one starts, so which one leads is
+//! known — then every other node, and returns once every coordinator lists
+//! every node. Every process is killed when the cluster is dropped. Nodes
+//! that were killed or exited stay in the cluster, so their output is still
+//! checked by [`Cluster::assert_no_panic`] and shown when a test fails.
+//!
+//! With [`ClusterBuilder::netns`] the cluster runs in the two network
+//! namespaces of a [`NetnsPair`] instead of on loopback: etcd and every
+//! node in namespace A, except nodes placed
+//! [`NodeSpec::behind_partition`], which run in B; the CLI runs in A.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::netns::NetnsPair;
+use super::{
+    CLI_TIMEOUT, CliOutput, Etcd, NODE_START_TIMEOUT, Process, Stream, agentmesh_bin, etcd_binary,
+    eventually, run_cli, scratch_dir,
+};
+
+/// How long [`ClusterBuilder::start`] waits for a leader and for every node
+/// to be listed.
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Client port of etcd inside namespace A.
+const NETNS_ETCD_PORT: u16 = 2379;
+/// The first node port inside the namespaces; each node takes the next one.
+const NETNS_FIRST_NODE_PORT: u16 = 7700;
+
+/// What an `agentmesh node` runs as (`--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Coordinator,
+    Worker,
+    Peer,
+    Level,
+}
+
+impl Role {
+    fn flag(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+            Role::Peer => "peer",
+            Role::Level => "level",
+        }
+    }
+}
+
+/// One node to start: its id (also its process name), role, extra flags
+/// and, in a [`ClusterBuilder::netns`] cluster, its side of the partition.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    id: String,
+    role: Role,
+    args: Vec<String>,
+    behind_partition: bool,
+}
+
+impl NodeSpec {
+    fn new(id: &str, role: Role, args: &[&str]) -> Self {
+        NodeSpec {
+            id: id.to_owned(),
+            role,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            behind_partition: false,
+        }
+    }
+
+    pub fn coordinator(id: &str) -> Self {
+        Self::new(id, Role::Coordinator, &[])
+    }
+
+    /// A worker offering `capabilities` (comma-separated).
+    pub fn worker(id: &str, capabilities: &str) -> Self {
+        Self::new(id, Role::Worker, &["--capabilities", capabilities])
+    }
+
+    /// A peer offering `capabilities` (comma-separated).
+    pub fn peer(id: &str, capabilities: &str) -> Self {
+        Self::new(id, Role::Peer, &["--capabilities", capabilities])
+    }
+
+    /// A hierarchy agent of `level` (strategic, tactical, operational).
+    pub fn level(id: &str, level: &str) -> Self {
+        Self::new(id, Role::Level, &["--level", level])
+    }
+
+    /// More `agentmesh node` flags.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Runs the node in namespace B, the side [`NetnsPair::partition_b_from_a`]
+    /// cuts off.
+    pub fn behind_partition(mut self) -> Self {
+        self.behind_partition = true;
+        self
+    }
+}
+
+/// Flags every node of a role gets, so a node added later matches the ones
+/// started with the cluster.
+#[derive(Clone, Debug, Default)]
+struct Defaults {
+    coordinator_args: Vec<String>,
+    worker_args: Vec<String>,
+    lease_ttl: Option<u64>,
+}
+
+/// What to start; see the module documentation.
+#[derive(Debug, Default)]
+pub struct ClusterBuilder {
+    coordinators: usize,
+    nodes: Vec<NodeSpec>,
+    defaults: Defaults,
+    netns: Option<NetnsPair>,
+}
+
+impl ClusterBuilder {
+    /// `n` coordinators, `coordinator-1` to `coordinator-N`.
+    pub fn coordinators(mut self, n: usize) -> Self {
+        self.coordinators = n;
+        self
+    }
+
+    /// Flags for every coordinator.
+    pub fn coordinator_args(mut self, args: &[&str]) -> Self {
+        self.defaults
+            .coordinator_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Flags for every worker, including those added later.
+    pub fn worker_args(mut self, args: &[&str]) -> Self {
+        self.defaults
+            .worker_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// `--lease-ttl SECS` for every node: how fast a dead one is noticed.
+    pub fn lease_ttl(mut self, secs: u64) -> Self {
+        self.defaults.lease_ttl = Some(secs);
+        self
+    }
+
+    pub fn worker(self, id: &str, capabilities: &str) -> Self {
+        self.node(NodeSpec::worker(id, capabilities))
+    }
+
+    /// `n` workers, `worker-1` to `worker-N`, offering `capabilities`.
+    pub fn workers(self, n: usize, capabilities: &str) -> Self {
+        (1..=n).fold(self, |builder, i| {
+            builder.worker(&format!("worker-{i}"), capabilities)
+        })
+    }
+
+    pub fn peer(self, id: &str, capabilities: &str) -> Self {
+        self.node(NodeSpec::peer(id, capabilities))
+    }
+
+    pub fn level(self, id: &str, level: &str) -> Self {
+        self.node(NodeSpec::level(id, level))
+    }
+
+    /// Any node; nodes start in the order they were added.
+    pub fn node(mut self, spec: NodeSpec) -> Self {
+        self.nodes.push(spec);
+        self
+    }
+
+    /// Runs the cluster inside `net`'s namespaces (see the module doc).
+    pub fn netns(mut self, net: NetnsPair) -> Self {
+        self.netns = Some(net);
+        self
+    }
+
+    /// Starts everything and waits until every coordinator lists every node.
+    pub fn start(self) -> Cluster {
+        let dir = scratch_dir("cluster");
+        let etcd = match &self.netns {
+            None => ClusterEtcd::Loopback(Etcd::start()),
+            Some(net) => {
+                let (process, url) = start_etcd_in(net, &dir);
+                ClusterEtcd::Netns(process, url)
+            }
+        };
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            etcd,
+            defaults: self.defaults,
+            dir,
+            next_port: NETNS_FIRST_NODE_PORT,
+            net: self.netns,
+        };
+        for n in 1..=self.coordinators {
+            let id = format!("coordinator-{n}");
+            cluster.add(NodeSpec::coordinator(&id));
+            if n == 1 {
+                eventually("coordinator-1 to lead", FORMATION_TIMEOUT, || {
+                    (cluster.leader().as_deref() == Some("coordinator-1")).then_some(())
+                });
+            }
+        }
+        for spec in self.nodes {
+            cluster.add(spec);
+        }
+        let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+        cluster.wait_listed(&ids, FORMATION_TIMEOUT);
+        cluster
+    }
+}
+
+/// A running `agentmesh node`.
+pub struct Node {
+    pub id: String,
+    pub role: Role,
+    pub process: Process,
+    /// `http://ADDR:PORT`, for `--endpoint`.
+    pub endpoint: String,
+    /// `ADDR:PORT`, the address it listens on and registers.
+    pub addr: String,
+    /// What it was started from, to start it again.
+    spec: NodeSpec,
+}
+
+enum ClusterEtcd {
+    Loopback(Etcd),
+    /// etcd inside namespace A, and its client URL.
+    Netns(Process, String),
+}
+
+/// A running cluster; see the module documentation.
+pub struct Cluster {
+    // Fields drop in order: the nodes, then etcd, then the namespaces.
+    /// Every node started, in order, killed and exited ones included.
+    nodes: Vec<Node>,
+    etcd: ClusterEtcd,
+    defaults: Defaults,
+    /// Task files written by [`Cluster::task_file`], and etcd's data in a
+    /// netns cluster.
+    dir: TempDir,
+    next_port: u16,
+    net: Option<NetnsPair>,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The loopback etcd, to stop and restart it.
+    pub fn etcd(&self) -> &Etcd {
+        match &self.etcd {
+            ClusterEtcd::Loopback(etcd) => etcd,
+            ClusterEtcd::Netns(..) => panic!("a netns cluster's etcd cannot be stopped"),
+        }
+    }
+
+    /// The namespaces of a [`ClusterBuilder::netns`] cluster, to partition
+    /// and heal.
+    pub fn netns(&self) -> &NetnsPair {
+        self.net
+            .as_ref()
+            .expect("not a netns cluster: build it with ClusterBuilder::netns")
+    }
+
+    fn etcd_url(&self) -> String {
+        match &self.etcd {
+            ClusterEtcd::Loopback(etcd) => etcd.client_url(),
+            ClusterEtcd::Netns(_, url) => url.clone(),
+        }
+    }
+
+    /// Starts one more node, with the flags every node of its role gets,
+    /// and waits until it listens (not until it is registered).
+    pub fn add(&mut self, spec: NodeSpec) -> &Node {
+        assert!(
+            self.nodes.iter().all(|n| n.id != spec.id),
+            "a node '{}' was already started",
+            spec.id
+        );
+        self.launch(spec)
+    }
+
+    /// Starts node `id` again, after it was killed or exited: once etcd has
+    /// dropped its old registration (its lease expired), with the same id
+    /// and flags, on a new port. [`Cluster::node`] then returns the new
+    /// one; the old process stays in the cluster for its output.
+    pub fn restart(&mut self, id: &str) -> &Node {
+        let old = self.node(id);
+        assert!(
+            !old.process.is_running(),
+            "node '{id}' is still running: kill it first"
+        );
+        let spec = old.spec.clone();
+        let ttl = Duration::from_secs(self.defaults.lease_ttl.unwrap_or(10));
+        let key = format!("/agentmesh/v1/agents/{id}");
+        eventually(
+            &format!("etcd to drop the registration of the killed {id}"),
+            ttl + FORMATION_TIMEOUT,
+            || (!self.etcd().has_key(&key).ok()?).then_some(()),
+        );
+        self.launch(spec)
+    }
+
+    fn launch(&mut self, spec: NodeSpec) -> &Node {
+        let url = self.etcd_url();
+        let ttl = self.defaults.lease_ttl.map(|t| t.to_string());
+        let mut args: Vec<&str> =
+            vec!["--role", spec.role.flag(), "--etcd", &url, "--id", &spec.id];
+        if let Some(ttl) = &ttl {
+            args.extend(["--lease-ttl", ttl.as_str()]);
+        }
+        let role_args: &[String] = match spec.role {
+            Role::Coordinator => &self.defaults.coordinator_args,
+            Role::Worker => &self.defaults.worker_args,
+            Role::Peer | Role::Level => &[],
+        };
+        args.extend(role_args.iter().map(String::as_str));
+        args.extend(spec.args.iter().map(String::as_str));
+        let (process, addr) = match &self.net {
+            None => start_on_loopback(&spec.id, &args),
+            Some(net) => {
+                let (ns, ip) = if spec.behind_partition {
+                    (&net.b, &net.addr_b)
+                } else {
+                    (&net.a, &net.addr_a)
+                };
+                let addr = format!("{ip}:{}", self.next_port);
+                self.next_port += 1;
+                start_in_netns(net, ns, &spec.id, &addr, &args)
+            }
+        };
+        self.nodes.push(Node {
+            id: spec.id.clone(),
+            role: spec.role,
+            process,
+            endpoint: format!("http://{addr}"),
+            addr,
+            spec,
+        });
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// Node `id`; after a restart, the new process.
+    pub fn node(&self, id: &str) -> &Node {
+        self.nodes
+            .iter()
+            .rfind(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node '{id}' in the cluster"))
+    }
+
+    /// Every node started, killed and exited ones included.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
+    }
+
+    /// The nodes of `role` still running.
+    pub fn running(&self, role: Role) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == role && n.process.is_running())
+            .collect()
+    }
+
+    /// The endpoints of every coordinator started, in order.
+    pub fn coordinator_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Coordinator)
+            .map(|n| n.endpoint.clone())
+            .collect()
+    }
+
+    /// The endpoint of the first coordinator still running.
+    pub fn endpoint(&self) -> &str {
+        self.running(Role::Coordinator)
+            .first()
+            .map(|n| n.endpoint.as_str())
+            .expect("no coordinator is running")
+    }
+
+    /// SIGKILLs node `id`; returns the epoch ms just before.
+    pub fn kill(&self, id: &str) -> u64 {
+        let at = now_ms();
+        self.node(id).process.kill();
+        at
+    }
+
+    /// `agentmesh ARGS...` to completion (in namespace A in a netns cluster).
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        match &self.net {
+            None => run_cli(args),
+            Some(net) => net.run_in_with(&net.a, agentmesh_bin(), args, CLI_TIMEOUT),
+        }
+    }
+
+    /// `agentmesh ARGS...` left running (in namespace A in a netns cluster).
+    pub fn spawn_cli(&self, name: &str, args: &[&str]) -> Process {
+        match &self.net {
+            None => Process::spawn(name, agentmesh_bin(), args, &[]),
+            Some(net) => net.spawn_in(&net.a, name, agentmesh_bin(), args, &[]),
+        }
+    }
+
+    /// `agents --json` as `endpoint` answers it.
+    pub fn agents_at(&self, endpoint: &str) -> Result<Vec<Value>, String> {
+        let out = self.cli(&["agents", "--endpoint", endpoint, "--json"]);
+        if !out.success() {
+            return Err(out.to_string());
+        }
+        Ok(out.json().as_array().cloned().unwrap_or_default())
+    }
+
+    /// `agents --json` at [`Cluster::endpoint`].
+    pub fn agents(&self) -> Vec<Value> {
+        self.agents_at(self.endpoint())
+            .unwrap_or_else(|e| panic!("agents failed: {e}"))
+    }
+
+    /// The ids [`Cluster::agents`] lists, sorted.
+    pub fn agent_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .agents()
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until every running coordinator lists all of `ids`.
+    pub fn wait_listed(&self, ids: &[String], timeout: Duration) {
+        eventually(
+            &format!("every running coordinator to list {ids:?}"),
+            timeout,
+            || {
+                self.running(Role::Coordinator)
+                    .iter()
+                    .all(|c| {
+                        self.agents_at(&c.endpoint).is_ok_and(|agents| {
+                            let listed: HashSet<&str> =
+                                agents.iter().filter_map(|a| a["id"].as_str()).collect();
+                            ids.iter().all(|id| listed.contains(id.as_str()))
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The running coordinator that some running coordinator's `agents`
+    /// marks as the leader.
+    pub fn leader(&self) -> Option<String> {
+        let running = self.running(Role::Coordinator);
+        let ids: HashSet<&str> = running.iter().map(|n| n.id.as_str()).collect();
+        running
+            .iter()
+            .filter_map(|node| self.agents_at(&node.endpoint).ok())
+            .flatten()
+            .find(|agent| {
+                agent["leader"] == true && agent["id"].as_str().is_some_and(|id| ids.contains(id))
+            })
+            .and_then(|agent| agent["id"].as_str().map(str::to_owned))
+    }
+
+    /// Writes a task file into the cluster's scratch dir; returns its path.
+    pub fn task_file(&self, name: &str, content: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
+    }
+
+    /// `submit FILE` at [`Cluster::endpoint`]; returns the task id.
+    pub fn submit(&self, file: &str) -> String {
+        let out = self.cli(&["submit", "--endpoint", self.endpoint(), file]);
+        assert!(out.success(), "submit {file} failed: {out}");
+        out.stdout.trim().to_owned()
+    }
+
+    /// `submit FILE --wait`, which must succeed; returns the final record.
+    pub fn submit_wait(&self, file: &str) -> Value {
+        let out = self.cli(&["submit", "--endpoint", self.endpoint(), file, "--wait"]);
+        assert!(out.success(), "submit --wait {file} failed: {out}");
+        out.json()
+    }
+
+    /// `task status ID` at [`Cluster::endpoint`], `None` when it fails.
+    pub fn try_status(&self, id: &str) -> Option<Value> {
+        let out = self.cli(&["task", "status", id, "--endpoint", self.endpoint()]);
+        out.success().then(|| out.json())
+    }
+
+    /// `task status ID`, which must succeed.
+    pub fn status(&self, id: &str) -> Value {
+        self.try_status(id)
+            .unwrap_or_else(|| panic!("task status {id} failed"))
+    }
+
+    /// Waits until task `id` is no longer pending or running; returns its
+    /// record.
+    pub fn wait_ended(&self, id: &str, timeout: Duration) -> Value {
+        eventually(&format!("task {id} to end"), timeout, || {
+            self.try_status(id).filter(|record| {
+                record["status"]
+                    .as_str()
+                    .is_some_and(|s| s != "running" && s != "pending")
+            })
+        })
+    }
+
+    /// Fails if any node ever started (or etcd in a netns cluster) panicked.
+    pub fn assert_no_panic(&self) {
+        for node in &self.nodes {
+            node.process.assert_no_panic();
+        }
+        if let ClusterEtcd::Netns(etcd, _) = &self.etcd {
+            etcd.assert_no_panic();
+        }
+    }
+}
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// `agentmesh node --role ROLE --etcd ETCD_URL ARGS...` on its own,
+/// outside any [`Cluster`], as process `name`; waits until it listens.
+pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node {
+    let role = [Role::Coordinator, Role::Worker, Role::Peer, Role::Level]
+        .into_iter()
+        .find(|r| r.flag() == role)
+        .unwrap_or_else(|| panic!("no node role '{role}'"));
+    let mut all = vec!["--role", role.flag(), "--etcd", etcd_url];
+    all.extend_from_slice(args);
+    let (process, addr) = start_on_loopback(name, &all);
+    Node {
+        id: name.to_owned(),
+        role,
+        process,
+        endpoint: format!("http://{addr}"),
+        addr,
+        spec: NodeSpec::new(name, role, args),
+    }
+}
+
+/// `agentmesh node ARGS... --listen 127.0.0.1:0`; waits for the stdout
+/// line `listening on 127.0.0.1:PORT` the node prints once bound and
+/// returns that address.
+fn start_on_loopback(id: &str, args: &[&str]) -> (Process, String) {
+    let mut all = vec!["node", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let process = Process::spawn(id, agentmesh_bin(), &all, &[]);
+    let line = wait_listening(&process);
+    let addr = parse_listening_line(&line).unwrap_or_else(|e| process.fail(&format!("{id}: {e}")));
+    (process, addr.to_string())
+}
+
+/// `agentmesh node ARGS...` inside `ns`, bound to `addr` (a fixed port:
+/// the namespace is the test's own).
+fn start_in_netns(
+    net: &NetnsPair,
+    ns: &str,
+    id: &str,
+    addr: &str,
+    args: &[&str],
+) -> (Process, String) {
+    let mut all = vec!["node", "--listen", addr, "--advertise", addr];
+    all.extend_from_slice(args);
+    let process = net.spawn_in(ns, id, agentmesh_bin(), &all, &[]);
+    let line = wait_listening(&process);
+    if line.trim() != format!("{LISTENING_PREFIX}{addr}") {
+        process.fail(&format!(
+            "{id}: expected `listening on {addr}`, got {line:?}"
+        ));
+    }
+    (process, addr.to_owned())
+}
+
+fn wait_listening(process: &Process) -> String {
+    process.wait_for_line_where(
+        "a stdout line `listening on ADDR:PORT`",
+        NODE_START_TIMEOUT,
+        |stream, line| stream == Stream::Stdout && line.trim_start().starts_with(LISTENING_PREFIX),
+    )
+}
+
+/// etcd inside namespace A, on A's veth address; waits until it serves.
+fn start_etcd_in(net: &NetnsPair, dir: &TempDir) -> (Process, String) {
+    let url = format!("http://{}:{NETNS_ETCD_PORT}", net.addr_a);
+    let args: Vec<OsString> = vec![
+        "--name=netns".into(),
+        format!("--data-dir={}", dir.path().join("etcd").display()).into(),
+        format!("--listen-client-urls={url}").into(),
+        format!("--advertise-client-urls={url}").into(),
+        "--listen-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+        "--initial-cluster=netns=http://127.0.0.1:2380".into(),
+        "--initial-cluster-state=new".into(),
+        "--heartbeat-interval=50".into(),
+        "--election-timeout=500".into(),
+        "--logger=zap".into(),
+        "--log-outputs=stderr".into(),
+    ];
+    let etcd = net.spawn_in(&net.a, "etcd-in-a", etcd_binary(), &args, &[]);
+    etcd.wait_for_line_where(
+        "etcd serving client traffic",
+        Duration::from_secs(20),
+        |_, line| {
+            line.contains("serving client traffic")
+                || line.contains("ready to serve client requests")
+        },
+    );
+    (etcd, url)
+}
+
+const LISTENING_PREFIX: &str = "listening on ";
+
+/// Parses exactly `listening on 127.0.0.1:PORT` (surrounding whitespace
+/// allowed, PORT non-zero).
+pub fn parse_listening_line(line: &str) -> Result<SocketAddr, String> {
+    let expected = "expected a line exactly `listening on 127.0.0.1:PORT`";
+    let rest = line
+        .trim()
+        .strip_prefix(LISTENING_PREFIX)
+        .ok_or_else(|| format!("{expected}, got {line:?}"))?;
+    let addr: SocketAddr = rest
+        .parse()
+        .map_err(|e| format!("{expected}, got {line:?} ({e})"))?;
+    if addr.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) || addr.port() == 0 {
+        return Err(format!("{expected} with a non-zero port, got {line:?}"));
+    }
+    Ok(addr)
+}
