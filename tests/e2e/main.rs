@@ -9,9 +9,12 @@
 //! * `peers`: peer consensus and reputation.
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
+//! * `custom_tool`: a node built from `examples/custom-tool` serves its own
+//!   capability to tasks submitted with the stock CLI.
 
 mod chaos;
 mod cluster;
+mod custom_tool;
 mod harness;
 mod hierarchy;
 mod peers;

@@ -27,6 +27,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -74,6 +75,9 @@ pub struct NodeSpec {
     role: Role,
     args: Vec<String>,
     behind_partition: bool,
+    /// The program to run instead of the stock `agentmesh` (one built
+    /// from the CLI library with tools of its own).
+    program: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -83,6 +87,7 @@ impl NodeSpec {
             role,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             behind_partition: false,
+            program: None,
         }
     }
 
@@ -108,6 +113,13 @@ impl NodeSpec {
     /// More `agentmesh node` flags.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Runs `program` (an `agentmesh` command line with tools of its own)
+    /// instead of the stock binary.
+    pub fn program(mut self, program: PathBuf) -> Self {
+        self.program = Some(program);
         self
     }
 
@@ -342,7 +354,7 @@ impl Cluster {
         args.extend(role_args.iter().map(String::as_str));
         args.extend(spec.args.iter().map(String::as_str));
         let (process, addr) = match &self.net {
-            None => start_on_loopback(&spec.id, &args),
+            None => start_on_loopback(&spec.id, spec.program.as_deref(), &args),
             Some(net) => {
                 let (ns, ip) = if spec.behind_partition {
                     (&net.b, &net.addr_b)
@@ -561,7 +573,7 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
         .unwrap_or_else(|| panic!("no node role '{role}'"));
     let mut all = vec!["--role", role.flag(), "--etcd", etcd_url];
     all.extend_from_slice(args);
-    let (process, addr) = start_on_loopback(name, &all);
+    let (process, addr) = start_on_loopback(name, None, &all);
     Node {
         id: name.to_owned(),
         role,
@@ -575,10 +587,11 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
 /// `agentmesh node ARGS... --listen 127.0.0.1:0`; waits for the stdout
 /// line `listening on 127.0.0.1:PORT` the node prints once bound and
 /// returns that address.
-fn start_on_loopback(id: &str, args: &[&str]) -> (Process, String) {
+fn start_on_loopback(id: &str, program: Option<&Path>, args: &[&str]) -> (Process, String) {
     let mut all = vec!["node", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let process = Process::spawn(id, agentmesh_bin(), &all, &[]);
+    let program = program.map_or_else(agentmesh_bin, Path::to_path_buf);
+    let process = Process::spawn(id, program, &all, &[]);
     let line = wait_listening(&process);
     let addr = parse_listening_line(&line).unwrap_or_else(|e| process.fail(&format!("{id}: {e}")));
     (process, addr.to_string())
