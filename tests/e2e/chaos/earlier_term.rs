@@ -88,9 +88,17 @@ fn a_result_from_before_a_coordinator_restart_is_not_applied() {
         done["subtasks"][0]["attempts"], 1,
         "`zero` ended before the restart and must not run again: {done}"
     );
-    assert_eq!(
-        done["subtasks"][1]["attempts"], 2,
-        "`first` ran again: the end of its first attempt was never written: {done}"
+    // Whether the old leader's writes of `first`'s end and `second`'s
+    // start land is a race this test cannot close: the requests it sent
+    // before the kill sit in etcd's socket buffer and may be served when
+    // etcd resumes. Either way the task must complete once, with every
+    // applied result its subtask's latest attempt (`applied.assert_clean`);
+    // the attempt-number reuse the term guards against happens when they
+    // did not land (`second_attempts=1` in the CHAOS line).
+    let first_attempts = done["subtasks"][1]["attempts"].as_u64();
+    assert!(
+        matches!(first_attempts, Some(1 | 2)),
+        "`first` ran {first_attempts:?} times: {done}"
     );
     cluster.assert_no_panic();
     applied.assert_clean();
