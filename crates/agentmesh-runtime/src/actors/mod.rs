@@ -2,7 +2,9 @@
 
 pub mod coordinator;
 pub mod faults;
-pub mod level;
+pub mod hierarchy;
 pub mod peer;
 pub mod report;
+pub mod strategic;
+pub mod tactical;
 pub mod worker;

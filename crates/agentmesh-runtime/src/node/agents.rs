@@ -21,12 +21,14 @@ use crate::actors::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorHandle, CoordinatorInbox, RecordHub,
 };
 use crate::actors::faults::Faults;
-use crate::actors::level::{Level as LevelActor, LevelArguments, LevelInbox, LevelMessage};
+use crate::actors::hierarchy::SeatArguments;
 use crate::actors::peer::{Peer, PeerArguments, PeerInbox, PeerMessage};
+use crate::actors::strategic::{Strategic, StrategicArguments, StrategicInbox, StrategicMessage};
+use crate::actors::tactical::{Tactical, TacticalArguments, TacticalInbox, TacticalMessage};
 use crate::actors::worker::{Worker, WorkerArguments, WorkerInbox, WorkerMessage};
 use crate::support::background::Background;
 use crate::tools::ToolBox;
-use crate::transport::{BoundedMailbox, Router};
+use crate::transport::{Backlog, BoundedMailbox, Inbox, Router};
 
 /// Version every agent reports in its registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -248,41 +250,99 @@ impl Spawner {
     }
 
     /// A strategic or tactical level agent: it coordinates the level below
-    /// and runs no tools.
+    /// and runs no tools. Operational-level agents are workers
+    /// ([`Spawner::worker`]).
     pub async fn level(
         &self,
         registration: AgentRegistration,
         level: Level,
         tactical: TacticalPolicy,
         strategic: StrategicPolicy,
-    ) -> Result<ActorRef<LevelMessage>, NodeError> {
+    ) -> Result<StartedLevel, NodeError> {
         let id = registration.id.clone();
         let backlog = self.router.new_backlog();
-        let args = LevelArguments {
+        let seat = SeatArguments {
             id: id.clone(),
-            level,
             router: self.router.clone(),
             registry: self.registry.clone(),
             backlog: backlog.clone(),
-            tactical,
-            strategic,
             background: self.background.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, LevelActor, args, self.link())
+        let started = match level {
+            Level::Strategic => {
+                let args = StrategicArguments {
+                    seat,
+                    policy: strategic,
+                };
+                let actor = self
+                    .spawn_level(&id, level, Strategic, args, StrategicInbox, backlog)
+                    .await?;
+                StartedLevel::Strategic(actor)
+            }
+            Level::Tactical => {
+                let args = TacticalArguments {
+                    seat,
+                    policy: tactical,
+                };
+                let actor = self
+                    .spawn_level(&id, level, Tactical, args, TacticalInbox, backlog)
+                    .await?;
+                StartedLevel::Tactical(actor)
+            }
+            Level::Operational => {
+                return Err(NodeError::Spawn(format!(
+                    "operational level '{id}': operational agents are workers"
+                )));
+            }
+        };
+        self.registry.register(registration).await?;
+        info!(agent_id = %id, %level, "hierarchy level started");
+        Ok(started)
+    }
+
+    /// Spawns a level actor linked to the supervisor and attaches its
+    /// bounded mailbox to the router.
+    async fn spawn_level<A, I>(
+        &self,
+        id: &AgentId,
+        level: Level,
+        actor: A,
+        args: A::Arguments,
+        inbox: I,
+        backlog: Arc<Backlog>,
+    ) -> Result<ActorRef<A::Msg>, NodeError>
+    where
+        A: Actor,
+        I: Inbox<Message = A::Msg>,
+    {
+        let (actor, _) = Actor::spawn_linked(None, actor, args, self.link())
             .await
             .map_err(|e| NodeError::Spawn(format!("{level} level '{id}': {e}")))?;
         self.router.add_local(
             id.clone(),
             Arc::new(BoundedMailbox::new(
                 id.clone(),
-                LevelInbox,
+                inbox,
                 actor.clone(),
                 backlog,
             )),
         );
-        self.registry.register(registration).await?;
-        info!(agent_id = %id, %level, "hierarchy level started");
         Ok(actor)
+    }
+}
+
+/// A running strategic or tactical agent.
+pub enum StartedLevel {
+    Strategic(ActorRef<StrategicMessage>),
+    Tactical(ActorRef<TacticalMessage>),
+}
+
+impl StartedLevel {
+    pub fn stop(&self, reason: &str) {
+        match self {
+            Self::Strategic(actor) => actor.stop(Some(reason.into())),
+            Self::Tactical(actor) => actor.stop(Some(reason.into())),
+        }
     }
 }
 

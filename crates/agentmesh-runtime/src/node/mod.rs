@@ -9,7 +9,8 @@
 //!  ├─ NodeSupervisor (supervisor.rs) ── every agent actor, linked
 //!  │    ├─ Coordinator + its LeadershipLoop and RecordWriter   (role coordinator)
 //!  │    ├─ Worker (+ Peer)                                     (role worker | peer | operational level)
-//!  │    └─ Level                                               (strategic | tactical level)
+//!  │    ├─ Strategic                                           (strategic level)
+//!  │    └─ Tactical                                            (tactical level)
 //!  └─ Background (support/background.rs): load publisher, store-health follower,
 //!       feeds into the actors; all stopped by one shutdown signal and awaited
 //! ```
@@ -34,18 +35,16 @@ use std::time::Duration;
 use agentmesh_core::AgentId;
 use agentmesh_proto::v1::FILE_DESCRIPTOR_SET;
 use agentmesh_registry::Registry;
-use ractor::ActorRef;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use self::agents::{Spawner, StartedCoordinator, StartedWorker};
+use self::agents::{Spawner, StartedCoordinator, StartedLevel, StartedWorker};
 pub use self::builder::NodeBuilder;
 use self::config::NodeConfig;
 pub use self::error::NodeError;
 use self::health::Health;
-use crate::actors::level::LevelMessage;
 use crate::api::cluster::ClusterGrpc;
 use crate::api::task::{TaskApi, TaskGrpc};
 use crate::transport::{MailboxService, channel};
@@ -56,7 +55,7 @@ pub(crate) struct RunningAgents {
     ids: Vec<AgentId>,
     coordinator: Option<StartedCoordinator>,
     workers: Vec<StartedWorker>,
-    levels: Vec<ActorRef<LevelMessage>>,
+    levels: Vec<StartedLevel>,
 }
 
 impl RunningAgents {
@@ -70,7 +69,7 @@ impl RunningAgents {
         self.workers.push(worker);
     }
 
-    fn add_level(&mut self, id: AgentId, level: ActorRef<LevelMessage>) {
+    fn add_level(&mut self, id: AgentId, level: StartedLevel) {
         self.ids.push(id);
         self.levels.push(level);
     }
@@ -107,7 +106,7 @@ impl RunningAgents {
             actor.stop(Some("node shutdown".into()));
         }
         for level in &self.levels {
-            level.stop(Some("node shutdown".into()));
+            level.stop("node shutdown");
         }
         for id in &self.ids {
             spawner.router().remove_local(id);

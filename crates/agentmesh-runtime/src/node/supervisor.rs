@@ -5,7 +5,8 @@
 //!  ├─ Coordinator          (role coordinator; `local`: one)
 //!  ├─ Worker               (role worker, peer, operational level; `local`: --workers of them)
 //!  ├─ Peer                 (role peer, beside its Worker)
-//!  └─ Level                (strategic or tactical level)
+//!  ├─ Strategic            (strategic level)
+//!  └─ Tactical             (tactical level)
 //! ```
 //!
 //! Agents are spawned linked to it, so a panic in an agent is not lost in

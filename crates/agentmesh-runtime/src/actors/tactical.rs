@@ -1,0 +1,361 @@
+//! The tactical level of a hierarchical task (`--role level --level
+//! tactical`): it takes an objective from the strategic agent, runs its
+//! operational tasks on operational agents (workers registered with their
+//! level), retries elsewhere or escalates, and reports back.
+//!
+//! ```text
+//! Strategic ──hierarchy.message DOWNWARD (objective, authority)──▶ Tactical
+//!   Tactical ──subtask.assign──▶ operational agents ──subtask.result──▶ Tactical
+//!   Tactical ──LATERAL (objective met)──▶ the other tactical agents
+//! Tactical ──hierarchy.message UPWARD (summary, or escalation)──▶ Strategic
+//! ```
+//!
+//! Every decision is made by `agentmesh_core::hierarchy::Tactical`; this
+//! actor carries messages to and from it and picks operational agents.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use agentmesh_core::hierarchy::{
+    Level, Tactical as CoreTactical, TacticalPolicy, TacticalStep, TacticalSummary,
+};
+use agentmesh_core::task::record::TACTICAL_OBJECTIVE;
+use agentmesh_core::{AgentId, Membership, Role};
+use agentmesh_proto::v1::hierarchy_message::Direction;
+use agentmesh_proto::v1::{Envelope, HierarchyMessage, SubtaskAssignment, SubtaskResult};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{debug, info, warn};
+
+use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
+use crate::convert;
+use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
+
+#[derive(Debug)]
+pub enum TacticalMessage {
+    /// A directive from the strategic agent (downward), or a lateral note.
+    Hierarchy {
+        from: AgentId,
+        message: HierarchyMessage,
+    },
+    /// An operational agent's result.
+    Result(SubtaskResult),
+    /// The cluster changed: operational agents that left fail their task.
+    Membership(Arc<Membership>),
+}
+
+pub struct TacticalArguments {
+    pub seat: SeatArguments,
+    pub policy: TacticalPolicy,
+}
+
+/// An objective this tactical agent runs.
+struct ObjectiveRun {
+    strategic_agent: AgentId,
+    task_id: String,
+    attempt: u32,
+    term: i64,
+    tactical: CoreTactical,
+    /// Operational agents not to try (failed it before, or under an
+    /// earlier tactical agent).
+    avoid: BTreeSet<AgentId>,
+    /// Dispatches so far, to number the operational attempts.
+    dispatches: u32,
+}
+
+pub struct TacticalState {
+    seat: Seat,
+    policy: TacticalPolicy,
+    /// Objectives by `task_id/objective`.
+    objectives: HashMap<String, ObjectiveRun>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tactical;
+
+impl Actor for Tactical {
+    type Msg = TacticalMessage;
+    type State = TacticalState;
+    type Arguments = TacticalArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TacticalArguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(TacticalState {
+            seat: Seat::take(
+                args.seat,
+                Level::Tactical,
+                myself,
+                TacticalMessage::Membership,
+            ),
+            policy: args.policy,
+            objectives: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, TacticalMessage::Membership(_)) {
+            state.seat.backlog.leave();
+        }
+        match message {
+            TacticalMessage::Hierarchy { from, message } => state.hierarchy(from, message),
+            TacticalMessage::Result(result) => state.operational_result(result),
+            TacticalMessage::Membership(view) => state.membership_changed(&view),
+        }
+        Ok(())
+    }
+}
+
+impl TacticalState {
+    /// An operational agent that left fails its running task (tried
+    /// elsewhere), without waiting for the plan's deadline.
+    fn membership_changed(&mut self, view: &Membership) {
+        let objectives: Vec<String> = self.objectives.keys().cloned().collect();
+        for key in objectives {
+            let Some(run) = self.objectives.get_mut(&key) else {
+                continue;
+            };
+            let lost: Vec<(String, AgentId)> = run
+                .tactical
+                .in_flight()
+                .into_iter()
+                .filter_map(|(task, agent)| {
+                    let agent = agent?;
+                    (!view.agents.contains_key(agent)).then(|| (task.to_owned(), agent.clone()))
+                })
+                .collect();
+            for (task, agent) in &lost {
+                run.avoid.insert(agent.clone());
+                run.tactical
+                    .failed(task, agent, "the operational agent left the cluster");
+            }
+            if !lost.is_empty() {
+                self.advance_objective(&key);
+            }
+        }
+    }
+
+    fn hierarchy(&mut self, from: AgentId, message: HierarchyMessage) {
+        if let Err(reason) = self.seat.check_route(&message) {
+            warn!(from = %from, %reason, "hierarchy message refused");
+            return;
+        }
+        match message.direction() {
+            Direction::Downward => self.directive(from, message),
+            Direction::Lateral => {
+                debug!(from = %from, task_id = %message.task_id, objective = %message.objective_id,
+                       summary = %message.summary, "lateral status");
+            }
+            // Operational agents answer with `subtask.result`; a tactical
+            // agent runs no plan to report to.
+            Direction::Upward => {
+                debug!(from = %from, task_id = %message.task_id, "report for a plan that is over");
+            }
+            Direction::Unspecified => warn!(from = %from, "hierarchy message without a direction"),
+        }
+    }
+
+    fn directive(&mut self, strategic_agent: AgentId, message: HierarchyMessage) {
+        let directive: Directive = match serde_json::from_str(&message.payload_json) {
+            Ok(directive) => directive,
+            Err(error) => {
+                warn!(%error, "unreadable directive");
+                return;
+            }
+        };
+        info!(task_id = %message.task_id, objective = %directive.objective.id,
+              authority = %message.from_level, "directive received");
+        let key = objective_key(&message.task_id, &directive.objective.id);
+        self.objectives.insert(
+            key.clone(),
+            ObjectiveRun {
+                strategic_agent,
+                task_id: message.task_id.clone(),
+                attempt: message.attempt,
+                term: message.term,
+                tactical: CoreTactical::new(&directive.objective, self.policy),
+                avoid: directive.avoid.into_iter().collect(),
+                dispatches: 0,
+            },
+        );
+        self.advance_objective(&key);
+    }
+
+    fn operational_result(&mut self, result: SubtaskResult) {
+        let Some((objective, task)) = result.subtask_id.split_once('/') else {
+            return;
+        };
+        let key = objective_key(&result.task_id, objective);
+        let Some(run) = self.objectives.get_mut(&key) else {
+            return;
+        };
+        let agent = AgentId::new(result.worker_id.clone());
+        match convert::outcome(&result, "operational agent") {
+            Ok(output) => {
+                run.tactical.completed(task, &agent, output);
+            }
+            Err(error) => {
+                warn!(task = %task, agent = %agent, %error, "operational task failed");
+                run.avoid.insert(agent.clone());
+                run.tactical.failed(task, &agent, error);
+            }
+        }
+        self.advance_objective(&key);
+    }
+
+    /// Carries out the tactical steps until it has to wait.
+    fn advance_objective(&mut self, key: &str) {
+        let membership = self.seat.membership();
+        loop {
+            let Some(run) = self.objectives.get_mut(key) else {
+                return;
+            };
+            let steps = run.tactical.next();
+            if steps.is_empty() {
+                return;
+            }
+            for step in steps {
+                match step {
+                    TacticalStep::Dispatch {
+                        task_id,
+                        capability,
+                        input,
+                        timeout_ms,
+                        avoid,
+                    } => {
+                        let mut excluded = avoid;
+                        excluded.extend(run.avoid.iter().cloned());
+                        let Some(agent) = pick(&membership, Role::Level, &capability, &excluded)
+                        else {
+                            run.tactical.unplaceable(
+                                &task_id,
+                                &format!(
+                                    "no operational agent offering '{capability}' is left to try"
+                                ),
+                            );
+                            continue;
+                        };
+                        run.dispatches += 1;
+                        let assignment = SubtaskAssignment {
+                            task_id: run.task_id.clone(),
+                            subtask_id: format!("{}/{task_id}", run.tactical.objective()),
+                            attempt: run.dispatches,
+                            capability,
+                            input_json: input.to_string(),
+                            timeout_ms: timeout_ms.unwrap_or(0),
+                            term: run.term,
+                            ..SubtaskAssignment::default()
+                        };
+                        debug!(task = %task_id, operational = %agent, "dispatching operational task");
+                        run.tactical.started(&task_id, &agent);
+                        self.seat.send(&agent, Kind::SubtaskAssign, assignment);
+                    }
+                    TacticalStep::Escalate(escalation) => {
+                        let run = self.objectives.remove(key).expect("the run is there");
+                        let header = self.seat.message(
+                            &run.task_id,
+                            &escalation.objective,
+                            Direction::Upward,
+                        );
+                        let level = u32::from(escalation.escalation);
+                        let summary = escalation.summary.clone();
+                        let report = EscalationReport {
+                            escalation,
+                            failed: run.avoid.iter().cloned().collect(),
+                        };
+                        let message = HierarchyMessage {
+                            escalation: level,
+                            summary,
+                            payload_json: serde_json::to_string(&report).unwrap_or_default(),
+                            attempt: run.attempt,
+                            term: run.term,
+                            ..header
+                        };
+                        self.seat
+                            .send(&run.strategic_agent, Kind::Hierarchy, message);
+                        return;
+                    }
+                    TacticalStep::Done(summary) => {
+                        let run = self.objectives.remove(key).expect("the run is there");
+                        info!(task_id = %run.task_id, objective = %summary.objective, "objective met");
+                        let report = HierarchyMessage {
+                            summary: summary.summary.clone(),
+                            payload_json: serde_json::to_string(&summary).unwrap_or_default(),
+                            attempt: run.attempt,
+                            term: run.term,
+                            ..self
+                                .seat
+                                .message(&run.task_id, &summary.objective, Direction::Upward)
+                        };
+                        self.seat
+                            .send(&run.strategic_agent, Kind::Hierarchy, report);
+                        self.tell_peers_at_level(&membership, &run.task_id, &summary);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lateral: lets the other tactical agents know an objective is met.
+    fn tell_peers_at_level(
+        &self,
+        membership: &Membership,
+        task_id: &str,
+        summary: &TacticalSummary,
+    ) {
+        for agent in membership
+            .offering(Role::Level, TACTICAL_OBJECTIVE)
+            .filter(|a| a.id != self.seat.id)
+        {
+            let message = HierarchyMessage {
+                summary: summary.summary.clone(),
+                ..self
+                    .seat
+                    .message(task_id, &summary.objective, Direction::Lateral)
+            };
+            self.seat.send(&agent.id, Kind::Hierarchy, message);
+        }
+    }
+}
+
+fn objective_key(task_id: &str, objective: &str) -> String {
+    format!("{task_id}/{objective}")
+}
+
+/// What a tactical agent accepts from its mailbox: directives and lateral
+/// notes, its operational agents' results, and cancels (dropped, as the
+/// levels finish what they started).
+#[derive(Debug)]
+pub struct TacticalInbox;
+
+impl Inbox for TacticalInbox {
+    type Message = TacticalMessage;
+
+    fn accepts(&self) -> &'static [Kind] {
+        &[Kind::SubtaskResult, Kind::SubtaskCancel, Kind::Hierarchy]
+    }
+
+    fn decode(
+        &self,
+        kind: Kind,
+        envelope: Envelope,
+    ) -> Result<Inbound<TacticalMessage>, DeliverError> {
+        let message = match kind {
+            Kind::SubtaskResult => TacticalMessage::Result(transport::decode(&envelope)?),
+            Kind::Hierarchy => TacticalMessage::Hierarchy {
+                message: transport::decode(&envelope)?,
+                from: AgentId::new(envelope.from),
+            },
+            // Cancelling is not supported yet: the levels finish the plan.
+            _ => return Ok(Inbound::Handled),
+        };
+        Ok(Inbound::Message(message))
+    }
+}
