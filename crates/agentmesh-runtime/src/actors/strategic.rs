@@ -338,3 +338,38 @@ impl Inbox for StrategicInbox {
         Ok(Inbound::Message(message))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_proto::v1::SubtaskCancel;
+
+    use super::*;
+
+    #[test]
+    fn a_strategic_mailbox_takes_the_plan_drops_cancels_and_refuses_operational_results() {
+        let (coordinator, me) = (AgentId::new("coordinator"), AgentId::new("strategic-1"));
+        let inbox = StrategicInbox;
+        assert!(!inbox.accepts().contains(&Kind::SubtaskResult));
+
+        let plan = SubtaskAssignment {
+            task_id: "t1".into(),
+            ..SubtaskAssignment::default()
+        };
+        let envelope = transport::envelope(&coordinator, &me, Kind::SubtaskAssign, plan);
+        let decoded = inbox.decode(Kind::SubtaskAssign, envelope);
+        assert!(
+            matches!(&decoded, Ok(Inbound::Message(StrategicMessage::Plan { coordinator: from, assignment }))
+                if *from == coordinator && assignment.task_id == "t1"),
+            "{decoded:?}"
+        );
+
+        let cancel = transport::envelope(
+            &coordinator,
+            &me,
+            Kind::SubtaskCancel,
+            SubtaskCancel::default(),
+        );
+        let decoded = inbox.decode(Kind::SubtaskCancel, cancel);
+        assert!(matches!(decoded, Ok(Inbound::Handled)), "{decoded:?}");
+    }
+}

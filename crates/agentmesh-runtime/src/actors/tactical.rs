@@ -359,3 +359,38 @@ impl Inbox for TacticalInbox {
         Ok(Inbound::Message(message))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tactical_mailbox_takes_directives_and_results_and_refuses_a_plan() {
+        let (worker, me) = (AgentId::new("worker-1"), AgentId::new("tactical-1"));
+        let inbox = TacticalInbox;
+        assert!(!inbox.accepts().contains(&Kind::SubtaskAssign));
+
+        let result = SubtaskResult {
+            subtask_id: "o1/a".into(),
+            ..SubtaskResult::default()
+        };
+        let envelope = transport::envelope(&worker, &me, Kind::SubtaskResult, result);
+        let decoded = inbox.decode(Kind::SubtaskResult, envelope);
+        assert!(
+            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Result(r))) if r.subtask_id == "o1/a"),
+            "{decoded:?}"
+        );
+
+        let directive = HierarchyMessage {
+            task_id: "t1".into(),
+            ..HierarchyMessage::default()
+        };
+        let envelope = transport::envelope(&worker, &me, Kind::Hierarchy, directive);
+        let decoded = inbox.decode(Kind::Hierarchy, envelope);
+        assert!(
+            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Hierarchy { from, message }))
+                if *from == worker && message.task_id == "t1"),
+            "{decoded:?}"
+        );
+    }
+}
