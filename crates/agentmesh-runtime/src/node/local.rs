@@ -50,6 +50,7 @@ impl LocalCluster {
     /// and background task stops.
     pub async fn shutdown(self) {
         self.running.leave(&self.spawner, LOCAL_DRAIN).await;
+        self.spawner.router().shutdown(LOCAL_DRAIN).await;
         self.spawner.stop(LOCAL_DRAIN).await;
     }
 }

@@ -205,6 +205,7 @@ impl Node {
                 Ok(())
             }
         };
+        self.spawner.router().shutdown(drain_timeout).await;
         self.spawner.stop(drain_timeout).await;
         self.spawner.registry().shutdown().await;
         info!("node stopped");

@@ -98,9 +98,9 @@ pub fn envelope(
 /// Sends an envelope without waiting for it (tell): a failed delivery is
 /// logged and otherwise left to the protocol's own deadlines.
 pub fn tell(router: &Arc<Router>, envelope: Envelope) {
-    let router = router.clone();
-    tokio::spawn(async move {
-        if let Err(error) = router.send(envelope).await {
+    let sender = router.clone();
+    router.background().spawn("tell", async move {
+        if let Err(error) = sender.send(envelope).await {
             tracing::debug!(%error, "message not delivered");
         }
     });

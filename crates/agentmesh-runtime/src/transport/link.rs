@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::{BrokenLink, ENVELOPE_OVERHEAD};
 use crate::node::config::MailboxConfig;
+use crate::support::background::Background;
 
 /// Envelopes queued for the stream before senders wait.
 const OUTBOUND_BUFFER: usize = 1024;
@@ -51,6 +52,7 @@ impl Link {
         endpoint: &str,
         config: &MailboxConfig,
         broken: broadcast::Sender<BrokenLink>,
+        background: &Background,
     ) -> Result<Arc<Self>, String> {
         let channel =
             super::channel::lazy(endpoint, config.deliver_timeout).map_err(|e| e.to_string())?;
@@ -68,8 +70,8 @@ impl Link {
             in_flight: Semaphore::new(config.max_in_flight_per_node.max(1)),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(run(link.clone(), client, queued, broken));
-        tokio::spawn(sweep(Arc::downgrade(&link)));
+        background.spawn("link", run(link.clone(), client, queued, broken));
+        background.spawn("link sweeper", sweep(Arc::downgrade(&link)));
         Ok(link)
     }
 

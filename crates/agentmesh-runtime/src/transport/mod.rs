@@ -35,6 +35,7 @@ pub use self::envelope::{Kind, decode, envelope, tell};
 use self::link::Link;
 pub use self::service::MailboxService;
 use crate::node::config::MailboxConfig;
+use crate::support::background::Background;
 
 /// Why an envelope could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -76,6 +77,7 @@ pub struct Router {
     /// sent there (see [`Router::broken_links`]).
     broken: broadcast::Sender<BrokenLink>,
     config: MailboxConfig,
+    background: Background,
 }
 
 /// A link to another node that failed (reset, refused, timed out) rather
@@ -104,7 +106,21 @@ impl Router {
             broken: broadcast::channel(BROKEN_LINK_BACKLOG).0,
             closing: watch::Sender::new(false),
             config,
+            background: Background::new(),
         })
+    }
+
+    /// Owns the router's tasks: link streams and their sweepers, inbound
+    /// links, fire-and-forget sends. [`Router::shutdown`] stops them.
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// Ends inbound links, then stops every task of the router (outbound
+    /// links, pending fire-and-forget sends) and waits up to `timeout`.
+    pub async fn shutdown(&self, timeout: std::time::Duration) {
+        self.stop_serving();
+        self.background.stop(timeout).await;
     }
 
     /// A backlog bound for a new agent of this node, sized by the config.
@@ -214,7 +230,12 @@ impl Router {
         {
             return Ok(link.clone());
         }
-        let link = Link::open(endpoint, &self.config, self.broken.clone())?;
+        let link = Link::open(
+            endpoint,
+            &self.config,
+            self.broken.clone(),
+            &self.background,
+        )?;
         links.insert(endpoint.to_owned(), link.clone());
         Ok(link)
     }

@@ -54,7 +54,7 @@ impl AgentMailbox for MailboxService {
         let (acks, stream) = mpsc::channel(ACK_BUFFER);
         let router = self.router.clone();
         let mut closing = self.router.closing();
-        tokio::spawn(async move {
+        self.router.background().spawn("inbound link", async move {
             loop {
                 let first = tokio::select! {
                     next = inbound.next() => match next {

@@ -45,7 +45,7 @@ impl CoordinatorState {
                 .or_default()
                 .push((id.clone(), subtask));
             let wake = self.myself.clone();
-            tokio::spawn(async move {
+            self.router.background().spawn("retry backoff", async move {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 let _ = wake.cast(CoordinatorMessage::Tick);
             });
@@ -132,8 +132,9 @@ fn dispatch(
     subtask: usize,
     attempt: u32,
 ) {
-    tokio::spawn(async move {
-        if let Err(error) = router.send(envelope).await {
+    let sender = router.clone();
+    router.background().spawn("dispatch", async move {
+        if let Err(error) = sender.send(envelope).await {
             let _ = coordinator.cast(CoordinatorMessage::DeliveryFailed {
                 task,
                 subtask,
