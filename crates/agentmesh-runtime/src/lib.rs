@@ -11,7 +11,7 @@
 //! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
 //! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
 //! convert     the one place that maps domain types to and from protobuf
-//! support/    owned background tasks, feeds into actors, clock, randomness
+//! support/    owned background tasks, feeds into actors, clock, reputation scores
 //! ```
 
 pub mod actors;
