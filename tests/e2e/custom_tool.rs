@@ -43,19 +43,12 @@ fn a_node_with_a_tool_of_its_own_serves_tasks_from_the_stock_cli() {
         serde_json::json!(["text.reverse"])
     );
 
-    let file = cluster.task_file(
-        "reverse.yaml",
-        "name: reverse-and-count\n\
-         tasks:\n\
-         \x20 - id: flip\n\
-         \x20   capability: text.reverse\n\
-         \x20   input: { text: \"agentmesh\" }\n\
-         \x20 - id: count\n\
-         \x20   capability: math.eval\n\
-         \x20   input: { expr: \"{{flip.chars}} * 2\" }\n\
-         \x20   depends_on: [flip]\n",
+    // The task the example's README runs.
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/custom-tool/reverse.yaml"
     );
-    let record = cluster.submit_wait(&file);
+    let record = cluster.submit_wait(file);
     assert_eq!(record["status"], "completed", "{record:#}");
     assert_eq!(record["result"]["value"], 18, "{record:#}");
     let flip = &record["subtasks"][0];

@@ -6,14 +6,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn run_local(task: &str) -> Value {
-    let dir = std::env::temp_dir().join(format!("custom-tool-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("task.yaml");
-    std::fs::write(&file, task).unwrap();
+/// The task the README runs: `text.reverse`, then `math.eval` on its output.
+const TASK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/reverse.yaml");
+
+fn run_local(file: &str) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_custom-tool"))
         .arg("local")
-        .arg(&file)
+        .arg(file)
         .output()
         .expect("custom-tool runs");
     assert!(
@@ -26,17 +25,7 @@ fn run_local(task: &str) -> Value {
 
 #[test]
 fn a_task_chains_the_custom_tool_with_a_built_in_one() {
-    let record = run_local(
-        "name: reverse-and-count\n\
-         tasks:\n\
-         \x20 - id: flip\n\
-         \x20   capability: text.reverse\n\
-         \x20   input: { text: \"agentmesh\" }\n\
-         \x20 - id: count\n\
-         \x20   capability: math.eval\n\
-         \x20   input: { expr: \"{{flip.chars}} * 2\" }\n\
-         \x20   depends_on: [flip]\n",
-    );
+    let record = run_local(TASK);
     assert_eq!(record["status"], "completed", "{record:#}");
     assert_eq!(record["result"]["value"], 18, "{record:#}");
     let flip = &record["subtasks"][0];
