@@ -22,9 +22,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use agentmesh_core::reputation::Reputation;
-use agentmesh_core::task::{Status, TaskLimits, TaskRecord, parse_and_validate};
+use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, AgentRegistration, Role, TaskId};
-use agentmesh_registry::conformance::{Backend, Clause};
+use agentmesh_registry::conformance::{Backend, Clause, record, revised};
 use agentmesh_registry::{
     AgentDirectory, Election, EtcdOptions, EtcdRegistry, Leadership, MAX_REPUTATION_CAS_ATTEMPTS,
     Registry, RegistryError, ReputationStore, TaskStore, TaskWatch, keys,
@@ -84,25 +84,6 @@ fn sees(registry: &EtcdRegistry, id: &str) -> bool {
         .borrow()
         .agents
         .contains_key(&AgentId::new(id))
-}
-
-fn record(id: &str) -> TaskRecord {
-    let file = parse_and_validate(
-        r#"{"name":"t","tasks":[{"id":"a","capability":"echo","input":{"n":1}}]}"#,
-        &TaskLimits::default(),
-        &|_| true,
-        &Vec::new,
-    )
-    .expect("valid task file");
-    TaskRecord::new(TaskId::new(id), file, 0)
-}
-
-/// `record` at a later revision.
-fn revised(record: &TaskRecord, revision: u64) -> TaskRecord {
-    let mut next = record.clone();
-    next.revision = revision;
-    next.updated_ms = revision;
-    next
 }
 
 fn put(rt: &tokio::runtime::Runtime, registry: &EtcdRegistry, records: &[TaskRecord]) {

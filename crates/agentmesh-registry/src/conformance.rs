@@ -715,7 +715,8 @@ async fn until<T: Send + Sync>(
     }
 }
 
-fn record(id: &str) -> TaskRecord {
+/// A one-subtask pending record with id `id`, for tests of any backend.
+pub fn record(id: &str) -> TaskRecord {
     let file: TaskFile = serde_json::from_str(
         r#"{"name":"t","tasks":[{"id":"a","capability":"echo","input":{"n":1}}]}"#,
     )
@@ -724,7 +725,7 @@ fn record(id: &str) -> TaskRecord {
 }
 
 /// `record` at a later revision.
-fn revised(record: &TaskRecord, revision: u64) -> TaskRecord {
+pub fn revised(record: &TaskRecord, revision: u64) -> TaskRecord {
     let mut next = record.clone();
     next.revision = revision;
     next.updated_ms = revision;
