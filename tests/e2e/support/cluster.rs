@@ -78,6 +78,9 @@ pub struct NodeSpec {
     /// The program to run instead of the stock `agentmesh` (one built
     /// from the CLI library with tools of its own).
     program: Option<PathBuf>,
+    /// `prlimit --as` for the process: an allocation past it aborts the
+    /// node instead of exhausting the machine.
+    memory_cap: Option<u64>,
 }
 
 impl NodeSpec {
@@ -88,6 +91,7 @@ impl NodeSpec {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             behind_partition: false,
             program: None,
+            memory_cap: None,
         }
     }
 
@@ -123,6 +127,14 @@ impl NodeSpec {
         self
     }
 
+    /// Caps the node's address space at `bytes` (`prlimit --as`), so a
+    /// runaway allocation aborts it (and the test sees it exit) rather than
+    /// exhausting the machine.
+    pub fn memory_cap(mut self, bytes: u64) -> Self {
+        self.memory_cap = Some(bytes);
+        self
+    }
+
     /// Runs the node in namespace B, the side [`NetnsPair::partition_b_from_a`]
     /// cuts off.
     pub fn behind_partition(mut self) -> Self {
@@ -138,6 +150,7 @@ struct Defaults {
     coordinator_args: Vec<String>,
     worker_args: Vec<String>,
     lease_ttl: Option<u64>,
+    memory_cap: Option<u64>,
 }
 
 /// What to start; see the module documentation.
@@ -175,6 +188,13 @@ impl ClusterBuilder {
     /// `--lease-ttl SECS` for every node: how fast a dead one is noticed.
     pub fn lease_ttl(mut self, secs: u64) -> Self {
         self.defaults.lease_ttl = Some(secs);
+        self
+    }
+
+    /// [`NodeSpec::memory_cap`] for every node without a cap of its own,
+    /// including those added later.
+    pub fn memory_cap(mut self, bytes: u64) -> Self {
+        self.defaults.memory_cap = Some(bytes);
         self
     }
 
@@ -354,7 +374,12 @@ impl Cluster {
         args.extend(role_args.iter().map(String::as_str));
         args.extend(spec.args.iter().map(String::as_str));
         let (process, addr) = match &self.net {
-            None => start_on_loopback(&spec.id, spec.program.as_deref(), &args),
+            None => start_on_loopback(
+                &spec.id,
+                spec.program.as_deref(),
+                spec.memory_cap.or(self.defaults.memory_cap),
+                &args,
+            ),
             Some(net) => {
                 let (ns, ip) = if spec.behind_partition {
                     (&net.b, &net.addr_b)
@@ -573,7 +598,7 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
         .unwrap_or_else(|| panic!("no node role '{role}'"));
     let mut all = vec!["--role", role.flag(), "--etcd", etcd_url];
     all.extend_from_slice(args);
-    let (process, addr) = start_on_loopback(name, None, &all);
+    let (process, addr) = start_on_loopback(name, None, None, &all);
     Node {
         id: name.to_owned(),
         role,
@@ -586,12 +611,29 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
 
 /// `agentmesh node ARGS... --listen 127.0.0.1:0`; waits for the stdout
 /// line `listening on 127.0.0.1:PORT` the node prints once bound and
-/// returns that address.
-fn start_on_loopback(id: &str, program: Option<&Path>, args: &[&str]) -> (Process, String) {
-    let mut all = vec!["node", "--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
+/// returns that address. With a `memory_cap`, the node runs under `prlimit
+/// --as=CAP`, which execs it (the pid is the node's), with glibc's malloc
+/// arenas limited so their reserved address space does not count against
+/// the cap on its own.
+fn start_on_loopback(
+    id: &str,
+    program: Option<&Path>,
+    memory_cap: Option<u64>,
+    args: &[&str],
+) -> (Process, String) {
     let program = program.map_or_else(agentmesh_bin, Path::to_path_buf);
-    let process = Process::spawn(id, program, &all, &[]);
+    let program_arg = program.to_string_lossy().into_owned();
+    let cap_arg = memory_cap.map(|cap| format!("--as={cap}"));
+    let mut all: Vec<&str> = Vec::new();
+    if let Some(cap) = &cap_arg {
+        all.extend([cap.as_str(), "--", program_arg.as_str()]);
+    }
+    all.extend(["node", "--listen", "127.0.0.1:0"]);
+    all.extend_from_slice(args);
+    let process = match memory_cap {
+        None => Process::spawn(id, &program, &all, &[]),
+        Some(_) => Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")]),
+    };
     let line = wait_listening(&process);
     let addr = parse_listening_line(&line).unwrap_or_else(|e| process.fail(&format!("{id}: {e}")));
     (process, addr.to_string())

@@ -827,6 +827,16 @@ impl Process {
         lock(&self.child).try_wait().ok().flatten()
     }
 
+    /// Peak resident set size in KiB (`VmHWM` in `/proc/PID/status`), while
+    /// the process has not been reaped.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     pub fn is_running(&self) -> bool {
         self.try_status().is_none()
     }
