@@ -9,6 +9,7 @@
 //! * `peers`: peer consensus and reputation.
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
+//! * `hostile`: hostile input against a cluster under memory caps.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -17,6 +18,7 @@ mod cluster;
 mod custom_tool;
 mod harness;
 mod hierarchy;
+mod hostile;
 mod peers;
 mod registry_etcd;
 mod support;
