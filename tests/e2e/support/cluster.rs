@@ -78,9 +78,6 @@ pub struct NodeSpec {
     /// The program to run instead of the stock `agentmesh` (one built
     /// from the CLI library with tools of its own).
     program: Option<PathBuf>,
-    /// `prlimit --as` for the process: an allocation past it aborts the
-    /// node instead of exhausting the machine.
-    memory_cap: Option<u64>,
 }
 
 impl NodeSpec {
@@ -91,7 +88,6 @@ impl NodeSpec {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             behind_partition: false,
             program: None,
-            memory_cap: None,
         }
     }
 
@@ -124,14 +120,6 @@ impl NodeSpec {
     /// instead of the stock binary.
     pub fn program(mut self, program: PathBuf) -> Self {
         self.program = Some(program);
-        self
-    }
-
-    /// Caps the node's address space at `bytes` (`prlimit --as`), so a
-    /// runaway allocation aborts it (and the test sees it exit) rather than
-    /// exhausting the machine.
-    pub fn memory_cap(mut self, bytes: u64) -> Self {
-        self.memory_cap = Some(bytes);
         self
     }
 
@@ -191,8 +179,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// [`NodeSpec::memory_cap`] for every node without a cap of its own,
-    /// including those added later.
+    /// Caps every node's address space at `bytes` (`prlimit --as`),
+    /// including nodes added later, so a runaway allocation aborts the node
+    /// (and the test sees it exit) rather than exhausting the machine.
     pub fn memory_cap(mut self, bytes: u64) -> Self {
         self.defaults.memory_cap = Some(bytes);
         self
@@ -377,7 +366,7 @@ impl Cluster {
             None => start_on_loopback(
                 &spec.id,
                 spec.program.as_deref(),
-                spec.memory_cap.or(self.defaults.memory_cap),
+                self.defaults.memory_cap,
                 &args,
             ),
             Some(net) => {
