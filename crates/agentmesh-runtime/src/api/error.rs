@@ -32,6 +32,11 @@ pub enum ApiError {
     /// forwarded (again).
     #[error("this coordinator is not the leader; '{0}' leads: send the request there or retry")]
     NotLeader(AgentId),
+    #[error(
+        "this node serves at most {0} Watch streams at once (--max-watch-streams); \
+         retry later or watch on another coordinator"
+    )]
+    TooManyWatches(usize),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -64,6 +69,7 @@ impl From<ApiError> for Status {
             | ApiError::NotLeader(_) => Status::unavailable(message),
             ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
             ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
             ApiError::NoCoordinator => Status::failed_precondition(message),
             ApiError::Coordinator(_) => Status::unavailable(message),
             ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),

@@ -22,6 +22,7 @@ use agentmesh_registry::Registry;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
@@ -207,7 +208,9 @@ impl TaskApi {
     }
 
     /// The record, then every later change, ending after the terminal
-    /// record. Only records with a revision above `after_revision` are sent.
+    /// record. Only records with a revision above `after_revision` are sent;
+    /// a task that has ended by then ends the stream at once, even when the
+    /// caller has its last record already.
     ///
     /// A task this node owns is followed in memory through the record hub;
     /// any other task, or a watcher that fell behind the hub, through the
@@ -233,8 +236,15 @@ impl TaskApi {
             }
             None => {
                 // Answer NOT_FOUND at once rather than as a stream error.
-                self.get(id).await?;
-                remote.boxed()
+                let current = self.get(id).await?;
+                if current.status.is_terminal() {
+                    // An ended task changes no more: its final record (if
+                    // the caller lacks it) is all there is, and no registry
+                    // watcher is opened for it.
+                    futures::stream::iter([Ok(Arc::new(current))]).boxed()
+                } else {
+                    remote.boxed()
+                }
             }
         };
         let stream = futures::stream::unfold(
@@ -246,7 +256,15 @@ impl TaskApi {
                 loop {
                     let item = merged.next().await?;
                     match item {
-                        Ok(record) if record.revision <= last => continue,
+                        // A terminal record the caller has already seen
+                        // ends the stream: nothing follows it, and waiting
+                        // would hold the stream (and a watcher) forever.
+                        Ok(record) if record.revision <= last => {
+                            if record.status.is_terminal() {
+                                return None;
+                            }
+                            continue;
+                        }
                         Ok(record) => {
                             last = record.revision;
                             let ended = record.status.is_terminal();
@@ -326,13 +344,24 @@ fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<
 pub struct TaskGrpc {
     api: TaskApi,
     forwarder: Forwarder,
+    /// One permit per open Watch stream (each may hold a registry
+    /// watcher), so many Watches cannot exhaust the node or etcd.
+    watches: Arc<Semaphore>,
+    max_watches: usize,
 }
 
 impl TaskGrpc {
-    pub fn server(api: TaskApi, max_message_bytes: usize) -> TaskServiceServer<Self> {
+    /// `max_watches` bounds the Watch streams open at once on this node.
+    pub fn server(
+        api: TaskApi,
+        max_message_bytes: usize,
+        max_watches: usize,
+    ) -> TaskServiceServer<Self> {
         TaskServiceServer::new(Self {
             api,
             forwarder: Forwarder::new(max_message_bytes),
+            watches: Arc::new(Semaphore::new(max_watches)),
+            max_watches,
         })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)
@@ -396,12 +425,19 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchStream>, tonic::Status> {
+        // Checked before any work; held until the stream is dropped.
+        let permit = self
+            .watches
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyWatches(self.max_watches))?;
         let request = request.into_inner();
         let records = self
             .api
             .watch(&TaskId::new(request.task_id), request.after_revision)
             .await?;
-        let stream = records.map(|item| {
+        let stream = records.map(move |item| {
+            let _held = &permit;
             item.map(|r| convert::task_record(&r))
                 .map_err(tonic::Status::from)
         });

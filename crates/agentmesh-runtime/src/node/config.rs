@@ -41,6 +41,7 @@ pub struct NodeConfig {
     pub http_allow: Vec<AllowedHost>,
     pub coordinator: CoordinatorConfig,
     pub mailbox: MailboxConfig,
+    pub connections: ConnectionConfig,
     pub peer: PeerConfig,
     /// How hard hierarchy levels try before escalating or giving up.
     pub tactical: TacticalPolicy,
@@ -160,6 +161,44 @@ impl Default for MailboxConfig {
     }
 }
 
+/// Knobs of the node's gRPC server: how many connections and Watch streams
+/// it holds, and when it closes connections that are idle or dead. Every
+/// accepted connection costs a file descriptor and memory whether or not it
+/// is used, so without these a client (or a crowd of forgotten ones) could
+/// hold the node at its file-descriptor limit.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Open client connections; a connection over it is accepted and
+    /// closed at once with an HTTP/2 GOAWAY naming the limit. Keep it below
+    /// the process's file-descriptor limit (`ulimit -n`), less what etcd
+    /// and the other nodes' links use.
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed; a
+    /// client reconnects when it next needs to (gRPC's MAX_CONNECTION_IDLE).
+    pub idle_timeout: Duration,
+    /// Interval of the HTTP/2 PINGs the server sends on every connection,
+    /// so a peer that vanished (host down, frozen, cable pulled) is found
+    /// out even while its streams are open.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Watch streams open at once on this node; each may hold an etcd
+    /// watcher, so a Watch over it is refused with `RESOURCE_EXHAUSTED`.
+    pub max_watch_streams: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_watch_streams: 1024,
+        }
+    }
+}
+
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("--max-concurrency must be at least 1")]
@@ -193,6 +232,7 @@ impl NodeConfig {
             http_allow: Vec::new(),
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),
+            connections: ConnectionConfig::default(),
             peer: PeerConfig::default(),
             tactical: TacticalPolicy::default(),
             strategic: StrategicPolicy::default(),
@@ -259,8 +299,20 @@ impl NodeConfig {
             (c.write_batch, "write batch"),
             (c.write_concurrency, "write concurrency"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
+            (self.connections.max_connections, "max connections"),
+            (self.connections.max_watch_streams, "max watch streams"),
         ] {
             if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let k = &self.connections;
+        for (value, name) in [
+            (k.idle_timeout, "idle timeout"),
+            (k.keepalive_interval, "keep-alive interval"),
+            (k.keepalive_timeout, "keep-alive timeout"),
+        ] {
+            if value.is_zero() {
                 return Err(ConfigError::Zero(name));
             }
         }

@@ -153,15 +153,23 @@ impl Node {
         let api = TaskApi::new(registry, coordinator, config.coordinator.limits.clone());
         let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = channel::server()
+        let connections = &config.connections;
+        let server = channel::server(connections)
             .add_service(MailboxService::server(spawner.router().clone()))
-            .add_service(TaskGrpc::server(api, max_message))
+            .add_service(TaskGrpc::server(
+                api,
+                max_message,
+                connections.max_watch_streams,
+            ))
             .add_service(cluster)
             .add_service(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(channel::incoming(listener), async {
-                let _ = stopped.await;
-            });
+            .serve_with_incoming_shutdown(
+                channel::incoming(listener, connections, Default::default()),
+                async {
+                    let _ = stopped.await;
+                },
+            );
         Ok(Self {
             addr,
             agents: running.ids.clone(),

@@ -4,16 +4,36 @@
 //! the leader, the CLI client, the load generator — is made by [`lazy`] or
 //! [`connect`], and every server starts from [`server`] and [`incoming`].
 //! TLS, authentication and trace propagation are added here, once.
+//!
+//! Both ends send HTTP/2 keep-alive PINGs, so a peer that froze or vanished
+//! is found out while a stream to it is open; the server also closes
+//! connections with nothing in flight and holds a bounded number of them
+//! (see [`super::accept`]).
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
+use tower_layer::{Identity, Stack};
+
+pub use super::accept::ConnectionStats;
+use super::accept::{self, Conn, TrackRequestsLayer};
+use crate::node::config::ConnectionConfig;
 
 /// How long connecting may take when the caller does not say.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Interval of a client channel's HTTP/2 PINGs while it has streams open.
+/// Short enough that a client waiting on a frozen node gives up within
+/// half a minute, long enough to cost nothing.
+pub const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a client waits for the answer to a PING before it drops the
+/// connection and fails its streams.
+pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ChannelError {
@@ -48,14 +68,21 @@ pub fn uri(endpoint: &str) -> Result<String, ChannelError> {
 }
 
 /// The endpoint every channel is built from: TCP_NODELAY (multi-frame
-/// HTTP/2 writes otherwise stall on delayed ACKs, ~40 ms) and a connect
-/// timeout.
+/// HTTP/2 writes otherwise stall on delayed ACKs, ~40 ms), a connect
+/// timeout, and keep-alive PINGs while streams are open (idle channels do
+/// not ping: the server closes them after its idle timeout and they
+/// reconnect on next use).
 fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, ChannelError> {
     let endpoint = Endpoint::from_shared(uri(address)?).map_err(|e| ChannelError::BadEndpoint {
         endpoint: address.to_owned(),
         message: e.to_string(),
     })?;
-    Ok(endpoint.tcp_nodelay(true).connect_timeout(connect_timeout))
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(CLIENT_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false))
 }
 
 /// A channel that connects on first use and reconnects after a failure.
@@ -75,15 +102,28 @@ pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Channel
         })
 }
 
-/// The server every node serves its services on.
-pub fn server() -> Server {
-    Server::builder().tcp_nodelay(true)
+/// The server every node serves its services on: HTTP/2 keep-alive PINGs
+/// at `config`'s interval (a peer that does not answer within the timeout
+/// is disconnected) and every request counted on its connection for the
+/// idle timeout. Serve it on [`incoming`].
+pub fn server(config: &ConnectionConfig) -> Server<Stack<TrackRequestsLayer, Identity>> {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(TrackRequestsLayer)
 }
 
-/// Accepted sockets of `listener`, with TCP_NODELAY: the server builder's
-/// own setting only applies to listeners it binds itself.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Connections accepted from `listener` within `config`'s connection limit
+/// and idle timeout, with TCP_NODELAY; an accept loop that backs off at
+/// the file-descriptor limit instead of spinning. `stats` counts what it
+/// does.
+pub fn incoming(
+    listener: TcpListener,
+    config: &ConnectionConfig,
+    stats: Arc<ConnectionStats>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    accept::incoming(listener, config, stats)
 }
 
 #[cfg(test)]

@@ -14,8 +14,10 @@
 //! link       one Link stream per remote node, acks by seq
 //! service    the AgentMailbox gRPC service
 //! channel    the one place that builds gRPC channels and servers
+//! accept     the server's connections: limit, idle timeout, accept backoff
 //! ```
 
+pub mod accept;
 pub mod bounded;
 pub mod channel;
 pub mod envelope;

@@ -1,0 +1,483 @@
+//! The server side of every connection a node accepts: how many it holds,
+//! when it lets one go, and what it does when the process runs out of file
+//! descriptors.
+//!
+//! ```text
+//! TcpListener ─ Incoming ─┬─ over --max-connections: GOAWAY naming the limit, closed, counted
+//!                         ├─ accept error (EMFILE, ENFILE, ...): backs off, one WARN per interval
+//!                         └─ Conn ── hyper/h2 ── TrackRequests (in-flight requests of the Conn)
+//!                              └─ EOF once no request has been in flight for --idle-timeout
+//! ```
+//!
+//! tonic's own `TcpIncoming` hands an accept error to the server loop,
+//! which tries again at once: at the file-descriptor limit the pending
+//! connection stays in the kernel's backlog, every `accept` fails, and the
+//! loop burns a core while answering nothing. [`incoming`] never yields an
+//! error; it waits, doubling the pause up to [`MAX_ACCEPT_BACKOFF`].
+//!
+//! Idleness is measured in requests, not bytes: HTTP/2 PINGs (the server's
+//! keep-alive and their answers) keep the socket busy on a connection no
+//! one uses, while a Watch that waits an hour for its next record is not
+//! idle at all. [`TrackRequests`] counts the requests in flight on each
+//! connection until their response bodies end; the connection's reader
+//! reports end-of-stream once the count has stayed at zero for the idle
+//! timeout, and hyper closes it.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::{debug, warn};
+
+use crate::node::config::ConnectionConfig;
+
+/// The longest pause between two `accept` calls after an error.
+pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// The first pause after an accept error.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// At most one WARN per kind of trouble (refusals, accept errors) per
+/// interval, with the count since the last one.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An HTTP/2 server preface (an empty SETTINGS frame) and a GOAWAY with
+/// ENHANCE_YOUR_CALM, last stream 0 and `debug` as its debug data: what a
+/// refused client reads before the connection closes, so its error names
+/// the reason instead of "connection reset".
+fn goaway(debug: &str) -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let debug = &debug.as_bytes()[..debug.len().min(1024)];
+    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    let length = (8 + debug.len()) as u32;
+    frames.extend_from_slice(&length.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frames.extend_from_slice(debug);
+    frames
+}
+
+/// Counts of what the accept loop did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Connections refused for the connection limit, ever.
+    pub refused: AtomicU64,
+    /// Connections closed after the idle timeout, ever.
+    pub idle_closed: AtomicU64,
+    /// `accept` calls that failed, ever.
+    pub accept_errors: AtomicU64,
+}
+
+/// Connections accepted from `listener`, within `config`'s limits; see the
+/// module documentation. The stream never yields an error.
+pub fn incoming(
+    listener: TcpListener,
+    config: &ConnectionConfig,
+    stats: Arc<ConnectionStats>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let acceptor = Acceptor {
+        listener,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        refusal: goaway(&format!(
+            "connection limit of {} reached (--max-connections); retry later",
+            config.max_connections
+        )),
+        stats,
+        refusals: RateLimited::default(),
+        errors: RateLimited::default(),
+    };
+    futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let conn = acceptor.next().await;
+        Some((Ok(conn), acceptor))
+    })
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    max_connections: usize,
+    idle_timeout: Duration,
+    refusal: Vec<u8>,
+    stats: Arc<ConnectionStats>,
+    refusals: RateLimited,
+    errors: RateLimited,
+}
+
+impl Acceptor {
+    async fn next(&mut self) -> Conn {
+        let mut backoff = MIN_ACCEPT_BACKOFF;
+        loop {
+            let (stream, remote) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) if per_connection(&error) => continue,
+                Err(error) => {
+                    self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(failed) = self.errors.tick() {
+                        warn!(
+                            %error,
+                            failed,
+                            backoff_ms = backoff.as_millis() as u64,
+                            "cannot accept connections (at the file-descriptor limit if the \
+                             error says too many open files); backing off"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = MIN_ACCEPT_BACKOFF;
+            if self.stats.open.load(Ordering::Relaxed) >= self.max_connections {
+                self.refuse(stream, remote);
+                continue;
+            }
+            return Conn::new(stream, remote, self.idle_timeout, self.stats.clone());
+        }
+    }
+
+    /// Writes the GOAWAY if the socket takes it at once, drains what the
+    /// client already sent (closing with unread data would reset the
+    /// connection and could discard the GOAWAY), and closes; never waits.
+    fn refuse(&mut self, stream: TcpStream, remote: SocketAddr) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.try_write(&self.refusal);
+        let mut sink = [0u8; 4096];
+        let _ = stream.try_read(&mut sink);
+        drop(stream);
+        if let Some(refused) = self.refusals.tick() {
+            warn!(
+                limit = self.max_connections,
+                refused,
+                %remote,
+                "refused connections over the connection limit (--max-connections)"
+            );
+        }
+    }
+}
+
+/// Accept errors that concern one connection only (it was reset before it
+/// was taken); the next `accept` may well succeed.
+fn per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Lets one event through per [`WARN_INTERVAL`] with the number of events
+/// since the last one let through.
+#[derive(Default)]
+struct RateLimited {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RateLimited {
+    fn tick(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// Requests in flight on one connection, and since when there were none.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// When the connection may be closed; `None` while a request is in
+    /// flight.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(*self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + timeout)
+    }
+}
+
+/// One request in flight, until its response body has been dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What each request learns of its connection: tonic's [`TcpConnectInfo`]
+/// (added to the request too, so `Request::remote_addr` works) and the
+/// connection's request count.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    tcp: TcpConnectInfo,
+    activity: Arc<Activity>,
+}
+
+/// An accepted connection: the socket, its share of the connection limit
+/// and its idle timer.
+pub struct Conn {
+    stream: TcpStream,
+    info: ConnInfo,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    closed: bool,
+    stats: Arc<ConnectionStats>,
+}
+
+impl Conn {
+    fn new(
+        stream: TcpStream,
+        remote: SocketAddr,
+        idle_timeout: Duration,
+        stats: Arc<ConnectionStats>,
+    ) -> Self {
+        // Multi-frame HTTP/2 writes otherwise stall on delayed ACKs.
+        let _ = stream.set_nodelay(true);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        Self {
+            info: ConnInfo {
+                tcp: TcpConnectInfo {
+                    local_addr: stream.local_addr().ok(),
+                    remote_addr: Some(remote),
+                },
+                activity: Arc::new(Activity {
+                    in_flight: AtomicUsize::new(0),
+                    idle_since: Mutex::new(now),
+                }),
+            },
+            stream,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            closed: false,
+            stats,
+        }
+    }
+
+    /// `true` once the connection has had no request in flight for the
+    /// idle timeout; otherwise rearms the timer for the next check.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            match self.info.activity.idle_deadline(self.idle_timeout) {
+                Some(deadline) if deadline <= now => return true,
+                Some(deadline) => self.idle.as_mut().reset(deadline),
+                None => self.idle.as_mut().reset(now + self.idle_timeout),
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Pending => {}
+            ready => return ready,
+        }
+        if this.idle_expired(cx) {
+            // End of stream: hyper ends the connection and drops it.
+            this.closed = true;
+            this.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                remote = ?this.info.tcp.remote_addr,
+                idle_timeout_ms = this.idle_timeout.as_millis() as u64,
+                "closing an idle connection"
+            );
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Counts every request on its connection (see [`Conn`]) until its
+/// response body is dropped, so a long Watch keeps its connection open and
+/// a connection without requests is let go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackRequestsLayer;
+
+impl<S> tower_layer::Layer<S> for TrackRequestsLayer {
+    type Service = TrackRequests<S>;
+
+    fn layer(&self, inner: S) -> TrackRequests<S> {
+        TrackRequests { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackRequests<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for TrackRequests<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<RB>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let in_flight = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| (info.tcp.clone(), info.activity.enter()));
+        let in_flight = in_flight.map(|(tcp, in_flight)| {
+            request.extensions_mut().insert(tcp);
+            in_flight
+        });
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until dropped.
+#[derive(Debug)]
+pub struct TrackedBody<B> {
+    inner: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_settings_frame_then_a_goaway_with_the_reason() {
+        let frames = goaway("limit of 2");
+        assert_eq!(&frames[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let goaway = &frames[9..];
+        assert_eq!(&goaway[..3], &[0, 0, 18], "8 bytes + 10 of debug data");
+        assert_eq!(goaway[3], 7);
+        assert_eq!(&goaway[13..17], &[0, 0, 0, 0xb]);
+        assert_eq!(&goaway[17..], b"limit of 2");
+    }
+
+    #[test]
+    fn warnings_are_let_through_once_per_interval_with_a_count() {
+        let mut limited = RateLimited::default();
+        assert_eq!(limited.tick(), Some(1));
+        assert_eq!(limited.tick(), None);
+        assert_eq!(limited.tick(), None);
+        limited.last = Some(Instant::now() - WARN_INTERVAL);
+        assert_eq!(limited.tick(), Some(3));
+    }
+}
