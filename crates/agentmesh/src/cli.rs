@@ -251,6 +251,26 @@ pub struct NodeArgs {
     /// Task records written to etcd in one transaction (coordinator).
     #[arg(long, env = "AGENTMESH_WRITE_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=128))]
     pub write_batch: u64,
+    /// Client connections this node holds open; one over it is closed at
+    /// once with an HTTP/2 GOAWAY naming the limit. Keep it below the
+    /// file-descriptor limit (ulimit -n).
+    #[arg(long, env = "AGENTMESH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Seconds a connection may go without a request in flight before the
+    /// node closes it (clients reconnect when they next need to).
+    #[arg(long, env = "AGENTMESH_IDLE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Seconds between the HTTP/2 PINGs the node sends on every connection,
+    /// to find peers that froze or vanished.
+    #[arg(long, env = "AGENTMESH_KEEPALIVE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_interval: u64,
+    /// Seconds a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "AGENTMESH_KEEPALIVE_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout: u64,
+    /// Watch streams open at once on this node; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AGENTMESH_MAX_WATCH_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watch_streams: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -292,6 +312,12 @@ impl NodeArgs {
         config.tactical.retries_elsewhere = self.tactical_retries;
         config.strategic.replans = self.strategic_replans;
         config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
+        let connections = &mut config.connections;
+        connections.max_connections = self.max_connections as usize;
+        connections.idle_timeout = Duration::from_secs(self.idle_timeout);
+        connections.keepalive_interval = Duration::from_secs(self.keepalive_interval);
+        connections.keepalive_timeout = Duration::from_secs(self.keepalive_timeout);
+        connections.max_watch_streams = self.max_watch_streams as usize;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
         coordinator.retry.max_attempts = self.max_attempts;
@@ -353,7 +379,10 @@ fn non_empty(items: &[String]) -> Vec<String> {
 
 #[derive(Debug, Args)]
 pub struct Endpoints {
-    /// Coordinator gRPC URLs, comma-separated; tried in turn.
+    /// Coordinator gRPC URLs, comma-separated; tried in turn: the next one
+    /// when one cannot be reached within --connect-timeout-ms, or does not
+    /// answer within --request-timeout-ms (a submit only moves on when the
+    /// first endpoint cannot have taken the task).
     #[arg(
         long,
         env = "AGENTMESH_ENDPOINT",
@@ -361,6 +390,23 @@ pub struct Endpoints {
         required = true
     )]
     pub endpoint: Vec<String>,
+    /// Time for one endpoint to accept a connection and answer a health
+    /// check, in ms; a frozen or overloaded node is passed over after it.
+    #[arg(long, env = "AGENTMESH_CONNECT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+    /// Time for one endpoint to answer a request (a Watch: its first
+    /// response), in ms. A submit covers the durable write of the task.
+    #[arg(long, env = "AGENTMESH_REQUEST_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+}
+
+impl Endpoints {
+    pub fn deadlines(&self) -> crate::client::Deadlines {
+        crate::client::Deadlines {
+            connect: Duration::from_millis(self.connect_timeout_ms),
+            request: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -450,6 +496,60 @@ mod tests {
         assert_eq!(config.max_concurrency, 8);
         assert_eq!(config.coordinator.weights.capability, 1.0);
         assert_eq!(config.coordinator.weights.success_rate, 0.0);
+    }
+
+    #[test]
+    fn connection_flags_map_onto_the_config_and_the_client_deadlines() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "--role",
+            "coordinator",
+            "--etcd",
+            "http://a:1",
+            "--max-connections",
+            "16",
+            "--idle-timeout",
+            "7",
+            "--max-watch-streams",
+            "3",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        let connections = args.to_config().connections;
+        assert_eq!(connections.max_connections, 16);
+        assert_eq!(connections.idle_timeout, Duration::from_secs(7));
+        assert_eq!(connections.max_watch_streams, 3);
+
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "submit",
+            "--endpoint",
+            "http://a:1,http://b:2",
+            "--connect-timeout-ms",
+            "250",
+            "task.yaml",
+        ])
+        .unwrap();
+        let Command::Submit(args) = cli.command else {
+            panic!("expected submit")
+        };
+        let deadlines = args.endpoints.deadlines();
+        assert_eq!(deadlines.connect, Duration::from_millis(250));
+        assert_eq!(deadlines.request, Duration::from_secs(60));
+        assert!(
+            Cli::try_parse_from([
+                "agentmesh",
+                "agents",
+                "--endpoint",
+                "http://a:1",
+                "--request-timeout-ms",
+                "0",
+            ])
+            .is_err()
+        );
     }
 
     #[test]

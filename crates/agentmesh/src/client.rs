@@ -1,7 +1,22 @@
 //! The CLI's gRPC client: tries each given endpoint in turn, so a client
 //! survives the loss of one coordinator, and resumes a watch where it left
 //! off.
+//!
+//! Every endpoint gets two deadlines ([`Deadlines`]). Connecting includes a
+//! health check: the kernel completes the TCP handshake of a frozen
+//! (SIGSTOPped) or wedged process, and only an answer shows that the node
+//! reads what it is sent. A node that gives none within the connect
+//! deadline has taken nothing, so any request moves on to the next
+//! endpoint. Once a request was sent, the request deadline bounds the wait
+//! for its answer. Reads (status, watch, agents) and cancel are idempotent
+//! and move on after it too. A submit does not: a node that answered the
+//! health check and then went silent may have accepted the task, and
+//! sending it to the next endpoint could run it twice, so the client says
+//! so and stops. The same holds when the connection breaks after a submit
+//! was sent; a refusal the node itself sent (no leader, not persisted) is
+//! safe to take elsewhere.
 
+use std::error::Error as _;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,13 +28,36 @@ use agentmesh_runtime::transport::channel;
 use anyhow::{Context, bail};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnection rounds of a watch over all endpoints before giving up.
 const WATCH_ROUNDS: u32 = 10;
 
+/// How long the client waits on one endpoint (`--connect-timeout-ms`,
+/// `--request-timeout-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// To connect and have a health check answered.
+    pub connect: Duration,
+    /// For the answer to one request (a Watch: its first response; later
+    /// silence is found by HTTP/2 keep-alive).
+    pub request: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            connect: CONNECT_TIMEOUT,
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
 pub struct Client {
     endpoints: Vec<String>,
+    deadlines: Deadlines,
 }
 
 /// Whether another endpoint might answer where this one did not.
@@ -28,6 +66,39 @@ fn worth_another_endpoint(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled
     )
+}
+
+/// Whether a failed call may have reached the node: the status came from
+/// the connection breaking (it has a transport error as its source), not
+/// from the node, which sends its refusals as plain statuses.
+fn maybe_delivered(status: &Status) -> bool {
+    status.source().is_some()
+}
+
+/// A status's message with the errors beneath it (a GOAWAY's reason is
+/// only in its source), each once.
+fn status_text(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(error) = source {
+        let line = error.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = error.source();
+    }
+    text
+}
+
+/// Whether a request may be sent again to the next endpoint after it may
+/// have reached this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads, cancel: doing it twice changes nothing.
+    Safe,
+    /// Submit: a second copy is a second task.
+    Unsafe,
 }
 
 /// A request the cluster refused, kept whole so callers can look at its
@@ -72,7 +143,7 @@ fn retry_after(error: &anyhow::Error) -> Option<Duration> {
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>) -> anyhow::Result<Self> {
+    pub fn new(endpoints: Vec<String>, deadlines: Deadlines) -> anyhow::Result<Self> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .filter(|e| !e.trim().is_empty())
@@ -80,7 +151,10 @@ impl Client {
         if endpoints.is_empty() {
             bail!("no endpoint given (--endpoint or AGENTMESH_ENDPOINT)");
         }
-        Ok(Self { endpoints })
+        Ok(Self {
+            endpoints,
+            deadlines,
+        })
     }
 
     /// One HTTP/2 connection to `endpoint`.
@@ -88,28 +162,81 @@ impl Client {
         Ok(channel::connect(endpoint, CONNECT_TIMEOUT).await?)
     }
 
-    /// Runs `call` against each endpoint until one answers.
-    async fn call<T, F, Fut>(&self, mut call: F) -> anyhow::Result<T>
+    /// A connection to `endpoint` whose node answered a health check
+    /// within the connect deadline (with any status: an answer is all that
+    /// is asked); otherwise why not.
+    async fn open(&self, endpoint: &str) -> Result<Channel, String> {
+        let deadline = self.deadlines.connect;
+        let attempt = async {
+            let channel = channel::connect(endpoint, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+            match HealthClient::new(channel.clone())
+                .check(HealthCheckRequest::default())
+                .await
+            {
+                Err(status) if maybe_delivered(&status) => {
+                    Err(format!("{endpoint}: {}", status_text(&status)))
+                }
+                _ => Ok(channel),
+            }
+        };
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{endpoint}: no answer within the connect timeout of {} ms \
+                     (node frozen or overloaded?)",
+                    deadline.as_millis()
+                ))
+            })
+    }
+
+    /// Runs `call` against each endpoint until one answers; see the module
+    /// documentation for when it moves on.
+    async fn call<T, F, Fut>(&self, repeat: Repeat, mut call: F) -> anyhow::Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        let deadline = self.deadlines.request;
         let mut failures = Vec::new();
         for endpoint in &self.endpoints {
-            let channel = match Self::connect(endpoint).await {
+            let channel = match self.open(endpoint).await {
                 Ok(channel) => channel,
-                Err(e) => {
-                    failures.push(format!("{e:#}"));
+                Err(failure) => {
+                    failures.push(failure);
                     continue;
                 }
             };
-            match call(channel).await {
-                Ok(value) => return Ok(value),
-                Err(status) if worth_another_endpoint(&status) => {
-                    failures.push(format!("{endpoint}: {}", status.message()));
+            let failure = match tokio::time::timeout(deadline, call(channel)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) if !worth_another_endpoint(&status) => {
+                    return Err(describe(&status));
                 }
-                Err(status) => return Err(describe(&status)),
-            }
+                Ok(Err(status)) if repeat == Repeat::Unsafe && maybe_delivered(&status) => {
+                    bail!(
+                        "{endpoint}: the connection failed after the request was sent ({}); \
+                         it may have been accepted there, so it was not sent to another \
+                         endpoint, where it could run twice{}",
+                        status_text(&status),
+                        tried(&failures)
+                    );
+                }
+                Ok(Err(status)) => format!("{endpoint}: {}", status_text(&status)),
+                Err(_) if repeat == Repeat::Unsafe => bail!(
+                    "{endpoint}: no answer within the request timeout of {} ms after the \
+                     request was sent; it may have been accepted there, so it was not sent \
+                     to another endpoint, where it could run twice{}",
+                    deadline.as_millis(),
+                    tried(&failures)
+                ),
+                Err(_) => format!(
+                    "{endpoint}: no answer within the request timeout of {} ms",
+                    deadline.as_millis()
+                ),
+            };
+            failures.push(failure);
         }
         bail!("no endpoint answered: {}", failures.join("; "))
     }
@@ -120,7 +247,7 @@ impl Client {
         let mut attempt = 1;
         loop {
             let outcome = self
-                .call(|channel| {
+                .call(Repeat::Unsafe, |channel| {
                     let document = document.clone();
                     async move {
                         let reply = TaskServiceClient::new(channel)
@@ -152,7 +279,7 @@ impl Client {
     }
 
     pub async fn get(&self, task_id: &str) -> anyhow::Result<pb::TaskRecord> {
-        self.call(|channel| async move {
+        self.call(Repeat::Safe, |channel| async move {
             let request = pb::GetTaskRequest {
                 task_id: task_id.to_owned(),
             };
@@ -165,7 +292,7 @@ impl Client {
     }
 
     pub async fn cancel(&self, task_id: &str, reason: &str) -> anyhow::Result<pb::TaskStatus> {
-        self.call(|channel| async move {
+        self.call(Repeat::Safe, |channel| async move {
             let request = pb::CancelTaskRequest {
                 task_id: task_id.to_owned(),
                 reason: reason.to_owned(),
@@ -180,7 +307,7 @@ impl Client {
     }
 
     pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
-        self.call(|channel| async move {
+        self.call(Repeat::Safe, |channel| async move {
             let reply = ClusterServiceClient::new(channel)
                 .list_agents(pb::ListAgentsRequest {})
                 .await?;
@@ -202,10 +329,10 @@ impl Client {
         for round in 0..WATCH_ROUNDS {
             for endpoint in &self.endpoints {
                 let after_revision = last.as_ref().map_or(0, |r| r.revision);
-                let channel = match Self::connect(endpoint).await {
+                let channel = match self.open(endpoint).await {
                     Ok(channel) => channel,
-                    Err(e) => {
-                        failures.push(format!("{e:#}"));
+                    Err(failure) => {
+                        failures.push(failure);
                         continue;
                     }
                 };
@@ -213,13 +340,23 @@ impl Client {
                     task_id: task_id.to_owned(),
                     after_revision,
                 };
-                let mut stream = match TaskServiceClient::new(channel).watch(request).await {
-                    Ok(response) => response.into_inner(),
-                    Err(status) if worth_another_endpoint(&status) => {
-                        failures.push(format!("{endpoint}: {}", status.message()));
+                let deadline = self.deadlines.request;
+                let mut client = TaskServiceClient::new(channel);
+                let opened = client.watch(request);
+                let mut stream = match tokio::time::timeout(deadline, opened).await {
+                    Ok(Ok(response)) => response.into_inner(),
+                    Ok(Err(status)) if worth_another_endpoint(&status) => {
+                        failures.push(format!("{endpoint}: {}", status_text(&status)));
                         continue;
                     }
-                    Err(status) => return Err(describe(&status)),
+                    Ok(Err(status)) => return Err(describe(&status)),
+                    Err(_) => {
+                        failures.push(format!(
+                            "{endpoint}: no answer within the request timeout of {} ms",
+                            deadline.as_millis()
+                        ));
+                        continue;
+                    }
                 };
                 loop {
                     match stream.message().await {
@@ -235,7 +372,7 @@ impl Client {
                         }
                         Ok(None) => break,
                         Err(status) if worth_another_endpoint(&status) => {
-                            failures.push(format!("{endpoint}: {}", status.message()));
+                            failures.push(format!("{endpoint}: {}", status_text(&status)));
                             break;
                         }
                         Err(status) => return Err(describe(&status)),
@@ -248,6 +385,15 @@ impl Client {
             "lost the watch of task {task_id} on every endpoint: {}",
             failures.join("; ")
         )
+    }
+}
+
+/// The endpoints that failed before, for a final error.
+fn tried(failures: &[String]) -> String {
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!(" (before it: {})", failures.join("; "))
     }
 }
 

@@ -267,7 +267,7 @@ async fn wait_for_shutdown_signal() {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
-    let client = Client::new(args.endpoints.endpoint)?;
+    let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
     let task_id = client.submit(document).await?;
     if !args.wait {
         println!("{task_id}");
@@ -282,12 +282,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
         TaskCommand::Status(args) => {
-            let record = Client::new(args.endpoints.endpoint)?.get(&args.id).await?;
+            let record = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
+                .get(&args.id)
+                .await?;
             print_json(&convert::task_json(&record))?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Watch(args) => {
-            let client = Client::new(args.endpoints.endpoint)?;
+            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
             let record = client
                 .watch(&args.id, |record| {
                     println!("{}", convert::task_json(record))
@@ -296,7 +298,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(exit_for(&record))
         }
         TaskCommand::Cancel(args) => {
-            let client = Client::new(args.endpoints.endpoint)?;
+            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
             let status = client.cancel(&args.id, &args.reason).await?;
             println!("{}", convert::status_name(status));
             Ok(ExitCode::SUCCESS)
@@ -305,7 +307,9 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let agents = Client::new(args.endpoints.endpoint)?.list_agents().await?;
+    let agents = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
+        .list_agents()
+        .await?;
     if args.json {
         let list: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
         print_json(&serde_json::Value::Array(list))?;

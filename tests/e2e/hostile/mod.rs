@@ -5,6 +5,7 @@
 //! node's peak RSS stays under [`RSS_BOUND_KIB`], and an honest task
 //! submitted alongside still completes.
 
+mod connections;
 mod yaml;
 
 use std::time::Duration;

@@ -78,6 +78,8 @@ pub struct NodeSpec {
     /// The program to run instead of the stock `agentmesh` (one built
     /// from the CLI library with tools of its own).
     program: Option<PathBuf>,
+    /// More `prlimit` flags (`--nofile=128`), on loopback only.
+    prlimit: Vec<String>,
 }
 
 impl NodeSpec {
@@ -88,6 +90,7 @@ impl NodeSpec {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             behind_partition: false,
             program: None,
+            prlimit: Vec::new(),
         }
     }
 
@@ -120,6 +123,13 @@ impl NodeSpec {
     /// instead of the stock binary.
     pub fn program(mut self, program: PathBuf) -> Self {
         self.program = Some(program);
+        self
+    }
+
+    /// Runs the node under `prlimit FLAGS...` (for example
+    /// `--nofile=128`), besides the cluster's memory cap.
+    pub fn prlimit(mut self, flags: &[&str]) -> Self {
+        self.prlimit.extend(flags.iter().map(|f| (*f).to_owned()));
         self
     }
 
@@ -367,6 +377,7 @@ impl Cluster {
                 &spec.id,
                 spec.program.as_deref(),
                 self.defaults.memory_cap,
+                &spec.prlimit,
                 &args,
             ),
             Some(net) => {
@@ -587,7 +598,7 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
         .unwrap_or_else(|| panic!("no node role '{role}'"));
     let mut all = vec!["--role", role.flag(), "--etcd", etcd_url];
     all.extend_from_slice(args);
-    let (process, addr) = start_on_loopback(name, None, None, &all);
+    let (process, addr) = start_on_loopback(name, None, None, &[], &all);
     Node {
         id: name.to_owned(),
         role,
@@ -603,25 +614,30 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
 /// returns that address. With a `memory_cap`, the node runs under `prlimit
 /// --as=CAP`, which execs it (the pid is the node's), with glibc's malloc
 /// arenas limited so their reserved address space does not count against
-/// the cap on its own.
+/// the cap on its own. `prlimit` flags (`--nofile=N`) run it under
+/// `prlimit` too.
 fn start_on_loopback(
     id: &str,
     program: Option<&Path>,
     memory_cap: Option<u64>,
+    prlimit: &[String],
     args: &[&str],
 ) -> (Process, String) {
     let program = program.map_or_else(agentmesh_bin, Path::to_path_buf);
     let program_arg = program.to_string_lossy().into_owned();
     let cap_arg = memory_cap.map(|cap| format!("--as={cap}"));
+    let limited = cap_arg.is_some() || !prlimit.is_empty();
     let mut all: Vec<&str> = Vec::new();
-    if let Some(cap) = &cap_arg {
-        all.extend([cap.as_str(), "--", program_arg.as_str()]);
+    if limited {
+        all.extend(cap_arg.iter().chain(prlimit).map(String::as_str));
+        all.extend(["--", program_arg.as_str()]);
     }
     all.extend(["node", "--listen", "127.0.0.1:0"]);
     all.extend_from_slice(args);
-    let process = match memory_cap {
-        None => Process::spawn(id, &program, &all, &[]),
-        Some(_) => Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")]),
+    let process = if limited {
+        Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")])
+    } else {
+        Process::spawn(id, &program, &all, &[])
     };
     let line = wait_listening(&process);
     let addr = parse_listening_line(&line).unwrap_or_else(|e| process.fail(&format!("{id}: {e}")));

@@ -458,7 +458,125 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
     use super::*;
+    use crate::transport::channel;
+
+    /// A health server on a free port with `config`; its address and
+    /// counters.
+    async fn serve(config: ConnectionConfig) -> (SocketAddr, Arc<ConnectionStats>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(ConnectionStats::default());
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let incoming = channel::incoming(listener, &config, stats.clone());
+        tokio::spawn(
+            channel::server(&config)
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        );
+        (addr, stats)
+    }
+
+    /// Everything `stream` sends until it closes, within `limit`.
+    async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(limit, stream.read_to_end(&mut received))
+            .await
+            .expect("the server closed the connection in time")
+            .unwrap_or_default();
+        received
+    }
+
+    async fn until(what: &str, mut probe: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !probe() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_a_connection_is_told_why_and_an_idle_one_is_let_go() {
+        let idle_timeout = Duration::from_millis(300);
+        let (addr, stats) = serve(ConnectionConfig {
+            max_connections: 1,
+            idle_timeout,
+            ..ConnectionConfig::default()
+        })
+        .await;
+        let opened = Instant::now();
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        until("the first connection", || {
+            stats.open.load(Ordering::Relaxed) == 1
+        })
+        .await;
+
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let refusal = read_to_close(&mut second, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&refusal);
+        assert!(
+            text.contains("connection limit of 1 reached (--max-connections)"),
+            "{refusal:?}"
+        );
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+
+        // The first connection sent nothing: closed after the idle timeout.
+        read_to_close(&mut first, Duration::from_secs(5)).await;
+        assert!(opened.elapsed() >= idle_timeout, "{:?}", opened.elapsed());
+        assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
+        until("the slot to be free", || {
+            stats.open.load(Ordering::Relaxed) == 0
+        })
+        .await;
+
+        // The slot is free again, and a client is served.
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_connection_with_a_stream_open_is_not_idle() {
+        let idle_timeout = Duration::from_millis(200);
+        let (addr, stats) = serve(ConnectionConfig {
+            idle_timeout,
+            ..ConnectionConfig::default()
+        })
+        .await;
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let mut updates = health
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        updates.message().await.unwrap().expect("the first status");
+        // Three idle timeouts with the stream open: the connection stays.
+        tokio::time::sleep(idle_timeout * 3).await;
+        assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 0);
+        health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("the connection still serves");
+        // Once the stream ends, the connection is idle and let go.
+        drop(updates);
+        until("the idle connection to close", || {
+            stats.idle_closed.load(Ordering::Relaxed) == 1
+        })
+        .await;
+    }
 
     #[test]
     fn the_refusal_is_a_settings_frame_then_a_goaway_with_the_reason() {
