@@ -90,3 +90,27 @@ async fn a_hierarchical_task_without_levels_is_refused() {
     );
     cluster.shutdown().await;
 }
+
+/// A Watch from an ended task's last revision has nothing to wait for: it
+/// ends at once, where it used to wait forever on a registry watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_an_ended_tasks_last_revision_ends_at_once() {
+    use futures::StreamExt;
+
+    let cluster = within(NodeBuilder::new(config()).local(1)).await.unwrap();
+    let task =
+        r#"{"name":"t","tasks":[{"id":"x","capability":"math.eval","input":{"expr":"6*7"}}]}"#;
+    let ended = within(cluster.run(task)).await.unwrap();
+    assert_eq!(ended.status, Status::Completed);
+    for after in [ended.revision, ended.revision + 5] {
+        let stream = within(cluster.api().watch(&ended.id, after)).await.unwrap();
+        let records: Vec<_> = within(stream.collect::<Vec<_>>()).await;
+        assert!(records.is_empty(), "{records:?}");
+    }
+    // From an earlier revision, the final record, then the end.
+    let stream = within(cluster.api().watch(&ended.id, 0)).await.unwrap();
+    let records: Vec<_> = within(stream.collect::<Vec<_>>()).await;
+    let last = records.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.revision, ended.revision);
+    cluster.shutdown().await;
+}

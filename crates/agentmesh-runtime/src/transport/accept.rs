@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -50,6 +51,13 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// At most one WARN per kind of trouble (refusals, accept errors) per
 /// interval, with the count since the last one.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refused connections closed in order at once (see [`Acceptor::refuse`]);
+/// more are closed at once, each holding a descriptor for at most
+/// [`LINGER`].
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection waits for its client to close.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// An HTTP/2 server preface (an empty SETTINGS frame) and a GOAWAY with
 /// ENHANCE_YOUR_CALM, last stream 0 and `debug` as its debug data: what a
@@ -101,6 +109,7 @@ pub fn incoming(
         stats,
         refusals: RateLimited::default(),
         errors: RateLimited::default(),
+        lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
     };
     futures::stream::unfold(acceptor, |mut acceptor| async move {
         let conn = acceptor.next().await;
@@ -116,6 +125,7 @@ struct Acceptor {
     stats: Arc<ConnectionStats>,
     refusals: RateLimited,
     errors: RateLimited,
+    lingering: Arc<Semaphore>,
 }
 
 impl Acceptor {
@@ -150,15 +160,29 @@ impl Acceptor {
         }
     }
 
-    /// Writes the GOAWAY if the socket takes it at once, drains what the
-    /// client already sent (closing with unread data would reset the
-    /// connection and could discard the GOAWAY), and closes; never waits.
+    /// Writes the GOAWAY if the socket takes it at once and closes the
+    /// connection; never waits. Closing a socket with unread data (the
+    /// client's preface and first request) resets it, and the client may
+    /// lose the GOAWAY before reading it, so up to [`MAX_LINGERING`]
+    /// refused connections at a time are closed in order instead: the
+    /// write side first, then the socket once the client has closed its
+    /// side (it does on reading the GOAWAY) or after [`LINGER`].
     fn refuse(&mut self, stream: TcpStream, remote: SocketAddr) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         let _ = stream.try_write(&self.refusal);
-        let mut sink = [0u8; 4096];
-        let _ = stream.try_read(&mut sink);
-        drop(stream);
+        if let Ok(permit) = self.lingering.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(LINGER, async {
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 4096];
+                    while stream.read(&mut sink).await? > 0 {}
+                    io::Result::Ok(())
+                })
+                .await;
+                drop(permit);
+            });
+        }
         if let Some(refused) = self.refusals.tick() {
             warn!(
                 limit = self.max_connections,
@@ -458,7 +482,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
@@ -523,6 +546,22 @@ mod tests {
             "{refusal:?}"
         );
         assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        // A gRPC client learns why: the GOAWAY's reason is in its error.
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+            .await
+            .unwrap();
+        let refused = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        let mut chain = refused.message().to_owned();
+        let mut source = std::error::Error::source(&refused);
+        while let Some(error) = source {
+            chain.push_str(&format!(": {error}"));
+            source = error.source();
+        }
+        assert!(chain.contains("connection limit of 1 reached"), "{chain}");
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 2);
 
         // The first connection sent nothing: closed after the idle timeout.
         read_to_close(&mut first, Duration::from_secs(5)).await;
