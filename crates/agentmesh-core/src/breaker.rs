@@ -16,10 +16,46 @@
 //! failure of an older attempt is evidence about the worker all the same.
 //!
 //! Time comes in as `now_ms` on every call; nothing here reads a clock.
+//!
+//! Only faults of the worker count ([`Blame::Worker`]): it could not be
+//! reached, it let an attempt time out, it crashed, or it reported an
+//! internal error. A failure the task's own input caused ([`Blame::Task`]:
+//! `1/0` in `math.eval`, a bad JSONPath, an output over the cap) says
+//! nothing about the worker, and counting it would let any client take
+//! every worker out of placement with a handful of bad tasks.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// Whose fault a failed attempt is, which decides whether it counts
+/// against the worker's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Blame {
+    /// The task's own input: the same input fails on any worker, so it is
+    /// neither retried elsewhere nor counted against the worker.
+    Task,
+    /// The worker: unreachable, timed out, crashed, or an internal error
+    /// of its tool. Counted by the breaker; the attempt may succeed
+    /// elsewhere.
+    Worker,
+}
+
+impl Blame {
+    /// Whether the failure counts against the worker's breaker.
+    pub fn counts_against_worker(self) -> bool {
+        self == Blame::Worker
+    }
+}
+
+impl fmt::Display for Blame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Blame::Task => "task",
+            Blame::Worker => "worker",
+        })
+    }
+}
 
 /// When a breaker opens and how long it stays open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -527,8 +527,20 @@ impl WorkerPool {
         self.update(id, |worker| worker.breaker.trip(now_ms));
     }
 
+    /// Counts a fault of the worker against its breaker (an attempt that
+    /// timed out, an internal error) without ending an attempt: the
+    /// attempt itself is ended by [`WorkerPool::release`], with no verdict,
+    /// when it is started elsewhere.
+    pub fn fault(&mut self, id: &AgentId, now_ms: u64) {
+        self.update(id, |worker| {
+            worker.failed += 1;
+            worker.breaker.record_failure(now_ms);
+        });
+    }
+
     /// Records the end of an attempt; `success` is `None` when the attempt
-    /// was abandoned without a verdict (cancelled, worker lost).
+    /// ended without a verdict on the worker (cancelled, worker lost, or a
+    /// failure the task's own input caused).
     ///
     /// A verdict goes to the breaker. An abandonment frees a half-open
     /// worker's probe slot only once none of its attempts is in flight: the

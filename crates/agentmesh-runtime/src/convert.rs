@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
+use agentmesh_core::breaker::Blame;
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_core::task::{Status, SubtaskRecord, TaskRecord};
 use agentmesh_core::{AgentId, AgentRegistration, AttemptId, SubtaskId, TaskId};
 use agentmesh_proto::v1 as pb;
 use serde_json::{Value, json};
+
+use crate::tools::ToolError;
 
 pub fn status(status: Status) -> pb::TaskStatus {
     match status {
@@ -207,6 +210,69 @@ pub fn subtask_result(
         handed_back: false,
         term: assignment.term,
         consensus_json: String::new(),
+        blame: pb::subtask_result::Blame::Unspecified.into(),
+    }
+}
+
+/// The result of one attempt of `assignment` that ran a tool: an error
+/// carries whose fault it is.
+pub fn tool_result(
+    worker: &AgentId,
+    assignment: &pb::SubtaskAssignment,
+    outcome: Result<String, ToolError>,
+    elapsed: Duration,
+) -> pb::SubtaskResult {
+    match outcome {
+        Ok(output) => subtask_result(worker, assignment, Ok(output), elapsed),
+        Err(error) => failed_result(
+            worker,
+            assignment,
+            error.to_string(),
+            error.blame(),
+            elapsed,
+        ),
+    }
+}
+
+/// A failed attempt of `assignment`, `blame` saying whose fault it is.
+pub fn failed_result(
+    worker: &AgentId,
+    assignment: &pb::SubtaskAssignment,
+    error: String,
+    blame: Blame,
+    elapsed: Duration,
+) -> pb::SubtaskResult {
+    pb::SubtaskResult {
+        blame: blame_to_wire(blame).into(),
+        ..subtask_result(worker, assignment, Err(error), elapsed)
+    }
+}
+
+fn blame_to_wire(blame: Blame) -> pb::subtask_result::Blame {
+    match blame {
+        Blame::Task => pb::subtask_result::Blame::Task,
+        Blame::Worker => pb::subtask_result::Blame::Worker,
+    }
+}
+
+/// Whose fault a failed result is; `None` from a sender that does not say
+/// (one that predates the field, or a peer or level reporting for others).
+pub fn blame(result: &pb::SubtaskResult) -> Option<Blame> {
+    match result.blame() {
+        pb::subtask_result::Blame::Task => Some(Blame::Task),
+        pb::subtask_result::Blame::Worker => Some(Blame::Worker),
+        pb::subtask_result::Blame::Unspecified => None,
+    }
+}
+
+/// `result` with its outcome replaced by the failure `error`, blamed on
+/// `blame`: for a result that cannot be sent as it is.
+pub fn into_failure(result: pb::SubtaskResult, error: String, blame: Blame) -> pb::SubtaskResult {
+    pb::SubtaskResult {
+        outcome: Some(pb::subtask_result::Outcome::Error(error)),
+        blame: blame_to_wire(blame).into(),
+        consensus_json: String::new(),
+        ..result
     }
 }
 
@@ -295,5 +361,21 @@ mod tests {
         );
         assert_eq!(shown["elapsed_ms"], json!(5));
         assert_eq!(shown["error"], Value::Null);
+    }
+
+    #[test]
+    fn blame_travels_with_a_failure_and_defaults_to_the_worker() {
+        let worker = AgentId::new("w1");
+        let assignment = pb::SubtaskAssignment::default();
+        let input = ToolError::InvalidInput("field 'expr' must be a string".into());
+        let result = tool_result(&worker, &assignment, Err(input), Duration::ZERO);
+        let decoded: pb::SubtaskResult =
+            prost::Message::decode(prost::Message::encode_to_vec(&result).as_slice()).unwrap();
+        assert_eq!(blame(&decoded), Some(Blame::Task));
+        let internal = ToolError::Internal("database down".into());
+        let result = tool_result(&worker, &assignment, Err(internal), Duration::ZERO);
+        assert_eq!(blame(&result), Some(Blame::Worker));
+        let legacy = subtask_result(&worker, &assignment, Err("boom".into()), Duration::ZERO);
+        assert_eq!(blame(&legacy), None);
     }
 }

@@ -67,8 +67,50 @@ impl Tool for WordCount {
 }
 
 /// `json.query`: `{"document": {...}, "path": "$.a[0]"}` → `{"matches": [...]}`.
+///
+/// Its evaluation counts and sizes matches as it goes (see
+/// [`json_query`]); [`JsonQuery::within`] ties those budgets to the
+/// worker's output cap, so a query whose output could not be reported
+/// stops before it clones anything.
 #[derive(Debug, Clone, Copy)]
-pub struct JsonQuery;
+pub struct JsonQuery {
+    limits: json_query::Limits,
+    max_output_bytes: usize,
+}
+
+impl Default for JsonQuery {
+    fn default() -> Self {
+        Self::within(crate::DEFAULT_MAX_OUTPUT_BYTES)
+    }
+}
+
+/// Room for the output's keys, braces and `count` around the matches.
+const JSON_QUERY_FRAME: usize = 64;
+
+impl JsonQuery {
+    /// A `json.query` whose whole output fits `max_output_bytes`. The
+    /// output holds the matches, commas between them, and the first match
+    /// again, so matches are limited to a quarter of the cap in number and
+    /// their JSON to half of what is left.
+    pub fn within(max_output_bytes: usize) -> Self {
+        let defaults = json_query::Limits::default();
+        let max_matches = defaults.max_matches.min(max_output_bytes / 4).max(1);
+        let max_result = max_output_bytes.saturating_sub(max_matches + JSON_QUERY_FRAME) / 2;
+        Self {
+            limits: json_query::Limits {
+                max_matches,
+                max_output_bytes: defaults.max_output_bytes.min(max_result),
+                ..defaults
+            },
+            max_output_bytes,
+        }
+    }
+
+    /// The bounds each query runs within.
+    pub fn limits(&self) -> &json_query::Limits {
+        &self.limits
+    }
+}
 
 #[async_trait]
 impl Tool for JsonQuery {
@@ -81,8 +123,16 @@ impl Tool for JsonQuery {
         let document = input
             .get("document")
             .ok_or_else(|| ToolError::InvalidInput("field 'document' is required".into()))?;
-        let matches =
-            json_query::query(document, path).map_err(|e| ToolError::Failed(e.to_string()))?;
+        let matches = json_query::query_with(document, path, &self.limits).map_err(|e| {
+            if e.is_limit() {
+                ToolError::Failed(format!(
+                    "{e} (json.query's share of --max-output-bytes {})",
+                    self.max_output_bytes
+                ))
+            } else {
+                ToolError::InvalidInput(e.to_string())
+            }
+        })?;
         let first = matches.first().cloned().unwrap_or(Value::Null);
         Ok(json!({ "matches": matches, "first": first, "count": matches.len() }))
     }
@@ -146,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn json_query_returns_matches() {
-        let out = JsonQuery
+        let out = JsonQuery::default()
             .call(json!({"document": {"a": [1, 2]}, "path": "$.a[*]"}))
             .await
             .unwrap();

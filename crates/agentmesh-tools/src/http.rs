@@ -70,6 +70,17 @@ impl Default for HttpLimits {
     }
 }
 
+impl HttpLimits {
+    /// These limits with the body read no further than `max_output_bytes`:
+    /// a larger body could never make an output within the worker's cap.
+    pub fn within(self, max_output_bytes: usize) -> Self {
+        Self {
+            max_body_bytes: self.max_body_bytes.min(max_output_bytes),
+            ..self
+        }
+    }
+}
+
 /// Why an `--http-allow` entry was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("http allow-list entry '{entry}' {reason}")]
@@ -277,6 +288,7 @@ impl HttpGet {
                 .and_then(|target| {
                     self.checked(&target).map_err(|e| match e {
                         ToolError::InvalidInput(why) | ToolError::Failed(why) => why,
+                        other => other.to_string(),
                     })
                 })
                 .map_err(|why| {

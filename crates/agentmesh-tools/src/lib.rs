@@ -11,8 +11,23 @@
 //!
 //! A tool has a capability name and an async `call` from a JSON input to a
 //! JSON output. Refuse input that does not fit with
-//! [`ToolError::InvalidInput`]; report anything else that went wrong with
-//! [`ToolError::Failed`]. The message reaches the task's record as is.
+//! [`ToolError::InvalidInput`]; report a run that failed on this input
+//! (an upstream said no, the computation has no answer) with
+//! [`ToolError::Failed`]; report a fault of the worker itself (a
+//! dependency it needs is down, a bug) with [`ToolError::Internal`]. The
+//! message reaches the task's record as is (cut to [`MAX_ERROR_BYTES`]).
+//! Only internal errors count against the worker's circuit breaker and are
+//! tried again on another worker ([`ToolError::blame`]).
+//!
+//! # Output cap
+//!
+//! A worker runs its tools through [`ToolBox::run`], which serializes the
+//! output into a buffer that stops growing at the box's output cap
+//! ([`ToolBox::max_output_bytes`], the node's `--max-output-bytes`); an
+//! output over it fails the attempt with [`ToolError::OutputTooLarge`],
+//! naming the cap and the size. The built-in tools hold their own work to
+//! the same cap as they produce it (`json.query` sizes its matches before
+//! it clones them, `http.get` stops reading the body at the cap).
 //!
 //! ```
 //! use agentmesh_tools::{Tool, ToolBox, ToolError, async_trait, str_field};
@@ -52,8 +67,12 @@ mod builtin;
 pub mod http;
 
 use std::collections::BTreeMap;
+use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+pub use agentmesh_core::breaker::Blame;
+use futures::FutureExt;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -63,15 +82,47 @@ pub use async_trait::async_trait;
 pub use builtin::{JsonQuery, MAX_SLEEP_MS, MathEval, Sleep, WordCount};
 pub use http::{AllowedHost, AllowedHostError, HttpGet, HttpLimits};
 
+/// Default of [`ToolBox::max_output_bytes`]: a quarter of the default
+/// 4 MiB envelope, so a result always fits its envelope with room to
+/// spare, and below etcd's 1.5 MiB request limit, so one output cannot
+/// outgrow the task record it is stored in.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Longest error message a tool call reports; longer ones are cut, so a
+/// tool's error (which lands in the task record and in gRPC metadata)
+/// cannot be an output by another name.
+pub const MAX_ERROR_BYTES: usize = 4 * 1024;
+
 /// Why a tool call failed. The message reaches the task record as is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ToolError {
     /// The input does not fit the tool; retrying cannot help.
     #[error("invalid input: {0}")]
     InvalidInput(String),
-    /// The tool ran and failed.
+    /// The tool ran and failed on this input: the task's outcome, not a
+    /// fault of the worker.
     #[error("{0}")]
     Failed(String),
+    /// The worker could not run the tool properly (a dependency it needs
+    /// is down, a bug, a panic): another worker may succeed.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The output serializes to more than the worker's output cap.
+    #[error("output of {size} bytes is over the limit of {limit} bytes (--max-output-bytes)")]
+    OutputTooLarge { size: usize, limit: usize },
+}
+
+impl ToolError {
+    /// Whose fault the failure is: only [`ToolError::Internal`] is the
+    /// worker's; every other error follows from the task's input and would
+    /// recur on any worker.
+    pub fn blame(&self) -> Blame {
+        match self {
+            ToolError::Internal(_) => Blame::Worker,
+            _ => Blame::Task,
+        }
+    }
 }
 
 /// A capability a worker offers. Calls run concurrently, up to the worker's
@@ -84,10 +135,21 @@ pub trait Tool: Send + Sync + 'static {
     async fn call(&self, input: Value) -> Result<Value, ToolError>;
 }
 
-/// The tools of one node, by name.
-#[derive(Clone, Default)]
+/// The tools of one node, by name, and the cap on what any of them may
+/// output.
+#[derive(Clone)]
 pub struct ToolBox {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    max_output_bytes: usize,
+}
+
+impl Default for ToolBox {
+    fn default() -> Self {
+        Self {
+            tools: BTreeMap::new(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
 }
 
 impl std::fmt::Debug for ToolBox {
@@ -98,16 +160,61 @@ impl std::fmt::Debug for ToolBox {
 
 impl ToolBox {
     /// The built-in tools; `http.get` only when `http_allow` names hosts.
+    /// Outputs are capped at [`DEFAULT_MAX_OUTPUT_BYTES`].
     pub fn builtin(http_allow: &[AllowedHost]) -> Self {
-        let mut tools = Self::default()
-            .with(MathEval)
-            .with(WordCount)
-            .with(JsonQuery)
-            .with(Sleep);
+        Self::builtin_within(http_allow, DEFAULT_MAX_OUTPUT_BYTES)
+    }
+
+    /// The built-in tools, their outputs capped at `max_output_bytes`;
+    /// `json.query` and `http.get` stop their own work at that cap.
+    pub fn builtin_within(http_allow: &[AllowedHost], max_output_bytes: usize) -> Self {
+        let mut tools = Self {
+            max_output_bytes,
+            ..Self::default()
+        }
+        .with(MathEval)
+        .with(WordCount)
+        .with(JsonQuery::within(max_output_bytes))
+        .with(Sleep);
         if !http_allow.is_empty() {
-            tools = tools.with(HttpGet::new(http_allow.to_vec()));
+            let limits = HttpLimits::default().within(max_output_bytes);
+            tools = tools.with(HttpGet::new(http_allow.to_vec()).with_limits(limits));
         }
         tools
+    }
+
+    /// The largest output, as JSON, [`ToolBox::run`] returns.
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_output_bytes
+    }
+
+    /// Calls the tool `name` with `input` and returns its output as JSON.
+    ///
+    /// The output is serialized into a buffer that stops growing at the
+    /// cap; past it the bytes are only counted, so the error can give the
+    /// size without holding it. A panic of the tool is caught and reported
+    /// as an internal error (the worker's fault) rather than ending the
+    /// attempt without a word; error messages are cut to
+    /// [`MAX_ERROR_BYTES`].
+    pub async fn run(&self, name: &str, input: Value) -> Result<String, ToolError> {
+        let tool = self
+            .get(name)
+            .ok_or_else(|| ToolError::Internal(format!("no tool '{name}'")))?;
+        let output = AssertUnwindSafe(tool.call(input))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(ToolError::Internal(format!(
+                    "tool '{name}' panicked: {what}"
+                )))
+            })
+            .map_err(shorten)?;
+        serialize_within(&output, self.max_output_bytes)
     }
 
     /// Adds `tool`, replacing a tool of the same name.
@@ -147,7 +254,78 @@ impl ToolBox {
                 .filter(|(name, _)| names.contains(name))
                 .map(|(name, tool)| (name.clone(), tool.clone()))
                 .collect(),
+            max_output_bytes: self.max_output_bytes,
         }
+    }
+}
+
+/// `value` as compact JSON, or [`ToolError::OutputTooLarge`] once it
+/// passes `limit` bytes; never holds more than `limit` bytes of it.
+fn serialize_within(value: &Value, limit: usize) -> Result<String, ToolError> {
+    let mut out = CappedWriter {
+        buffer: Vec::new(),
+        limit,
+        size: 0,
+    };
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| ToolError::Internal(format!("output is not serializable: {e}")))?;
+    if out.size > limit {
+        return Err(ToolError::OutputTooLarge {
+            size: out.size,
+            limit,
+        });
+    }
+    String::from_utf8(out.buffer)
+        .map_err(|e| ToolError::Internal(format!("output is not UTF-8: {e}")))
+}
+
+/// Keeps the first `limit` bytes written and counts the rest.
+struct CappedWriter {
+    buffer: Vec<u8>,
+    limit: usize,
+    size: usize,
+}
+
+impl io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.size = self.size.saturating_add(buf.len());
+        if self.size <= self.limit {
+            self.buffer.extend_from_slice(buf);
+        } else {
+            // Over the cap: what was kept is useless, and keeping nothing
+            // more is the point.
+            self.buffer = Vec::new();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Cuts an error's message to [`MAX_ERROR_BYTES`], on a character
+/// boundary, saying how much was left out.
+fn shorten(error: ToolError) -> ToolError {
+    let cut = |message: String| {
+        if message.len() <= MAX_ERROR_BYTES {
+            return message;
+        }
+        let mut end = MAX_ERROR_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!(
+            "{}... ({} more bytes)",
+            &message[..end],
+            message.len() - end
+        )
+    };
+    match error {
+        ToolError::InvalidInput(m) => ToolError::InvalidInput(cut(m)),
+        ToolError::Failed(m) => ToolError::Failed(cut(m)),
+        ToolError::Internal(m) => ToolError::Internal(cut(m)),
+        other => other,
     }
 }
 
@@ -188,6 +366,112 @@ mod tests {
         let tools = ToolBox::builtin(&[]).with(Constant);
         let tool = tools.get("math.eval").unwrap();
         assert_eq!(tool.call(json!({"expr": "1"})).await, Ok(json!(42)));
+    }
+
+    /// Outputs `{"data": "xxx..."}` of the asked length, or panics.
+    struct Blob;
+    #[async_trait]
+    impl Tool for Blob {
+        fn name(&self) -> &str {
+            "blob"
+        }
+        async fn call(&self, input: Value) -> Result<Value, ToolError> {
+            match input["len"].as_u64() {
+                Some(len) => Ok(json!({ "data": "x".repeat(len as usize) })),
+                None => panic!("no len"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_output_over_the_cap_fails_naming_the_cap_and_the_size() {
+        let tools = ToolBox::builtin_within(&[], 1000).with(Blob);
+        let fits = tools.run("blob", json!({"len": 900})).await.unwrap();
+        assert_eq!(fits.len(), 900 + r#"{"data":""}"#.len());
+        let error = tools.run("blob", json!({"len": 5000})).await.unwrap_err();
+        assert_eq!(
+            error,
+            ToolError::OutputTooLarge {
+                size: 5000 + 11,
+                limit: 1000
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "output of 5011 bytes is over the limit of 1000 bytes (--max-output-bytes)"
+        );
+        assert_eq!(error.blame(), Blame::Task);
+        // A restricted box keeps the cap.
+        let restricted = tools.restricted_to(&["blob".into()]);
+        assert!(restricted.run("blob", json!({"len": 5000})).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_tool_is_an_internal_error_of_the_worker() {
+        let tools = ToolBox::builtin(&[]).with(Blob);
+        let error = tools.run("blob", json!({})).await.unwrap_err();
+        assert_eq!(
+            error,
+            ToolError::Internal("tool 'blob' panicked: no len".into())
+        );
+        assert_eq!(error.blame(), Blame::Worker);
+    }
+
+    #[tokio::test]
+    async fn input_errors_are_the_tasks_and_long_messages_are_cut() {
+        let tools = ToolBox::builtin(&[]);
+        let division = tools
+            .run("math.eval", json!({"expr": "1/0"}))
+            .await
+            .unwrap_err();
+        assert_eq!(division.blame(), Blame::Task, "{division}");
+        let path = tools
+            .run("json.query", json!({"document": {}, "path": "$[?"}))
+            .await
+            .unwrap_err();
+        assert_eq!(path.blame(), Blame::Task, "{path}");
+        let missing = tools.run("sleep", json!({})).await.unwrap_err();
+        assert_eq!(missing.blame(), Blame::Task, "{missing}");
+
+        let long = shorten(ToolError::Failed("é".repeat(MAX_ERROR_BYTES)));
+        let message = long.to_string();
+        assert!(message.len() < MAX_ERROR_BYTES + 40, "{}", message.len());
+        assert!(
+            message.ends_with(&format!("... ({} more bytes)", MAX_ERROR_BYTES)),
+            "{}",
+            &message[message.len() - 40..]
+        );
+    }
+
+    #[tokio::test]
+    async fn json_query_stops_within_the_output_cap() {
+        // 2,000 matches of 200 bytes: 400 KB of output, over a 64 KiB cap.
+        let rows: Vec<Value> = (0..2000).map(|_| json!("y".repeat(198))).collect();
+        let input = json!({"document": {"rows": rows}, "path": "$.rows[*]"});
+        let cap = 64 * 1024;
+        let tools = ToolBox::builtin_within(&[], cap);
+        let error = tools.run("json.query", input.clone()).await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("output limit"), "{message}");
+        assert!(message.contains("--max-output-bytes 65536"), "{message}");
+        // Whatever the query's own limits allow fits the cap.
+        let limits = *JsonQuery::within(cap).limits();
+        let just_fits: Vec<Value> = (0..limits.max_matches)
+            .map(|_| json!(""))
+            .chain(std::iter::once(json!(
+                "z".repeat(limits.max_output_bytes / 2)
+            )))
+            .collect();
+        let out = tools
+            .run("json.query", json!({"document": just_fits, "path": "$[*]"}))
+            .await;
+        assert!(
+            matches!(&out, Err(ToolError::Failed(m)) if m.contains("output limit"))
+                || out.as_ref().is_ok_and(|o| o.len() <= cap),
+            "{out:?}"
+        );
+        let default = ToolBox::builtin(&[]);
+        assert!(default.run("json.query", input).await.is_ok());
     }
 
     #[test]

@@ -220,6 +220,11 @@ pub struct NodeArgs {
     /// Largest envelope payload between agents, in bytes.
     #[arg(long, env = "AGENTMESH_MAX_ENVELOPE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_envelope_bytes: usize,
+    /// Largest tool output a worker reports, in bytes of JSON; a larger
+    /// output fails its attempt with the size and this limit (worker).
+    /// At most --max-envelope-bytes less 16 KiB.
+    #[arg(long, env = "AGENTMESH_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_output_bytes: usize,
     /// Worker score weights capability,success_rate,free_load,specialization
     /// [default: 0.3,0.3,0.2,0.2].
     #[arg(long, env = "AGENTMESH_SCORE_WEIGHTS", value_parser = parse_weights)]
@@ -318,6 +323,7 @@ impl NodeArgs {
         connections.keepalive_interval = Duration::from_secs(self.keepalive_interval);
         connections.keepalive_timeout = Duration::from_secs(self.keepalive_timeout);
         connections.max_watch_streams = self.max_watch_streams as usize;
+        config.max_output_bytes = self.max_output_bytes;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
         coordinator.retry.max_attempts = self.max_attempts;

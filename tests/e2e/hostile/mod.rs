@@ -6,6 +6,9 @@
 //! submitted alongside still completes.
 
 mod connections;
+mod breakers;
+mod json_query;
+mod outputs;
 mod yaml;
 
 use std::time::Duration;

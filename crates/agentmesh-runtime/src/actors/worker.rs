@@ -16,12 +16,19 @@
 //! draining for shutdown — goes back to the coordinator as *handed back*,
 //! which places it elsewhere without counting a failure. A result the
 //! coordinator cannot be reached for is sent again with backoff.
+//!
+//! Every tool runs through [`ToolBox::run`], so its output is capped at
+//! `--max-output-bytes` as it is serialized and a panicking tool is an
+//! internal error rather than an attempt that never answers. A failure
+//! carries its [`Blame`]: the task's input, or the worker itself; only the
+//! latter counts against the worker's breaker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use agentmesh_core::breaker::Blame;
 use agentmesh_core::{AgentId, AttemptId};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -188,7 +195,10 @@ impl WorkerState {
                 self.id, assignment.capability
             );
             tokio::spawn(async move {
-                let result = result_of(&id, &assignment, Err(error), Duration::ZERO);
+                // A stale registration placed it here; another worker may
+                // offer it.
+                let result =
+                    convert::failed_result(&id, &assignment, error, Blame::Worker, Duration::ZERO);
                 report(&router, &id, &coordinator, result).await;
             });
             return;
@@ -200,7 +210,7 @@ impl WorkerState {
         let handle = tokio::spawn(async move {
             let started = Instant::now();
             let outcome = run_with_faults(&tools, &assignment, &faults).await;
-            let result = result_of(&id, &assignment, outcome, started.elapsed());
+            let result = convert::tool_result(&id, &assignment, outcome, started.elapsed());
             // Bookkeeping first, so the slot is free before the coordinator
             // can hand it out again.
             let _ = myself.cast(WorkerMessage::Finished(finished));
@@ -243,13 +253,16 @@ async fn run_with_faults(
     tools: &ToolBox,
     assignment: &SubtaskAssignment,
     faults: &Faults,
-) -> Result<String, String> {
+) -> Result<String, ToolError> {
     if faults.is_empty() {
         return run(tools, assignment).await;
     }
     tokio::time::sleep(faults.delay()).await;
     if faults.fails() {
-        return Err("injected fault: the attempt failed on purpose (--fault fail)".into());
+        // Stands for a broken worker, so the breaker sees it.
+        return Err(ToolError::Internal(
+            "injected fault: the attempt failed on purpose (--fault fail)".into(),
+        ));
     }
     let output = run(tools, assignment).await?;
     match serde_json::from_str(&output) {
@@ -258,26 +271,24 @@ async fn run_with_faults(
     }
 }
 
-async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, String> {
-    let tool = tools
-        .get(&assignment.capability)
-        .ok_or_else(|| format!("no tool '{}'", assignment.capability))?;
+/// Runs the assignment's tool within the subtask's own time limit. A
+/// time-out is the task's: it chose the limit, and the same work would
+/// take as long elsewhere (a worker that hangs is caught by the
+/// coordinator's attempt timeout instead).
+async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, ToolError> {
     let input = serde_json::from_str(&assignment.input_json)
-        .map_err(|e| format!("input is not valid JSON: {e}"))?;
-    let call = tool.call(input);
-    let outcome = if assignment.timeout_ms > 0 {
-        let limit = Duration::from_millis(assignment.timeout_ms);
-        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-            Err(ToolError::Failed(format!(
-                "timed out after {} ms",
-                assignment.timeout_ms
-            )))
-        })
-    } else {
-        call.await
-    };
-    let output = outcome.map_err(|e| e.to_string())?;
-    serde_json::to_string(&output).map_err(|e| format!("output is not serializable: {e}"))
+        .map_err(|e| ToolError::InvalidInput(format!("input is not valid JSON: {e}")))?;
+    let call = tools.run(&assignment.capability, input);
+    if assignment.timeout_ms == 0 {
+        return call.await;
+    }
+    let limit = Duration::from_millis(assignment.timeout_ms);
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(ToolError::Failed(format!(
+            "timed out after {} ms",
+            assignment.timeout_ms
+        )))
+    })
 }
 
 /// What a worker accepts from its mailbox: assignments and cancellations.

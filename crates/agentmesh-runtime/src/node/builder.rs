@@ -48,7 +48,7 @@ impl NodeBuilder {
     /// A node with the built-in tools (`http.get` only when the config's
     /// `http_allow` names hosts) and an in-memory registry.
     pub fn new(config: NodeConfig) -> Self {
-        let tools = ToolBox::builtin(&config.http_allow);
+        let tools = ToolBox::builtin_within(&config.http_allow, config.max_output_bytes);
         Self {
             config,
             tools,

@@ -17,7 +17,7 @@ use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
 use thiserror::Error;
 
 use crate::actors::faults::Faults;
-use crate::tools::{AllowedHost, ToolBox};
+use crate::tools::{AllowedHost, DEFAULT_MAX_OUTPUT_BYTES, ToolBox};
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -39,6 +39,11 @@ pub struct NodeConfig {
     /// Hosts and ports the `http.get` tool may fetch from; the tool is off
     /// when empty.
     pub http_allow: Vec<AllowedHost>,
+    /// Largest tool output a worker reports, as JSON (`--max-output-bytes`).
+    /// Checked while the output is serialized, and below the envelope
+    /// limit, so an output too large to report fails its attempt at once,
+    /// with the reason, instead of never reaching the coordinator.
+    pub max_output_bytes: usize,
     pub coordinator: CoordinatorConfig,
     pub mailbox: MailboxConfig,
     pub connections: ConnectionConfig,
@@ -216,7 +221,19 @@ pub enum ConfigError {
     Policy(String),
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
+    #[error(
+        "--max-output-bytes {output} leaves no room in an envelope of --max-envelope-bytes {envelope} (at most {max})"
+    )]
+    OutputOverEnvelope {
+        output: usize,
+        envelope: usize,
+        max: usize,
+    },
 }
+
+/// Room a subtask result needs beside its output (ids, the worker's id,
+/// timings): the output cap must leave this much of an envelope free.
+pub const RESULT_HEADROOM: usize = 16 * 1024;
 
 impl NodeConfig {
     /// A worker or coordinator listening on `listen` with default knobs.
@@ -230,6 +247,7 @@ impl NodeConfig {
             capabilities: Vec::new(),
             max_concurrency: 4,
             http_allow: Vec::new(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),
             connections: ConnectionConfig::default(),
@@ -301,6 +319,7 @@ impl NodeConfig {
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),
             (self.connections.max_watch_streams, "max watch streams"),
+            (self.max_output_bytes, "max output bytes"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -315,6 +334,15 @@ impl NodeConfig {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        let envelope = self.mailbox.max_envelope_bytes;
+        let max = envelope.saturating_sub(RESULT_HEADROOM);
+        if self.max_output_bytes > max {
+            return Err(ConfigError::OutputOverEnvelope {
+                output: self.max_output_bytes,
+                envelope,
+                max,
+            });
         }
         Ok(())
     }
@@ -360,6 +388,16 @@ mod tests {
         assert_eq!(
             c.validate(&ToolBox::builtin(&[])),
             Err(ConfigError::MissingLevel)
+        );
+        let mut c = config();
+        c.max_output_bytes = c.mailbox.max_envelope_bytes;
+        assert_eq!(
+            c.validate(&ToolBox::builtin(&[])),
+            Err(ConfigError::OutputOverEnvelope {
+                output: 4 * 1024 * 1024,
+                envelope: 4 * 1024 * 1024,
+                max: 4 * 1024 * 1024 - RESULT_HEADROOM,
+            })
         );
         let mut c = config();
         c.coordinator.retry.max_attempts = 0;

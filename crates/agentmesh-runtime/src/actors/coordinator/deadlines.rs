@@ -56,6 +56,9 @@ impl CoordinatorState {
                 "no result in time; started elsewhere",
             );
             let reason = format!("no result from worker '{worker}' within {limit} ms");
+            // A worker that lets an attempt run out is at fault: every
+            // result, failed ones included, is reported at once.
+            self.pool.fault(&worker, now);
             self.retry(&task, subtask, attempt, reason).await;
         }
     }

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::breaker::Blame;
 use agentmesh_core::task::record::{Applied, AppliedResult, StoppedAttempt};
 use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
@@ -299,11 +300,25 @@ impl CoordinatorState {
             attempt: result.attempt,
             worker: worker.clone(),
         };
+        let blame = convert::blame(&result);
         let (applied, stopped, success) = match convert::outcome(&result, "worker") {
-            Ok(output) => (record.complete(index, by, output, now), Vec::new(), true),
+            Ok(output) => (
+                record.complete(index, by, output, now),
+                Vec::new(),
+                Some(true),
+            ),
+            Err(error) if blame == Some(Blame::Worker) => {
+                // The worker's fault: its breaker counts it, and another
+                // worker may succeed (docs/guarantees.md, "Whose fault").
+                self.pool.fault(&worker, now);
+                self.retry(&id, index, result.attempt, error).await;
+                return;
+            }
             Err(error) => {
                 let (applied, stopped) = record.fail(index, by, error, now);
-                (applied, stopped, false)
+                // The task's own input failed it: no verdict on the worker.
+                let verdict = (blame != Some(Blame::Task)).then_some(false);
+                (applied, stopped, verdict)
             }
         };
         if applied == Applied::Stale {
@@ -315,7 +330,7 @@ impl CoordinatorState {
             // How the peers agreed, kept with the output it explains.
             record.subtasks[index].consensus = serde_json::from_str(&result.consensus_json).ok();
         }
-        self.pool.release(&worker, Some(success), now);
+        self.pool.release(&worker, success, now);
         let completed_id = result.subtask_id;
         let newly_ready: Vec<usize> = record
             .ready()

@@ -58,6 +58,11 @@ impl Pools {
             .for_each(|p| p.release(id, success, now_ms));
     }
 
+    /// See [`WorkerPool::fault`].
+    pub fn fault(&mut self, id: &AgentId, now_ms: u64) {
+        self.pools.iter_mut().for_each(|p| p.fault(id, now_ms));
+    }
+
     pub fn set_reputation(&mut self, id: &AgentId, reputation: Option<f64>) {
         self.pools
             .iter_mut()
