@@ -876,6 +876,33 @@ mod tests {
     }
 
     #[test]
+    fn faults_open_the_breaker_and_input_errors_do_not() {
+        let w = AgentId::new("w");
+        let mut p = breaker_pool(&[registration("w", &["c"], 9)]);
+        // Input errors: attempts ended with no verdict on the worker.
+        for now in 0..10 {
+            p.acquire(&w, now);
+            p.release(&w, None, now);
+        }
+        assert_eq!(
+            breaker_of(&p, "w"),
+            BreakerState::Closed {
+                consecutive_failures: 0
+            }
+        );
+        // Attempts that ran out: faults counted apart from their release.
+        for now in 10..13 {
+            p.acquire(&w, now);
+            p.fault(&w, now);
+            p.release(&w, None, now);
+        }
+        assert_eq!(breaker_of(&p, "w"), BreakerState::Open { until_ms: 1_012 });
+        let state = p.get(&w).unwrap();
+        assert_eq!((state.in_flight, state.failed, state.succeeded), (0, 3, 0));
+        assert_index_consistent(&p);
+    }
+
+    #[test]
     fn a_recorded_reputation_tempers_the_success_rate() {
         let mut p = WorkerPool::new(ScoreWeights {
             capability: 0.0,
