@@ -5,8 +5,8 @@
 //! node's peak RSS stays under [`RSS_BOUND_KIB`], and an honest task
 //! submitted alongside still completes.
 
-mod connections;
 mod breakers;
+mod connections;
 mod json_query;
 mod outputs;
 mod yaml;
