@@ -271,6 +271,23 @@ pub struct NodeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "AGENTMESH_MAX_WATCH_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watch_streams: u64,
+    /// Largest task record, in bytes, as stored in etcd (coordinator). A
+    /// task whose record would outgrow it fails, naming it; keep it under
+    /// etcd's --max-request-bytes (1.5 MiB by default).
+    #[arg(long, env = "AGENTMESH_MAX_RECORD_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_record_bytes: u64,
+    /// Largest output of one subtask, in bytes of JSON (coordinator); a
+    /// larger output fails its subtask, naming it.
+    #[arg(long, env = "AGENTMESH_MAX_OUTPUT_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_output_bytes: u64,
+    /// Bytes of task records written to etcd in one transaction
+    /// (coordinator); keep it under etcd's --max-request-bytes.
+    #[arg(long, env = "AGENTMESH_WRITE_BATCH_BYTES", default_value_t = 1280 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_batch_bytes: u64,
+    /// Bytes of ended tasks' records kept in memory for Status and Watch
+    /// (coordinator); older ones are read from etcd.
+    #[arg(long, env = "AGENTMESH_ENDED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub ended_cache_bytes: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -328,6 +345,10 @@ impl NodeArgs {
         coordinator.write_concurrency = self.write_concurrency as usize;
         coordinator.attempt_timeout = Duration::from_secs(self.attempt_timeout);
         coordinator.write_batch = self.write_batch as usize;
+        coordinator.write_batch_bytes = self.write_batch_bytes as usize;
+        coordinator.records.max_record_bytes = self.max_record_bytes as usize;
+        coordinator.records.max_output_bytes = self.max_output_bytes as usize;
+        coordinator.ended_cache_bytes = self.ended_cache_bytes as usize;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {
