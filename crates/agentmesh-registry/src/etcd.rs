@@ -94,7 +94,10 @@
 //! won. `reputation.rs` has the details.
 //!
 //! Every request is bounded by [`EtcdOptions::request_timeout`], and every
-//! failure maps to [`RegistryError::Unavailable`] naming what was attempted.
+//! failure maps to a [`RegistryError`] naming what was attempted: etcd's
+//! refusals of the request itself (too large, invalid) to
+//! [`RegistryError::Refused`], everything else to
+//! [`RegistryError::Unavailable`] (see `classify`).
 
 mod backoff;
 mod election;
@@ -455,7 +458,7 @@ impl Shared {
         let timeout = self.options.request_timeout;
         match tokio::time::timeout(timeout, request).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(RegistryError::Unavailable(format!("{}: {e}", what()))),
+            Ok(Err(e)) => Err(classify(what(), e)),
             Err(_) => Err(RegistryError::Unavailable(format!(
                 "{}: no answer from etcd within {timeout:?}",
                 what()
@@ -645,6 +648,31 @@ impl Shared {
             .first()
             .map(|kv| decode::<TaskRecord>(&key, kv.value()));
         Ok((record, revision))
+    }
+}
+
+/// Sorts an etcd failure into what a retry may fix and what it cannot; the
+/// one place that decides. etcd refuses a request for its content with
+/// `INVALID_ARGUMENT` ("request is too large", "too many operations in txn
+/// request"), the gRPC layer a message over etcd's receive limit with
+/// `RESOURCE_EXHAUSTED`, and the client one over its own send limit with
+/// `OUT_OF_RANGE`. etcd's NOSPACE alarm shares `RESOURCE_EXHAUSTED`
+/// ("database space exceeded"), but it clears once space is freed, so it
+/// stays [`RegistryError::Unavailable`].
+fn classify(what: String, error: etcd_client::Error) -> RegistryError {
+    let refused = match &error {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => true,
+            tonic::Code::ResourceExhausted => !status.message().contains("database space exceeded"),
+            _ => false,
+        },
+        _ => false,
+    };
+    let message = format!("{what}: {error}");
+    if refused {
+        RegistryError::Refused(message)
+    } else {
+        RegistryError::Unavailable(message)
     }
 }
 
@@ -858,5 +886,43 @@ mod tests {
         assert!(
             matches!(err, RegistryError::Unavailable(ref m) if m.contains("no etcd endpoints"))
         );
+    }
+
+    #[test]
+    fn etcd_refusals_of_the_request_are_permanent_and_the_rest_transient() {
+        let status = |code, message: &str| {
+            classify(
+                "put of 1 task records failed".into(),
+                etcd_client::Error::GRpcStatus(tonic::Status::new(code, message)),
+            )
+        };
+        for refused in [
+            status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            status(
+                tonic::Code::ResourceExhausted,
+                "grpc: received message larger than max (4980000 vs. 2097152)",
+            ),
+        ] {
+            assert!(matches!(refused, RegistryError::Refused(_)), "{refused}");
+            assert!(!refused.is_transient());
+            assert!(refused.to_string().contains("put of 1 task records failed"));
+        }
+        for transient in [
+            status(tonic::Code::Unavailable, "etcdserver: leader changed"),
+            status(
+                tonic::Code::DeadlineExceeded,
+                "etcdserver: request timed out",
+            ),
+            status(
+                tonic::Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            classify("get".into(), etcd_client::Error::Internal("closed".into())),
+        ] {
+            assert!(transient.is_transient(), "{transient}");
+        }
     }
 }

@@ -62,6 +62,11 @@ pub enum RegistryError {
     /// later may succeed.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The backing store refused the request for what it holds (with etcd:
+    /// a request over `--max-request-bytes`, or otherwise invalid):
+    /// sending the same request again fails the same way.
+    #[error("registry refused the request: {0}")]
+    Refused(String),
     /// Stored data could not be decoded.
     #[error("corrupt registry entry at '{key}': {message}")]
     Corrupt { key: String, message: String },
@@ -101,6 +106,18 @@ pub enum RegistryError {
          its lease expires)"
     )]
     DuplicateAgent { id: AgentId },
+}
+
+impl RegistryError {
+    /// Whether the same request may succeed later: the store was out of
+    /// reach, busy or contended. Writers retry these and give up on the
+    /// rest, which no retry can fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Unavailable(_) | RegistryError::Contended { .. }
+        )
+    }
 }
 
 /// One agent's reputation for one capability, as listed by

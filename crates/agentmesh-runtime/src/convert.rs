@@ -80,7 +80,7 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
         strategy: r.strategy.to_string(),
         status: status(r.status).into(),
         subtasks: r.subtasks.iter().map(subtask).collect(),
-        result_json: json_text(r.result.as_ref()),
+        result_json: json_text(r.result().as_ref()),
         error: r.error.clone().unwrap_or_default(),
         created_unix_ms: r.created_ms,
         updated_unix_ms: r.updated_ms,

@@ -172,7 +172,7 @@ async fn assert_resumed_by_the_standby(cluster: &Cluster, id: &agentmesh_core::T
         .expect("the standby to finish the task")
         .unwrap();
     assert_eq!(record.status, Status::Completed, "{record:?}");
-    assert_eq!(record.result, Some(serde_json::json!({"value": 42})));
+    assert_eq!(record.result(), Some(serde_json::json!({"value": 42})));
     let subtask = &record.subtasks[0];
     assert_eq!(subtask.attempts, 2, "the running attempt started again");
     assert_eq!(subtask.restarts, 1, "and counted as a restart");

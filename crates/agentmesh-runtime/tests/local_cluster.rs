@@ -37,7 +37,7 @@ async fn average_word_count_runs_in_process() {
         .await
         .unwrap();
     assert_eq!(record.status, Status::Completed);
-    assert_eq!(record.result, Some(json!({"value": 5})));
+    assert_eq!(record.result(), Some(json!({"value": 5})));
     cluster.shutdown().await;
 }
 
@@ -52,7 +52,7 @@ async fn injected_faults_change_what_workers_answer() {
     let cluster = within(NodeBuilder::new(wrong).local(1)).await.unwrap();
     let record = within(cluster.run(task)).await.unwrap();
     assert_eq!(record.status, Status::Completed);
-    assert_eq!(record.result, Some(json!({"value": 43.0})));
+    assert_eq!(record.result(), Some(json!({"value": 43.0})));
     cluster.shutdown().await;
 
     let mut failing = config();

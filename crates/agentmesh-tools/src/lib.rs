@@ -82,11 +82,10 @@ pub use async_trait::async_trait;
 pub use builtin::{JsonQuery, MAX_SLEEP_MS, MathEval, Sleep, WordCount};
 pub use http::{AllowedHost, AllowedHostError, HttpGet, HttpLimits};
 
-/// Default of [`ToolBox::max_output_bytes`]: a quarter of the default
-/// 4 MiB envelope, so a result always fits its envelope with room to
-/// spare, and below etcd's 1.5 MiB request limit, so one output cannot
-/// outgrow the task record it is stored in.
-pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Default of [`ToolBox::max_output_bytes`]: the coordinator's per-subtask
+/// output cap, so a worker stops an output the coordinator would refuse to
+/// store; far under the 4 MiB envelope, so a result always fits it.
+pub use agentmesh_core::task::budget::DEFAULT_MAX_OUTPUT_BYTES;
 
 /// Longest error message a tool call reports; longer ones are cut, so a
 /// tool's error (which lands in the task record and in gRPC metadata)
@@ -468,8 +467,8 @@ mod tests {
             .await
             .unwrap();
         assert!(out.len() <= cap, "{} > {cap}", out.len());
-        let default = ToolBox::builtin(&[]);
-        assert!(default.run("json.query", input).await.is_ok());
+        let larger = ToolBox::builtin_within(&[], 1024 * 1024);
+        assert!(larger.run("json.query", input).await.is_ok());
     }
 
     #[test]

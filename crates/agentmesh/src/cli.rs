@@ -220,10 +220,11 @@ pub struct NodeArgs {
     /// Largest envelope payload between agents, in bytes.
     #[arg(long, env = "AGENTMESH_MAX_ENVELOPE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_envelope_bytes: usize,
-    /// Largest tool output a worker reports, in bytes of JSON; a larger
-    /// output fails its attempt with the size and this limit (worker).
-    /// At most --max-envelope-bytes less 16 KiB.
-    #[arg(long, env = "AGENTMESH_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    /// Largest output of one subtask, in bytes of JSON. A worker stops a
+    /// tool whose output passes it and fails the attempt (not retried); a
+    /// coordinator fails a subtask whose reported output is larger, naming
+    /// it. At most --max-envelope-bytes less 16 KiB, and --max-record-bytes.
+    #[arg(long, env = "AGENTMESH_MAX_OUTPUT_BYTES", default_value_t = agentmesh_runtime::tools::DEFAULT_MAX_OUTPUT_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_output_bytes: usize,
     /// Worker score weights capability,success_rate,free_load,specialization
     /// [default: 0.3,0.3,0.2,0.2].
@@ -276,6 +277,19 @@ pub struct NodeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "AGENTMESH_MAX_WATCH_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watch_streams: u64,
+    /// Largest task record, in bytes, as stored in etcd (coordinator). A
+    /// task whose record would outgrow it fails, naming it; keep it under
+    /// etcd's --max-request-bytes (1.5 MiB by default).
+    #[arg(long, env = "AGENTMESH_MAX_RECORD_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_record_bytes: u64,
+    /// Bytes of task records written to etcd in one transaction
+    /// (coordinator); keep it under etcd's --max-request-bytes.
+    #[arg(long, env = "AGENTMESH_WRITE_BATCH_BYTES", default_value_t = 1280 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_batch_bytes: u64,
+    /// Bytes of ended tasks' records kept in memory for Status and Watch
+    /// (coordinator); older ones are read from etcd.
+    #[arg(long, env = "AGENTMESH_ENDED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub ended_cache_bytes: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -334,6 +348,10 @@ impl NodeArgs {
         coordinator.write_concurrency = self.write_concurrency as usize;
         coordinator.attempt_timeout = Duration::from_secs(self.attempt_timeout);
         coordinator.write_batch = self.write_batch as usize;
+        coordinator.write_batch_bytes = self.write_batch_bytes as usize;
+        coordinator.records.max_record_bytes = self.max_record_bytes as usize;
+        coordinator.records.max_output_bytes = self.max_output_bytes;
+        coordinator.ended_cache_bytes = self.ended_cache_bytes as usize;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {

@@ -9,6 +9,7 @@ mod breakers;
 mod connections;
 mod json_query;
 mod outputs;
+mod records;
 mod yaml;
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Class 6: an output larger than a worker should report. A
 //! `text.word_count` over 50,000 distinct words lists every one of them
 //! (`top` is the submitter's to choose): 1.3 MB of output from 250 KB of
-//! input, over the worker's output cap (`--max-output-bytes`, 1 MiB). It
+//! input, over the worker's output cap (`--max-output-bytes`, 256 KiB). It
 //! must fail its attempt at once, naming the cap and the size. (An output
 //! over the 4 MiB envelope, which before this cap was never reported and
 //! held the subtask for the 600 s attempt timeout, three times, is now
@@ -68,7 +68,7 @@ fn an_output_over_the_cap_fails_its_attempt_at_once_with_the_reason() {
     assert_eq!(record["status"], "failed", "{record}");
     let error = record["subtasks"][0]["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("over the limit of 1048576 bytes (--max-output-bytes)"),
+        error.contains("over the limit of 262144 bytes (--max-output-bytes)"),
         "the failure does not name the cap: {error}"
     );
     let size: u64 = error
@@ -76,7 +76,7 @@ fn an_output_over_the_cap_fails_its_attempt_at_once_with_the_reason() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the failure does not give the size: {error}"));
-    assert!(size > 1024 * 1024, "{size}");
+    assert!(size > 256 * 1024, "{size}");
     assert_eq!(
         record["subtasks"][0]["attempts"], 1,
         "an output over the cap was retried: {record}"

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::budget::{BudgetError, RecordLimits, encoded_len, truncated};
 use super::file::{Pattern, Strategy, TaskFile};
 use super::reference::{ReferenceError, resolve};
 use crate::ids::{AgentId, TaskId};
@@ -126,9 +127,10 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<String>,
     pub status: Status,
+    /// Every subtask with its output. The task's result is derived from
+    /// them ([`TaskRecord::result`]) rather than stored: a copy would
+    /// double the record of a task with one large final output.
     pub subtasks: Vec<SubtaskRecord>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_ms: u64,
@@ -196,7 +198,6 @@ impl TaskRecord {
             consensus: file.consensus,
             status: Status::Pending,
             subtasks,
-            result: None,
             error: None,
             created_ms: now_ms,
             updated_ms: now_ms,
@@ -296,7 +297,6 @@ impl TaskRecord {
         s.finished_ms = Some(now_ms);
         if self.subtasks.iter().all(|s| s.status == Status::Completed) {
             self.status = Status::Completed;
-            self.result = Some(self.aggregate());
         }
         self.touch(now_ms);
         Applied::Changed
@@ -468,9 +468,101 @@ impl TaskRecord {
         stopped
     }
 
-    /// The task's result: the output of its final subtask, or an object of
-    /// the outputs of every final subtask (one no other subtask depends on)
-    /// when there are several.
+    /// The result of a completed task: the output of its final subtask, or
+    /// an object of the outputs of every final subtask (one no other
+    /// subtask depends on) when there are several. `None` until the task
+    /// has completed.
+    pub fn result(&self) -> Option<Value> {
+        (self.status == Status::Completed).then(|| self.aggregate())
+    }
+
+    /// The record's size as the registry stores it (compact JSON).
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(self)
+    }
+
+    /// Fails the task because its record, at `bytes`, is over
+    /// `limits.max_record_bytes`, and shrinks the record to fit: the
+    /// subtasks' outputs are left out, then, should that not be enough,
+    /// error messages are cut short and the inputs left out too. Works on
+    /// an ended task as well (a completion can be what outgrew the budget).
+    /// Returns the running attempts to stop.
+    pub fn fail_over_budget(
+        &mut self,
+        bytes: usize,
+        limits: &RecordLimits,
+        now_ms: u64,
+    ) -> Vec<StoppedAttempt> {
+        let over = BudgetError::RecordTooLarge {
+            bytes,
+            budget: limits.max_record_bytes,
+        };
+        let largest = self
+            .subtasks
+            .iter()
+            .filter_map(|s| Some((s.id.as_str(), encoded_len(s.output.as_ref()?))))
+            .max_by_key(|(_, len)| *len);
+        let message = match largest {
+            Some((id, len)) => format!(
+                "{over}; the largest output is subtask '{id}''s, {len} bytes; outputs are left out of the record"
+            ),
+            None => format!("{over}; outputs are left out of the record"),
+        };
+        self.fail_shrunk(message, limits.max_record_bytes, now_ms)
+    }
+
+    /// Fails the task because the registry refused its record for good
+    /// (`reason`), and strips the record to its skeleton — no outputs, no
+    /// inputs, errors cut short — so that the failure itself can be
+    /// written. Returns the running attempts to stop.
+    pub fn fail_unwritable(&mut self, reason: &str, now_ms: u64) -> Vec<StoppedAttempt> {
+        let message = format!("{reason}; outputs are left out of the record");
+        self.fail_shrunk(message, 0, now_ms)
+    }
+
+    /// Whether the record is a failed skeleton already: no output and no
+    /// input is left to shed.
+    pub fn is_stripped(&self) -> bool {
+        self.status == Status::Failed
+            && self
+                .subtasks
+                .iter()
+                .all(|s| s.output.is_none() && s.consensus.is_none() && s.input.is_null())
+    }
+
+    /// Fails the task with `message` and sheds what the record holds, in
+    /// order of how little it matters to a reader of a failed task, until
+    /// it is at most `target` bytes: outputs, then the length of error
+    /// messages, then inputs.
+    fn fail_shrunk(
+        &mut self,
+        mut message: String,
+        target: usize,
+        now_ms: u64,
+    ) -> Vec<StoppedAttempt> {
+        for s in &mut self.subtasks {
+            s.output = None;
+            s.consensus = None;
+        }
+        let stopped = self.finish(Status::Failed, message.clone(), now_ms);
+        if self.encoded_len() <= target {
+            return stopped;
+        }
+        for s in &mut self.subtasks {
+            s.error = s.error.as_deref().map(|e| truncated(e, SHRUNK_ERROR_BYTES));
+        }
+        self.error = Some(truncated(&message, SHRUNK_ERROR_BYTES));
+        if self.encoded_len() <= target {
+            return stopped;
+        }
+        for s in &mut self.subtasks {
+            s.input = Value::Null;
+        }
+        message.push_str(", and so are inputs");
+        self.error = Some(truncated(&message, SHRUNK_ERROR_BYTES));
+        stopped
+    }
+
     fn aggregate(&self) -> Value {
         let depended_on: HashSet<&str> = self
             .subtasks
@@ -503,6 +595,10 @@ impl TaskRecord {
 pub const STRATEGIC_PLAN: &str = "hierarchy.strategic";
 /// What a tactical-level agent offers.
 pub const TACTICAL_OBJECTIVE: &str = "hierarchy.tactical";
+
+/// What is kept of each error message when a record over its budget is
+/// shrunk.
+const SHRUNK_ERROR_BYTES: usize = 1024;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0

@@ -68,6 +68,9 @@ impl From<ApiError> for Status {
             | ApiError::NoLeader(_)
             | ApiError::NotLeader(_) => Status::unavailable(message),
             ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
+            ApiError::Submit(SubmitError::RecordTooLarge { .. }) => {
+                Status::invalid_argument(message)
+            }
             ApiError::NotFound(_) => Status::not_found(message),
             ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
             ApiError::NoCoordinator => Status::failed_precondition(message),

@@ -128,7 +128,7 @@ impl Spawner {
         config: CoordinatorConfig,
         endpoint: &str,
     ) -> Result<StartedCoordinator, NodeError> {
-        let hub = RecordHub::default();
+        let hub = RecordHub::new(config.ended_cache_bytes);
         let backlog = self.router.new_backlog();
         let args = CoordinatorArguments {
             id: id.clone(),

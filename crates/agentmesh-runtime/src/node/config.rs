@@ -12,8 +12,8 @@ use agentmesh_core::hierarchy::{Level, StrategicPolicy, TacticalPolicy};
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::retry::RetryPolicy;
 use agentmesh_core::scheduling::ScoreWeights;
-use agentmesh_core::task::TaskLimits;
 use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
+use agentmesh_core::task::{RecordLimits, TaskLimits};
 use thiserror::Error;
 
 use crate::actors::faults::Faults;
@@ -75,8 +75,21 @@ pub struct CoordinatorConfig {
     /// When a worker is taken out of placement after failures in a row,
     /// and for how long.
     pub breaker: BreakerPolicy,
+    /// Byte budgets of a task record and of each subtask's output in it:
+    /// a record must fit in one etcd request.
+    pub records: RecordLimits,
     /// Record updates persisted in one registry transaction.
     pub write_batch: usize,
+    /// Bytes of records persisted in one registry transaction; under
+    /// etcd's `--max-request-bytes` (1.5 MiB by default), which refuses
+    /// the whole transaction otherwise. A record larger than this is
+    /// written alone.
+    pub write_batch_bytes: usize,
+    /// Bytes of ended tasks' final records (as stored) the coordinator
+    /// keeps in memory to answer Status and Watch without an etcd read;
+    /// the oldest are dropped first and then read from etcd. Bounds the
+    /// cache by size, not only by its 4,096 records.
+    pub ended_cache_bytes: usize,
     /// Record transactions in flight at once (a task is never in two).
     pub write_concurrency: usize,
     /// How long an attempt of a subtask without its own `timeout_ms` may
@@ -98,8 +111,11 @@ impl Default for CoordinatorConfig {
             max_active_tasks: 10_000,
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
+            records: RecordLimits::default(),
             write_batch: 64,
+            write_batch_bytes: 1280 * 1024,
             write_concurrency: 1,
+            ended_cache_bytes: 32 * 1024 * 1024,
             attempt_timeout: Duration::from_secs(600),
         }
     }
@@ -311,10 +327,12 @@ impl NodeConfig {
         let c = &self.coordinator;
         c.retry.validate().map_err(ConfigError::Policy)?;
         c.breaker.validate().map_err(ConfigError::Policy)?;
+        c.records.validate().map_err(ConfigError::Policy)?;
         for (value, name) in [
             (c.max_queued_subtasks, "max queued subtasks"),
             (c.max_active_tasks, "max active tasks"),
             (c.write_batch, "write batch"),
+            (c.write_batch_bytes, "write batch bytes"),
             (c.write_concurrency, "write concurrency"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),

@@ -107,7 +107,7 @@ impl Target for EmbeddedTarget {
             .await
             .map_err(|e| e.to_string())?;
         match record.status {
-            Status::Completed => Ok(record.result.unwrap_or(Value::Null)),
+            Status::Completed => Ok(record.result().unwrap_or(Value::Null)),
             status => Err(format!(
                 "task {status}: {}",
                 record.error.unwrap_or_default()

@@ -55,7 +55,7 @@ fn dependencies_gate_readiness_and_results_flow_through_references() {
     let c = r.start_attempt(2, TERM, w("w3"), 1004);
     r.complete(2, by(c), json!({"value": 5.0}), 1005);
     assert_eq!(r.status, Status::Completed);
-    assert_eq!(r.result, Some(json!({"value": 5.0})));
+    assert_eq!(r.result(), Some(json!({"value": 5.0})));
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn several_final_subtasks_aggregate_into_an_object() {
         let a = r.start_attempt(i, TERM, w("w"), 1);
         r.complete(i, by(a), json!(i), 2);
     }
-    assert_eq!(r.result, Some(json!({"x": 0, "y": 1})));
+    assert_eq!(r.result(), Some(json!({"x": 0, "y": 1})));
 }
 
 #[test]
@@ -271,4 +271,129 @@ fn records_written_before_terms_and_applied_results_still_decode() {
     let fresh = serde_json::to_value(average()).unwrap();
     assert!(fresh["subtasks"][0].get("term").is_none());
     assert!(fresh["subtasks"][0].get("applied").is_none());
+}
+
+/// A task of one subtask with a large input whose worker echoes it back.
+fn one_large_subtask(input_bytes: usize) -> TaskRecord {
+    let text = "x".repeat(input_bytes);
+    record(&format!(
+        r#"{{"name":"big","tasks":[{{"id":"a","capability":"text.word_count","input":{{"text":"{text}"}}}}]}}"#
+    ))
+}
+
+#[test]
+fn the_record_holds_each_output_once_so_its_size_follows_inputs_plus_outputs() {
+    let mut r = one_large_subtask(100_000);
+    let pending = r.encoded_len();
+    assert!(pending > 100_000 && pending < 101_000, "{pending}");
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let output = json!({ "echo": "y".repeat(200_000) });
+    r.complete(0, by(a), output.clone(), 1002);
+    assert_eq!(r.status, Status::Completed);
+    // The result is the final output, derived rather than stored: the
+    // record grew by the output once, not twice.
+    assert_eq!(r.result(), Some(output));
+    let completed = r.encoded_len();
+    assert!(
+        completed < pending + 200_000 + 1_000,
+        "{completed} bytes for 100 KB in and 200 KB out"
+    );
+    assert_eq!(completed, serde_json::to_vec(&r).unwrap().len());
+    assert!(serde_json::to_value(&r).unwrap().get("result").is_none());
+}
+
+#[test]
+fn a_record_written_with_a_stored_result_still_decodes_and_derives_it() {
+    let mut r = average();
+    for i in 0..3 {
+        let attempt = r.start_attempt(i, TERM, w("w"), 1001);
+        r.complete(i, by(attempt), json!({"words": 2, "value": 2}), 1002);
+    }
+    let mut old = serde_json::to_value(&r).unwrap();
+    old["result"] = json!({"value": 2});
+    let decoded: TaskRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(decoded.result(), Some(json!({"words": 2, "value": 2})));
+}
+
+#[test]
+fn a_record_over_its_budget_fails_its_task_and_shrinks_to_fit() {
+    let limits = RecordLimits {
+        max_record_bytes: 64 * 1024,
+        max_output_bytes: 64 * 1024,
+    };
+    let mut r = average();
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let b = r.start_attempt(1, TERM, w("w2"), 1001);
+    r.complete(
+        0,
+        by(a),
+        json!({ "words": 1, "pad": "p".repeat(40_000) }),
+        1002,
+    );
+    r.complete(
+        1,
+        by(b),
+        json!({ "words": 1, "pad": "q".repeat(50_000) }),
+        1003,
+    );
+    let bytes = r.encoded_len();
+    assert!(limits.check_record(bytes).is_err());
+
+    let stopped = r.fail_over_budget(bytes, &limits, 1004);
+    assert!(stopped.is_empty());
+    assert_eq!(r.status, Status::Failed);
+    let error = r.error.clone().unwrap();
+    assert!(
+        error.contains(&format!("task record is {bytes} bytes")),
+        "{error}"
+    );
+    assert!(
+        error.contains("65536 bytes (--max-record-bytes)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("subtask 'b'"),
+        "names the largest output: {error}"
+    );
+    assert!(r.subtasks.iter().all(|s| s.output.is_none()));
+    // The pending subtask ends with its task; inputs stay for the reader.
+    assert_eq!(r.subtasks[2].status, Status::Cancelled);
+    assert!(r.subtasks[0].input.get("text").is_some());
+    assert!(limits.check_record(r.encoded_len()).is_ok());
+}
+
+#[test]
+fn a_record_whose_inputs_alone_are_over_the_budget_drops_them_too() {
+    let limits = RecordLimits {
+        max_record_bytes: 10_000,
+        max_output_bytes: 10_000,
+    };
+    let mut r = one_large_subtask(50_000);
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    let bytes = r.encoded_len();
+    let stopped = r.fail_over_budget(bytes, &limits, 1002);
+    // The running attempt is to be stopped; the record now fits.
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].attempt, a);
+    assert_eq!(r.subtasks[0].input, Value::Null);
+    assert!(r.error.as_deref().unwrap().contains("inputs"));
+    assert!(limits.check_record(r.encoded_len()).is_ok());
+}
+
+#[test]
+fn a_record_the_registry_refused_fails_as_a_skeleton() {
+    let mut r = average();
+    let a = r.start_attempt(0, TERM, w("w1"), 1001);
+    r.complete(0, by(a), json!({"words": 4}), 1002);
+    let b = r.start_attempt(1, TERM, w("w2"), 1003);
+    let stopped = r.fail_unwritable(
+        "task record of 2000000 bytes could not be written: request is too large",
+        1004,
+    );
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].attempt, b);
+    assert_eq!(r.status, Status::Failed);
+    assert!(r.error.as_deref().unwrap().contains("request is too large"));
+    assert!(r.is_stripped());
+    assert!(!average().is_stripped());
 }

@@ -7,9 +7,12 @@
 //! thousands of tasks per second. Tasks this node does not own are watched
 //! through the registry, as before.
 //!
-//! Ended tasks stay a little while ([`RECENTLY_ENDED`] of them): a client
-//! that watches right after submitting often asks after a short task has
-//! already finished, and that answer should not cost an etcd read either.
+//! Ended tasks stay a little while: a client that watches right after
+//! submitting often asks after a short task has already finished, and that
+//! answer should not cost an etcd read either. They are bounded in count
+//! ([`RECENTLY_ENDED`]) and in bytes (`--ended-cache-bytes`), the oldest
+//! ended first out; an evicted task is read from the registry, like any
+//! task this node does not own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +28,7 @@ pub const WATCHER_BACKLOG: usize = 64;
 /// Ended tasks whose final record is kept in memory, newest first out last.
 pub const RECENTLY_ENDED: usize = 4096;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RecordHub {
     inner: Arc<Mutex<Inner>>,
 }
@@ -35,12 +38,18 @@ struct Inner {
     tasks: HashMap<TaskId, Entry>,
     /// Ended tasks still in `tasks`, oldest first.
     ended: VecDeque<TaskId>,
+    /// The stored size of the ended tasks' records in `tasks`.
+    ended_bytes: usize,
+    /// The most `ended_bytes` may reach before the oldest is evicted.
+    max_ended_bytes: usize,
     /// Watchers waiting for a task's first durable record.
     early: HashMap<TaskId, mpsc::Sender<Arc<TaskRecord>>>,
 }
 
 struct Entry {
     latest: Arc<TaskRecord>,
+    /// `latest`'s size as stored.
+    bytes: usize,
     watchers: Vec<mpsc::Sender<Arc<TaskRecord>>>,
 }
 
@@ -53,9 +62,22 @@ pub struct Subscription {
 }
 
 impl RecordHub {
-    /// Announces a durable record. An ended task's watchers are released
-    /// and its final record kept for a while; then the registry has it.
-    pub fn publish(&self, record: Arc<TaskRecord>) {
+    /// A hub that keeps ended tasks' final records up to `max_ended_bytes`
+    /// of them (as stored) and [`RECENTLY_ENDED`] in number.
+    pub fn new(max_ended_bytes: usize) -> Self {
+        let inner = Inner {
+            max_ended_bytes,
+            ..Inner::default()
+        };
+        Self {
+            inner: Arc::new(Mutex::new(inner)),
+        }
+    }
+
+    /// Announces a durable record of `bytes` (as stored). An ended task's
+    /// watchers are released and its final record kept for a while; then
+    /// the registry has it.
+    pub fn publish(&self, record: Arc<TaskRecord>, bytes: usize) {
         let mut inner = self.lock();
         let terminal = record.status.is_terminal();
         match inner.tasks.get_mut(&record.id) {
@@ -64,6 +86,7 @@ impl RecordHub {
                     return;
                 }
                 entry.latest = record.clone();
+                entry.bytes = bytes;
                 entry
                     .watchers
                     .retain(|watcher| watcher.try_send(record.clone()).is_ok());
@@ -74,6 +97,7 @@ impl RecordHub {
             None => {
                 let entry = Entry {
                     latest: record.clone(),
+                    bytes,
                     watchers: Vec::new(),
                 };
                 inner.tasks.insert(record.id.clone(), entry);
@@ -88,10 +112,14 @@ impl RecordHub {
         }
         if terminal {
             inner.ended.push_back(record.id.clone());
-            if inner.ended.len() > RECENTLY_ENDED
-                && let Some(oldest) = inner.ended.pop_front()
-            {
-                inner.tasks.remove(&oldest);
+            inner.ended_bytes += bytes;
+            while inner.ended.len() > RECENTLY_ENDED || inner.ended_bytes > inner.max_ended_bytes {
+                let Some(oldest) = inner.ended.pop_front() else {
+                    break;
+                };
+                if let Some(entry) = inner.tasks.remove(&oldest) {
+                    inner.ended_bytes -= entry.bytes;
+                }
             }
         }
     }
@@ -168,6 +196,16 @@ mod tests {
 
     use super::*;
 
+    /// A hub as large as a test can fill.
+    fn hub() -> RecordHub {
+        RecordHub::new(usize::MAX)
+    }
+
+    fn publish(hub: &RecordHub, record: Arc<TaskRecord>) {
+        let bytes = record.encoded_len();
+        hub.publish(record, bytes);
+    }
+
     fn record(id: &str, revision: u64, status: Status) -> Arc<TaskRecord> {
         let file: TaskFile = serde_json::from_str(
             r#"{"name":"t","tasks":[{"id":"a","capability":"sleep","input":{}}]}"#,
@@ -181,13 +219,13 @@ mod tests {
 
     #[test]
     fn watchers_get_each_change_and_ended_tasks_are_kept_a_while() {
-        let hub = RecordHub::default();
-        hub.publish(record("t1", 1, Status::Pending));
+        let hub = hub();
+        publish(&hub, record("t1", 1, Status::Pending));
         let mut subscription = hub.subscribe(&TaskId::new("t1")).unwrap();
         assert_eq!(subscription.latest.revision, 1);
-        hub.publish(record("t1", 2, Status::Running));
-        hub.publish(record("t1", 1, Status::Pending)); // stale: ignored
-        hub.publish(record("t1", 3, Status::Completed));
+        publish(&hub, record("t1", 2, Status::Running));
+        publish(&hub, record("t1", 1, Status::Pending)); // stale: ignored
+        publish(&hub, record("t1", 3, Status::Completed));
         let revisions: Vec<u64> = std::iter::from_fn(|| subscription.changes.try_recv().ok())
             .map(|r| r.revision)
             .collect();
@@ -197,7 +235,7 @@ mod tests {
         assert_eq!(late.latest.status, Status::Completed);
         // Until enough later tasks have ended.
         for n in 0..RECENTLY_ENDED {
-            hub.publish(record(&format!("other-{n}"), 1, Status::Failed));
+            publish(&hub, record(&format!("other-{n}"), 1, Status::Failed));
         }
         assert!(hub.latest(&TaskId::new("t1")).is_none());
         assert!(hub.latest(&TaskId::new("other-1")).is_some());
@@ -205,10 +243,10 @@ mod tests {
 
     #[test]
     fn an_early_watcher_sees_the_first_record_and_what_follows() {
-        let hub = RecordHub::default();
+        let hub = hub();
         let mut early = hub.follow_new(&TaskId::new("t1"));
-        hub.publish(record("t1", 1, Status::Running));
-        hub.publish(record("t1", 2, Status::Completed));
+        publish(&hub, record("t1", 1, Status::Running));
+        publish(&hub, record("t1", 2, Status::Completed));
         let revisions: Vec<u64> = std::iter::from_fn(|| early.changes.try_recv().ok())
             .map(|r| r.revision)
             .collect();
@@ -220,9 +258,9 @@ mod tests {
 
     #[test]
     fn forgetting_unfinished_tasks_closes_their_watchers_and_keeps_ended_ones() {
-        let hub = RecordHub::default();
-        hub.publish(record("running", 1, Status::Running));
-        hub.publish(record("done", 2, Status::Completed));
+        let hub = hub();
+        publish(&hub, record("running", 1, Status::Running));
+        publish(&hub, record("done", 2, Status::Completed));
         let mut watcher = hub.subscribe(&TaskId::new("running")).unwrap();
         let early = hub.follow_new(&TaskId::new("new"));
         hub.forget_unfinished();
@@ -235,11 +273,11 @@ mod tests {
 
     #[test]
     fn a_watcher_that_falls_behind_is_dropped_not_waited_for() {
-        let hub = RecordHub::default();
-        hub.publish(record("t1", 1, Status::Running));
+        let hub = hub();
+        publish(&hub, record("t1", 1, Status::Running));
         let mut subscription = hub.subscribe(&TaskId::new("t1")).unwrap();
         for revision in 2..(WATCHER_BACKLOG as u64 + 10) {
-            hub.publish(record("t1", revision, Status::Running));
+            publish(&hub, record("t1", revision, Status::Running));
         }
         let received = std::iter::from_fn(|| subscription.changes.try_recv().ok()).count();
         assert_eq!(received, WATCHER_BACKLOG);
@@ -248,5 +286,31 @@ mod tests {
             subscription.changes.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn ended_tasks_are_evicted_oldest_first_once_their_bytes_exceed_the_bound() {
+        let one = record("t0", 2, Status::Completed).encoded_len();
+        // Room for three ended records, not four.
+        let hub = RecordHub::new(3 * one + one / 2);
+        publish(&hub, record("running", 1, Status::Running));
+        for n in 0..4 {
+            publish(&hub, record(&format!("t{n}"), 2, Status::Completed));
+        }
+        assert!(
+            hub.latest(&TaskId::new("t0")).is_none(),
+            "the oldest is evicted"
+        );
+        for n in 1..4 {
+            assert!(hub.latest(&TaskId::new(format!("t{n}"))).is_some());
+        }
+        // A running task is not the cache's to evict.
+        assert!(hub.latest(&TaskId::new("running")).is_some());
+        assert!(hub.lock().ended_bytes <= 3 * one + one / 2);
+        // A record larger than the whole bound is not kept at all.
+        let small = RecordHub::new(one / 2);
+        publish(&small, record("t", 2, Status::Failed));
+        assert!(small.latest(&TaskId::new("t")).is_none());
+        assert_eq!(small.lock().ended_bytes, 0);
     }
 }

@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use super::hub::RecordHub;
+use super::writer::RefusedRecord;
 use crate::node::config::CoordinatorConfig;
 use crate::support::background::Background;
 use crate::transport::{Backlog, BrokenLink, Router};
@@ -37,6 +38,12 @@ pub enum SubmitError {
     TooManyTasks { limit: usize },
     #[error("task record could not be persisted: {0}")]
     NotPersisted(String),
+    /// Retrying cannot help: the task's record, before any output, is
+    /// already over its budget.
+    #[error(
+        "task record would be {bytes} bytes before any output, over the record budget of {budget} bytes (--max-record-bytes); make the inputs smaller"
+    )]
+    RecordTooLarge { bytes: usize, budget: usize },
     /// Leadership changed hands between routing the request and handling
     /// it; the client retries and reaches the new leader.
     #[error("this coordinator is not the leader (any more); retry")]
@@ -96,6 +103,9 @@ pub enum CoordinatorMessage {
     /// The scheduler's view of every worker, for `agents`.
     Workers(RpcReplyPort<Vec<WorkerState>>),
     Tick,
+    /// The registry refused a task record for good (too large for etcd,
+    /// say): its task is failed rather than its record retried.
+    RecordRefused(RefusedRecord),
     /// This coordinator won the election: resume `tasks`, every unfinished
     /// record in the registry, and write fenced with `leadership`.
     Lead {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use agentmesh_core::breaker::Blame;
 use agentmesh_core::task::record::{Applied, AppliedResult, StoppedAttempt};
-use agentmesh_core::task::{Status, TaskRecord};
+use agentmesh_core::task::{BudgetError, Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
 use agentmesh_proto::v1::{Envelope, SubtaskCancel, SubtaskResult, subtask_result};
 use agentmesh_registry::Registry;
@@ -47,6 +47,7 @@ pub use messages::{
 };
 use pools::Pools;
 pub use writer::RecordWriter;
+use writer::RefusedRecord;
 
 use crate::convert;
 use crate::node::config::CoordinatorConfig;
@@ -201,6 +202,7 @@ impl Actor for Coordinator {
                 let _ = reply.send(state.pool.agents().cloned().collect());
             }
             CoordinatorMessage::Tick => state.check_deadlines().await,
+            CoordinatorMessage::RecordRefused(refused) => state.record_refused(refused).await,
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
             CoordinatorMessage::Relinquish { done } => {
                 state.relinquish().await;
@@ -222,6 +224,15 @@ impl CoordinatorState {
     ) {
         if self.writer.is_none() {
             let _ = reply.send(Err(SubmitError::NotLeader));
+            return;
+        }
+        // A record that is over its budget before any output could never
+        // be written, let alone grow.
+        let bytes = record.encoded_len();
+        if let Err(BudgetError::RecordTooLarge { bytes, budget }) =
+            self.config.records.check_record(bytes)
+        {
+            let _ = reply.send(Err(SubmitError::RecordTooLarge { bytes, budget }));
             return;
         }
         if self.tasks.len() >= self.config.max_active_tasks {
@@ -251,7 +262,9 @@ impl CoordinatorState {
         info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
         let (ack, durable) = oneshot::channel();
         if let Some(writer) = &self.writer {
-            writer.write(Arc::new(record.clone()), Some(ack)).await;
+            writer
+                .write(Arc::new(record.clone()), bytes, Some(ack))
+                .await;
         }
         self.queue
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
@@ -301,7 +314,7 @@ impl CoordinatorState {
             worker: worker.clone(),
         };
         let blame = convert::blame(&result);
-        let (applied, stopped, success) = match convert::outcome(&result, "worker") {
+        let (applied, stopped, success) = match checked_outcome(&self.config, &result) {
             Ok(output) => (
                 record.complete(index, by, output, now),
                 Vec::new(),
@@ -343,18 +356,59 @@ impl CoordinatorState {
         self.finish_change(&id).await;
     }
 
-    /// Persists the task's record; forgets the task once it has ended.
+    /// Persists the task's record; forgets the task once it has ended. A
+    /// record over its budget is never written: its task fails, and the
+    /// record, shrunk to fit, says why.
     async fn finish_change(&mut self, id: &TaskId) -> Option<Status> {
+        let record = self.tasks.get_mut(id)?;
+        let mut bytes = record.encoded_len();
+        if self.config.records.check_record(bytes).is_err() {
+            let stopped = record.fail_over_budget(bytes, &self.config.records, now_ms());
+            warn!(task_id = %id, bytes, budget = self.config.records.max_record_bytes, "task record over its budget: task failed");
+            bytes = record.encoded_len();
+            self.stop_attempts(id, stopped);
+        }
         let record = self.tasks.get(id)?;
         let status = record.status;
         if let Some(writer) = &self.writer {
-            writer.write(Arc::new(record.clone()), None).await;
+            writer.write(Arc::new(record.clone()), bytes, None).await;
         }
         if status.is_terminal() {
             info!(task_id = %id, %status, "task finished");
             self.tasks.remove(id);
         }
         Some(status)
+    }
+
+    /// The registry refused a record of this task for good: the task fails
+    /// with the reason, and its record, stripped to a skeleton, is written
+    /// instead. A refused final record is stripped the same way; a
+    /// skeleton refused in turn is left (the task's last durable record
+    /// stands, and a later leader fails it the same way).
+    async fn record_refused(&mut self, refused: RefusedRecord) {
+        let id = refused.record.id.clone();
+        let reason = format!(
+            "task record of {} bytes could not be written: {}",
+            refused.bytes, refused.error
+        );
+        if let Some(record) = self.tasks.get_mut(&id) {
+            let stopped = record.fail_unwritable(&reason, now_ms());
+            warn!(task_id = %id, bytes = refused.bytes, error = %refused.error, "task record refused by the registry: task failed");
+            self.stop_attempts(&id, stopped);
+            self.finish_change(&id).await;
+            return;
+        }
+        if !refused.record.status.is_terminal() || refused.record.is_stripped() {
+            warn!(task_id = %id, error = %refused.error, "task record refused by the registry; not this coordinator's to fail");
+            return;
+        }
+        let mut record = (*refused.record).clone();
+        record.fail_unwritable(&reason, now_ms());
+        let bytes = record.encoded_len();
+        warn!(task_id = %id, bytes = refused.bytes, error = %refused.error, "final task record refused by the registry: writing it stripped");
+        if let Some(writer) = &self.writer {
+            writer.write(Arc::new(record), bytes, None).await;
+        }
     }
 
     fn stop_attempts(&mut self, id: &TaskId, stopped: Vec<StoppedAttempt>) {
@@ -394,8 +448,22 @@ impl CoordinatorState {
     }
 }
 
-/// Sends an assignment without holding up the actor; a failed delivery
-/// comes back as a message so the subtask is retried elsewhere.
+/// The output a worker reported, or why it is not applied: an error
+/// of the tool, or an output over the per-subtask cap, which is
+/// refused before it is parsed.
+fn checked_outcome(
+    config: &CoordinatorConfig,
+    result: &SubtaskResult,
+) -> Result<serde_json::Value, String> {
+    if let Some(subtask_result::Outcome::OutputJson(json)) = &result.outcome {
+        config
+            .records
+            .check_output(&result.subtask_id, json.len())
+            .map_err(|e| e.to_string())?;
+    }
+    convert::outcome(result, "worker")
+}
+
 /// What the coordinator accepts from its mailbox: results.
 #[derive(Debug)]
 pub struct CoordinatorInbox;

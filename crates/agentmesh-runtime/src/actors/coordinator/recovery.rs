@@ -9,7 +9,8 @@ use agentmesh_registry::Leadership;
 use tracing::{info, warn};
 
 use super::pools::Pools;
-use super::{CoordinatorState, RecordWriter, WRITER_FINISH_TIMEOUT};
+use super::writer::WriterLimits;
+use super::{CoordinatorMessage, CoordinatorState, RecordWriter, WRITER_FINISH_TIMEOUT};
 use crate::support::clock::now_ms;
 use crate::transport::BrokenLink;
 
@@ -25,12 +26,19 @@ impl CoordinatorState {
         }
         let fence = leadership.fence.revision;
         self.term = fence;
+        let refusals = self.myself.clone();
         self.writer = Some(RecordWriter::spawn(
             self.registry.clone(),
             leadership,
-            self.config.write_batch,
-            self.config.write_concurrency,
+            WriterLimits {
+                batch: self.config.write_batch,
+                batch_bytes: self.config.write_batch_bytes,
+                concurrency: self.config.write_concurrency,
+            },
             self.hub.clone(),
+            Arc::new(move |refused| {
+                let _ = refusals.cast(CoordinatorMessage::RecordRefused(refused));
+            }),
         ));
         let now = now_ms();
         let resumed = tasks.len();
@@ -51,7 +59,8 @@ impl CoordinatorState {
                 self.finish_change(&id).await;
             } else {
                 // Unchanged and durable as it is.
-                self.hub.publish(Arc::new(record.clone()));
+                let bytes = record.encoded_len();
+                self.hub.publish(Arc::new(record.clone()), bytes);
                 self.tasks.insert(id, record);
             }
         }
