@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod limits;
+pub mod message;
 pub mod record;
 pub mod reference;
 pub mod validate;
