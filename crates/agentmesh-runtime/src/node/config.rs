@@ -84,6 +84,16 @@ pub struct CoordinatorConfig {
     /// or partitioned worker). Subtasks with `timeout_ms` get that plus
     /// [`ATTEMPT_GRACE`].
     pub attempt_timeout: Duration,
+    /// Takeovers by a new leader a task may go through without a subtask
+    /// completing before it is failed. A task that takes its coordinator
+    /// down would otherwise be resumed by every new leader and take each
+    /// one down in turn; an honest task makes progress between takeovers.
+    pub max_task_resumes: u32,
+    /// Task documents parsed and validated at once, on blocking threads
+    /// off the async runtime: an expensive parse must not hold a runtime
+    /// worker, where it would delay lease keep-alives and every other
+    /// call, and a burst of them must not take every blocking thread.
+    pub parse_concurrency: usize,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
@@ -101,6 +111,8 @@ impl Default for CoordinatorConfig {
             write_batch: 64,
             write_concurrency: 1,
             attempt_timeout: Duration::from_secs(600),
+            max_task_resumes: 3,
+            parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
         }
     }
 }
@@ -316,6 +328,7 @@ impl NodeConfig {
             (c.max_active_tasks, "max active tasks"),
             (c.write_batch, "write batch"),
             (c.write_concurrency, "write concurrency"),
+            (c.parse_concurrency, "parse concurrency"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),
             (self.connections.max_watch_streams, "max watch streams"),
