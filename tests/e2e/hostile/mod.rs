@@ -9,6 +9,8 @@ mod breakers;
 mod connections;
 mod json_query;
 mod outputs;
+mod references;
+mod small;
 mod yaml;
 
 use std::time::Duration;
