@@ -290,6 +290,16 @@ pub struct NodeArgs {
     /// (coordinator); older ones are read from etcd.
     #[arg(long, env = "AGENTMESH_ENDED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub ended_cache_bytes: u64,
+    /// Takeovers by a new coordinator leader a task may go through without
+    /// a subtask completing; past it the task is failed rather than
+    /// resumed, so a task that takes its coordinator down cannot take
+    /// every leader down in turn (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_TASK_RESUMES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_task_resumes: u32,
+    /// Task documents parsed and validated at once, on threads off the
+    /// async runtime; more submits wait their turn (coordinator).
+    #[arg(long, env = "AGENTMESH_PARSE_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub parse_concurrency: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -352,6 +362,8 @@ impl NodeArgs {
         coordinator.records.max_record_bytes = self.max_record_bytes as usize;
         coordinator.records.max_output_bytes = self.max_output_bytes;
         coordinator.ended_cache_bytes = self.ended_cache_bytes as usize;
+        coordinator.max_task_resumes = self.max_task_resumes;
+        coordinator.parse_concurrency = self.parse_concurrency as usize;
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {

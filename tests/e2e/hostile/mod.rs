@@ -10,6 +10,8 @@ mod connections;
 mod json_query;
 mod outputs;
 mod records;
+mod references;
+mod small;
 mod yaml;
 
 use std::time::Duration;

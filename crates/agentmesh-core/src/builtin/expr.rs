@@ -19,6 +19,15 @@
 //!
 //! `^` is right-associative and binds tighter than unary minus, so `-2^2` is
 //! `-4`, while `2^-1` is `0.5` because the exponent may itself be signed.
+//!
+//! Numbers are IEEE 754 doubles. Every integer up to 2^53
+//! ([`MAX_EXACT_INTEGER`]) is exact; an integer literal above it is refused
+//! ([`ExprError::InexactInteger`]) rather than silently rounded, since
+//! `9007199254740993` would otherwise read as `9007199254740992`. A literal
+//! written with a fraction or an exponent (`1e20`) asks for a float and is
+//! rounded to the nearest double as floats are. Results are doubles too:
+//! arithmetic whose result is above 2^53 in magnitude (`2^60 + 1`) is
+//! rounded to the nearest double.
 
 /// Longest accepted expression in bytes; it caps tokenizer and parser work.
 pub const MAX_EXPR_LEN: usize = 4096;
@@ -26,6 +35,9 @@ pub const MAX_EXPR_LEN: usize = 4096;
 /// Deepest accepted nesting of parentheses, unary signs, function calls and
 /// exponents; it keeps the recursive-descent parser far from the stack limit.
 pub const MAX_NESTING: usize = 64;
+
+/// The largest integer below which every integer is exactly a double: 2^53.
+pub const MAX_EXACT_INTEGER: u64 = 1 << 53;
 
 /// Why an expression could not be evaluated. Positions are byte offsets into
 /// the source so callers can point at the offending character.
@@ -60,6 +72,17 @@ pub enum ExprError {
     #[error("invalid number '{text}' at position {pos}")]
     InvalidNumber {
         /// The text of the malformed number.
+        text: String,
+        /// Byte offset of its first character.
+        pos: usize,
+    },
+    /// An integer literal above [`MAX_EXACT_INTEGER`], which a double
+    /// cannot hold exactly.
+    #[error(
+        "integer '{text}' at position {pos} is above 2^53 = 9007199254740992 and cannot be represented exactly (numbers are 64-bit floats); write it with an exponent, like 1.5e16, to accept rounding"
+    )]
+    InexactInteger {
+        /// The literal, clipped to 32 digits.
         text: String,
         /// Byte offset of its first character.
         pos: usize,
@@ -251,6 +274,13 @@ fn scan_number(source: &str, start: usize) -> Result<(TokenKind, usize), ExprErr
         text: text.to_owned(),
         pos: start,
     })?;
+    let integer = text.bytes().all(|b| b.is_ascii_digit());
+    if integer && text.parse::<u64>().map_or(true, |n| n > MAX_EXACT_INTEGER) {
+        return Err(ExprError::InexactInteger {
+            text: text.chars().take(32).collect(),
+            pos: start,
+        });
+    }
     Ok((TokenKind::Number(value), end))
 }
 
@@ -665,6 +695,31 @@ mod tests {
     }
 
     #[test]
+    fn integers_above_two_to_the_53_are_refused_not_rounded() {
+        assert_eq!(ok("9007199254740992"), 9_007_199_254_740_992.0);
+        assert_eq!(ok("-9007199254740992"), -9_007_199_254_740_992.0);
+        assert_eq!(ok("9007199254740991 + 1"), 9_007_199_254_740_992.0);
+        let e = err("1 + 9007199254740993");
+        assert_eq!(
+            e,
+            ExprError::InexactInteger {
+                text: "9007199254740993".into(),
+                pos: 4
+            }
+        );
+        assert!(
+            e.to_string().contains("cannot be represented exactly"),
+            "{e}"
+        );
+        // Beyond u64, and long: clipped in the message.
+        let e = err(&"9".repeat(400));
+        assert!(matches!(e, ExprError::InexactInteger { ref text, pos: 0 } if text.len() == 32));
+        // Asked for as floats, they are rounded as floats are.
+        assert_eq!(ok("9007199254740993.0"), 9_007_199_254_740_992.0);
+        assert_eq!(ok("1e20"), 1e20);
+    }
+
+    #[test]
     fn numbers_in_every_notation() {
         assert_eq!(ok("42"), 42.0);
         assert_eq!(ok("3.25"), 3.25);
@@ -1039,9 +1094,31 @@ mod tests {
 
         #[test]
         fn printed_floats_round_trip(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
-            prop_assert_eq!(eval(&format!("{x}")), Ok(x));
+            // `{x}` prints a large integral double without a fraction or an
+            // exponent: an integer literal, refused above 2^53.
+            let printed = format!("{x}");
+            if x.abs() > MAX_EXACT_INTEGER as f64 && !printed.contains('.') {
+                let refused = matches!(eval(&printed), Err(ExprError::InexactInteger { .. }));
+                prop_assert!(refused, "{} was not refused", printed);
+            } else {
+                prop_assert_eq!(eval(&printed), Ok(x));
+            }
             prop_assert_eq!(eval(&format!("{x:e}")), Ok(x));
             prop_assert_eq!(eval(&format!("{x:E}")), Ok(x));
+        }
+
+        #[test]
+        fn integer_literals_are_exact_or_refused(n in any::<u64>()) {
+            match eval(&n.to_string()) {
+                Ok(value) => {
+                    prop_assert!(n <= MAX_EXACT_INTEGER);
+                    prop_assert_eq!(value as u64, n);
+                }
+                Err(e) => {
+                    prop_assert!(n > MAX_EXACT_INTEGER);
+                    prop_assert!(matches!(e, ExprError::InexactInteger { .. }), "{}", e);
+                }
+            }
         }
 
         #[test]

@@ -26,8 +26,9 @@ use serde_json::Value;
 
 use super::{Applied, Direction, REPLAN, ROUTINE, UNRECOVERABLE, count};
 use crate::AgentId;
+use crate::task::TaskLimits;
 use crate::task::file::{ObjectiveSpec, SubtaskSpec};
-use crate::task::reference::resolve;
+use crate::task::reference::{ResolveBudget, resolve};
 
 /// How hard the tactical level tries before it escalates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,9 +251,12 @@ impl Tactical {
         // Resolve every input before dispatching any, so a broken
         // reference escalates without sending work that is then abandoned.
         let mut inputs = Vec::with_capacity(ready.len());
+        // The objective was validated by the coordinator against its
+        // limits; the level node resolves within the default ones.
+        let budget = ResolveBudget::from(&TaskLimits::default());
         for &i in &ready {
-            let output_of = |id: &str| self.output(id).cloned();
-            match resolve(&self.tasks[i].spec.input, &output_of) {
+            let output_of = |id: &str| self.output(id);
+            match resolve(&self.tasks[i].spec.input, &output_of, budget) {
                 Ok(input) => inputs.push(input),
                 Err(e) => {
                     let reason = format!("task '{}' cannot start: {e}", self.tasks[i].spec.id);

@@ -160,7 +160,10 @@ fn check_objectives(objectives: &mut [ObjectiveSpec], flat: &Dag<'_>) -> Result<
         dag.check(&mut objective.tasks).map_err(|e| match e {
             TaskFileError::Cycle(ids) => TaskFileError::invalid(
                 field.as_str(),
-                format!("dependency cycle: {}", ids.join(" -> ")),
+                format!(
+                    "dependency cycle: {}",
+                    crate::task::validate::describe_cycle(&ids)
+                ),
             ),
             other => other,
         })?;

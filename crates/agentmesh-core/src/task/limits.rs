@@ -17,8 +17,15 @@ pub struct TaskLimits {
     pub max_objectives: usize,
     /// Length of the longest dependency chain.
     pub max_depth: usize,
-    /// Size of one subtask's input, serialized as JSON.
+    /// Size of one subtask's input, serialized as JSON: as written, checked
+    /// at submit, and once its `{{id.field}}` references are resolved,
+    /// computed before the resolved input is built (a string splicing one
+    /// output a thousand times is refused without being built).
     pub max_input_bytes: usize,
+    /// `{{id.field}}` references in one subtask's input, every occurrence
+    /// counted. Each costs a lookup when the subtask starts, on the
+    /// coordinator's actor; checked at submit.
+    pub max_input_references: usize,
     /// Upper bound of a task or subtask timeout.
     pub max_timeout_ms: u64,
     /// Peers one `peer_consensus` subtask may ask for.
@@ -44,6 +51,9 @@ impl Default for TaskLimits {
             max_objectives: 32,
             max_depth: 64,
             max_input_bytes: 256 * 1024,
+            // As many as a task may have subtasks: a fan-in that reads one
+            // field of every other subtask fits.
+            max_input_references: 1024,
             max_timeout_ms: 24 * 60 * 60 * 1000,
             max_redundancy: 9,
             // A task file is the top-level mapping, `tasks` or `objectives`,

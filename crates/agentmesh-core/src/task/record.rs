@@ -6,7 +6,7 @@
 //! resume the task, so every transition is a method here and the
 //! coordinator only decides *when* to call it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::budget::{BudgetError, RecordLimits, encoded_len, truncated};
 use super::file::{Pattern, Strategy, TaskFile};
-use super::reference::{ReferenceError, resolve};
+use super::reference::{ReferenceError, ResolveBudget, resolve};
 use crate::ids::{AgentId, TaskId};
 use crate::patterns;
 
@@ -138,6 +138,12 @@ pub struct TaskRecord {
     /// Increases with every change, so watchers can resume after the last
     /// revision they saw.
     pub revision: u64,
+    /// Times a new coordinator leader took the task over since one of its
+    /// subtasks last completed. A task that takes every leader down before
+    /// it makes progress would otherwise be resumed, and take the next one
+    /// down, forever; the coordinator fails it past a bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumes: u32,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -202,6 +208,7 @@ impl TaskRecord {
             created_ms: now_ms,
             updated_ms: now_ms,
             revision: 1,
+            resumes: 0,
         }
     }
 
@@ -231,18 +238,25 @@ impl TaskRecord {
             .collect()
     }
 
-    /// The subtask's input with every reference replaced by earlier outputs.
-    pub fn resolved_input(&self, subtask: usize) -> Result<Value, ReferenceError> {
+    /// The subtask's input with every reference replaced by earlier
+    /// outputs, within `budget` (see [`resolve`]). Outputs are borrowed,
+    /// and found through one index rather than a search per reference.
+    pub fn resolved_input(
+        &self,
+        subtask: usize,
+        budget: ResolveBudget,
+    ) -> Result<Value, ReferenceError> {
         if patterns::rules(self.pattern).is_some_and(|rules| rules.input_as_written()) {
             return Ok(self.subtasks[subtask].input.clone());
         }
-        let output_of = |id: &str| {
-            self.subtasks
-                .iter()
-                .find(|s| s.id == id && s.status == Status::Completed)
-                .and_then(|s| s.output.clone())
-        };
-        resolve(&self.subtasks[subtask].input, &output_of)
+        let outputs: HashMap<&str, &Value> = self
+            .subtasks
+            .iter()
+            .filter(|s| s.status == Status::Completed)
+            .filter_map(|s| Some((s.id.as_str(), s.output.as_ref()?)))
+            .collect();
+        let output_of = |id: &str| outputs.get(id).copied();
+        resolve(&self.subtasks[subtask].input, &output_of, budget)
     }
 
     /// Starts a new attempt of a pending subtask on `worker`, under the
@@ -290,6 +304,7 @@ impl TaskRecord {
         if !self.current(subtask, result.attempt) {
             return Applied::Stale;
         }
+        self.resumes = 0;
         let s = &mut self.subtasks[subtask];
         s.status = Status::Completed;
         s.output = Some(output);
@@ -389,23 +404,21 @@ impl TaskRecord {
     /// attempt goes back to pending (a result of it is stale from now on,
     /// as its attempt number is no longer current) and counts as a restart,
     /// not against the retry budget. Returns the subtasks ready to run, and
-    /// leaves completed subtasks alone so they are not run again.
+    /// leaves completed subtasks alone so they are not run again. Counts
+    /// the takeover in `resumes`.
     pub fn resume(&mut self, reason: &str, now_ms: u64) -> Vec<usize> {
         if self.status.is_terminal() {
             return Vec::new();
         }
-        let mut changed = false;
+        self.resumes = self.resumes.saturating_add(1);
         for s in &mut self.subtasks {
             if s.status == Status::Running {
                 s.status = Status::Pending;
                 s.restarts += 1;
                 s.error = Some(reason.to_owned());
-                changed = true;
             }
         }
-        if changed {
-            self.touch(now_ms);
-        }
+        self.touch(now_ms);
         self.ready()
     }
 
@@ -432,6 +445,24 @@ impl TaskRecord {
             return Vec::new();
         }
         self.finish(Status::Cancelled, reason, now_ms)
+    }
+
+    /// Fails the task because it was resumed more than `max_resumes` times
+    /// without progress; returns the running attempts to stop. `None`, and
+    /// nothing changed, when it is within the bound.
+    pub fn fail_crash_loop(
+        &mut self,
+        max_resumes: u32,
+        now_ms: u64,
+    ) -> Option<Vec<StoppedAttempt>> {
+        if self.status.is_terminal() || self.resumes <= max_resumes {
+            return None;
+        }
+        let reason = format!(
+            "task was resumed {} times by new coordinator leaders without a subtask finishing, over the limit --max-task-resumes = {max_resumes}; failed to protect the cluster",
+            self.resumes
+        );
+        Some(self.finish(Status::Failed, reason, now_ms))
     }
 
     /// Fails the task because its time limit passed; returns the running

@@ -10,13 +10,16 @@ use thiserror::Error;
 
 use super::file::{Strategy, SubtaskSpec, TaskFile};
 use super::limits::TaskLimits;
+use super::message::{MAX_QUOTED, clip, list};
 use super::reference::{Reference, ReferenceError, visit_references};
 use crate::patterns::{self, PatternRules};
 
 /// Length limit of task names and subtask ids.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// Why a task file was refused.
+/// Why a task file was refused. Every message stays under
+/// [`MAX_ERROR_BYTES`](super::message::MAX_ERROR_BYTES) bytes whatever the
+/// document holds (see [`TaskFileError::bounded`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TaskFileError {
     #[error("task file is {size} bytes, over the limit of {limit} bytes")]
@@ -29,8 +32,16 @@ pub enum TaskFileError {
     /// A field holds a value the format allows but the cluster does not.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
-    #[error("dependency cycle: {}", .0.join(" -> "))]
+    #[error("dependency cycle: {}", describe_cycle(.0))]
     Cycle(Vec<String>),
+    /// A mapping gives one key twice; one value would silently replace the
+    /// other.
+    #[error("duplicate key '{key}' {at}: a key may be given once")]
+    DuplicateKey {
+        key: String,
+        /// Where: the field path and line in JSON, the line in YAML.
+        at: String,
+    },
     /// No live worker offers a capability; depends on the cluster's state,
     /// not on the document.
     #[error("{field}: no live {runner} offers capability '{capability}' (available: {available})")]
@@ -72,6 +83,58 @@ impl TaskFileError {
             message: message.into(),
         }
     }
+
+    /// The error with every text it carries clipped, so that its message
+    /// stays under `MAX_ERROR_BYTES` whatever the document quoted into it
+    /// (a field path through 200 KB keys, a parser message naming one).
+    /// Lists are capped where they are written; this is the last resort.
+    pub fn bounded(self) -> Self {
+        const FIELD: usize = 256;
+        const TEXT: usize = 640;
+        use TaskFileError as E;
+        match self {
+            E::Syntax { format, message } => E::Syntax {
+                format,
+                message: clip(&message, TEXT),
+            },
+            E::Invalid { field, message } => E::Invalid {
+                field: clip(&field, FIELD),
+                message: clip(&message, TEXT),
+            },
+            E::Unsupported { field, message } => E::Unsupported {
+                field: clip(&field, FIELD),
+                message: clip(&message, TEXT),
+            },
+            E::DuplicateKey { key, at } => E::DuplicateKey {
+                key: clip(&key, MAX_QUOTED),
+                at: clip(&at, FIELD + 64),
+            },
+            E::CapabilityUnavailable {
+                field,
+                capability,
+                runner,
+                available,
+            } => E::CapabilityUnavailable {
+                field: clip(&field, FIELD),
+                capability: clip(&capability, MAX_QUOTED),
+                runner,
+                available: clip(&available, TEXT - MAX_QUOTED * 2),
+            },
+            E::OverLimit { limit, max, found } => E::OverLimit {
+                limit,
+                max,
+                found: clip(&found, TEXT),
+            },
+            other @ (E::TooLarge { .. } | E::Cycle(_)) => other,
+        }
+    }
+}
+
+/// A cycle by its first ids, counting the rest: a 1,024-task cycle named
+/// in full was a 14 KB message.
+pub fn describe_cycle(ids: &[String]) -> String {
+    let tasks = ids.len().saturating_sub(1);
+    format!("{tasks} tasks, {}", list(ids, " -> "))
 }
 
 /// Parses JSON or YAML (JSON when the first non-blank character is `{`).
@@ -80,6 +143,10 @@ impl TaskFileError {
 /// format, and YAML alias expansion by events and by text, so the work a
 /// document causes is bounded by its size before any of it is validated.
 pub fn parse(document: &str, limits: &TaskLimits) -> Result<TaskFile, TaskFileError> {
+    parse_unbounded(document, limits).map_err(TaskFileError::bounded)
+}
+
+fn parse_unbounded(document: &str, limits: &TaskLimits) -> Result<TaskFile, TaskFileError> {
     if document.len() > limits.max_document_bytes {
         return Err(TaskFileError::TooLarge {
             size: document.len(),
@@ -88,6 +155,7 @@ pub fn parse(document: &str, limits: &TaskLimits) -> Result<TaskFile, TaskFileEr
     }
     if document.trim_start().starts_with('{') {
         check_json_nesting(document, limits.max_nesting)?;
+        check_json_duplicates(document)?;
         serde_json::from_str(document).map_err(|e| TaskFileError::Syntax {
             format: "JSON",
             message: e.to_string(),
@@ -127,6 +195,134 @@ fn check_json_nesting(document: &str, max_nesting: usize) -> Result<(), TaskFile
     Ok(())
 }
 
+/// serde_json keeps the last of two equal keys in a `Value` (a task's
+/// `input`) without a word, and no well-kept crate checks for them while
+/// deserializing into one; this pass walks the document once, holding
+/// only the keys of the mappings open along the current path, and refuses
+/// the first key given twice by its path and line. Runs after the nesting
+/// check, so its recursion is bounded. Syntax errors are left to the typed
+/// parse that follows, which reports them the usual way.
+fn check_json_duplicates(document: &str) -> Result<(), TaskFileError> {
+    let mut found = None;
+    let mut path = String::new();
+    let mut deserializer = serde_json::Deserializer::from_str(document);
+    let seed = unique::Keys {
+        path: &mut path,
+        found: &mut found,
+    };
+    match serde::de::DeserializeSeed::deserialize(seed, &mut deserializer) {
+        Err(error) => match found {
+            Some((key, at)) => Err(TaskFileError::DuplicateKey {
+                key: clip(&key, MAX_QUOTED),
+                at: format!(
+                    "in {} at line {} column {}",
+                    if at.is_empty() {
+                        "the top level".into()
+                    } else {
+                        clip(&at, 200)
+                    },
+                    error.line(),
+                    error.column()
+                ),
+            }),
+            None => Ok(()),
+        },
+        Ok(()) => Ok(()),
+    }
+}
+
+mod unique {
+    //! A `DeserializeSeed` that reads any JSON value, keeps nothing but the
+    //! keys of the mappings it is inside, and fails on a repeated key.
+
+    use std::collections::HashSet;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    pub(super) struct Keys<'a> {
+        /// The field path of the value being read (`tasks[0].input`).
+        pub path: &'a mut String,
+        /// The repeated key and the path of its mapping, once found.
+        pub found: &'a mut Option<(String, String)>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Keys<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0usize;
+            loop {
+                let len = self.path.len();
+                self.path.push_str(&format!("[{i}]"));
+                let more = seq.next_element_seed(Keys {
+                    path: &mut *self.path,
+                    found: &mut *self.found,
+                })?;
+                self.path.truncate(len);
+                if more.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if seen.contains(key.as_ref()) {
+                    // The error carries the line; the caller reads `found`.
+                    *self.found = Some((key.into_owned(), self.path.clone()));
+                    return Err(de::Error::custom("duplicate key"));
+                }
+                let len = self.path.len();
+                if !self.path.is_empty() {
+                    self.path.push('.');
+                }
+                self.path.push_str(&key);
+                map.next_value_seed(Keys {
+                    path: &mut *self.path,
+                    found: &mut *self.found,
+                })?;
+                self.path.truncate(len);
+                seen.insert(key.into_owned());
+            }
+            Ok(())
+        }
+    }
+}
+
 /// How YAML task files are read: within `limits`, and with the YAML 1.2
 /// scalars serde_yaml 0.9 read, so a file means what it meant before
 /// (`yes` and `0755` stay strings, `~: x` is a key named `~`, `<<` is an
@@ -144,6 +340,9 @@ fn yaml_options(limits: &TaskLimits) -> serde_saphyr::Options {
     options.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
     options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
     options.reject_unsupported_tags = true;
+    // The library's default, stated: it holds in every mapping, `input`
+    // included, not only for the task's own fields.
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
     options.with_snippet = false;
     options
 }
@@ -194,6 +393,12 @@ fn yaml_error(error: serde_saphyr::Error, limits: &TaskLimits) -> TaskFileError 
         cause = error;
     }
     match cause {
+        E::DuplicateMappingKey { key, location } => TaskFileError::DuplicateKey {
+            key: key
+                .as_deref()
+                .map_or("(a non-text key)".into(), |k| clip(k, MAX_QUOTED)),
+            at: format!("at line {} column {}", location.line(), location.column()),
+        },
         E::ExternalMessage { source, .. }
             if matches!(
                 source.as_ref(),
@@ -268,6 +473,15 @@ pub fn parse_and_validate(
 /// `offers` tells whether a live worker offers a capability; `available`
 /// lists what is offered, for the error message.
 pub fn validate(
+    file: TaskFile,
+    limits: &TaskLimits,
+    offers: &dyn Fn(&str) -> bool,
+    available: &dyn Fn() -> Vec<String>,
+) -> Result<TaskFile, TaskFileError> {
+    validate_unbounded(file, limits, offers, available).map_err(TaskFileError::bounded)
+}
+
+fn validate_unbounded(
     mut file: TaskFile,
     limits: &TaskLimits,
     offers: &dyn Fn(&str) -> bool,
@@ -284,7 +498,7 @@ pub fn validate(
         }
         Err(TaskFileError::CapabilityUnavailable {
             field,
-            capability: capability.to_owned(),
+            capability: clip(capability, MAX_QUOTED),
             runner,
             available: list_or_none(available()),
         })
@@ -300,11 +514,13 @@ pub fn validate(
     Ok(file)
 }
 
+/// The first few items and a count of the rest: a cluster may offer many
+/// capabilities.
 fn list_or_none(items: Vec<String>) -> String {
     if items.is_empty() {
         "none".to_owned()
     } else {
-        items.join(", ")
+        list(&items, ", ")
     }
 }
 
@@ -386,7 +602,10 @@ pub(crate) fn valid_id(id: &str) -> bool {
 pub(crate) fn invalid_id(field: String, id: &str) -> TaskFileError {
     TaskFileError::invalid(
         field,
-        format!("'{id}' is not a valid id (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -)"),
+        format!(
+            "'{}' is not a valid id (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ -)",
+            clip(id, MAX_QUOTED)
+        ),
     )
 }
 
@@ -473,7 +692,7 @@ impl Dag<'_> {
                 for dep in &task.depends_on {
                     let field = || self.at(i, ".depends_on");
                     let &d = index.get(dep.as_str()).ok_or_else(|| {
-                        let mut message = format!("unknown task id '{dep}'");
+                        let mut message = format!("unknown task id '{}'", clip(dep, MAX_QUOTED));
                         if let Some(hint) = (self.elsewhere)(dep) {
                             message = format!("{message} ({hint})");
                         }
@@ -541,7 +760,11 @@ impl Dag<'_> {
             ));
         }
         let mut first_error = None;
+        let mut references = 0usize;
         visit_references(&task.input, &mut |path, refs| {
+            if let Ok(refs) = &refs {
+                references += refs.len();
+            }
             if first_error.is_some() {
                 return;
             }
@@ -555,6 +778,17 @@ impl Dag<'_> {
                 .err()
                 .map(|message| TaskFileError::invalid(field, message));
         });
+        // Each reference is a lookup on the coordinator's actor when the
+        // subtask starts; counted here so an absurd count is refused now.
+        if references > self.limits.max_input_references {
+            return Err(TaskFileError::invalid(
+                self.at(i, ".input"),
+                format!(
+                    "holds {references} references, over the limit max_input_references = {}",
+                    self.limits.max_input_references
+                ),
+            ));
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -571,7 +805,7 @@ impl Dag<'_> {
                     let mut message = format!(
                         "reference {} names unknown task '{}'",
                         reference.display(),
-                        reference.task
+                        clip(&reference.task, MAX_QUOTED)
                     );
                     if let Some(hint) = (self.elsewhere)(&reference.task) {
                         message = format!("{message} ({hint})");
@@ -673,3 +907,6 @@ mod tests;
 
 #[cfg(test)]
 mod parse_tests;
+
+#[cfg(test)]
+mod bounded_tests;

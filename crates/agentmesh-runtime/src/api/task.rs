@@ -15,7 +15,7 @@ use std::time::Duration;
 use agentmesh_core::patterns;
 use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
-use agentmesh_core::{Role, TaskId};
+use agentmesh_core::{Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
@@ -44,6 +44,10 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(30);
 /// before it is refused with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// Task documents parsed at once unless the node says otherwise
+/// (`--parse-concurrency`).
+pub const DEFAULT_PARSE_CONCURRENCY: usize = 2;
+
 /// A stream of task records that ends after the first terminal one.
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
 
@@ -52,6 +56,8 @@ pub struct TaskApi {
     registry: Arc<dyn Registry>,
     coordinator: Option<CoordinatorHandle>,
     limits: TaskLimits,
+    /// Task documents parsed at once (see [`TaskApi::with_parse_concurrency`]).
+    parsing: Arc<Semaphore>,
 }
 
 impl TaskApi {
@@ -64,7 +70,19 @@ impl TaskApi {
             registry,
             coordinator,
             limits,
+            parsing: Arc::new(Semaphore::new(DEFAULT_PARSE_CONCURRENCY)),
         }
+    }
+
+    /// Parses and validates at most `n` task documents at once. Each runs
+    /// on a blocking thread, off the async runtime, so a document that is
+    /// expensive to parse (within the task limits, parsing is bounded but
+    /// not free) delays no lease keep-alive or other call; the bound keeps
+    /// a burst of them from taking every blocking thread and the memory
+    /// of as many documents in flight.
+    pub fn with_parse_concurrency(mut self, n: usize) -> Self {
+        self.parsing = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     fn local(&self) -> Result<&CoordinatorHandle, ApiError> {
@@ -119,7 +137,7 @@ impl TaskApi {
     /// Validates a task document against the live cluster and hands it to
     /// the coordinator; returns once the task record is durable.
     pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
-        let record = self.new_record(document)?;
+        let record = self.new_record(document).await?;
         Ok(self.hand_over(record).await?.durable().await?)
     }
 
@@ -130,7 +148,7 @@ impl TaskApi {
     /// path rather than two, and its first records often merge into that
     /// one write. The caller hears of the task only once it has ended.
     pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
-        let record = self.new_record(document)?;
+        let record = self.new_record(document).await?;
         let id = record.id.clone();
         let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
@@ -157,29 +175,26 @@ impl TaskApi {
         self.outcome(&id, last).await
     }
 
-    fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
+    /// Parses and validates `document` on a blocking thread, once one of
+    /// the parse permits is free; see [`TaskApi::with_parse_concurrency`].
+    async fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
+        // The permit goes with the work: a caller that gives up does not
+        // free it while the parse still runs.
+        let permit = self
+            .parsing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Coordinator("task parsing has stopped".into()))?;
         let membership = self.registry.membership().borrow().clone();
-        let file = parse(document, &self.limits)?;
-        // Unsupported patterns are refused by `validate`, naming the ones
-        // this cluster runs.
-        let runner = match patterns::rules(file.pattern) {
-            Some(rules) => {
-                rules.check_cluster(&membership)?;
-                rules.runner()
-            }
-            None => Role::Worker,
-        };
-        let file = validate(
-            file,
-            &self.limits,
-            &|capability| membership.offers_as(runner, capability),
-            &|| membership.capabilities_of(runner),
-        )?;
-        Ok(TaskRecord::new(
-            TaskId::new(uuid::Uuid::new_v4().to_string()),
-            file,
-            now_ms(),
-        ))
+        let limits = self.limits.clone();
+        let document = document.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            new_record(&document, &limits, &membership)
+        })
+        .await
+        .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))?
     }
 
     async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
@@ -337,6 +352,36 @@ fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<
         )),
         Err(e) => Err(ApiError::Coordinator(e.to_string())),
     }
+}
+
+/// Parses and validates a task document against a view of the cluster;
+/// blocking work, run off the async runtime by [`TaskApi`].
+fn new_record(
+    document: &str,
+    limits: &TaskLimits,
+    membership: &Membership,
+) -> Result<TaskRecord, ApiError> {
+    let file = parse(document, limits)?;
+    // Unsupported patterns are refused by `validate`, naming the ones
+    // this cluster runs.
+    let runner = match patterns::rules(file.pattern) {
+        Some(rules) => {
+            rules.check_cluster(membership)?;
+            rules.runner()
+        }
+        None => Role::Worker,
+    };
+    let file = validate(
+        file,
+        limits,
+        &|capability| membership.offers_as(runner, capability),
+        &|| membership.capabilities_of(runner),
+    )?;
+    Ok(TaskRecord::new(
+        TaskId::new(uuid::Uuid::new_v4().to_string()),
+        file,
+        now_ms(),
+    ))
 }
 
 /// The gRPC face of [`TaskApi`]; forwards what only the leader may do

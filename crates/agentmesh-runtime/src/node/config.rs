@@ -97,6 +97,16 @@ pub struct CoordinatorConfig {
     /// or partitioned worker). Subtasks with `timeout_ms` get that plus
     /// [`ATTEMPT_GRACE`].
     pub attempt_timeout: Duration,
+    /// Takeovers by a new leader a task may go through without a subtask
+    /// completing before it is failed. A task that takes its coordinator
+    /// down would otherwise be resumed by every new leader and take each
+    /// one down in turn; an honest task makes progress between takeovers.
+    pub max_task_resumes: u32,
+    /// Task documents parsed and validated at once, on blocking threads
+    /// off the async runtime: an expensive parse must not hold a runtime
+    /// worker, where it would delay lease keep-alives and every other
+    /// call, and a burst of them must not take every blocking thread.
+    pub parse_concurrency: usize,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
@@ -117,6 +127,8 @@ impl Default for CoordinatorConfig {
             write_concurrency: 1,
             ended_cache_bytes: 32 * 1024 * 1024,
             attempt_timeout: Duration::from_secs(600),
+            max_task_resumes: 3,
+            parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
         }
     }
 }
@@ -334,6 +346,7 @@ impl NodeConfig {
             (c.write_batch, "write batch"),
             (c.write_batch_bytes, "write batch bytes"),
             (c.write_concurrency, "write concurrency"),
+            (c.parse_concurrency, "parse concurrency"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),
             (self.connections.max_watch_streams, "max watch streams"),

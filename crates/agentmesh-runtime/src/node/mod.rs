@@ -150,7 +150,8 @@ impl Node {
             registry.clone(),
             coordinator.as_ref().map(|c| c.actor.clone()),
         );
-        let api = TaskApi::new(registry, coordinator, config.coordinator.limits.clone());
+        let api = TaskApi::new(registry, coordinator, config.coordinator.limits.clone())
+            .with_parse_concurrency(config.coordinator.parse_concurrency);
         let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let connections = &config.connections;

@@ -51,7 +51,11 @@ fn dependencies_gate_readiness_and_results_flow_through_references() {
         Applied::Changed
     );
     assert_eq!(r.ready(), vec![2]);
-    assert_eq!(r.resolved_input(2).unwrap(), json!({"expr": "(4 + 6) / 2"}));
+    assert_eq!(
+        r.resolved_input(2, (&TaskLimits::default()).into())
+            .unwrap(),
+        json!({"expr": "(4 + 6) / 2"})
+    );
     let c = r.start_attempt(2, TERM, w("w3"), 1004);
     r.complete(2, by(c), json!({"value": 5.0}), 1005);
     assert_eq!(r.status, Status::Completed);
@@ -178,13 +182,67 @@ fn resume_keeps_completed_work_and_restarts_running_attempts_outside_the_budget(
 }
 
 #[test]
-fn resuming_an_ended_or_untouched_task_changes_nothing() {
+fn resuming_an_ended_task_changes_nothing_and_an_untouched_one_only_counts() {
     let mut r = average();
     let revision = r.revision;
     assert_eq!(r.resume("coordinator changed", 1001), vec![0, 1]);
-    assert_eq!(r.revision, revision);
+    // The takeover is counted, and the count is a change to persist.
+    assert_eq!(r.resumes, 1);
+    assert_eq!(r.revision, revision + 1);
+    assert!(r.subtasks.iter().all(|s| s.restarts == 0));
     r.cancel("stop".into(), 1002);
+    let ended = r.clone();
     assert!(r.resume("coordinator changed", 1003).is_empty());
+    assert_eq!(r, ended);
+}
+
+#[test]
+fn a_task_resumed_past_the_bound_without_progress_is_failed() {
+    let mut r = average();
+    for n in 1..=3 {
+        r.start_attempt(0, TERM, w("w1"), 1000 + n);
+        r.resume("coordinator changed", 1000 + n);
+        assert_eq!(r.resumes, n as u32);
+        assert_eq!(r.fail_crash_loop(3, 1000 + n), None);
+    }
+    r.resume("coordinator changed", 1010);
+    assert_eq!(r.fail_crash_loop(3, 1011), Some(Vec::new()));
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(
+        r.error.as_deref(),
+        Some(
+            "task was resumed 4 times by new coordinator leaders without a subtask finishing, over the limit --max-task-resumes = 3; failed to protect the cluster"
+        )
+    );
+    assert!(r.subtasks.iter().all(|s| s.status == Status::Cancelled));
+}
+
+#[test]
+fn progress_between_takeovers_resets_the_count() {
+    let mut r = average();
+    r.resume("coordinator changed", 1001);
+    r.resume("coordinator changed", 1002);
+    let a = r.start_attempt(0, TERM, w("w1"), 1003);
+    r.complete(0, by(a), json!({"words": 4}), 1004);
+    assert_eq!(r.resumes, 0);
+    for n in 0..3 {
+        r.resume("coordinator changed", 1005 + n);
+    }
+    assert_eq!(r.fail_crash_loop(3, 1010), None);
+    assert!(!r.status.is_terminal());
+}
+
+#[test]
+fn records_written_before_the_resume_count_still_load() {
+    let mut r = average();
+    let mut json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("resumes").is_none(), "zero is not written");
+    json.as_object_mut().unwrap().remove("resumes");
+    let loaded: TaskRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(loaded.resumes, 0);
+    r.resume("coordinator changed", 1001);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["resumes"], 1);
 }
 
 #[test]

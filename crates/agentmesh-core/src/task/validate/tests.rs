@@ -417,7 +417,7 @@ fn errors_inside_an_objective_name_its_path() {
             r#"{"id":"o","tasks":[
                 {"id":"a","capability":"c","depends_on":["b"]},
                 {"id":"b","capability":"c","depends_on":["a"]}]}"#,
-            "objectives[1].tasks: dependency cycle: b -> a -> b",
+            "objectives[1].tasks: dependency cycle: 2 tasks, b -> a -> b",
         ),
     ];
     for (objective, expected) in cases {
@@ -588,7 +588,7 @@ proptest! {
             }
             Err(TaskFileError::Cycle(ids)) => prop_assert_eq!(
                 nested.unwrap_err().to_string(),
-                format!("objectives[1].tasks: dependency cycle: {}", ids.join(" -> "))
+                format!("objectives[1].tasks: dependency cycle: {}", describe_cycle(&ids))
             ),
             Err(flat) => prop_assert_eq!(
                 nested.unwrap_err().to_string(),

@@ -112,6 +112,12 @@ pub enum CoordinatorMessage {
         leadership: Leadership,
         tasks: Vec<TaskRecord>,
     },
+    /// A resumed task's record, with its takeover counted, is durable
+    /// under `term`: its ready subtasks may be placed.
+    Resumed {
+        task: TaskId,
+        term: i64,
+    },
     /// Leadership is over: forget every task. With `done`, the caller is
     /// stepping down and hears once the records already queued are written.
     Relinquish {

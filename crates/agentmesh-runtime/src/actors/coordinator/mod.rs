@@ -204,6 +204,7 @@ impl Actor for Coordinator {
             CoordinatorMessage::Tick => state.check_deadlines().await,
             CoordinatorMessage::RecordRefused(refused) => state.record_refused(refused).await,
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
+            CoordinatorMessage::Resumed { task, term } => state.resumed(&task, term),
             CoordinatorMessage::Relinquish { done } => {
                 state.relinquish().await;
                 if let Some(done) = done {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
 use agentmesh_registry::Leadership;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::pools::Pools;
@@ -20,6 +21,13 @@ impl CoordinatorState {
     /// again (a restart, outside their retry budget) — and owned from now
     /// on. Resumed work is never refused for lack of room: it was accepted
     /// before, so the queue bounds may be exceeded until it drains.
+    ///
+    /// Each takeover is counted in the record, and the count is durable
+    /// before any of the task's work is done again (its subtasks wait for
+    /// [`CoordinatorMessage::Resumed`]): should that work take this leader
+    /// down, the next one sees the count. A task taken over more than
+    /// `max_task_resumes` times without a subtask completing is failed
+    /// instead of resumed, so it cannot take every leader down in turn.
     pub(super) async fn lead(&mut self, leadership: Leadership, tasks: Vec<TaskRecord>) {
         if self.writer.is_some() {
             self.relinquish().await;
@@ -27,7 +35,7 @@ impl CoordinatorState {
         let fence = leadership.fence.revision;
         self.term = fence;
         let refusals = self.myself.clone();
-        self.writer = Some(RecordWriter::spawn(
+        let writer = RecordWriter::spawn(
             self.registry.clone(),
             leadership,
             WriterLimits {
@@ -39,38 +47,68 @@ impl CoordinatorState {
             Arc::new(move |refused| {
                 let _ = refusals.cast(CoordinatorMessage::RecordRefused(refused));
             }),
-        ));
+        );
         let now = now_ms();
         let resumed = tasks.len();
-        let mut restarted = 0;
+        let (mut restarted, mut crash_looped) = (0, 0);
         for mut record in tasks {
-            let running = record
+            restarted += record
                 .subtasks
                 .iter()
                 .filter(|s| s.status == Status::Running)
                 .count();
-            restarted += running;
-            let ready = record.resume("the coordinator leader changed; started again", now);
+            record.resume("the coordinator leader changed; started again", now);
             let id = record.id.clone();
-            self.queue
-                .extend(ready.into_iter().map(|i| (id.clone(), i)));
-            if running > 0 {
-                self.tasks.insert(id.clone(), record);
-                self.finish_change(&id).await;
-            } else {
-                // Unchanged and durable as it is.
+            if record
+                .fail_crash_loop(self.config.max_task_resumes, now)
+                .is_some()
+            {
+                warn!(task_id = %id, resumes = record.resumes, limit = self.config.max_task_resumes, "task resumed too often without progress: failed to protect the cluster");
+                crash_looped += 1;
                 let bytes = record.encoded_len();
-                self.hub.publish(Arc::new(record.clone()), bytes);
-                self.tasks.insert(id, record);
+                writer.write(Arc::new(record), bytes, None).await;
+                continue;
             }
+            let (ack, durable) = oneshot::channel();
+            let bytes = record.encoded_len();
+            writer
+                .write(Arc::new(record.clone()), bytes, Some(ack))
+                .await;
+            self.tasks.insert(id.clone(), record);
+            let coordinator = self.myself.clone();
+            self.router
+                .background()
+                .spawn("resumed record durable", async move {
+                    if let Ok(Ok(())) = durable.await {
+                        let _ = coordinator.cast(CoordinatorMessage::Resumed {
+                            task: id,
+                            term: fence,
+                        });
+                    }
+                });
         }
+        self.writer = Some(writer);
         info!(
             fence,
             tasks = resumed,
             restarted_subtasks = restarted,
+            failed_crash_looping = crash_looped,
             at_ms = now,
             "coordinator leadership won: resuming unfinished tasks"
         );
+    }
+
+    /// Queues the ready subtasks of a task whose resumed record is durable.
+    pub(super) fn resumed(&mut self, id: &TaskId, term: i64) {
+        if term != self.term {
+            return;
+        }
+        let Some(record) = self.tasks.get(id) else {
+            return;
+        };
+        let ready = record.ready();
+        self.queue
+            .extend(ready.into_iter().map(|i| (id.clone(), i)));
     }
 
     /// Stops leading: forgets every task, its queue and its placements.

@@ -85,9 +85,12 @@ impl CoordinatorState {
                 continue;
             };
             let now = now_ms();
-            let input = match record.resolved_input(index) {
+            // Within the task limits, computed before the input is built:
+            // a reference that would blow up fails this task, not the node.
+            let input = match record.resolved_input(index, (&self.config.limits).into()) {
                 Ok(input) => input,
                 Err(error) => {
+                    warn!(task_id = %id, subtask = %record.subtasks[index].id, %error, "subtask input could not be resolved");
                     let stopped = record.fail_unstarted(index, error.to_string(), now);
                     self.stop_attempts(&id, stopped);
                     self.finish_change(&id).await;
