@@ -1,0 +1,3 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentmesh_fuzz::core_checks::math_eval(data));
