@@ -11,7 +11,7 @@
 use agentmesh_core::TaskId;
 use agentmesh_core::builtin::json_query::{self, JsonQueryError, Limits};
 use agentmesh_core::builtin::{expr, expr::ExprError};
-use agentmesh_core::task::reference::{self, ReferenceError};
+use agentmesh_core::task::reference::{self, ReferenceError, ResolveBudget};
 use agentmesh_core::task::validate::{self, MAX_NAME_LEN};
 use agentmesh_core::task::{SubtaskSpec, TaskFileError, TaskLimits, TaskRecord};
 use serde_json::Value;
@@ -123,8 +123,9 @@ fn task_refusal(error: &TaskFileError, limits: &TaskLimits) {
 /// Reference resolution: the first line is a JSON object of subtask
 /// outputs by id (a fixed one when it is not), the rest the input (JSON,
 /// or else one string). Whatever validation finds malformed, resolution
-/// refuses, and what it accepts resolves to no more than each reference's
-/// output, JSON-escaped once more, in place of the reference.
+/// refuses; what it accepts is within the default budget (`max_input_bytes`
+/// of JSON, `max_input_references`), and a refusal over the budget names
+/// the limit it crossed.
 pub fn reference(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -141,24 +142,32 @@ pub fn reference(data: &[u8]) {
         Ok(found) => references += found.len(),
         Err(_) => malformed = true,
     });
-    let lookup = |task: &str| outputs.get(task).cloned();
-    match reference::resolve(&input, &lookup) {
+    let lookup = |task: &str| outputs.get(task);
+    let budget = ResolveBudget::from(&TaskLimits::default());
+    match reference::resolve(&input, &lookup, budget) {
         Ok(resolved) => {
             assert!(!malformed, "resolution accepted what validation refuses");
-            let largest = outputs
-                .values()
-                .map(|v| v.to_string().len())
-                .max()
-                .unwrap_or(0);
-            let bound = input.to_string().len() + references * 2 * largest;
+            assert!(
+                references <= budget.max_references,
+                "resolved {references} references, over the limit"
+            );
             let size = resolved.to_string().len();
-            assert!(size <= bound, "resolved to {size} bytes, over {bound}");
+            assert!(
+                size <= budget.max_input_bytes,
+                "resolved to {size} bytes, over max_input_bytes"
+            );
         }
         Err(
             ReferenceError::Unterminated(_)
             | ReferenceError::Empty(_)
             | ReferenceError::Malformed { .. },
         ) => assert!(malformed, "resolution refused what validation accepts"),
+        Err(ReferenceError::TooLarge { limit, .. }) => {
+            assert_eq!(limit, budget.max_input_bytes, "refused under another limit")
+        }
+        Err(ReferenceError::TooManyReferences { limit }) => {
+            assert_eq!(limit, budget.max_references, "refused under another limit")
+        }
         Err(ReferenceError::MissingOutput { .. } | ReferenceError::MissingField { .. }) => {}
     }
 }
