@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::file::{Pattern, Strategy, TaskFile};
 use super::reference::{ReferenceError, resolve};
+use crate::fairness::ClientId;
 use crate::ids::{AgentId, TaskId};
 use crate::patterns;
 
@@ -136,6 +137,11 @@ pub struct TaskRecord {
     /// Increases with every change, so watchers can resume after the last
     /// revision they saw.
     pub revision: u64,
+    /// Who submitted the task, for per-client limits and fair dispatch;
+    /// kept in the record so a new leader resumes the task under the same
+    /// client. Absent from records written before clients were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientId>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -201,6 +207,7 @@ impl TaskRecord {
             created_ms: now_ms,
             updated_ms: now_ms,
             revision: 1,
+            client: None,
         }
     }
 
