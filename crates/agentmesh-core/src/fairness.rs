@@ -342,6 +342,27 @@ impl<C: Clone + Eq + Hash, T> FairQueue<C, T> {
         self.len += 1;
     }
 
+    /// Drops the entries of `client` that `keep` refuses (those of a task
+    /// that ended while they waited); O(the client's entries).
+    pub fn retain_of<Q>(&mut self, client: &Q, mut keep: impl FnMut(&T) -> bool)
+    where
+        C: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(queue) = self.clients.get_mut(client) else {
+            return;
+        };
+        let before = queue.len();
+        queue.entries.retain(&mut keep);
+        queue.deferred.retain(&mut keep);
+        self.len -= before - queue.len();
+        // During a pass, `end_pass` takes an emptied client out of the ring.
+        if queue.len() == 0 && self.pass.is_none() {
+            self.clients.remove(client);
+            self.ring.retain(|c| self.clients.contains_key(c.borrow()));
+        }
+    }
+
     /// Starts a pass (ending one left open).
     pub fn begin_pass(&mut self) {
         self.end_pass();
@@ -568,6 +589,21 @@ mod tests {
         assert_eq!(seen, [99, 0, 1, 2, 3]);
         assert_eq!(queue.len(), 3);
         assert_eq!(place(&mut queue, 10), [("a", 99), ("a", 1), ("a", 3)]);
+    }
+
+    #[test]
+    fn an_ended_tasks_entries_can_be_dropped() {
+        let mut queue = FairQueue::new();
+        for i in 0..6 {
+            queue.push_back("a", i);
+        }
+        queue.push_back("b", 0);
+        queue.retain_of("a", |entry| entry % 2 == 0);
+        assert_eq!((queue.len(), queue.len_of("a")), (4, 3));
+        queue.retain_of("b", |_| false);
+        assert_eq!(queue.clients(), 1);
+        assert_eq!(place(&mut queue, 9), [("a", 0), ("a", 2), ("a", 4)]);
+        assert!(queue.is_empty());
     }
 
     #[test]

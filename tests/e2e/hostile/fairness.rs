@@ -107,6 +107,10 @@ fn one_clients_backlog_neither_locks_out_nor_delays_another() {
         let out = cluster.cli(&["task", "cancel", id, "--endpoint", cluster.endpoint()]);
         assert!(out.success(), "cancel {id}: {out}");
     }
+    // A's cancelled backlog no longer counts against it.
+    let again = submit_as(&cluster, "client-a", &b_file);
+    let again = cluster.wait_ended(&again, HONEST_TASK_TIMEOUT);
+    assert_eq!(again["status"], "completed", "{again}");
     let peak = assert_survived(&cluster);
     // What B would have waited in one FIFO queue: every subtask ahead of
     // it, four at a time.

@@ -33,10 +33,18 @@ pub(super) struct ReadyQueue {
     arrived: Vec<(TaskId, usize)>,
     /// `Arc` so handing a client around a pass costs no allocation.
     fair: FairQueue<Arc<ClientId>, (TaskId, usize)>,
-    /// The client of every unfinished task that has had an entry.
-    owners: HashMap<TaskId, Arc<ClientId>>,
-    /// Unfinished tasks per client (those of `owners`).
+    /// Every unfinished task that has had an entry: its client and its
+    /// entries in `fair`.
+    owners: HashMap<TaskId, Owner>,
+    /// Unfinished tasks per client (those of `owners`); the key is the one
+    /// `Arc` of each client.
     active: HashMap<Arc<ClientId>, usize>,
+}
+
+#[derive(Debug)]
+struct Owner {
+    client: Arc<ClientId>,
+    queued: usize,
 }
 
 impl ReadyQueue {
@@ -52,43 +60,73 @@ impl ReadyQueue {
         *self = Self::default();
     }
 
-    /// Forgets an ended task's client.
+    /// Forgets an ended task: its client, and its entries still queued (a
+    /// cancelled or failed task's), which no longer count against any
+    /// limit.
     pub(super) fn task_ended(&mut self, id: &TaskId) {
-        let Some(client) = self.owners.remove(id) else {
+        let Some(owner) = self.owners.remove(id) else {
             return;
         };
-        if let Some(count) = self.active.get_mut(&client) {
+        if owner.queued > 0 {
+            self.fair.retain_of(&owner.client, |(task, _)| task != id);
+        }
+        if let Some(count) = self.active.get_mut(&owner.client) {
             *count -= 1;
             if *count == 0 {
-                self.active.remove(&client);
+                self.active.remove(&owner.client);
             }
         }
     }
 
     /// Files the entries that arrived under their tasks' clients.
     fn settle(&mut self, tasks: &HashMap<TaskId, TaskRecord>) {
-        for (id, index) in self.arrived.drain(..) {
-            let client = match self.owners.get(&id) {
-                Some(client) => client.clone(),
-                None => {
-                    let Some(record) = tasks.get(&id) else {
-                        continue;
-                    };
-                    let client = Arc::new(record.client.clone().unwrap_or_else(ClientId::unnamed));
-                    *self.active.entry(client.clone()).or_default() += 1;
-                    self.owners.insert(id.clone(), client.clone());
-                    client
-                }
-            };
+        for (id, index) in std::mem::take(&mut self.arrived) {
+            if !self.owners.contains_key(&id) {
+                let Some(record) = tasks.get(&id) else {
+                    continue;
+                };
+                let named = record.client.clone().unwrap_or_else(ClientId::unnamed);
+                let client = match self.active.get_key_value(&named) {
+                    Some((client, _)) => client.clone(),
+                    None => Arc::new(named),
+                };
+                *self.active.entry(client.clone()).or_default() += 1;
+                self.owners.insert(id.clone(), Owner { client, queued: 0 });
+            }
+            self.push(id, index, false);
+        }
+    }
+
+    /// Queues an entry of a known task, last or (a retry) first among its
+    /// client's.
+    fn push(&mut self, id: TaskId, index: usize, front: bool) {
+        let Some(owner) = self.owners.get_mut(&id) else {
+            return;
+        };
+        owner.queued += 1;
+        let client = owner.client.clone();
+        if front {
+            self.fair.push_front(client, (id, index));
+        } else {
             self.fair.push_back(client, (id, index));
         }
     }
 
-    /// Puts a retry back first in its client's queue.
-    fn push_front(&mut self, id: TaskId, index: usize) {
-        if let Some(client) = self.owners.get(&id) {
-            self.fair.push_front(client.clone(), (id, index));
+    /// The next entry of the pass (see [`FairQueue::next`]).
+    fn next(&mut self) -> Option<(TaskId, usize)> {
+        let entry = self.fair.next()?;
+        if let Some(owner) = self.owners.get_mut(&entry.0) {
+            owner.queued -= 1;
         }
+        Some(entry)
+    }
+
+    /// Gives the entry [`ReadyQueue::next`] returned back.
+    fn defer(&mut self, entry: (TaskId, usize)) {
+        if let Some(owner) = self.owners.get_mut(&entry.0) {
+            owner.queued += 1;
+        }
+        self.fair.defer(entry);
     }
 }
 
@@ -102,20 +140,12 @@ impl CoordinatorState {
         record: &TaskRecord,
         ready: usize,
     ) -> Result<(), ClientRefusal> {
-        let unnamed;
-        let client = match &record.client {
-            Some(client) => client,
-            None => {
-                unnamed = ClientId::unnamed();
-                &unnamed
-            }
-        };
-        let queue = &self.queue;
-        let queued = queue.fair.len_of(client);
-        let active = queue.active.get(client).copied().unwrap_or(0);
+        let client = record.client.clone().unwrap_or_else(ClientId::unnamed);
+        let queued = self.queue.fair.len_of(&client);
+        let active = self.queue.active.get(&client).copied().unwrap_or(0);
         self.config
             .client_limits
-            .check(client, queued, active, ready)
+            .check(&client, queued, active, ready)
     }
 
     /// Starts the subtask again elsewhere after a backoff, or fails the task
@@ -161,7 +191,7 @@ impl CoordinatorState {
         let due = std::mem::replace(&mut self.backoff, later);
         for (_, subtasks) in due.into_iter().rev() {
             for (id, index) in subtasks.into_iter().rev() {
-                self.queue.push_front(id, index);
+                self.queue.push(id, index, true);
             }
         }
     }
@@ -178,7 +208,7 @@ impl CoordinatorState {
         }
         self.queue.fair.begin_pass();
         while self.pool.has_room(now_ms()) {
-            let Some((id, index)) = self.queue.fair.next() else {
+            let Some((id, index)) = self.queue.next() else {
                 break;
             };
             let Some(record) = self.tasks.get_mut(&id) else {
@@ -192,7 +222,7 @@ impl CoordinatorState {
                 .for_pattern(record.pattern)
                 .select(&record.subtasks[index].capability, now_ms())
             else {
-                self.queue.fair.defer((id, index));
+                self.queue.defer((id, index));
                 continue;
             };
             self.queue.fair.placed();
@@ -256,4 +286,71 @@ fn dispatch(
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_core::task::{TaskLimits, parse_and_validate};
+
+    use super::*;
+
+    fn task(id: &str, client: Option<&str>, width: usize) -> TaskRecord {
+        let tasks: Vec<String> = (0..width)
+            .map(|i| format!(r#"{{"id":"s{i}","capability":"sleep","input":{{"ms":1}}}}"#))
+            .collect();
+        let document = format!(r#"{{"name":"t","tasks":[{}]}}"#, tasks.join(","));
+        let file =
+            parse_and_validate(&document, &TaskLimits::default(), &|_| true, &Vec::new).unwrap();
+        let mut record = TaskRecord::new(TaskId::new(id), file, 0);
+        record.client = client.map(|c| ClientId::parse(c).unwrap());
+        record
+    }
+
+    fn take(queue: &mut ReadyQueue, n: usize) -> Vec<String> {
+        let mut taken = Vec::new();
+        queue.fair.begin_pass();
+        while taken.len() < n {
+            let Some((id, index)) = queue.next() else {
+                break;
+            };
+            queue.fair.placed();
+            taken.push(format!("{id}/{index}"));
+        }
+        queue.fair.end_pass();
+        taken
+    }
+
+    #[test]
+    fn clients_come_from_the_records_and_ended_tasks_leave_no_trace() {
+        let tasks: HashMap<TaskId, TaskRecord> = [
+            task("a1", Some("a"), 3),
+            task("a2", Some("a"), 2),
+            task("b1", Some("b"), 1),
+            task("old", None, 1),
+        ]
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+        let mut queue = ReadyQueue::default();
+        for id in ["a1", "a2", "b1", "old"] {
+            let ready = tasks[&TaskId::new(id)].ready();
+            queue.extend(ready.into_iter().map(|i| (TaskId::new(id), i)));
+        }
+        assert_eq!(queue.len(), 7);
+        queue.settle(&tasks);
+        assert_eq!(queue.fair.len_of(&ClientId::parse("a").unwrap()), 5);
+        assert_eq!(queue.active[&ClientId::parse("a").unwrap()], 2);
+        assert_eq!(queue.active[&ClientId::unnamed()], 1);
+        assert_eq!(take(&mut queue, 3), ["a1/0", "b1/0", "old/0"]);
+
+        // a1 is cancelled with two subtasks queued: they stop counting.
+        queue.task_ended(&TaskId::new("a1"));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.active[&ClientId::parse("a").unwrap()], 1);
+        assert_eq!(take(&mut queue, 9), ["a2/0", "a2/1"]);
+        for id in ["a2", "b1", "old"] {
+            queue.task_ended(&TaskId::new(id));
+        }
+        assert!(queue.active.is_empty() && queue.owners.is_empty());
+    }
 }
