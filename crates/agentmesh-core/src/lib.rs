@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod builtin;
 pub mod collaboration;
 pub mod consensus;
+pub mod fairness;
 pub mod hierarchy;
 pub mod ids;
 pub mod patterns;
@@ -23,4 +24,5 @@ pub mod task;
 mod test_support;
 
 pub use agent::{AgentRegistration, Membership, Role};
+pub use fairness::ClientId;
 pub use ids::{AgentId, AttemptId, SubtaskId, TaskId};

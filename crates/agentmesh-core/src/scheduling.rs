@@ -501,6 +501,15 @@ impl WorkerPool {
             .map(|entry| entry.id.clone())
     }
 
+    /// Whether any worker takes a placement at `now_ms`, whatever the
+    /// capability: a coordinator stops looking through its queue once none
+    /// does. Refreshes first, like [`WorkerPool::select`]; O(capabilities
+    /// offered).
+    pub fn has_room(&mut self, now_ms: u64) -> bool {
+        self.refresh(now_ms);
+        self.index.ready.values().any(|ready| !ready.is_empty())
+    }
+
     /// Records a placement. On a half-open worker it is the probe, and the
     /// worker leaves the indexes until the probe ends.
     pub fn acquire(&mut self, id: &AgentId, now_ms: u64) {
@@ -1336,6 +1345,8 @@ mod tests {
                     );
                     prop_assert_eq!(pool.offers(capability), reference.offers(capability));
                 }
+                let any = CAPABILITIES.iter().any(|c| reference.select(c, &weights, now).is_some());
+                prop_assert_eq!(pool.has_room(now), any);
                 prop_assert!(pool.workers().eq(reference.workers.values()));
                 assert_index_consistent(&pool);
             }

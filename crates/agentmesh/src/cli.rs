@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentmesh_core::Role;
+use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
+use agentmesh_core::{ClientId, Role};
 use agentmesh_runtime::NodeConfig;
 use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
@@ -207,6 +208,13 @@ pub struct NodeArgs {
     /// RESOURCE_EXHAUSTED (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS", default_value_t = 10_000)]
     pub max_queued_subtasks: usize,
+    /// Subtasks one client (--client) may have waiting for a free worker;
+    /// keeps one client's backlog from locking the others out (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS_PER_CLIENT", default_value_t = ClientLimits::default().max_queued_subtasks, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_queued_subtasks_per_client: usize,
+    /// Unfinished tasks one client (--client) may have (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_ACTIVE_TASKS_PER_CLIENT", default_value_t = ClientLimits::default().max_active_tasks, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_active_tasks_per_client: usize,
     /// Attempts of one subtask, the first included, when workers fail, are
     /// lost or hand it back (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -350,6 +358,10 @@ impl NodeArgs {
         config.max_output_bytes = self.max_output_bytes;
         let coordinator = &mut config.coordinator;
         coordinator.max_queued_subtasks = self.max_queued_subtasks;
+        coordinator.client_limits = ClientLimits {
+            max_queued_subtasks: self.max_queued_subtasks_per_client,
+            max_active_tasks: self.max_active_tasks_per_client,
+        };
         coordinator.retry.max_attempts = self.max_attempts;
         coordinator.retry.base_delay_ms = self.retry_base_ms;
         coordinator.retry.max_delay_ms = self.retry_max_ms;
@@ -405,6 +417,25 @@ fn parse_weights(text: &str) -> Result<ScoreWeights, String> {
 }
 
 /// Drops empty items, so `--capabilities ''` means "none given".
+fn parse_client(text: &str) -> Result<ClientId, String> {
+    ClientId::parse(text).map_err(|e| e.to_string())
+}
+
+/// `USER@HOST`, the client name when none is given: stable for one user on
+/// one machine, so their tasks share one fair share across invocations.
+pub fn default_client() -> ClientId {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "user".to_owned());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    ClientId::sanitized(&format!("{user}@{host}"), "cli")
+}
+
 fn non_empty(items: &[String]) -> Vec<String> {
     items
         .iter()
@@ -451,6 +482,11 @@ pub struct SubmitArgs {
     pub task_file: PathBuf,
     #[command(flatten)]
     pub endpoints: Endpoints,
+    /// The name the coordinator counts this client's tasks under, for its
+    /// per-client limits and fair dispatch: up to 64 ASCII letters, digits
+    /// and `. _ - @ :` [default: USER@HOST].
+    #[arg(long, env = "AGENTMESH_CLIENT", value_parser = parse_client)]
+    pub client: Option<ClientId>,
     /// Waits for the task to end and prints its final record; exits 1 when
     /// it failed or was cancelled.
     #[arg(long)]
@@ -631,6 +667,57 @@ mod tests {
             err.to_string()
                 .contains("http allow-list entry 'http://example.com' must be host or host:port"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn client_names_and_per_client_limits_are_flags() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "submit",
+            "task.yaml",
+            "--endpoint",
+            "http://a:1",
+            "--client",
+            "team-a@ci",
+        ])
+        .unwrap();
+        let Command::Submit(args) = cli.command else {
+            panic!("expected submit")
+        };
+        assert_eq!(args.client.unwrap().as_str(), "team-a@ci");
+        let bad = Cli::try_parse_from([
+            "agentmesh",
+            "submit",
+            "task.yaml",
+            "--endpoint",
+            "http://a:1",
+            "--client",
+            "no spaces",
+        ]);
+        assert!(bad.is_err());
+        assert!(ClientId::parse(default_client().as_str()).is_ok());
+
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "--role",
+            "coordinator",
+            "--etcd",
+            "http://a:1",
+            "--max-queued-subtasks-per-client",
+            "100",
+            "--max-active-tasks-per-client",
+            "7",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        let limits = args.to_config().coordinator.client_limits;
+        assert_eq!(
+            (limits.max_queued_subtasks, limits.max_active_tasks),
+            (100, 7)
         );
     }
 

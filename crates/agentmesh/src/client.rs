@@ -20,6 +20,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::time::Duration;
 
+use agentmesh_core::ClientId;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
@@ -58,6 +59,10 @@ impl Default for Deadlines {
 pub struct Client {
     endpoints: Vec<String>,
     deadlines: Deadlines,
+    /// Sent with every submit, for the coordinator's per-client limits and
+    /// fair dispatch; without it the coordinator names the client by its
+    /// address.
+    name: Option<ClientId>,
 }
 
 /// Whether another endpoint might answer where this one did not.
@@ -154,7 +159,14 @@ impl Client {
         Ok(Self {
             endpoints,
             deadlines,
+            name: None,
         })
+    }
+
+    /// Submits as `name` (see [`agentmesh_runtime::api::client`]).
+    pub fn named(mut self, name: ClientId) -> Self {
+        self.name = Some(name);
+        self
     }
 
     /// One HTTP/2 connection to `endpoint`.
@@ -248,14 +260,17 @@ impl Client {
         loop {
             let outcome = self
                 .call(Repeat::Unsafe, |channel| {
-                    let document = document.clone();
+                    let mut request = tonic::Request::new(pb::SubmitRequest {
+                        document: document.clone(),
+                        wait: false,
+                    });
+                    if let Some(name) = &self.name {
+                        agentmesh_runtime::api::client::name_request(&mut request, name);
+                    }
                     async move {
                         let reply = TaskServiceClient::new(channel)
                             .max_encoding_message_size(usize::MAX)
-                            .submit(pb::SubmitRequest {
-                                document,
-                                wait: false,
-                            })
+                            .submit(request)
                             .await?;
                         Ok(reply.into_inner().task_id)
                     }

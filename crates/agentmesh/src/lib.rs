@@ -267,7 +267,9 @@ async fn wait_for_shutdown_signal() {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
-    let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
+    let name = args.client.unwrap_or_else(cli::default_client);
+    let client =
+        Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?.named(name);
     let task_id = client.submit(document).await?;
     if !args.wait {
         println!("{task_id}");

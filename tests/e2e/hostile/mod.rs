@@ -7,6 +7,7 @@
 
 mod breakers;
 mod connections;
+mod fairness;
 mod json_query;
 mod outputs;
 mod records;

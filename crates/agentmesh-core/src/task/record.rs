@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::budget::{BudgetError, RecordLimits, encoded_len, truncated};
 use super::file::{Pattern, Strategy, TaskFile};
 use super::reference::{ReferenceError, ResolveBudget, resolve};
+use crate::fairness::ClientId;
 use crate::ids::{AgentId, TaskId};
 use crate::patterns;
 
@@ -144,6 +145,11 @@ pub struct TaskRecord {
     /// down, forever; the coordinator fails it past a bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumes: u32,
+    /// Who submitted the task, for per-client limits and fair dispatch;
+    /// kept in the record so a new leader resumes the task under the same
+    /// client. Absent from records written before clients were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientId>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -209,6 +215,7 @@ impl TaskRecord {
             updated_ms: now_ms,
             revision: 1,
             resumes: 0,
+            client: None,
         }
     }
 

@@ -53,13 +53,12 @@ impl From<ApiError> for Status {
         let message = error.to_string();
         match error {
             ApiError::Submit(SubmitError::QueueFull { .. } | SubmitError::TooManyTasks { .. }) => {
-                let mut status = Status::resource_exhausted(message);
-                status.metadata_mut().insert(
-                    RETRY_AFTER_MS,
-                    tonic::metadata::MetadataValue::from(QUEUE_FULL_RETRY_MS),
-                );
-                status
+                retry_later(message)
             }
+            ApiError::Submit(SubmitError::Client(refusal)) if refusal.is_retryable() => {
+                retry_later(message)
+            }
+            ApiError::Submit(SubmitError::Client(_)) => Status::failed_precondition(message),
             ApiError::TaskFile(e) if e.is_precondition() => Status::failed_precondition(message),
             ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => {
                 Status::invalid_argument(message)
@@ -82,6 +81,16 @@ impl From<ApiError> for Status {
             ApiError::Registry(_) => Status::unavailable(message),
         }
     }
+}
+
+/// `RESOURCE_EXHAUSTED` with the [`RETRY_AFTER_MS`] hint.
+fn retry_later(message: String) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    status.metadata_mut().insert(
+        RETRY_AFTER_MS,
+        tonic::metadata::MetadataValue::from(QUEUE_FULL_RETRY_MS),
+    );
+    status
 }
 
 impl From<DeliverError> for Status {
@@ -145,6 +154,21 @@ mod tests {
             limit: 1,
         });
         assert_eq!(Status::from(full).code(), Code::ResourceExhausted);
+        let client = agentmesh_core::ClientId::parse("a").unwrap();
+        let over = Status::from(ApiError::Submit(SubmitError::Client(
+            agentmesh_core::fairness::ClientRefusal::ActiveTasks {
+                client,
+                active: 2,
+                limit: 2,
+            },
+        )));
+        assert_eq!(over.code(), Code::ResourceExhausted);
+        assert!(over.message().contains("--max-active-tasks-per-client"));
+        assert!(over.metadata().get(RETRY_AFTER_MS).is_some());
+        let too_wide = ApiError::Submit(SubmitError::Client(
+            agentmesh_core::fairness::ClientRefusal::TooWide { ready: 3, limit: 2 },
+        ));
+        assert_eq!(Status::from(too_wide).code(), Code::FailedPrecondition);
         let wide = ApiError::Submit(SubmitError::TooWide { ready: 3, limit: 2 });
         assert_eq!(Status::from(wide).code(), Code::FailedPrecondition);
         let status = Status::from(ApiError::NotFound(TaskId::new("t9")));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agentmesh_core::AgentId;
+use agentmesh_core::{AgentId, ClientId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
@@ -53,12 +53,16 @@ impl Forwarder {
         }
     }
 
+    /// Forwards a submit of `submitter`'s, named as the client this node
+    /// resolved (the leader would otherwise see this node's address).
     pub async fn submit(
         &self,
         leader: &Route,
         request: pb::SubmitRequest,
+        submitter: &ClientId,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let (mut client, request) = self.prepare(leader, request)?;
+        let (mut client, mut request) = self.prepare(leader, request)?;
+        super::client::name_request(&mut request, submitter);
         client.submit(request).await.map_err(|s| explain(leader, s))
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use agentmesh_core::patterns;
 use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
-use agentmesh_core::{Membership, Role, TaskId};
+use agentmesh_core::{ClientId, Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
+use super::client;
 pub use super::forward::Route;
 use super::forward::{self, Forwarder};
 
@@ -137,7 +138,12 @@ impl TaskApi {
     /// Validates a task document against the live cluster and hands it to
     /// the coordinator; returns once the task record is durable.
     pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
-        let record = self.new_record(document).await?;
+        self.submit_as(document, ClientId::unnamed()).await
+    }
+
+    /// [`TaskApi::submit`] on behalf of `client` (see [`super::client`]).
+    pub async fn submit_as(&self, document: &str, client: ClientId) -> Result<TaskId, ApiError> {
+        let record = self.new_record(document, client).await?;
         Ok(self.hand_over(record).await?.durable().await?)
     }
 
@@ -148,7 +154,16 @@ impl TaskApi {
     /// path rather than two, and its first records often merge into that
     /// one write. The caller hears of the task only once it has ended.
     pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
-        let record = self.new_record(document).await?;
+        self.run_as(document, ClientId::unnamed()).await
+    }
+
+    /// [`TaskApi::run`] on behalf of `client` (see [`super::client`]).
+    pub async fn run_as(
+        &self,
+        document: &str,
+        client: ClientId,
+    ) -> Result<Arc<TaskRecord>, ApiError> {
+        let record = self.new_record(document, client).await?;
         let id = record.id.clone();
         let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
@@ -177,7 +192,7 @@ impl TaskApi {
 
     /// Parses and validates `document` on a blocking thread, once one of
     /// the parse permits is free; see [`TaskApi::with_parse_concurrency`].
-    async fn new_record(&self, document: &str) -> Result<TaskRecord, ApiError> {
+    async fn new_record(&self, document: &str, client: ClientId) -> Result<TaskRecord, ApiError> {
         // The permit goes with the work: a caller that gives up does not
         // free it while the parse still runs.
         let permit = self
@@ -189,12 +204,14 @@ impl TaskApi {
         let membership = self.registry.membership().borrow().clone();
         let limits = self.limits.clone();
         let document = document.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let mut record = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             new_record(&document, &limits, &membership)
         })
         .await
-        .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))?
+        .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
+        record.client = Some(client);
+        Ok(record)
     }
 
     async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
@@ -434,19 +451,27 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
+        let submitter = client::identify(&request)?;
         if let Some(leader) = self.forward_to(&request).await? {
-            return self.forwarder.submit(&leader, request.into_inner()).await;
+            return self
+                .forwarder
+                .submit(&leader, request.into_inner(), &submitter)
+                .await;
         }
         let request = request.into_inner();
         let reply = if request.wait {
-            let record = self.api.run(&request.document).await?;
+            let record = self.api.run_as(&request.document, submitter).await?;
             pb::SubmitReply {
                 task_id: record.id.to_string(),
                 record: Some(convert::task_record(&record)),
             }
         } else {
             pb::SubmitReply {
-                task_id: self.api.submit(&request.document).await?.to_string(),
+                task_id: self
+                    .api
+                    .submit_as(&request.document, submitter)
+                    .await?
+                    .to_string(),
                 record: None,
             }
         };

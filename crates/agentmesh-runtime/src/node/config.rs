@@ -8,6 +8,7 @@ use agentmesh_core::Role;
 use agentmesh_core::auction::BidWeights;
 use agentmesh_core::breaker::BreakerPolicy;
 use agentmesh_core::consensus::ConsensusPolicy;
+use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::{Level, StrategicPolicy, TacticalPolicy};
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::retry::RetryPolicy;
@@ -68,6 +69,11 @@ pub struct CoordinatorConfig {
     pub max_queued_subtasks: usize,
     /// Tasks not yet finished.
     pub max_active_tasks: usize,
+    /// What one client may hold of the two limits above, so one client's
+    /// backlog cannot lock the others out; submits over it are refused
+    /// with `RESOURCE_EXHAUSTED` naming the limit. Ready subtasks are then
+    /// placed round-robin between clients.
+    pub client_limits: ClientLimits,
     /// Attempts of one subtask before the task fails (a new attempt starts
     /// when a worker is lost, unreachable, silent or hands it back), and the
     /// backoff between them.
@@ -119,6 +125,7 @@ impl Default for CoordinatorConfig {
             weights: ScoreWeights::default(),
             max_queued_subtasks: 10_000,
             max_active_tasks: 10_000,
+            client_limits: ClientLimits::default(),
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
             records: RecordLimits::default(),
@@ -343,6 +350,14 @@ impl NodeConfig {
         for (value, name) in [
             (c.max_queued_subtasks, "max queued subtasks"),
             (c.max_active_tasks, "max active tasks"),
+            (
+                c.client_limits.max_queued_subtasks,
+                "max queued subtasks per client",
+            ),
+            (
+                c.client_limits.max_active_tasks,
+                "max active tasks per client",
+            ),
             (c.write_batch, "write batch"),
             (c.write_batch_bytes, "write batch bytes"),
             (c.write_concurrency, "write concurrency"),

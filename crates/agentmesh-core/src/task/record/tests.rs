@@ -455,3 +455,15 @@ fn a_record_the_registry_refused_fails_as_a_skeleton() {
     assert!(r.is_stripped());
     assert!(!average().is_stripped());
 }
+
+#[test]
+fn the_client_survives_a_round_trip_and_old_records_have_none() {
+    let mut r = average();
+    assert!(serde_json::to_value(&r).unwrap().get("client").is_none());
+    r.client = Some(ClientId::parse("alice@host").unwrap());
+    let text = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<TaskRecord>(&text).unwrap(), r);
+    let decoded: TaskRecord =
+        serde_json::from_value(serde_json::to_value(average()).unwrap()).unwrap();
+    assert_eq!(decoded.client, None);
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use agentmesh_core::fairness::ClientRefusal;
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
@@ -36,6 +37,9 @@ pub enum SubmitError {
     TooWide { ready: usize, limit: usize },
     #[error("coordinator is at its limit of {limit} unfinished tasks; retry later")]
     TooManyTasks { limit: usize },
+    /// Over what one client may hold (`--max-*-per-client`).
+    #[error(transparent)]
+    Client(#[from] ClientRefusal),
     #[error("task record could not be persisted: {0}")]
     NotPersisted(String),
     /// Retrying cannot help: the task's record, before any output, is

@@ -27,7 +27,7 @@ mod recovery;
 mod schedule;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ pub use messages::{
     Accepted, CoordinatorArguments, CoordinatorHandle, CoordinatorMessage, SubmitError,
 };
 use pools::Pools;
+use schedule::ReadyQueue;
 pub use writer::RecordWriter;
 use writer::RefusedRecord;
 
@@ -77,8 +78,8 @@ pub struct CoordinatorState {
     config: CoordinatorConfig,
     /// Unfinished tasks this coordinator owns.
     tasks: HashMap<TaskId, TaskRecord>,
-    /// Subtasks ready to run, waiting for a worker with room.
-    queue: VecDeque<(TaskId, usize)>,
+    /// Subtasks ready to run, waiting for a worker with room, per client.
+    queue: ReadyQueue,
     /// Subtasks to retry, by the time their backoff ends.
     backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
     /// For timers that wake the actor when a backoff ends.
@@ -151,7 +152,7 @@ impl Actor for Coordinator {
             term: 0,
             config: args.config,
             tasks: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: ReadyQueue::default(),
             backoff: BTreeMap::new(),
             myself: myself.clone(),
             pool,
@@ -249,6 +250,10 @@ impl CoordinatorState {
                 ready: ready.len(),
                 limit,
             }));
+            return;
+        }
+        if let Err(refusal) = self.check_client(&record, ready.len()) {
+            let _ = reply.send(Err(refusal.into()));
             return;
         }
         if self.queue.len() + ready.len() > limit {
@@ -377,6 +382,7 @@ impl CoordinatorState {
         if status.is_terminal() {
             info!(task_id = %id, %status, "task finished");
             self.tasks.remove(id);
+            self.queue.task_ended(id);
         }
         Some(status)
     }

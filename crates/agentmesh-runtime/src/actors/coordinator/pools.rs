@@ -48,6 +48,11 @@ impl Pools {
             .collect()
     }
 
+    /// Whether any pool has an agent that takes a placement now.
+    pub fn has_room(&mut self, now_ms: u64) -> bool {
+        self.pools.iter_mut().any(|pool| pool.has_room(now_ms))
+    }
+
     pub fn acquire(&mut self, id: &AgentId, now_ms: u64) {
         self.pools.iter_mut().for_each(|p| p.acquire(id, now_ms));
     }
