@@ -79,10 +79,28 @@ pub struct CoordinatorConfig {
     /// or partitioned worker). Subtasks with `timeout_ms` get that plus
     /// [`ATTEMPT_GRACE`].
     pub attempt_timeout: Duration,
+    /// How long an ended task's record stays in etcd (and answers Status
+    /// and Watch) after it ended. Records are never rewritten once ended,
+    /// but they stay until deleted, and etcd's database is bounded: without
+    /// a window a busy cluster fills it and etcd refuses every write.
+    pub task_retention: Duration,
+    /// Ended task records kept at most, whatever their age; the oldest are
+    /// deleted first beyond it. Bounds etcd's share of task records under
+    /// bursts the time window alone would let through: at most this many
+    /// times the record budget.
+    pub max_ended_tasks: usize,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
 pub const ATTEMPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Default of [`CoordinatorConfig::task_retention`]: a day, long enough to
+/// read a result the next morning.
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Default of [`CoordinatorConfig::max_ended_tasks`]: 10,000 records of
+/// 100 KB are 1 GB, half of etcd's default 2 GiB quota.
+pub const DEFAULT_MAX_ENDED_TASKS: usize = 10_000;
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -96,6 +114,8 @@ impl Default for CoordinatorConfig {
             write_batch: 64,
             write_concurrency: 1,
             attempt_timeout: Duration::from_secs(600),
+            task_retention: DEFAULT_TASK_RETENTION,
+            max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
         }
     }
 }
@@ -298,6 +318,7 @@ impl NodeConfig {
             (c.max_active_tasks, "max active tasks"),
             (c.write_batch, "write batch"),
             (c.write_concurrency, "write concurrency"),
+            (c.max_ended_tasks, "--max-ended-tasks"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),
             (self.connections.max_watch_streams, "max watch streams"),

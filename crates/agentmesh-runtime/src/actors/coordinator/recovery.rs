@@ -9,6 +9,7 @@ use agentmesh_registry::Leadership;
 use tracing::{info, warn};
 
 use super::pools::Pools;
+use super::retention::{Retention, RetentionPolicy};
 use super::{CoordinatorState, RecordWriter, WRITER_FINISH_TIMEOUT};
 use crate::support::clock::now_ms;
 use crate::transport::BrokenLink;
@@ -25,6 +26,14 @@ impl CoordinatorState {
         }
         let fence = leadership.fence.revision;
         self.term = fence;
+        self.retention = Some(Retention::spawn(
+            self.registry.clone(),
+            leadership.clone(),
+            RetentionPolicy {
+                keep_for: self.config.task_retention,
+                max_ended: self.config.max_ended_tasks,
+            },
+        ));
         self.writer = Some(RecordWriter::spawn(
             self.registry.clone(),
             leadership,
@@ -69,6 +78,8 @@ impl CoordinatorState {
     /// refused by the fence) before the hub forgets, so no record of the
     /// old term lands in the hub afterwards.
     pub(super) async fn relinquish(&mut self) {
+        // Dropping the sweeper stops it.
+        self.retention = None;
         let Some(writer) = self.writer.take() else {
             return;
         };
