@@ -6,6 +6,7 @@
 //! submitted alongside still completes.
 
 mod connections;
+mod etcd;
 mod yaml;
 
 use std::time::Duration;
