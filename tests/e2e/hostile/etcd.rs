@@ -55,7 +55,9 @@ async fn fill(client: &mut Client) -> usize {
             Err(e) => panic!("filler put {i} failed otherwise: {e}"),
         }
     }
-    panic!("etcd took {MAX_FILLERS} fillers of {FILLER_BYTES} bytes under a {QUOTA_BYTES} byte quota")
+    panic!(
+        "etcd took {MAX_FILLERS} fillers of {FILLER_BYTES} bytes under a {QUOTA_BYTES} byte quota"
+    )
 }
 
 /// What an operator does: delete what filled etcd, compact its history,
@@ -149,7 +151,10 @@ fn etcd_out_of_space_is_refused_at_once_and_the_cluster_recovers() {
     let (second, second_took) = submit_grpc(cluster.endpoint(), HONEST);
     let second = second.expect_err("a second submit was accepted");
     assert_eq!(second.code(), Code::ResourceExhausted, "{second:?}");
-    assert!(second_took < REFUSAL_BOUND, "the refusal took {second_took:?}");
+    assert!(
+        second_took < REFUSAL_BOUND,
+        "the refusal took {second_took:?}"
+    );
     // The CLI shows it and does not retry it as back-pressure.
     let started = Instant::now();
     let cli = cluster.cli(&["submit", "--endpoint", cluster.endpoint(), &honest]);
@@ -193,7 +198,10 @@ fn count(url: &str, prefix: &str) -> i64 {
     runtime().block_on(async {
         etcd(url)
             .await
-            .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
             .await
             .expect("count keys")
             .count()
@@ -212,7 +220,7 @@ fn ended_task_records_are_deleted_after_retention() {
         .map(|_| {
             let record = cluster.submit_wait(&honest);
             assert_eq!(record["status"], "completed", "{record}");
-            record["id"].as_str().expect("an id").to_owned()
+            record["task_id"].as_str().expect("a task id").to_owned()
         })
         .collect();
     let ended_at = Instant::now();

@@ -33,6 +33,7 @@ impl CoordinatorState {
                 keep_for: self.config.task_retention,
                 max_ended: self.config.max_ended_tasks,
             },
+            self.hub.clone(),
         ));
         self.writer = Some(RecordWriter::spawn(
             self.registry.clone(),

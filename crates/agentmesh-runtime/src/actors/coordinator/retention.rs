@@ -21,6 +21,7 @@ use agentmesh_registry::{EndedTask, EndedTasks, Fence, Leadership, RegistryError
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::hub::RecordHub;
 use crate::support::clock::now_ms;
 
 /// Ended tasks read, and at most deleted, per round of a sweep.
@@ -63,14 +64,16 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// Sweeps every [`SWEEP_INTERVAL`] while `leadership` stands.
+    /// Sweeps every [`SWEEP_INTERVAL`] while `leadership` stands; what it
+    /// deletes is forgotten by `hub` too.
     pub fn spawn(
         store: Arc<dyn TaskStore>,
         leadership: Leadership,
         policy: RetentionPolicy,
+        hub: RecordHub,
     ) -> Self {
         Self {
-            task: tokio::spawn(run(store, leadership, policy)),
+            task: tokio::spawn(run(store, leadership, policy, hub)),
         }
     }
 }
@@ -81,7 +84,12 @@ impl Drop for Retention {
     }
 }
 
-async fn run(store: Arc<dyn TaskStore>, leadership: Leadership, policy: RetentionPolicy) {
+async fn run(
+    store: Arc<dyn TaskStore>,
+    leadership: Leadership,
+    policy: RetentionPolicy,
+    hub: RecordHub,
+) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -89,7 +97,7 @@ async fn run(store: Arc<dyn TaskStore>, leadership: Leadership, policy: Retentio
             _ = interval.tick() => {}
             _ = leadership.lost() => return,
         }
-        match sweep(store.as_ref(), &leadership.fence, &policy, now_ms()).await {
+        match sweep(store.as_ref(), &leadership.fence, &policy, now_ms(), &hub).await {
             Ok((0, _)) => {}
             Ok((deleted, bytes)) => info!(
                 deleted,
@@ -111,6 +119,7 @@ pub async fn sweep(
     fence: &Fence,
     policy: &RetentionPolicy,
     now_ms: u64,
+    hub: &RecordHub,
 ) -> Result<(usize, u64), RegistryError> {
     let (mut deleted, mut bytes) = (0, 0);
     for _ in 0..MAX_BATCHES {
@@ -120,6 +129,7 @@ pub async fn sweep(
             break;
         }
         store.delete_tasks_fenced(&due, fence).await?;
+        hub.forget_ended(due.iter().map(|t| &t.id));
         deleted += due.len();
         bytes += due.iter().map(|t| t.bytes).sum::<u64>();
         debug!(deleted = due.len(), total = ended.total, "retention round");
@@ -203,13 +213,22 @@ mod tests {
         let leadership = store.campaign(&AgentId::new("c")).await.unwrap();
 
         // Expired at 3.5 s: t1..t3 (ended at 1, 2 and 3 s, kept 0.5 s).
-        let (deleted, bytes) = sweep(&store, &leadership.fence, &policy(500, 100), 3_500)
+        let hub = RecordHub::default();
+        for record in &records {
+            hub.publish(record.clone());
+        }
+        let (deleted, bytes) = sweep(&store, &leadership.fence, &policy(500, 100), 3_500, &hub)
             .await
             .unwrap();
         assert_eq!(deleted, 3);
         assert!(bytes > 0);
+        assert!(
+            hub.latest(&TaskId::new("t1")).is_none(),
+            "the hub forgets it too"
+        );
+        assert!(hub.latest(&TaskId::new("t4")).is_some());
         // Over a cap of one: t4 goes, t5 stays.
-        let (deleted, _) = sweep(&store, &leadership.fence, &policy(u64::MAX, 1), 3_500)
+        let (deleted, _) = sweep(&store, &leadership.fence, &policy(u64::MAX, 1), 3_500, &hub)
             .await
             .unwrap();
         assert_eq!(deleted, 1);
@@ -227,7 +246,7 @@ mod tests {
         }
 
         store.resign(&leadership).await.unwrap();
-        let refused = sweep(&store, &leadership.fence, &policy(0, 1), 9_000).await;
+        let refused = sweep(&store, &leadership.fence, &policy(0, 1), 9_000, &hub).await;
         assert!(matches!(refused, Err(RegistryError::NotLeader { .. })));
     }
 }
