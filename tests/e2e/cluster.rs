@@ -255,7 +255,10 @@ fn bad_input_is_refused_precisely_while_a_long_task_completes() {
     ]);
     assert_eq!(missing.code(), Some(2));
     assert!(
-        missing.stderr.contains("no task 'no-such-task' [NotFound]"),
+        missing
+            .stderr
+            .contains("no task 'no-such-task': never submitted")
+            && missing.stderr.contains("[NotFound]"),
         "{missing}"
     );
     cluster.assert_no_panic();

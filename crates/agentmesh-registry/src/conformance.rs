@@ -87,6 +87,7 @@ macro_rules! conformance_tests {
             task_records,
             task_watch,
             unfinished_tasks,
+            ended_tasks,
             fenced_writes,
             election,
             reputation_records,
@@ -381,6 +382,89 @@ pub async fn unfinished_tasks(backend: &dyn Backend) {
         .map(|r| r.id.to_string())
         .collect();
     assert_eq!(listed, ["t-01", "t-03", "t-06", "t-08"]);
+    a.shutdown().await;
+}
+
+/// Ended tasks are listed oldest end first, as many as asked for, with
+/// how many there are in all and each one's record size, and unfinished
+/// ones are not; the leader deletes them, records and all, under its
+/// fence; a write fenced with an ended term deletes nothing; deleting a
+/// task already gone is not an error.
+pub async fn ended_tasks(backend: &dyn Backend) {
+    let a = backend.node().await;
+    let empty = a
+        .ended_tasks(10)
+        .await
+        .expect("ended_tasks of an empty store");
+    assert_eq!(empty, crate::EndedTasks::default());
+
+    let ended = |id: &str, status: Status, at: u64| {
+        let mut r = revised(&record(id), 2);
+        r.status = status;
+        r.updated_ms = at;
+        r
+    };
+    let running = record("running");
+    let records = [
+        ended("late", Status::Completed, 300),
+        running.clone(),
+        ended("early", Status::Failed, 100),
+        ended("middle", Status::Cancelled, 200),
+    ];
+    put(a.as_ref(), &records).await;
+    let listed = a.ended_tasks(2).await.expect("ended_tasks");
+    assert_eq!(listed.total, 3, "three ended tasks in all: {listed:?}");
+    let oldest: Vec<(&str, u64)> = listed
+        .oldest
+        .iter()
+        .map(|t| (t.id.as_str(), t.ended_ms))
+        .collect();
+    assert_eq!(
+        oldest,
+        [("early", 100), ("middle", 200)],
+        "oldest end first"
+    );
+    assert!(
+        listed.oldest.iter().all(|t| t.bytes > 100),
+        "each with its record's size: {listed:?}"
+    );
+
+    let leadership = a
+        .campaign(&AgentId::new("coord-a"))
+        .await
+        .expect("campaign");
+    a.delete_tasks_fenced(&listed.oldest, &leadership.fence)
+        .await
+        .expect("the leader deletes ended tasks");
+    for id in ["early", "middle"] {
+        assert_eq!(a.get_task(&TaskId::new(id)).await.expect("get"), None);
+    }
+    let rest = a.ended_tasks(10).await.expect("ended_tasks");
+    assert_eq!(rest.total, 1);
+    assert_eq!(rest.oldest[0].id, TaskId::new("late"));
+    assert_eq!(
+        a.get_task(&running.id).await.expect("get"),
+        Some(running.clone()),
+        "an unfinished task is not touched"
+    );
+    a.delete_tasks_fenced(&listed.oldest, &leadership.fence)
+        .await
+        .expect("deleting tasks already gone is not an error");
+
+    a.resign(&leadership).await.expect("resign");
+    match a.delete_tasks_fenced(&rest.oldest, &leadership.fence).await {
+        Err(RegistryError::NotLeader { .. }) => {}
+        other => panic!("a delete fenced with an ended term: expected NotLeader, got {other:?}"),
+    }
+    assert!(
+        a.get_task(&TaskId::new("late"))
+            .await
+            .expect("get")
+            .is_some(),
+        "a refused delete deletes nothing"
+    );
+    assert_eq!(a.ended_tasks(10).await.expect("ended_tasks").total, 1);
+    assert_eq!(*a.store_full().borrow(), None, "an empty store has room");
     a.shutdown().await;
 }
 

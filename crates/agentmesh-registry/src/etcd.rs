@@ -93,9 +93,20 @@
 //! conflict costs one round trip and the retry starts from the record that
 //! won. `reputation.rs` has the details.
 //!
+//! # Space
+//!
+//! A terminal task record is put with a key of the ended-task index, which
+//! [`TaskStore::ended_tasks`] reads and [`TaskStore::delete_tasks_fenced`]
+//! deletes with the record, and a background check follows etcd's
+//! `NOSPACE` alarm for [`TaskStore::store_full`]. `space.rs` has the
+//! details. etcd's history of every key is not compacted here: compaction
+//! is global to the etcd cluster, so it is left to etcd's own
+//! `--auto-compaction-*` settings, which `docs/guarantees.md` requires.
+//!
 //! Every request is bounded by [`EtcdOptions::request_timeout`], and every
 //! failure maps to a [`RegistryError`] naming what was attempted: etcd's
-//! refusals of the request itself (too large, invalid) to
+//! refusal for lack of space to [`RegistryError::NoSpace`], its refusals
+//! of the request itself (too large, invalid) to
 //! [`RegistryError::Refused`], everything else to
 //! [`RegistryError::Unavailable`] (see `classify`).
 
@@ -106,6 +117,7 @@ mod membership;
 mod prefix_watch;
 mod registration;
 mod reputation;
+mod space;
 mod task_watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -124,8 +136,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
-    AgentDirectory, DEFAULT_LEASE_TTL, Election, Fence, Leadership, Registry, RegistryError,
-    ReputationEntry, ReputationStore, TaskStore, TaskWatch, keys,
+    AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, Fence, Leadership,
+    Registry, RegistryError, ReputationEntry, ReputationStore, TaskStore, TaskWatch, keys,
 };
 use registration::Expect;
 
@@ -225,6 +237,7 @@ struct Inner {
     keep_alive: Mutex<Option<JoinHandle<()>>>,
     membership_task: Mutex<Option<JoinHandle<()>>>,
     election_task: Mutex<Option<JoinHandle<()>>>,
+    alarm_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the background tasks need; they never hold an [`Inner`], so they do
@@ -251,6 +264,8 @@ struct Shared {
     abandoned: Mutex<HashSet<i64>>,
     /// Whether etcd answers the lease keep-alive (see `AgentDirectory::store_reachable`).
     reachable: watch::Sender<bool>,
+    /// Why etcd refuses writes for lack of space (see `TaskStore::store_full`).
+    full: watch::Sender<Option<String>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -344,6 +359,7 @@ impl EtcdRegistry {
             terms: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashSet::new()),
             reachable: watch::Sender::new(true),
+            full: watch::Sender::new(None),
             shutdown: shutdown_rx,
         });
 
@@ -369,6 +385,7 @@ impl EtcdRegistry {
             shared.clone(),
             election_revision,
         ));
+        let alarm_task = tokio::spawn(space::watch_alarms(shared.clone()));
         info!(
             endpoints = %endpoints,
             lease_id = lease.id(),
@@ -383,6 +400,7 @@ impl EtcdRegistry {
                 keep_alive: Mutex::new(Some(keep_alive)),
                 membership_task: Mutex::new(Some(membership_task)),
                 election_task: Mutex::new(Some(election_task)),
+                alarm_task: Mutex::new(Some(alarm_task)),
             }),
         })
     }
@@ -431,7 +449,12 @@ fn take_task(slot: &Mutex<Option<JoinHandle<()>>>) -> Option<JoinHandle<()>> {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
-        for slot in [&self.keep_alive, &self.membership_task, &self.election_task] {
+        for slot in [
+            &self.keep_alive,
+            &self.membership_task,
+            &self.election_task,
+            &self.alarm_task,
+        ] {
             if let Some(task) = take_task(slot) {
                 task.abort();
             }
@@ -458,6 +481,11 @@ impl Shared {
         let timeout = self.options.request_timeout;
         match tokio::time::timeout(timeout, request).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if space::is_no_space(&e) => {
+                let reason = format!("{}: {e}", what());
+                self.note_refusal(&reason);
+                Err(RegistryError::NoSpace(reason))
+            }
             Ok(Err(e)) => Err(classify(what(), e)),
             Err(_) => Err(RegistryError::Unavailable(format!(
                 "{}: no answer from etcd within {timeout:?}",
@@ -511,17 +539,29 @@ impl Shared {
         for (i, record) in records.iter().enumerate() {
             latest.insert(&record.id, i);
         }
-        let mut ops = Vec::with_capacity(latest.len());
+        // The operations of each record: its put, and for a terminal record
+        // the put of its key in the ended-task index, in the same
+        // transaction so the index never misses a record.
+        let mut ops: Vec<Vec<TxnOp>> = Vec::with_capacity(latest.len());
         for (i, record) in records.iter().enumerate() {
             if latest.get(&record.id) == Some(&i) {
                 let key = keys::task(&record.id);
                 let value = encode(&key, record.as_ref())?;
-                ops.push(TxnOp::put(key, value, None));
+                let mut record_ops = Vec::with_capacity(2);
+                if record.status.is_terminal() {
+                    record_ops.push(TxnOp::put(
+                        keys::ended(record.updated_ms, &record.id),
+                        value.len().to_string(),
+                        None,
+                    ));
+                }
+                record_ops.push(TxnOp::put(key, value, None));
+                ops.push(record_ops);
             }
         }
         let total = ops.len();
         let mut written = 0;
-        for chunk in ops.chunks(MAX_RECORDS_PER_TXN) {
+        for chunk in txn_chunks(&ops) {
             let mut txn = Txn::new();
             if let Some(fence) = fence {
                 txn = txn.when([election::fence_compare(fence)]);
@@ -541,7 +581,7 @@ impl Shared {
                             )
                         }
                     },
-                    client.txn(txn.and_then(chunk.to_vec())),
+                    client.txn(txn.and_then(chunk.concat())),
                 )
                 .await?;
             // Without a compare a transaction always succeeds.
@@ -657,8 +697,8 @@ impl Shared {
 /// request"), the gRPC layer a message over etcd's receive limit with
 /// `RESOURCE_EXHAUSTED`, and the client one over its own send limit with
 /// `OUT_OF_RANGE`. etcd's NOSPACE alarm shares `RESOURCE_EXHAUSTED`
-/// ("database space exceeded"), but it clears once space is freed, so it
-/// stays [`RegistryError::Unavailable`].
+/// ("database space exceeded"), but it clears once space is freed; it is
+/// told apart before this, as [`RegistryError::NoSpace`].
 fn classify(what: String, error: etcd_client::Error) -> RegistryError {
     let refused = match &error {
         etcd_client::Error::GRpcStatus(status) => match status.code() {
@@ -674,6 +714,27 @@ fn classify(what: String, error: etcd_client::Error) -> RegistryError {
     } else {
         RegistryError::Unavailable(message)
     }
+}
+
+/// Consecutive records whose operations fit one transaction of at most
+/// [`MAX_RECORDS_PER_TXN`] operations (a record's operations are never
+/// split).
+fn txn_chunks(ops: &[Vec<TxnOp>]) -> Vec<&[Vec<TxnOp>]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, record) in ops.iter().enumerate() {
+        if i > start && size + record.len() > MAX_RECORDS_PER_TXN {
+            chunks.push(&ops[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += record.len();
+    }
+    if start < ops.len() {
+        chunks.push(&ops[start..]);
+    }
+    chunks
 }
 
 fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, RegistryError> {
@@ -755,6 +816,29 @@ impl TaskStore for EtcdRegistry {
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
         self.check_open()?.unfinished_tasks().await
     }
+
+    async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError> {
+        self.check_open()?.ended_tasks(limit).await
+    }
+
+    async fn delete_tasks_fenced(
+        &self,
+        tasks: &[EndedTask],
+        fence: &Fence,
+    ) -> Result<(), RegistryError> {
+        let shared = self.check_open()?;
+        if fence.lease != shared.lease_id.load(Ordering::SeqCst) {
+            return Err(RegistryError::NotLeader {
+                fence_revision: fence.revision,
+                written: 0,
+            });
+        }
+        shared.delete_tasks(tasks, fence).await
+    }
+
+    fn store_full(&self) -> watch::Receiver<Option<String>> {
+        self.inner.shared.full.subscribe()
+    }
 }
 
 #[async_trait]
@@ -817,6 +901,7 @@ impl Registry for EtcdRegistry {
             &self.inner.keep_alive,
             &self.inner.membership_task,
             &self.inner.election_task,
+            &self.inner.alarm_task,
         ] {
             if let Some(task) = take_task(slot) {
                 task.abort();

@@ -67,6 +67,15 @@ pub enum RegistryError {
     /// sending the same request again fails the same way.
     #[error("registry refused the request: {0}")]
     Refused(String),
+    /// The store refuses writes for lack of space (etcd's `NOSPACE` alarm:
+    /// its database reached `--quota-backend-bytes`). Reads and deletes
+    /// still work; writes fail until an operator frees space (compact,
+    /// defragment) and disarms the alarm. Retrying later may succeed.
+    #[error(
+        "etcd is out of space and refuses writes ({0}); free space (compact, defragment) \
+         and disarm the NOSPACE alarm"
+    )]
+    NoSpace(String),
     /// Stored data could not be decoded.
     #[error("corrupt registry entry at '{key}': {message}")]
     Corrupt { key: String, message: String },
@@ -115,7 +124,9 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            RegistryError::Unavailable(_) | RegistryError::Contended { .. }
+            RegistryError::Unavailable(_)
+                | RegistryError::NoSpace(_)
+                | RegistryError::Contended { .. }
         )
     }
 }
@@ -174,6 +185,25 @@ impl Leadership {
         // A dropped sender means nobody can report it held any more: lost.
         let _ = held.wait_for(|held| !*held).await;
     }
+}
+
+/// An ended task as retention weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedTask {
+    pub id: TaskId,
+    /// The `updated_ms` of its terminal record: when it ended.
+    pub ended_ms: u64,
+    /// The size of its terminal record as stored.
+    pub bytes: u64,
+}
+
+/// What [`TaskStore::ended_tasks`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndedTasks {
+    /// Ended tasks stored, in all.
+    pub total: usize,
+    /// The ones that ended first, oldest first, as many as asked for.
+    pub oldest: Vec<EndedTask>,
 }
 
 /// A stream of a task's record: the current record first, then one per
@@ -237,6 +267,32 @@ pub trait TaskStore: Send + Sync {
 
     /// Follows one task's record. Yields nothing until the task exists.
     async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError>;
+
+    /// How many ended tasks are stored, and the `limit` that ended first,
+    /// oldest first: what retention deletes from, read without reading any
+    /// record. A task counts as ended from the put of a record with a
+    /// terminal status, at that record's `updated_ms`, until
+    /// [`TaskStore::delete_tasks_fenced`] deletes it.
+    async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError>;
+
+    /// Deletes ended tasks (their records and their places among
+    /// [`TaskStore::ended_tasks`]), only while `fence`'s leadership stands,
+    /// like [`TaskStore::put_tasks_fenced`]. Deleting a task already gone
+    /// is not an error. Works while the store refuses writes for lack of
+    /// space: deleting is how space is freed.
+    async fn delete_tasks_fenced(
+        &self,
+        tasks: &[EndedTask],
+        fence: &Fence,
+    ) -> Result<(), RegistryError>;
+
+    /// Why the store refuses writes for lack of space, `None` while it
+    /// takes them. Turns `Some` as soon as any write of this node is
+    /// refused with [`RegistryError::NoSpace`] (and, with etcd, when a
+    /// periodic check finds the `NOSPACE` alarm raised by anyone), and
+    /// `None` again once the alarm is gone. Coordinators refuse submits
+    /// meanwhile, and nodes report `NOT_SERVING` on gRPC health.
+    fn store_full(&self) -> watch::Receiver<Option<String>>;
 
     /// Returns every task record whose status is not terminal (pending or
     /// running), in task id order: what a new leader resumes. Records that

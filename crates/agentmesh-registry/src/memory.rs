@@ -51,8 +51,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::info;
 
 use crate::{
-    AgentDirectory, Election, Fence, Leadership, Registry, RegistryError, ReputationEntry,
-    ReputationStore, TaskStore, TaskWatch,
+    AgentDirectory, Election, EndedTask, EndedTasks, Fence, Leadership, Registry, RegistryError,
+    ReputationEntry, ReputationStore, TaskStore, TaskWatch,
 };
 
 /// Record changes buffered for slow watchers; a watcher that falls further
@@ -75,6 +75,9 @@ struct Shared {
     /// `membership` is changed, so the two always agree.
     owners: Mutex<HashMap<AgentId, u64>>,
     tasks: Mutex<HashMap<TaskId, Arc<TaskRecord>>>,
+    /// Ended tasks by end time, with their record's size as JSON: the
+    /// index etcd keeps under `keys::ENDED`. Locked after `tasks`.
+    ended: Mutex<BTreeMap<(u64, TaskId), u64>>,
     changes: broadcast::Sender<Arc<TaskRecord>>,
     /// Locked before `tasks` when both are needed, so a fenced write and a
     /// change of leader never interleave.
@@ -130,6 +133,7 @@ impl MemoryRegistry {
             membership,
             owners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            ended: Mutex::new(BTreeMap::new()),
             changes,
             election: Mutex::new(ElectionState::default()),
             leader,
@@ -162,7 +166,16 @@ impl MemoryRegistry {
 
     fn write(&self, records: &[Arc<TaskRecord>]) {
         let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = self.shared.lock_ended();
         for record in records {
+            if record.status.is_terminal() {
+                // The size etcd would store: the record as JSON.
+                let bytes = serde_json::to_vec(record.as_ref()).map_or(0, |json| json.len());
+                ended.insert(
+                    (record.updated_ms, record.id.clone()),
+                    u64::try_from(bytes).unwrap_or(u64::MAX),
+                );
+            }
             tasks.insert(record.id.clone(), record.clone());
             // No receiver is not an error: nobody watches.
             let _ = self.shared.changes.send(record.clone());
@@ -225,6 +238,10 @@ impl Shared {
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<(AgentId, String), Reputation>> {
         self.reputations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_ended(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, TaskId), u64>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, u64>> {
@@ -389,6 +406,50 @@ impl TaskStore for MemoryRegistry {
         drop(tasks);
         unfinished.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         Ok(unfinished)
+    }
+
+    async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError> {
+        let ended = self.shared.lock_ended();
+        Ok(EndedTasks {
+            total: ended.len(),
+            oldest: ended
+                .iter()
+                .take(limit)
+                .map(|((ended_ms, id), bytes)| EndedTask {
+                    id: id.clone(),
+                    ended_ms: *ended_ms,
+                    bytes: *bytes,
+                })
+                .collect(),
+        })
+    }
+
+    async fn delete_tasks_fenced(
+        &self,
+        tasks: &[EndedTask],
+        fence: &Fence,
+    ) -> Result<(), RegistryError> {
+        // Held throughout, as for a fenced write.
+        let election = self.shared.lock_election();
+        if election.holder.as_ref().map(|h| &h.fence) != Some(fence) {
+            return Err(RegistryError::NotLeader {
+                fence_revision: fence.revision,
+                written: 0,
+            });
+        }
+        let mut records = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = self.shared.lock_ended();
+        for task in tasks {
+            ended.remove(&(task.ended_ms, task.id.clone()));
+            records.remove(&task.id);
+        }
+        drop((ended, records, election));
+        Ok(())
+    }
+
+    /// Memory never runs out of space it could refuse writes for.
+    fn store_full(&self) -> watch::Receiver<Option<String>> {
+        watch::channel(None).1
     }
 }
 

@@ -308,6 +308,14 @@ pub struct NodeArgs {
     /// async runtime; more submits wait their turn (coordinator).
     #[arg(long, env = "AGENTMESH_PARSE_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parse_concurrency: u64,
+    /// How long an ended task's record is kept in etcd (Status and Watch
+    /// answer NOT_FOUND after), e.g. `24h`, `90m`, `30s` (coordinator).
+    #[arg(long, env = "AGENTMESH_TASK_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub task_retention: Duration,
+    /// Ended task records kept in etcd at most, however recent; the oldest
+    /// are deleted first beyond it (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_ENDED_TASKS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_ended_tasks: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -376,6 +384,8 @@ impl NodeArgs {
         coordinator.ended_cache_bytes = self.ended_cache_bytes as usize;
         coordinator.max_task_resumes = self.max_task_resumes;
         coordinator.parse_concurrency = self.parse_concurrency as usize;
+        coordinator.task_retention = self.task_retention;
+        coordinator.max_ended_tasks = usize::try_from(self.max_ended_tasks).unwrap_or(usize::MAX);
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {
@@ -434,6 +444,34 @@ pub fn default_client() -> ClientId {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     ClientId::sanitized(&format!("{user}@{host}"), "cli")
+}
+
+/// A duration as a whole number and a unit: `ms`, `s`, `m`, `h` or `d`
+/// (`90m`, `24h`). One flag takes durations: a few lines rather than a
+/// dependency.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{text}' has no unit: write e.g. 30s, 90m, 24h or 7d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' does not start with a whole number"))?;
+    let seconds = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("'{text}' is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        _ => Err(format!(
+            "'{text}': unknown unit '{unit}' (ms, s, m, h or d)"
+        )),
+    }
 }
 
 fn non_empty(items: &[String]) -> Vec<String> {
@@ -538,6 +576,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "24", "h", "1.5h", "3w", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

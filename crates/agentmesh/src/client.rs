@@ -126,10 +126,10 @@ pub fn describe(status: &Status) -> anyhow::Error {
 
 /// Submits refused for back-pressure are tried this many times in all.
 const SUBMIT_ATTEMPTS: u32 = 5;
-/// The pause after a refusal that carried no hint.
-const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(500);
-
 /// The pause a back-pressure refusal asks for; `None` for other errors.
+/// Back-pressure is a `RESOURCE_EXHAUSTED` that names its pause: one
+/// without (etcd out of space) lasts until an operator acts, and retrying
+/// it only hides the error.
 fn retry_after(error: &anyhow::Error) -> Option<Duration> {
     let Refused(status) = error.downcast_ref::<Refused>()?;
     if status.code() != Code::ResourceExhausted {
@@ -139,12 +139,8 @@ fn retry_after(error: &anyhow::Error) -> Option<Duration> {
         .metadata()
         .get(agentmesh_runtime::api::error::RETRY_AFTER_MS)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    Some(
-        hinted
-            .unwrap_or(DEFAULT_RETRY_AFTER)
-            .min(Duration::from_secs(30)),
-    )
+        .map(Duration::from_millis)?;
+    Some(hinted.min(Duration::from_secs(30)))
 }
 
 impl Client {
@@ -428,7 +424,7 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         let unhinted = Status::resource_exhausted("full");
-        assert_eq!(retry_after(&describe(&unhinted)), Some(DEFAULT_RETRY_AFTER));
+        assert_eq!(retry_after(&describe(&unhinted)), None, "not back-pressure");
         // Anything else is final.
         let invalid = Status::invalid_argument("dependency cycle");
         assert_eq!(retry_after(&describe(&invalid)), None);

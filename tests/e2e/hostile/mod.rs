@@ -13,6 +13,7 @@ mod outputs;
 mod records;
 mod references;
 mod small;
+mod etcd;
 mod yaml;
 
 use std::time::Duration;

@@ -158,9 +158,16 @@ pub struct ClusterBuilder {
     nodes: Vec<NodeSpec>,
     defaults: Defaults,
     netns: Option<NetnsPair>,
+    etcd_args: Vec<String>,
 }
 
 impl ClusterBuilder {
+    /// Extra flags for the cluster's (loopback) etcd.
+    pub fn etcd_args(mut self, args: &[&str]) -> Self {
+        self.etcd_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
     /// `n` coordinators, `coordinator-1` to `coordinator-N`.
     pub fn coordinators(mut self, n: usize) -> Self {
         self.coordinators = n;
@@ -232,7 +239,13 @@ impl ClusterBuilder {
     pub fn start(self) -> Cluster {
         let dir = scratch_dir("cluster");
         let etcd = match &self.netns {
-            None => ClusterEtcd::Loopback(Etcd::start()),
+            None => ClusterEtcd::Loopback(Etcd::start_with(
+                &self
+                    .etcd_args
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )),
             Some(net) => {
                 let (process, url) = start_etcd_in(net, &dir);
                 ClusterEtcd::Netns(process, url)

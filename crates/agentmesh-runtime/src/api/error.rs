@@ -20,7 +20,12 @@ pub enum ApiError {
     Submit(#[from] SubmitError),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("no task '{0}'")]
+    /// Ended tasks are deleted after their retention, so an id that was
+    /// valid once may be gone; nothing is kept to tell the two apart.
+    #[error(
+        "no task '{0}': never submitted, or ended and deleted after its retention \
+         (--task-retention, --max-ended-tasks)"
+    )]
     NotFound(TaskId),
     #[error("this node runs no coordinator; send tasks to a coordinator node")]
     NoCoordinator,
@@ -63,7 +68,15 @@ impl From<ApiError> for Status {
             ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => {
                 Status::invalid_argument(message)
             }
-            ApiError::Submit(SubmitError::NotPersisted(_) | SubmitError::NotLeader)
+            // etcd's NOSPACE: nothing can be accepted until an operator
+            // frees space; no retry-after, retrying soon will not help.
+            ApiError::Submit(SubmitError::StoreFull(_))
+            | ApiError::Registry(RegistryError::NoSpace(_)) => Status::resource_exhausted(message),
+            ApiError::Submit(
+                SubmitError::NotPersisted(_)
+                | SubmitError::NotLeader
+                | SubmitError::StoreUnreachable,
+            )
             | ApiError::NoLeader(_)
             | ApiError::NotLeader(_) => Status::unavailable(message),
             ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
@@ -172,9 +185,34 @@ mod tests {
         let wide = ApiError::Submit(SubmitError::TooWide { ready: 3, limit: 2 });
         assert_eq!(Status::from(wide).code(), Code::FailedPrecondition);
         let status = Status::from(ApiError::NotFound(TaskId::new("t9")));
-        assert_eq!(
-            (status.code(), status.message()),
-            (Code::NotFound, "no task 't9'")
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().starts_with(
+                "no task 't9': never submitted, or ended and deleted after its retention"
+            ),
+            "{}",
+            status.message()
         );
+    }
+
+    #[test]
+    fn etcd_out_of_space_is_resource_exhausted_and_unreachable_unavailable() {
+        let full = Status::from(ApiError::Submit(SubmitError::StoreFull(
+            "etcd is out of space".into(),
+        )));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(full.message().contains("etcd is out of space"));
+        let nospace = Status::from(ApiError::Registry(RegistryError::NoSpace(
+            "put of 1 task records failed".into(),
+        )));
+        assert_eq!(nospace.code(), Code::ResourceExhausted);
+        assert!(
+            nospace.message().contains("NOSPACE"),
+            "{}",
+            nospace.message()
+        );
+        let unreachable = Status::from(ApiError::Submit(SubmitError::StoreUnreachable));
+        assert_eq!(unreachable.code(), Code::Unavailable);
+        assert!(unreachable.message().contains("etcd cannot be reached"));
     }
 }

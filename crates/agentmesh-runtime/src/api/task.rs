@@ -144,7 +144,31 @@ impl TaskApi {
     /// [`TaskApi::submit`] on behalf of `client` (see [`super::client`]).
     pub async fn submit_as(&self, document: &str, client: ClientId) -> Result<TaskId, ApiError> {
         let record = self.new_record(document, client).await?;
-        Ok(self.hand_over(record).await?.durable().await?)
+        let accepted = self.hand_over(record).await?;
+        let id = accepted.id.clone();
+        match accepted.durable().await {
+            Ok(id) => Ok(id),
+            Err(SubmitError::StoreFull(reason)) => {
+                // The client hears the task was refused, so it must not
+                // run: its record, should it be written once space is
+                // freed, says cancelled.
+                self.abandon(&id, "its record could not be written: etcd is out of space");
+                Err(SubmitError::StoreFull(reason).into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Cancels a task whose submit was refused after the coordinator took
+    /// it, without waiting for the answer.
+    fn abandon(&self, id: &TaskId, reason: &str) {
+        let Ok(local) = self.local() else { return };
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let _ = local.actor.cast(CoordinatorMessage::Cancel {
+            task: id.clone(),
+            reason: reason.to_owned(),
+            reply: reply.into(),
+        });
     }
 
     /// Submits a task and waits for its end; returns the final record.
@@ -167,11 +191,23 @@ impl TaskApi {
         let id = record.id.clone();
         let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
-        let mut durable = self.hand_over(record).await?.durable;
+        let accepted = self.hand_over(record).await?;
+        let mut durable = accepted.durable;
+        let mut full = accepted.store_full;
         let mut durable_done = false;
+        let mut watching_full = true;
         let mut last = 0;
         loop {
             tokio::select! {
+                refused = full.wait_for(Option::is_some), if watching_full && !durable_done => {
+                    if let Ok(reason) = refused {
+                        let reason = reason.clone().unwrap_or_default();
+                        self.abandon(&id, "its record could not be written: etcd is out of space");
+                        return Err(SubmitError::StoreFull(reason).into());
+                    }
+                    // Nobody reports refusals (an in-memory store).
+                    watching_full = false;
+                }
                 written = &mut durable, if !durable_done => match written {
                     Ok(Ok(())) => durable_done = true,
                     Ok(Err(error)) => return Err(SubmitError::NotPersisted(error).into()),

@@ -113,10 +113,28 @@ pub struct CoordinatorConfig {
     /// worker, where it would delay lease keep-alives and every other
     /// call, and a burst of them must not take every blocking thread.
     pub parse_concurrency: usize,
+    /// How long an ended task's record stays in etcd (and answers Status
+    /// and Watch) after it ended. Records are never rewritten once ended,
+    /// but they stay until deleted, and etcd's database is bounded: without
+    /// a window a busy cluster fills it and etcd refuses every write.
+    pub task_retention: Duration,
+    /// Ended task records kept at most, whatever their age; the oldest are
+    /// deleted first beyond it. Bounds etcd's share of task records under
+    /// bursts the time window alone would let through: at most this many
+    /// times the record budget.
+    pub max_ended_tasks: usize,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
 pub const ATTEMPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Default of [`CoordinatorConfig::task_retention`]: a day, long enough to
+/// read a result the next morning.
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Default of [`CoordinatorConfig::max_ended_tasks`]: 10,000 records of
+/// 100 KB are 1 GB, half of etcd's default 2 GiB quota.
+pub const DEFAULT_MAX_ENDED_TASKS: usize = 10_000;
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -136,6 +154,8 @@ impl Default for CoordinatorConfig {
             attempt_timeout: Duration::from_secs(600),
             max_task_resumes: 3,
             parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
+            task_retention: DEFAULT_TASK_RETENTION,
+            max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
         }
     }
 }
@@ -362,6 +382,7 @@ impl NodeConfig {
             (c.write_batch_bytes, "write batch bytes"),
             (c.write_concurrency, "write concurrency"),
             (c.parse_concurrency, "parse concurrency"),
+            (c.max_ended_tasks, "--max-ended-tasks"),
             (self.mailbox.max_envelope_bytes, "max envelope bytes"),
             (self.connections.max_connections, "max connections"),
             (self.connections.max_watch_streams, "max watch streams"),

@@ -1,9 +1,11 @@
 //! gRPC health of a node: which services serve, and `NOT_SERVING` for all
-//! of them while the registry's store cannot be reached.
+//! of them while the registry's store cannot be reached or refuses writes
+//! for lack of space (etcd's NOSPACE alarm).
 
 use agentmesh_proto::v1::agent_mailbox_server::AgentMailboxServer;
 use agentmesh_proto::v1::cluster_service_server::ClusterServiceServer;
 use agentmesh_proto::v1::task_service_server::TaskServiceServer;
+use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -22,10 +24,11 @@ pub struct Health {
 
 impl Health {
     /// Every service serving (`TaskService` only where a coordinator runs),
-    /// and a follower of `reachable` owned by `background`.
+    /// and a follower of `reachable` and `full` owned by `background`.
     pub async fn start(
         task_service: bool,
-        reachable: tokio::sync::watch::Receiver<bool>,
+        reachable: watch::Receiver<bool>,
+        full: watch::Receiver<Option<String>>,
         background: &Background,
     ) -> (Self, HealthServer<HealthService>) {
         let reporter = HealthReporter::new();
@@ -37,7 +40,7 @@ impl Health {
         health.set_all(ServingStatus::Serving).await;
         background.spawn(
             "store health",
-            follow_store(health.reporter.clone(), reachable, task_service),
+            follow_store(health.reporter.clone(), reachable, full, task_service),
         );
         (health, service)
     }
@@ -69,19 +72,36 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus, task_service:
 }
 
 /// Reports `NOT_SERVING` for every service (and the server as a whole)
-/// while the registry's store cannot be reached, `SERVING` again once it
-/// can: load balancers and probes then steer away from a node that cannot
-/// register, persist or discover anything.
+/// while the registry's store cannot be reached or refuses writes for lack
+/// of space, `SERVING` again once it can and does: load balancers and
+/// probes then steer away from a node that cannot register, persist or
+/// discover anything. Runs until both feeds are gone.
 async fn follow_store(
     reporter: HealthReporter,
-    mut reachable: tokio::sync::watch::Receiver<bool>,
+    mut reachable: watch::Receiver<bool>,
+    mut full: watch::Receiver<Option<String>>,
     task_service: bool,
 ) {
-    while reachable.changed().await.is_ok() {
+    let (mut reachable_open, mut full_open) = (true, true);
+    let mut serving = true;
+    while reachable_open || full_open {
+        tokio::select! {
+            changed = reachable.changed(), if reachable_open => reachable_open = changed.is_ok(),
+            changed = full.changed(), if full_open => full_open = changed.is_ok(),
+        }
         let up = *reachable.borrow_and_update();
-        let status = if up {
-            info!("registry store reachable again: serving");
+        let refusal = full.borrow_and_update().clone();
+        let now_serving = up && refusal.is_none();
+        if now_serving == serving {
+            continue;
+        }
+        serving = now_serving;
+        let status = if serving {
+            info!("registry store reachable and taking writes again: serving");
             ServingStatus::Serving
+        } else if let Some(reason) = refusal {
+            warn!(%reason, "etcd refuses writes for lack of space: reporting NOT_SERVING");
+            ServingStatus::NotServing
         } else {
             warn!("registry store unreachable: reporting NOT_SERVING");
             ServingStatus::NotServing

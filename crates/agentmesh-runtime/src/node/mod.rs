@@ -139,6 +139,7 @@ impl Node {
         let (health, health_service) = Health::start(
             coordinator.is_some(),
             registry.store_reachable(),
+            registry.store_full(),
             spawner.background(),
         )
         .await;

@@ -9,6 +9,11 @@ const FANOUT_WIDTH: u32 = 8;
 /// Sleep of the sleep shape: long enough that concurrency, not CPU, sets
 /// the rate.
 const SLEEP_MS: u64 = 10;
+/// The word the large shape's text repeats, and how often: 8 bytes ×
+/// 12,800 = 100 KiB of input, so its task record is about 100 KB, the size
+/// docs/guarantees.md measures etcd's database with.
+const LARGE_WORD: &str = "padding ";
+const LARGE_REPEAT: u64 = 12_800;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Shape {
@@ -18,6 +23,9 @@ pub enum Shape {
     Fanout,
     /// One `sleep` of 10 ms: how many tasks run at once.
     Sleep,
+    /// One `text.word_count` of 100 KiB of text: a task record of about
+    /// 100 KB, for what records cost etcd.
+    Large,
 }
 
 impl Shape {
@@ -26,6 +34,7 @@ impl Shape {
             Shape::Trivial => "trivial",
             Shape::Fanout => "fanout",
             Shape::Sleep => "sleep",
+            Shape::Large => "large",
         }
     }
 
@@ -57,6 +66,11 @@ impl Shape {
                 "name": "bench-sleep",
                 "tasks": [{"id": "nap", "capability": "sleep", "input": {"ms": SLEEP_MS}}],
             }),
+            Shape::Large => json!({
+                "name": "bench-large",
+                "tasks": [{"id": "count", "capability": "text.word_count",
+                           "input": {"text": LARGE_WORD.repeat(LARGE_REPEAT as usize), "top": 1}}],
+            }),
         };
         task.to_string()
     }
@@ -67,6 +81,12 @@ impl Shape {
             Shape::Trivial => json!({"value": 2}),
             Shape::Fanout => json!({"value": (1..=FANOUT_WIDTH).map(|i| i * i).sum::<u32>()}),
             Shape::Sleep => json!({"slept_ms": SLEEP_MS}),
+            Shape::Large => json!({
+                "words": LARGE_REPEAT,
+                "chars": LARGE_REPEAT * LARGE_WORD.len() as u64,
+                "lines": 1,
+                "top_words": [{"word": LARGE_WORD.trim(), "count": LARGE_REPEAT}],
+            }),
         }
     }
 }

@@ -170,6 +170,27 @@ impl RecordHub {
         inner.early.clear();
     }
 
+    /// Forgets ended tasks that retention deleted from the registry, so
+    /// this coordinator answers for them as every other node does: not
+    /// found. Unfinished tasks are left alone.
+    pub fn forget_ended<'a>(&self, ids: impl IntoIterator<Item = &'a TaskId>) {
+        let mut inner = self.lock();
+        let mut forgotten = std::collections::HashSet::new();
+        for id in ids {
+            if inner
+                .tasks
+                .get(id)
+                .is_some_and(|entry| entry.latest.status.is_terminal())
+            {
+                inner.tasks.remove(id);
+                forgotten.insert(id.clone());
+            }
+        }
+        if !forgotten.is_empty() {
+            inner.ended.retain(|id| !forgotten.contains(id));
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

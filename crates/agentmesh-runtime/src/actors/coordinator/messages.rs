@@ -48,6 +48,16 @@ pub enum SubmitError {
         "task record would be {bytes} bytes before any output, over the record budget of {budget} bytes (--max-record-bytes); make the inputs smaller"
     )]
     RecordTooLarge { bytes: usize, budget: usize },
+    /// etcd refuses writes for lack of space (its NOSPACE alarm): no task
+    /// is accepted until an operator frees space.
+    #[error(
+        "task refused: etcd is out of space and refuses writes ({0}); an operator must free \
+         space (compact, defragment) and disarm the NOSPACE alarm"
+    )]
+    StoreFull(String),
+    /// etcd cannot be reached: no task record can be written.
+    #[error("task refused: etcd cannot be reached (this node could not refresh its lease); retry")]
+    StoreUnreachable,
     /// Leadership changed hands between routing the request and handling
     /// it; the client retries and reaches the new leader.
     #[error("this coordinator is not the leader (any more); retry")]
@@ -61,12 +71,32 @@ pub enum SubmitError {
 pub struct Accepted {
     pub id: TaskId,
     pub durable: oneshot::Receiver<Result<(), String>>,
+    /// The store's space refusals (see `TaskStore::store_full`): a write
+    /// refused for lack of space is retried for as long as that lasts, so
+    /// the caller stops waiting once it starts.
+    pub store_full: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Accepted {
-    /// Waits until the task's first record is durable.
+    /// Waits until the task's first record is durable, or until etcd
+    /// refuses writes for lack of space, whichever comes first.
     pub async fn durable(self) -> Result<TaskId, SubmitError> {
-        match self.durable.await {
+        let mut durable = self.durable;
+        let mut full = self.store_full;
+        let mut watching = true;
+        let written = loop {
+            tokio::select! {
+                written = &mut durable => break written,
+                refused = full.wait_for(Option::is_some), if watching => match refused {
+                    Ok(reason) => {
+                        return Err(SubmitError::StoreFull(reason.clone().unwrap_or_default()));
+                    }
+                    // Nobody reports refusals (an in-memory store).
+                    Err(_) => watching = false,
+                },
+            }
+        };
+        match written {
             Ok(Ok(())) => Ok(self.id),
             Ok(Err(error)) => Err(SubmitError::NotPersisted(error)),
             Err(_) => Err(SubmitError::NotPersisted(

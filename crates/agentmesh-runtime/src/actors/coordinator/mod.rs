@@ -7,6 +7,7 @@
 //! registry membership watch ──cast──▶      │  ready queue (bounded) → WorkerPool::select
 //! worker results (mailbox) ──cast──▶       │──subtask.assign──▶ Router ──▶ worker
 //!                                          └──record changes──▶ RecordWriter ──▶ registry
+//!                                  Retention (per term) ──delete ended──▶ registry
 //! ```
 //!
 //! All decisions are made by the pure state machine of
@@ -24,6 +25,7 @@ pub mod leadership;
 mod messages;
 mod pools;
 mod recovery;
+pub mod retention;
 mod schedule;
 mod writer;
 
@@ -72,6 +74,9 @@ pub struct CoordinatorState {
     /// Present while this coordinator leads; its writer is fenced with the
     /// term's leadership.
     writer: Option<RecordWriter>,
+    /// Present while this coordinator leads: deletes ended tasks' records
+    /// after retention, fenced with the term.
+    retention: Option<retention::Retention>,
     /// The current term (the fence revision); assignments carry it and
     /// results of other terms are stale.
     term: i64,
@@ -149,6 +154,7 @@ impl Actor for Coordinator {
             registry: args.registry,
             hub: args.hub,
             writer: None,
+            retention: None,
             term: 0,
             config: args.config,
             tasks: HashMap::new(),
@@ -228,6 +234,16 @@ impl CoordinatorState {
             let _ = reply.send(Err(SubmitError::NotLeader));
             return;
         }
+        // Refused before anything is accepted: a record that cannot be
+        // written would leave the client waiting until its deadline.
+        if let Some(reason) = self.registry.store_full().borrow().clone() {
+            let _ = reply.send(Err(SubmitError::StoreFull(reason)));
+            return;
+        }
+        if !*self.registry.store_reachable().borrow() {
+            let _ = reply.send(Err(SubmitError::StoreUnreachable));
+            return;
+        }
         // A record that is over its budget before any output could never
         // be written, let alone grow.
         let bytes = record.encoded_len();
@@ -276,7 +292,11 @@ impl CoordinatorState {
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
         self.tasks.insert(id.clone(), record);
         // The caller waits for durability, not the actor.
-        let _ = reply.send(Ok(Accepted { id, durable }));
+        let _ = reply.send(Ok(Accepted {
+            id,
+            durable,
+            store_full: self.registry.store_full(),
+        }));
     }
 
     async fn cancel(&mut self, id: &TaskId, reason: String) -> Option<Status> {

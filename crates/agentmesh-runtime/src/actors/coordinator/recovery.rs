@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::pools::Pools;
+use super::retention::{Retention, RetentionPolicy};
 use super::writer::WriterLimits;
 use super::{CoordinatorMessage, CoordinatorState, RecordWriter, WRITER_FINISH_TIMEOUT};
 use crate::support::clock::now_ms;
@@ -34,6 +35,15 @@ impl CoordinatorState {
         }
         let fence = leadership.fence.revision;
         self.term = fence;
+        self.retention = Some(Retention::spawn(
+            self.registry.clone(),
+            leadership.clone(),
+            RetentionPolicy {
+                keep_for: self.config.task_retention,
+                max_ended: self.config.max_ended_tasks,
+            },
+            self.hub.clone(),
+        ));
         let refusals = self.myself.clone();
         let writer = RecordWriter::spawn(
             self.registry.clone(),
@@ -116,6 +126,8 @@ impl CoordinatorState {
     /// refused by the fence) before the hub forgets, so no record of the
     /// old term lands in the hub afterwards.
     pub(super) async fn relinquish(&mut self) {
+        // Dropping the sweeper stops it.
+        self.retention = None;
         let Some(writer) = self.writer.take() else {
             return;
         };

@@ -378,7 +378,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use agentmesh_core::task::TaskFile;
-    use agentmesh_registry::{Fence, TaskWatch};
+    use agentmesh_registry::{EndedTask, EndedTasks, Fence, TaskWatch};
     use async_trait::async_trait;
     use tokio::sync::watch;
 
@@ -560,6 +560,22 @@ mod tests {
 
         async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
             Ok(Vec::new())
+        }
+
+        async fn ended_tasks(&self, _limit: usize) -> Result<EndedTasks, RegistryError> {
+            Ok(EndedTasks::default())
+        }
+
+        async fn delete_tasks_fenced(
+            &self,
+            _tasks: &[EndedTask],
+            _fence: &Fence,
+        ) -> Result<(), RegistryError> {
+            Ok(())
+        }
+
+        fn store_full(&self) -> watch::Receiver<Option<String>> {
+            watch::channel(None).1
         }
     }
 
