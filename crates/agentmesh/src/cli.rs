@@ -265,8 +265,8 @@ pub struct NodeArgs {
     /// Task records written to etcd in one transaction (coordinator).
     #[arg(long, env = "AGENTMESH_WRITE_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=128))]
     pub write_batch: u64,
-    /// Client connections this node holds open; one over it is closed at
-    /// once with an HTTP/2 GOAWAY naming the limit. Keep it below the
+    /// Client connections this node holds open; one over it is answered
+    /// RESOURCE_EXHAUSTED naming the limit and closed. Keep it below the
     /// file-descriptor limit (ulimit -n).
     #[arg(long, env = "AGENTMESH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,

@@ -7,13 +7,13 @@
 
 mod breakers;
 mod connections;
+mod etcd;
 mod fairness;
 mod json_query;
 mod outputs;
 mod records;
 mod references;
 mod small;
-mod etcd;
 mod yaml;
 
 use std::time::Duration;

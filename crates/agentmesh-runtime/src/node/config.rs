@@ -228,8 +228,9 @@ impl Default for MailboxConfig {
 /// hold the node at its file-descriptor limit.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
-    /// Open client connections; a connection over it is accepted and
-    /// closed at once with an HTTP/2 GOAWAY naming the limit. Keep it below
+    /// Open client connections; a connection over it is accepted, its
+    /// requests answered `RESOURCE_EXHAUSTED` naming the limit, and closed
+    /// within a second. Keep it below
     /// the process's file-descriptor limit (`ulimit -n`), less what etcd
     /// and the other nodes' links use.
     pub max_connections: usize,

@@ -3,7 +3,7 @@
 //! descriptors.
 //!
 //! ```text
-//! TcpListener ─ Incoming ─┬─ over --max-connections: GOAWAY naming the limit, closed, counted
+//! TcpListener ─ Incoming ─┬─ over --max-connections: RESOURCE_EXHAUSTED naming the limit, closed, counted
 //!                         ├─ accept error (EMFILE, ENFILE, ...): backs off, one WARN per interval
 //!                         └─ Conn ── hyper/h2 ── TrackRequests (in-flight requests of the Conn)
 //!                              └─ EOF once no request has been in flight for --idle-timeout
@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
@@ -52,31 +53,12 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// interval, with the count since the last one.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Refused connections closed in order at once (see [`Acceptor::refuse`]);
-/// more are closed at once, each holding a descriptor for at most
+/// Refused connections answered at once (see [`Acceptor::refuse`]); more
+/// are closed at once, each answered one holding a descriptor for at most
 /// [`LINGER`].
 const MAX_LINGERING: usize = 64;
-/// How long a refused connection waits for its client to close.
+/// How long a refused connection is answered before it is closed.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// An HTTP/2 server preface (an empty SETTINGS frame) and a GOAWAY with
-/// ENHANCE_YOUR_CALM, last stream 0 and `debug` as its debug data: what a
-/// refused client reads before the connection closes, so its error names
-/// the reason instead of "connection reset".
-fn goaway(debug: &str) -> Vec<u8> {
-    const SETTINGS: u8 = 0x4;
-    const GOAWAY: u8 = 0x7;
-    const ENHANCE_YOUR_CALM: u32 = 0xb;
-    let debug = &debug.as_bytes()[..debug.len().min(1024)];
-    let mut frames = vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
-    let length = (8 + debug.len()) as u32;
-    frames.extend_from_slice(&length.to_be_bytes()[1..]);
-    frames.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
-    frames.extend_from_slice(&0u32.to_be_bytes());
-    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
-    frames.extend_from_slice(debug);
-    frames
-}
 
 /// Counts of what the accept loop did, for logs and tests.
 #[derive(Debug, Default)]
@@ -102,10 +84,11 @@ pub fn incoming(
         listener,
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout,
-        refusal: goaway(&format!(
+        refusal: format!(
             "connection limit of {} reached (--max-connections); retry later",
             config.max_connections
-        )),
+        )
+        .into(),
         stats,
         refusals: RateLimited::default(),
         errors: RateLimited::default(),
@@ -121,7 +104,7 @@ struct Acceptor {
     listener: TcpListener,
     max_connections: usize,
     idle_timeout: Duration,
-    refusal: Vec<u8>,
+    refusal: Arc<str>,
     stats: Arc<ConnectionStats>,
     refusals: RateLimited,
     errors: RateLimited,
@@ -160,26 +143,18 @@ impl Acceptor {
         }
     }
 
-    /// Writes the GOAWAY if the socket takes it at once and closes the
-    /// connection; never waits. Closing a socket with unread data (the
-    /// client's preface and first request) resets it, and the client may
-    /// lose the GOAWAY before reading it, so up to [`MAX_LINGERING`]
-    /// refused connections at a time are closed in order instead: the
-    /// write side first, then the socket once the client has closed its
-    /// side (it does on reading the GOAWAY) or after [`LINGER`].
+    /// Answers every request the refused connection sends within
+    /// [`LINGER`] with `RESOURCE_EXHAUSTED` naming the limit, then closes
+    /// it: a gRPC client reads a status like any other instead of a reset
+    /// or a bare GOAWAY, which some clients report only as "connection
+    /// closed". At most [`MAX_LINGERING`] refused connections are answered
+    /// at once; past that they are closed at once.
     fn refuse(&mut self, stream: TcpStream, remote: SocketAddr) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.try_write(&self.refusal);
         if let Ok(permit) = self.lingering.clone().try_acquire_owned() {
+            let refusal = self.refusal.clone();
             tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(LINGER, async {
-                    stream.shutdown().await?;
-                    let mut sink = [0u8; 4096];
-                    while stream.read(&mut sink).await? > 0 {}
-                    io::Result::Ok(())
-                })
-                .await;
+                let _ = tokio::time::timeout(LINGER, answer_refused(stream, refusal)).await;
                 drop(permit);
             });
         }
@@ -192,6 +167,18 @@ impl Acceptor {
             );
         }
     }
+}
+
+/// Serves HTTP/2 on a refused connection, answering each request with
+/// `RESOURCE_EXHAUSTED` and `refusal` as its message.
+async fn answer_refused(stream: TcpStream, refusal: Arc<str>) {
+    let service = hyper::service::service_fn(move |_request| {
+        let status = tonic::Status::resource_exhausted(refusal.to_string());
+        async move { Ok::<_, std::convert::Infallible>(status.into_http::<tonic::body::Body>()) }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Accept errors that concern one connection only (it was reset before it
@@ -482,6 +469,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
@@ -538,15 +526,7 @@ mod tests {
         })
         .await;
 
-        let mut second = TcpStream::connect(addr).await.unwrap();
-        let refusal = read_to_close(&mut second, Duration::from_secs(5)).await;
-        let text = String::from_utf8_lossy(&refusal);
-        assert!(
-            text.contains("connection limit of 1 reached (--max-connections)"),
-            "{refusal:?}"
-        );
-        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
-        // A gRPC client learns why: the GOAWAY's reason is in its error.
+        // A gRPC client learns why, as a status naming the limit.
         let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
             .await
             .unwrap();
@@ -560,8 +540,12 @@ mod tests {
             chain.push_str(&format!(": {error}"));
             source = error.source();
         }
-        assert!(chain.contains("connection limit of 1 reached"), "{chain}");
-        assert_eq!(stats.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{chain}");
+        assert!(
+            chain.contains("connection limit of 1 reached (--max-connections)"),
+            "{chain}"
+        );
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
 
         // The first connection sent nothing: closed after the idle timeout.
         read_to_close(&mut first, Duration::from_secs(5)).await;
@@ -615,17 +599,6 @@ mod tests {
             stats.idle_closed.load(Ordering::Relaxed) == 1
         })
         .await;
-    }
-
-    #[test]
-    fn the_refusal_is_a_settings_frame_then_a_goaway_with_the_reason() {
-        let frames = goaway("limit of 2");
-        assert_eq!(&frames[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        let goaway = &frames[9..];
-        assert_eq!(&goaway[..3], &[0, 0, 18], "8 bytes + 10 of debug data");
-        assert_eq!(goaway[3], 7);
-        assert_eq!(&goaway[13..17], &[0, 0, 0, 0xb]);
-        assert_eq!(&goaway[17..], b"limit of 2");
     }
 
     #[test]
