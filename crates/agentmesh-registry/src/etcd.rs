@@ -146,6 +146,12 @@ use registration::Expect;
 /// room for a lowered limit.
 const MAX_RECORDS_PER_TXN: usize = 64;
 
+/// Operations per etcd transaction: etcd's default `--max-txn-ops`. A
+/// batch of [`MAX_RECORDS_PER_TXN`] ended records (each its put and its
+/// ended-index put) fits one transaction; splitting it at 64 operations
+/// doubled the transactions of a busy coordinator.
+const MAX_OPS_PER_TXN: usize = 2 * MAX_RECORDS_PER_TXN;
+
 /// Upper bound on the lease revoke during shutdown: a node that is going
 /// away must not hang on an unreachable etcd (the lease then simply
 /// expires).
@@ -717,14 +723,15 @@ fn classify(what: String, error: etcd_client::Error) -> RegistryError {
 }
 
 /// Consecutive records whose operations fit one transaction of at most
-/// [`MAX_RECORDS_PER_TXN`] operations (a record's operations are never
-/// split).
+/// [`MAX_OPS_PER_TXN`] operations and [`MAX_RECORDS_PER_TXN`] records (a
+/// record's operations are never split).
 fn txn_chunks(ops: &[Vec<TxnOp>]) -> Vec<&[Vec<TxnOp>]> {
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut size = 0;
     for (i, record) in ops.iter().enumerate() {
-        if i > start && size + record.len() > MAX_RECORDS_PER_TXN {
+        if i > start && (size + record.len() > MAX_OPS_PER_TXN || i - start == MAX_RECORDS_PER_TXN)
+        {
             chunks.push(&ops[start..i]);
             start = i;
             size = 0;
@@ -1009,5 +1016,27 @@ mod tests {
         ] {
             assert!(transient.is_transient(), "{transient}");
         }
+    }
+
+    #[test]
+    fn a_full_batch_of_ended_records_is_one_transaction() {
+        let ops = |n: usize, per: usize| -> Vec<Vec<TxnOp>> {
+            (0..n)
+                .map(|_| (0..per).map(|_| TxnOp::put("k", "v", None)).collect())
+                .collect()
+        };
+        let sizes = |ops: &[Vec<TxnOp>]| -> Vec<usize> {
+            txn_chunks(ops).iter().map(|chunk| chunk.len()).collect()
+        };
+        assert_eq!(
+            sizes(&ops(MAX_RECORDS_PER_TXN, 2)),
+            vec![MAX_RECORDS_PER_TXN]
+        );
+        assert_eq!(
+            sizes(&ops(MAX_RECORDS_PER_TXN + 1, 2)),
+            vec![MAX_RECORDS_PER_TXN, 1]
+        );
+        assert_eq!(sizes(&ops(130, 1)), vec![64, 64, 2]);
+        assert!(sizes(&ops(0, 1)).is_empty());
     }
 }
