@@ -304,8 +304,8 @@ pub struct NodeArgs {
     /// every leader down in turn (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_TASK_RESUMES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_task_resumes: u32,
-    /// Task documents parsed and validated at once, on threads off the
-    /// async runtime; more submits wait their turn (coordinator).
+    /// Task documents over 16 KiB parsed and validated at once, on threads
+    /// off the async runtime; more submits wait their turn (coordinator).
     #[arg(long, env = "AGENTMESH_PARSE_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parse_concurrency: u64,
     /// How long an ended task's record is kept in etcd (Status and Watch
