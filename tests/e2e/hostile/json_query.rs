@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
-use crate::support::cluster::Cluster;
+use super::{HONEST_TASK_TIMEOUT, assert_survived, capped, submit_honest};
 
 /// Arrays of `width` elements nested `depth` deep, `leaf` at the bottom.
 fn nested(depth: usize, width: usize, leaf: &Value) -> Value {
@@ -33,21 +32,13 @@ fn multiplying_query(name: &str, document: Value, depth: usize) -> String {
     .to_string()
 }
 
-fn honest(cluster: &Cluster) -> String {
-    let file = cluster.task_file(
-        "honest.yaml",
-        "name: honest\ntasks:\n  - id: a\n    capability: math.eval\n    input: { expr: \"2+3\" }\n",
-    );
-    cluster.submit(&file)
-}
-
 #[test]
 fn multiplying_json_queries_stop_at_the_match_limit() {
     let cluster = capped()
         .coordinators(1)
         .workers(3, "math.eval,json.query")
         .start();
-    let before = honest(&cluster);
+    let before = submit_honest(&cluster, "honest");
 
     // 4^5 leaves of a 2-byte string: about 5 KB; 32^5 (3.4 * 10^7) matches.
     let small = multiplying_query("query-5kb", nested(5, 4, &json!("ab")), 5);
@@ -76,7 +67,7 @@ fn multiplying_json_queries_stop_at_the_match_limit() {
 
     let status = cluster.wait_ended(&before, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
-    let after = honest(&cluster);
+    let after = submit_honest(&cluster, "honest");
     let status = cluster.wait_ended(&after, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
 

@@ -37,6 +37,24 @@ pub fn capped() -> ClusterBuilder {
     Cluster::builder().memory_cap(MEMORY_CAP_BYTES)
 }
 
+/// Submits a one-subtask `math.eval` task named `name` to the cluster's
+/// endpoint: the honest task each hostile test expects to complete.
+pub fn submit_honest(cluster: &Cluster, name: &str) -> String {
+    let file = cluster.task_file(
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\ntasks:\n  - id: a\n    capability: math.eval\n    input: {{ expr: \"2+3\" }}\n"
+        ),
+    );
+    cluster.submit(&file)
+}
+
+/// Waits until task `id` ends and panics unless it completed.
+pub fn assert_completes(cluster: &Cluster, id: &str) {
+    let status = cluster.wait_ended(id, HONEST_TASK_TIMEOUT);
+    assert_eq!(status["status"], "completed", "{status}");
+}
+
 /// Panics unless every node started is still running and its peak RSS is
 /// under [`RSS_BOUND_KIB`]; returns the largest peak, for the report.
 pub fn assert_survived(cluster: &Cluster) -> u64 {

@@ -11,8 +11,7 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
-use crate::support::cluster::Cluster;
+use super::{HONEST_TASK_TIMEOUT, assert_survived, capped, submit_honest};
 
 /// Distinct words in the hostile text: 250 KB, under the 256 KiB limit
 /// on one subtask's input.
@@ -39,21 +38,13 @@ fn distinct_words() -> String {
     text
 }
 
-fn honest(cluster: &Cluster) -> String {
-    let file = cluster.task_file(
-        "honest.yaml",
-        "name: honest\ntasks:\n  - id: a\n    capability: math.eval\n    input: { expr: \"2+3\" }\n",
-    );
-    cluster.submit(&file)
-}
-
 #[test]
 fn an_output_over_the_cap_fails_its_attempt_at_once_with_the_reason() {
     let cluster = capped()
         .coordinators(1)
         .workers(2, "math.eval,text.word_count")
         .start();
-    let before = honest(&cluster);
+    let before = submit_honest(&cluster, "honest");
 
     let mut task = String::from(
         r#"{"name":"huge-output","tasks":[{"id":"count","capability":"text.word_count","input":{"top":1000000,"text":""#,
@@ -88,7 +79,7 @@ fn an_output_over_the_cap_fails_its_attempt_at_once_with_the_reason() {
 
     let status = cluster.wait_ended(&before, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
-    let after = honest(&cluster);
+    let after = submit_honest(&cluster, "honest");
     let status = cluster.wait_ended(&after, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
 

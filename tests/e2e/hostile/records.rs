@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
-use crate::support::cluster::Cluster;
+use super::{HONEST_TASK_TIMEOUT, assert_completes, assert_survived, capped, submit_honest};
 use crate::support::eventually;
 
 /// Capabilities of the workers here: `json.query` returns what it matches
@@ -36,21 +35,6 @@ fn fat_task(name: &str, steps: usize, pad: usize, sleep_ms: u64) -> String {
         ));
     }
     doc
-}
-
-fn honest(cluster: &Cluster, name: &str) -> String {
-    let file = cluster.task_file(
-        &format!("{name}.yaml"),
-        &format!(
-            "name: {name}\ntasks:\n  - id: a\n    capability: math.eval\n    input: {{ expr: \"2+3\" }}\n"
-        ),
-    );
-    cluster.submit(&file)
-}
-
-fn assert_completes(cluster: &Cluster, id: &str) {
-    let status = cluster.wait_ended(id, HONEST_TASK_TIMEOUT);
-    assert_eq!(status["status"], "completed", "{status}");
 }
 
 /// The task's error, once it failed.
@@ -79,7 +63,7 @@ fn a_record_that_would_outgrow_its_budget_fails_its_task_and_wedges_nothing() {
         .worker_args(&["--max-output-bytes", "1048576"])
         .worker("worker-1", TOOLS)
         .start();
-    let before = honest(&cluster, "before");
+    let before = submit_honest(&cluster, "before");
 
     // 600 KB of input and six outputs of 200 KB, each under the output
     // cap: the record would reach 1.8 MB, over the 1 MiB budget (and
@@ -104,7 +88,7 @@ fn a_record_that_would_outgrow_its_budget_fails_its_task_and_wedges_nothing() {
 
     // Later submits are written and complete: the writer is not wedged.
     let after = Instant::now();
-    let later = honest(&cluster, "after");
+    let later = submit_honest(&cluster, "after");
     assert_completes(&cluster, &before);
     assert_completes(&cluster, &later);
     let later_in = after.elapsed();
@@ -154,7 +138,7 @@ fn a_record_etcd_refuses_fails_its_task_instead_of_wedging_the_writer() {
         "the failure does not say etcd refused the record: {error}"
     );
     let after = Instant::now();
-    let later = honest(&cluster, "after");
+    let later = submit_honest(&cluster, "after");
     assert_completes(&cluster, &later);
     let later_in = after.elapsed();
     let peak = assert_survived(&cluster);
@@ -188,7 +172,7 @@ fn a_task_resumed_by_a_new_leader_fails_on_its_budget_without_a_wedge() {
         error.contains("--max-record-bytes"),
         "the resumed task did not fail on its budget: {error}"
     );
-    let later = honest(&cluster, "after-failover");
+    let later = submit_honest(&cluster, "after-failover");
     assert_completes(&cluster, &later);
 
     eprintln!(

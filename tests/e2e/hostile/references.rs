@@ -10,8 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
-use crate::support::cluster::Cluster;
+use super::{HONEST_TASK_TIMEOUT, assert_survived, capped, submit_honest};
 use crate::support::eventually;
 
 /// 64 KB, under `max_input_bytes` (256 KB) as written, and small enough
@@ -50,21 +49,13 @@ fn lookup_storm() -> String {
     format!(r#"{{"name":"lookup-storm","tasks":[{}]}}"#, tasks.join(","))
 }
 
-fn honest(cluster: &Cluster, name: &str) -> String {
-    let file = cluster.task_file(
-        &format!("{name}.yaml"),
-        &format!("name: {name}\ntasks:\n  - id: a\n    capability: math.eval\n    input: {{ expr: \"2+3\" }}\n"),
-    );
-    cluster.submit(&file)
-}
-
 #[test]
 fn a_splice_bomb_fails_its_task_and_a_lookup_storm_does_not_stall_the_coordinator() {
     let cluster = capped()
         .coordinators(2)
         .workers(2, "math.eval,json.query")
         .start();
-    let before = honest(&cluster, "before");
+    let before = submit_honest(&cluster, "before");
 
     // The bomb: accepted (its input is small as written), then failed
     // when `b` would start, naming the subtask, the size and the limit.
@@ -103,7 +94,7 @@ fn a_splice_bomb_fails_its_task_and_a_lookup_storm_does_not_stall_the_coordinato
     let storm = cluster.task_file("storm.json", &lookup_storm());
     let started = Instant::now();
     let storm_id = cluster.submit(&storm);
-    let during = honest(&cluster, "during");
+    let during = submit_honest(&cluster, "during");
     let answered = started.elapsed();
     let status = cluster.wait_ended(&during, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
@@ -129,7 +120,7 @@ fn a_splice_bomb_fails_its_task_and_a_lookup_storm_does_not_stall_the_coordinato
         Duration::from_secs(30),
         || cluster.leader().filter(|l| *l != leader),
     );
-    let after = honest(&cluster, "after");
+    let after = submit_honest(&cluster, "after");
     let status = cluster.wait_ended(&after, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
     let still = cluster.status(&bomb_id);

@@ -7,19 +7,11 @@
 
 use std::time::Instant;
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
+use super::{HONEST_TASK_TIMEOUT, assert_survived, capped, submit_honest};
 use crate::support::cluster::Cluster;
 
 /// What a refusal may weigh, as `agentmesh_core::task::message::MAX_ERROR_BYTES`.
 const MAX_ERROR_BYTES: usize = 1024;
-
-fn honest(cluster: &Cluster, name: &str) -> String {
-    let file = cluster.task_file(
-        &format!("{name}.yaml"),
-        &format!("name: {name}\ntasks:\n  - id: a\n    capability: math.eval\n    input: {{ expr: \"2+3\" }}\n"),
-    );
-    cluster.submit(&file)
-}
 
 fn refused(cluster: &Cluster, name: &str, content: &str) -> String {
     let file = cluster.task_file(name, content);
@@ -34,7 +26,7 @@ fn duplicate_keys_inexact_integers_and_long_cycles() {
         .coordinators(1)
         .worker("worker-1", "math.eval")
         .start();
-    let before = honest(&cluster, "before");
+    let before = submit_honest(&cluster, "before");
     let started = Instant::now();
 
     let json = refused(
@@ -94,7 +86,7 @@ fn duplicate_keys_inexact_integers_and_long_cycles() {
 
     let status = cluster.wait_ended(&before, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
-    let after = honest(&cluster, "after");
+    let after = submit_honest(&cluster, "after");
     let status = cluster.wait_ended(&after, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
     let peak = assert_survived(&cluster);

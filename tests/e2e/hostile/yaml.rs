@@ -5,8 +5,7 @@
 
 use std::time::Instant;
 
-use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
-use crate::support::cluster::Cluster;
+use super::{HONEST_TASK_TIMEOUT, assert_survived, capped, submit_honest};
 
 /// A billion-laughs document: level `i` is a sequence of ten aliases of
 /// level `i - 1`, so the last level expands to 10^9 strings, in ~1 KB.
@@ -26,21 +25,13 @@ fn deep_nesting() -> String {
     format!("name: deep\ntasks: {}", "[".repeat(200 * 1024))
 }
 
-fn honest(cluster: &Cluster) -> String {
-    let file = cluster.task_file(
-        "honest.yaml",
-        "name: honest\ntasks:\n  - id: a\n    capability: math.eval\n    input: { expr: \"2+3\" }\n",
-    );
-    cluster.submit(&file)
-}
-
 #[test]
 fn yaml_alias_bombs_and_deep_nesting_are_refused_while_parsing() {
     let cluster = capped()
         .coordinators(1)
         .worker("worker-1", "math.eval")
         .start();
-    let before = honest(&cluster);
+    let before = submit_honest(&cluster, "honest");
 
     let bomb = cluster.task_file("bomb.yaml", &alias_bomb());
     let started = Instant::now();
@@ -72,7 +63,7 @@ fn yaml_alias_bombs_and_deep_nesting_are_refused_while_parsing() {
 
     let status = cluster.wait_ended(&before, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
-    let after = honest(&cluster);
+    let after = submit_honest(&cluster, "honest");
     let status = cluster.wait_ended(&after, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
 
