@@ -389,7 +389,8 @@ pub async fn unfinished_tasks(backend: &dyn Backend) {
 /// how many there are in all and each one's record size, and unfinished
 /// ones are not; the leader deletes them, records and all, under its
 /// fence; a write fenced with an ended term deletes nothing; deleting a
-/// task already gone is not an error.
+/// task already gone is not an error; a node that wins leadership sees the
+/// last leader's writes and deletes.
 pub async fn ended_tasks(backend: &dyn Backend) {
     let a = backend.node().await;
     let empty = a
@@ -465,7 +466,28 @@ pub async fn ended_tasks(backend: &dyn Backend) {
     );
     assert_eq!(a.ended_tasks(10).await.expect("ended_tasks").total, 1);
     assert_eq!(*a.store_full().borrow(), None, "an empty store has room");
+
+    // A node that wins leadership sees what the last leader wrote and
+    // deleted, whatever it saw before.
+    let b = backend.node().await;
+    assert_eq!(b.ended_tasks(10).await.expect("ended_tasks").total, 1);
+    put(a.as_ref(), &[ended("later", Status::Completed, 400)]).await;
+    let leadership = a
+        .campaign(&AgentId::new("coord-a"))
+        .await
+        .expect("campaign");
+    a.delete_tasks_fenced(&rest.oldest, &leadership.fence)
+        .await
+        .expect("the leader deletes ended tasks");
+    a.resign(&leadership).await.expect("resign");
+    b.campaign(&AgentId::new("coord-b"))
+        .await
+        .expect("campaign");
+    let seen = b.ended_tasks(10).await.expect("ended_tasks");
+    let seen: Vec<&str> = seen.oldest.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(seen, ["later"], "the new leader's view of ended tasks");
     a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// A fenced write goes through while its term stands and is refused, with

@@ -95,9 +95,10 @@
 //!
 //! # Space
 //!
-//! A terminal task record is put with a key of the ended-task index, which
-//! [`TaskStore::ended_tasks`] reads and [`TaskStore::delete_tasks_fenced`]
-//! deletes with the record, and a background check follows etcd's
+//! An index of ended tasks, kept in memory and rebuilt from the records
+//! whenever this node may have missed a write, answers
+//! [`TaskStore::ended_tasks`] without reading etcd; a background check
+//! follows etcd's
 //! `NOSPACE` alarm for [`TaskStore::store_full`]. `space.rs` has the
 //! details. etcd's history of every key is not compacted here: compaction
 //! is global to the etcd cluster, so it is left to etcd's own
@@ -135,6 +136,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, Fence, Leadership,
     Registry, RegistryError, ReputationEntry, ReputationStore, TaskStore, TaskWatch, keys,
@@ -145,12 +147,6 @@ use registration::Expect;
 /// than `--max-txn-ops` operations (128 by default); half of that leaves
 /// room for a lowered limit.
 const MAX_RECORDS_PER_TXN: usize = 64;
-
-/// Operations per etcd transaction: etcd's default `--max-txn-ops`. A
-/// batch of [`MAX_RECORDS_PER_TXN`] ended records (each its put and its
-/// ended-index put) fits one transaction; splitting it at 64 operations
-/// doubled the transactions of a busy coordinator.
-const MAX_OPS_PER_TXN: usize = 2 * MAX_RECORDS_PER_TXN;
 
 /// Upper bound on the lease revoke during shutdown: a node that is going
 /// away must not hang on an unreachable etcd (the lease then simply
@@ -263,6 +259,8 @@ struct Shared {
     candidates: watch::Sender<Arc<election::Candidates>>,
     /// The oldest of `candidates`: the coordinator leader.
     leader: watch::Sender<Option<AgentId>>,
+    /// Ended tasks, for retention (see `space.rs`).
+    ended: Mutex<space::EndedState>,
     /// The `held` flag of every term this node leads, by fence revision.
     terms: Mutex<HashMap<i64, Arc<watch::Sender<bool>>>>,
     /// Fence revisions of terms this node gave up for lost while their
@@ -362,6 +360,7 @@ impl EtcdRegistry {
             membership,
             candidates,
             leader,
+            ended: Mutex::default(),
             terms: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashSet::new()),
             reachable: watch::Sender::new(true),
@@ -545,29 +544,25 @@ impl Shared {
         for (i, record) in records.iter().enumerate() {
             latest.insert(&record.id, i);
         }
-        // The operations of each record: its put, and for a terminal record
-        // the put of its key in the ended-task index, in the same
-        // transaction so the index never misses a record.
-        let mut ops: Vec<Vec<TxnOp>> = Vec::with_capacity(latest.len());
+        let mut puts: Vec<(&TaskRecord, TxnOp, u64)> = Vec::with_capacity(latest.len());
         for (i, record) in records.iter().enumerate() {
             if latest.get(&record.id) == Some(&i) {
                 let key = keys::task(&record.id);
                 let value = encode(&key, record.as_ref())?;
-                let mut record_ops = Vec::with_capacity(2);
-                if record.status.is_terminal() {
-                    record_ops.push(TxnOp::put(
-                        keys::ended(record.updated_ms, &record.id),
-                        value.len().to_string(),
-                        None,
-                    ));
-                }
-                record_ops.push(TxnOp::put(key, value, None));
-                ops.push(record_ops);
+                let bytes = u64::try_from(value.len()).unwrap_or(u64::MAX);
+                puts.push((record.as_ref(), TxnOp::put(key, value, None), bytes));
             }
         }
-        let total = ops.len();
+        let total = puts.len();
         let mut written = 0;
-        for chunk in txn_chunks(&ops) {
+        let mut rest = puts;
+        while !rest.is_empty() {
+            let later = rest.split_off(rest.len().min(MAX_RECORDS_PER_TXN));
+            let (ops, chunk): (Vec<TxnOp>, Vec<(&TaskRecord, u64)>) =
+                std::mem::replace(&mut rest, later)
+                    .into_iter()
+                    .map(|(record, op, bytes)| (op, (record, bytes)))
+                    .unzip();
             let mut txn = Txn::new();
             if let Some(fence) = fence {
                 txn = txn.when([election::fence_compare(fence)]);
@@ -587,13 +582,15 @@ impl Shared {
                             )
                         }
                     },
-                    client.txn(txn.and_then(chunk.concat())),
+                    client.txn(txn.and_then(ops)),
                 )
                 .await?;
             // Without a compare a transaction always succeeds.
             if !response.succeeded() {
                 return Err(not_leader(written));
             }
+            let revision = response.header().map_or(0, |h| h.revision());
+            self.note_written(&chunk, revision);
             written += chunk.len();
         }
         Ok(())
@@ -602,8 +599,12 @@ impl Shared {
     /// Every task record that is not terminal, in key order, read page by
     /// page at one revision. Records that do not decode are skipped with a
     /// warning.
+    /// Rebuilds the index of ended tasks on the way, as the listing sees
+    /// every record.
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
         let mut unfinished = Vec::new();
+        let mut ended = EndedIndex::default();
+        let generation = self.ended_generation();
         let (pages, revision) = self
             .list_range(
                 keys::TASKS,
@@ -614,12 +615,19 @@ impl Shared {
                     let key = String::from_utf8_lossy(kv.key());
                     match decode::<TaskRecord>(&key, kv.value()) {
                         Ok(record) if !record.status.is_terminal() => unfinished.push(record),
-                        Ok(_) => {}
+                        Ok(record) => ended.note(
+                            &record.id,
+                            true,
+                            record.updated_ms,
+                            u64::try_from(kv.value().len()).unwrap_or(u64::MAX),
+                            kv.mod_revision(),
+                        ),
                         Err(e) => warn!(key = %key, error = %e, "skipping corrupt task record"),
                     }
                 },
             )
             .await?;
+        self.ended_listed(ended, revision, generation);
         debug!(
             unfinished = unfinished.len(),
             pages, revision, "listed unfinished task records"
@@ -720,28 +728,6 @@ fn classify(what: String, error: etcd_client::Error) -> RegistryError {
     } else {
         RegistryError::Unavailable(message)
     }
-}
-
-/// Consecutive records whose operations fit one transaction of at most
-/// [`MAX_OPS_PER_TXN`] operations and [`MAX_RECORDS_PER_TXN`] records (a
-/// record's operations are never split).
-fn txn_chunks(ops: &[Vec<TxnOp>]) -> Vec<&[Vec<TxnOp>]> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut size = 0;
-    for (i, record) in ops.iter().enumerate() {
-        if i > start && (size + record.len() > MAX_OPS_PER_TXN || i - start == MAX_RECORDS_PER_TXN)
-        {
-            chunks.push(&ops[start..i]);
-            start = i;
-            size = 0;
-        }
-        size += record.len();
-    }
-    if start < ops.len() {
-        chunks.push(&ops[start..]);
-    }
-    chunks
 }
 
 fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, RegistryError> {
@@ -852,7 +838,11 @@ impl TaskStore for EtcdRegistry {
 impl Election for EtcdRegistry {
     async fn campaign(&self, candidate: &AgentId) -> Result<Leadership, RegistryError> {
         self.check_open()?;
-        election::campaign(&self.inner.shared, candidate).await
+        let shared = &self.inner.shared;
+        let won = election::campaign(shared, candidate).await?;
+        // The last leader's writes are not in this node's index.
+        shared.ended_may_have_missed_writes();
+        Ok(won)
     }
 
     async fn resign(&self, leadership: &Leadership) -> Result<(), RegistryError> {
@@ -1016,27 +1006,5 @@ mod tests {
         ] {
             assert!(transient.is_transient(), "{transient}");
         }
-    }
-
-    #[test]
-    fn a_full_batch_of_ended_records_is_one_transaction() {
-        let ops = |n: usize, per: usize| -> Vec<Vec<TxnOp>> {
-            (0..n)
-                .map(|_| (0..per).map(|_| TxnOp::put("k", "v", None)).collect())
-                .collect()
-        };
-        let sizes = |ops: &[Vec<TxnOp>]| -> Vec<usize> {
-            txn_chunks(ops).iter().map(|chunk| chunk.len()).collect()
-        };
-        assert_eq!(
-            sizes(&ops(MAX_RECORDS_PER_TXN, 2)),
-            vec![MAX_RECORDS_PER_TXN]
-        );
-        assert_eq!(
-            sizes(&ops(MAX_RECORDS_PER_TXN + 1, 2)),
-            vec![MAX_RECORDS_PER_TXN, 1]
-        );
-        assert_eq!(sizes(&ops(130, 1)), vec![64, 64, 2]);
-        assert!(sizes(&ops(0, 1)).is_empty());
     }
 }

@@ -6,9 +6,6 @@
 //!                                        coordinator candidate of one node: its agent id,
 //!                                        attached to the node's lease; the oldest leads
 //! /agentmesh/v1/tasks/<task-id>          task record JSON
-//! /agentmesh/v1/ended/<end-ms>/<task-id> index of ended tasks, oldest first: the byte size
-//!                                        of the task's terminal record, in decimal; written
-//!                                        with that record, deleted with it by retention
 //! /agentmesh/v1/reputation/<agent-id>/<capability>
 //!                                        reputation record JSON of one agent for one
 //!                                        capability, updated with compare-and-swap; both
@@ -28,8 +25,6 @@ pub const ELECTION_COORDINATOR: &str = "/agentmesh/v1/election/coordinator";
 /// The prefix of the coordinator candidates: [`ELECTION_COORDINATOR`] and a
 /// slash, as etcd's election API lays out an election's keys.
 pub const ELECTION_COORDINATOR_CANDIDATES: &str = "/agentmesh/v1/election/coordinator/";
-/// The index of ended tasks (see [`ended`]).
-pub const ENDED: &str = "/agentmesh/v1/ended/";
 pub const REPUTATION: &str = "/agentmesh/v1/reputation/";
 pub const CHECKPOINTS: &str = "/agentmesh/v1/checkpoints/";
 
@@ -39,35 +34,6 @@ pub fn agent(id: &AgentId) -> String {
 
 pub fn task(id: &TaskId) -> String {
     format!("{TASKS}{id}")
-}
-
-/// Digits of the end time in an [`ended`] key: enough for any `u64`, so
-/// keys sort by end time.
-const ENDED_MS_DIGITS: usize = 20;
-
-/// The index key of task `id`, ended at `ended_ms`:
-/// `/agentmesh/v1/ended/<ended-ms, 20 digits>/<task-id>`. The time is
-/// zero-padded so the index lists in order of end, and retention reads the
-/// oldest endings first without reading any record.
-pub fn ended(ended_ms: u64, id: &TaskId) -> String {
-    format!("{ENDED}{ended_ms:0width$}/{id}", width = ENDED_MS_DIGITS)
-}
-
-/// The end time and task id of an [`ended`] key.
-pub fn ended_of(key: &[u8]) -> Option<(u64, TaskId)> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(ENDED)?;
-    let (ms, id) = rest.split_once('/')?;
-    if ms.len() != ENDED_MS_DIGITS || id.is_empty() {
-        return None;
-    }
-    Some((ms.parse().ok()?, TaskId::new(id)))
-}
-
-/// The end of the key range of the ended-task index: [`ENDED`] with its
-/// last byte incremented.
-pub fn ended_end() -> String {
-    // '/' + 1 == '0'
-    format!("{}0", ENDED.trim_end_matches('/'))
 }
 
 /// The candidate key of the node holding `lease`: the election name, a
@@ -186,7 +152,6 @@ mod tests {
             ELECTION_COORDINATOR,
             ELECTION_COORDINATOR_CANDIDATES,
             REPUTATION,
-            ENDED,
             CHECKPOINTS,
         ] {
             assert!(prefix.starts_with(ROOT));
@@ -255,18 +220,6 @@ mod tests {
             assert_eq!(reputation_of(key.as_bytes()), None, "{key}");
         }
         assert_eq!(reputation_end(), "/agentmesh/v1/reputation0");
-    }
-
-    #[test]
-    fn ended_keys_sort_by_end_time_and_round_trip() {
-        let id = TaskId::new("a/b");
-        let key = ended(1_700_000_000_123, &id);
-        assert_eq!(key, "/agentmesh/v1/ended/00000001700000000123/a/b");
-        assert_eq!(ended_of(key.as_bytes()), Some((1_700_000_000_123, id)));
-        assert!(ended(9, &TaskId::new("z")) < ended(10, &TaskId::new("a")));
-        assert!(ended(u64::MAX, &TaskId::new("z")) < ended_end());
-        assert_eq!(ended_of(b"/agentmesh/v1/ended/12/x"), None);
-        assert_eq!(ended_of(b"/agentmesh/v1/tasks/x"), None);
     }
 
     #[test]

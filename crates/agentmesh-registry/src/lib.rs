@@ -27,6 +27,7 @@
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
+mod ended_index;
 pub mod etcd;
 pub mod keys;
 pub mod memory;
@@ -269,10 +270,12 @@ pub trait TaskStore: Send + Sync {
     async fn watch_task(&self, id: &TaskId) -> Result<TaskWatch, RegistryError>;
 
     /// How many ended tasks are stored, and the `limit` that ended first,
-    /// oldest first: what retention deletes from, read without reading any
-    /// record. A task counts as ended from the put of a record with a
-    /// terminal status, at that record's `updated_ms`, until
-    /// [`TaskStore::delete_tasks_fenced`] deletes it.
+    /// oldest first: what retention deletes from. A task counts as ended
+    /// from the put of a record with a terminal status, at that record's
+    /// `updated_ms`, until [`TaskStore::delete_tasks_fenced`] deletes it.
+    /// Exact for this node's own writes; another node's writes and deletes
+    /// are seen by the time this node has won a campaign (an answer given
+    /// while another node leads may be out of date).
     async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError>;
 
     /// Deletes ended tasks (their records and their places among

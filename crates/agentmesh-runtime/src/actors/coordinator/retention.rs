@@ -10,7 +10,7 @@
 //! deposed leader deletes nothing.
 //!
 //! Each sweep is bounded: at most [`MAX_BATCHES`] rounds, each one read of
-//! the [`BATCH`] oldest entries of the ended-task index (never a record)
+//! the [`BATCH`] oldest ended tasks from the store's index (never a record)
 //! and one fenced delete of those that are due. A backlog larger than that
 //! is worked off over the following sweeps.
 
