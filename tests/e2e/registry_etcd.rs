@@ -312,6 +312,7 @@ fn a_second_node_with_a_live_nodes_id_exits_with_a_clear_error() {
             "127.0.0.1:0",
             "--id",
             "dup",
+            "--insecure",
         ],
         &[],
         Duration::from_secs(30),

@@ -2,7 +2,7 @@
 //! onto the runtime's one configuration struct.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentmesh_core::fairness::ClientLimits;
@@ -12,6 +12,8 @@ use agentmesh_core::{ClientId, Role};
 use agentmesh_runtime::NodeConfig;
 use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
+use agentmesh_runtime::transport::channel::{ClientTls, Security};
+use agentmesh_runtime::transport::tls::{self, NodeTls, TlsFiles};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
@@ -71,6 +73,38 @@ pub enum Command {
     /// latency percentiles from submit to final result, errors). Runs
     /// against --endpoint, or against an embedded cluster when none is given.
     Bench(BenchArgs),
+    /// Makes a development CA (once per directory) and a node certificate
+    /// signed by it, for mutual TLS on one machine or in tests; prints the
+    /// flags to start nodes and clients with. Production clusters bring
+    /// their own CA: see docs/security.md.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory for ca.pem, ca-key.pem, NAME.pem and NAME-key.pem; an
+    /// existing CA there is reused.
+    #[arg(default_value = "certs")]
+    pub dir: PathBuf,
+    /// Name of the node certificate's files.
+    #[arg(long, default_value = "node")]
+    pub name: String,
+    /// Agent ids the certificate may speak for (repeat or comma-separate);
+    /// a trailing `*` names every id with that prefix. The default, `*`,
+    /// speaks for every agent: fine for a development cluster, not for one
+    /// whose nodes do not trust each other.
+    #[arg(long = "agent", value_delimiter = ',', default_value = "*")]
+    pub agents: Vec<String>,
+    /// Host names and IP addresses clients dial (checked by the CLI).
+    #[arg(
+        long = "host",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub hosts: Vec<String>,
+    /// Days the node certificate is valid.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +144,10 @@ pub struct BenchArgs {
     /// No progress bar (it is drawn on stderr only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// CA certificate (PEM) of the cluster: TLS to --endpoint (see
+    /// `agentmesh submit --help`).
+    #[arg(long, env = "AGENTMESH_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -180,9 +218,31 @@ pub struct NodeArgs {
     #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
     /// Address the gRPC server binds (port 0 picks a free port; the bound
-    /// address is printed as `listening on ADDR`).
-    #[arg(long, env = "AGENTMESH_LISTEN", default_value = "0.0.0.0:7700")]
-    pub listen: SocketAddr,
+    /// address is printed as `listening on ADDR`) [default: 0.0.0.0:7700
+    /// with TLS, 127.0.0.1:7700 with --insecure].
+    #[arg(long, env = "AGENTMESH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The cluster CA's certificate (PEM): every node's certificate must
+    /// chain to it. With --tls-cert and --tls-key, all node-to-node
+    /// connections use mutual TLS and clients speak TLS. The three files
+    /// are read again when they change (certificate rotation without a
+    /// restart). Make a development CA with `agentmesh certs`.
+    #[arg(long, env = "AGENTMESH_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by --tls-ca. It must
+    /// name this node's agent id as a URI SAN,
+    /// `spiffe://agentmesh/agent/<id>` (a trailing `*` names every id with
+    /// that prefix).
+    #[arg(long, env = "AGENTMESH_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "AGENTMESH_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Runs without TLS, for a development cluster on one machine: anyone
+    /// who can reach the node can send its agents envelopes. Listens on
+    /// loopback unless --listen says otherwise; warns on every start.
+    #[arg(long, env = "AGENTMESH_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    pub insecure: bool,
     /// host:port other nodes use to reach this one; the bound address by default.
     #[arg(long, env = "AGENTMESH_ADVERTISE")]
     pub advertise: Option<String>,
@@ -340,8 +400,40 @@ impl NodeArgs {
         Duration::from_secs(self.lease_ttl)
     }
 
+    /// How the node protects its connections: mutual TLS from the
+    /// `--tls-*` files, or plaintext with `--insecure`; refuses to choose
+    /// for the user.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Security::Node(NodeTls::load(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })?)),
+            _ if self.insecure => Ok(Security::Plaintext),
+            _ => anyhow::bail!(
+                "a node needs TLS: --tls-ca, --tls-cert and --tls-key (make a development CA \
+                 with `agentmesh certs`), or --insecure for a development cluster that \
+                 trusts everyone who can reach it"
+            ),
+        }
+    }
+
+    /// The address to bind: --listen, or port 7700 on every interface with
+    /// TLS and on loopback without.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let host = if self.insecure {
+                std::net::Ipv4Addr::LOCALHOST
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED
+            };
+            SocketAddr::from((host, 7700))
+        })
+    }
+
     pub fn to_config(&self) -> NodeConfig {
-        let mut config = NodeConfig::new(self.role.into(), self.listen);
+        let mut config = NodeConfig::new(self.role.into(), self.listen());
         config.level = self.level.map(|l| match l {
             LevelArg::Strategic => Level::Strategic,
             LevelArg::Tactical => Level::Tactical,
@@ -503,9 +595,33 @@ pub struct Endpoints {
     /// response), in ms. A submit covers the durable write of the task.
     #[arg(long, env = "AGENTMESH_REQUEST_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
+    /// CA certificate (PEM) that the nodes' certificates chain to: speaks
+    /// TLS to the endpoints and checks their host names. Without it the
+    /// client speaks plaintext, which only a node started with --insecure
+    /// answers.
+    #[arg(long, env = "AGENTMESH_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+/// How a client protects its connections: TLS checked against `ca`, or
+/// plaintext without one.
+pub fn client_security(ca: Option<&Path>) -> anyhow::Result<Security> {
+    Ok(match ca {
+        None => Security::Plaintext,
+        Some(ca) => Security::Client(ClientTls(tls::client_config(ca)?)),
+    })
 }
 
 impl Endpoints {
+    /// A client of these endpoints, with these deadlines and this TLS.
+    pub fn client(&self) -> anyhow::Result<crate::client::Client> {
+        crate::client::Client::new(
+            self.endpoint.clone(),
+            self.deadlines(),
+            client_security(self.ca.as_deref())?,
+        )
+    }
+
     pub fn deadlines(&self) -> crate::client::Deadlines {
         crate::client::Deadlines {
             connect: Duration::from_millis(self.connect_timeout_ms),

@@ -25,7 +25,7 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
-use agentmesh_runtime::transport::channel;
+use agentmesh_runtime::transport::channel::{self, Security};
 use anyhow::{Context, bail};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -59,6 +59,7 @@ impl Default for Deadlines {
 pub struct Client {
     endpoints: Vec<String>,
     deadlines: Deadlines,
+    security: Security,
     /// Sent with every submit, for the coordinator's per-client limits and
     /// fair dispatch; without it the coordinator names the client by its
     /// address.
@@ -144,7 +145,11 @@ fn retry_after(error: &anyhow::Error) -> Option<Duration> {
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>, deadlines: Deadlines) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoints: Vec<String>,
+        deadlines: Deadlines,
+        security: Security,
+    ) -> anyhow::Result<Self> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .filter(|e| !e.trim().is_empty())
@@ -155,6 +160,7 @@ impl Client {
         Ok(Self {
             endpoints,
             deadlines,
+            security,
             name: None,
         })
     }
@@ -166,8 +172,8 @@ impl Client {
     }
 
     /// One HTTP/2 connection to `endpoint`.
-    pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-        Ok(channel::connect(endpoint, CONNECT_TIMEOUT).await?)
+    pub async fn connect(endpoint: &str, security: &Security) -> anyhow::Result<Channel> {
+        Ok(channel::connect(endpoint, CONNECT_TIMEOUT, security).await?)
     }
 
     /// A connection to `endpoint` whose node answered a health check
@@ -176,7 +182,7 @@ impl Client {
     async fn open(&self, endpoint: &str) -> Result<Channel, String> {
         let deadline = self.deadlines.connect;
         let attempt = async {
-            let channel = channel::connect(endpoint, deadline)
+            let channel = channel::connect(endpoint, deadline, &self.security)
                 .await
                 .map_err(|e| e.to_string())?;
             match HealthClient::new(channel.clone())

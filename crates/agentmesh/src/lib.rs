@@ -26,6 +26,7 @@
 //! `examples/custom-tool/` is such a program.
 
 mod bench;
+mod certs;
 mod cli;
 mod client;
 
@@ -46,14 +47,13 @@ use agentmesh_runtime::node::NodeBuilder;
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
     AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
 };
-use crate::client::Client;
 
 /// The example `agentmesh local` runs when no task file is given.
 const BUILTIN_EXAMPLE: &str = include_str!("../../../examples/average-word-count.yaml");
@@ -132,7 +132,30 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Task { command } => task(command).await,
         Command::Agents(args) => agents(args).await,
         Command::Bench(args) => bench(args, tools).await,
+        Command::Certs(args) => certs(&args),
     }
+}
+
+fn certs(args: &cli::CertsArgs) -> anyhow::Result<ExitCode> {
+    let issued = certs::issue(&args.dir, &args.name, &args.agents, &args.hosts, args.days)?;
+    if issued.new_ca {
+        println!("made a development CA: {}", issued.ca.display());
+    } else {
+        println!("reused the CA: {}", issued.ca.display());
+    }
+    println!(
+        "issued {} (agents {}; hosts {}; {} days)\n\nstart nodes with:\n  \
+         --tls-ca {} --tls-cert {} --tls-key {}\nand clients with:\n  --ca {}",
+        issued.cert.display(),
+        args.agents.join(","),
+        args.hosts.join(","),
+        args.days,
+        issued.ca.display(),
+        issued.cert.display(),
+        issued.key.display(),
+        issued.ca.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
@@ -147,7 +170,12 @@ async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     };
     let report = match &args.endpoint {
         Some(endpoint) => {
-            let target = RemoteTarget::connect(endpoint, args.connections as usize).await?;
+            let target = RemoteTarget::connect(
+                endpoint,
+                args.connections as usize,
+                &cli::client_security(args.ca.as_deref())?,
+            )
+            .await?;
             let target: Arc<dyn Target> = Arc::new(target);
             bench::run(target, &options).await
         }
@@ -199,7 +227,15 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
 }
 
 async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
-    let config = args.to_config();
+    let mut config = args.to_config();
+    config.mailbox.security = args.security()?;
+    if args.insecure {
+        warn!(
+            listen = %config.listen,
+            "running INSECURE (--insecure): no TLS, no authentication of nodes; anyone who \
+             can reach this node can send its agents envelopes"
+        );
+    }
     info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
     let mut options = EtcdOptions::new(args.etcd.clone());
     options.lease_ttl = args.lease_ttl();
@@ -268,8 +304,7 @@ async fn wait_for_shutdown_signal() {
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
     let name = args.client.unwrap_or_else(cli::default_client);
-    let client =
-        Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?.named(name);
+    let client = args.endpoints.client()?.named(name);
     let task_id = client.submit(document).await?;
     if !args.wait {
         println!("{task_id}");
@@ -284,14 +319,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
         TaskCommand::Status(args) => {
-            let record = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
-                .get(&args.id)
-                .await?;
+            let record = args.endpoints.client()?.get(&args.id).await?;
             print_json(&convert::task_json(&record))?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Watch(args) => {
-            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
+            let client = args.endpoints.client()?;
             let record = client
                 .watch(&args.id, |record| {
                     println!("{}", convert::task_json(record))
@@ -300,7 +333,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(exit_for(&record))
         }
         TaskCommand::Cancel(args) => {
-            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
+            let client = args.endpoints.client()?;
             let status = client.cancel(&args.id, &args.reason).await?;
             println!("{}", convert::status_name(status));
             Ok(ExitCode::SUCCESS)
@@ -309,9 +342,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let agents = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
-        .list_agents()
-        .await?;
+    let agents = args.endpoints.client()?.list_agents().await?;
     if args.json {
         let list: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
         print_json(&serde_json::Value::Array(list))?;

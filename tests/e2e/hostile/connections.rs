@@ -62,7 +62,9 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 }
 
 fn addr_of(endpoint: &str) -> &str {
-    endpoint.trim_start_matches("http://")
+    endpoint
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
 }
 
 #[test]

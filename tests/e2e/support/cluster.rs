@@ -34,9 +34,10 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::netns::NetnsPair;
+use super::tls;
 use super::{
-    CLI_TIMEOUT, CliOutput, Etcd, NODE_START_TIMEOUT, Process, Stream, agentmesh_bin, etcd_binary,
-    eventually, run_cli, scratch_dir,
+    CLI_TIMEOUT, CliOutput, Etcd, NODE_START_TIMEOUT, Process, Stream, agentmesh_bin, cli_env,
+    etcd_binary, eventually, run_cli, scratch_dir,
 };
 
 /// How long [`ClusterBuilder::start`] waits for a leader and for every node
@@ -258,6 +259,7 @@ impl ClusterBuilder {
             dir,
             next_port: NETNS_FIRST_NODE_PORT,
             net: self.netns,
+            netns_certs: None,
         };
         for n in 1..=self.coordinators {
             let id = format!("coordinator-{n}");
@@ -308,6 +310,8 @@ pub struct Cluster {
     dir: TempDir,
     next_port: u16,
     net: Option<NetnsPair>,
+    /// The certificate of a netns cluster's nodes (for their addresses).
+    netns_certs: Option<tls::Certs>,
 }
 
 impl Cluster {
@@ -401,14 +405,19 @@ impl Cluster {
                 };
                 let addr = format!("{ip}:{}", self.next_port);
                 self.next_port += 1;
-                start_in_netns(net, ns, &spec.id, &addr, &args)
+                let certs = self.netns_certs.get_or_insert_with(|| {
+                    let dir = self.dir.path().join("certs");
+                    tls::copy_shared_ca(&dir);
+                    tls::issue_into(&dir, "netns", "*", &[&net.addr_a, &net.addr_b])
+                });
+                start_in_netns(net, ns, &spec.id, &addr, &with_tls(&args, certs))
             }
         };
         self.nodes.push(Node {
             id: spec.id.clone(),
             role: spec.role,
             process,
-            endpoint: format!("http://{addr}"),
+            endpoint: endpoint_of(&addr, &args),
             addr,
             spec,
         });
@@ -470,9 +479,10 @@ impl Cluster {
 
     /// `agentmesh ARGS...` left running (in namespace A in a netns cluster).
     pub fn spawn_cli(&self, name: &str, args: &[&str]) -> Process {
+        let envs = cli_env(&[]);
         match &self.net {
-            None => Process::spawn(name, agentmesh_bin(), args, &[]),
-            Some(net) => net.spawn_in(&net.a, name, agentmesh_bin(), args, &[]),
+            None => Process::spawn(name, agentmesh_bin(), args, &envs),
+            Some(net) => net.spawn_in(&net.a, name, agentmesh_bin(), args, &envs),
         }
     }
 
@@ -616,7 +626,7 @@ pub fn start_node(name: &str, etcd_url: &str, role: &str, args: &[&str]) -> Node
         id: name.to_owned(),
         role,
         process,
-        endpoint: format!("http://{addr}"),
+        endpoint: endpoint_of(&addr, &all),
         addr,
         spec: NodeSpec::new(name, role, args),
     }
@@ -646,7 +656,8 @@ fn start_on_loopback(
         all.extend(["--", program_arg.as_str()]);
     }
     all.extend(["node", "--listen", "127.0.0.1:0"]);
-    all.extend_from_slice(args);
+    let args = with_tls(args, tls::shared());
+    all.extend(args.iter().map(String::as_str));
     let process = if limited {
         Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")])
     } else {
@@ -657,6 +668,25 @@ fn start_on_loopback(
     (process, addr.to_string())
 }
 
+/// `args` with `certs`' TLS flags, unless they run the node `--insecure`
+/// or name TLS files of their own.
+fn with_tls(args: &[&str], certs: &tls::Certs) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if !args.iter().any(|a| *a == "--insecure" || *a == "--tls-ca") {
+        all.extend(certs.node_args());
+    }
+    all
+}
+
+/// The endpoint clients use for a node at `addr` started with `args`.
+fn endpoint_of(addr: &str, args: &[impl AsRef<str>]) -> String {
+    if args.iter().any(|a| a.as_ref() == "--insecure") {
+        format!("http://{addr}")
+    } else {
+        format!("https://{addr}")
+    }
+}
+
 /// `agentmesh node ARGS...` inside `ns`, bound to `addr` (a fixed port:
 /// the namespace is the test's own).
 fn start_in_netns(
@@ -664,10 +694,10 @@ fn start_in_netns(
     ns: &str,
     id: &str,
     addr: &str,
-    args: &[&str],
+    args: &[String],
 ) -> (Process, String) {
     let mut all = vec!["node", "--listen", addr, "--advertise", addr];
-    all.extend_from_slice(args);
+    all.extend(args.iter().map(String::as_str));
     let process = net.spawn_in(ns, id, agentmesh_bin(), &all, &[]);
     let line = wait_listening(&process);
     if line.trim() != format!("{LISTENING_PREFIX}{addr}") {

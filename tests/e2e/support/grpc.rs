@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use agentmesh_runtime::transport::channel::{self, ClientTls, Security};
+use agentmesh_runtime::transport::tls;
 use tokio::runtime::Runtime;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -23,15 +25,23 @@ pub fn runtime() -> Runtime {
 }
 
 /// A channel to `endpoint`, or why there is none, within
-/// 2 × [`CONNECT_TIMEOUT`].
+/// 2 × [`CONNECT_TIMEOUT`]; TLS checked against the test CA for an
+/// `https://` endpoint.
 pub async fn connect(endpoint: &str) -> Result<Channel, String> {
-    let target = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    match tokio::time::timeout(CONNECT_TIMEOUT * 2, target.connect()).await {
+    let security = if endpoint.starts_with("https://") {
+        let config = tls::client_config(&super::tls::shared().ca).map_err(|e| e.to_string())?;
+        Security::Client(ClientTls(config))
+    } else {
+        Security::Plaintext
+    };
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        channel::connect(endpoint, CONNECT_TIMEOUT, &security),
+    )
+    .await
+    {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(format!("cannot connect to {endpoint}: {e}")),
+        Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("connecting to {endpoint} timed out")),
     }
 }

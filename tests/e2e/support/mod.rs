@@ -41,6 +41,7 @@ use tempfile::TempDir;
 pub mod cluster;
 pub mod grpc;
 pub mod netns;
+pub mod tls;
 
 pub use cluster::start_node;
 
@@ -1061,7 +1062,18 @@ pub fn run_cli(args: &[&str]) -> CliOutput {
 
 /// [`run_cli`] with extra environment variables and a custom timeout.
 pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> CliOutput {
-    run_command(agentmesh_bin(), args, envs, timeout)
+    run_command(agentmesh_bin(), args, &cli_env(envs), timeout)
+}
+
+/// `envs` and, unless it says otherwise, `AGENTMESH_CA` of the test CA:
+/// what every CLI the harness runs gets.
+pub fn cli_env<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = envs.to_vec();
+    if !envs.iter().any(|(key, _)| *key == "AGENTMESH_CA") {
+        let ca = tls::shared().ca.to_str().expect("a UTF-8 path");
+        all.push(("AGENTMESH_CA", ca));
+    }
+    all
 }
 
 /// Runs any program to completion with the environment rules of

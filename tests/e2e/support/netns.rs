@@ -192,7 +192,7 @@ impl NetnsPair {
         run_command(
             &self.ip,
             &Self::exec_args(ns, program.as_ref(), args),
-            &[],
+            &super::cli_env(&[]),
             timeout,
         )
     }

@@ -120,6 +120,7 @@ impl From<DeliverError> for Status {
             DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
                 Status::unavailable(message)
             }
+            DeliverError::ForgedSender { .. } => Status::permission_denied(message),
         }
     }
 }

@@ -16,7 +16,7 @@ use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::transport::channel;
+use crate::transport::channel::{self, Security};
 
 /// Where a call that changes a task is handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +42,15 @@ pub fn was_forwarded<T>(request: &Request<T>) -> bool {
 /// HTTP/2 connection each, made on first use.
 pub struct Forwarder {
     max_message_bytes: usize,
+    security: Security,
     clients: Mutex<HashMap<String, TaskServiceClient<Channel>>>,
 }
 
 impl Forwarder {
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub fn new(max_message_bytes: usize, security: Security) -> Self {
         Self {
             max_message_bytes,
+            security,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -89,9 +91,10 @@ impl Forwarder {
         let client = match clients.get(endpoint) {
             Some(client) => client.clone(),
             None => {
-                let channel = channel::lazy(endpoint, CONNECT_TIMEOUT).map_err(|e| {
-                    Status::unavailable(format!("cannot forward to leader '{id}': {e}"))
-                })?;
+                let channel =
+                    channel::lazy(endpoint, CONNECT_TIMEOUT, &self.security).map_err(|e| {
+                        Status::unavailable(format!("cannot forward to leader '{id}': {e}"))
+                    })?;
                 let client = TaskServiceClient::new(channel)
                     .max_decoding_message_size(self.max_message_bytes)
                     .max_encoding_message_size(self.max_message_bytes);

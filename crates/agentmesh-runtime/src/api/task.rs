@@ -36,6 +36,7 @@ use crate::actors::coordinator::{
 use crate::api::error::ApiError;
 use crate::convert;
 use crate::support::clock::now_ms;
+use crate::transport::channel::Security;
 
 /// Time allowed for the coordinator to accept or cancel a task, including
 /// the durable write of its record.
@@ -463,15 +464,17 @@ pub struct TaskGrpc {
 }
 
 impl TaskGrpc {
-    /// `max_watches` bounds the Watch streams open at once on this node.
+    /// `max_watches` bounds the Watch streams open at once on this node;
+    /// `security` protects forwarding to the leader.
     pub fn server(
         api: TaskApi,
         max_message_bytes: usize,
         max_watches: usize,
+        security: Security,
     ) -> TaskServiceServer<Self> {
         TaskServiceServer::new(Self {
             api,
-            forwarder: Forwarder::new(max_message_bytes),
+            forwarder: Forwarder::new(max_message_bytes, security),
             watches: Arc::new(Semaphore::new(max_watches)),
             max_watches,
         })

@@ -33,6 +33,7 @@ use super::{Node, RunningAgents};
 use crate::api::task::TaskApi;
 use crate::tools::{Tool, ToolBox};
 use crate::transport::Router;
+use crate::transport::tls;
 
 /// Endpoint recorded for agents that are reached only in process.
 const IN_PROCESS: &str = "in-process";
@@ -94,6 +95,12 @@ impl NodeBuilder {
             .clone()
             .map(AgentId::from)
             .unwrap_or_else(|| agents::generate_id(config.role));
+        // A certificate that does not name this node's agent would have
+        // every envelope it sends refused: say so now.
+        if let Some(tls) = config.mailbox.security.node_tls() {
+            tls.check_speaks_for([&id])?;
+            tls.spawn_reloader(tls::RELOAD_INTERVAL, spawner.background());
+        }
         let mut running = RunningAgents::default();
         match config.role {
             Role::Coordinator => {

@@ -1,6 +1,7 @@
 //! The node's configuration: one typed struct, validated before any port is
 //! bound. The binary fills it from flags and `AGENTMESH_*` variables.
 
+use crate::transport::channel::Security;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -208,6 +209,10 @@ pub struct MailboxConfig {
     /// Messages one agent may have waiting in its mailbox; beyond it,
     /// deliveries are refused with `RESOURCE_EXHAUSTED`.
     pub max_backlog_per_agent: usize,
+    /// How the node's connections are protected, both ways: the links and
+    /// forwarding it dials, and the server it listens on (mutual TLS with
+    /// `--tls-*`, plaintext with `--insecure` and in `agentmesh local`).
+    pub security: Security,
 }
 
 impl Default for MailboxConfig {
@@ -217,6 +222,7 @@ impl Default for MailboxConfig {
             deliver_timeout: Duration::from_secs(5),
             max_in_flight_per_node: 4096,
             max_backlog_per_agent: 10_000,
+            security: Security::Plaintext,
         }
     }
 }

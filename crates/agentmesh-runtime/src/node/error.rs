@@ -19,4 +19,6 @@ pub enum NodeError {
     Serve(String),
     #[error("an agent of this node failed: {0}")]
     AgentFailed(String),
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
 }

@@ -162,12 +162,18 @@ impl Node {
                 api,
                 max_message,
                 connections.max_watch_streams,
+                config.mailbox.security.clone(),
             ))
             .add_service(cluster)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(
-                channel::incoming(listener, connections, Default::default()),
+                channel::incoming(
+                    listener,
+                    connections,
+                    Default::default(),
+                    config.mailbox.security.node_tls(),
+                ),
                 async {
                     let _ = stopped.await;
                 },

@@ -5,9 +5,16 @@
 //! ```text
 //! TcpListener ─ Incoming ─┬─ over --max-connections: RESOURCE_EXHAUSTED naming the limit, closed, counted
 //!                         ├─ accept error (EMFILE, ENFILE, ...): backs off, one WARN per interval
-//!                         └─ Conn ── hyper/h2 ── TrackRequests (in-flight requests of the Conn)
+//!                         └─ Conn ─ [TLS handshake] ─ hyper/h2 ─ TrackRequests (in-flight requests)
 //!                              └─ EOF once no request has been in flight for --idle-timeout
 //! ```
+//!
+//! With TLS ([`super::tls`]), each accepted connection's handshake runs in
+//! a task of its own, bounded by [`HANDSHAKE_TIMEOUT`], so a client that
+//! connects and sends nothing holds one connection slot for that long and
+//! delays no one else. The client certificate's [`PeerIdentity`], if it
+//! presented one that chains to the cluster CA, rides on the connection's
+//! [`ConnInfo`] into every request.
 //!
 //! tonic's own `TcpIncoming` hands an accept error to the server loop,
 //! which tries again at once: at the file-descriptor limit the pending
@@ -32,18 +39,27 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
 
+use super::tls::{NodeTls, PeerIdentity};
 use crate::node::config::ConnectionConfig;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections that finished their handshake and wait for the server to
+/// take them.
+const HANDSHAKEN_BUFFER: usize = 64;
 
 /// The longest pause between two `accept` calls after an error.
 pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -71,6 +87,8 @@ pub struct ConnectionStats {
     pub idle_closed: AtomicU64,
     /// `accept` calls that failed, ever.
     pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or timed out, ever.
+    pub handshake_failures: AtomicU64,
 }
 
 /// Connections accepted from `listener`, within `config`'s limits; see the
@@ -79,8 +97,10 @@ pub fn incoming(
     listener: TcpListener,
     config: &ConnectionConfig,
     stats: Arc<ConnectionStats>,
+    tls: Option<NodeTls>,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let acceptor = Acceptor {
+        tls: tls.clone(),
         listener,
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout,
@@ -94,14 +114,60 @@ pub fn incoming(
         errors: RateLimited::default(),
         lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
     };
-    futures::stream::unfold(acceptor, |mut acceptor| async move {
-        let conn = acceptor.next().await;
-        Some((Ok(conn), acceptor))
-    })
+    match tls {
+        None => futures::stream::unfold(acceptor, |mut acceptor| async move {
+            let conn = acceptor.next().await;
+            Some((Ok(conn), acceptor))
+        })
+        .left_stream(),
+        Some(tls) => {
+            let (handshaken, taken) = mpsc::channel(HANDSHAKEN_BUFFER);
+            tokio::spawn(handshake_each(acceptor, tls, handshaken));
+            tokio_stream::wrappers::ReceiverStream::new(taken)
+                .map(Ok)
+                .right_stream()
+        }
+    }
+}
+
+/// Accepts connections and runs each one's TLS handshake in a task of its
+/// own, handing over those that complete; ends once the server stops
+/// taking connections.
+async fn handshake_each(mut acceptor: Acceptor, tls: NodeTls, handshaken: mpsc::Sender<Conn>) {
+    loop {
+        let conn = tokio::select! {
+            conn = acceptor.next() => conn,
+            () = handshaken.closed() => return,
+        };
+        let config = tls.server_config();
+        let handshaken = handshaken.clone();
+        tokio::spawn(async move {
+            let remote = conn.info.tcp.remote_addr;
+            let stats = conn.stats.clone();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.handshake(config)).await {
+                Ok(Ok(conn)) => {
+                    let _ = handshaken.send(conn).await;
+                }
+                Ok(Err(error)) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(?remote, %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(
+                        ?remote,
+                        timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64,
+                        "TLS handshake timed out"
+                    );
+                }
+            }
+        });
+    }
 }
 
 struct Acceptor {
     listener: TcpListener,
+    tls: Option<NodeTls>,
     max_connections: usize,
     idle_timeout: Duration,
     refusal: Arc<str>,
@@ -153,8 +219,19 @@ impl Acceptor {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         if let Ok(permit) = self.lingering.clone().try_acquire_owned() {
             let refusal = self.refusal.clone();
+            let tls = self.tls.as_ref().map(NodeTls::server_config);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(LINGER, answer_refused(stream, refusal)).await;
+                let answered = async {
+                    match tls {
+                        None => answer_refused(stream, refusal).await,
+                        Some(config) => {
+                            if let Ok(stream) = TlsAcceptor::from(config).accept(stream).await {
+                                answer_refused(stream, refusal).await;
+                            }
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(LINGER, answered).await;
                 drop(permit);
             });
         }
@@ -171,7 +248,10 @@ impl Acceptor {
 
 /// Serves HTTP/2 on a refused connection, answering each request with
 /// `RESOURCE_EXHAUSTED` and `refusal` as its message.
-async fn answer_refused(stream: TcpStream, refusal: Arc<str>) {
+async fn answer_refused<S>(stream: S, refusal: Arc<str>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |_request| {
         let status = tonic::Status::resource_exhausted(refusal.to_string());
         async move { Ok::<_, std::convert::Infallible>(status.into_http::<tonic::body::Body>()) }
@@ -248,18 +328,46 @@ impl Drop for InFlight {
 }
 
 /// What each request learns of its connection: tonic's [`TcpConnectInfo`]
-/// (added to the request too, so `Request::remote_addr` works) and the
-/// connection's request count.
+/// (added to the request too, so `Request::remote_addr` works), the
+/// connection's request count, and the node on the other end if it
+/// authenticated with a certificate.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     tcp: TcpConnectInfo,
     activity: Arc<Activity>,
+    peer: Option<Arc<PeerIdentity>>,
+}
+
+impl ConnInfo {
+    /// The agents the peer's certificate names; `None` unless it presented
+    /// one that chains to the cluster CA.
+    pub fn peer(&self) -> Option<&Arc<PeerIdentity>> {
+        self.peer.as_ref()
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Taken out for a handshake that failed; reads as closed.
+    Gone,
+}
+
+macro_rules! with_io {
+    ($io:expr, $s:ident => $body:expr, $gone:expr) => {
+        match $io {
+            Io::Plain($s) => $body,
+            Io::Tls($s) => $body,
+            Io::Gone => $gone,
+        }
+    };
 }
 
 /// An accepted connection: the socket, its share of the connection limit
 /// and its idle timer.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Io,
     info: ConnInfo,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
@@ -288,13 +396,34 @@ impl Conn {
                     in_flight: AtomicUsize::new(0),
                     idle_since: Mutex::new(now),
                 }),
+                peer: None,
             },
-            stream,
+            stream: Io::Plain(stream),
             idle_timeout,
             idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
             closed: false,
             stats,
         }
+    }
+
+    /// Runs the TLS handshake; the connection then carries the client
+    /// certificate's identity, if any.
+    async fn handshake(mut self, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let Io::Plain(tcp) = std::mem::replace(&mut self.stream, Io::Gone) else {
+            return Err(io::Error::other(
+                "handshake on a connection that is not plain TCP",
+            ));
+        };
+        let tls = TlsAcceptor::from(config).accept(tcp).await?;
+        self.info.peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(PeerIdentity::of_certificate)
+            .map(Arc::new);
+        self.stream = Io::Tls(Box::new(tls));
+        Ok(self)
     }
 
     /// `true` once the connection has had no request in flight for the
@@ -336,7 +465,9 @@ impl AsyncRead for Conn {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let read =
+            with_io!(&mut this.stream, s => Pin::new(s).poll_read(cx, buf), Poll::Ready(Ok(())));
+        match read {
             Poll::Pending => {}
             ready => return ready,
         }
@@ -361,7 +492,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        with_io!(&mut self.get_mut().stream, s => Pin::new(s).poll_write(cx, buf), Poll::Ready(Ok(0)))
     }
 
     fn poll_write_vectored(
@@ -369,19 +500,23 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        with_io!(
+            &mut self.get_mut().stream,
+            s => Pin::new(s).poll_write_vectored(cx, bufs),
+            Poll::Ready(Ok(0))
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        with_io!(&self.stream, s => s.is_write_vectored(), false)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        with_io!(&mut self.get_mut().stream, s => Pin::new(s).poll_flush(cx), Poll::Ready(Ok(())))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        with_io!(&mut self.get_mut().stream, s => Pin::new(s).poll_shutdown(cx), Poll::Ready(Ok(())))
     }
 }
 
@@ -483,7 +618,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(ConnectionStats::default());
         let (_reporter, health) = tonic_health::server::health_reporter();
-        let incoming = channel::incoming(listener, &config, stats.clone());
+        let incoming = channel::incoming(listener, &config, stats.clone(), None);
         tokio::spawn(
             channel::server(&config)
                 .add_service(health)
@@ -527,7 +662,7 @@ mod tests {
         .await;
 
         // A gRPC client learns why, as a status naming the limit.
-        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT, &Default::default())
             .await
             .unwrap();
         let refused = HealthClient::new(channel)
@@ -557,7 +692,7 @@ mod tests {
         .await;
 
         // The slot is free again, and a client is served.
-        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT, &Default::default())
             .await
             .unwrap();
         HealthClient::new(channel)
@@ -576,7 +711,7 @@ mod tests {
             ..ConnectionConfig::default()
         })
         .await;
-        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT)
+        let channel = channel::connect(&addr.to_string(), DEFAULT_TIMEOUT, &Default::default())
             .await
             .unwrap();
         let mut health = HealthClient::new(channel);

@@ -10,18 +10,25 @@
 //! connections with nothing in flight and holds a bounded number of them
 //! (see [`super::accept`]).
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint, Server};
 use tower_layer::{Identity, Stack};
 
 pub use super::accept::ConnectionStats;
 use super::accept::{self, Conn, TrackRequestsLayer};
+use super::tls::NodeTls;
 use crate::node::config::ConnectionConfig;
 
 /// How long connecting may take when the caller does not say.
@@ -39,28 +46,80 @@ pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ChannelError {
     #[error("bad endpoint '{endpoint}': {message}")]
     BadEndpoint { endpoint: String, message: String },
-    /// An `https://` endpoint: refused rather than silently spoken to in
-    /// plaintext.
+    /// An `https://` endpoint without TLS configured: refused rather than
+    /// silently spoken to in plaintext.
     #[error(
-        "endpoint '{0}' asks for TLS (https://), which this release does not speak yet; \
-         use http://HOST:PORT or HOST:PORT"
+        "endpoint '{0}' asks for TLS (https://), but no CA is configured to check it \
+         (--ca or AGENTMESH_CA)"
     )]
-    TlsUnsupported(String),
+    TlsNotConfigured(String),
+    /// An `http://` endpoint of another node while this node speaks TLS:
+    /// an endpoint from the registry must not downgrade a link.
+    #[error("endpoint '{0}' is plaintext (http://), but this node speaks TLS to other nodes")]
+    PlaintextRefused(String),
     #[error("cannot connect to {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
 }
 
-/// The URI of a node's advertised `host:port` (`http://host:port`); a
-/// value that names its scheme keeps it.
-pub fn uri(endpoint: &str) -> Result<String, ChannelError> {
+/// How a channel protects its connection.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Security {
+    /// Plain HTTP/2: `agentmesh local`, and nodes started with
+    /// `--insecure`.
+    #[default]
+    Plaintext,
+    /// Between nodes: mutual TLS with the node's own certificate (reloaded
+    /// when its files change), the peer checked against the cluster CA.
+    Node(NodeTls),
+    /// A client of the API: the server checked against a CA and the host
+    /// name; no client certificate.
+    Client(ClientTls),
+}
+
+/// A client's TLS configuration (see [`Security::Client`]).
+#[derive(Debug, Clone)]
+pub struct ClientTls(pub Arc<rustls::ClientConfig>);
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Security {
+    fn is_tls(&self) -> bool {
+        !matches!(self, Security::Plaintext)
+    }
+
+    /// The node's own TLS, which its server uses; `None` unless
+    /// [`Security::Node`].
+    pub fn node_tls(&self) -> Option<NodeTls> {
+        match self {
+            Security::Node(tls) => Some(tls.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The URI of an endpoint: a bare `host:port` gets `https://` with TLS
+/// and `http://` without. A client's `http://` endpoint is spoken to in
+/// plaintext as asked; a node's links never are (see
+/// [`ChannelError::PlaintextRefused`]).
+pub fn uri(endpoint: &str, security: &Security) -> Result<String, ChannelError> {
     let uri = match endpoint.split_once("://") {
+        None if security.is_tls() => format!("https://{endpoint}"),
         None => format!("http://{endpoint}"),
-        Some(("http", _)) => endpoint.to_owned(),
-        Some(("https", _)) => return Err(ChannelError::TlsUnsupported(endpoint.to_owned())),
+        Some(("http", _)) if matches!(security, Security::Node(_)) => {
+            return Err(ChannelError::PlaintextRefused(endpoint.to_owned()));
+        }
+        Some(("https", _)) if !security.is_tls() => {
+            return Err(ChannelError::TlsNotConfigured(endpoint.to_owned()));
+        }
+        Some(("http" | "https", _)) => endpoint.to_owned(),
         Some((scheme, _)) => {
             return Err(ChannelError::BadEndpoint {
                 endpoint: endpoint.to_owned(),
-                message: format!("unknown scheme '{scheme}' (expected http or HOST:PORT)"),
+                message: format!("unknown scheme '{scheme}' (expected http, https or HOST:PORT)"),
             });
         }
     };
@@ -72,11 +131,16 @@ pub fn uri(endpoint: &str) -> Result<String, ChannelError> {
 /// timeout, and keep-alive PINGs while streams are open (idle channels do
 /// not ping: the server closes them after its idle timeout and they
 /// reconnect on next use).
-fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, ChannelError> {
-    let endpoint = Endpoint::from_shared(uri(address)?).map_err(|e| ChannelError::BadEndpoint {
-        endpoint: address.to_owned(),
-        message: e.to_string(),
-    })?;
+fn endpoint(
+    address: &str,
+    connect_timeout: Duration,
+    security: &Security,
+) -> Result<Endpoint, ChannelError> {
+    let endpoint =
+        Endpoint::from_shared(uri(address, security)?).map_err(|e| ChannelError::BadEndpoint {
+            endpoint: address.to_owned(),
+            message: e.to_string(),
+        })?;
     Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
@@ -86,20 +150,90 @@ fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, Channe
 }
 
 /// A channel that connects on first use and reconnects after a failure.
-pub fn lazy(address: &str, connect_timeout: Duration) -> Result<Channel, ChannelError> {
-    Ok(endpoint(address, connect_timeout)?.connect_lazy())
+pub fn lazy(
+    address: &str,
+    connect_timeout: Duration,
+    security: &Security,
+) -> Result<Channel, ChannelError> {
+    let endpoint = endpoint(address, connect_timeout, security)?;
+    Ok(match TlsConnector::of(&endpoint, security) {
+        None => endpoint.connect_lazy(),
+        Some(connector) => endpoint.connect_with_connector_lazy(connector),
+    })
 }
 
 /// A channel connected now; fails if `address` cannot be reached.
-pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Channel, ChannelError> {
-    endpoint(address, connect_timeout)?
-        .connect()
-        .await
-        .map_err(|e| ChannelError::Connect {
-            endpoint: address.to_owned(),
-            message: std::error::Error::source(&e)
-                .map_or_else(|| e.to_string(), |source| format!("{e}: {source}")),
+pub async fn connect(
+    address: &str,
+    connect_timeout: Duration,
+    security: &Security,
+) -> Result<Channel, ChannelError> {
+    let endpoint = endpoint(address, connect_timeout, security)?;
+    let connected = match TlsConnector::of(&endpoint, security) {
+        None => endpoint.connect().await,
+        Some(connector) => endpoint.connect_with_connector(connector).await,
+    };
+    connected.map_err(|e| ChannelError::Connect {
+        endpoint: address.to_owned(),
+        message: std::error::Error::source(&e)
+            .map_or_else(|| e.to_string(), |source| format!("{e}: {source}")),
+    })
+}
+
+/// Connects TCP and runs the TLS handshake, with the configuration current
+/// at the time of connecting (a node's reloads take effect on the next
+/// connection).
+#[derive(Clone)]
+struct TlsConnector {
+    security: Security,
+}
+
+impl TlsConnector {
+    /// The connector for `endpoint`: `None` for plaintext.
+    fn of(endpoint: &Endpoint, security: &Security) -> Option<Self> {
+        (security.is_tls() && endpoint.uri().scheme_str() == Some("https")).then(|| Self {
+            security: security.clone(),
         })
+    }
+
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        match &self.security {
+            Security::Node(tls) => tls.node_client_config(),
+            Security::Client(tls) => tls.0.clone(),
+            Security::Plaintext => unreachable!("a TlsConnector is only made for TLS"),
+        }
+    }
+}
+
+impl tonic::codegen::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::other(format!("no host in '{uri}'")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| io::Error::other(format!("bad server name '{host}': {e}")))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// The server every node serves its services on: HTTP/2 keep-alive PINGs
@@ -122,8 +256,9 @@ pub fn incoming(
     listener: TcpListener,
     config: &ConnectionConfig,
     stats: Arc<ConnectionStats>,
+    tls: Option<NodeTls>,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    accept::incoming(listener, config, stats)
+    accept::incoming(listener, config, stats, tls)
 }
 
 #[cfg(test)]
@@ -131,21 +266,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bare_address_gets_the_http_scheme() {
-        assert_eq!(uri("127.0.0.1:7700").unwrap(), "http://127.0.0.1:7700");
-        assert_eq!(uri("http://node:80").unwrap(), "http://node:80");
+    fn a_bare_address_gets_the_scheme_of_its_security() {
+        let plain = Security::Plaintext;
+        assert_eq!(
+            uri("127.0.0.1:7700", &plain).unwrap(),
+            "http://127.0.0.1:7700"
+        );
+        assert_eq!(uri("http://node:80", &plain).unwrap(), "http://node:80");
+        let tls = Security::Client(ClientTls(Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        )));
+        assert_eq!(uri("node:7700", &tls).unwrap(), "https://node:7700");
+        assert_eq!(uri("https://node:7700", &tls).unwrap(), "https://node:7700");
+        assert_eq!(uri("http://node:7700", &tls).unwrap(), "http://node:7700");
     }
 
     #[test]
-    fn https_is_refused_rather_than_spoken_in_plaintext() {
-        let error = lazy("https://node:443", DEFAULT_CONNECT_TIMEOUT).unwrap_err();
+    fn https_without_tls_is_refused_rather_than_spoken_in_plaintext() {
+        let error = lazy(
+            "https://node:443",
+            DEFAULT_CONNECT_TIMEOUT,
+            &Security::Plaintext,
+        )
+        .unwrap_err();
         assert_eq!(
             error,
-            ChannelError::TlsUnsupported("https://node:443".into())
+            ChannelError::TlsNotConfigured("https://node:443".into())
         );
-        assert!(error.to_string().contains("does not speak yet"), "{error}");
+        assert!(error.to_string().contains("AGENTMESH_CA"), "{error}");
         assert!(matches!(
-            uri("ftp://node:21"),
+            uri("ftp://node:21", &Security::Plaintext),
             Err(ChannelError::BadEndpoint { .. })
         ));
     }

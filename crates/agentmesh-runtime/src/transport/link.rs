@@ -54,8 +54,8 @@ impl Link {
         broken: broadcast::Sender<BrokenLink>,
         background: &Background,
     ) -> Result<Arc<Self>, String> {
-        let channel =
-            super::channel::lazy(endpoint, config.deliver_timeout).map_err(|e| e.to_string())?;
+        let channel = super::channel::lazy(endpoint, config.deliver_timeout, &config.security)
+            .map_err(|e| e.to_string())?;
         let limit = config.max_envelope_bytes + ENVELOPE_OVERHEAD;
         let client = AgentMailboxClient::new(channel)
             .max_decoding_message_size(limit)

@@ -15,6 +15,7 @@
 //! service    the AgentMailbox gRPC service
 //! channel    the one place that builds gRPC channels and servers
 //! accept     the server's connections: limit, idle timeout, accept backoff
+//! tls        mTLS between nodes, TLS for clients, certificate reloading
 //! ```
 
 pub mod accept;
@@ -23,6 +24,7 @@ pub mod channel;
 pub mod envelope;
 mod link;
 pub mod service;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,6 +65,15 @@ pub enum DeliverError {
         agent: AgentId,
         endpoint: String,
         message: String,
+    },
+    /// An envelope whose `from` the sending connection may not speak for.
+    #[error(
+        "envelope from '{claimed}' refused: the sending node's certificate speaks for \
+         {authenticated}"
+    )]
+    ForgedSender {
+        claimed: AgentId,
+        authenticated: String,
     },
 }
 

@@ -1,6 +1,13 @@
 //! The `AgentMailbox` gRPC service of a node: envelopes from other nodes
-//! (one `Link` stream per node, or a unary `Deliver` from any client) are
-//! handed to the router's local path.
+//! (one `Link` stream per node, or a unary `Deliver`) are handed to the
+//! router's local path.
+//!
+//! With mutual TLS, a mailbox takes envelopes only from connections that
+//! presented a node certificate of the cluster (`UNAUTHENTICATED`
+//! otherwise), and only envelopes whose `from` that certificate names
+//! (`PERMISSION_DENIED`, a WARN with the claimed and the authenticated
+//! identity). Plaintext
+//! mailboxes (`--insecure`, `agentmesh local`) check nothing.
 
 use std::sync::Arc;
 
@@ -11,7 +18,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ENVELOPE_OVERHEAD, Router};
+use tracing::warn;
+
+use super::accept::ConnInfo;
+use super::channel::Security;
+use super::tls::PeerIdentity;
+use super::{DeliverError, ENVELOPE_OVERHEAD, Router};
 
 /// The `AgentMailbox` gRPC service of a node.
 #[derive(Debug, Clone)]
@@ -26,6 +38,57 @@ impl MailboxService {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)
     }
+
+    /// Who may send on the connection of `request`: anyone on a plaintext
+    /// mailbox; on a TLS one, the agents its certificate names, and no
+    /// connection without one.
+    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+        if matches!(self.router.config().security, Security::Plaintext) {
+            return Ok(Sender::Anyone);
+        }
+        request
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(ConnInfo::peer)
+            .map(|peer| Sender::Node(peer.clone()))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "the mailbox takes envelopes only from nodes with a certificate of this \
+                     cluster's CA",
+                )
+            })
+    }
+}
+
+/// Who may send envelopes on one connection.
+#[derive(Clone)]
+enum Sender {
+    Anyone,
+    Node(Arc<PeerIdentity>),
+}
+
+impl Sender {
+    /// Refuses `envelope` unless its `from` is one this sender speaks for.
+    fn check(&self, envelope: &Envelope) -> Result<(), DeliverError> {
+        let Sender::Node(identity) = self else {
+            return Ok(());
+        };
+        let claimed = agentmesh_core::AgentId::new(envelope.from.as_str());
+        if identity.speaks_for(&claimed) {
+            return Ok(());
+        }
+        warn!(
+            claimed = %claimed,
+            authenticated = %identity,
+            kind = %envelope.kind,
+            to = %envelope.to,
+            "refused an envelope whose sender the connection's certificate does not name"
+        );
+        Err(DeliverError::ForgedSender {
+            claimed,
+            authenticated: identity.to_string(),
+        })
+    }
 }
 
 /// Ack messages a node may owe a peer that does not read them before it
@@ -37,7 +100,10 @@ const ACK_BATCH: usize = 1024;
 #[tonic::async_trait]
 impl AgentMailbox for MailboxService {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
-        self.router.deliver_local(request.into_inner())?;
+        let sender = self.sender(&request)?;
+        let envelope = request.into_inner();
+        sender.check(&envelope)?;
+        self.router.deliver_local(envelope)?;
         Ok(Response::new(DeliverAck {}))
     }
 
@@ -50,6 +116,7 @@ impl AgentMailbox for MailboxService {
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
+        let sender = self.sender(&request)?;
         let mut inbound = request.into_inner();
         let (acks, stream) = mpsc::channel(ACK_BUFFER);
         let router = self.router.clone();
@@ -64,12 +131,12 @@ impl AgentMailbox for MailboxService {
                     _ = closing.wait_for(|closing| *closing) => break,
                 };
                 let mut ack = LinkAck::default();
-                answer(&router, first, &mut ack);
+                answer(&router, &sender, first, &mut ack);
                 // Whatever else has already arrived shares this ack.
                 while ack.accepted.len() + ack.refused.len() < ACK_BATCH
                     && let Some(Some(Ok(envelope))) = inbound.next().now_or_never()
                 {
-                    answer(&router, envelope, &mut ack);
+                    answer(&router, &sender, envelope, &mut ack);
                 }
                 if acks.send(Ok(ack)).await.is_err() {
                     break;
@@ -80,9 +147,12 @@ impl AgentMailbox for MailboxService {
     }
 }
 
-fn answer(router: &Router, envelope: Envelope, ack: &mut LinkAck) {
+fn answer(router: &Router, sender: &Sender, envelope: Envelope, ack: &mut LinkAck) {
     let seq = envelope.seq;
-    match router.deliver_local(envelope) {
+    match sender
+        .check(&envelope)
+        .and_then(|()| router.deliver_local(envelope))
+    {
         Ok(()) => ack.accepted.push(seq),
         Err(error) => {
             let status = Status::from(error);

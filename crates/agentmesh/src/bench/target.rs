@@ -1,6 +1,7 @@
 //! Where the load generator sends its tasks: a running cluster over gRPC,
 //! or an embedded cluster in this process.
 
+use agentmesh_runtime::transport::channel::Security;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentmesh_core::task::Status;
@@ -31,10 +32,14 @@ pub struct RemoteTarget {
 impl RemoteTarget {
     /// Opens `connections` HTTP/2 connections to `endpoint`; tasks are
     /// spread over them in turn.
-    pub async fn connect(endpoint: &str, connections: usize) -> anyhow::Result<Self> {
+    pub async fn connect(
+        endpoint: &str,
+        connections: usize,
+        security: &Security,
+    ) -> anyhow::Result<Self> {
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            let channel = Client::connect(endpoint).await?;
+            let channel = Client::connect(endpoint, security).await?;
             clients.push(TaskServiceClient::new(channel));
         }
         Ok(Self {
