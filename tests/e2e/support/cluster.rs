@@ -646,7 +646,7 @@ fn start_on_loopback(
         all.extend(["--", program_arg.as_str()]);
     }
     all.extend(["node", "--listen", "127.0.0.1:0"]);
-    all.extend_from_slice(args);
+    all.extend(allowing_faults(args));
     let process = if limited {
         Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")])
     } else {
@@ -667,7 +667,7 @@ fn start_in_netns(
     args: &[&str],
 ) -> (Process, String) {
     let mut all = vec!["node", "--listen", addr, "--advertise", addr];
-    all.extend_from_slice(args);
+    all.extend(allowing_faults(args));
     let process = net.spawn_in(ns, id, agentmesh_bin(), &all, &[]);
     let line = wait_listening(&process);
     if line.trim() != format!("{LISTENING_PREFIX}{addr}") {
@@ -676,6 +676,16 @@ fn start_in_netns(
         ));
     }
     (process, addr.to_owned())
+}
+
+/// `args`, with `--allow-fault-injection` when they inject faults: a node
+/// refuses `--fault` without it, and the tests that arm faults mean it.
+fn allowing_faults<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    if args.contains(&"--fault") && !args.contains(&"--allow-fault-injection") {
+        all.push("--allow-fault-injection");
+    }
+    all
 }
 
 fn wait_listening(process: &Process) -> String {
