@@ -12,6 +12,7 @@ use agentmesh_core::{ClientId, Role};
 use agentmesh_runtime::NodeConfig;
 use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
@@ -153,7 +154,7 @@ pub struct LocalArgs {
     pub http_allow: Vec<Option<AllowedHost>>,
     /// Lets http.get fetch names that resolve to private, loopback or
     /// link-local addresses (off: such names are refused).
-    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", long_help = HTTP_ALLOW_PRIVATE_HELP)]
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", value_parser = BoolishValueParser::new(), long_help = HTTP_ALLOW_PRIVATE_HELP)]
     pub http_allow_private: bool,
 }
 
@@ -221,7 +222,7 @@ pub struct NodeArgs {
     pub http_allow: Vec<Option<AllowedHost>>,
     /// Lets http.get fetch names that resolve to private, loopback or
     /// link-local addresses (off: such names are refused).
-    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", long_help = HTTP_ALLOW_PRIVATE_HELP)]
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", value_parser = BoolishValueParser::new(), long_help = HTTP_ALLOW_PRIVATE_HELP)]
     pub http_allow_private: bool,
     /// Subtasks waiting for a free worker before submits are refused with
     /// RESOURCE_EXHAUSTED (coordinator).
@@ -356,7 +357,7 @@ pub struct NodeArgs {
     /// Accepts --fault: without it a node refuses to start with faults,
     /// so a test flag left in a deployment cannot make a node give wrong
     /// answers on purpose. A node with faults is marked in `agents`.
-    #[arg(long, env = "AGENTMESH_ALLOW_FAULT_INJECTION")]
+    #[arg(long, env = "AGENTMESH_ALLOW_FAULT_INJECTION", value_parser = BoolishValueParser::new())]
     pub allow_fault_injection: bool,
 }
 
