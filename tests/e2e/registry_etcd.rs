@@ -75,6 +75,7 @@ fn agent(id: &str) -> AgentRegistration {
         load: 0,
         max_concurrency: 1,
         version: "test".into(),
+        faults: Vec::new(),
     }
 }
 

@@ -74,6 +74,7 @@ fn membership(n: usize) -> Membership {
                 load: 0,
                 max_concurrency: 2 + rng.below(7) as u32,
                 version: "bench".into(),
+                faults: Vec::new(),
             };
             (registration.id.clone(), registration)
         })

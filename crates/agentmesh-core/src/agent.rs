@@ -70,6 +70,12 @@ pub struct AgentRegistration {
     #[serde(default)]
     pub max_concurrency: u32,
     pub version: String,
+    /// The faults this agent injects on purpose (`wrong-result:1`), empty
+    /// for an honest one. Registered so that `agents` shows a node that
+    /// misbehaves by design rather than letting it look normal; absent in
+    /// records written before it existed, which decode as honest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
 }
 
 impl AgentRegistration {
@@ -135,5 +141,28 @@ impl Membership {
         all.sort();
         all.dedup();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_without_faults_decode_as_honest_and_honest_ones_omit_them() {
+        let old = r#"{"id":"w","role":"worker","endpoint":"h:1","version":"0.1"}"#;
+        let agent: AgentRegistration = serde_json::from_str(old).unwrap();
+        assert!(agent.faults.is_empty());
+        assert!(!serde_json::to_string(&agent).unwrap().contains("faults"));
+        let faulty = AgentRegistration {
+            faults: vec!["wrong-result:1".into()],
+            ..agent
+        };
+        let text = serde_json::to_string(&faulty).unwrap();
+        assert!(text.contains(r#""faults":["wrong-result:1"]"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AgentRegistration>(&text).unwrap(),
+            faulty
+        );
     }
 }

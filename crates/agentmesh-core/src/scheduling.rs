@@ -591,6 +591,7 @@ mod tests {
             load: 0,
             max_concurrency: max,
             version: "test".into(),
+            faults: Vec::new(),
         }
     }
 

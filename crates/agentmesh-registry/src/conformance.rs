@@ -800,6 +800,7 @@ fn agent(id: &str, endpoint: &str) -> AgentRegistration {
         load: 0,
         max_concurrency: 1,
         version: "test".into(),
+        faults: Vec::new(),
     }
 }
 

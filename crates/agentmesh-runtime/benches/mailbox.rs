@@ -94,6 +94,7 @@ fn view(agent: &str, endpoint: &str) -> Arc<Membership> {
         load: 0,
         max_concurrency: 1,
         version: "bench".into(),
+        faults: Vec::new(),
     };
     Arc::new(Membership {
         agents: BTreeMap::from([(registration.id.clone(), registration)]),

@@ -175,6 +175,7 @@ pub fn agent_info(
         reputation,
         breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
         leader,
+        faults: agent.faults.clone(),
     }
 }
 

@@ -37,6 +37,7 @@ fn registration(id: &str, max_concurrency: u32) -> AgentRegistration {
         load: 0,
         max_concurrency,
         version: VERSION.into(),
+        faults: Vec::new(),
     }
 }
 

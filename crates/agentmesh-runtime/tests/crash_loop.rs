@@ -60,6 +60,7 @@ async fn a_task_resumed_too_often_is_failed_and_one_within_the_bound_completes()
                 load: 0,
                 max_concurrency: 4,
                 version: VERSION.into(),
+                faults: Vec::new(),
             },
             &ToolBox::builtin(&[]),
             Default::default(),

@@ -129,6 +129,7 @@ async fn leader_with_a_running_task() -> (Cluster, agentmesh_core::TaskId) {
             load: 0,
             max_concurrency: 4,
             version: VERSION.into(),
+            faults: Vec::new(),
         })
         .await
         .unwrap();

@@ -1,21 +1,30 @@
-//! `http.get`: fetches an `http://` or `https://` URL whose host and port
-//! are on the node's allow-list.
+//! `http.get`: fetches an `http://` or `https://` URL whose scheme, host
+//! and port are on the node's allow-list.
 //!
 //! Off unless the node names hosts with `--http-allow`, because a tool that
 //! reaches the network on behalf of any submitter is a server-side request
 //! forgery hole. Hence:
 //!
-//! - An allow-list entry names a host and a port: `example.com` allows only
-//!   the scheme's default port (80 for `http`, 443 for `https`),
-//!   `example.com:8080` only port 8080. A host alone never opens the other
-//!   ports of that machine (an etcd or admin port beside the web server).
-//! - A URL is refused before any connection when it is longer than
-//!   [`MAX_URL_BYTES`], holds whitespace or control characters (CR/LF in a
-//!   path would otherwise smuggle a second request), carries user info, or
-//!   has a scheme other than `http`/`https`.
+//! - An allow-list entry names a host and one port, and maybe a scheme
+//!   ([`AllowedHost`]): `https://example.com` allows https on 443 only,
+//!   `example.com` http on 80 and https on 443, `example.com:8080` port
+//!   8080 only. A host alone never opens the other ports of that machine
+//!   (an etcd or admin port beside the web server).
+//! - A URL is parsed by `http`'s URI parser and refused before any
+//!   connection when it is longer than [`MAX_URL_BYTES`], holds whitespace
+//!   or control characters (CR/LF in a path would otherwise smuggle a
+//!   second request), carries user info, or has a scheme other than
+//!   `http`/`https`. Requests are built by hyper, never as raw text.
+//! - A name is resolved by [`GuardedResolver`], which refuses it when any
+//!   address it resolves to is loopback, private, link-local or otherwise
+//!   not public ([`non_global`]), unless the node allows private addresses
+//!   (`--http-allow-private`). The check sits in the connector, so the
+//!   address checked is the address connected to: a name cannot be
+//!   rebound between the two.
 //! - Redirects are followed, up to [`HttpLimits::max_redirects`], and every
-//!   target passes the same checks as the URL submitted; a redirect to a
-//!   host or port off the list fails the call.
+//!   target passes the same checks as the URL submitted, its name the same
+//!   resolver; a redirect to a scheme, host or port off the list fails the
+//!   call.
 //! - The body is read up to [`HttpLimits::max_body_bytes`] and no further;
 //!   the whole call, redirects included, ends after [`HttpLimits::timeout`].
 //!
@@ -28,7 +37,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
@@ -40,6 +49,10 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::{Tool, ToolError, async_trait, str_field};
+
+mod address;
+
+pub use address::{AddressClass, AddressRefused, GuardedResolver, ResolveError, non_global};
 
 /// Longest URL accepted, submitted or redirected to.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
@@ -89,22 +102,90 @@ pub struct AllowedHostError {
     reason: &'static str,
 }
 
-/// One allow-list entry: a host, and the one port it opens.
+/// The two schemes `http.get` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WebScheme {
+    Http,
+    Https,
+}
+
+impl WebScheme {
+    fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("http") {
+            Some(WebScheme::Http)
+        } else if text.eq_ignore_ascii_case("https") {
+            Some(WebScheme::Https)
+        } else {
+            None
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            WebScheme::Http => 80,
+            WebScheme::Https => 443,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            WebScheme::Http => "http",
+            WebScheme::Https => "https",
+        }
+    }
+}
+
+/// One allow-list entry: a host, the one port it opens, and maybe the one
+/// scheme.
 ///
-/// Parsed from `host` or `host:port` (`[::1]:8080` for IPv6). Without a
-/// port the entry opens the default port of the URL's scheme only. Hosts
+/// - `https://example.com` opens https on 443 only, `http://example.com:8080`
+///   http on 8080 only: the entry names the scheme, the host and the port,
+///   and a URL differing in any of them is refused.
+/// - `example.com` (no scheme, no port) opens the two web ports, http on
+///   80 and https on 443, and no other: what a browser would reach.
+/// - `example.com:8080` (no scheme) opens port 8080 over http or https.
+///
+/// The bare forms are safe for what the list guards against, reaching
+/// another service of that machine: the port is what chooses the service,
+/// and only the named one (or the two web ports) is opened; the scheme only
+/// decides whether TLS is spoken to it. Write the scheme to forbid plain
+/// http, so a task cannot fetch over a connection anyone on the path could
+/// read or change. IPv6 hosts are written in brackets (`[::1]:8080`); hosts
 /// compare case-insensitively, as DNS names do.
+///
+/// A host that is an IP address is an explicit allowance of that address:
+/// it is fetched whatever its class (a private service named by its
+/// address). A host that is a name is fetched only while every address it
+/// resolves to is public, unless the node allows private addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHost {
+    scheme: Option<WebScheme>,
     host: String,
     port: Option<u16>,
 }
 
+/// What one entry says of a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allows,
+    /// The entry names this host with another scheme.
+    OtherScheme,
+    /// The entry is about another host or port.
+    Silent,
+}
+
 impl AllowedHost {
-    /// Whether a URL on `host`:`port` whose scheme's default port is
-    /// `default_port` may be fetched.
-    fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port.unwrap_or(default_port) == port
+    /// What this entry says of a `scheme` URL on `host`:`port`.
+    fn judge(&self, scheme: WebScheme, host: &str, port: u16) -> Verdict {
+        if !self.host.eq_ignore_ascii_case(host) {
+            return Verdict::Silent;
+        }
+        match self.scheme {
+            Some(own) if own != scheme => Verdict::OtherScheme,
+            Some(own) if self.port.unwrap_or(own.default_port()) == port => Verdict::Allows,
+            None if self.port.unwrap_or(scheme.default_port()) == port => Verdict::Allows,
+            _ => Verdict::Silent,
+        }
     }
 }
 
@@ -116,19 +197,35 @@ impl FromStr for AllowedHost {
             entry: entry.to_owned(),
             reason,
         };
+        const FORM: &str =
+            "must be host, host:port, or scheme://host[:port] with scheme http or https";
         let trimmed = entry.trim();
         if trimmed.is_empty() {
             return Err(refuse("is empty"));
         }
-        if trimmed.contains(['/', '@', '?', '#']) {
-            return Err(refuse("must be host or host:port, not a URL"));
+        let (scheme, rest) = match trimmed.split_once("://") {
+            Some((scheme, rest)) => {
+                let scheme = WebScheme::parse(scheme)
+                    .ok_or(refuse("has a scheme other than http or https"))?;
+                // One trailing slash is what people paste; a path is not.
+                (Some(scheme), rest.strip_suffix('/').unwrap_or(rest))
+            }
+            None => (None, trimmed),
+        };
+        if rest.contains(['/', '?', '#']) {
+            return Err(refuse(
+                "names a path, query or fragment; entries name hosts",
+            ));
         }
-        let authority = Authority::from_str(trimmed)
-            .map_err(|_| refuse("must be host or host:port, not a URL"))?;
+        if rest.contains('@') {
+            return Err(refuse("must not carry user info"));
+        }
+        let authority = Authority::from_str(rest).map_err(|_| refuse(FORM))?;
         if authority.host().is_empty() {
             return Err(refuse("has no host"));
         }
         Ok(Self {
+            scheme,
             host: authority.host().to_ascii_lowercase(),
             port: named_port(&authority).map_err(refuse)?,
         })
@@ -152,6 +249,9 @@ fn named_port(authority: &Authority) -> Result<Option<u16>, &'static str> {
 
 impl fmt::Display for AllowedHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(scheme) = self.scheme {
+            write!(f, "{}://", scheme.as_str())?;
+        }
         match self.port {
             Some(port) => write!(f, "{}:{port}", self.host),
             None => f.write_str(&self.host),
@@ -159,41 +259,76 @@ impl fmt::Display for AllowedHost {
     }
 }
 
+/// What `http.get` may reach: the allow-list, and whether names that
+/// resolve to private addresses may be fetched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpAccess {
+    /// The tool is off when empty.
+    pub allow: Vec<AllowedHost>,
+    /// Off by default: a name on the list that resolves to a loopback,
+    /// private, link-local or otherwise non-public address is refused.
+    pub allow_private: bool,
+}
+
+impl HttpAccess {
+    /// The entries of `allow`, private addresses refused.
+    pub fn new(allow: Vec<AllowedHost>) -> Self {
+        Self {
+            allow,
+            allow_private: false,
+        }
+    }
+}
+
+type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
 /// The `http.get` tool: `{"url": "https://host/path"}` →
 /// `{"status", "body", "json", "url"}`, where `url` is the one that
 /// answered after redirects and `json` is the body parsed, or null.
 #[derive(Clone)]
 pub struct HttpGet {
-    allow: Vec<AllowedHost>,
+    access: HttpAccess,
     limits: HttpLimits,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
 }
 
 impl fmt::Debug for HttpGet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpGet")
-            .field("allow", &self.allow)
+            .field("access", &self.access)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpGet {
-    /// A client for the hosts of `allow`, with [`HttpLimits::default`].
+    /// A client for the hosts of `allow`, private addresses refused, with
+    /// [`HttpLimits::default`].
     pub fn new(allow: Vec<AllowedHost>) -> Self {
+        Self::with_access(HttpAccess::new(allow))
+    }
+
+    /// A client for what `access` allows, with [`HttpLimits::default`].
+    ///
+    /// Names are resolved by [`GuardedResolver`], so the addresses checked
+    /// are the ones connected to; plain TCP first, then TLS for `https`.
+    pub fn with_access(access: HttpAccess) -> Self {
+        let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(access.allow_private));
+        // The TLS layer above takes https URLs; this one must let them by.
+        tcp.enforce_http(false);
         let provider = rustls::crypto::ring::default_provider();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider)
             .expect("ring supports rustls's default protocol versions")
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
         Self {
-            allow,
+            access,
             limits: HttpLimits::default(),
             client,
         }
@@ -221,12 +356,12 @@ impl HttpGet {
                 "url must not contain whitespace or control characters: {c:?} at byte {at}"
             ));
         }
-        let scheme = url.split_once("://").map(|(scheme, _)| scheme).filter(|s| {
+        let written = url.split_once("://").map(|(scheme, _)| scheme).filter(|s| {
             !s.is_empty()
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         });
-        match scheme {
+        match written {
             None => return refuse(format!("url '{url}' must start with http:// or https://")),
             Some(s) if !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https") => {
                 return refuse(format!(
@@ -239,10 +374,8 @@ impl HttpGet {
             Ok(uri) => uri,
             Err(e) => return refuse(format!("url '{url}' is not a valid URI: {e}")),
         };
-        let default_port = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => 80,
-            Some(s) if *s == Scheme::HTTPS => 443,
-            _ => return refuse(format!("url '{url}' must start with http:// or https://")),
+        let Some(scheme) = uri.scheme_str().and_then(WebScheme::parse) else {
+            return refuse(format!("url '{url}' must start with http:// or https://"));
         };
         let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
             return refuse(format!("url '{url}' has no host"));
@@ -251,20 +384,34 @@ impl HttpGet {
             return refuse(format!("url '{url}' must not carry user info"));
         }
         let port = match named_port(authority) {
-            Ok(port) => port.unwrap_or(default_port),
+            Ok(port) => port.unwrap_or(scheme.default_port()),
             Err(why) => return refuse(format!("url '{url}' {why}")),
         };
         let host = authority.host();
-        if !self
+        let verdicts = self
+            .access
             .allow
             .iter()
-            .any(|a| a.allows(host, port, default_port))
-        {
-            return refuse(format!(
-                "{host}:{port} is not in this node's http allow-list"
-            ));
+            .map(|a| (a, a.judge(scheme, host, port)));
+        let mut other_scheme = None;
+        for (entry, verdict) in verdicts {
+            match verdict {
+                Verdict::Allows => return Ok(uri),
+                Verdict::OtherScheme => other_scheme = other_scheme.or(Some(entry)),
+                Verdict::Silent => {}
+            }
         }
-        Ok(uri)
+        match other_scheme {
+            Some(entry) => refuse(format!(
+                "url '{url}' is {}; the http allow-list entry '{entry}' allows {} only",
+                scheme.as_str(),
+                entry.scheme.map_or("", WebScheme::as_str),
+            )),
+            None => refuse(format!(
+                "{}://{host}:{port} is not in this node's http allow-list",
+                scheme.as_str()
+            )),
+        }
     }
 
     /// GETs `uri`, following allowed redirects, and reads the body.
@@ -309,10 +456,13 @@ impl HttpGet {
             )
             .body(Empty::new())
             .map_err(|e| ToolError::InvalidInput(format!("GET {uri}: {e}")))?;
-        self.client
-            .request(request)
-            .await
-            .map_err(|e| ToolError::Failed(format!("GET {uri}: {}", error_chain(&e))))
+        self.client.request(request).await.map_err(|e| {
+            match refusal(&e) {
+                // The URL's own fault, found once its name was resolved.
+                Some(refused) => ToolError::InvalidInput(format!("GET {uri} refused: {refused}")),
+                None => ToolError::Failed(format!("GET {uri}: {}", error_chain(&e))),
+            }
+        })
     }
 
     /// The body, read until `max_body_bytes` and not a byte further.
@@ -381,6 +531,21 @@ fn resolve(base: &Uri, location: &str) -> Result<String, String> {
         .ensure_rfc3986_normalizable()
         .map_err(|e| format!("Location '{location}' cannot be resolved: {e}"))?;
     Ok(resolved.to_string())
+}
+
+/// The resolver's refusal of a private address, wherever hyper wrapped it.
+fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a AddressRefused> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<AddressRefused>() {
+            return Some(refused);
+        }
+        if let Some(ResolveError::Refused(refused)) = e.downcast_ref::<ResolveError>() {
+            return Some(refused);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// An error with its sources, since hyper's top-level messages ("client

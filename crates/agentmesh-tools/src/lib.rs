@@ -80,7 +80,7 @@ use thiserror::Error;
 /// tools needs no `async-trait` dependency of its own.
 pub use async_trait::async_trait;
 pub use builtin::{JsonQuery, MAX_SLEEP_MS, MathEval, Sleep, WordCount};
-pub use http::{AllowedHost, AllowedHostError, HttpGet, HttpLimits};
+pub use http::{AllowedHost, AllowedHostError, HttpAccess, HttpGet, HttpLimits};
 
 /// Default of [`ToolBox::max_output_bytes`]: the coordinator's per-subtask
 /// output cap, so a worker stops an output the coordinator would refuse to
@@ -160,13 +160,18 @@ impl std::fmt::Debug for ToolBox {
 impl ToolBox {
     /// The built-in tools; `http.get` only when `http_allow` names hosts.
     /// Outputs are capped at [`DEFAULT_MAX_OUTPUT_BYTES`].
+    /// Names that resolve to private addresses are refused.
     pub fn builtin(http_allow: &[AllowedHost]) -> Self {
-        Self::builtin_within(http_allow, DEFAULT_MAX_OUTPUT_BYTES)
+        Self::builtin_within(
+            &HttpAccess::new(http_allow.to_vec()),
+            DEFAULT_MAX_OUTPUT_BYTES,
+        )
     }
 
     /// The built-in tools, their outputs capped at `max_output_bytes`;
     /// `json.query` and `http.get` stop their own work at that cap.
-    pub fn builtin_within(http_allow: &[AllowedHost], max_output_bytes: usize) -> Self {
+    /// `http.get` is there only when `http` allows some host.
+    pub fn builtin_within(http: &HttpAccess, max_output_bytes: usize) -> Self {
         let mut tools = Self {
             max_output_bytes,
             ..Self::default()
@@ -175,9 +180,9 @@ impl ToolBox {
         .with(WordCount)
         .with(JsonQuery::within(max_output_bytes))
         .with(Sleep);
-        if !http_allow.is_empty() {
+        if !http.allow.is_empty() {
             let limits = HttpLimits::default().within(max_output_bytes);
-            tools = tools.with(HttpGet::new(http_allow.to_vec()).with_limits(limits));
+            tools = tools.with(HttpGet::with_access(http.clone()).with_limits(limits));
         }
         tools
     }
@@ -384,7 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_output_over_the_cap_fails_naming_the_cap_and_the_size() {
-        let tools = ToolBox::builtin_within(&[], 1000).with(Blob);
+        let tools = ToolBox::builtin_within(&HttpAccess::default(), 1000).with(Blob);
         let fits = tools.run("blob", json!({"len": 900})).await.unwrap();
         assert_eq!(fits.len(), 900 + r#"{"data":""}"#.len());
         let error = tools.run("blob", json!({"len": 5000})).await.unwrap_err();
@@ -448,7 +453,7 @@ mod tests {
         let rows: Vec<Value> = (0..2000).map(|_| json!("y".repeat(198))).collect();
         let input = json!({"document": {"rows": rows}, "path": "$.rows[*]"});
         let cap = 64 * 1024;
-        let tools = ToolBox::builtin_within(&[], cap);
+        let tools = ToolBox::builtin_within(&HttpAccess::default(), cap);
         let error = tools.run("json.query", input.clone()).await.unwrap_err();
         let message = error.to_string();
         assert!(message.contains("output limit"), "{message}");
@@ -467,7 +472,7 @@ mod tests {
             .await
             .unwrap();
         assert!(out.len() <= cap, "{} > {cap}", out.len());
-        let larger = ToolBox::builtin_within(&[], 1024 * 1024);
+        let larger = ToolBox::builtin_within(&HttpAccess::default(), 1024 * 1024);
         assert!(larger.run("json.query", input).await.is_ok());
     }
 

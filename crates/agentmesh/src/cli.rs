@@ -14,17 +14,29 @@ use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
 use agentmesh_runtime::transport::channel::{ClientTls, Security};
 use agentmesh_runtime::transport::tls::{self, NodeTls, TlsFiles};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
 
 /// `--help` of `--http-allow`, shared by `node` and `local`.
 const HTTP_ALLOW_HELP: &str = "Hosts the http.get tool may fetch from, comma-separated; the tool is \
-    off when empty.\n\nEach entry is `host` or `host:port` and opens one port: `example.com` allows \
-    only the default port of the URL's scheme (80 for http://, 443 for https://), \
-    `example.com:8080` only port 8080, over http or https. Redirects are followed up to 5 times, \
-    each target checked against the same list. URLs with user info, whitespace or control \
-    characters are refused; a body over 1 MiB or a call over 10 s fails.";
+    off when empty.\n\nEach entry opens one scheme, host and port: `https://example.com` allows \
+    https on port 443 only, `http://example.com:8080` http on 8080 only. Without a scheme, \
+    `example.com` allows http on 80 and https on 443, `example.com:8080` port 8080 over http or \
+    https. A URL whose scheme is not its entry's is refused, naming the entry. Names that \
+    resolve to loopback, private, link-local or other non-public addresses are refused (see \
+    --http-allow-private); an entry that is an IP address allows that address. Redirects are \
+    followed up to 5 times, each target checked like the first URL. URLs with user info, \
+    whitespace or control characters are refused; a body over 1 MiB or a call over 10 s fails.";
+
+/// `--help` of `--http-allow-private`, shared by `node` and `local`.
+const HTTP_ALLOW_PRIVATE_HELP: &str = "Lets http.get fetch names that resolve to loopback, \
+    private (RFC 1918), link-local, unique-local or other non-public addresses.\n\nOff by \
+    default: whoever controls an allowed name's DNS could point it at 127.0.0.1, a cloud \
+    metadata service on 169.254.169.254 or the internal network. The check is made on the \
+    addresses actually connected to, after resolution. To reach one private service, prefer \
+    an --http-allow entry naming its IP address.";
 
 /// One `--http-allow` value; an empty one (a trailing comma, a variable set
 /// to nothing) names no host, as before the entries were typed.
@@ -174,10 +186,14 @@ pub struct LocalArgs {
     /// Subtasks each worker runs at once.
     #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
-    /// Hosts the http.get tool may fetch from (comma-separated `host` or
-    /// `host:port`); off when empty.
+    /// Hosts the http.get tool may fetch from (comma-separated `host`,
+    /// `host:port` or `scheme://host[:port]`); off when empty.
     #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',', value_parser = allow_entry, long_help = HTTP_ALLOW_HELP)]
     pub http_allow: Vec<Option<AllowedHost>>,
+    /// Lets http.get fetch names that resolve to private, loopback or
+    /// link-local addresses (off: such names are refused).
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", value_parser = BoolishValueParser::new(), long_help = HTTP_ALLOW_PRIVATE_HELP)]
+    pub http_allow_private: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -241,7 +257,7 @@ pub struct NodeArgs {
     /// Runs without TLS, for a development cluster on one machine: anyone
     /// who can reach the node can send its agents envelopes. Listens on
     /// loopback unless --listen says otherwise; warns on every start.
-    #[arg(long, env = "AGENTMESH_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    #[arg(long, env = "AGENTMESH_INSECURE", value_parser = BoolishValueParser::new(), conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     pub insecure: bool,
     /// host:port other nodes use to reach this one; the bound address by default.
     #[arg(long, env = "AGENTMESH_ADVERTISE")]
@@ -260,10 +276,14 @@ pub struct NodeArgs {
     /// leave every view within this time.
     #[arg(long, env = "AGENTMESH_LEASE_TTL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
-    /// Hosts the http.get tool may fetch from (comma-separated `host` or
-    /// `host:port`); off when empty.
+    /// Hosts the http.get tool may fetch from (comma-separated `host`,
+    /// `host:port` or `scheme://host[:port]`); off when empty.
     #[arg(long, env = "AGENTMESH_HTTP_ALLOW", value_delimiter = ',', value_parser = allow_entry, long_help = HTTP_ALLOW_HELP)]
     pub http_allow: Vec<Option<AllowedHost>>,
+    /// Lets http.get fetch names that resolve to private, loopback or
+    /// link-local addresses (off: such names are refused).
+    #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", value_parser = BoolishValueParser::new(), long_help = HTTP_ALLOW_PRIVATE_HELP)]
+    pub http_allow_private: bool,
     /// Subtasks waiting for a free worker before submits are refused with
     /// RESOURCE_EXHAUSTED (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_QUEUED_SUBTASKS", default_value_t = 10_000)]
@@ -390,10 +410,20 @@ pub struct NodeArgs {
     /// FOR TESTS ONLY: misbehave on purpose (worker or peer). Repeatable:
     /// `wrong-result:P` returns a wrong output with probability P,
     /// `fail:P` fails the attempt with probability P, `slow:MS` delays every
-    /// attempt. Off by default.
+    /// attempt. Off by default; refused unless --allow-fault-injection is
+    /// given or the binary is built with the `fault-injection` feature.
     #[arg(long = "fault", value_name = "KIND:VALUE")]
     pub faults: Vec<Fault>,
+    /// Accepts --fault: without it a node refuses to start with faults,
+    /// so a test flag left in a deployment cannot make a node give wrong
+    /// answers on purpose. A node with faults is marked in `agents`.
+    #[arg(long, env = "AGENTMESH_ALLOW_FAULT_INJECTION", value_parser = BoolishValueParser::new())]
+    pub allow_fault_injection: bool,
 }
+
+/// Whether this binary accepts `--fault` without `--allow-fault-injection`:
+/// builds for test rigs turn the `fault-injection` feature on.
+pub const FAULT_INJECTION_BUILT_IN: bool = cfg!(feature = "fault-injection");
 
 impl NodeArgs {
     pub fn lease_ttl(&self) -> Duration {
@@ -432,6 +462,21 @@ impl NodeArgs {
         })
     }
 
+    /// Why this node may not start with its `--fault` flags, if it may not:
+    /// fault injection must be asked for twice, by the faults and by the
+    /// allowance (or by a build with the `fault-injection` feature).
+    pub fn fault_injection_refused(&self, built_in: bool) -> Option<String> {
+        if self.faults.is_empty() || self.allow_fault_injection || built_in {
+            return None;
+        }
+        let faults: Vec<String> = self.faults.iter().map(|f| format!("--fault {f}")).collect();
+        Some(format!(
+            "{} refused: fault injection makes this node misbehave on purpose, for tests and \
+             demonstrations only; add --allow-fault-injection to start it anyway",
+            faults.join(" ")
+        ))
+    }
+
     pub fn to_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(self.role.into(), self.listen());
         config.level = self.level.map(|l| match l {
@@ -444,6 +489,7 @@ impl NodeArgs {
         config.capabilities = non_empty(&self.capabilities);
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
+        config.http_allow_private = self.http_allow_private;
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
         config.tactical.retries_elsewhere = self.tactical_retries;
@@ -492,6 +538,7 @@ impl LocalArgs {
         let mut config = NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)));
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
+        config.http_allow_private = self.http_allow_private;
         config
     }
 }
@@ -813,27 +860,83 @@ mod tests {
             "agentmesh",
             "local",
             "--http-allow",
-            "Example.com,,api.example.com:8443,",
+            "Example.com,,api.example.com:8443,https://secure.example.com,",
         ])
         .unwrap();
         let Command::Local(args) = cli.command else {
             panic!("expected local")
         };
-        let allow: Vec<String> = args
-            .to_config()
-            .http_allow
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(allow, vec!["example.com", "api.example.com:8443"]);
+        let config = args.to_config();
+        let allow: Vec<String> = config.http_allow.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            allow,
+            vec![
+                "example.com",
+                "api.example.com:8443",
+                "https://secure.example.com"
+            ]
+        );
+        assert!(
+            !config.http_allow_private,
+            "private addresses are refused by default"
+        );
 
-        let err = Cli::try_parse_from(["agentmesh", "local", "--http-allow", "http://example.com"])
+        let err = Cli::try_parse_from(["agentmesh", "local", "--http-allow", "ftp://example.com"])
             .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("http allow-list entry 'http://example.com' must be host or host:port"),
+            err.to_string().contains(
+                "http allow-list entry 'ftp://example.com' has a scheme other than http or https"
+            ),
             "{err}"
         );
+
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "--role",
+            "worker",
+            "--etcd",
+            "http://a:1",
+            "--http-allow",
+            "localhost:8080",
+            "--http-allow-private",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        assert!(args.to_config().http_allow_private);
+    }
+
+    #[test]
+    fn faults_are_refused_unless_allowed() {
+        let node = |extra: &[&str]| {
+            let mut argv = vec![
+                "agentmesh",
+                "node",
+                "--role",
+                "peer",
+                "--etcd",
+                "http://a:1",
+            ];
+            argv.extend_from_slice(extra);
+            let Command::Node(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected node")
+            };
+            args
+        };
+        assert_eq!(node(&[]).fault_injection_refused(false), None);
+        let faulty = node(&["--fault", "wrong-result:1", "--fault", "slow:5"]);
+        assert_eq!(
+            faulty.fault_injection_refused(false).unwrap(),
+            "--fault wrong-result:1 --fault slow:5 refused: fault injection makes this node \
+             misbehave on purpose, for tests and demonstrations only; add \
+             --allow-fault-injection to start it anyway"
+        );
+        assert_eq!(faulty.fault_injection_refused(true), None, "a test build");
+        let allowed = node(&["--fault", "fail:1", "--allow-fault-injection"]);
+        assert_eq!(allowed.fault_injection_refused(false), None);
+        assert_eq!(allowed.to_config().faults.0.len(), 1);
     }
 
     #[test]

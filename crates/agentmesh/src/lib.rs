@@ -227,6 +227,9 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
 }
 
 async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
+    if let Some(refused) = args.fault_injection_refused(cli::FAULT_INJECTION_BUILT_IN) {
+        bail!("{refused}");
+    }
     let mut config = args.to_config();
     config.mailbox.security = args.security()?;
     if args.insecure {
@@ -366,14 +369,15 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "failed": a.failed,
         "reputation": a.reputation,
         "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
+        "faults": a.faults,
         "version": a.version,
     })
 }
 
 fn print_agents_table(agents: &[pb::AgentInfo]) {
     println!(
-        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} CAPABILITIES",
-        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT"
+        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<16} CAPABILITIES",
+        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT", "FAULTS"
     );
     for a in agents {
         let level = if a.level.is_empty() { "-" } else { &a.level };
@@ -395,9 +399,24 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
         } else {
             a.capabilities.join(",")
         };
+        // A node that misbehaves on purpose must not look normal.
+        let faults = if a.faults.is_empty() {
+            "-".to_owned()
+        } else {
+            a.faults.join(",")
+        };
         println!(
-            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {}",
-            a.id, role, level, load, outcomes, reputation, breaker, a.endpoint, capabilities
+            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<16} {}",
+            a.id,
+            role,
+            level,
+            load,
+            outcomes,
+            reputation,
+            breaker,
+            a.endpoint,
+            faults,
+            capabilities
         );
     }
 }

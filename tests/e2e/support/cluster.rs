@@ -410,7 +410,13 @@ impl Cluster {
                     tls::copy_shared_ca(&dir);
                     tls::issue_into(&dir, "netns", "*", &[&net.addr_a, &net.addr_b])
                 });
-                start_in_netns(net, ns, &spec.id, &addr, &with_tls(&args, certs))
+                start_in_netns(
+                    net,
+                    ns,
+                    &spec.id,
+                    &addr,
+                    &with_tls(&allowing_faults(&args), certs),
+                )
             }
         };
         self.nodes.push(Node {
@@ -656,7 +662,7 @@ fn start_on_loopback(
         all.extend(["--", program_arg.as_str()]);
     }
     all.extend(["node", "--listen", "127.0.0.1:0"]);
-    let args = with_tls(args, tls::shared());
+    let args = with_tls(&allowing_faults(args), tls::shared());
     all.extend(args.iter().map(String::as_str));
     let process = if limited {
         Process::spawn(id, "prlimit", &all, &[("MALLOC_ARENA_MAX", "2")])
@@ -706,6 +712,16 @@ fn start_in_netns(
         ));
     }
     (process, addr.to_owned())
+}
+
+/// `args`, with `--allow-fault-injection` when they inject faults: a node
+/// refuses `--fault` without it, and the tests that arm faults mean it.
+fn allowing_faults<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    if args.contains(&"--fault") && !args.contains(&"--allow-fault-injection") {
+        all.push("--allow-fault-injection");
+    }
+    all
 }
 
 fn wait_listening(process: &Process) -> String {

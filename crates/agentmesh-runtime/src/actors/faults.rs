@@ -3,6 +3,11 @@
 //! makes a worker or peer misbehave on purpose, so that honest tests can
 //! show consensus out-voting a wrong peer, reputation falling, breakers
 //! opening and retries at work.
+//!
+//! The binary refuses `--fault` unless the node is also started with
+//! `--allow-fault-injection` (or built with its `fault-injection`
+//! feature), and a faulty agent carries its faults in its registration
+//! (`AgentRegistration::faults`), so `agents` never shows it as normal.
 
 use std::fmt;
 use std::str::FromStr;

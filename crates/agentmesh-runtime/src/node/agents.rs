@@ -161,6 +161,7 @@ impl Spawner {
                 load: 0,
                 max_concurrency: 0,
                 version: VERSION.to_owned(),
+                faults: Vec::new(),
             })
             .await?;
         let leadership = LeadershipLoop::spawn(self.registry.clone(), id.clone(), actor.clone());

@@ -31,7 +31,7 @@ use super::error::NodeError;
 use super::local::LocalCluster;
 use super::{Node, RunningAgents};
 use crate::api::task::TaskApi;
-use crate::tools::{Tool, ToolBox};
+use crate::tools::{HttpAccess, Tool, ToolBox};
 use crate::transport::Router;
 use crate::transport::tls;
 
@@ -49,7 +49,11 @@ impl NodeBuilder {
     /// A node with the built-in tools (`http.get` only when the config's
     /// `http_allow` names hosts) and an in-memory registry.
     pub fn new(config: NodeConfig) -> Self {
-        let tools = ToolBox::builtin_within(&config.http_allow, config.max_output_bytes);
+        let http = HttpAccess {
+            allow: config.http_allow.clone(),
+            allow_private: config.http_allow_private,
+        };
+        let tools = ToolBox::builtin_within(&http, config.max_output_bytes);
         Self {
             config,
             tools,
@@ -188,6 +192,7 @@ fn registration(config: &NodeConfig, id: AgentId, endpoint: &str) -> AgentRegist
         load: 0,
         max_concurrency: config.max_concurrency,
         version: VERSION.to_owned(),
+        faults: config.faults.0.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -41,6 +41,10 @@ pub struct NodeConfig {
     /// Hosts and ports the `http.get` tool may fetch from; the tool is off
     /// when empty.
     pub http_allow: Vec<AllowedHost>,
+    /// Whether `http.get` may fetch a name that resolves to a loopback,
+    /// private, link-local or other non-public address. Off by default: an
+    /// allowed name can be pointed inward by whoever controls its DNS.
+    pub http_allow_private: bool,
     /// Largest tool output a worker reports, as JSON (`--max-output-bytes`).
     /// Checked while the output is serialized, and below the envelope
     /// limit, so an output too large to report fails its attempt at once,
@@ -309,6 +313,7 @@ impl NodeConfig {
             capabilities: Vec::new(),
             max_concurrency: 4,
             http_allow: Vec::new(),
+            http_allow_private: false,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             coordinator: CoordinatorConfig::default(),
             mailbox: MailboxConfig::default(),

@@ -341,6 +341,7 @@ mod tests {
                     load: 0,
                     max_concurrency: 1,
                     version: "test".into(),
+                    faults: Vec::new(),
                 };
                 (registration.id.clone(), registration)
             })
