@@ -27,8 +27,9 @@ use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
 use agentmesh_runtime::transport::channel;
 use anyhow::{Context, bail};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -63,6 +64,9 @@ pub struct Client {
     /// fair dispatch; without it the coordinator names the client by its
     /// address.
     name: Option<ClientId>,
+    /// `Bearer <token>`, sent with every call but the health check, for
+    /// nodes that require a token (`--token-file`).
+    bearer: Option<AsciiMetadataValue>,
 }
 
 /// Whether another endpoint might answer where this one did not.
@@ -156,7 +160,30 @@ impl Client {
             endpoints,
             deadlines,
             name: None,
+            bearer: None,
         })
+    }
+
+    /// Sends `token` as the bearer token of every call, when there is one.
+    pub fn with_token(mut self, token: Option<String>) -> anyhow::Result<Self> {
+        if let Some(token) = token {
+            self.bearer = Some(
+                agentmesh_runtime::api::auth::bearer_value(&token)
+                    .context("the token holds characters a header cannot carry")?,
+            );
+        }
+        Ok(self)
+    }
+
+    /// `message` as a request carrying the bearer token, if any.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert(agentmesh_runtime::api::auth::AUTHORIZATION, bearer.clone());
+        }
+        request
     }
 
     /// Submits as `name` (see [`agentmesh_runtime::api::client`]).
@@ -256,7 +283,7 @@ impl Client {
         loop {
             let outcome = self
                 .call(Repeat::Unsafe, |channel| {
-                    let mut request = tonic::Request::new(pb::SubmitRequest {
+                    let mut request = self.request(pb::SubmitRequest {
                         document: document.clone(),
                         wait: false,
                     });
@@ -291,9 +318,9 @@ impl Client {
 
     pub async fn get(&self, task_id: &str) -> anyhow::Result<pb::TaskRecord> {
         self.call(Repeat::Safe, |channel| async move {
-            let request = pb::GetTaskRequest {
+            let request = self.request(pb::GetTaskRequest {
                 task_id: task_id.to_owned(),
-            };
+            });
             Ok(TaskServiceClient::new(channel)
                 .get(request)
                 .await?
@@ -304,10 +331,10 @@ impl Client {
 
     pub async fn cancel(&self, task_id: &str, reason: &str) -> anyhow::Result<pb::TaskStatus> {
         self.call(Repeat::Safe, |channel| async move {
-            let request = pb::CancelTaskRequest {
+            let request = self.request(pb::CancelTaskRequest {
                 task_id: task_id.to_owned(),
                 reason: reason.to_owned(),
-            };
+            });
             Ok(TaskServiceClient::new(channel)
                 .cancel(request)
                 .await?
@@ -320,7 +347,7 @@ impl Client {
     pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
         self.call(Repeat::Safe, |channel| async move {
             let reply = ClusterServiceClient::new(channel)
-                .list_agents(pb::ListAgentsRequest {})
+                .list_agents(self.request(pb::ListAgentsRequest {}))
                 .await?;
             Ok(reply.into_inner().agents)
         })
@@ -347,10 +374,10 @@ impl Client {
                         continue;
                     }
                 };
-                let request = pb::WatchTaskRequest {
+                let request = self.request(pb::WatchTaskRequest {
                     task_id: task_id.to_owned(),
                     after_revision,
-                };
+                });
                 let deadline = self.deadlines.request;
                 let mut client = TaskServiceClient::new(channel);
                 let opened = client.watch(request);

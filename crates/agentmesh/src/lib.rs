@@ -41,17 +41,19 @@ use std::sync::Arc;
 
 use agentmesh_proto::v1 as pb;
 use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry};
+use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
-    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
+    AgentsArgs, BenchArgs, Cli, Command, Endpoints, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
+    TokenCommand,
 };
 use crate::client::Client;
 
@@ -132,7 +134,46 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Task { command } => task(command).await,
         Command::Agents(args) => agents(args).await,
         Command::Bench(args) => bench(args, tools).await,
+        Command::Token { command } => token(command),
     }
+}
+
+/// `agentmesh token new` and `agentmesh token hash`.
+fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::New(args) => {
+            let (token, hash) = auth::new_token()?;
+            let line = auth::tokens_file_line(args.role.into(), &args.subject, &hash);
+            eprintln!(
+                "a {} token for '{}'; the token is shown this once (nodes keep only its hash):",
+                agentmesh_core::access::ClientRole::from(args.role),
+                args.subject
+            );
+            println!("{token}");
+            eprintln!("add this line to the nodes' tokens file (--token-file):");
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Hash => {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .context("failed to read the token from stdin")?;
+            let token = text.trim();
+            if token.is_empty() {
+                bail!("no token on stdin");
+            }
+            println!("{}", auth::token_hash(token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A client of `endpoints`, sending their token if one is given.
+fn client_of(endpoints: &Endpoints) -> anyhow::Result<Client> {
+    Client::new(endpoints.endpoint.clone(), endpoints.deadlines())?
+        .with_token(endpoints.token.token()?)
 }
 
 async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
@@ -147,7 +188,9 @@ async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     };
     let report = match &args.endpoint {
         Some(endpoint) => {
-            let target = RemoteTarget::connect(endpoint, args.connections as usize).await?;
+            let target =
+                RemoteTarget::connect(endpoint, args.connections as usize, args.token.token()?)
+                    .await?;
             let target: Arc<dyn Target> = Arc::new(target);
             bench::run(target, &options).await
         }
@@ -199,7 +242,18 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
 }
 
 async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
-    let config = args.to_config();
+    let mut config = args.to_config();
+    // Loaded before anything binds or registers: a node must not serve
+    // with tokens other than those meant.
+    config.tokens = args
+        .tokens_file
+        .as_deref()
+        .map(TokenStore::load)
+        .transpose()
+        .context("failed to load the client tokens (--token-file)")?;
+    if config.tokens.is_none() {
+        warn!("no --token-file: the client API is open to anyone who can reach --listen");
+    }
     info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
     let mut options = EtcdOptions::new(args.etcd.clone());
     options.lease_ttl = args.lease_ttl();
@@ -268,8 +322,7 @@ async fn wait_for_shutdown_signal() {
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
     let name = args.client.unwrap_or_else(cli::default_client);
-    let client =
-        Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?.named(name);
+    let client = client_of(&args.endpoints)?.named(name);
     let task_id = client.submit(document).await?;
     if !args.wait {
         println!("{task_id}");
@@ -284,14 +337,12 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
         TaskCommand::Status(args) => {
-            let record = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
-                .get(&args.id)
-                .await?;
+            let record = client_of(&args.endpoints)?.get(&args.id).await?;
             print_json(&convert::task_json(&record))?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Watch(args) => {
-            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
+            let client = client_of(&args.endpoints)?;
             let record = client
                 .watch(&args.id, |record| {
                     println!("{}", convert::task_json(record))
@@ -300,7 +351,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(exit_for(&record))
         }
         TaskCommand::Cancel(args) => {
-            let client = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?;
+            let client = client_of(&args.endpoints)?;
             let status = client.cancel(&args.id, &args.reason).await?;
             println!("{}", convert::status_name(status));
             Ok(ExitCode::SUCCESS)
@@ -309,9 +360,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
-    let agents = Client::new(args.endpoints.endpoint.clone(), args.endpoints.deadlines())?
-        .list_agents()
-        .await?;
+    let agents = client_of(&args.endpoints)?.list_agents().await?;
     if args.json {
         let list: Vec<serde_json::Value> = agents.iter().map(agent_json).collect();
         print_json(&serde_json::Value::Array(list))?;

@@ -598,11 +598,17 @@ fn bearer(header: Option<&AsciiMetadataValue>) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Sets `request`'s bearer token; for the CLI.
+/// The [`AUTHORIZATION`] value carrying `token`; refused when the token
+/// holds what a header cannot (control characters, non-ASCII).
+pub fn bearer_value(token: &str) -> Result<AsciiMetadataValue, AuthError> {
+    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| AuthError::Malformed)
+}
+
+/// Sets `request`'s bearer token; for clients.
 pub fn set_bearer<T>(request: &mut Request<T>, token: &str) -> Result<(), AuthError> {
-    let value =
-        MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| AuthError::Malformed)?;
-    request.metadata_mut().insert(AUTHORIZATION, value);
+    request
+        .metadata_mut()
+        .insert(AUTHORIZATION, bearer_value(token)?);
     Ok(())
 }
 
