@@ -10,6 +10,7 @@
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
 //! * `hostile`: hostile input against a cluster under memory caps.
+//! * `security`: forgeries and misuse refused (client tokens and roles).
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -21,4 +22,5 @@ mod hierarchy;
 mod hostile;
 mod peers;
 mod registry_etcd;
+mod security;
 mod support;
