@@ -96,12 +96,13 @@ impl TokensFile {
     }
 }
 
-/// A cluster whose coordinators require the tokens in `file`; the harness
+/// A cluster whose nodes require the tokens in `file`; the harness
 /// runs its own CLI calls (formation, status) with `admin`.
 fn secured(file: &TokensFile, admin: &Token) -> ClusterBuilder {
     Cluster::builder()
         .coordinators(1)
         .coordinator_args(&["--token-file", file.path()])
+        .worker_args(&["--token-file", file.path()])
         .client_env(&[("AGENTMESH_TOKEN", &admin.token)])
         .worker("worker-1", "math.eval,sleep")
 }
