@@ -631,15 +631,12 @@ mod tests {
 
     #[test]
     fn a_tokens_file_maps_each_token_hash_to_its_principal() {
+        // Upper-case hex is taken too, and a comment after a line.
         let text = format!(
-            "# who may call this cluster\n\n{}{}  {}",
+            "# who may call this cluster\n\n{}{}  admin ops {}  # on call\n",
             line("submit", "alice", "amt_alice"),
             line("read", "audit", "amt_audit"),
-            // Upper-case hex is taken too.
-            format!(
-                "admin ops {}  # on call\n",
-                token_hash("amt_ops").to_uppercase()
-            )
+            token_hash("amt_ops").to_uppercase()
         );
         let tokens = Tokens::parse(&text).unwrap();
         assert_eq!(tokens.len(), 3);
