@@ -6,6 +6,7 @@
 //! data, so they are unit- and property-tested in isolation and reused by
 //! every actor that needs them.
 
+pub mod access;
 pub mod agent;
 pub mod auction;
 pub mod breaker;

@@ -85,6 +85,11 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
         created_unix_ms: r.created_ms,
         updated_unix_ms: r.updated_ms,
         revision: r.revision,
+        owner: r
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -129,6 +134,7 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
         "error": non_empty(&r.error),
         "elapsed_ms": elapsed,
         "revision": r.revision,
+        "owner": non_empty(&r.owner),
         "subtasks": r.subtasks.iter().map(|s| without_nulls(json!({
             "id": s.id,
             "capability": s.capability,

@@ -1,10 +1,12 @@
 //! Command-line flags, their `AGENTMESH_*` variables, and their mapping
 //! onto the runtime's one configuration struct.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentmesh_core::access::ClientRole;
 use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
@@ -14,6 +16,7 @@ use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
 use agentmesh_runtime::transport::channel::{ClientTls, Security};
 use agentmesh_runtime::transport::tls::{self, NodeTls, TlsFiles};
+use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -90,6 +93,11 @@ pub enum Command {
     /// flags to start nodes and clients with. Production clusters bring
     /// their own CA: see docs/security.md.
     Certs(CertsArgs),
+    /// Makes client tokens for a node's --token-file.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +125,109 @@ pub struct CertsArgs {
     /// Days the node certificate is valid.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub days: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a random token. Prints two lines on stdout: the token, shown
+    /// this once (give it to the client, as AGENTMESH_TOKEN or in the file
+    /// of its --token-file), then the line to add to the nodes' tokens
+    /// file, which holds only the token's SHA-256.
+    New(TokenNewArgs),
+    /// Reads a token on stdin and prints its SHA-256 as the tokens file
+    /// holds it (to grant an existing token another role or subject).
+    Hash,
+}
+
+/// What a client token allows (see docs/security.md).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClientRoleArg {
+    /// Submits tasks; reads, watches and cancels its own.
+    Submit,
+    /// Reads and watches every task; submits and cancels nothing.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+impl From<ClientRoleArg> for ClientRole {
+    fn from(role: ClientRoleArg) -> Self {
+        match role {
+            ClientRoleArg::Submit => ClientRole::Submit,
+            ClientRoleArg::Read => ClientRole::Read,
+            ClientRoleArg::Admin => ClientRole::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// What the token allows.
+    #[arg(long, value_enum)]
+    pub role: ClientRoleArg,
+    /// Who holds it: the owner of the tasks it submits, and the client its
+    /// tasks are counted under for fair dispatch (up to 64 ASCII letters,
+    /// digits and `. _ - @ :`).
+    #[arg(long, value_parser = parse_client)]
+    pub subject: ClientId,
+}
+
+/// Largest token file a client reads: a token is 68 bytes.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The bearer token of a client command.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding this client's bearer token (as `agentmesh token new`
+    /// printed it), sent as `authorization: Bearer <token>` with every
+    /// call; needed by nodes started with --token-file. Without it the
+    /// token in the AGENTMESH_TOKEN variable is sent, if set. (No flag
+    /// takes the token itself: command lines are visible to every user of
+    /// the machine.)
+    #[arg(long = "token-file", env = "AGENTMESH_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token to send, from --token-file or else `AGENTMESH_TOKEN`.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        token_from(
+            self.token_file.as_deref(),
+            std::env::var("AGENTMESH_TOKEN").ok(),
+        )
+    }
+}
+
+/// The token in `file`, or else `variable` (the value of
+/// `AGENTMESH_TOKEN`); surrounding whitespace is dropped, an empty value
+/// is no token. Errors never show the token.
+fn token_from(file: Option<&Path>, variable: Option<String>) -> anyhow::Result<Option<String>> {
+    let Some(path) = file else {
+        return Ok(variable
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty()));
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("failed to read the token file {}", path.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        bail!(
+            "token file {} is over {MAX_TOKEN_FILE_BYTES} bytes: it should hold one token",
+            path.display()
+        );
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    if token.lines().count() > 1 {
+        bail!(
+            "token file {} holds more than one line: it should hold one token",
+            path.display()
+        );
+    }
+    Ok(Some(token.to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +271,9 @@ pub struct BenchArgs {
     /// `agentmesh submit --help`).
     #[arg(long, env = "AGENTMESH_CA")]
     pub ca: Option<PathBuf>,
+    /// The bearer token sent to --endpoint, for clusters that require one.
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 impl BenchArgs {
@@ -419,6 +533,19 @@ pub struct NodeArgs {
     /// answers on purpose. A node with faults is marked in `agents`.
     #[arg(long, env = "AGENTMESH_ALLOW_FAULT_INJECTION", value_parser = BoolishValueParser::new())]
     pub allow_fault_injection: bool,
+    /// Client tokens file: one `<role> <subject> <sha256-hex>` line per
+    /// token (`agentmesh token new` prints one). With it, TaskService and
+    /// ClusterService refuse calls without a valid bearer token and each
+    /// task is owned by the subject that submitted it; the file is re-read
+    /// within a second of a change (a bad new file is refused and the old
+    /// tokens stay). Without it, the client API is open to anyone who can
+    /// reach --listen. Health and reflection stay open either way.
+    #[arg(
+        long = "token-file",
+        env = "AGENTMESH_TOKENS_FILE",
+        value_name = "PATH"
+    )]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Whether this binary accepts `--fault` without `--allow-fault-injection`:
@@ -642,6 +769,9 @@ pub struct Endpoints {
     /// response), in ms. A submit covers the durable write of the task.
     #[arg(long, env = "AGENTMESH_REQUEST_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
+    /// The bearer token sent to the endpoints, for clusters that require one.
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// CA certificate (PEM) that the nodes' certificates chain to: speaks
     /// TLS to the endpoints and checks their host names. Without it the
     /// client speaks plaintext, which only a node started with --insecure
@@ -660,13 +790,15 @@ pub fn client_security(ca: Option<&Path>) -> anyhow::Result<Security> {
 }
 
 impl Endpoints {
-    /// A client of these endpoints, with these deadlines and this TLS.
+    /// A client of these endpoints, with these deadlines, this TLS and
+    /// this token.
     pub fn client(&self) -> anyhow::Result<crate::client::Client> {
         crate::client::Client::new(
             self.endpoint.clone(),
             self.deadlines(),
             client_security(self.ca.as_deref())?,
-        )
+        )?
+        .with_token(self.token.token()?)
     }
 
     pub fn deadlines(&self) -> crate::client::Deadlines {
@@ -988,6 +1120,67 @@ mod tests {
             (limits.max_queued_subtasks, limits.max_active_tasks),
             (100, 7)
         );
+    }
+
+    #[test]
+    fn a_client_token_comes_from_its_file_before_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "amt_from_file\n").unwrap();
+        assert_eq!(
+            token_from(Some(&file), Some("amt_env".into())).unwrap(),
+            Some("amt_from_file".to_owned())
+        );
+        assert_eq!(
+            token_from(None, Some(" amt_env ".into())).unwrap(),
+            Some("amt_env".to_owned())
+        );
+        assert_eq!(token_from(None, Some(String::new())).unwrap(), None);
+        assert_eq!(token_from(None, None).unwrap(), None);
+        std::fs::write(&file, "amt_one\namt_two\n").unwrap();
+        let error = token_from(Some(&file), None).unwrap_err().to_string();
+        assert!(error.contains("more than one line"), "{error}");
+        assert!(!error.contains("amt_one"), "{error}");
+        std::fs::write(&file, "  \n").unwrap();
+        assert!(token_from(Some(&file), None).is_err());
+        assert!(token_from(Some(&dir.path().join("missing")), None).is_err());
+
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "node",
+            "--role",
+            "coordinator",
+            "--etcd",
+            "http://a:1",
+            "--token-file",
+            "/etc/agentmesh/tokens",
+        ])
+        .unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        assert_eq!(
+            args.tokens_file.as_deref(),
+            Some(Path::new("/etc/agentmesh/tokens"))
+        );
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "token",
+            "new",
+            "--role",
+            "submit",
+            "--subject",
+            "alice",
+        ])
+        .unwrap();
+        let Command::Token {
+            command: TokenCommand::New(args),
+        } = cli.command
+        else {
+            panic!("expected token new")
+        };
+        assert_eq!(ClientRole::from(args.role), ClientRole::Submit);
+        assert_eq!(args.subject.as_str(), "alice");
     }
 
     #[test]

@@ -27,8 +27,9 @@ use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
 use agentmesh_runtime::transport::channel::{self, Security};
 use anyhow::{Context, bail};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -64,6 +65,9 @@ pub struct Client {
     /// fair dispatch; without it the coordinator names the client by its
     /// address.
     name: Option<ClientId>,
+    /// `Bearer <token>`, sent with every call but the health check, for
+    /// nodes that require a token (`--token-file`).
+    bearer: Option<AsciiMetadataValue>,
 }
 
 /// Whether another endpoint might answer where this one did not.
@@ -162,7 +166,30 @@ impl Client {
             deadlines,
             security,
             name: None,
+            bearer: None,
         })
+    }
+
+    /// Sends `token` as the bearer token of every call, when there is one.
+    pub fn with_token(mut self, token: Option<String>) -> anyhow::Result<Self> {
+        if let Some(token) = token {
+            self.bearer = Some(
+                agentmesh_runtime::api::auth::bearer_value(&token)
+                    .context("the token holds characters a header cannot carry")?,
+            );
+        }
+        Ok(self)
+    }
+
+    /// `message` as a request carrying the bearer token, if any.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert(agentmesh_runtime::api::auth::AUTHORIZATION, bearer.clone());
+        }
+        request
     }
 
     /// Submits as `name` (see [`agentmesh_runtime::api::client`]).
@@ -262,7 +289,7 @@ impl Client {
         loop {
             let outcome = self
                 .call(Repeat::Unsafe, |channel| {
-                    let mut request = tonic::Request::new(pb::SubmitRequest {
+                    let mut request = self.request(pb::SubmitRequest {
                         document: document.clone(),
                         wait: false,
                     });
@@ -297,9 +324,9 @@ impl Client {
 
     pub async fn get(&self, task_id: &str) -> anyhow::Result<pb::TaskRecord> {
         self.call(Repeat::Safe, |channel| async move {
-            let request = pb::GetTaskRequest {
+            let request = self.request(pb::GetTaskRequest {
                 task_id: task_id.to_owned(),
-            };
+            });
             Ok(TaskServiceClient::new(channel)
                 .get(request)
                 .await?
@@ -310,10 +337,10 @@ impl Client {
 
     pub async fn cancel(&self, task_id: &str, reason: &str) -> anyhow::Result<pb::TaskStatus> {
         self.call(Repeat::Safe, |channel| async move {
-            let request = pb::CancelTaskRequest {
+            let request = self.request(pb::CancelTaskRequest {
                 task_id: task_id.to_owned(),
                 reason: reason.to_owned(),
-            };
+            });
             Ok(TaskServiceClient::new(channel)
                 .cancel(request)
                 .await?
@@ -326,7 +353,7 @@ impl Client {
     pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
         self.call(Repeat::Safe, |channel| async move {
             let reply = ClusterServiceClient::new(channel)
-                .list_agents(pb::ListAgentsRequest {})
+                .list_agents(self.request(pb::ListAgentsRequest {}))
                 .await?;
             Ok(reply.into_inner().agents)
         })
@@ -353,10 +380,10 @@ impl Client {
                         continue;
                     }
                 };
-                let request = pb::WatchTaskRequest {
+                let request = self.request(pb::WatchTaskRequest {
                     task_id: task_id.to_owned(),
                     after_revision,
-                };
+                });
                 let deadline = self.deadlines.request;
                 let mut client = TaskServiceClient::new(channel);
                 let opened = client.watch(request);

@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 use agentmesh_proto::v1 as pb;
 use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry};
+use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
 use agentmesh_runtime::tools::{Tool, ToolBox};
@@ -52,7 +53,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
-    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand,
+    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand, TokenCommand,
 };
 
 /// The example `agentmesh local` runs when no task file is given.
@@ -133,6 +134,7 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Agents(args) => agents(args).await,
         Command::Bench(args) => bench(args, tools).await,
         Command::Certs(args) => certs(&args),
+        Command::Token { command } => token(command),
     }
 }
 
@@ -158,6 +160,38 @@ fn certs(args: &cli::CertsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `agentmesh token new` and `agentmesh token hash`.
+fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::New(args) => {
+            let (token, hash) = auth::new_token()?;
+            let line = auth::tokens_file_line(args.role.into(), &args.subject, &hash);
+            eprintln!(
+                "a {} token for '{}'; the token is shown this once (nodes keep only its hash):",
+                agentmesh_core::access::ClientRole::from(args.role),
+                args.subject
+            );
+            println!("{token}");
+            eprintln!("add this line to the nodes' tokens file (--token-file):");
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Hash => {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .context("failed to read the token from stdin")?;
+            let token = text.trim();
+            if token.is_empty() {
+                bail!("no token on stdin");
+            }
+            println!("{}", auth::token_hash(token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     let options = BenchOptions {
         shape: args.shape,
@@ -174,6 +208,7 @@ async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
                 endpoint,
                 args.connections as usize,
                 &cli::client_security(args.ca.as_deref())?,
+                args.token.token()?,
             )
             .await?;
             let target: Arc<dyn Target> = Arc::new(target);
@@ -238,6 +273,17 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
             "running INSECURE (--insecure): no TLS, no authentication of nodes; anyone who \
              can reach this node can send its agents envelopes"
         );
+    }
+    // Loaded before anything binds or registers: a node must not serve
+    // with tokens other than those meant.
+    config.tokens = args
+        .tokens_file
+        .as_deref()
+        .map(TokenStore::load)
+        .transpose()
+        .context("failed to load the client tokens (--token-file)")?;
+    if config.tokens.is_none() {
+        warn!("no --token-file: the client API is open to anyone who can reach --listen");
     }
     info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
     let mut options = EtcdOptions::new(args.etcd.clone());

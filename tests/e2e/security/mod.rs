@@ -4,3 +4,4 @@
 
 mod fault_injection;
 mod http_get;
+mod tokens;

@@ -37,7 +37,7 @@ use super::netns::NetnsPair;
 use super::tls;
 use super::{
     CLI_TIMEOUT, CliOutput, Etcd, NODE_START_TIMEOUT, Process, Stream, agentmesh_bin, cli_env,
-    etcd_binary, eventually, run_cli, scratch_dir,
+    etcd_binary, eventually, run_cli_with, scratch_dir,
 };
 
 /// How long [`ClusterBuilder::start`] waits for a leader and for every node
@@ -150,6 +150,9 @@ struct Defaults {
     worker_args: Vec<String>,
     lease_ttl: Option<u64>,
     memory_cap: Option<u64>,
+    /// Variables of every CLI run through the cluster (a bearer token for
+    /// nodes that require one).
+    client_env: Vec<(String, String)>,
 }
 
 /// What to start; see the module documentation.
@@ -188,6 +191,16 @@ impl ClusterBuilder {
         self.defaults
             .worker_args
             .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Environment variables for every CLI command the cluster runs
+    /// ([`Cluster::cli`], [`Cluster::spawn_cli`], the formation checks),
+    /// e.g. `AGENTMESH_TOKEN` when the coordinators require tokens.
+    pub fn client_env(mut self, envs: &[(&str, &str)]) -> Self {
+        self.defaults
+            .client_env
+            .extend(envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         self
     }
 
@@ -478,18 +491,26 @@ impl Cluster {
     /// `agentmesh ARGS...` to completion (in namespace A in a netns cluster).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         match &self.net {
-            None => run_cli(args),
+            None => run_cli_with(args, &self.client_env(), CLI_TIMEOUT),
             Some(net) => net.run_in_with(&net.a, agentmesh_bin(), args, CLI_TIMEOUT),
         }
     }
 
     /// `agentmesh ARGS...` left running (in namespace A in a netns cluster).
     pub fn spawn_cli(&self, name: &str, args: &[&str]) -> Process {
-        let envs = cli_env(&[]);
+        let envs = cli_env(&self.client_env());
         match &self.net {
             None => Process::spawn(name, agentmesh_bin(), args, &envs),
             Some(net) => net.spawn_in(&net.a, name, agentmesh_bin(), args, &envs),
         }
+    }
+
+    fn client_env(&self) -> Vec<(&str, &str)> {
+        self.defaults
+            .client_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// `agents --json` as `endpoint` answers it.

@@ -150,6 +150,13 @@ pub struct TaskRecord {
     /// client. Absent from records written before clients were named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<ClientId>,
+    /// The authenticated subject that submitted the task, whose submit
+    /// token may read and cancel it (see [`crate::access`]). Unlike
+    /// [`TaskRecord::client`], which a client may name itself when
+    /// authentication is off, it is set only from a verified token; absent
+    /// when the task was submitted without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ClientId>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -216,6 +223,7 @@ impl TaskRecord {
             revision: 1,
             resumes: 0,
             client: None,
+            owner: None,
         }
     }
 

@@ -2,9 +2,11 @@
 //! per-client limits and round-robin dispatch
 //! (`agentmesh_core::fairness`).
 //!
-//! Until clients authenticate, a client names itself in the
-//! [`CLIENT_METADATA`] header (the CLI sends `--client`, `USER@HOST` by
-//! default); a request without one is named by the address it came from.
+//! On a node with client tokens the client is the subject of the caller's
+//! token (see [`super::auth`]) and this header is ignored. Without tokens,
+//! a client names itself in the [`CLIENT_METADATA`] header (the CLI sends
+//! `--client`, `USER@HOST` by default); a request without one is named by
+//! the address it came from.
 //! The name is checked like any other input from the network. A follower
 //! that forwards a submit to the leader sends the name it resolved, so the
 //! leader does not mistake the follower for the client.

@@ -1,8 +1,10 @@
-//! `ClusterService`: the cluster as this node sees it.
+//! `ClusterService`: the cluster as this node sees it. With client tokens
+//! on, every role may list the agents, but only with a valid token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::access::Action;
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_proto::v1 as pb;
@@ -12,22 +14,27 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tonic::{Request, Response, Status};
 
+use super::auth::Authenticator;
+use super::error::ApiError;
 use crate::actors::coordinator::CoordinatorMessage;
 use crate::convert;
 
 pub struct ClusterGrpc {
     registry: Arc<dyn Registry>,
     coordinator: Option<ActorRef<CoordinatorMessage>>,
+    auth: Authenticator,
 }
 
 impl ClusterGrpc {
     pub fn server(
         registry: Arc<dyn Registry>,
         coordinator: Option<ActorRef<CoordinatorMessage>>,
+        auth: Authenticator,
     ) -> ClusterServiceServer<Self> {
         ClusterServiceServer::new(Self {
             registry,
             coordinator,
+            auth,
         })
     }
 }
@@ -51,8 +58,12 @@ async fn worker_stats(coordinator: Option<&ActorRef<CoordinatorMessage>>) -> Vec
 impl ClusterService for ClusterGrpc {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsReply>, Status> {
+        self.auth
+            .authenticate(&request)
+            .and_then(|caller| caller.authorize(Action::ListAgents))
+            .map_err(ApiError::from)?;
         let membership = self.registry.membership().borrow().clone();
         let leader = self.registry.leader().borrow().clone();
         let stats = worker_stats(self.coordinator.as_ref()).await;

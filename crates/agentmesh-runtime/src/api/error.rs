@@ -9,6 +9,7 @@ use agentmesh_registry::RegistryError;
 use thiserror::Error;
 use tonic::Status;
 
+use super::auth::AuthError;
 use crate::actors::coordinator::SubmitError;
 use crate::transport::DeliverError;
 
@@ -44,6 +45,8 @@ pub enum ApiError {
     TooManyWatches(usize),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// gRPC metadata key of the pause a refused client should take before
@@ -92,6 +95,8 @@ impl From<ApiError> for Status {
                 Status::already_exists(message)
             }
             ApiError::Registry(_) => Status::unavailable(message),
+            ApiError::Auth(AuthError::Denied(_)) => Status::permission_denied(message),
+            ApiError::Auth(_) => Status::unauthenticated(message),
         }
     }
 }
@@ -191,6 +196,30 @@ mod tests {
             status.message().starts_with(
                 "no task 't9': never submitted, or ended and deleted after its retention"
             ),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn refused_tokens_are_unauthenticated_and_refused_roles_permission_denied() {
+        for refused in [AuthError::Missing, AuthError::Malformed, AuthError::Unknown] {
+            assert_eq!(
+                Status::from(ApiError::Auth(refused)).code(),
+                Code::Unauthenticated
+            );
+        }
+        let reader = agentmesh_core::access::Principal {
+            subject: agentmesh_core::ClientId::parse("audit").unwrap(),
+            role: agentmesh_core::access::ClientRole::Read,
+        };
+        let denied =
+            agentmesh_core::access::authorize(&reader, agentmesh_core::access::Action::Submit)
+                .unwrap_err();
+        let status = Status::from(ApiError::Auth(AuthError::Denied(denied)));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(
+            status.message().contains("'audit' (role read)"),
             "{}",
             status.message()
         );

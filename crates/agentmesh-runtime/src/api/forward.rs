@@ -5,6 +5,11 @@
 //! it or refuses it but never forwards it again: while two coordinators
 //! disagree on who leads, a request fails with UNAVAILABLE (and the client
 //! retries) instead of bouncing between them.
+//!
+//! When the node authenticates clients, the forwarded request carries the
+//! client's own bearer token and the subject this node authenticated (see
+//! [`super::auth::trusted_forwarded_subject`]), so the leader records the
+//! task's owner as the client, not as this node.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +21,7 @@ use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use crate::transport::channel::{self, Security};
 
 /// Where a call that changes a task is handled.
@@ -56,24 +62,31 @@ impl Forwarder {
     }
 
     /// Forwards a submit of `submitter`'s, named as the client this node
-    /// resolved (the leader would otherwise see this node's address).
+    /// resolved (the leader would otherwise see this node's address), on
+    /// behalf of `caller`.
     pub async fn submit(
         &self,
         leader: &Route,
         request: pb::SubmitRequest,
         submitter: &ClientId,
+        caller: &Caller,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let (mut client, mut request) = self.prepare(leader, request)?;
         super::client::name_request(&mut request, submitter);
+        caller.forward_with(&mut request);
         client.submit(request).await.map_err(|s| explain(leader, s))
     }
 
+    /// Forwards a cancel on behalf of `caller`; the leader decides whether
+    /// the caller may cancel the task.
     pub async fn cancel(
         &self,
         leader: &Route,
         request: pb::CancelTaskRequest,
+        caller: &Caller,
     ) -> Result<Response<pb::CancelReply>, Status> {
-        let (mut client, request) = self.prepare(leader, request)?;
+        let (mut client, mut request) = self.prepare(leader, request)?;
+        caller.forward_with(&mut request);
         client.cancel(request).await.map_err(|s| explain(leader, s))
     }
 

@@ -1,6 +1,7 @@
 //! The client-facing gRPC services of a node, and the one mapping of their
 //! errors to `tonic::Status`.
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod error;

@@ -7,11 +7,17 @@
 //! which only the leader may do: a follower forwards them to the leader
 //! (one hop; see [`super::forward`]). `Get` and `Watch` are answered from
 //! the leader's memory on the leader and from the registry elsewhere.
+//!
+//! When the node has client tokens, every call is authenticated first and
+//! authorized by the caller's role (see [`super::auth`]): a task is owned
+//! by the subject that submitted it, and a submit token reaches only the
+//! tasks it owns.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::access::Action;
 use agentmesh_core::patterns;
 use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
@@ -26,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
 
+use super::auth::{Authenticator, Caller};
 use super::client;
 pub use super::forward::Route;
 use super::forward::{self, Forwarder};
@@ -56,6 +63,36 @@ pub const DEFAULT_PARSE_CONCURRENCY: usize = 2;
 /// than handing them to a blocking thread and back, which cost a quarter
 /// of the trivial shape's throughput. Larger ones go to blocking threads.
 pub const INLINE_PARSE_BYTES: usize = 16 * 1024;
+
+/// Who a task is submitted for: the client its per-client limits and fair
+/// share count it under, and its owner when the submitter was
+/// authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitter {
+    pub client: ClientId,
+    /// Set only from a verified token (see [`TaskRecord::owner`]).
+    pub owner: Option<ClientId>,
+}
+
+impl Submitter {
+    /// A client that named itself, or was named by its address; owns
+    /// nothing.
+    pub fn anonymous(client: ClientId) -> Self {
+        Self {
+            client,
+            owner: None,
+        }
+    }
+
+    /// An authenticated subject: its own client and the task's owner, so
+    /// a token cannot pass its tasks off as another client's.
+    pub fn authenticated(subject: ClientId) -> Self {
+        Self {
+            client: subject.clone(),
+            owner: Some(subject),
+        }
+    }
+}
 
 /// A stream of task records that ends after the first terminal one.
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Arc<TaskRecord>, ApiError>> + Send>>;
@@ -146,12 +183,17 @@ impl TaskApi {
     /// Validates a task document against the live cluster and hands it to
     /// the coordinator; returns once the task record is durable.
     pub async fn submit(&self, document: &str) -> Result<TaskId, ApiError> {
-        self.submit_as(document, ClientId::unnamed()).await
+        self.submit_as(document, Submitter::anonymous(ClientId::unnamed()))
+            .await
     }
 
-    /// [`TaskApi::submit`] on behalf of `client` (see [`super::client`]).
-    pub async fn submit_as(&self, document: &str, client: ClientId) -> Result<TaskId, ApiError> {
-        let record = self.new_record(document, client).await?;
+    /// [`TaskApi::submit`] on behalf of `submitter` (see [`super::client`]).
+    pub async fn submit_as(
+        &self,
+        document: &str,
+        submitter: Submitter,
+    ) -> Result<TaskId, ApiError> {
+        let record = self.new_record(document, submitter).await?;
         let accepted = self.hand_over(record).await?;
         let id = accepted.id.clone();
         match accepted.durable().await {
@@ -186,16 +228,17 @@ impl TaskApi {
     /// path rather than two, and its first records often merge into that
     /// one write. The caller hears of the task only once it has ended.
     pub async fn run(&self, document: &str) -> Result<Arc<TaskRecord>, ApiError> {
-        self.run_as(document, ClientId::unnamed()).await
+        self.run_as(document, Submitter::anonymous(ClientId::unnamed()))
+            .await
     }
 
-    /// [`TaskApi::run`] on behalf of `client` (see [`super::client`]).
+    /// [`TaskApi::run`] on behalf of `submitter` (see [`super::client`]).
     pub async fn run_as(
         &self,
         document: &str,
-        client: ClientId,
+        submitter: Submitter,
     ) -> Result<Arc<TaskRecord>, ApiError> {
-        let record = self.new_record(document, client).await?;
+        let record = self.new_record(document, submitter).await?;
         let id = record.id.clone();
         let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
@@ -237,11 +280,16 @@ impl TaskApi {
     /// Parses and validates `document`: at once if it is small (see
     /// [`INLINE_PARSE_BYTES`]), else on a blocking thread once one of the
     /// parse permits is free (see [`TaskApi::with_parse_concurrency`]).
-    async fn new_record(&self, document: &str, client: ClientId) -> Result<TaskRecord, ApiError> {
+    async fn new_record(
+        &self,
+        document: &str,
+        submitter: Submitter,
+    ) -> Result<TaskRecord, ApiError> {
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
             let mut record = new_record(document, &self.limits, &membership)?;
-            record.client = Some(client);
+            record.client = Some(submitter.client);
+            record.owner = submitter.owner;
             return Ok(record);
         }
         // The permit goes with the work: a caller that gives up does not
@@ -261,7 +309,8 @@ impl TaskApi {
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
-        record.client = Some(client);
+        record.client = Some(submitter.client);
+        record.owner = submitter.owner;
         Ok(record)
     }
 
@@ -456,6 +505,8 @@ fn new_record(
 /// when this node's coordinator does not lead.
 pub struct TaskGrpc {
     api: TaskApi,
+    /// Who may call; everybody when the node has no client tokens.
+    auth: Authenticator,
     forwarder: Forwarder,
     /// One permit per open Watch stream (each may hold a registry
     /// watcher), so many Watches cannot exhaust the node or etcd.
@@ -468,12 +519,14 @@ impl TaskGrpc {
     /// `security` protects forwarding to the leader.
     pub fn server(
         api: TaskApi,
+        auth: Authenticator,
         max_message_bytes: usize,
         max_watches: usize,
         security: Security,
     ) -> TaskServiceServer<Self> {
         TaskServiceServer::new(Self {
             api,
+            auth,
             forwarder: Forwarder::new(max_message_bytes, security),
             watches: Arc::new(Semaphore::new(max_watches)),
             max_watches,
@@ -494,6 +547,27 @@ impl TaskGrpc {
             leader => Ok(Some(leader)),
         }
     }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
+        Ok(self.auth.authenticate(request)?)
+    }
+
+    /// Whether `caller` may read (or with `cancel`, cancel) task `id`. The
+    /// task's owner is looked up only when the caller's role depends on it.
+    async fn check_task(&self, caller: &Caller, id: &TaskId, cancel: bool) -> Result<(), ApiError> {
+        let owner = if caller.needs_owner() {
+            self.api.get(id).await?.owner
+        } else {
+            None
+        };
+        let owner = owner.as_ref();
+        let action = if cancel {
+            Action::Cancel { owner }
+        } else {
+            Action::Read { owner }
+        };
+        Ok(caller.authorize(action)?)
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TaskRecord, tonic::Status>> + Send>>;
@@ -504,11 +578,18 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
-        let submitter = client::identify(&request)?;
+        let caller = self.authenticate(&request)?;
+        caller.authorize(Action::Submit).map_err(ApiError::from)?;
+        // An authenticated subject is the client: a name the client sends
+        // for itself counts only when nobody is authenticated.
+        let submitter = match &caller.principal {
+            Some(principal) => Submitter::authenticated(principal.subject.clone()),
+            None => Submitter::anonymous(client::identify(&request)?),
+        };
         if let Some(leader) = self.forward_to(&request).await? {
             return self
                 .forwarder
-                .submit(&leader, request.into_inner(), &submitter)
+                .submit(&leader, request.into_inner(), &submitter.client, &caller)
                 .await;
         }
         let request = request.into_inner();
@@ -535,10 +616,16 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::TaskRecord>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
         let record = self
             .api
             .get(&TaskId::new(request.into_inner().task_id))
             .await?;
+        caller
+            .authorize(Action::Read {
+                owner: record.owner.as_ref(),
+            })
+            .map_err(ApiError::from)?;
         Ok(Response::new(convert::task_record(&record)))
     }
 
@@ -548,6 +635,7 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchStream>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
         // Checked before any work; held until the stream is dropped.
         let permit = self
             .watches
@@ -555,10 +643,9 @@ impl TaskService for TaskGrpc {
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyWatches(self.max_watches))?;
         let request = request.into_inner();
-        let records = self
-            .api
-            .watch(&TaskId::new(request.task_id), request.after_revision)
-            .await?;
+        let id = TaskId::new(request.task_id);
+        self.check_task(&caller, &id, false).await?;
+        let records = self.api.watch(&id, request.after_revision).await?;
         let stream = records.map(move |item| {
             let _held = &permit;
             item.map(|r| convert::task_record(&r))
@@ -571,19 +658,23 @@ impl TaskService for TaskGrpc {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelReply>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
         if let Some(leader) = self.forward_to(&request).await? {
-            return self.forwarder.cancel(&leader, request.into_inner()).await;
+            // The leader authenticates the caller again and decides.
+            return self
+                .forwarder
+                .cancel(&leader, request.into_inner(), &caller)
+                .await;
         }
         let request = request.into_inner();
+        let id = TaskId::new(request.task_id);
+        self.check_task(&caller, &id, true).await?;
         let reason = if request.reason.is_empty() {
             "cancelled by request".to_owned()
         } else {
             request.reason
         };
-        let status = self
-            .api
-            .cancel(&TaskId::new(request.task_id), reason)
-            .await?;
+        let status = self.api.cancel(&id, reason).await?;
         Ok(Response::new(pb::CancelReply {
             status: convert::status(status).into(),
         }))

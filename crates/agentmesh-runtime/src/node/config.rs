@@ -19,6 +19,7 @@ use agentmesh_core::task::{RecordLimits, TaskLimits};
 use thiserror::Error;
 
 use crate::actors::faults::Faults;
+use crate::api::auth::TokenStore;
 use crate::tools::{AllowedHost, DEFAULT_MAX_OUTPUT_BYTES, ToolBox};
 
 /// Everything a node needs to start.
@@ -62,6 +63,11 @@ pub struct NodeConfig {
     /// Misbehaviour a worker or peer injects on purpose; for tests and
     /// demonstrations only, none by default.
     pub faults: Faults,
+    /// Client tokens, when the client API requires them (`--token-file`):
+    /// `TaskService` and `ClusterService` then refuse calls without a
+    /// valid bearer token, and each task is owned by its submitter. `None`
+    /// (the default, and always in `agentmesh local`) leaves them open.
+    pub tokens: Option<TokenStore>,
 }
 
 /// Knobs of the coordinator role.
@@ -323,6 +329,7 @@ impl NodeConfig {
             strategic: StrategicPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
+            tokens: None,
         }
     }
 

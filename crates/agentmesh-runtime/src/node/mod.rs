@@ -45,6 +45,7 @@ pub use self::builder::NodeBuilder;
 use self::config::NodeConfig;
 pub use self::error::NodeError;
 use self::health::Health;
+use crate::api::auth::Authenticator;
 use crate::api::cluster::ClusterGrpc;
 use crate::api::task::{TaskApi, TaskGrpc};
 use crate::transport::{MailboxService, channel};
@@ -147,9 +148,19 @@ impl Node {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+        if let Some(tokens) = &config.tokens {
+            info!(
+                path = %tokens.path().display(),
+                tokens = tokens.current().len(),
+                "client API requires bearer tokens"
+            );
+            tokens.watch(spawner.background());
+        }
+        let auth = Authenticator::new(config.tokens.clone());
         let cluster = ClusterGrpc::server(
             registry.clone(),
             coordinator.as_ref().map(|c| c.actor.clone()),
+            auth.clone(),
         );
         let api = TaskApi::new(registry, coordinator, config.coordinator.limits.clone())
             .with_parse_concurrency(config.coordinator.parse_concurrency);
@@ -160,6 +171,7 @@ impl Node {
             .add_service(MailboxService::server(spawner.router().clone()))
             .add_service(TaskGrpc::server(
                 api,
+                auth,
                 max_message,
                 connections.max_watch_streams,
                 config.mailbox.security.clone(),

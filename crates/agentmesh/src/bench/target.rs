@@ -9,6 +9,7 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::LocalCluster;
 use serde_json::Value;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use crate::client::Client;
@@ -27,16 +28,23 @@ pub struct RemoteTarget {
     clients: Vec<TaskServiceClient<Channel>>,
     next: AtomicUsize,
     endpoint: String,
+    /// `Bearer <token>` for clusters that require one.
+    bearer: Option<AsciiMetadataValue>,
 }
 
 impl RemoteTarget {
     /// Opens `connections` HTTP/2 connections to `endpoint`; tasks are
-    /// spread over them in turn.
+    /// spread over them in turn, each sent with `token` when there is one.
     pub async fn connect(
         endpoint: &str,
         connections: usize,
         security: &Security,
+        token: Option<String>,
     ) -> anyhow::Result<Self> {
+        let bearer = token
+            .map(|t| agentmesh_runtime::api::auth::bearer_value(&t))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?;
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
             let channel = Client::connect(endpoint, security).await?;
@@ -46,6 +54,7 @@ impl RemoteTarget {
             clients,
             next: AtomicUsize::new(0),
             endpoint: endpoint.to_owned(),
+            bearer,
         })
     }
 
@@ -58,12 +67,18 @@ impl RemoteTarget {
 #[async_trait::async_trait]
 impl Target for RemoteTarget {
     async fn run(&self, document: &str) -> Result<Value, String> {
+        let mut request = tonic::Request::new(pb::SubmitRequest {
+            document: document.to_owned(),
+            wait: true,
+        });
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert(agentmesh_runtime::api::auth::AUTHORIZATION, bearer.clone());
+        }
         let reply = self
             .client()
-            .submit(pb::SubmitRequest {
-                document: document.to_owned(),
-                wait: true,
-            })
+            .submit(request)
             .await
             .map_err(|s| format!("submit refused: {} [{:?}]", s.message(), s.code()))?
             .into_inner();

@@ -467,3 +467,15 @@ fn the_client_survives_a_round_trip_and_old_records_have_none() {
         serde_json::from_value(serde_json::to_value(average()).unwrap()).unwrap();
     assert_eq!(decoded.client, None);
 }
+
+#[test]
+fn the_owner_survives_a_round_trip_and_unauthenticated_records_have_none() {
+    let mut r = average();
+    assert!(serde_json::to_value(&r).unwrap().get("owner").is_none());
+    r.owner = Some(ClientId::parse("alice").unwrap());
+    let text = serde_json::to_string(&r).unwrap();
+    // A new leader reads the owner back from the stored record.
+    let decoded = serde_json::from_str::<TaskRecord>(&text).unwrap();
+    assert_eq!(decoded.owner.as_ref().map(ClientId::as_str), Some("alice"));
+    assert_eq!(decoded, r);
+}
