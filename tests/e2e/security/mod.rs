@@ -4,4 +4,5 @@
 
 mod fault_injection;
 mod http_get;
+mod mtls;
 mod tokens;

@@ -184,7 +184,7 @@ fn sanitize(name: &str) -> String {
 
 /// A fresh scratch directory under cargo's `target/tmp` (system temp dir as a
 /// fallback), named after `prefix`.
-fn scratch_dir(prefix: &str) -> TempDir {
+pub fn scratch_dir(prefix: &str) -> TempDir {
     let base = option_env!("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);

@@ -492,3 +492,126 @@ impl ServerCertVerifier for ClusterVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a CA and a certificate naming `agents` into `dir`.
+    fn issue(dir: &Path, agents: &[&str]) -> TlsFiles {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        for agent in agents {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                format!("{AGENT_URI_PREFIX}{agent}").try_into().unwrap(),
+            ));
+        }
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+        };
+        std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "agentmesh-tls-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_certificate_speaks_for_the_ids_and_prefixes_it_names() {
+        let dir = scratch();
+        let tls = NodeTls::load(issue(&dir, &["coordinator-1", "worker-*"])).unwrap();
+        let identity = tls.identity();
+        assert!(identity.speaks_for(&AgentId::new("coordinator-1")));
+        assert!(identity.speaks_for(&AgentId::new("worker-7")));
+        assert!(!identity.speaks_for(&AgentId::new("coordinator-10")));
+        assert!(!identity.speaks_for(&AgentId::new("peer-1")));
+        assert!(tls.check_speaks_for([&AgentId::new("worker-2")]).is_ok());
+        let refused = tls
+            .check_speaks_for([&AgentId::new("peer-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("does not name agent 'peer-1'"),
+            "{refused}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_that_names_no_agent_is_refused() {
+        let dir = scratch();
+        let error = NodeTls::load(issue(&dir, &[])).unwrap_err();
+        assert!(matches!(error, TlsError::NoIdentity { .. }), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn changed_files_are_reloaded_and_a_bad_change_keeps_the_old_material() {
+        let dir = scratch();
+        let files = issue(&dir, &["worker-1"]);
+        let tls = NodeTls::load(files.clone()).unwrap();
+        assert!(!tls.reload_if_changed().unwrap(), "nothing changed");
+
+        // A half-written key: the old material stays.
+        std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&files.key)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert!(tls.reload_if_changed().is_err());
+        assert!(tls.identity().speaks_for(&AgentId::new("worker-1")));
+
+        // A whole new set: loaded.
+        issue(&dir, &["worker-2"]);
+        for path in [&files.ca, &files.cert, &files.key] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(later + Duration::from_secs(5))
+                .unwrap();
+        }
+        assert!(tls.reload_if_changed().unwrap());
+        assert!(tls.identity().speaks_for(&AgentId::new("worker-2")));
+        assert!(!tls.identity().speaks_for(&AgentId::new("worker-1")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_node_never_dials_another_node_in_plaintext() {
+        let dir = scratch();
+        let tls = NodeTls::load(issue(&dir, &["worker-1"])).unwrap();
+        let node = crate::transport::channel::Security::Node(tls);
+        assert_eq!(
+            crate::transport::channel::uri("http://10.0.0.1:7700", &node),
+            Err(crate::transport::channel::ChannelError::PlaintextRefused(
+                "http://10.0.0.1:7700".into()
+            ))
+        );
+        assert_eq!(
+            crate::transport::channel::uri("10.0.0.1:7700", &node).unwrap(),
+            "https://10.0.0.1:7700"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
