@@ -282,6 +282,13 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         .map(TokenStore::load)
         .transpose()
         .context("failed to load the client tokens (--token-file)")?;
+    if config.tokens.is_none() && !args.insecure {
+        bail!(
+            "a node needs client tokens: --token-file (make tokens with `agentmesh token new`), \
+             or --insecure for a development cluster whose client API is open to everyone who \
+             can reach it"
+        );
+    }
     if config.tokens.is_none() {
         warn!("no --token-file: the client API is open to anyone who can reach --listen");
     }

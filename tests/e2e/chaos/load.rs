@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use super::checks::{EndsSeen, first};
 use crate::support::cluster::now_ms;
 use crate::support::eventually;
-use crate::support::grpc::{CALL_TIMEOUT, connect};
+use crate::support::grpc::{CALL_TIMEOUT, authorized, connect};
 
 /// One Submit call, connection included; past it the outcome is unknown.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -585,7 +585,7 @@ impl Driver {
             wait: false,
         };
         let mut client = TaskServiceClient::new(channel);
-        let call = client.submit(request);
+        let call = client.submit(authorized(request));
         match tokio::time::timeout(SUBMIT_TIMEOUT, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().task_id),
             Ok(Err(status)) => {
@@ -618,7 +618,7 @@ impl Driver {
                 task_id: id.to_owned(),
             };
             let mut client = TaskServiceClient::new(channel);
-            let call = client.get(request);
+            let call = client.get(authorized(request));
             match tokio::time::timeout(CALL_TIMEOUT, call).await {
                 Ok(Ok(record)) => {
                     let record = record.into_inner();
@@ -657,7 +657,7 @@ impl Driver {
                     task_id: first.task_id.clone(),
                 };
                 let mut client = TaskServiceClient::new(channel);
-                let again = tokio::time::timeout(CALL_TIMEOUT, client.get(request))
+                let again = tokio::time::timeout(CALL_TIMEOUT, client.get(authorized(request)))
                     .await
                     .ok()?
                     .ok()?

@@ -311,7 +311,7 @@ fn a_watch_of_an_ended_task_ends_at_once_and_watch_streams_are_bounded() {
             };
             let watch = async {
                 let mut stream = TaskServiceClient::new(channel)
-                    .watch(request)
+                    .watch(grpc::authorized(request))
                     .await?
                     .into_inner();
                 let mut received = 0;
@@ -347,7 +347,7 @@ fn a_watch_of_an_ended_task_ends_at_once_and_watch_streams_are_bounded() {
                 after_revision: 0,
             };
             let mut client = client.clone();
-            async move { client.watch(request).await }
+            async move { client.watch(grpc::authorized(request)).await }
         };
         let mut open = Vec::new();
         for _ in 0..MAX_WATCHES {

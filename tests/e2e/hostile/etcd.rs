@@ -101,10 +101,10 @@ fn submit_grpc(endpoint: &str, document: &str) -> (Result<String, tonic::Status>
         let started = Instant::now();
         let reply = tokio::time::timeout(
             Duration::from_secs(30),
-            client.submit(SubmitRequest {
+            client.submit(grpc::authorized(SubmitRequest {
                 document: document.to_owned(),
                 wait: false,
-            }),
+            })),
         )
         .await
         .expect("no answer to submit within 30 s");

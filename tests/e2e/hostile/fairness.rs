@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
 use crate::support::cluster::Cluster;
+use crate::support::{CLI_TIMEOUT, CliOutput, run_cli_with, scratch_dir, tls};
 
 /// Subtasks in each of A's tasks: the most one task may have.
 const SUBTASKS: usize = 1024;
@@ -30,15 +31,49 @@ fn naps(name: &str, count: usize) -> String {
     serde_json::json!({"name": name, "tasks": tasks}).to_string()
 }
 
-fn submit_as(cluster: &Cluster, client: &str, file: &str) -> String {
-    let out = cluster.cli(&[
-        "submit",
-        "--endpoint",
-        cluster.endpoint(),
-        "--client",
-        client,
-        file,
-    ]);
+/// The clients, each with a submit token of its own: the coordinator
+/// names a client by its token's subject.
+struct Clients {
+    _dir: tempfile::TempDir,
+    file: String,
+    tokens: Vec<(String, String)>,
+}
+
+impl Clients {
+    fn new() -> Self {
+        let dir = scratch_dir("fairness-tokens");
+        let (file, tokens) = tls::tokens_file(
+            dir.path(),
+            &[("submit", "client-a"), ("submit", "client-b")],
+        );
+        Self {
+            _dir: dir,
+            file: file.to_string_lossy().into_owned(),
+            tokens,
+        }
+    }
+
+    fn token(&self, client: &str) -> &str {
+        &self
+            .tokens
+            .iter()
+            .find(|(c, _)| c == client)
+            .expect("a client")
+            .1
+    }
+
+    /// `submit ARGS` as `client`.
+    fn submit(&self, cluster: &Cluster, client: &str, file: &str) -> CliOutput {
+        run_cli_with(
+            &["submit", "--endpoint", cluster.endpoint(), file],
+            &[("AGENTMESH_TOKEN", self.token(client))],
+            CLI_TIMEOUT,
+        )
+    }
+}
+
+fn submit_as(cluster: &Cluster, clients: &Clients, client: &str, file: &str) -> String {
+    let out = clients.submit(cluster, client, file);
     assert!(out.success(), "{client} could not submit {file}: {out}");
     out.stdout.trim().to_owned()
 }
@@ -57,22 +92,22 @@ fn pending(cluster: &Cluster, ids: &[String]) -> usize {
 
 #[test]
 fn one_clients_backlog_neither_locks_out_nor_delays_another() {
-    let cluster = capped().coordinators(1).worker("worker-1", "sleep").start();
+    let clients = Clients::new();
+    let token_file = ["--token-file", clients.file.as_str()];
+    let cluster = capped()
+        .coordinators(1)
+        .coordinator_args(&token_file)
+        .worker_args(&token_file)
+        .worker("worker-1", "sleep")
+        .start();
     let a_file = cluster.task_file("a.json", &naps("a-backlog", SUBTASKS));
     let a_ids: Vec<String> = (0..A_TASKS)
-        .map(|_| submit_as(&cluster, "client-a", &a_file))
+        .map(|_| submit_as(&cluster, &clients, "client-a", &a_file))
         .collect();
 
     // A is at its share of the queue: refused, naming the limit...
     let started = Instant::now();
-    let refused = cluster.cli(&[
-        "submit",
-        "--endpoint",
-        cluster.endpoint(),
-        "--client",
-        "client-a",
-        &a_file,
-    ]);
+    let refused = clients.submit(&cluster, "client-a", &a_file);
     let refused_in = started.elapsed();
     assert!(
         !refused.success(),
@@ -93,7 +128,7 @@ fn one_clients_backlog_neither_locks_out_nor_delays_another() {
     // ...while B still submits, and is not queued behind A's backlog.
     let queued_ahead = pending(&cluster, &a_ids);
     let b_file = cluster.task_file("b.json", &naps("b-small", 1));
-    let b = submit_as(&cluster, "client-b", &b_file);
+    let b = submit_as(&cluster, &clients, "client-b", &b_file);
     let b_record = cluster.wait_ended(&b, HONEST_TASK_TIMEOUT);
     assert_eq!(b_record["status"], "completed", "{b_record}");
     let b_wait_ms = b_record["elapsed_ms"].as_u64().unwrap_or(0);
@@ -108,7 +143,7 @@ fn one_clients_backlog_neither_locks_out_nor_delays_another() {
         assert!(out.success(), "cancel {id}: {out}");
     }
     // A's cancelled backlog no longer counts against it.
-    let again = submit_as(&cluster, "client-a", &b_file);
+    let again = submit_as(&cluster, &clients, "client-a", &b_file);
     let again = cluster.wait_ended(&again, HONEST_TASK_TIMEOUT);
     assert_eq!(again["status"], "completed", "{again}");
     let peak = assert_survived(&cluster);

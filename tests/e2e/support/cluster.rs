@@ -695,12 +695,19 @@ fn start_on_loopback(
     (process, addr.to_string())
 }
 
-/// `args` with `certs`' TLS flags, unless they run the node `--insecure`
-/// or name TLS files of their own.
+/// `args` with `certs`' TLS flags and the harness's tokens file, unless
+/// they run the node `--insecure` or name files of their own.
 fn with_tls(args: &[&str], certs: &tls::Certs) -> Vec<String> {
     let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    if !args.iter().any(|a| *a == "--insecure" || *a == "--tls-ca") {
+    if args.contains(&"--insecure") {
+        return all;
+    }
+    if !args.contains(&"--tls-ca") {
         all.extend(certs.node_args());
+    }
+    if !args.contains(&"--token-file") {
+        all.push("--token-file".to_owned());
+        all.push(tls::shared_tokens().file.to_string_lossy().into_owned());
     }
     all
 }

@@ -46,6 +46,18 @@ pub async fn connect(endpoint: &str) -> Result<Channel, String> {
     }
 }
 
+/// `message` as a request carrying the harness's admin token, as every
+/// call to a node's client API needs.
+pub fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let token = &super::tls::shared_tokens().admin;
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    request
+}
+
 /// The gRPC health of a whole node (`Serving`, `NotServing`...), `None`
 /// when it does not answer.
 pub fn serving_status(rt: &Runtime, endpoint: &str) -> Option<String> {

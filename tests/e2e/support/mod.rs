@@ -1065,13 +1065,18 @@ pub fn run_cli_with(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> 
     run_command(agentmesh_bin(), args, &cli_env(envs), timeout)
 }
 
-/// `envs` and, unless it says otherwise, `AGENTMESH_CA` of the test CA:
-/// what every CLI the harness runs gets.
+/// `envs` and, unless they say otherwise, `AGENTMESH_CA` of the test CA
+/// and `AGENTMESH_TOKEN` of the harness's admin token: what every CLI the
+/// harness runs gets.
 pub fn cli_env<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut all = envs.to_vec();
-    if !envs.iter().any(|(key, _)| *key == "AGENTMESH_CA") {
+    let has = |key: &str| envs.iter().any(|(k, _)| *k == key);
+    if !has("AGENTMESH_CA") {
         let ca = tls::shared().ca.to_str().expect("a UTF-8 path");
         all.push(("AGENTMESH_CA", ca));
+    }
+    if !has("AGENTMESH_TOKEN") && !has("AGENTMESH_TOKEN_FILE") {
+        all.push(("AGENTMESH_TOKEN", tls::shared_tokens().admin.as_str()));
     }
     all
 }

@@ -1,6 +1,7 @@
-//! The test cluster's CA and certificates: every node the harness starts
-//! runs with mutual TLS unless its arguments say `--insecure`, and every
-//! CLI the harness runs trusts the CA (`AGENTMESH_CA`).
+//! The test cluster's CA, certificates and client token: every node the
+//! harness starts runs with mutual TLS and a tokens file unless its
+//! arguments say `--insecure`, and every CLI the harness runs trusts the CA
+//! (`AGENTMESH_CA`) and sends an admin token (`AGENTMESH_TOKEN`).
 //!
 //! The certificates are made with `agentmesh certs`, once a day per build:
 //! tests run as many processes at once, so the directory is made aside and
@@ -19,6 +20,28 @@ pub struct Certs {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The shared tokens file (one admin token) and that token.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub file: PathBuf,
+    pub admin: String,
+}
+
+/// [`shared`]'s tokens.
+pub fn shared_tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        let dir = shared().ca.parent().expect("a directory").to_owned();
+        Tokens {
+            file: dir.join("tokens"),
+            admin: std::fs::read_to_string(dir.join("admin.token"))
+                .expect("the harness's admin token")
+                .trim()
+                .to_owned(),
+        }
+    })
 }
 
 impl Certs {
@@ -48,10 +71,12 @@ pub fn shared() -> &'static Certs {
             .expect("clock after 1970")
             .as_secs()
             / 86_400;
-        let dir = base.join(format!("e2e-certs-{day}"));
-        if !dir.join("node-key.pem").exists() {
+        // The name changes with what the directory holds (v2: tokens too).
+        let dir = base.join(format!("e2e-credentials-v2-{day}"));
+        if !dir.join("admin.token").exists() {
             let aside = scratch_dir("certs");
             issue_into(aside.path(), "node", "*", &["localhost", "127.0.0.1"]);
+            make_admin_token(aside.path());
             let made = aside.keep();
             // Fails if another test process got there first: use theirs.
             if std::fs::rename(&made, &dir).is_err() {
@@ -98,6 +123,49 @@ pub fn copy_shared_ca(dir: &Path) {
         std::fs::copy(from.join(file), dir.join(file))
             .unwrap_or_else(|e| panic!("cannot copy {file}: {e}"));
     }
+}
+
+/// `admin.token` and a `tokens` file that grants it the admin role.
+fn make_admin_token(dir: &Path) {
+    let out = run_command(
+        super::agentmesh_bin(),
+        &["token", "new", "--role", "admin", "--subject", "harness"],
+        &[],
+        CLI_TIMEOUT,
+    );
+    assert!(out.success(), "agentmesh token new failed: {out}");
+    let mut lines = out.stdout.lines();
+    let (token, line) = (lines.next(), lines.next());
+    let (Some(token), Some(line)) = (token, line) else {
+        panic!("agentmesh token new printed no token and line: {out}");
+    };
+    std::fs::write(dir.join("admin.token"), token).expect("write admin.token");
+    std::fs::write(dir.join("tokens"), format!("{line}\n")).expect("write tokens");
+}
+
+/// A tokens file in `dir` granting each `(role, subject)` a new token, and
+/// the tokens by subject, plus the harness's admin token (so the harness's
+/// own CLI calls still work against nodes that use this file).
+pub fn tokens_file(dir: &Path, grants: &[(&str, &str)]) -> (PathBuf, Vec<(String, String)>) {
+    let mut lines =
+        vec![std::fs::read_to_string(&shared_tokens().file).expect("the harness's tokens file")];
+    let mut tokens = Vec::new();
+    for (role, subject) in grants {
+        let out = run_command(
+            super::agentmesh_bin(),
+            &["token", "new", "--role", role, "--subject", subject],
+            &[],
+            CLI_TIMEOUT,
+        );
+        assert!(out.success(), "agentmesh token new failed: {out}");
+        let mut printed = out.stdout.lines();
+        let token = printed.next().expect("a token").to_owned();
+        lines.push(format!("{}\n", printed.next().expect("a tokens-file line")));
+        tokens.push(((*subject).to_owned(), token));
+    }
+    let file = dir.join("tokens");
+    std::fs::write(&file, lines.concat()).expect("write the tokens file");
+    (file, tokens)
 }
 
 fn certs_in(dir: &Path, name: &str) -> Certs {
