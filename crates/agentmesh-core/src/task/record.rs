@@ -305,6 +305,24 @@ impl TaskRecord {
         !self.status.is_terminal() && s.status == Status::Running && s.attempts == attempt
     }
 
+    /// The worker the current attempt `attempt` of `subtask` was given to,
+    /// when an answer to it comes from `worker`, someone else: a forgery
+    /// (or a confusion) that must not be applied, whatever it says. `None`
+    /// when `worker` is the attempt's, and for an attempt that is not
+    /// current (its answer is stale and changes nothing anyway).
+    pub fn assigned_elsewhere(
+        &self,
+        subtask: usize,
+        attempt: u32,
+        worker: &AgentId,
+    ) -> Option<&AgentId> {
+        let s = &self.subtasks[subtask];
+        if !self.current(subtask, attempt) {
+            return None;
+        }
+        s.worker.as_ref().filter(|assigned| *assigned != worker)
+    }
+
     /// Applies a successful result of attempt `result.attempt`; completes
     /// the task when it was the last subtask. The record keeps `result` as
     /// the subtask's applied result; which term a result may come from is

@@ -479,3 +479,18 @@ fn the_owner_survives_a_round_trip_and_unauthenticated_records_have_none() {
     assert_eq!(decoded.owner.as_ref().map(ClientId::as_str), Some("alice"));
     assert_eq!(decoded, r);
 }
+
+#[test]
+fn only_the_worker_of_the_current_attempt_may_answer_it() {
+    let mut r = average();
+    let first = r.start_attempt(0, TERM, w("w1"), 1001);
+    assert_eq!(r.assigned_elsewhere(0, first, &w("w1")), None);
+    assert_eq!(r.assigned_elsewhere(0, first, &w("rogue")), Some(&w("w1")));
+    // Retried on w2: w1's answer to the old attempt is stale, not forged;
+    // the new attempt is w2's alone.
+    r.requeue(0, first, "lost".into(), 1002);
+    let second = r.start_attempt(0, TERM, w("w2"), 1003);
+    assert_eq!(r.assigned_elsewhere(0, first, &w("w1")), None);
+    assert_eq!(r.assigned_elsewhere(0, second, &w("w1")), Some(&w("w2")));
+    assert_eq!(r.assigned_elsewhere(0, second, &w("w2")), None);
+}

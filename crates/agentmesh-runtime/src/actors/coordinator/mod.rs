@@ -321,6 +321,18 @@ impl CoordinatorState {
             warn!(task_id = %id, subtask = %result.subtask_id, "result for an unknown subtask");
             return;
         };
+        let worker = AgentId::new(result.worker_id.clone());
+        if let Some(assigned) = record.assigned_elsewhere(index, result.attempt, &worker) {
+            warn!(
+                task_id = %id,
+                subtask = %result.subtask_id,
+                attempt = result.attempt,
+                claimed = %worker,
+                assigned = %assigned,
+                "ignored a result from a worker the attempt was not given to"
+            );
+            return;
+        }
         if result.handed_back {
             // Not a verdict on the subtask or the worker: place it
             // elsewhere, without spending the retry budget.
@@ -333,7 +345,6 @@ impl CoordinatorState {
             return;
         }
         let now = now_ms();
-        let worker = AgentId::new(result.worker_id.clone());
         let by = AppliedResult {
             term: result.term,
             attempt: result.attempt,
@@ -502,12 +513,28 @@ impl Inbox for CoordinatorInbox {
         &[Kind::SubtaskResult]
     }
 
+    /// A result speaks for the worker it names: the envelope must come
+    /// from that worker (whose certificate the mailbox has checked), or it
+    /// is refused with `PERMISSION_DENIED`.
     fn decode(
         &self,
         _kind: Kind,
         envelope: Envelope,
     ) -> Result<Inbound<CoordinatorMessage>, DeliverError> {
-        let result = transport::decode(&envelope)?;
+        let result: SubtaskResult = transport::decode(&envelope)?;
+        if result.worker_id != envelope.from {
+            warn!(
+                claimed = %result.worker_id,
+                authenticated = %envelope.from,
+                task_id = %result.task_id,
+                subtask = %result.subtask_id,
+                "refused a result in the name of another worker"
+            );
+            return Err(DeliverError::ForgedSender {
+                claimed: AgentId::new(result.worker_id),
+                authenticated: envelope.from,
+            });
+        }
         Ok(Inbound::Message(CoordinatorMessage::Result(result)))
     }
 }
