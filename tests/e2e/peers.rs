@@ -16,13 +16,24 @@ const FAULTY: &str = "peer-faulty";
 const ROUNDS: usize = 100;
 
 /// A coordinator, the four honest peers and the faulty one.
+/// Bids wait this long: a round closes once every invited peer has bid,
+/// so only rounds with a peer missing wait it out, and a loaded test
+/// machine's slow bid is not mistaken for a missing one.
+const BID_WINDOW: &str = "3000";
+
 fn start() -> Cluster {
     let mut builder = Cluster::builder().coordinators(1);
     for id in HONEST {
-        builder = builder.peer(id, "math.eval");
+        builder =
+            builder.node(NodeSpec::peer(id, "math.eval").args(&["--bid-window-ms", BID_WINDOW]));
     }
     builder
-        .node(NodeSpec::peer(FAULTY, "math.eval").args(&["--fault", "wrong-result:1"]))
+        .node(NodeSpec::peer(FAULTY, "math.eval").args(&[
+            "--fault",
+            "wrong-result:1",
+            "--bid-window-ms",
+            BID_WINDOW,
+        ]))
         .start()
 }
 
@@ -75,6 +86,25 @@ fn median(mut samples: Vec<u64>) -> u64 {
 #[test]
 fn consensus_outvotes_a_faulty_peer_whose_reputation_falls() {
     let cluster = start();
+    // A first round opens the links (TLS handshakes) between the peers,
+    // which a loaded machine may not finish within one bid window: it must
+    // end, but whom it seats and what it answers are not asserted.
+    let warm_up = cluster.task_file(
+        "warm-up.yaml",
+        "name: warm-up\npattern: peer_consensus\nredundancy: 5\nconsensus: hybrid\ntasks:\n  \
+         - id: triple\n    capability: math.eval\n    input: { expr: \"0 * 3\" }\n",
+    );
+    let out = cluster.cli(&[
+        "submit",
+        "--endpoint",
+        cluster.endpoint(),
+        &warm_up,
+        "--wait",
+    ]);
+    assert!(
+        out.stdout.contains("\"status\""),
+        "the warm-up round did not end: {out}"
+    );
     let mut faulty_wins = [0usize; 2];
     let mut first_seen: BTreeMap<String, f64> = BTreeMap::new();
     let mut elapsed_3 = Vec::new();

@@ -517,6 +517,12 @@ pub struct NodeArgs {
     /// is tried on before the objective is escalated.
     #[arg(long, env = "AGENTMESH_TACTICAL_RETRIES", default_value_t = 2)]
     pub tactical_retries: u32,
+    /// Peer leading a consensus round: how long it waits for bids, in ms.
+    /// A round closes as soon as every invited peer has bid; with fewer
+    /// bids than seats by then, it runs solo on the best one (and says
+    /// so). Raise it where peers are far apart or heavily loaded.
+    #[arg(long, env = "AGENTMESH_BID_WINDOW_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub bid_window_ms: u64,
     /// Strategic level: times an escalated objective is re-planned on
     /// another tactical agent before it is given up.
     #[arg(long, env = "AGENTMESH_STRATEGIC_REPLANS", default_value_t = 1)]
@@ -620,6 +626,7 @@ impl NodeArgs {
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
         config.tactical.retries_elsewhere = self.tactical_retries;
+        config.peer.bid_window = Duration::from_millis(self.bid_window_ms);
         config.strategic.replans = self.strategic_replans;
         config.mailbox.max_envelope_bytes = self.max_envelope_bytes;
         let connections = &mut config.connections;

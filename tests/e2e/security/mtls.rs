@@ -207,3 +207,65 @@ fn certificates_rotated_while_tasks_run_lose_nothing() {
     );
     cluster.assert_no_panic();
 }
+
+/// A forged `subtask.assign` from `from` to `to`.
+fn forged_assign(from: &str, to: &str) -> Envelope {
+    Envelope {
+        id: "forged-assign".into(),
+        from: from.into(),
+        to: to.into(),
+        kind: "subtask.assign".into(),
+        payload: Vec::new(),
+        ..Envelope::default()
+    }
+}
+
+#[test]
+fn workers_take_assignments_only_from_agents_that_hand_out_work() {
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .worker("worker-1", "math.eval")
+        .worker("worker-2", "math.eval")
+        .start();
+    let worker = cluster.node("worker-1").addr.clone();
+    let dir = scratch_dir("assigners");
+    test_tls::copy_shared_ca(dir.path());
+
+    // worker-2's credentials, stolen: a worker does not hand out work.
+    let stolen = test_tls::issue_into(dir.path(), "stolen", "worker-2", &["127.0.0.1"]);
+    let refused = deliver(
+        &worker,
+        &node_security(&stolen),
+        forged_assign("worker-2", "worker-1"),
+    )
+    .expect_err("a worker's assignment must be refused");
+    assert!(
+        refused.starts_with(&format!("{:?}", Code::PermissionDenied))
+            && refused.contains("agent 'worker-2' may not send 'subtask.assign'")
+            && refused.contains("it is a worker"),
+        "{refused}"
+    );
+
+    // A certificate of the cluster for an agent that never registered.
+    let rogue = test_tls::issue_into(dir.path(), "rogue", "rogue-*", &["127.0.0.1"]);
+    let refused = deliver(
+        &worker,
+        &node_security(&rogue),
+        forged_assign("rogue-1", "worker-1"),
+    )
+    .expect_err("an unregistered agent's assignment must be refused");
+    assert!(
+        refused.starts_with(&format!("{:?}", Code::PermissionDenied))
+            && refused.contains("not a registered agent"),
+        "{refused}"
+    );
+
+    let file = cluster.task_file("sum.json", SUM);
+    let record = cluster.submit_wait(&file);
+    assert_eq!(
+        record["result"],
+        serde_json::json!({"value": 5}),
+        "{record}"
+    );
+    cluster.assert_no_panic();
+}

@@ -29,11 +29,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agentmesh_core::breaker::Blame;
-use agentmesh_core::{AgentId, AttemptId};
+use agentmesh_core::hierarchy::Level;
+use agentmesh_core::{AgentId, AgentRegistration, AttemptId, Membership, Role};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::report::report;
 use crate::actors::faults::Faults;
@@ -47,7 +49,12 @@ pub enum WorkerMessage {
         coordinator: AgentId,
         assignment: SubtaskAssignment,
     },
-    Cancel(SubtaskCancel),
+    /// A cancellation, from `from`: only the agent that assigned the
+    /// attempt may cancel it.
+    Cancel {
+        from: AgentId,
+        cancel: SubtaskCancel,
+    },
     Finished(AttemptId),
     /// Stop taking new attempts (they are handed back); running ones go on.
     /// Replies with the number still running.
@@ -123,12 +130,23 @@ impl Actor for Worker {
                 state.backlog.leave();
                 state.start(myself, coordinator, assignment)
             }
-            WorkerMessage::Cancel(cancel) => {
+            WorkerMessage::Cancel { from, cancel } => {
                 state.backlog.leave();
                 let attempt = convert::cancelled_attempt(&cancel);
-                if let Some((handle, _)) = state.running.remove(&attempt) {
-                    debug!(%attempt, "cancelling attempt");
-                    handle.abort();
+                match state.running.get(&attempt) {
+                    Some((_, assigner)) if *assigner != from => warn!(
+                        %attempt,
+                        claimed = %from,
+                        assigned_by = %assigner,
+                        "ignored a cancel from an agent that did not assign the attempt"
+                    ),
+                    Some(_) => {
+                        if let Some((handle, _)) = state.running.remove(&attempt) {
+                            debug!(%attempt, "cancelling attempt");
+                            handle.abort();
+                        }
+                    }
+                    None => {}
                 }
             }
             WorkerMessage::Finished(key) => {
@@ -291,9 +309,50 @@ async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, 
     })
 }
 
-/// What a worker accepts from its mailbox: assignments and cancellations.
+/// What a worker accepts from its mailbox: assignments and cancellations,
+/// only from agents whose role hands out work (coordinators, peers leading
+/// a consensus round, tactical levels), as the cluster's membership says.
+/// The mailbox has already checked that the sender is who it says.
 #[derive(Debug)]
-pub struct WorkerInbox;
+pub struct WorkerInbox {
+    membership: watch::Receiver<Arc<Membership>>,
+}
+
+impl WorkerInbox {
+    pub fn new(membership: watch::Receiver<Arc<Membership>>) -> Self {
+        Self { membership }
+    }
+
+    /// Refuses `kind` from `sender` unless its registration's role assigns
+    /// work.
+    fn check_assigner(&self, sender: &AgentId, kind: Kind) -> Result<(), DeliverError> {
+        let membership = self.membership.borrow();
+        let why = match membership.agents.get(sender) {
+            None => "it is not a registered agent of the cluster".to_owned(),
+            Some(agent) if assigns_work(agent) => return Ok(()),
+            Some(agent) => format!(
+                "it is a {}{}, which does not hand out work",
+                agent.role,
+                agent.level.map(|l| format!(" ({l})")).unwrap_or_default()
+            ),
+        };
+        warn!(sender = %sender, kind = %kind, %why, "refused a message from an agent that may not send it");
+        Err(DeliverError::NotAllowed {
+            sender: sender.clone(),
+            kind: kind.to_string(),
+            why,
+        })
+    }
+}
+
+/// Whether agents of `agent`'s role send assignments and cancellations.
+fn assigns_work(agent: &AgentRegistration) -> bool {
+    match agent.role {
+        Role::Coordinator | Role::Peer => true,
+        Role::Level => agent.level == Some(Level::Tactical),
+        Role::Worker => false,
+    }
+}
 
 impl Inbox for WorkerInbox {
     type Message = WorkerMessage;
@@ -307,12 +366,17 @@ impl Inbox for WorkerInbox {
         kind: Kind,
         envelope: Envelope,
     ) -> Result<Inbound<WorkerMessage>, DeliverError> {
+        let sender = AgentId::new(envelope.from.as_str());
+        self.check_assigner(&sender, kind)?;
         Ok(Inbound::Message(match kind {
             Kind::SubtaskAssign => WorkerMessage::Assign {
                 assignment: transport::decode(&envelope)?,
-                coordinator: AgentId::new(envelope.from),
+                coordinator: sender,
             },
-            _ => WorkerMessage::Cancel(transport::decode(&envelope)?),
+            _ => WorkerMessage::Cancel {
+                from: sender,
+                cancel: transport::decode(&envelope)?,
+            },
         }))
     }
 }

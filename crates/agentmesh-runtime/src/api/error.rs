@@ -125,7 +125,9 @@ impl From<DeliverError> for Status {
             DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
                 Status::unavailable(message)
             }
-            DeliverError::ForgedSender { .. } => Status::permission_denied(message),
+            DeliverError::ForgedSender { .. } | DeliverError::NotAllowed { .. } => {
+                Status::permission_denied(message)
+            }
         }
     }
 }

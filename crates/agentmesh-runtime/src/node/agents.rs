@@ -201,7 +201,12 @@ impl Spawner {
         let (actor, _) = Actor::spawn_linked(None, Worker, args, self.link())
             .await
             .map_err(|e| NodeError::Spawn(format!("worker '{id}': {e}")))?;
-        let worker_mailbox = BoundedMailbox::new(id.clone(), WorkerInbox, actor.clone(), backlog);
+        let worker_mailbox = BoundedMailbox::new(
+            id.clone(),
+            WorkerInbox::new(self.registry.membership()),
+            actor.clone(),
+            backlog,
+        );
         let mut peer_actor = None;
         match peer {
             None => self.router.add_local(id.clone(), Arc::new(worker_mailbox)),

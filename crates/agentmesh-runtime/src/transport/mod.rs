@@ -66,6 +66,14 @@ pub enum DeliverError {
         endpoint: String,
         message: String,
     },
+    /// A message of a kind its sender's role may not send (a worker sending
+    /// assignments, say).
+    #[error("agent '{sender}' may not send '{kind}': {why}")]
+    NotAllowed {
+        sender: AgentId,
+        kind: String,
+        why: String,
+    },
     /// An envelope whose `from` the sending connection may not speak for.
     #[error(
         "envelope from '{claimed}' refused: the sending node's certificate speaks for \
