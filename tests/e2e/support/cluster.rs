@@ -832,6 +832,7 @@ fn start_etcd_in(net: &NetnsPair, dir: &TempDir) -> (Process, String, EtcdAuth) 
     let args: Vec<OsString> = vec![
         format!("--cert-file={}", auth.server_cert.display()).into(),
         format!("--key-file={}", auth.server_key.display()).into(),
+        "--bcrypt-cost=4".into(),
         "--name=netns".into(),
         format!("--data-dir={}", dir.path().join("etcd").display()).into(),
         format!("--listen-client-urls={url}").into(),
