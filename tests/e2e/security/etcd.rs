@@ -173,7 +173,9 @@ fn a_node_with_bad_etcd_credentials_fails_to_start_and_never_shows_the_password(
     let wrong = format!("wrong-{}", crate::support::etcd_auth::random_secret());
     let wrong_file = cluster.task_file("wrong.password", &format!("{wrong}\n"));
     let ca = flags[1].clone();
-    let node_tls = tls::shared().node_args();
+    let mut node_tls = tls::shared().node_args();
+    node_tls.push("--token-file".to_owned());
+    node_tls.push(tls::shared_tokens().file.to_string_lossy().into_owned());
     let node = |extra: &[&str]| {
         let mut args = vec![
             "node",
@@ -279,7 +281,9 @@ fn a_live_duplicate_id_is_refused_even_with_its_own_credentials() {
         &url,
     ];
     args.extend(flags.iter().map(String::as_str));
-    let node_tls = tls::shared().node_args();
+    let mut node_tls = tls::shared().node_args();
+    node_tls.push("--token-file".to_owned());
+    node_tls.push(tls::shared_tokens().file.to_string_lossy().into_owned());
     args.extend(node_tls.iter().map(String::as_str));
     let out = run_cli_with(&args, &[], CLI_TIMEOUT);
     assert!(!out.success(), "a second worker-1 started: {out}");
