@@ -110,6 +110,33 @@ fn etcd_restart_while_running_and_drop_kills_it() {
 }
 
 #[test]
+fn secure_etcd_serves_tls_with_authentication_on() {
+    let etcd = Etcd::start_secure();
+    let url = etcd.client_url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    assert!(etcd.is_healthy());
+    // Plain HTTP on the client port gets no answer etcd would act on.
+    let plain = http_request(
+        &etcd.client_addr(),
+        "POST",
+        "/v3/kv/range",
+        Some(r#"{"key":"a2V5"}"#),
+    );
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP was served: {plain:?}"
+    );
+    // Root, over TLS, may do anything.
+    let key = "/harness/secure";
+    assert_eq!(etcd.has_key(key), Ok(false));
+    let flags = etcd.node_flags("worker-9", "worker");
+    assert_eq!(flags[0], "--etcd-ca");
+    assert_eq!(flags[3], "worker-9");
+    etcd.restart();
+    assert_eq!(etcd.has_key(key), Ok(false), "auth state lost on restart");
+}
+
+#[test]
 fn two_etcds_run_side_by_side() {
     let a = Etcd::start();
     let b = Etcd::start();

@@ -10,7 +10,8 @@
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
 //! * `hostile`: hostile input against a cluster under memory caps.
-//! * `security`: forgeries and misuse refused, honest tasks unharmed.
+//! * `security`: forgeries and misuse refused, honest tasks unharmed
+//!   (etcd with TLS and authentication included).
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 

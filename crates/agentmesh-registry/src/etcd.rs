@@ -104,6 +104,15 @@
 //! is global to the etcd cluster, so it is left to etcd's own
 //! `--auto-compaction-*` settings, which `docs/guarantees.md` requires.
 //!
+//! # Access
+//!
+//! [`EtcdOptions::tls`] makes the connection TLS, trusting only the given
+//! CA (and presenting a client certificate if one is given), and
+//! [`EtcdOptions::credentials`] an etcd user: the client authenticates at
+//! connect, so a wrong password fails the start, and again whenever etcd
+//! says the token expired. `access.rs` has the checks, `rbac.rs` the roles
+//! each kind of node holds and the setup that creates them.
+//!
 //! Every request is bounded by [`EtcdOptions::request_timeout`], and every
 //! failure maps to a [`RegistryError`] naming what was attempted: etcd's
 //! refusal for lack of space to [`RegistryError::NoSpace`], its refusals
@@ -111,11 +120,13 @@
 //! [`RegistryError::Refused`], everything else to
 //! [`RegistryError::Unavailable`] (see `classify`).
 
+pub mod access;
 mod backoff;
 mod election;
 mod lease;
 mod membership;
 mod prefix_watch;
+pub mod rbac;
 mod registration;
 mod reputation;
 mod space;
@@ -135,6 +146,8 @@ use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+pub use access::{AccessError, EtcdCredentials, EtcdTls, Password};
 
 use crate::ended_index::EndedIndex;
 use crate::{
@@ -166,8 +179,15 @@ pub const DEFAULT_TASK_PAGE_SIZE: usize = 128;
 /// How to reach etcd and how long this node's lease lives.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    /// Client URLs, e.g. `http://127.0.0.1:2379`, or `https://` ones with
+    /// [`EtcdOptions::tls`].
     pub endpoints: Vec<String>,
+    /// TLS towards etcd: required by `https://` endpoints, refused with
+    /// `http://` ones (see [`access`]).
+    pub tls: Option<EtcdTls>,
+    /// The etcd user this node authenticates as, when etcd has
+    /// authentication on.
+    pub credentials: Option<EtcdCredentials>,
     /// Time-to-live of the node's lease, rounded up to whole seconds (at
     /// least 1): how long a dead node's agents stay visible.
     pub lease_ttl: Duration,
@@ -183,11 +203,33 @@ impl EtcdOptions {
     pub fn new(endpoints: Vec<String>) -> Self {
         Self {
             endpoints,
+            tls: None,
+            credentials: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             task_page_size: DEFAULT_TASK_PAGE_SIZE,
         }
+    }
+
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn with_credentials(mut self, credentials: EtcdCredentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Whether the endpoints, TLS and credentials fit together: `https://`
+    /// needs a CA, `http://` refuses one, a user needs a password.
+    pub fn check_access(&self) -> Result<(), AccessError> {
+        access::check(
+            &self.endpoints,
+            self.tls.as_ref(),
+            self.credentials.as_ref(),
+        )
     }
 
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
@@ -219,6 +261,87 @@ impl EtcdOptions {
 
     fn endpoint_list(&self) -> String {
         self.endpoints.join(", ")
+    }
+
+    /// `error` with the password scrubbed and, when etcd wants a user this
+    /// node was not given ("user name is empty"), which flags give one.
+    fn explain(&self, error: RegistryError) -> RegistryError {
+        let hint = |message: String| {
+            let message = self.redact(&message);
+            if self.credentials.is_none() && message.contains("user name is empty") {
+                format!(
+                    "{message} (etcd has authentication on: give the node an etcd user with \
+                     --etcd-user and --etcd-password-file)"
+                )
+            } else {
+                message
+            }
+        };
+        match error {
+            RegistryError::Unavailable(m) => RegistryError::Unavailable(hint(m)),
+            RegistryError::Refused(m) => RegistryError::Refused(hint(m)),
+            other => other,
+        }
+    }
+
+    /// `text` without the password, should anything have echoed it.
+    fn redact(&self, text: &str) -> String {
+        match &self.credentials {
+            Some(credentials) => credentials.password.redact(text),
+            None => text.to_owned(),
+        }
+    }
+}
+
+/// A client of the etcd `options` name, with their TLS and user, within
+/// [`EtcdOptions::connect_timeout`].
+///
+/// With a user, the client authenticates here, so a wrong user or
+/// password fails now, as [`RegistryError::Refused`] naming the user (and
+/// never the password). Without one it connects lazily: the first request
+/// is the reachability check.
+pub(crate) async fn connect_client(options: &EtcdOptions) -> Result<Client, RegistryError> {
+    if options.endpoints.is_empty() {
+        return Err(RegistryError::Unavailable(
+            "no etcd endpoints configured".into(),
+        ));
+    }
+    options
+        .check_access()
+        .map_err(|e| RegistryError::Refused(e.to_string()))?;
+    let endpoints = options.endpoint_list();
+    let connect_options = access::apply(
+        ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(HTTP2_KEEP_ALIVE_INTERVAL, options.request_timeout)
+            .with_keep_alive_while_idle(false),
+        options.tls.as_ref(),
+        options.credentials.as_ref(),
+    );
+    match tokio::time::timeout(
+        options.connect_timeout,
+        Client::connect(&options.endpoints, Some(connect_options)),
+    )
+    .await
+    {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => {
+            let reason = options.redact(&access::describe(&e));
+            Err(match &options.credentials {
+                Some(credentials) if access::is_refusal(&e) => RegistryError::Refused(format!(
+                    "etcd at {endpoints} refused user '{}': {reason}",
+                    credentials.user
+                )),
+                _ => RegistryError::Unavailable(format!(
+                    "cannot connect to etcd at {endpoints}: {reason}"
+                )),
+            })
+        }
+        Err(_) => Err(RegistryError::Unavailable(format!(
+            "cannot connect to etcd at {endpoints}: no answer within {:?}",
+            options.connect_timeout
+        ))),
     }
 }
 
@@ -287,40 +410,15 @@ impl EtcdRegistry {
     /// starts the keep-alive and membership tasks.
     ///
     /// Fails with [`RegistryError::Unavailable`], naming the endpoints, when
-    /// etcd does not answer within [`EtcdOptions::connect_timeout`].
+    /// etcd does not answer within [`EtcdOptions::connect_timeout`], and
+    /// with [`RegistryError::Refused`] when the endpoints and TLS do not
+    /// fit together or etcd refuses the node's user (a wrong password,
+    /// no user while etcd has authentication on).
     pub async fn connect(options: EtcdOptions) -> Result<Self, RegistryError> {
-        if options.endpoints.is_empty() {
-            return Err(RegistryError::Unavailable(
-                "no etcd endpoints configured".into(),
-            ));
-        }
         let endpoints = options.endpoint_list();
         // One deadline for building the client and the first answer.
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
-        let connect_options = ConnectOptions::new()
-            .with_connect_timeout(options.connect_timeout)
-            .with_timeout(options.request_timeout)
-            .with_keep_alive(HTTP2_KEEP_ALIVE_INTERVAL, options.request_timeout)
-            .with_keep_alive_while_idle(false);
-        let client = match tokio::time::timeout_at(
-            deadline,
-            Client::connect(&options.endpoints, Some(connect_options)),
-        )
-        .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                return Err(RegistryError::Unavailable(format!(
-                    "cannot connect to etcd at {endpoints}: {e}"
-                )));
-            }
-            Err(_) => {
-                return Err(RegistryError::Unavailable(format!(
-                    "cannot connect to etcd at {endpoints}: no answer within {:?}",
-                    options.connect_timeout
-                )));
-            }
-        };
+        let client = connect_client(&options).await?;
 
         // The client connects lazily: granting the lease is the first
         // request, so it is also the reachability check.
@@ -331,9 +429,16 @@ impl EtcdRegistry {
             {
                 Ok(Ok(lease)) => lease,
                 Ok(Err(e)) => {
-                    return Err(RegistryError::Unavailable(format!(
-                        "cannot reach etcd at {endpoints}: lease grant failed: {e}"
-                    )));
+                    let message = format!(
+                        "cannot reach etcd at {endpoints}: lease grant failed: {}",
+                        access::describe(&e)
+                    );
+                    let error = if access::is_refusal(&e) {
+                        RegistryError::Refused(message)
+                    } else {
+                        RegistryError::Unavailable(message)
+                    };
+                    return Err(options.explain(error));
                 }
                 Err(_) => {
                     return Err(RegistryError::Unavailable(format!(
@@ -377,7 +482,7 @@ impl EtcdRegistry {
             Ok(listed) => listed,
             Err(e) => {
                 shared.revoke_lease(lease.id()).await;
-                return Err(e);
+                return Err(shared.options.explain(e));
             }
         };
         shared.membership.send_replace(Arc::new(view));
@@ -477,7 +582,10 @@ impl Shared {
     }
 
     /// Runs one etcd request within the request timeout; `what` names the
-    /// attempt in the error ("put of 3 task records failed").
+    /// attempt in the error ("put of 3 task records failed"). A request
+    /// refused because the token predates a change of etcd's users or roles
+    /// authenticates again and fails as [`RegistryError::Unavailable`], so
+    /// that the caller's retry goes through.
     async fn request<T>(
         &self,
         what: impl FnOnce() -> String,
@@ -490,6 +598,21 @@ impl Shared {
                 let reason = format!("{}: {e}", what());
                 self.note_refusal(&reason);
                 Err(RegistryError::NoSpace(reason))
+            }
+            Ok(Err(e)) if access::is_stale_token(&e) => {
+                // etcd's users or roles changed since this node's token was
+                // issued (another node's user was added): etcd refuses every
+                // checked request until the node authenticates again, as
+                // etcd's own client does. A retry then succeeds.
+                let refreshed = tokio::time::timeout(timeout, self.client.refresh_token()).await;
+                warn!(
+                    refreshed = matches!(refreshed, Ok(Ok(()))),
+                    "etcd's users or roles changed: authenticated again"
+                );
+                Err(RegistryError::Unavailable(format!(
+                    "{}: {e} (authenticated again)",
+                    what()
+                )))
             }
             Ok(Err(e)) => Err(classify(what(), e)),
             Err(_) => Err(RegistryError::Unavailable(format!(

@@ -43,7 +43,7 @@ use futures::stream::BoxStream;
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use etcd::{EtcdOptions, EtcdRegistry};
+pub use etcd::{EtcdCredentials, EtcdOptions, EtcdRegistry, EtcdTls, Password};
 pub use memory::MemoryRegistry;
 
 /// Lease time-to-live used when none is configured: a dead node's agents

@@ -10,7 +10,9 @@ use agentmesh_core::access::ClientRole;
 use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
-use agentmesh_core::{ClientId, Role};
+use agentmesh_core::{AgentId, ClientId, Role};
+use agentmesh_registry::etcd::rbac::NodeUser;
+use agentmesh_registry::{EtcdCredentials, EtcdOptions, EtcdTls, Password};
 use agentmesh_runtime::NodeConfig;
 use agentmesh_runtime::actors::faults::{Fault, Faults};
 use agentmesh_runtime::tools::{AllowedHost, AllowedHostError};
@@ -83,6 +85,10 @@ pub enum Command {
     },
     /// Lists the cluster's agents with role, capabilities and load.
     Agents(AgentsArgs),
+    /// Prepares an etcd for a cluster: creates etcd's root user, the roles
+    /// nodes need and one etcd user per node (`--node`), then turns etcd's
+    /// authentication on. Safe to run again, e.g. to add a node.
+    EtcdSetup(EtcdSetupArgs),
     /// Load generator: keeps --concurrency tasks of one shape in flight
     /// until --tasks have finished, then prints a JSON report (throughput,
     /// latency percentiles from submit to final result, errors). Runs
@@ -344,9 +350,26 @@ pub struct NodeArgs {
     /// Hierarchy level, required with --role level.
     #[arg(long, env = "AGENTMESH_LEVEL", value_enum)]
     pub level: Option<LevelArg>,
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs, comma-separated; https:// ones need --etcd-ca.
     #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
+    /// The etcd user this node logs in as, when etcd has authentication
+    /// on (`agentmesh etcd-setup` makes one per node, named by its --id);
+    /// none by default, for an etcd without authentication.
+    #[arg(long, env = "AGENTMESH_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File holding the --etcd-user's password (a trailing line break is
+    /// ignored). A file rather than a flag, so the password appears in no
+    /// process listing; it is never logged.
+    #[arg(
+        long,
+        env = "AGENTMESH_ETCD_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "etcd_user"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
     /// Address the gRPC server binds (port 0 picks a free port; the bound
     /// address is printed as `listening on ADDR`) [default: 0.0.0.0:7700
     /// with TLS, 127.0.0.1:7700 with --insecure].
@@ -558,6 +581,134 @@ pub struct NodeArgs {
 /// builds for test rigs turn the `fault-injection` feature on.
 pub const FAULT_INJECTION_BUILT_IN: bool = cfg!(feature = "fault-injection");
 
+/// TLS towards etcd, shared by `node` and `etcd-setup`.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdTlsArgs {
+    /// CA certificate (PEM) that etcd's certificate must chain to; only it
+    /// is trusted. Required by https:// --etcd URLs, refused with http://
+    /// ones; none by default (plain http).
+    #[arg(long, env = "AGENTMESH_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) shown to etcd; an etcd started with
+    /// --client-cert-auth takes its CN as the etcd user. Needs --etcd-key
+    /// and --etcd-ca; none by default.
+    #[arg(
+        long,
+        env = "AGENTMESH_ETCD_CERT",
+        value_name = "FILE",
+        requires_all = ["etcd_key", "etcd_ca"]
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(
+        long,
+        env = "AGENTMESH_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    /// Reads the files; `None` without --etcd-ca.
+    pub fn load(&self) -> anyhow::Result<Option<EtcdTls>> {
+        let Some(ca) = &self.etcd_ca else {
+            return Ok(None);
+        };
+        let tls = EtcdTls::new(read_file(ca, "--etcd-ca")?);
+        Ok(Some(match (&self.etcd_cert, &self.etcd_key) {
+            (Some(cert), Some(key)) => tls.with_client_identity(
+                read_file(cert, "--etcd-cert")?,
+                read_file(key, "--etcd-key")?,
+            ),
+            _ => tls,
+        }))
+    }
+}
+
+fn read_file(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+}
+
+/// A password from `path`; the error names the file, never its content.
+pub fn read_password(path: &Path, flag: &str) -> anyhow::Result<Password> {
+    let bytes = read_file(path, flag)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{flag} {} is not UTF-8 text", path.display()))?;
+    let password = Password::from_file_text(&text);
+    if password.is_empty() {
+        bail!("{flag} {} holds an empty password", path.display());
+    }
+    Ok(password)
+}
+
+#[derive(Debug, Args)]
+pub struct EtcdSetupArgs {
+    /// etcd client URLs, comma-separated; https:// ones need --etcd-ca.
+    #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
+    /// File holding the password of etcd's `root` user: given to root
+    /// when authentication is still off, used to log in as root once it
+    /// is on.
+    #[arg(long, env = "AGENTMESH_ETCD_ROOT_PASSWORD_FILE", value_name = "FILE")]
+    pub root_password_file: PathBuf,
+    /// One node's etcd user, `ID:ROLE:PASSWORD_FILE` (repeatable): user ID
+    /// (the node's --id, without a colon) may write its own registration
+    /// and what ROLE (coordinator, worker, peer, level) needs, with the
+    /// password in PASSWORD_FILE.
+    #[arg(long = "node", value_name = "ID:ROLE:PASSWORD_FILE", value_parser = parse_node_user)]
+    pub nodes: Vec<NodeUserArg>,
+}
+
+/// One `--node` of `etcd-setup`, before its password file is read.
+#[derive(Debug, Clone)]
+pub struct NodeUserArg {
+    pub id: String,
+    pub role: Role,
+    pub password_file: PathBuf,
+}
+
+fn parse_node_user(text: &str) -> Result<NodeUserArg, String> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(id), Some(role), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("'{text}' is not ID:ROLE:PASSWORD_FILE"));
+    };
+    if id.is_empty() || file.is_empty() {
+        return Err(format!("'{text}' is not ID:ROLE:PASSWORD_FILE"));
+    }
+    let role = RoleArg::from_str(role, true)
+        .map_err(|_| format!("unknown role '{role}' (coordinator, worker, peer or level)"))?;
+    Ok(NodeUserArg {
+        id: id.to_owned(),
+        role: role.into(),
+        password_file: PathBuf::from(file),
+    })
+}
+
+impl EtcdSetupArgs {
+    /// The etcd options (no user: setup logs in as root itself), the root
+    /// password and the node users, with every file read.
+    pub fn load(&self) -> anyhow::Result<(EtcdOptions, Password, Vec<NodeUser>)> {
+        let mut options = EtcdOptions::new(self.etcd.clone());
+        options.tls = self.etcd_tls.load()?;
+        let root = read_password(&self.root_password_file, "--root-password-file")?;
+        let users = self
+            .nodes
+            .iter()
+            .map(|node| {
+                Ok(NodeUser {
+                    id: AgentId::new(node.id.as_str()),
+                    role: node.role,
+                    password: read_password(&node.password_file, "--node password file")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((options, root, users))
+    }
+}
+
 impl NodeArgs {
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl)
@@ -608,6 +759,19 @@ impl NodeArgs {
              demonstrations only; add --allow-fault-injection to start it anyway",
             faults.join(" ")
         ))
+    }
+
+    /// How this node reaches etcd, with the TLS files and the password
+    /// read.
+    pub fn etcd_options(&self) -> anyhow::Result<EtcdOptions> {
+        let mut options = EtcdOptions::new(self.etcd.clone()).with_lease_ttl(self.lease_ttl());
+        options.tls = self.etcd_tls.load()?;
+        if let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) {
+            let password = read_password(file, "--etcd-password-file")?;
+            options.credentials = Some(EtcdCredentials::new(user.clone(), password));
+        }
+        options.check_access()?;
+        Ok(options)
     }
 
     pub fn to_config(&self) -> NodeConfig {
@@ -1127,6 +1291,127 @@ mod tests {
             (limits.max_queued_subtasks, limits.max_active_tasks),
             (100, 7)
         );
+    }
+
+    fn node_args(extra: &[&str]) -> Result<Box<NodeArgs>, clap::Error> {
+        let mut argv = vec!["agentmesh", "node", "--role", "worker"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Node(args) => args,
+            _ => panic!("expected node"),
+        })
+    }
+
+    #[test]
+    fn etcd_access_flags_map_onto_the_etcd_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let password = dir.path().join("worker-1.password");
+        std::fs::write(&ca, "not checked until the handshake").unwrap();
+        std::fs::write(&password, "s3cret-pw\n").unwrap();
+        let (ca, password) = (ca.to_str().unwrap(), password.to_str().unwrap());
+        let args = node_args(&[
+            "--etcd",
+            "https://a:2379",
+            "--etcd-ca",
+            ca,
+            "--etcd-user",
+            "worker-1",
+            "--etcd-password-file",
+            password,
+            "--lease-ttl",
+            "7",
+        ])
+        .unwrap();
+        let options = args.etcd_options().unwrap();
+        assert!(options.tls.is_some());
+        assert_eq!(options.credentials.as_ref().unwrap().user, "worker-1");
+        assert_eq!(options.lease_ttl, Duration::from_secs(7));
+        let printed = format!("{options:?} {args:?}");
+        assert!(!printed.contains("s3cret-pw"), "{printed}");
+
+        // https:// without a CA, and a CA over http://, are refused.
+        let err = node_args(&["--etcd", "https://a:2379"])
+            .unwrap()
+            .etcd_options()
+            .unwrap_err();
+        assert!(err.to_string().contains("--etcd-ca"), "{err}");
+        let err = node_args(&["--etcd", "http://a:2379", "--etcd-ca", ca])
+            .unwrap()
+            .etcd_options()
+            .unwrap_err();
+        assert!(err.to_string().contains("plain http://"), "{err}");
+        // A user needs its password file, a certificate its key and CA.
+        assert!(node_args(&["--etcd", "http://a:1", "--etcd-user", "w"]).is_err());
+        assert!(node_args(&["--etcd", "https://a:1", "--etcd-ca", ca, "--etcd-cert", ca]).is_err());
+        // An empty password file is refused, naming the file only.
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let empty = dir.path().join("empty");
+        let err = node_args(&[
+            "--etcd",
+            "http://a:1",
+            "--etcd-user",
+            "w",
+            "--etcd-password-file",
+            empty.to_str().unwrap(),
+        ])
+        .unwrap()
+        .etcd_options()
+        .unwrap_err();
+        assert!(err.to_string().contains("holds an empty password"), "{err}");
+    }
+
+    #[test]
+    fn etcd_setup_takes_one_user_per_node() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "etcd-setup",
+            "--etcd",
+            "https://a:2379",
+            "--etcd-ca",
+            "ca.pem",
+            "--root-password-file",
+            "root.pw",
+            "--node",
+            "coordinator-1:coordinator:/run/c1:pw",
+            "--node",
+            "worker-1:Worker:w1.pw",
+        ])
+        .unwrap();
+        let Command::EtcdSetup(args) = cli.command else {
+            panic!("expected etcd-setup")
+        };
+        let nodes: Vec<(&str, Role, &str)> = args
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.role, n.password_file.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![
+                ("coordinator-1", Role::Coordinator, "/run/c1:pw"),
+                ("worker-1", Role::Worker, "w1.pw"),
+            ]
+        );
+        for bad in [
+            "worker-1",
+            "worker-1:worker",
+            "w:chief:f",
+            ":worker:f",
+            "w:worker:",
+        ] {
+            let parsed = Cli::try_parse_from([
+                "agentmesh",
+                "etcd-setup",
+                "--etcd",
+                "http://a:1",
+                "--root-password-file",
+                "r",
+                "--node",
+                bad,
+            ]);
+            assert!(parsed.is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

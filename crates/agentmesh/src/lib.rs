@@ -41,7 +41,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentmesh_proto::v1 as pb;
-use agentmesh_registry::{EtcdOptions, EtcdRegistry, Registry};
+use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
@@ -53,7 +53,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
-    AgentsArgs, BenchArgs, Cli, Command, LocalArgs, NodeArgs, SubmitArgs, TaskCommand, TokenCommand,
+    AgentsArgs, BenchArgs, Cli, Command, EtcdSetupArgs, LocalArgs, NodeArgs, SubmitArgs,
+    TaskCommand, TokenCommand,
 };
 
 /// The example `agentmesh local` runs when no task file is given.
@@ -135,6 +136,7 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench(args, tools).await,
         Command::Certs(args) => certs(&args),
         Command::Token { command } => token(command),
+        Command::EtcdSetup(args) => etcd_setup(args).await,
     }
 }
 
@@ -190,6 +192,25 @@ fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn etcd_setup(args: EtcdSetupArgs) -> anyhow::Result<ExitCode> {
+    let (options, root_password, users) = args.load()?;
+    let report = agentmesh_registry::etcd::rbac::setup(&options, &root_password, &users)
+        .await
+        .context("etcd-setup failed")?;
+    for user in &report.users {
+        println!("etcd user '{user}' ready");
+    }
+    println!(
+        "{}",
+        if report.enabled_auth {
+            "etcd authentication enabled"
+        } else {
+            "etcd authentication was already on"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
@@ -292,9 +313,18 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     if config.tokens.is_none() {
         warn!("no --token-file: the client API is open to anyone who can reach --listen");
     }
-    info!(role = ?args.role, etcd = ?args.etcd, "connecting to etcd");
-    let mut options = EtcdOptions::new(args.etcd.clone());
-    options.lease_ttl = args.lease_ttl();
+    let options = args.etcd_options()?;
+    info!(
+        role = ?args.role,
+        etcd = ?args.etcd,
+        tls = options.tls.is_some(),
+        client_certificate = options.tls.as_ref().is_some_and(|t| t.has_client_identity()),
+        user = options.credentials.as_ref().map(|c| c.user.as_str()),
+        "connecting to etcd"
+    );
+    if options.credentials.is_some() && options.tls.is_none() {
+        warn!("the etcd password is sent unencrypted: use https:// etcd URLs with --etcd-ca");
+    }
     let registry: Arc<dyn Registry> = Arc::new(
         EtcdRegistry::connect(options)
             .await

@@ -16,8 +16,8 @@ use tonic::Code;
 
 use super::{HONEST_TASK_TIMEOUT, assert_survived, capped};
 use crate::support::cluster::Cluster;
-use crate::support::eventually;
 use crate::support::grpc::{self, runtime, serving_status};
+use crate::support::{Etcd, eventually};
 
 /// etcd's quota in the out-of-space test: small enough to fill in a second.
 const QUOTA_BYTES: u64 = 16 * 1024 * 1024;
@@ -32,13 +32,11 @@ const REFUSAL_BOUND: Duration = Duration::from_secs(1);
 const HONEST: &str =
     "name: honest\ntasks:\n  - id: a\n    capability: math.eval\n    input: { expr: \"2+3\" }\n";
 
-async fn etcd(url: &str) -> Client {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(grpc::CONNECT_TIMEOUT)
-        .with_timeout(grpc::CALL_TIMEOUT);
-    Client::connect([url], Some(options))
+/// A client with root's rights (the cluster's etcd has authentication on).
+async fn etcd(etcd: &Etcd) -> Client {
+    etcd.root_client()
         .await
-        .unwrap_or_else(|e| panic!("connect to etcd at {url}: {e}"))
+        .unwrap_or_else(|e| panic!("connect to etcd: {e}"))
 }
 
 /// Puts filler values until etcd refuses one for lack of space; returns
@@ -129,9 +127,8 @@ fn etcd_out_of_space_is_refused_at_once_and_the_cluster_recovers() {
     let status = cluster.wait_ended(&before, HONEST_TASK_TIMEOUT);
     assert_eq!(status["status"], "completed", "{status}");
 
-    let url = cluster.etcd().client_url();
     let rt = runtime();
-    let mut client = rt.block_on(etcd(&url));
+    let mut client = rt.block_on(etcd(cluster.etcd()));
     let fillers = rt.block_on(fill(&mut client));
 
     // The first submit finds out: its record is refused by etcd.
@@ -194,9 +191,9 @@ fn etcd_out_of_space_is_refused_at_once_and_the_cluster_recovers() {
 }
 
 /// Keys under `prefix`, counted by a fresh client.
-fn count(url: &str, prefix: &str) -> i64 {
+fn count(server: &Etcd, prefix: &str) -> i64 {
     runtime().block_on(async {
-        etcd(url)
+        etcd(server)
             .await
             .get(
                 prefix,
@@ -225,12 +222,11 @@ fn ended_task_records_are_deleted_after_retention() {
         .collect();
     let ended_at = Instant::now();
 
-    let url = cluster.etcd().client_url();
     eventually(
         "etcd to hold no ended task records",
         Duration::from_secs(30),
         || {
-            let left = count(&url, "/agentmesh/v1/tasks/");
+            let left = count(cluster.etcd(), "/agentmesh/v1/tasks/");
             (left == 0).then_some(())
         },
     );

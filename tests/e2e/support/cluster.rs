@@ -19,6 +19,12 @@
 //! that were killed or exited stay in the cluster, so their output is still
 //! checked by [`Cluster::assert_no_panic`] and shown when a test fails.
 //!
+//! etcd runs with TLS and authentication on ([`Etcd::start_secure`], and
+//! likewise inside a netns cluster): every node gets the CA and an etcd
+//! user of its own, made with `agentmesh etcd-setup` (one run for the
+//! nodes the builder knows, one more per node added later).
+//! [`ClusterBuilder::plain_etcd`] starts a plain loopback etcd instead.
+//!
 //! With [`ClusterBuilder::netns`] the cluster runs in the two network
 //! namespaces of a [`NetnsPair`] instead of on loopback: etcd and every
 //! node in namespace A, except nodes placed
@@ -33,6 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::etcd_auth::{EtcdAuth, SETUP_TIMEOUT};
 use super::netns::NetnsPair;
 use super::tls;
 use super::{
@@ -58,7 +65,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn flag(self) -> &'static str {
+    pub fn flag(self) -> &'static str {
         match self {
             Role::Coordinator => "coordinator",
             Role::Worker => "worker",
@@ -163,9 +170,18 @@ pub struct ClusterBuilder {
     defaults: Defaults,
     netns: Option<NetnsPair>,
     etcd_args: Vec<String>,
+    /// A plain etcd: no TLS, no authentication.
+    plain_etcd: bool,
 }
 
 impl ClusterBuilder {
+    /// Runs the cluster's loopback etcd without TLS and authentication
+    /// (clusters have both by default).
+    pub fn plain_etcd(mut self) -> Self {
+        self.plain_etcd = true;
+        self
+    }
+
     /// Extra flags for the cluster's (loopback) etcd.
     pub fn etcd_args(mut self, args: &[&str]) -> Self {
         self.etcd_args = args.iter().map(|a| (*a).to_owned()).collect();
@@ -252,19 +268,24 @@ impl ClusterBuilder {
     /// Starts everything and waits until every coordinator lists every node.
     pub fn start(self) -> Cluster {
         let dir = scratch_dir("cluster");
+        let etcd_args: Vec<&str> = self.etcd_args.iter().map(String::as_str).collect();
         let etcd = match &self.netns {
-            None => ClusterEtcd::Loopback(Etcd::start_with(
-                &self
-                    .etcd_args
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            )),
+            None if self.plain_etcd => ClusterEtcd::Loopback(Etcd::start_with(&etcd_args)),
+            None => ClusterEtcd::Loopback(Etcd::start_secure_with(&etcd_args)),
             Some(net) => {
-                let (process, url) = start_etcd_in(net, &dir);
-                ClusterEtcd::Netns(process, url)
+                let (process, url, auth) = start_etcd_in(net, &dir);
+                ClusterEtcd::Netns(process, url, Box::new(auth))
             }
         };
+        // One etcd-setup for every node known now, rather than one each.
+        let mut users: Vec<(String, &str)> = (1..=self.coordinators)
+            .map(|n| (format!("coordinator-{n}"), Role::Coordinator.flag()))
+            .collect();
+        users.extend(self.nodes.iter().map(|n| (n.id.clone(), n.role.flag())));
+        let users: Vec<(&str, &str)> = users
+            .iter()
+            .map(|(id, role)| (id.as_str(), *role))
+            .collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             etcd,
@@ -274,6 +295,7 @@ impl ClusterBuilder {
             net: self.netns,
             netns_certs: None,
         };
+        cluster.make_etcd_users(&users);
         for n in 1..=self.coordinators {
             let id = format!("coordinator-{n}");
             cluster.add(NodeSpec::coordinator(&id));
@@ -307,8 +329,8 @@ pub struct Node {
 
 enum ClusterEtcd {
     Loopback(Etcd),
-    /// etcd inside namespace A, and its client URL.
-    Netns(Process, String),
+    /// etcd inside namespace A, its client URL, and its TLS and users.
+    Netns(Process, String, Box<EtcdAuth>),
 }
 
 /// A running cluster; see the module documentation.
@@ -351,7 +373,7 @@ impl Cluster {
     fn etcd_url(&self) -> String {
         match &self.etcd {
             ClusterEtcd::Loopback(etcd) => etcd.client_url(),
-            ClusterEtcd::Netns(_, url) => url.clone(),
+            ClusterEtcd::Netns(_, url, _) => url.clone(),
         }
     }
 
@@ -387,11 +409,45 @@ impl Cluster {
         self.launch(spec)
     }
 
+    /// The flags node `id` of `role` needs to reach etcd (see
+    /// [`Etcd::node_flags`]).
+    pub fn etcd_flags(&self, id: &str, role: Role) -> Vec<String> {
+        match &self.etcd {
+            ClusterEtcd::Loopback(etcd) => etcd.node_flags(id, role.flag()),
+            ClusterEtcd::Netns(_, url, auth) => {
+                auth.setup(url, &[(id, role.flag())], |args| {
+                    self.cli_with_timeout(args, SETUP_TIMEOUT)
+                });
+                auth.node_flags(id)
+            }
+        }
+    }
+
+    /// Makes the etcd users of several nodes with one `etcd-setup`.
+    fn make_etcd_users(&self, users: &[(&str, &str)]) {
+        match &self.etcd {
+            ClusterEtcd::Loopback(etcd) => etcd.make_node_users(users),
+            ClusterEtcd::Netns(_, url, auth) if !users.is_empty() => {
+                auth.setup(url, users, |args| {
+                    self.cli_with_timeout(args, SETUP_TIMEOUT)
+                });
+            }
+            ClusterEtcd::Netns(..) => {}
+        }
+    }
+
+    /// The etcd URL nodes are given.
+    pub fn etcd_client_url(&self) -> String {
+        self.etcd_url()
+    }
+
     fn launch(&mut self, spec: NodeSpec) -> &Node {
         let url = self.etcd_url();
         let ttl = self.defaults.lease_ttl.map(|t| t.to_string());
+        let etcd_flags = self.etcd_flags(&spec.id, spec.role);
         let mut args: Vec<&str> =
             vec!["--role", spec.role.flag(), "--etcd", &url, "--id", &spec.id];
+        args.extend(etcd_flags.iter().map(String::as_str));
         if let Some(ttl) = &ttl {
             args.extend(["--lease-ttl", ttl.as_str()]);
         }
@@ -490,9 +546,13 @@ impl Cluster {
 
     /// `agentmesh ARGS...` to completion (in namespace A in a netns cluster).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_timeout(args, CLI_TIMEOUT)
+    }
+
+    fn cli_with_timeout(&self, args: &[&str], timeout: Duration) -> CliOutput {
         match &self.net {
-            None => run_cli_with(args, &self.client_env(), CLI_TIMEOUT),
-            Some(net) => net.run_in_with(&net.a, agentmesh_bin(), args, CLI_TIMEOUT),
+            None => run_cli_with(args, &self.client_env(), timeout),
+            Some(net) => net.run_in_with(&net.a, agentmesh_bin(), args, timeout),
         }
     }
 
@@ -625,7 +685,7 @@ impl Cluster {
         for node in &self.nodes {
             node.process.assert_no_panic();
         }
-        if let ClusterEtcd::Netns(etcd, _) = &self.etcd {
+        if let ClusterEtcd::Netns(etcd, _, _) = &self.etcd {
             etcd.assert_no_panic();
         }
     }
@@ -760,10 +820,19 @@ fn wait_listening(process: &Process) -> String {
     )
 }
 
-/// etcd inside namespace A, on A's veth address; waits until it serves.
-fn start_etcd_in(net: &NetnsPair, dir: &TempDir) -> (Process, String) {
-    let url = format!("http://{}:{NETNS_ETCD_PORT}", net.addr_a);
+/// etcd inside namespace A, on A's veth address, with TLS (a certificate
+/// for that address) and authentication on; waits until it serves.
+fn start_etcd_in(net: &NetnsPair, dir: &TempDir) -> (Process, String, EtcdAuth) {
+    let ip: IpAddr = net
+        .addr_a
+        .parse()
+        .unwrap_or_else(|e| panic!("namespace A's address {}: {e}", net.addr_a));
+    let auth = EtcdAuth::new(&dir.path().join("etcd-auth"), &[ip]);
+    let url = format!("https://{}:{NETNS_ETCD_PORT}", net.addr_a);
     let args: Vec<OsString> = vec![
+        format!("--cert-file={}", auth.server_cert.display()).into(),
+        format!("--key-file={}", auth.server_key.display()).into(),
+        "--bcrypt-cost=4".into(),
         "--name=netns".into(),
         format!("--data-dir={}", dir.path().join("etcd").display()).into(),
         format!("--listen-client-urls={url}").into(),
@@ -786,7 +855,10 @@ fn start_etcd_in(net: &NetnsPair, dir: &TempDir) -> (Process, String) {
                 || line.contains("ready to serve client requests")
         },
     );
-    (etcd, url)
+    auth.setup(&url, &[], |args| {
+        net.run_in_with(&net.a, agentmesh_bin(), args, SETUP_TIMEOUT)
+    });
+    (etcd, url, auth)
 }
 
 const LISTENING_PREFIX: &str = "listening on ";

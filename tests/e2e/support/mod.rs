@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod cluster;
+pub mod etcd_auth;
 pub mod grpc;
 pub mod netns;
 pub mod tls;
@@ -312,6 +313,11 @@ enum EtcdStartError {
 
 /// A real single-member etcd on loopback, with its data dir and log
 /// (`etcd.log`) in a scratch dir. Killed (SIGKILL) on drop.
+///
+/// [`Etcd::start_secure`] starts it with TLS (certificates made by the
+/// test) and authentication on: nodes then need [`Etcd::node_flags`], and
+/// tests reach it with [`Etcd::root_client`]. `/health` is then served on
+/// a plain-HTTP metrics listener, so [`Etcd::health`] works either way.
 pub struct Etcd {
     binary: PathBuf,
     /// `None` only during drop.
@@ -320,6 +326,10 @@ pub struct Etcd {
     log_path: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// The plain-HTTP `/health` listener of a secure etcd.
+    metrics_port: u16,
+    /// TLS and authentication, for [`Etcd::start_secure`].
+    auth: Option<Box<etcd_auth::EtcdAuth>>,
     child: Mutex<Option<Child>>,
     startup_time: Mutex<Duration>,
     /// Flags added to every launch, after the harness's own.
@@ -330,7 +340,19 @@ impl Etcd {
     /// [`Etcd::start`] with extra flags, e.g. a small
     /// `--quota-backend-bytes`.
     pub fn start_with(extra_args: &[&str]) -> Etcd {
-        Self::start_inner(extra_args.iter().map(|a| (*a).to_owned()).collect())
+        Self::start_inner(extra_args.iter().map(|a| (*a).to_owned()).collect(), false)
+    }
+
+    /// [`Etcd::start`] with TLS on its client port (a CA and a server
+    /// certificate for 127.0.0.1 made now) and authentication on (root
+    /// and the roles made by `agentmesh etcd-setup`).
+    pub fn start_secure() -> Etcd {
+        Self::start_secure_with(&[])
+    }
+
+    /// [`Etcd::start_secure`] with extra flags.
+    pub fn start_secure_with(extra_args: &[&str]) -> Etcd {
+        Self::start_inner(extra_args.iter().map(|a| (*a).to_owned()).collect(), true)
     }
 
     /// Starts etcd on two free ports and waits (up to 20 s) until
@@ -338,13 +360,14 @@ impl Etcd {
     /// meanwhile), retries on new ports up to 3 times. Panics with the tail of
     /// the etcd log when it cannot start.
     pub fn start() -> Etcd {
-        Self::start_inner(Vec::new())
+        Self::start_inner(Vec::new(), false)
     }
 
-    fn start_inner(extra_args: Vec<String>) -> Etcd {
+    fn start_inner(extra_args: Vec<String>, secure: bool) -> Etcd {
         let binary = etcd_binary();
         let dir = scratch_dir("etcd");
         let root = dir.path().to_path_buf();
+        let auth = secure.then(|| Box::new(etcd_auth::EtcdAuth::new(&root, &[])));
         let mut etcd = Etcd {
             binary,
             log_path: root.join("etcd.log"),
@@ -352,19 +375,27 @@ impl Etcd {
             dir: Some(dir),
             client_port: 0,
             peer_port: 0,
+            metrics_port: 0,
+            auth,
             child: Mutex::new(None),
             startup_time: Mutex::new(Duration::ZERO),
             extra_args,
         };
         let mut failures = Vec::new();
         for attempt in 1..=ETCD_START_ATTEMPTS {
-            let ports = free_ports(2);
+            let ports = free_ports(3);
             etcd.client_port = ports[0];
             etcd.peer_port = ports[1];
+            etcd.metrics_port = ports[2];
             // A failed attempt may have written member data for other ports.
             let _ = fs::remove_dir_all(etcd.data_dir());
             match etcd.launch(&format!("start attempt {attempt}")) {
-                Ok(()) => return etcd,
+                Ok(()) => {
+                    if let Some(auth) = &etcd.auth {
+                        auth.setup(&etcd.client_url(), &[], run_cli_setup);
+                    }
+                    return etcd;
+                }
                 Err(EtcdStartError::Exited(status)) => failures.push(format!(
                     "attempt {attempt} (client port {}, peer port {}) exited early: {status}",
                     etcd.client_port, etcd.peer_port
@@ -377,9 +408,60 @@ impl Etcd {
         etcd.fail(&format!("etcd could not start: {}", failures.join("; ")))
     }
 
-    /// `http://127.0.0.1:PORT`, the URL to pass to `--etcd`.
+    /// `http://127.0.0.1:PORT` (`https://` when secure), the URL to pass
+    /// to `--etcd`.
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr())
+        let scheme = if self.auth.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr())
+    }
+
+    /// TLS and authentication of a [`Etcd::start_secure`] etcd.
+    pub fn auth(&self) -> Option<&etcd_auth::EtcdAuth> {
+        self.auth.as_deref()
+    }
+
+    /// The `agentmesh node` flags node `id` of `role` (`worker`...) needs
+    /// to reach this etcd: none for a plain one; for a secure one the CA
+    /// and an etcd user of its own, made now if it was not yet.
+    pub fn node_flags(&self, id: &str, role: &str) -> Vec<String> {
+        match &self.auth {
+            None => Vec::new(),
+            Some(auth) => {
+                auth.setup(&self.client_url(), &[(id, role)], run_cli_setup);
+                auth.node_flags(id)
+            }
+        }
+    }
+
+    /// Makes the etcd users of several nodes at once (one
+    /// `agentmesh etcd-setup`); nothing for a plain etcd.
+    pub fn make_node_users(&self, nodes: &[(&str, &str)]) {
+        if let Some(auth) = &self.auth
+            && !nodes.is_empty()
+        {
+            auth.setup(&self.client_url(), nodes, run_cli_setup);
+        }
+    }
+
+    /// A client with etcd's full rights: root over TLS on a secure etcd,
+    /// anonymous on a plain one.
+    pub async fn root_client(&self) -> Result<etcd_client::Client, String> {
+        let url = self.client_url();
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(grpc::CONNECT_TIMEOUT)
+            .with_timeout(grpc::CALL_TIMEOUT);
+        if let Some(auth) = &self.auth {
+            let ca = fs::read(&auth.pki.ca_file).map_err(|e| format!("read the CA: {e}"))?;
+            options = options
+                .with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(ca)),
+                )
+                .with_user("root", auth.root_password());
+        }
+        etcd_client::Client::connect([url.as_str()], Some(options))
+            .await
+            .map_err(|e| format!("connect to {url}: {e}"))
     }
 
     /// `127.0.0.1:PORT` of the client listener.
@@ -418,12 +500,18 @@ impl Etcd {
         self.pid().is_some()
     }
 
-    /// `Ok(body)` when `GET /health` answers 200 with `"health":"true"`.
+    /// `Ok(body)` when `GET /health` answers 200 with `"health":"true"`
+    /// (on the metrics listener of a secure etcd, which is plain HTTP).
     pub fn health(&self) -> Result<String, String> {
-        match http_get(&self.client_addr(), "/health") {
+        let addr = if self.auth.is_some() {
+            format!("127.0.0.1:{}", self.metrics_port)
+        } else {
+            self.client_addr()
+        };
+        match http_get(&addr, "/health") {
             Ok((200, body)) if body.contains(r#""health":"true""#) => Ok(body),
             Ok((status, body)) => Err(format!("unhealthy: HTTP {status} {}", body.trim())),
-            Err(err) => Err(format!("GET /health on {}: {err}", self.client_addr())),
+            Err(err) => Err(format!("GET /health on {addr}: {err}")),
         }
     }
 
@@ -452,12 +540,7 @@ impl Etcd {
     pub fn has_key(&self, key: &str) -> Result<bool, String> {
         let url = self.client_url();
         grpc::runtime().block_on(async {
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(grpc::CONNECT_TIMEOUT)
-                .with_timeout(grpc::CALL_TIMEOUT);
-            let mut client = etcd_client::Client::connect([url.as_str()], Some(options))
-                .await
-                .map_err(|e| format!("connect to {url}: {e}"))?;
+            let mut client = self.root_client().await?;
             let reply = client
                 .get(key, Some(etcd_client::GetOptions::new().with_count_only()))
                 .await
@@ -526,6 +609,19 @@ impl Etcd {
             "--auto-compaction-retention=1m".to_owned(),
         ]
         .into_iter()
+        .chain(self.auth.iter().flat_map(|auth| {
+            [
+                format!("--cert-file={}", auth.server_cert.display()),
+                format!("--key-file={}", auth.server_key.display()),
+                format!(
+                    "--listen-metrics-urls=http://127.0.0.1:{}",
+                    self.metrics_port
+                ),
+                // Test passwords are random: the cheapest bcrypt keeps each
+                // user made and each login from costing ~50 ms of CPU.
+                "--bcrypt-cost=4".to_owned(),
+            ]
+        }))
         .chain(self.extra_args.iter().cloned())
         .collect()
     }
@@ -1053,6 +1149,11 @@ impl fmt::Display for CliOutput {
 /// Path of the `agentmesh` binary built by cargo for these tests.
 pub fn agentmesh_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agentmesh"))
+}
+
+/// `agentmesh etcd-setup ARGS...` on this machine.
+fn run_cli_setup(args: &[&str]) -> CliOutput {
+    run_cli_with(args, &[], etcd_auth::SETUP_TIMEOUT)
 }
 
 /// Runs `agentmesh ARGS...` to completion (60 s timeout: killed, then panic).

@@ -131,22 +131,40 @@ pub fn uri(endpoint: &str, security: &Security) -> Result<String, ChannelError> 
 /// timeout, and keep-alive PINGs while streams are open (idle channels do
 /// not ping: the server closes them after its idle timeout and they
 /// reconnect on next use).
+///
+/// Returns the connector that runs TLS on it, if it is TLS. tonic is then
+/// given the endpoint's `http://` form: the handshake is the connector's,
+/// and a tonic built with TLS of its own (etcd-client's `tls-ring` turns
+/// it on in this workspace, for TLS to etcd) refuses an `https://` URI
+/// that has no tonic TLS configuration.
 fn endpoint(
     address: &str,
     connect_timeout: Duration,
     security: &Security,
-) -> Result<Endpoint, ChannelError> {
-    let endpoint =
-        Endpoint::from_shared(uri(address, security)?).map_err(|e| ChannelError::BadEndpoint {
-            endpoint: address.to_owned(),
-            message: e.to_string(),
-        })?;
-    Ok(endpoint
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(CLIENT_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(false))
+) -> Result<(Endpoint, Option<TlsConnector>), ChannelError> {
+    let uri = uri(address, security)?;
+    let (uri, tls) = match uri.strip_prefix("https://") {
+        Some(rest) if security.is_tls() => (
+            format!("http://{rest}"),
+            Some(TlsConnector {
+                security: security.clone(),
+            }),
+        ),
+        _ => (uri, None),
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| ChannelError::BadEndpoint {
+        endpoint: address.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok((
+        endpoint
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .http2_keep_alive_interval(CLIENT_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(false),
+        tls,
+    ))
 }
 
 /// A channel that connects on first use and reconnects after a failure.
@@ -155,8 +173,8 @@ pub fn lazy(
     connect_timeout: Duration,
     security: &Security,
 ) -> Result<Channel, ChannelError> {
-    let endpoint = endpoint(address, connect_timeout, security)?;
-    Ok(match TlsConnector::of(&endpoint, security) {
+    let (endpoint, tls) = endpoint(address, connect_timeout, security)?;
+    Ok(match tls {
         None => endpoint.connect_lazy(),
         Some(connector) => endpoint.connect_with_connector_lazy(connector),
     })
@@ -168,8 +186,8 @@ pub async fn connect(
     connect_timeout: Duration,
     security: &Security,
 ) -> Result<Channel, ChannelError> {
-    let endpoint = endpoint(address, connect_timeout, security)?;
-    let connected = match TlsConnector::of(&endpoint, security) {
+    let (endpoint, tls) = endpoint(address, connect_timeout, security)?;
+    let connected = match tls {
         None => endpoint.connect().await,
         Some(connector) => endpoint.connect_with_connector(connector).await,
     };
@@ -189,13 +207,6 @@ struct TlsConnector {
 }
 
 impl TlsConnector {
-    /// The connector for `endpoint`: `None` for plaintext.
-    fn of(endpoint: &Endpoint, security: &Security) -> Option<Self> {
-        (security.is_tls() && endpoint.uri().scheme_str() == Some("https")).then(|| Self {
-            security: security.clone(),
-        })
-    }
-
     fn config(&self) -> Arc<rustls::ClientConfig> {
         match &self.security {
             Security::Node(tls) => tls.node_client_config(),
