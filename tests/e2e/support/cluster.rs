@@ -245,10 +245,6 @@ impl ClusterBuilder {
         })
     }
 
-    pub fn peer(self, id: &str, capabilities: &str) -> Self {
-        self.node(NodeSpec::peer(id, capabilities))
-    }
-
     pub fn level(self, id: &str, level: &str) -> Self {
         self.node(NodeSpec::level(id, level))
     }
