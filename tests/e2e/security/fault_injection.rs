@@ -103,16 +103,5 @@ fn a_node_with_faults_is_shown_as_faulty() {
     assert!(!row("worker-honest").contains("wrong-result"), "{table}");
 
     // The honest worker still answers right.
-    let file = cluster.task_file(
-        "honest.yaml",
-        "name: honest\ntasks:\n  - id: a\n    capability: math.eval\n    input: { expr: \"2+3\" }\n",
-    );
-    let record = cluster.submit_wait(&file);
-    assert_eq!(record["status"], "completed", "{record}");
-    assert_eq!(
-        record["result"],
-        serde_json::json!({"value": 5}),
-        "{record}"
-    );
-    cluster.assert_no_panic();
+    super::assert_honest_sum(&cluster);
 }

@@ -12,13 +12,11 @@ use agentmesh_runtime::transport::channel::{self, ClientTls, Security};
 use agentmesh_runtime::transport::tls::{self, NodeTls, TlsFiles};
 use tonic::Code;
 
+use super::assert_honest_sum;
 use crate::support::cluster::Cluster;
 use crate::support::grpc::{self, CONNECT_TIMEOUT};
 use crate::support::scratch_dir;
 use crate::support::tls::{self as test_tls, Certs};
-
-const SUM: &str = r#"{"name": "sum", "tasks": [
-    {"id": "a", "capability": "math.eval", "input": {"expr": "2 + 3"}}]}"#;
 
 /// A forged `subtask.result` in the name of `from`. The mailbox checks the
 /// sender before it reads the payload, so the payload need not decode.
@@ -113,15 +111,7 @@ fn envelopes_are_taken_only_from_the_agents_a_peers_certificate_names() {
     .expect_err("plaintext must be refused");
     assert!(!refused.contains("PermissionDenied"), "{refused}");
 
-    let file = cluster.task_file("sum.json", SUM);
-    let record = cluster.submit_wait(&file);
-    assert_eq!(record["status"], "completed", "{record}");
-    assert_eq!(
-        record["result"],
-        serde_json::json!({"value": 5}),
-        "{record}"
-    );
-    cluster.assert_no_panic();
+    assert_honest_sum(&cluster);
 }
 
 /// The certificate a TLS server at `addr` presents to a client that trusts
@@ -198,14 +188,7 @@ fn certificates_rotated_while_tasks_run_lose_nothing() {
             "{record}"
         );
     }
-    let file = cluster.task_file("sum.json", SUM);
-    let record = cluster.submit_wait(&file);
-    assert_eq!(
-        record["result"],
-        serde_json::json!({"value": 5}),
-        "{record}"
-    );
-    cluster.assert_no_panic();
+    assert_honest_sum(&cluster);
 }
 
 /// A forged `subtask.assign` from `from` to `to`.
@@ -260,12 +243,5 @@ fn workers_take_assignments_only_from_agents_that_hand_out_work() {
         "{refused}"
     );
 
-    let file = cluster.task_file("sum.json", SUM);
-    let record = cluster.submit_wait(&file);
-    assert_eq!(
-        record["result"],
-        serde_json::json!({"value": 5}),
-        "{record}"
-    );
-    cluster.assert_no_panic();
+    assert_honest_sum(&cluster);
 }
