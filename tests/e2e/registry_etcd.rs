@@ -76,6 +76,7 @@ fn agent(id: &str) -> AgentRegistration {
         max_concurrency: 1,
         version: "test".into(),
         faults: Vec::new(),
+        insecure: false,
     }
 }
 

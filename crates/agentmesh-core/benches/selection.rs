@@ -75,6 +75,7 @@ fn membership(n: usize) -> Membership {
                 max_concurrency: 2 + rng.below(7) as u32,
                 version: "bench".into(),
                 faults: Vec::new(),
+                insecure: false,
             };
             (registration.id.clone(), registration)
         })

@@ -76,6 +76,11 @@ pub struct AgentRegistration {
     /// records written before it existed, which decode as honest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<String>,
+    /// Its node runs `--insecure`: no TLS, no authentication, so anyone who
+    /// can reach it may speak to it. Registered so that `agents` shows it;
+    /// absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 impl AgentRegistration {

@@ -592,6 +592,7 @@ mod tests {
             max_concurrency: max,
             version: "test".into(),
             faults: Vec::new(),
+            insecure: false,
         }
     }
 

@@ -801,6 +801,7 @@ fn agent(id: &str, endpoint: &str) -> AgentRegistration {
         max_concurrency: 1,
         version: "test".into(),
         faults: Vec::new(),
+        insecure: false,
     }
 }
 

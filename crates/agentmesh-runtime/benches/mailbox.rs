@@ -95,6 +95,7 @@ fn view(agent: &str, endpoint: &str) -> Arc<Membership> {
         max_concurrency: 1,
         version: "bench".into(),
         faults: Vec::new(),
+        insecure: false,
     };
     Arc::new(Membership {
         agents: BTreeMap::from([(registration.id.clone(), registration)]),

@@ -182,6 +182,7 @@ pub fn agent_info(
         breaker: stats.map_or_else(String::new, |s| s.breaker_state().to_string()),
         leader,
         faults: agent.faults.clone(),
+        insecure: agent.insecure,
     }
 }
 

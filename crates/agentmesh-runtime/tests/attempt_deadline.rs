@@ -38,6 +38,7 @@ fn registration(id: &str, max_concurrency: u32) -> AgentRegistration {
         max_concurrency,
         version: VERSION.into(),
         faults: Vec::new(),
+        insecure: false,
     }
 }
 

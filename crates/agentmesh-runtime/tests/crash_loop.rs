@@ -61,6 +61,7 @@ async fn a_task_resumed_too_often_is_failed_and_one_within_the_bound_completes()
                 max_concurrency: 4,
                 version: VERSION.into(),
                 faults: Vec::new(),
+                insecure: false,
             },
             &ToolBox::builtin(&[]),
             Default::default(),

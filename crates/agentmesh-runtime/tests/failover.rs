@@ -130,6 +130,7 @@ async fn leader_with_a_running_task() -> (Cluster, agentmesh_core::TaskId) {
             max_concurrency: 4,
             version: VERSION.into(),
             faults: Vec::new(),
+            insecure: false,
         })
         .await
         .unwrap();

@@ -453,14 +453,24 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "reputation": a.reputation,
         "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
         "faults": a.faults,
+        "insecure": a.insecure,
         "version": a.version,
     })
 }
 
 fn print_agents_table(agents: &[pb::AgentInfo]) {
     println!(
-        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<16} CAPABILITIES",
-        "ID", "ROLE", "LEVEL", "LOAD", "OK/FAIL", "REPUTATION", "BREAKER", "ENDPOINT", "FAULTS"
+        "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<8} {:<16} CAPABILITIES",
+        "ID",
+        "ROLE",
+        "LEVEL",
+        "LOAD",
+        "OK/FAIL",
+        "REPUTATION",
+        "BREAKER",
+        "ENDPOINT",
+        "SECURITY",
+        "FAULTS"
     );
     for a in agents {
         let level = if a.level.is_empty() { "-" } else { &a.level };
@@ -488,8 +498,10 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
         } else {
             a.faults.join(",")
         };
+        // Nor one that anyone can speak to.
+        let security = if a.insecure { "INSECURE" } else { "mtls" };
         println!(
-            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<16} {}",
+            "{:<24} {:<18} {:<9} {:>9} {:>7} {:>11} {:<9} {:<22} {:<8} {:<16} {}",
             a.id,
             role,
             level,
@@ -498,6 +510,7 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
             reputation,
             breaker,
             a.endpoint,
+            security,
             faults,
             capabilities
         );

@@ -245,3 +245,36 @@ fn workers_take_assignments_only_from_agents_that_hand_out_work() {
 
     assert_honest_sum(&cluster);
 }
+
+#[test]
+fn agents_show_which_nodes_run_insecure() {
+    let secure = Cluster::builder()
+        .coordinators(1)
+        .worker("worker-1", "math.eval")
+        .start();
+    for agent in secure.agents() {
+        assert_eq!(agent["insecure"], false, "{agent}");
+    }
+    drop(secure);
+
+    let insecure = Cluster::builder()
+        .coordinators(1)
+        .coordinator_args(&["--insecure"])
+        .worker_args(&["--insecure"])
+        .worker("worker-1", "math.eval")
+        .start();
+    for agent in insecure.agents() {
+        assert_eq!(agent["insecure"], true, "{agent}");
+    }
+    let table = insecure.cli(&["agents", "--endpoint", insecure.endpoint()]);
+    assert!(table.success(), "{table}");
+    let rows: Vec<&str> = table.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().all(|row| row.contains(" INSECURE ")), "{table}");
+    let started = insecure
+        .node("worker-1")
+        .process
+        .wait_for_line("running INSECURE", std::time::Duration::from_secs(5));
+    assert!(started.contains("WARN"), "{started}");
+    assert_honest_sum(&insecure);
+}

@@ -28,6 +28,7 @@ use crate::actors::tactical::{Tactical, TacticalArguments, TacticalInbox, Tactic
 use crate::actors::worker::{Worker, WorkerArguments, WorkerInbox, WorkerMessage};
 use crate::support::background::Background;
 use crate::tools::ToolBox;
+use crate::transport::channel::Security;
 use crate::transport::{Backlog, BoundedMailbox, Inbox, Router};
 
 /// Version every agent reports in its registration.
@@ -162,6 +163,7 @@ impl Spawner {
                 max_concurrency: 0,
                 version: VERSION.to_owned(),
                 faults: Vec::new(),
+                insecure: self.router.config().security == Security::Plaintext,
             })
             .await?;
         let leadership = LeadershipLoop::spawn(self.registry.clone(), id.clone(), actor.clone());

@@ -33,6 +33,7 @@ use super::{Node, RunningAgents};
 use crate::api::task::TaskApi;
 use crate::tools::{HttpAccess, Tool, ToolBox};
 use crate::transport::Router;
+use crate::transport::channel::Security;
 use crate::transport::tls;
 
 /// Endpoint recorded for agents that are reached only in process.
@@ -193,6 +194,7 @@ fn registration(config: &NodeConfig, id: AgentId, endpoint: &str) -> AgentRegist
         max_concurrency: config.max_concurrency,
         version: VERSION.to_owned(),
         faults: config.faults.0.iter().map(ToString::to_string).collect(),
+        insecure: config.mailbox.security == Security::Plaintext,
     }
 }
 

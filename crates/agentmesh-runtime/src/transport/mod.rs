@@ -350,6 +350,7 @@ mod tests {
                     max_concurrency: 1,
                     version: "test".into(),
                     faults: Vec::new(),
+                    insecure: false,
                 };
                 (registration.id.clone(), registration)
             })
