@@ -278,3 +278,48 @@ fn agents_show_which_nodes_run_insecure() {
     assert!(started.contains("WARN"), "{started}");
     assert_honest_sum(&insecure);
 }
+
+#[test]
+fn a_peer_may_bid_only_in_its_own_name() {
+    use prost::Message;
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .node(crate::support::cluster::NodeSpec::peer(
+            "peer-1",
+            "math.eval",
+        ))
+        .node(crate::support::cluster::NodeSpec::peer(
+            "peer-2",
+            "math.eval",
+        ))
+        .worker("worker-1", "math.eval")
+        .start();
+    let peer = cluster.node("peer-1").addr.clone();
+    let dir = scratch_dir("bidder");
+    test_tls::copy_shared_ca(dir.path());
+    let rogue = test_tls::issue_into(dir.path(), "rogue", "rogue-*", &["127.0.0.1"]);
+    // A bid in peer-2's name, sent by rogue-1 (whom the mailbox lets in).
+    let bid = agentmesh_proto::v1::CollaborationBid {
+        round_id: "round-1".into(),
+        agent_id: "peer-2".into(),
+        capability_match: 1.0,
+        free_load: 1.0,
+        reputation: 1.0,
+    };
+    let envelope = Envelope {
+        id: "forged-bid".into(),
+        from: "rogue-1".into(),
+        to: "peer-1".into(),
+        kind: "collab.bid".into(),
+        payload: bid.encode_to_vec(),
+        ..Envelope::default()
+    };
+    let refused = deliver(&peer, &node_security(&rogue), envelope)
+        .expect_err("a bid in another peer's name must be refused");
+    assert!(
+        refused.starts_with(&format!("{:?}", Code::PermissionDenied))
+            && refused.contains("envelope from 'peer-2' refused"),
+        "{refused}"
+    );
+    assert_honest_sum(&cluster);
+}

@@ -500,6 +500,25 @@ fn offers(membership: &Membership, agent: &AgentId, capability: &str) -> bool {
         .is_some_and(|a| a.capabilities.iter().any(|c| c == capability))
 }
 
+/// Refuses a bid or a replica that names someone other than its sender
+/// (whom the mailbox authenticated): one link must not bid or answer in
+/// the name of every invited peer. The round itself keeps one bid per peer.
+fn own_name(envelope: &Envelope, named: &str) -> Result<(), DeliverError> {
+    if named == envelope.from {
+        return Ok(());
+    }
+    warn!(
+        claimed = %named,
+        authenticated = %envelope.from,
+        kind = %envelope.kind,
+        "refused a consensus message in the name of another peer"
+    );
+    Err(DeliverError::ForgedSender {
+        claimed: AgentId::new(named),
+        authenticated: envelope.from.clone(),
+    })
+}
+
 /// What a peer accepts from its mailbox. Tool runs (an assignment for one
 /// peer, and cancellations) go to its worker's mailbox; the collaboration
 /// goes to the peer actor.
@@ -538,13 +557,21 @@ impl Inbox for PeerInbox {
                 self.worker.deliver(envelope)?;
                 return Ok(Inbound::Handled);
             }
-            Kind::SubtaskResult => PeerMessage::Replica(transport::decode(&envelope)?),
+            Kind::SubtaskResult => {
+                let replica: SubtaskResult = transport::decode(&envelope)?;
+                own_name(&envelope, &replica.worker_id)?;
+                PeerMessage::Replica(replica)
+            }
             Kind::PeerJoin => PeerMessage::Joined(transport::decode(&envelope)?),
             Kind::CollabProposal => PeerMessage::Proposal {
                 proposal: transport::decode(&envelope)?,
                 proposer: AgentId::new(envelope.from),
             },
-            Kind::CollabBid => PeerMessage::Bid(transport::decode(&envelope)?),
+            Kind::CollabBid => {
+                let bid: CollaborationBid = transport::decode(&envelope)?;
+                own_name(&envelope, &bid.agent_id)?;
+                PeerMessage::Bid(bid)
+            }
             Kind::Hierarchy => {
                 return Err(transport::envelope::unknown_kind(&envelope, self.accepts()));
             }
