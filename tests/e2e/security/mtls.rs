@@ -323,3 +323,52 @@ fn a_peer_may_bid_only_in_its_own_name() {
     );
     assert_honest_sum(&cluster);
 }
+
+#[test]
+fn a_tactical_level_takes_directives_only_from_a_strategic_level() {
+    use prost::Message;
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .level("tactical-1", "tactical")
+        .worker("worker-1", "math.eval")
+        .start();
+    let tactical = cluster.node("tactical-1");
+    let dir = scratch_dir("director");
+    test_tls::copy_shared_ca(dir.path());
+    let rogue = test_tls::issue_into(dir.path(), "rogue", "rogue-*", &["127.0.0.1"]);
+    let directive = agentmesh_proto::v1::HierarchyMessage {
+        task_id: "forged-task".into(),
+        direction: agentmesh_proto::v1::hierarchy_message::Direction::Downward as i32,
+        // Routed as a strategic level's directive would be.
+        from_level: "strategic".into(),
+        payload_json: r#"{"objective": {"id": "o1", "tasks": []}, "avoid": []}"#.into(),
+        ..Default::default()
+    };
+    let envelope = Envelope {
+        id: "forged-directive".into(),
+        from: "rogue-1".into(),
+        to: "tactical-1".into(),
+        kind: "hierarchy.message".into(),
+        payload: directive.encode_to_vec(),
+        ..Envelope::default()
+    };
+    deliver(&tactical.addr, &node_security(&rogue), envelope)
+        .expect("the mailbox takes an envelope in its sender's own name");
+    let line = tactical.process.wait_for_line(
+        "ignored a directive from an agent that is not a strategic level",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("rogue-1") && line.contains("forged-task"),
+        "{line}"
+    );
+    assert!(
+        !tactical
+            .process
+            .output_lines()
+            .iter()
+            .any(|line| line.contains("directive received")),
+        "the tactical level acted on a forged directive"
+    );
+    assert_honest_sum(&cluster);
+}

@@ -162,6 +162,19 @@ impl TacticalState {
     }
 
     fn directive(&mut self, strategic_agent: AgentId, message: HierarchyMessage) {
+        // Only the level above gives directives: a strategic agent of the
+        // cluster (whose identity the mailbox has checked).
+        let strategic = self
+            .seat
+            .membership()
+            .agents
+            .get(&strategic_agent)
+            .is_some_and(|a| a.role == Role::Level && a.level == Some(Level::Strategic));
+        if !strategic {
+            warn!(from = %strategic_agent, task_id = %message.task_id,
+                  "ignored a directive from an agent that is not a strategic level");
+            return;
+        }
         let directive: Directive = match serde_json::from_str(&message.payload_json) {
             Ok(directive) => directive,
             Err(error) => {
@@ -348,7 +361,19 @@ impl Inbox for TacticalInbox {
         envelope: Envelope,
     ) -> Result<Inbound<TacticalMessage>, DeliverError> {
         let message = match kind {
-            Kind::SubtaskResult => TacticalMessage::Result(transport::decode(&envelope)?),
+            Kind::SubtaskResult => {
+                let result: SubtaskResult = transport::decode(&envelope)?;
+                // An operational result speaks for the agent it names.
+                if result.worker_id != envelope.from {
+                    warn!(claimed = %result.worker_id, authenticated = %envelope.from,
+                          "refused an operational result in the name of another agent");
+                    return Err(DeliverError::ForgedSender {
+                        claimed: AgentId::new(result.worker_id),
+                        authenticated: envelope.from,
+                    });
+                }
+                TacticalMessage::Result(result)
+            }
             Kind::Hierarchy => TacticalMessage::Hierarchy {
                 message: transport::decode(&envelope)?,
                 from: AgentId::new(envelope.from),
@@ -372,14 +397,22 @@ mod tests {
 
         let result = SubtaskResult {
             subtask_id: "o1/a".into(),
+            worker_id: worker.to_string(),
             ..SubtaskResult::default()
         };
-        let envelope = transport::envelope(&worker, &me, Kind::SubtaskResult, result);
+        let envelope = transport::envelope(&worker, &me, Kind::SubtaskResult, result.clone());
         let decoded = inbox.decode(Kind::SubtaskResult, envelope);
         assert!(
             matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Result(r))) if r.subtask_id == "o1/a"),
             "{decoded:?}"
         );
+        // The same result sent by someone else is refused.
+        let other = AgentId::new("worker-2");
+        let envelope = transport::envelope(&other, &me, Kind::SubtaskResult, result);
+        assert!(matches!(
+            inbox.decode(Kind::SubtaskResult, envelope),
+            Err(DeliverError::ForgedSender { .. })
+        ));
 
         let directive = HierarchyMessage {
             task_id: "t1".into(),
