@@ -18,8 +18,10 @@ const BENCH_TASKS: usize = 600;
 /// Long enough that the pin on worker-b is still running when the
 /// partition cuts it off.
 const PIN_MS: u64 = 6000;
-/// Pin tasks submitted, at most, until one runs on worker-b.
-const PIN_TRIES: usize = 12;
+/// Pin tasks submitted, at most, until one runs on worker-b: placement
+/// weighs load and chance, and the background load keeps both workers busy
+/// (once, 12 tries all landed on worker-a).
+const PIN_TRIES: usize = 40;
 
 #[test]
 fn a_worker_cut_off_by_a_netns_partition_then_healed() {
