@@ -242,6 +242,22 @@ impl Shared {
         self.reputations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The election state, locked, if `fence`'s term still stands; held
+    /// through a fenced write so that a change of leader cannot interleave.
+    fn lock_fenced(
+        &self,
+        fence: &Fence,
+    ) -> Result<std::sync::MutexGuard<'_, ElectionState>, RegistryError> {
+        let election = self.lock_election();
+        if election.holder.as_ref().map(|h| &h.fence) != Some(fence) {
+            return Err(RegistryError::NotLeader {
+                fence_revision: fence.revision,
+                written: 0,
+            });
+        }
+        Ok(election)
+    }
+
     fn lock_ended(&self) -> std::sync::MutexGuard<'_, EndedIndex> {
         self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -356,13 +372,7 @@ impl TaskStore for MemoryRegistry {
         records: &[Arc<TaskRecord>],
         fence: &Fence,
     ) -> Result<(), RegistryError> {
-        let election = self.shared.lock_election();
-        if election.holder.as_ref().map(|h| &h.fence) != Some(fence) {
-            return Err(RegistryError::NotLeader {
-                fence_revision: fence.revision,
-                written: 0,
-            });
-        }
+        let election = self.shared.lock_fenced(fence)?;
         // The election lock is held across the write: no resign or
         // takeover can slip in between the check and the write.
         self.write(records);
@@ -420,13 +430,7 @@ impl TaskStore for MemoryRegistry {
         fence: &Fence,
     ) -> Result<(), RegistryError> {
         // Held throughout, as for a fenced write.
-        let election = self.shared.lock_election();
-        if election.holder.as_ref().map(|h| &h.fence) != Some(fence) {
-            return Err(RegistryError::NotLeader {
-                fence_revision: fence.revision,
-                written: 0,
-            });
-        }
+        let election = self.shared.lock_fenced(fence)?;
         let mut records = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.shared.lock_ended();
         for task in tasks {
