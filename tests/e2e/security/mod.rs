@@ -2,8 +2,16 @@
 //! real cluster on real etcd, asserts it is refused with a precise error,
 //! and that an honest task still completes with the right value.
 
-use crate::support::cluster::Cluster;
+use agentmesh_proto::v1::Envelope;
+use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
+use agentmesh_runtime::transport::channel::{self, Security};
+use agentmesh_runtime::transport::tls::{NodeTls, TlsFiles};
 
+use crate::support::cluster::Cluster;
+use crate::support::grpc::{self, CONNECT_TIMEOUT};
+use crate::support::tls::Certs;
+
+mod authority;
 mod etcd;
 mod fault_injection;
 mod http_get;
@@ -26,4 +34,32 @@ pub fn assert_honest_sum(cluster: &Cluster) {
         "{record}"
     );
     cluster.assert_no_panic();
+}
+
+/// What a node holding `certs` presents when it dials another.
+pub fn node_security(certs: &Certs) -> Security {
+    Security::Node(
+        NodeTls::load(TlsFiles {
+            ca: certs.ca.clone(),
+            cert: certs.cert.clone(),
+            key: certs.key.clone(),
+        })
+        .expect("the rogue's certificate loads"),
+    )
+}
+
+/// Delivers `envelope` to `addr` over `security`: the status, or the
+/// connection error.
+pub fn deliver(addr: &str, security: &Security, envelope: Envelope) -> Result<(), String> {
+    let rt = grpc::runtime();
+    rt.block_on(async {
+        let channel = channel::connect(addr, CONNECT_TIMEOUT, security)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        AgentMailboxClient::new(channel)
+            .deliver(envelope)
+            .await
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    })
 }

@@ -7,16 +7,15 @@
 //! completes with the right value throughout.
 
 use agentmesh_proto::v1::Envelope;
-use agentmesh_proto::v1::agent_mailbox_client::AgentMailboxClient;
-use agentmesh_runtime::transport::channel::{self, ClientTls, Security};
-use agentmesh_runtime::transport::tls::{self, NodeTls, TlsFiles};
+use agentmesh_runtime::transport::channel::{ClientTls, Security};
+use agentmesh_runtime::transport::tls;
 use tonic::Code;
 
-use super::assert_honest_sum;
+use super::{assert_honest_sum, deliver, node_security};
 use crate::support::cluster::Cluster;
-use crate::support::grpc::{self, CONNECT_TIMEOUT};
+use crate::support::grpc;
 use crate::support::scratch_dir;
-use crate::support::tls::{self as test_tls, Certs};
+use crate::support::tls as test_tls;
 
 /// A forged `subtask.result` in the name of `from`. The mailbox checks the
 /// sender before it reads the payload, so the payload need not decode.
@@ -29,33 +28,6 @@ fn forged_result(from: &str) -> Envelope {
         payload: vec![1, 2, 3],
         ..Envelope::default()
     }
-}
-
-fn node_security(certs: &Certs) -> Security {
-    Security::Node(
-        NodeTls::load(TlsFiles {
-            ca: certs.ca.clone(),
-            cert: certs.cert.clone(),
-            key: certs.key.clone(),
-        })
-        .expect("the rogue's certificate loads"),
-    )
-}
-
-/// Delivers `envelope` to `addr` over `security`: the status, or the
-/// connection error.
-fn deliver(addr: &str, security: &Security, envelope: Envelope) -> Result<(), String> {
-    let rt = grpc::runtime();
-    rt.block_on(async {
-        let channel = channel::connect(addr, CONNECT_TIMEOUT, security)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        AgentMailboxClient::new(channel)
-            .deliver(envelope)
-            .await
-            .map(|_| ())
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-    })
 }
 
 #[test]
@@ -320,55 +292,6 @@ fn a_peer_may_bid_only_in_its_own_name() {
         refused.starts_with(&format!("{:?}", Code::PermissionDenied))
             && refused.contains("envelope from 'peer-2' refused"),
         "{refused}"
-    );
-    assert_honest_sum(&cluster);
-}
-
-#[test]
-fn a_tactical_level_takes_directives_only_from_a_strategic_level() {
-    use prost::Message;
-    let cluster = Cluster::builder()
-        .coordinators(1)
-        .level("tactical-1", "tactical")
-        .worker("worker-1", "math.eval")
-        .start();
-    let tactical = cluster.node("tactical-1");
-    let dir = scratch_dir("director");
-    test_tls::copy_shared_ca(dir.path());
-    let rogue = test_tls::issue_into(dir.path(), "rogue", "rogue-*", &["127.0.0.1"]);
-    let directive = agentmesh_proto::v1::HierarchyMessage {
-        task_id: "forged-task".into(),
-        direction: agentmesh_proto::v1::hierarchy_message::Direction::Downward as i32,
-        // Routed as a strategic level's directive would be.
-        from_level: "strategic".into(),
-        payload_json: r#"{"objective": {"id": "o1", "tasks": []}, "avoid": []}"#.into(),
-        ..Default::default()
-    };
-    let envelope = Envelope {
-        id: "forged-directive".into(),
-        from: "rogue-1".into(),
-        to: "tactical-1".into(),
-        kind: "hierarchy.message".into(),
-        payload: directive.encode_to_vec(),
-        ..Envelope::default()
-    };
-    deliver(&tactical.addr, &node_security(&rogue), envelope)
-        .expect("the mailbox takes an envelope in its sender's own name");
-    let line = tactical.process.wait_for_line(
-        "ignored a directive from an agent that is not a strategic level",
-        std::time::Duration::from_secs(10),
-    );
-    assert!(
-        line.contains("rogue-1") && line.contains("forged-task"),
-        "{line}"
-    );
-    assert!(
-        !tactical
-            .process
-            .output_lines()
-            .iter()
-            .any(|line| line.contains("directive received")),
-        "the tactical level acted on a forged directive"
     );
     assert_honest_sum(&cluster);
 }

@@ -1,5 +1,6 @@
 //! The agents: each an actor with a bounded mailbox on the node's router.
 
+pub mod authority;
 pub mod coordinator;
 pub mod faults;
 pub mod hierarchy;

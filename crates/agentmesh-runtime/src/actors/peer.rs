@@ -35,6 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use crate::actors::authority::Authority;
 use crate::actors::report;
 use crate::actors::worker::WorkerInbox;
 use crate::convert;
@@ -524,6 +525,8 @@ fn own_name(envelope: &Envelope, named: &str) -> Result<(), DeliverError> {
 /// goes to the peer actor.
 pub struct PeerInbox {
     pub worker: BoundedMailbox<WorkerInbox>,
+    /// Who may ask this peer to lead a round: the leader coordinator.
+    pub authority: Authority,
 }
 
 impl Inbox for PeerInbox {
@@ -548,8 +551,10 @@ impl Inbox for PeerInbox {
                     self.worker.deliver(envelope)?;
                     return Ok(Inbound::Handled);
                 }
+                let coordinator = AgentId::new(envelope.from);
+                self.authority.leader_only(&coordinator, kind)?;
                 PeerMessage::Lead {
-                    coordinator: AgentId::new(envelope.from),
+                    coordinator,
                     assignment,
                 }
             }

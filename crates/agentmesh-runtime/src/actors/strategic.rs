@@ -33,6 +33,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
+use crate::actors::authority::Authority;
 use crate::actors::report;
 use crate::convert;
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
@@ -307,9 +308,18 @@ impl StrategicState {
 }
 
 /// What a strategic agent accepts from its mailbox: the plan from the
-/// coordinator, reports and lateral notes, and the coordinator's cancel.
+/// leader coordinator, reports and lateral notes, and the coordinator's
+/// cancel.
 #[derive(Debug)]
-pub struct StrategicInbox;
+pub struct StrategicInbox {
+    authority: Authority,
+}
+
+impl StrategicInbox {
+    pub fn new(authority: Authority) -> Self {
+        Self { authority }
+    }
+}
 
 impl Inbox for StrategicInbox {
     type Message = StrategicMessage;
@@ -324,10 +334,14 @@ impl Inbox for StrategicInbox {
         envelope: Envelope,
     ) -> Result<Inbound<StrategicMessage>, DeliverError> {
         let message = match kind {
-            Kind::SubtaskAssign => StrategicMessage::Plan {
-                assignment: transport::decode(&envelope)?,
-                coordinator: AgentId::new(envelope.from),
-            },
+            Kind::SubtaskAssign => {
+                let coordinator = AgentId::new(envelope.from.as_str());
+                self.authority.leader_only(&coordinator, kind)?;
+                StrategicMessage::Plan {
+                    assignment: transport::decode(&envelope)?,
+                    coordinator,
+                }
+            }
             Kind::Hierarchy => StrategicMessage::Hierarchy {
                 message: transport::decode(&envelope)?,
                 from: AgentId::new(envelope.from),
@@ -344,17 +358,29 @@ mod tests {
     use agentmesh_proto::v1::SubtaskCancel;
 
     use super::*;
+    use crate::actors::authority::tests::registration;
 
     #[test]
     fn a_strategic_mailbox_takes_the_plan_drops_cancels_and_refuses_operational_results() {
         let (coordinator, me) = (AgentId::new("coordinator"), AgentId::new("strategic-1"));
-        let inbox = StrategicInbox;
+        let inbox = StrategicInbox::new(Authority::fixed(
+            vec![
+                registration("coordinator", Role::Coordinator, None),
+                registration("standby", Role::Coordinator, None),
+            ],
+            Some("coordinator"),
+        ));
         assert!(!inbox.accepts().contains(&Kind::SubtaskResult));
 
         let plan = SubtaskAssignment {
             task_id: "t1".into(),
             ..SubtaskAssignment::default()
         };
+        // Only the leader hands out a plan.
+        let standby = AgentId::new("standby");
+        let envelope = transport::envelope(&standby, &me, Kind::SubtaskAssign, plan.clone());
+        let refused = inbox.decode(Kind::SubtaskAssign, envelope).unwrap_err();
+        assert!(refused.sender_not_leader(), "{refused:?}");
         let envelope = transport::envelope(&coordinator, &me, Kind::SubtaskAssign, plan);
         let decoded = inbox.decode(Kind::SubtaskAssign, envelope);
         assert!(

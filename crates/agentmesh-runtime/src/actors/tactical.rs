@@ -14,7 +14,7 @@
 //! actor carries messages to and from it and picks operational agents.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use agentmesh_core::hierarchy::{
     Level, Tactical as CoreTactical, TacticalPolicy, TacticalStep, TacticalSummary,
@@ -26,6 +26,7 @@ use agentmesh_proto::v1::{Envelope, HierarchyMessage, SubtaskAssignment, Subtask
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
+use super::authority::Authority;
 use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
 use crate::convert;
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
@@ -46,6 +47,58 @@ pub enum TacticalMessage {
 pub struct TacticalArguments {
     pub seat: SeatArguments,
     pub policy: TacticalPolicy,
+    /// Shared with the agent's [`TacticalInbox`].
+    pub directors: Directors,
+    pub authority: Authority,
+}
+
+/// The strategic agent that directs each task this tactical agent runs
+/// objectives for. The actor records it when it takes a directive and
+/// forgets it when the task's last objective here ends; the inbox refuses
+/// directives for that task from any other agent while the director is
+/// registered, so another strategic level cannot take an objective over
+/// (and have its report sent to itself). A director that left the cluster
+/// hands its tasks to whichever strategic level the coordinator re-plans
+/// them on.
+#[derive(Debug, Clone, Default)]
+pub struct Directors(Arc<Mutex<HashMap<String, AgentId>>>);
+
+impl Directors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentId>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses a directive for `task` from `sender` when another agent,
+    /// still registered, directs it.
+    fn check(
+        &self,
+        authority: &Authority,
+        task: &str,
+        sender: &AgentId,
+    ) -> Result<(), DeliverError> {
+        let Some(director) = self.lock().get(task).cloned() else {
+            return Ok(());
+        };
+        if director == *sender || !authority.is_member(&director) {
+            return Ok(());
+        }
+        warn!(task_id = task, claimed = %sender, director = %director,
+              "refused a directive for a task another strategic level directs");
+        Err(DeliverError::NotOwner {
+            sender: sender.clone(),
+            kind: Kind::Hierarchy.to_string(),
+            task: task.to_owned(),
+            owner: director,
+        })
+    }
+
+    fn set(&self, task: &str, director: &AgentId) {
+        self.lock().insert(task.to_owned(), director.clone());
+    }
+
+    fn forget(&self, task: &str) {
+        self.lock().remove(task);
+    }
 }
 
 /// An objective this tactical agent runs.
@@ -65,6 +118,10 @@ struct ObjectiveRun {
 pub struct TacticalState {
     seat: Seat,
     policy: TacticalPolicy,
+    directors: Directors,
+    /// The same checks as the inbox's, repeated when a directive is
+    /// taken: two directives for one task may pass the inbox together.
+    authority: Authority,
     /// Objectives by `task_id/objective`.
     objectives: HashMap<String, ObjectiveRun>,
 }
@@ -90,6 +147,8 @@ impl Actor for Tactical {
                 TacticalMessage::Membership,
             ),
             policy: args.policy,
+            directors: args.directors,
+            authority: args.authority,
             objectives: HashMap::new(),
         })
     }
@@ -162,17 +221,17 @@ impl TacticalState {
     }
 
     fn directive(&mut self, strategic_agent: AgentId, message: HierarchyMessage) {
-        // Only the level above gives directives: a strategic agent of the
-        // cluster (whose identity the mailbox has checked).
-        let strategic = self
-            .seat
-            .membership()
-            .agents
-            .get(&strategic_agent)
-            .is_some_and(|a| a.role == Role::Level && a.level == Some(Level::Strategic));
-        if !strategic {
-            warn!(from = %strategic_agent, task_id = %message.task_id,
-                  "ignored a directive from an agent that is not a strategic level");
+        // Only the level above gives directives, and only the strategic
+        // agent that directs a task here gives more for it. The inbox has
+        // refused anyone else already; this catches two that raced.
+        let allowed = self
+            .authority
+            .strategic_level(&strategic_agent, Kind::Hierarchy)
+            .and_then(|()| {
+                self.directors
+                    .check(&self.authority, &message.task_id, &strategic_agent)
+            });
+        if allowed.is_err() {
             return;
         }
         let directive: Directive = match serde_json::from_str(&message.payload_json) {
@@ -183,8 +242,9 @@ impl TacticalState {
             }
         };
         info!(task_id = %message.task_id, objective = %directive.objective.id,
-              authority = %message.from_level, "directive received");
+              authority = %message.from_level, from = %strategic_agent, "directive received");
         let key = objective_key(&message.task_id, &directive.objective.id);
+        self.directors.set(&message.task_id, &strategic_agent);
         self.objectives.insert(
             key.clone(),
             ObjectiveRun {
@@ -270,7 +330,7 @@ impl TacticalState {
                         self.seat.send(&agent, Kind::SubtaskAssign, assignment);
                     }
                     TacticalStep::Escalate(escalation) => {
-                        let run = self.objectives.remove(key).expect("the run is there");
+                        let run = self.end_run(key);
                         let header = self.seat.message(
                             &run.task_id,
                             &escalation.objective,
@@ -295,7 +355,7 @@ impl TacticalState {
                         return;
                     }
                     TacticalStep::Done(summary) => {
-                        let run = self.objectives.remove(key).expect("the run is there");
+                        let run = self.end_run(key);
                         info!(task_id = %run.task_id, objective = %summary.objective, "objective met");
                         let report = HierarchyMessage {
                             summary: summary.summary.clone(),
@@ -314,6 +374,16 @@ impl TacticalState {
                 }
             }
         }
+    }
+
+    /// Removes an objective's run; its task's director is forgotten with
+    /// the task's last objective here.
+    fn end_run(&mut self, key: &str) -> ObjectiveRun {
+        let run = self.objectives.remove(key).expect("the run is there");
+        if !self.objectives.values().any(|r| r.task_id == run.task_id) {
+            self.directors.forget(&run.task_id);
+        }
+        run
     }
 
     /// Lateral: lets the other tactical agents know an objective is met.
@@ -346,7 +416,19 @@ fn objective_key(task_id: &str, objective: &str) -> String {
 /// notes, its operational agents' results, and cancels (dropped, as the
 /// levels finish what they started).
 #[derive(Debug)]
-pub struct TacticalInbox;
+pub struct TacticalInbox {
+    authority: Authority,
+    directors: Directors,
+}
+
+impl TacticalInbox {
+    pub fn new(authority: Authority, directors: Directors) -> Self {
+        Self {
+            authority,
+            directors,
+        }
+    }
+}
 
 impl Inbox for TacticalInbox {
     type Message = TacticalMessage;
@@ -374,10 +456,16 @@ impl Inbox for TacticalInbox {
                 }
                 TacticalMessage::Result(result)
             }
-            Kind::Hierarchy => TacticalMessage::Hierarchy {
-                message: transport::decode(&envelope)?,
-                from: AgentId::new(envelope.from),
-            },
+            Kind::Hierarchy => {
+                let message: HierarchyMessage = transport::decode(&envelope)?;
+                let from = AgentId::new(envelope.from);
+                if message.direction() == Direction::Downward {
+                    self.authority.strategic_level(&from, kind)?;
+                    self.directors
+                        .check(&self.authority, &message.task_id, &from)?;
+                }
+                TacticalMessage::Hierarchy { message, from }
+            }
             // Cancelling is not supported yet: the levels finish the plan.
             _ => return Ok(Inbound::Handled),
         };
@@ -387,12 +475,33 @@ impl Inbox for TacticalInbox {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::watch;
+
     use super::*;
+    use crate::actors::authority::tests::registration;
+
+    fn downward(task: &str) -> HierarchyMessage {
+        let mut message = HierarchyMessage {
+            task_id: task.into(),
+            ..HierarchyMessage::default()
+        };
+        message.set_direction(Direction::Downward);
+        message
+    }
 
     #[test]
     fn a_tactical_mailbox_takes_directives_and_results_and_refuses_a_plan() {
         let (worker, me) = (AgentId::new("worker-1"), AgentId::new("tactical-1"));
-        let inbox = TacticalInbox;
+        let inbox = TacticalInbox::new(
+            Authority::fixed(
+                vec![
+                    registration("worker-1", Role::Worker, None),
+                    registration("strategic-1", Role::Level, Some(Level::Strategic)),
+                ],
+                None,
+            ),
+            Directors::default(),
+        );
         assert!(!inbox.accepts().contains(&Kind::SubtaskAssign));
 
         let result = SubtaskResult {
@@ -414,16 +523,69 @@ mod tests {
             Err(DeliverError::ForgedSender { .. })
         ));
 
-        let directive = HierarchyMessage {
-            task_id: "t1".into(),
-            ..HierarchyMessage::default()
-        };
-        let envelope = transport::envelope(&worker, &me, Kind::Hierarchy, directive);
+        // A directive from a worker is refused; from the strategic level taken.
+        let envelope = transport::envelope(&worker, &me, Kind::Hierarchy, downward("t1"));
+        let refused = inbox.decode(Kind::Hierarchy, envelope);
+        assert!(
+            matches!(refused, Err(DeliverError::NotAllowed { .. })),
+            "{refused:?}"
+        );
+        let strategic = AgentId::new("strategic-1");
+        let envelope = transport::envelope(&strategic, &me, Kind::Hierarchy, downward("t1"));
         let decoded = inbox.decode(Kind::Hierarchy, envelope);
         assert!(
             matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Hierarchy { from, message }))
-                if *from == worker && message.task_id == "t1"),
+                if *from == strategic && message.task_id == "t1"),
             "{decoded:?}"
         );
+    }
+
+    #[test]
+    fn only_the_strategic_level_directing_a_task_gives_more_directives_for_it() {
+        let me = AgentId::new("tactical-1");
+        let (s1, s2) = (AgentId::new("s1"), AgentId::new("s2"));
+        let both = || {
+            let agents = [("s1", Level::Strategic), ("s2", Level::Strategic)];
+            Arc::new(Membership {
+                agents: agents
+                    .into_iter()
+                    .map(|(id, level)| {
+                        (AgentId::new(id), registration(id, Role::Level, Some(level)))
+                    })
+                    .collect(),
+            })
+        };
+        let (membership_tx, membership) = watch::channel(both());
+        let authority = Authority::new(membership, watch::channel(None).1);
+        let directors = Directors::default();
+        let inbox = TacticalInbox::new(authority, directors.clone());
+        let decode = |from: &AgentId, task: &str| {
+            inbox.decode(
+                Kind::Hierarchy,
+                transport::envelope(from, &me, Kind::Hierarchy, downward(task)),
+            )
+        };
+
+        directors.set("t1", &s1);
+        assert!(decode(&s1, "t1").is_ok(), "its director");
+        let refused = decode(&s2, "t1").unwrap_err();
+        assert!(
+            matches!(&refused, DeliverError::NotOwner { owner, .. } if *owner == s1),
+            "{refused:?}"
+        );
+        assert!(decode(&s2, "t2").is_ok(), "a task nobody directs here");
+
+        // Once its director has left the cluster, a re-planned task is
+        // directed by whoever the coordinator gave the plan to.
+        let mut without_s1 = (*both()).clone();
+        without_s1.agents.remove(&s1);
+        membership_tx.send_replace(Arc::new(without_s1));
+        assert!(decode(&s2, "t1").is_ok());
+
+        // And once the task's last objective here ends, it is free.
+        membership_tx.send_replace(both());
+        assert!(decode(&s2, "t1").is_err());
+        directors.forget("t1");
+        assert!(decode(&s2, "t1").is_ok());
     }
 }

@@ -29,14 +29,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agentmesh_core::breaker::Blame;
-use agentmesh_core::hierarchy::Level;
-use agentmesh_core::{AgentId, AgentRegistration, AttemptId, Membership, Role};
+use agentmesh_core::{AgentId, AttemptId};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use super::authority::Authority;
 use super::report::report;
 use crate::actors::faults::Faults;
 use crate::convert::{self, subtask_result as result_of};
@@ -310,47 +309,17 @@ async fn run(tools: &ToolBox, assignment: &SubtaskAssignment) -> Result<String, 
 }
 
 /// What a worker accepts from its mailbox: assignments and cancellations,
-/// only from agents whose role hands out work (coordinators, peers leading
-/// a consensus round, tactical levels), as the cluster's membership says.
+/// only from agents that hand out work to workers (the leader coordinator,
+/// peers leading a consensus round, tactical levels); see [`Authority`].
 /// The mailbox has already checked that the sender is who it says.
 #[derive(Debug)]
 pub struct WorkerInbox {
-    membership: watch::Receiver<Arc<Membership>>,
+    authority: Authority,
 }
 
 impl WorkerInbox {
-    pub fn new(membership: watch::Receiver<Arc<Membership>>) -> Self {
-        Self { membership }
-    }
-
-    /// Refuses `kind` from `sender` unless its registration's role assigns
-    /// work.
-    fn check_assigner(&self, sender: &AgentId, kind: Kind) -> Result<(), DeliverError> {
-        let membership = self.membership.borrow();
-        let why = match membership.agents.get(sender) {
-            None => "it is not a registered agent of the cluster".to_owned(),
-            Some(agent) if assigns_work(agent) => return Ok(()),
-            Some(agent) => format!(
-                "it is a {}{}, which does not hand out work",
-                agent.role,
-                agent.level.map(|l| format!(" ({l})")).unwrap_or_default()
-            ),
-        };
-        warn!(sender = %sender, kind = %kind, %why, "refused a message from an agent that may not send it");
-        Err(DeliverError::NotAllowed {
-            sender: sender.clone(),
-            kind: kind.to_string(),
-            why,
-        })
-    }
-}
-
-/// Whether agents of `agent`'s role send assignments and cancellations.
-fn assigns_work(agent: &AgentRegistration) -> bool {
-    match agent.role {
-        Role::Coordinator | Role::Peer => true,
-        Role::Level => agent.level == Some(Level::Tactical),
-        Role::Worker => false,
+    pub fn new(authority: Authority) -> Self {
+        Self { authority }
     }
 }
 
@@ -367,7 +336,7 @@ impl Inbox for WorkerInbox {
         envelope: Envelope,
     ) -> Result<Inbound<WorkerMessage>, DeliverError> {
         let sender = AgentId::new(envelope.from.as_str());
-        self.check_assigner(&sender, kind)?;
+        self.authority.assigner(&sender, kind)?;
         Ok(Inbound::Message(match kind {
             Kind::SubtaskAssign => WorkerMessage::Assign {
                 assignment: transport::decode(&envelope)?,

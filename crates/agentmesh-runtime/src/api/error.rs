@@ -125,9 +125,14 @@ impl From<DeliverError> for Status {
             DeliverError::Stopped(_) | DeliverError::Unreachable { .. } => {
                 Status::unavailable(message)
             }
-            DeliverError::ForgedSender { .. } | DeliverError::NotAllowed { .. } => {
-                Status::permission_denied(message)
-            }
+            DeliverError::ForgedSender { .. }
+            | DeliverError::NotAllowed { .. }
+            | DeliverError::NotOwner { .. } => Status::permission_denied(message),
+            // Not a forgery: a leader this node has not heard of yet, or
+            // one that lost its leadership. The sender tells the two apart
+            // by this code (`DeliverError::sender_not_leader`).
+            DeliverError::NotLeader { .. } => Status::failed_precondition(message),
+            DeliverError::Refused { code, .. } => Status::new(code, message),
         }
     }
 }

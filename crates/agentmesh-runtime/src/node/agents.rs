@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::config::{CoordinatorConfig, PeerConfig};
 use super::error::NodeError;
 use super::supervisor::{NodeSupervisor, SupervisorMessage};
+use crate::actors::authority::Authority;
 use crate::actors::coordinator::leadership::LeadershipLoop;
 use crate::actors::coordinator::{
     Coordinator, CoordinatorArguments, CoordinatorHandle, CoordinatorInbox, RecordHub,
@@ -24,7 +25,9 @@ use crate::actors::faults::Faults;
 use crate::actors::hierarchy::SeatArguments;
 use crate::actors::peer::{Peer, PeerArguments, PeerInbox, PeerMessage};
 use crate::actors::strategic::{Strategic, StrategicArguments, StrategicInbox, StrategicMessage};
-use crate::actors::tactical::{Tactical, TacticalArguments, TacticalInbox, TacticalMessage};
+use crate::actors::tactical::{
+    Directors, Tactical, TacticalArguments, TacticalInbox, TacticalMessage,
+};
 use crate::actors::worker::{Worker, WorkerArguments, WorkerInbox, WorkerMessage};
 use crate::support::background::Background;
 use crate::tools::ToolBox;
@@ -205,7 +208,7 @@ impl Spawner {
             .map_err(|e| NodeError::Spawn(format!("worker '{id}': {e}")))?;
         let worker_mailbox = BoundedMailbox::new(
             id.clone(),
-            WorkerInbox::new(self.registry.membership()),
+            WorkerInbox::new(self.authority()),
             actor.clone(),
             backlog,
         );
@@ -231,6 +234,7 @@ impl Spawner {
                     .map_err(|e| NodeError::Spawn(format!("peer '{id}': {e}")))?;
                 let inbox = PeerInbox {
                     worker: worker_mailbox,
+                    authority: self.authority(),
                 };
                 self.router.add_local(
                     id.clone(),
@@ -283,17 +287,28 @@ impl Spawner {
                     policy: strategic,
                 };
                 let actor = self
-                    .spawn_level(&id, level, Strategic, args, StrategicInbox, backlog)
+                    .spawn_level(
+                        &id,
+                        level,
+                        Strategic,
+                        args,
+                        StrategicInbox::new(self.authority()),
+                        backlog,
+                    )
                     .await?;
                 StartedLevel::Strategic(actor)
             }
             Level::Tactical => {
+                let directors = Directors::default();
                 let args = TacticalArguments {
                     seat,
                     policy: tactical,
+                    directors: directors.clone(),
+                    authority: self.authority(),
                 };
+                let inbox = TacticalInbox::new(self.authority(), directors);
                 let actor = self
-                    .spawn_level(&id, level, Tactical, args, TacticalInbox, backlog)
+                    .spawn_level(&id, level, Tactical, args, inbox, backlog)
                     .await?;
                 StartedLevel::Tactical(actor)
             }
@@ -306,6 +321,11 @@ impl Spawner {
         self.registry.register(registration).await?;
         info!(agent_id = %id, %level, "hierarchy level started");
         Ok(started)
+    }
+
+    /// What the inboxes of this node's agents check senders against.
+    fn authority(&self) -> Authority {
+        Authority::new(self.registry.membership(), self.registry.leader())
     }
 
     /// Spawns a level actor linked to the supervisor and attaches its

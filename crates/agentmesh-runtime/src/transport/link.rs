@@ -24,7 +24,24 @@ use crate::support::background::Background;
 /// Envelopes queued for the stream before senders wait.
 const OUTBOUND_BUFFER: usize = 1024;
 
-type AckSender = oneshot::Sender<Result<(), String>>;
+type AckSender = oneshot::Sender<Result<(), LinkError>>;
+
+/// Why an envelope sent on a link was not accepted.
+#[derive(Debug)]
+pub(super) enum LinkError {
+    /// The receiving node read the envelope and refused it, with the
+    /// status its mailbox would have answered `Deliver` with.
+    Refused { code: tonic::Code, message: String },
+    /// The envelope may never have arrived: the connection failed or no
+    /// acknowledgement came in time.
+    Failed(String),
+}
+
+impl From<String> for LinkError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
 
 /// A sender waiting for its ack, and when it stops waiting.
 struct Pending {
@@ -86,10 +103,12 @@ impl Link {
 
     /// Sends one envelope and waits for the peer's ack, at most the
     /// mailbox's delivery timeout.
-    pub(super) async fn deliver(&self, mut envelope: Envelope) -> Result<(), String> {
+    pub(super) async fn deliver(&self, mut envelope: Envelope) -> Result<(), LinkError> {
         let _permit = match self.in_flight.try_acquire() {
             Ok(permit) => permit,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err("connection closed".into()),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(LinkError::Failed("connection closed".into()));
+            }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 tokio::time::timeout(self.timeout, self.in_flight.acquire())
                     .await
@@ -106,11 +125,13 @@ impl Link {
         // an envelope registered after that sweep is caught here.
         if self.is_closed() || self.outbound.send(envelope).await.is_err() {
             self.lock_pending().remove(&seq);
-            return Err("connection closed".to_owned());
+            return Err(LinkError::Failed("connection closed".to_owned()));
         }
-        acked
-            .await
-            .unwrap_or_else(|_| Err("connection closed before the acknowledgement".to_owned()))
+        acked.await.unwrap_or_else(|_| {
+            Err(LinkError::Failed(
+                "connection closed before the acknowledgement".to_owned(),
+            ))
+        })
     }
 
     fn no_ack(&self) -> String {
@@ -129,11 +150,10 @@ impl Link {
                     .map(|p| (p, Ok(()))),
             );
             settled.extend(ack.refused.into_iter().filter_map(|refusal| {
-                let outcome = Err(format!(
-                    "{}: {}",
-                    tonic::Code::from(refusal.code),
-                    refusal.message
-                ));
+                let outcome = Err(LinkError::Refused {
+                    code: tonic::Code::from(refusal.code),
+                    message: refusal.message,
+                });
                 pending.remove(&refusal.seq).map(|p| (p, outcome))
             }));
         }
@@ -154,7 +174,7 @@ impl Link {
             late.iter().filter_map(|seq| pending.remove(seq)).collect()
         };
         for pending in expired {
-            let _ = pending.ack.send(Err(self.no_ack()));
+            let _ = pending.ack.send(Err(LinkError::Failed(self.no_ack())));
         }
     }
 
@@ -163,7 +183,7 @@ impl Link {
         self.in_flight.close();
         let pending: Vec<Pending> = self.lock_pending().drain().map(|(_, p)| p).collect();
         for pending in pending {
-            let _ = pending.ack.send(Err(reason.to_owned()));
+            let _ = pending.ack.send(Err(LinkError::Failed(reason.to_owned())));
         }
     }
 

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 
 pub use self::bounded::{Backlog, BoundedMailbox, Inbound, Inbox, LocalMailbox};
 pub use self::envelope::{Kind, decode, envelope, tell};
-use self::link::Link;
+use self::link::{Link, LinkError};
 pub use self::service::MailboxService;
 use crate::node::config::MailboxConfig;
 use crate::support::background::Background;
@@ -74,6 +74,35 @@ pub enum DeliverError {
         kind: String,
         why: String,
     },
+    /// An assignment or cancellation from a coordinator that is not the
+    /// leader this node sees: a deposed leader, or a new one this node
+    /// has not heard of yet (its sender tries again shortly).
+    #[error(
+        "agent '{sender}' may not send '{kind}': it is not the leader coordinator (this node \
+         sees {})",
+        leader.as_ref().map_or_else(|| "no leader".to_owned(), |l| format!("'{l}' leading"))
+    )]
+    NotLeader {
+        sender: AgentId,
+        kind: String,
+        leader: Option<AgentId>,
+    },
+    /// A message about work that belongs to another agent: a directive for
+    /// a task another strategic level directs here.
+    #[error("agent '{sender}' may not send '{kind}' for task '{task}': it belongs to '{owner}'")]
+    NotOwner {
+        sender: AgentId,
+        kind: String,
+        task: String,
+        owner: AgentId,
+    },
+    /// The receiving node read the envelope and refused it with `code`.
+    #[error("agent '{agent}' refused the message: {code:?}: {message}")]
+    Refused {
+        agent: AgentId,
+        code: tonic::Code,
+        message: String,
+    },
     /// An envelope whose `from` the sending connection may not speak for.
     #[error(
         "envelope from '{claimed}' refused: the sending node's certificate speaks for \
@@ -83,6 +112,18 @@ pub enum DeliverError {
         claimed: AgentId,
         authenticated: String,
     },
+}
+
+impl DeliverError {
+    /// Whether the receiver refused the envelope because its sender is not
+    /// the leader coordinator it sees: here, or on the receiving node.
+    pub fn sender_not_leader(&self) -> bool {
+        match self {
+            Self::NotLeader { .. } => true,
+            Self::Refused { code, .. } => *code == tonic::Code::FailedPrecondition,
+            _ => false,
+        }
+    }
 }
 
 /// Resolves agent ids to local mailboxes or remote endpoints.
@@ -218,13 +259,18 @@ impl Router {
                 })?
         };
         let to = envelope.to.clone();
-        link.deliver(envelope)
-            .await
-            .map_err(|message| DeliverError::Unreachable {
+        link.deliver(envelope).await.map_err(|error| match error {
+            LinkError::Refused { code, message } => DeliverError::Refused {
+                agent: AgentId::new(to),
+                code,
+                message,
+            },
+            LinkError::Failed(message) => DeliverError::Unreachable {
                 agent: AgentId::new(to),
                 endpoint: link.endpoint().to_owned(),
                 message,
-            })
+            },
+        })
     }
 
     pub fn config(&self) -> &MailboxConfig {

@@ -127,6 +127,10 @@ pub enum CoordinatorMessage {
         error: String,
         /// The worker's node could not be reached at all (not merely busy).
         unreachable: bool,
+        /// The agent's node does not (yet) see this coordinator leading:
+        /// offered again after a backoff, without spending the retry
+        /// budget (`DeliverError::sender_not_leader`).
+        not_leader: bool,
     },
     Membership(Arc<Membership>),
     /// The connection to another node failed: attempts running there may

@@ -192,9 +192,16 @@ impl Actor for Coordinator {
                 attempt,
                 error,
                 unreachable,
+                not_leader,
             } => {
                 if unreachable {
                     state.trip_worker_of(&task, subtask);
+                }
+                if not_leader {
+                    // A verdict on the election view of the agent's node,
+                    // not on the subtask or the agent: this coordinator
+                    // leads (or will learn soon that it does not).
+                    state.excuse(&task, subtask, attempt);
                 }
                 state.retry(&task, subtask, attempt, error).await
             }

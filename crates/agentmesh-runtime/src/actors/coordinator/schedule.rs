@@ -184,6 +184,14 @@ impl CoordinatorState {
         }
     }
 
+    /// Excuses a subtask's attempt from its retry budget: it ended through
+    /// no fault of the subtask or its agent (see `TaskRecord::excuse`).
+    pub(super) fn excuse(&mut self, id: &TaskId, subtask: usize, attempt: u32) {
+        if let Some(record) = self.tasks.get_mut(id) {
+            record.excuse(subtask, attempt);
+        }
+    }
+
     /// Moves retries whose backoff has passed to the front of their
     /// clients' queues.
     pub(super) fn release_backoffs(&mut self, now: u64) {
@@ -285,6 +293,7 @@ fn dispatch(
                 subtask,
                 attempt,
                 unreachable: matches!(error, DeliverError::Unreachable { .. }),
+                not_leader: error.sender_not_leader(),
                 error: error.to_string(),
             });
         }
