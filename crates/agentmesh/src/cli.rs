@@ -350,11 +350,8 @@ pub struct NodeArgs {
     /// Hierarchy level, required with --role level.
     #[arg(long, env = "AGENTMESH_LEVEL", value_enum)]
     pub level: Option<LevelArg>,
-    /// etcd client URLs, comma-separated; https:// ones need --etcd-ca.
-    #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
     #[command(flatten)]
-    pub etcd_tls: EtcdTlsArgs,
+    pub etcd: EtcdArgs,
     /// The etcd user this node logs in as, when etcd has authentication
     /// on (`agentmesh etcd-setup` makes one per node, named by its --id);
     /// none by default, for an etcd without authentication.
@@ -581,9 +578,18 @@ pub struct NodeArgs {
 /// builds for test rigs turn the `fault-injection` feature on.
 pub const FAULT_INJECTION_BUILT_IN: bool = cfg!(feature = "fault-injection");
 
-/// TLS towards etcd, shared by `node` and `etcd-setup`.
+/// Where etcd is and the TLS towards it, shared by `node` and
+/// `etcd-setup`.
 #[derive(Debug, Clone, Args)]
-pub struct EtcdTlsArgs {
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated; https:// ones need --etcd-ca.
+    #[arg(
+        long = "etcd",
+        env = "AGENTMESH_ETCD",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub endpoints: Vec<String>,
     /// CA certificate (PEM) that etcd's certificate must chain to; only it
     /// is trusted. Required by https:// --etcd URLs, refused with http://
     /// ones; none by default (plain http).
@@ -609,9 +615,17 @@ pub struct EtcdTlsArgs {
     pub etcd_key: Option<PathBuf>,
 }
 
-impl EtcdTlsArgs {
+impl EtcdArgs {
+    /// The endpoints and the TLS files read (no user: `node` adds its own,
+    /// `etcd-setup` logs in as root).
+    pub fn options(&self) -> anyhow::Result<EtcdOptions> {
+        let mut options = EtcdOptions::new(self.endpoints.clone());
+        options.tls = self.tls()?;
+        Ok(options)
+    }
+
     /// Reads the files; `None` without --etcd-ca.
-    pub fn load(&self) -> anyhow::Result<Option<EtcdTls>> {
+    fn tls(&self) -> anyhow::Result<Option<EtcdTls>> {
         let Some(ca) = &self.etcd_ca else {
             return Ok(None);
         };
@@ -644,11 +658,8 @@ pub fn read_password(path: &Path, flag: &str) -> anyhow::Result<Password> {
 
 #[derive(Debug, Args)]
 pub struct EtcdSetupArgs {
-    /// etcd client URLs, comma-separated; https:// ones need --etcd-ca.
-    #[arg(long, env = "AGENTMESH_ETCD", value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
     #[command(flatten)]
-    pub etcd_tls: EtcdTlsArgs,
+    pub etcd: EtcdArgs,
     /// File holding the password of etcd's `root` user: given to root
     /// when authentication is still off, used to log in as root once it
     /// is on.
@@ -691,8 +702,7 @@ impl EtcdSetupArgs {
     /// The etcd options (no user: setup logs in as root itself), the root
     /// password and the node users, with every file read.
     pub fn load(&self) -> anyhow::Result<(EtcdOptions, Password, Vec<NodeUser>)> {
-        let mut options = EtcdOptions::new(self.etcd.clone());
-        options.tls = self.etcd_tls.load()?;
+        let options = self.etcd.options()?;
         let root = read_password(&self.root_password_file, "--root-password-file")?;
         let users = self
             .nodes
@@ -764,8 +774,7 @@ impl NodeArgs {
     /// How this node reaches etcd, with the TLS files and the password
     /// read.
     pub fn etcd_options(&self) -> anyhow::Result<EtcdOptions> {
-        let mut options = EtcdOptions::new(self.etcd.clone()).with_lease_ttl(self.lease_ttl());
-        options.tls = self.etcd_tls.load()?;
+        let mut options = self.etcd.options()?.with_lease_ttl(self.lease_ttl());
         if let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) {
             let password = read_password(file, "--etcd-password-file")?;
             options.credentials = Some(EtcdCredentials::new(user.clone(), password));
@@ -1078,7 +1087,7 @@ mod tests {
         let Command::Node(args) = cli.command else {
             panic!("expected node")
         };
-        assert_eq!(args.etcd, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(args.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
         let config = args.to_config();
         assert_eq!(config.capabilities, vec!["math.eval", "sleep"]);
         assert_eq!(config.max_concurrency, 8);

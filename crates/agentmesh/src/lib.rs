@@ -316,7 +316,7 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     let options = args.etcd_options()?;
     info!(
         role = ?args.role,
-        etcd = ?args.etcd,
+        etcd = ?args.etcd.endpoints,
         tls = options.tls.is_some(),
         client_certificate = options.tls.as_ref().is_some_and(|t| t.has_client_identity()),
         user = options.credentials.as_ref().map(|c| c.user.as_str()),

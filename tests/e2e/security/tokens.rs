@@ -378,7 +378,11 @@ fn a_submit_token_reaches_only_its_own_tasks_read_reads_all_and_admin_cancels_an
         .get(&endpoint, Some(&alice.token), &alices)
         .expect("alice reads her task");
     assert_eq!(record.owner, "alice");
-    assert_eq!(record.status(), pb::TaskStatus::Running);
+    // Placed a moment after it is accepted; it runs for seconds.
+    eventually("alice's task to run", TASK_TIMEOUT, || {
+        let record = grpc.get(&endpoint, Some(&alice.token), &alices).ok()?;
+        (record.status() == pb::TaskStatus::Running).then_some(())
+    });
 
     // Bob can neither read, follow nor stop it.
     for (what, outcome) in [
@@ -550,9 +554,9 @@ fn the_owner_survives_forwarding_from_a_follower() {
     );
     assert!(message.starts_with("'bob' (role submit)"), "{message}");
 
-    // Bob names himself a follower forwarding for an admin: the headers
-    // count only on an authenticated node channel, so he is still bob,
-    // and without his token nobody.
+    // Bob names himself a follower forwarding for an admin: a leader reads
+    // no principal from headers, so he is still bob, and without his token
+    // nobody.
     let forged = |token: Option<&str>| {
         let mut request = request(
             token,

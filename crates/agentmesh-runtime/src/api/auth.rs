@@ -17,12 +17,10 @@
 //! [`agentmesh_core::access`]'s.
 //!
 //! A follower coordinator forwards Submit and Cancel to the leader (see
-//! [`super::forward`]). It passes the client's own bearer token along, so
-//! the leader authenticates the client itself, and names the subject it
-//! authenticated in [`FORWARDED_SUBJECT`] and [`FORWARDED_ROLE`]; the
-//! leader takes those only through [`trusted_forwarded_subject`], which
-//! trusts them only once the channel between the two nodes is mutually
-//! authenticated.
+//! [`super::forward`]). It passes the client's own bearer token along, and
+//! nothing else about the client: the leader authenticates the client
+//! itself, so a follower cannot vouch for anyone (and a client posing as
+//! a follower gains nothing).
 //!
 //! Refusals never echo a token: a missing or unknown one is
 //! `UNAUTHENTICATED`, a role that does not allow the call
@@ -44,16 +42,10 @@ use tonic::Request;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tracing::{info, warn};
 
-use super::forward;
 use crate::support::background::Background;
 
 /// gRPC metadata key of the bearer token (the HTTP `authorization` header).
 pub const AUTHORIZATION: &str = "authorization";
-/// Metadata key of the subject a follower authenticated, on a forwarded
-/// request; see [`trusted_forwarded_subject`].
-pub const FORWARDED_SUBJECT: &str = "agentmesh-forwarded-subject";
-/// Metadata key of that subject's role.
-pub const FORWARDED_ROLE: &str = "agentmesh-forwarded-role";
 /// Every token `agentmesh token new` makes starts with it, so a token is
 /// told from a hash at a glance (and by secret scanners), and one pasted
 /// into the tokens file in place of its hash is refused.
@@ -483,57 +475,15 @@ impl Caller {
             .is_some_and(|p| p.role == ClientRole::Submit)
     }
 
-    /// Marks a request forwarded to the leader with this caller: the
-    /// client's own credential, so the leader authenticates the client
-    /// itself, and the subject and role this node authenticated.
+    /// Marks a request forwarded to the leader with this caller's own
+    /// credential, so the leader authenticates the client itself.
     pub fn forward_with<T>(&self, request: &mut Request<T>) {
-        let metadata = request.metadata_mut();
         if let Some(credential) = &self.credential {
-            metadata.insert(AUTHORIZATION, credential.clone());
-        }
-        if let Some(principal) = &self.principal {
-            // A parsed subject and a role name are ASCII.
-            if let Ok(subject) = MetadataValue::try_from(principal.subject.as_str()) {
-                metadata.insert(FORWARDED_SUBJECT, subject);
-            }
-            metadata.insert(
-                FORWARDED_ROLE,
-                MetadataValue::from_static(principal.role.as_str()),
-            );
+            request
+                .metadata_mut()
+                .insert(AUTHORIZATION, credential.clone());
         }
     }
-}
-
-/// Put by a server layer in the extensions of a request whose connection
-/// is mutually authenticated: the peer presented a client certificate the
-/// cluster CA signed, naming the node it is. Nothing in this crate inserts
-/// it yet: node-to-node TLS does, once it exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticatedNode {
-    /// The node identity its certificate names.
-    pub node: String,
-}
-
-/// The principal a follower coordinator authenticated and named on a
-/// request it forwarded ([`FORWARDED_SUBJECT`], [`FORWARDED_ROLE`]).
-///
-/// Trusted only once the node-to-node channel is mutually authenticated:
-/// any client can send these headers, so they count only on a request
-/// whose connection carries an [`AuthenticatedNode`]. Until then it
-/// returns `None` and the leader authenticates the client's own bearer
-/// token, which the follower passes along.
-pub fn trusted_forwarded_subject<T>(request: &Request<T>) -> Option<Principal> {
-    request.extensions().get::<AuthenticatedNode>()?;
-    if !forward::was_forwarded(request) {
-        return None;
-    }
-    let metadata = request.metadata();
-    let subject = metadata.get(FORWARDED_SUBJECT)?.to_str().ok()?;
-    let role = metadata.get(FORWARDED_ROLE)?.to_str().ok()?;
-    Some(Principal {
-        subject: ClientId::parse(subject).ok()?,
-        role: role.parse().ok()?,
-    })
 }
 
 /// Authenticates the calls of the client-facing services: with tokens
@@ -559,19 +509,12 @@ impl Authenticator {
     }
 
     /// Who sent `request`: its bearer token's principal when tokens are
-    /// on (or the forwarding follower's, see
-    /// [`trusted_forwarded_subject`]); [`Caller::open`] when they are off.
+    /// on; [`Caller::open`] when they are off.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, AuthError> {
         let Some(tokens) = &self.tokens else {
             return Ok(Caller::open());
         };
         let credential = request.metadata().get(AUTHORIZATION).cloned();
-        if let Some(principal) = trusted_forwarded_subject(request) {
-            return Ok(Caller {
-                principal: Some(principal),
-                credential,
-            });
-        }
         let token = bearer(credential.as_ref())?;
         let principal = tokens.authenticate(token)?;
         Ok(Caller {
@@ -617,6 +560,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::api::forward;
 
     fn line(role: &str, subject: &str, token: &str) -> String {
         format!("{role} {subject} {}\n", token_hash(token))
@@ -837,33 +781,24 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_subject_counts_only_on_an_authenticated_node_channel() {
+    fn a_forwarded_request_carries_the_clients_own_token_and_nothing_else() {
         let auth = authenticator(&line("submit", "alice", "amt_a"));
+        // A client posing as a follower forwarding for alice, with no
+        // token of alice's, is nobody.
         let alice = Caller {
             principal: Some(principal("alice", ClientRole::Submit)),
             credential: None,
         };
-        // A client claiming to be a follower forwarding for alice.
         let mut forged = Request::new(());
         forged.metadata_mut().insert(
             forward::FORWARDED_BY,
             MetadataValue::from_static("follower"),
         );
         alice.forward_with(&mut forged);
-        assert_eq!(trusted_forwarded_subject(&forged), None);
         assert!(matches!(
             auth.authenticate(&forged),
             Err(AuthError::Missing)
         ));
-
-        // The same headers over a mutually authenticated node channel.
-        forged.extensions_mut().insert(AuthenticatedNode {
-            node: "coordinator-2".into(),
-        });
-        assert_eq!(
-            auth.authenticate(&forged).unwrap().principal,
-            Some(principal("alice", ClientRole::Submit))
-        );
 
         // A follower passes the client's own token along, which the leader
         // checks whatever the channel.

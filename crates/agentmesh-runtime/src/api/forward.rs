@@ -7,9 +7,8 @@
 //! retries) instead of bouncing between them.
 //!
 //! When the node authenticates clients, the forwarded request carries the
-//! client's own bearer token and the subject this node authenticated (see
-//! [`super::auth::trusted_forwarded_subject`]), so the leader records the
-//! task's owner as the client, not as this node.
+//! client's own bearer token, so the leader authenticates the client itself
+//! and records the task's owner as the client, not as this node.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

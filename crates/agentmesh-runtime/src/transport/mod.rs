@@ -445,10 +445,11 @@ mod tests {
         let error = sender.send(env("ghost", "ping", vec![])).await.unwrap_err();
         assert_eq!(
             error.to_string(),
-            format!(
-                "agent 'ghost' at {endpoint} is unreachable: \
-                 Some requested entity was not found: no agent 'ghost' in the cluster"
-            )
+            "agent 'ghost' refused the message: NotFound: no agent 'ghost' in the cluster"
+        );
+        assert!(
+            matches!(&error, DeliverError::Refused { code, .. } if *code == tonic::Code::NotFound),
+            "a refusal is not an unreachable node: {error:?}"
         );
         let error = sender.send(env("a", "pong", vec![])).await.unwrap_err();
         assert!(
