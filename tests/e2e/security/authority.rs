@@ -12,7 +12,7 @@ use agentmesh_proto::v1::{HierarchyMessage, SubtaskCancel};
 use prost::Message;
 use tonic::Code;
 
-use super::{assert_honest_sum, deliver, node_security};
+use super::{assert_honest_sum, deliver, forged, node_security};
 use crate::support::cluster::Cluster;
 use crate::support::scratch_dir;
 use crate::support::tls::{self as test_tls, Certs};
@@ -22,17 +22,6 @@ use crate::support::tls::{self as test_tls, Certs};
 fn credentials_for(dir: &tempfile::TempDir, agents: &str) -> Certs {
     test_tls::copy_shared_ca(dir.path());
     test_tls::issue_into(dir.path(), "stolen", agents, &["127.0.0.1"])
-}
-
-fn envelope(from: &str, to: &str, kind: &str, payload: Vec<u8>) -> Envelope {
-    Envelope {
-        id: format!("forged-{kind}"),
-        from: from.into(),
-        to: to.into(),
-        kind: kind.into(),
-        payload,
-        ..Envelope::default()
-    }
 }
 
 #[test]
@@ -55,12 +44,8 @@ fn only_the_leader_coordinator_assigns_and_cancels() {
     // is, but it may not hand out work.
     let cancel = SubtaskCancel::default().encode_to_vec();
     for (kind, payload) in [("subtask.assign", Vec::new()), ("subtask.cancel", cancel)] {
-        let refused = deliver(
-            &worker,
-            &stolen,
-            envelope(standby, "worker-1", kind, payload),
-        )
-        .expect_err("a standby's message must be refused");
+        let refused = deliver(&worker, &stolen, forged(standby, "worker-1", kind, payload))
+            .expect_err("a standby's message must be refused");
         assert!(
             refused.starts_with(&format!("{:?}", Code::FailedPrecondition))
                 && refused.contains(&format!("agent '{standby}' may not send '{kind}'"))
@@ -82,7 +67,7 @@ fn directive(from: &str, task: &str) -> Envelope {
         payload_json: r#"{"objective": {"id": "o1", "tasks": []}, "avoid": []}"#.into(),
         ..HierarchyMessage::default()
     };
-    envelope(
+    forged(
         from,
         "tactical-1",
         "hierarchy.message",

@@ -63,3 +63,16 @@ pub fn deliver(addr: &str, security: &Security, envelope: Envelope) -> Result<()
             .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
     })
 }
+
+/// An envelope from `from` to `to` of `kind`, with an id that marks it as
+/// a test's forgery in the receiver's logs.
+pub fn forged(from: &str, to: &str, kind: &str, payload: Vec<u8>) -> Envelope {
+    Envelope {
+        id: format!("forged-{kind}"),
+        from: from.into(),
+        to: to.into(),
+        kind: kind.into(),
+        payload,
+        ..Envelope::default()
+    }
+}

@@ -11,7 +11,7 @@ use agentmesh_runtime::transport::channel::{ClientTls, Security};
 use agentmesh_runtime::transport::tls;
 use tonic::Code;
 
-use super::{assert_honest_sum, deliver, node_security};
+use super::{assert_honest_sum, deliver, forged, node_security};
 use crate::support::cluster::Cluster;
 use crate::support::grpc;
 use crate::support::scratch_dir;
@@ -20,14 +20,7 @@ use crate::support::tls as test_tls;
 /// A forged `subtask.result` in the name of `from`. The mailbox checks the
 /// sender before it reads the payload, so the payload need not decode.
 fn forged_result(from: &str) -> Envelope {
-    Envelope {
-        id: "forged-1".into(),
-        from: from.into(),
-        to: "coordinator-1".into(),
-        kind: "subtask.result".into(),
-        payload: vec![1, 2, 3],
-        ..Envelope::default()
-    }
+    forged(from, "coordinator-1", "subtask.result", vec![1, 2, 3])
 }
 
 #[test]
@@ -165,14 +158,7 @@ fn certificates_rotated_while_tasks_run_lose_nothing() {
 
 /// A forged `subtask.assign` from `from` to `to`.
 fn forged_assign(from: &str, to: &str) -> Envelope {
-    Envelope {
-        id: "forged-assign".into(),
-        from: from.into(),
-        to: to.into(),
-        kind: "subtask.assign".into(),
-        payload: Vec::new(),
-        ..Envelope::default()
-    }
+    forged(from, to, "subtask.assign", Vec::new())
 }
 
 #[test]
@@ -278,14 +264,7 @@ fn a_peer_may_bid_only_in_its_own_name() {
         free_load: 1.0,
         reputation: 1.0,
     };
-    let envelope = Envelope {
-        id: "forged-bid".into(),
-        from: "rogue-1".into(),
-        to: "peer-1".into(),
-        kind: "collab.bid".into(),
-        payload: bid.encode_to_vec(),
-        ..Envelope::default()
-    };
+    let envelope = forged("rogue-1", "peer-1", "collab.bid", bid.encode_to_vec());
     let refused = deliver(&peer, &node_security(&rogue), envelope)
         .expect_err("a bid in another peer's name must be refused");
     assert!(
