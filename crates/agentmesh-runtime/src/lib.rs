@@ -9,6 +9,7 @@
 //! node/       NodeBuilder, Node, LocalCluster, supervisor, config, health, errors: wiring
 //! api/        client-facing gRPC services (tasks, cluster), forwarding, error → Status
 //! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
+//! metrics/    Prometheus counters and the --metrics-listen endpoint
 //! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
 //! convert     the one place that maps domain types to and from protobuf
 //! support/    owned background tasks, feeds into actors, clock, reputation scores
@@ -17,6 +18,7 @@
 pub mod actors;
 pub mod api;
 pub mod convert;
+pub mod metrics;
 pub mod node;
 pub mod support;
 pub mod transport;

@@ -24,6 +24,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::Shape;
 
+/// `--help` of `--metrics-listen`, shared by `node` and `local`.
+const METRICS_LISTEN_HELP: &str = "Serves Prometheus metrics (GET /metrics, OpenMetrics or the \
+    Prometheus text format) on this address, e.g. 127.0.0.1:9464; off by default.\n\nThe \
+    endpoint is plain HTTP without authentication and shows counters only (refused envelopes \
+    and client calls, by reason): bind it to loopback or a pod-internal address, never to one \
+    the internet reaches. The bound address is logged at INFO.";
+
 /// `--help` of `--http-allow`, shared by `node` and `local`.
 const HTTP_ALLOW_HELP: &str = "Hosts the http.get tool may fetch from, comma-separated; the tool is \
     off when empty.\n\nEach entry opens one scheme, host and port: `https://example.com` allows \
@@ -314,6 +321,10 @@ pub struct LocalArgs {
     /// link-local addresses (off: such names are refused).
     #[arg(long, env = "AGENTMESH_HTTP_ALLOW_PRIVATE", value_parser = BoolishValueParser::new(), long_help = HTTP_ALLOW_PRIVATE_HELP)]
     pub http_allow_private: bool,
+    /// Serves Prometheus metrics on this address (GET /metrics); off by
+    /// default. Unauthenticated: keep it on loopback.
+    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "ADDR", long_help = METRICS_LISTEN_HELP)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -393,6 +404,11 @@ pub struct NodeArgs {
     /// loopback unless --listen says otherwise; warns on every start.
     #[arg(long, env = "AGENTMESH_INSECURE", value_parser = BoolishValueParser::new(), conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     pub insecure: bool,
+    /// Serves Prometheus metrics on this address (GET /metrics); off by
+    /// default. Unauthenticated: keep it on loopback or a pod-internal
+    /// address.
+    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "ADDR", long_help = METRICS_LISTEN_HELP)]
+    pub metrics_listen: Option<SocketAddr>,
     /// host:port other nodes use to reach this one; the bound address by default.
     #[arg(long, env = "AGENTMESH_ADVERTISE")]
     pub advertise: Option<String>,
@@ -792,6 +808,7 @@ impl NodeArgs {
         });
         config.id = self.id.clone();
         config.advertise = self.advertise.clone();
+        config.metrics_listen = self.metrics_listen;
         config.capabilities = non_empty(&self.capabilities);
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
@@ -846,6 +863,7 @@ impl LocalArgs {
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
         config.http_allow_private = self.http_allow_private;
+        config.metrics_listen = self.metrics_listen;
         config
     }
 }
@@ -1146,6 +1164,44 @@ mod tests {
                 "0",
             ])
             .is_err()
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let node = [
+            "agentmesh",
+            "node",
+            "--role",
+            "worker",
+            "--etcd",
+            "http://a:1",
+        ];
+        let Command::Node(args) = Cli::try_parse_from(node).unwrap().command else {
+            panic!("expected node")
+        };
+        assert_eq!(args.to_config().metrics_listen, None);
+        let with = [&node[..], &["--metrics-listen", "127.0.0.1:9464"]].concat();
+        let Command::Node(args) = Cli::try_parse_from(with).unwrap().command else {
+            panic!("expected node")
+        };
+        assert_eq!(
+            args.to_config().metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let Command::Local(args) =
+            Cli::try_parse_from(["agentmesh", "local", "--metrics-listen", "[::1]:0"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected local")
+        };
+        assert_eq!(
+            args.to_config().metrics_listen,
+            Some("[::1]:0".parse().unwrap())
+        );
+        assert!(
+            Cli::try_parse_from(["agentmesh", "local", "--metrics-listen", "localhost"]).is_err()
         );
     }
 

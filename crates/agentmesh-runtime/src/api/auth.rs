@@ -24,7 +24,10 @@
 //!
 //! Refusals never echo a token: a missing or unknown one is
 //! `UNAUTHENTICATED`, a role that does not allow the call
-//! `PERMISSION_DENIED` naming the subject and the role.
+//! `PERMISSION_DENIED` naming the subject and the role. Both are decided
+//! here only ([`Authenticator::authenticate`], [`Caller::authorize`]), and
+//! each is counted in `agentmesh_requests_refused_total{service,reason}`
+//! and logged at WARN.
 
 use std::fmt;
 use std::io::Read;
@@ -42,6 +45,7 @@ use tonic::Request;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tracing::{info, warn};
 
+use crate::metrics::{self, REQUEST_PERMISSION_DENIED, REQUEST_UNAUTHENTICATED};
 use crate::support::background::Background;
 
 /// gRPC metadata key of the bearer token (the HTTP `authorization` header).
@@ -442,6 +446,8 @@ fn read_tokens(path: &Path) -> Result<Tokens, TokensFileError> {
 pub struct Caller {
     pub principal: Option<Principal>,
     credential: Option<AsciiMetadataValue>,
+    /// The gRPC service called, for the refusal counter.
+    service: &'static str,
 }
 
 impl fmt::Debug for Caller {
@@ -461,10 +467,20 @@ impl Caller {
     /// Whether the caller may do `action`; always, when authentication is
     /// off.
     pub fn authorize(&self, action: Action<'_>) -> Result<(), AuthError> {
-        match &self.principal {
-            Some(principal) => Ok(access::authorize(principal, action)?),
-            None => Ok(()),
-        }
+        let Some(principal) = &self.principal else {
+            return Ok(());
+        };
+        access::authorize(principal, action).map_err(|denied| {
+            metrics::refused_request(self.service, REQUEST_PERMISSION_DENIED);
+            warn!(
+                service = self.service,
+                subject = %principal.subject,
+                role = %principal.role,
+                %denied,
+                "refused a client call"
+            );
+            AuthError::Denied(denied)
+        })
     }
 
     /// Whether deciding a Get, Watch or Cancel needs the task's owner:
@@ -491,6 +507,8 @@ impl Caller {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     tokens: Option<TokenStore>,
+    /// The gRPC service whose calls these are (see [`Self::for_service`]).
+    service: &'static str,
 }
 
 impl Authenticator {
@@ -501,7 +519,17 @@ impl Authenticator {
     }
 
     pub fn new(tokens: Option<TokenStore>) -> Self {
-        Self { tokens }
+        Self {
+            tokens,
+            service: "",
+        }
+    }
+
+    /// This authenticator for the calls of `service` (a gRPC service's
+    /// full name), which its refusals are counted under.
+    pub fn for_service(mut self, service: &'static str) -> Self {
+        self.service = service;
+        self
     }
 
     pub fn is_on(&self) -> bool {
@@ -515,11 +543,16 @@ impl Authenticator {
             return Ok(Caller::open());
         };
         let credential = request.metadata().get(AUTHORIZATION).cloned();
-        let token = bearer(credential.as_ref())?;
-        let principal = tokens.authenticate(token)?;
+        let principal = bearer(credential.as_ref())
+            .and_then(|token| tokens.authenticate(token))
+            .inspect_err(|error| {
+                metrics::refused_request(self.service, REQUEST_UNAUTHENTICATED);
+                warn!(service = self.service, %error, "refused a client call");
+            })?;
         Ok(Caller {
             principal: Some(principal),
             credential,
+            service: self.service,
         })
     }
 }
@@ -787,7 +820,7 @@ mod tests {
         // token of alice's, is nobody.
         let alice = Caller {
             principal: Some(principal("alice", ClientRole::Submit)),
-            credential: None,
+            ..Caller::default()
         };
         let mut forged = Request::new(());
         forged.metadata_mut().insert(

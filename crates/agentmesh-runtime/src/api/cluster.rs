@@ -8,7 +8,9 @@ use agentmesh_core::access::Action;
 use agentmesh_core::reputation::ReputationPolicy;
 use agentmesh_core::scheduling::WorkerState;
 use agentmesh_proto::v1 as pb;
-use agentmesh_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
+use agentmesh_proto::v1::cluster_service_server::{
+    ClusterService, ClusterServiceServer, SERVICE_NAME,
+};
 use agentmesh_registry::Registry;
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
@@ -34,7 +36,7 @@ impl ClusterGrpc {
         ClusterServiceServer::new(Self {
             registry,
             coordinator,
-            auth,
+            auth: auth.for_service(SERVICE_NAME),
         })
     }
 }

@@ -23,7 +23,7 @@ use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{ClientId, Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
-use agentmesh_proto::v1::task_service_server::{TaskService, TaskServiceServer};
+use agentmesh_proto::v1::task_service_server::{SERVICE_NAME, TaskService, TaskServiceServer};
 use agentmesh_registry::Registry;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
@@ -526,7 +526,7 @@ impl TaskGrpc {
     ) -> TaskServiceServer<Self> {
         TaskServiceServer::new(Self {
             api,
-            auth,
+            auth: auth.for_service(SERVICE_NAME),
             forwarder: Forwarder::new(max_message_bytes, security),
             watches: Arc::new(Semaphore::new(max_watches)),
             max_watches,

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agentmesh_core::{AgentId, AgentRegistration, Role};
@@ -31,6 +32,7 @@ use super::error::NodeError;
 use super::local::LocalCluster;
 use super::{Node, RunningAgents};
 use crate::api::task::TaskApi;
+use crate::metrics;
 use crate::tools::{HttpAccess, Tool, ToolBox};
 use crate::transport::Router;
 use crate::transport::channel::Security;
@@ -88,6 +90,7 @@ impl NodeBuilder {
         let (mut config, tools) = (self.config, self.tools);
         config.validate(&tools)?;
         warn_about_faults(&config);
+        let metrics = bind_metrics(&config).await?;
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
@@ -95,6 +98,7 @@ impl NodeBuilder {
         let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry, router).await?;
+        let metrics_addr = serve_metrics(metrics, &spawner)?;
         let id = config
             .id
             .clone()
@@ -133,7 +137,8 @@ impl NodeBuilder {
                 }
             }
         }
-        let node = Node::serve(spawner, running, &config, listener).await?;
+        let mut node = Node::serve(spawner, running, &config, listener).await?;
+        node.metrics_addr = metrics_addr;
         info!(addr = %node.addr(), %endpoint, agent_id = %id, role = %config.role, "node serving");
         Ok(node)
     }
@@ -148,11 +153,13 @@ impl NodeBuilder {
         config.role = Role::Worker;
         config.validate(&tools)?;
         warn_about_faults(&config);
+        let metrics = bind_metrics(&config).await?;
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry.clone(), router).await?;
+        let metrics_addr = serve_metrics(metrics, &spawner)?;
         let mut running = RunningAgents::default();
         let coordinator = spawner
             .coordinator(
@@ -179,8 +186,32 @@ impl NodeBuilder {
                 .await?;
             running.add_worker(id, worker);
         }
-        Ok(LocalCluster::new(api, spawner, running))
+        Ok(LocalCluster::new(api, spawner, running, metrics_addr))
     }
+}
+
+/// The metrics listener, bound before anything registers so a taken port
+/// stops the node before it joins; `None` without `--metrics-listen`.
+async fn bind_metrics(config: &NodeConfig) -> Result<Option<TcpListener>, NodeError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    metrics::serve::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| NodeError::MetricsListen { addr, source })
+}
+
+/// Serves the process's metrics on `listener` until the node's background
+/// tasks stop; the bound address.
+fn serve_metrics(
+    listener: Option<TcpListener>,
+    spawner: &Spawner,
+) -> Result<Option<SocketAddr>, NodeError> {
+    listener
+        .map(|listener| metrics::serve::spawn(listener, metrics::global(), spawner.background()))
+        .transpose()
+        .map_err(NodeError::Listener)
 }
 
 fn registration(config: &NodeConfig, id: AgentId, endpoint: &str) -> AgentRegistration {

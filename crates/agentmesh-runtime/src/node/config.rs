@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// valid bearer token, and each task is owned by its submitter. `None`
     /// (the default, and always in `agentmesh local`) leaves them open.
     pub tokens: Option<TokenStore>,
+    /// Where to serve Prometheus metrics (`GET /metrics`,
+    /// `--metrics-listen`); off when `None`, the default. Unauthenticated
+    /// and counters only: bind it to loopback or a pod-internal address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Knobs of the coordinator role.
@@ -330,6 +334,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
             tokens: None,
+            metrics_listen: None,
         }
     }
 

@@ -13,6 +13,11 @@ pub enum NodeError {
     Spawn(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("failed to bind the metrics listener {addr} (--metrics-listen): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("failed to read the listener's address: {0}")]
     Listener(#[from] std::io::Error),
     #[error("gRPC server failed: {0}")]

@@ -1,6 +1,7 @@
 //! `agentmesh local`: a coordinator and workers in one process, started by
 //! [`NodeBuilder::local`](super::NodeBuilder::local).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,19 +21,31 @@ pub struct LocalCluster {
     api: TaskApi,
     spawner: Spawner,
     running: RunningAgents,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl LocalCluster {
-    pub(super) fn new(api: TaskApi, spawner: Spawner, running: RunningAgents) -> Self {
+    pub(super) fn new(
+        api: TaskApi,
+        spawner: Spawner,
+        running: RunningAgents,
+        metrics_addr: Option<SocketAddr>,
+    ) -> Self {
         Self {
             api,
             spawner,
             running,
+            metrics_addr,
         }
     }
 
     pub fn api(&self) -> &TaskApi {
         &self.api
+    }
+
+    /// Where metrics are served (`--metrics-listen`), once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Submits a task document and waits for its terminal record.

@@ -12,7 +12,8 @@
 //!  │    ├─ Strategic                                           (strategic level)
 //!  │    └─ Tactical                                            (tactical level)
 //!  └─ Background (support/background.rs): load publisher, store-health follower,
-//!       feeds into the actors; all stopped by one shutdown signal and awaited
+//!       feeds into the actors, the metrics endpoint (--metrics-listen); all
+//!       stopped by one shutdown signal and awaited
 //! ```
 //!
 //! [`NodeBuilder`] starts a node (`serve`) or an embedded cluster
@@ -118,6 +119,8 @@ impl RunningAgents {
 /// A running node.
 pub struct Node {
     addr: SocketAddr,
+    /// Where metrics are served (`--metrics-listen`); set by the builder.
+    metrics_addr: Option<SocketAddr>,
     agents: Vec<AgentId>,
     spawner: Spawner,
     running: RunningAgents,
@@ -192,6 +195,7 @@ impl Node {
             );
         Ok(Self {
             addr,
+            metrics_addr: None,
             agents: running.ids.clone(),
             spawner,
             running,
@@ -203,6 +207,11 @@ impl Node {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where metrics are served (`--metrics-listen`), once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn agents(&self) -> &[AgentId] {

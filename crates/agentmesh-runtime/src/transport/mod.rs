@@ -124,6 +124,30 @@ impl DeliverError {
             _ => false,
         }
     }
+
+    /// The refusal of a sender this error is, counted by the mailbox as
+    /// `agentmesh_envelopes_refused_total{reason}`; `None` for errors that
+    /// say nothing of who sent the envelope (a full mailbox, an unknown
+    /// agent, a bad payload), and for [`Self::Refused`], which the sender
+    /// sees and the receiving node has counted. No wildcard: a new variant
+    /// must say which it is.
+    pub fn refusal(&self) -> Option<crate::metrics::RefusalReason> {
+        use crate::metrics::RefusalReason;
+        match self {
+            DeliverError::ForgedSender { .. } => Some(RefusalReason::ForgedSender),
+            DeliverError::NotAllowed { .. } => Some(RefusalReason::NotAllowed),
+            DeliverError::NotLeader { .. } => Some(RefusalReason::NotLeader),
+            DeliverError::NotOwner { .. } => Some(RefusalReason::NotOwner),
+            DeliverError::UnknownAgent(_)
+            | DeliverError::UnknownKind { .. }
+            | DeliverError::BadPayload { .. }
+            | DeliverError::TooLarge { .. }
+            | DeliverError::Stopped(_)
+            | DeliverError::Busy { .. }
+            | DeliverError::Unreachable { .. }
+            | DeliverError::Refused { .. } => None,
+        }
+    }
 }
 
 /// Resolves agent ids to local mailboxes or remote endpoints.

@@ -5,9 +5,14 @@
 //! With mutual TLS, a mailbox takes envelopes only from connections that
 //! presented a node certificate of the cluster (`UNAUTHENTICATED`
 //! otherwise), and only envelopes whose `from` that certificate names
-//! (`PERMISSION_DENIED`, a WARN with the claimed and the authenticated
-//! identity). Plaintext
-//! mailboxes (`--insecure`, `agentmesh local`) check nothing.
+//! (`PERMISSION_DENIED`). Plaintext mailboxes (`--insecure`, `agentmesh
+//! local`) check nothing here.
+//!
+//! Every envelope refused because of its sender, here or by the agent it
+//! was for ([`DeliverError::refusal`]), passes through [`refused`]: one
+//! WARN naming the claimed and the authenticated identity, and one count
+//! in `agentmesh_envelopes_refused_total`. A link stream refused for want
+//! of a certificate is counted in `agentmesh_links_refused_total`.
 
 use std::sync::Arc;
 
@@ -24,6 +29,7 @@ use super::accept::ConnInfo;
 use super::channel::Security;
 use super::tls::PeerIdentity;
 use super::{DeliverError, ENVELOPE_OVERHEAD, Router};
+use crate::metrics::{self, RefusalReason};
 
 /// The `AgentMailbox` gRPC service of a node.
 #[derive(Debug, Clone)]
@@ -42,7 +48,7 @@ impl MailboxService {
     /// Who may send on the connection of `request`: anyone on a plaintext
     /// mailbox; on a TLS one, the agents its certificate names, and no
     /// connection without one.
-    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Unauthenticated> {
         if matches!(self.router.config().security, Security::Plaintext) {
             return Ok(Sender::Anyone);
         }
@@ -51,12 +57,18 @@ impl MailboxService {
             .get::<ConnInfo>()
             .and_then(ConnInfo::peer)
             .map(|peer| Sender::Node(peer.clone()))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "the mailbox takes envelopes only from nodes with a certificate of this \
-                     cluster's CA",
-                )
-            })
+            .ok_or(Unauthenticated)
+    }
+}
+
+/// A connection without a node certificate of the cluster.
+struct Unauthenticated;
+
+impl From<Unauthenticated> for Status {
+    fn from(_: Unauthenticated) -> Self {
+        Status::unauthenticated(
+            "the mailbox takes envelopes only from nodes with a certificate of this cluster's CA",
+        )
     }
 }
 
@@ -77,17 +89,99 @@ impl Sender {
         if identity.speaks_for(&claimed) {
             return Ok(());
         }
-        warn!(
-            claimed = %claimed,
-            authenticated = %identity,
-            kind = %envelope.kind,
-            to = %envelope.to,
-            "refused an envelope whose sender the connection's certificate does not name"
-        );
         Err(DeliverError::ForgedSender {
             claimed,
             authenticated: identity.to_string(),
         })
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Anyone => f.write_str("nobody (plaintext mailbox)"),
+            Sender::Node(identity) => identity.fmt(f),
+        }
+    }
+}
+
+/// What a refusal's WARN says of an envelope, taken before the envelope
+/// is handed on.
+struct Claim {
+    kind: &'static str,
+    from: String,
+    to: String,
+}
+
+impl Claim {
+    fn of(envelope: &Envelope) -> Self {
+        Self {
+            kind: metrics::kind_label(&envelope.kind),
+            from: bounded(&envelope.from).to_owned(),
+            to: bounded(&envelope.to).to_owned(),
+        }
+    }
+}
+
+/// Longest part of a peer's string a WARN repeats: ids are short, and a
+/// hostile peer must not turn each refusal into megabytes of log.
+const MAX_LOGGED_BYTES: usize = 128;
+
+fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_LOGGED_BYTES {
+        return text;
+    }
+    let mut end = MAX_LOGGED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Counts and logs `error` if it refuses the envelope because of its
+/// sender; other errors (a full mailbox, an unknown agent) are the
+/// sender's to handle and are not counted here.
+fn refused(sender: &Sender, claim: &Claim, error: &DeliverError) {
+    let Some(reason) = error.refusal() else {
+        return;
+    };
+    metrics::refused_envelope(claim.kind, reason);
+    let error = error.to_string();
+    warn!(
+        claimed = ?claim.from,
+        authenticated = %sender,
+        kind = claim.kind,
+        to = ?claim.to,
+        %reason,
+        error = bounded(&error),
+        "refused an envelope"
+    );
+}
+
+/// Counts and logs an envelope (or a link, without one) refused for want
+/// of a certificate.
+fn refused_unauthenticated(envelope: Option<&Envelope>) {
+    match envelope {
+        Some(envelope) => {
+            let claim = Claim::of(envelope);
+            metrics::refused_envelope(claim.kind, RefusalReason::Unauthenticated);
+            warn!(
+                claimed = ?claim.from,
+                authenticated = "nobody (no certificate of the cluster)",
+                kind = claim.kind,
+                to = ?claim.to,
+                reason = %RefusalReason::Unauthenticated,
+                "refused an envelope"
+            );
+        }
+        None => {
+            metrics::refused_link(RefusalReason::Unauthenticated);
+            warn!(
+                authenticated = "nobody (no certificate of the cluster)",
+                reason = %RefusalReason::Unauthenticated,
+                "refused a link stream"
+            );
+        }
     }
 }
 
@@ -100,10 +194,15 @@ const ACK_BATCH: usize = 1024;
 #[tonic::async_trait]
 impl AgentMailbox for MailboxService {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<DeliverAck>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request).inspect_err(|_| {
+            refused_unauthenticated(Some(request.get_ref()));
+        })?;
         let envelope = request.into_inner();
-        sender.check(&envelope)?;
-        self.router.deliver_local(envelope)?;
+        let claim = Claim::of(&envelope);
+        sender
+            .check(&envelope)
+            .and_then(|()| self.router.deliver_local(envelope))
+            .inspect_err(|error| refused(&sender, &claim, error))?;
         Ok(Response::new(DeliverAck {}))
     }
 
@@ -116,7 +215,9 @@ impl AgentMailbox for MailboxService {
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self
+            .sender(&request)
+            .inspect_err(|_| refused_unauthenticated(None))?;
         let mut inbound = request.into_inner();
         let (acks, stream) = mpsc::channel(ACK_BUFFER);
         let router = self.router.clone();
@@ -149,12 +250,14 @@ impl AgentMailbox for MailboxService {
 
 fn answer(router: &Router, sender: &Sender, envelope: Envelope, ack: &mut LinkAck) {
     let seq = envelope.seq;
+    let claim = Claim::of(&envelope);
     match sender
         .check(&envelope)
         .and_then(|()| router.deliver_local(envelope))
     {
         Ok(()) => ack.accepted.push(seq),
         Err(error) => {
+            refused(sender, &claim, &error);
             let status = Status::from(error);
             ack.refused.push(LinkRefusal {
                 seq,

@@ -1,0 +1,374 @@
+//! The node's Prometheus metrics: one registry per process (one process is
+//! one node; `agentmesh local` counts all its agents together), counters
+//! other modules bump through the functions below, and an HTTP endpoint
+//! that serves them (`--metrics-listen`, see [`serve`]).
+//!
+//! ```text
+//! agentmesh_envelopes_refused_total{kind,reason}   envelopes refused because of who sent them
+//! agentmesh_links_refused_total{reason}            inbound link streams refused before any envelope
+//! agentmesh_requests_refused_total{service,reason} client API calls refused by authentication
+//! ```
+//!
+//! Every label takes values from a small fixed set, whatever a peer or a
+//! client sends: a hostile envelope kind is counted as `other`, so nobody
+//! can grow the registry by inventing label values.
+//!
+//! A refusal is counted once. An envelope refused with a
+//! [`DeliverError`](crate::transport::DeliverError) is counted by the
+//! mailbox service, which maps it with
+//! [`DeliverError::refusal`](crate::transport::DeliverError::refusal);
+//! call [`refused_envelope`] only for a refusal the mailbox never sees (an
+//! agent that takes an envelope and then ignores it because of its
+//! sender).
+//!
+//! Adding a metric: a field of [`Metrics`], registered in
+//! [`Metrics::new`], and a function here that bumps it, so that callers
+//! need neither the registry nor label types.
+
+pub mod serve;
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::transport::Kind;
+
+/// Why an envelope was refused, as the `reason` label of
+/// `agentmesh_envelopes_refused_total`. The label values are stable:
+/// dashboards and alerts name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// Its `from` is not an agent the sending peer's certificate names, or
+    /// it is a bid, replica or result in another agent's name.
+    ForgedSender,
+    /// The sender's role may not send that kind (a worker assigning work).
+    NotAllowed,
+    /// An assignment or cancel from a coordinator that does not lead.
+    NotLeader,
+    /// A directive, report or result from someone other than the agent
+    /// the work belongs to.
+    NotOwner,
+    /// The connection presented no certificate of the cluster.
+    Unauthenticated,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 5] = [
+        RefusalReason::ForgedSender,
+        RefusalReason::NotAllowed,
+        RefusalReason::NotLeader,
+        RefusalReason::NotOwner,
+        RefusalReason::Unauthenticated,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::ForgedSender => "forged_sender",
+            RefusalReason::NotAllowed => "not_allowed",
+            RefusalReason::NotLeader => "not_leader",
+            RefusalReason::NotOwner => "not_owner",
+            RefusalReason::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for RefusalReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// `reason` of `agentmesh_requests_refused_total`: no valid bearer token.
+pub const REQUEST_UNAUTHENTICATED: &str = "unauthenticated";
+/// `reason` of `agentmesh_requests_refused_total`: the token's role does
+/// not allow the call.
+pub const REQUEST_PERMISSION_DENIED: &str = "permission_denied";
+
+/// The `kind` label of an envelope kind as received: the kind's wire name
+/// when it is one agents exchange, `other` for anything else.
+pub fn kind_label(kind: &str) -> &'static str {
+    Kind::parse(kind).map_or("other", Kind::as_str)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EnvelopeLabels {
+    kind: &'static str,
+    reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LinkLabels {
+    reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
+/// Every metric of a node and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    envelopes_refused: Family<EnvelopeLabels, Counter>,
+    links_refused: Family<LinkLabels, Counter>,
+    requests_refused: Family<RequestLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero. The process has one
+    /// ([`global`]); tests make their own.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let envelopes_refused = Family::<EnvelopeLabels, Counter>::default();
+        // Counters are registered without `_total`; the encoders add it.
+        registry.register(
+            "agentmesh_envelopes_refused",
+            "Envelopes refused because of who sent them, by envelope kind and reason",
+            envelopes_refused.clone(),
+        );
+        let links_refused = Family::<LinkLabels, Counter>::default();
+        registry.register(
+            "agentmesh_links_refused",
+            "Inbound link streams refused before any envelope was read, by reason",
+            links_refused.clone(),
+        );
+        let requests_refused = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "agentmesh_requests_refused",
+            "Client API calls refused by authentication or authorization, by gRPC service and \
+             reason",
+            requests_refused.clone(),
+        );
+        Self {
+            registry,
+            envelopes_refused,
+            links_refused,
+            requests_refused,
+        }
+    }
+
+    /// Counts an envelope of `kind` (as received) refused for `reason`.
+    pub fn refused_envelope(&self, kind: &str, reason: RefusalReason) {
+        self.envelopes_refused
+            .get_or_create(&EnvelopeLabels {
+                kind: kind_label(kind),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts an inbound link stream refused for `reason`.
+    pub fn refused_link(&self, reason: RefusalReason) {
+        self.links_refused
+            .get_or_create(&LinkLabels { reason })
+            .inc();
+    }
+
+    /// Counts a client call to `service` refused for `reason`.
+    pub fn refused_request(&self, service: &'static str, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&RequestLabels { service, reason })
+            .inc();
+    }
+
+    /// Every metric in `format`, ready to serve.
+    pub fn encode(&self, format: Format) -> String {
+        let mut out = String::new();
+        // Writing into a String fails only if an encoder does, and ours
+        // encode nothing that can.
+        let _ = match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        };
+        out
+    }
+}
+
+/// The text formats a scrape may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, what Prometheus asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, for everything else (`curl`,
+    /// `promtool check metrics`).
+    Prometheus,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` (an HTTP `Accept` header) names it, the
+    /// Prometheus text format otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+/// Counts an envelope refused because of who sent it: `kind` as received
+/// (anything but a known kind is counted as `other`), and why. Counted
+/// once per refusal; see the module documentation for who counts what.
+pub fn refused_envelope(kind: &str, reason: RefusalReason) {
+    global().refused_envelope(kind, reason);
+}
+
+/// Counts an inbound link stream refused before any of its envelopes was
+/// read (a connection without a cluster certificate).
+pub fn refused_link(reason: RefusalReason) {
+    global().refused_link(reason);
+}
+
+/// Counts a client API call refused: `service` is the gRPC service's full
+/// name, `reason` [`REQUEST_UNAUTHENTICATED`] or
+/// [`REQUEST_PERMISSION_DENIED`].
+pub fn refused_request(service: &'static str, reason: &'static str) {
+    global().refused_request(service, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_kinds_are_their_own_label_and_anything_else_is_other() {
+        for kind in Kind::ALL {
+            assert_eq!(kind_label(kind.as_str()), kind.as_str());
+        }
+        for hostile in [
+            "",
+            "subtask.assign ",
+            "SUBTASK.ASSIGN",
+            "x\"}\n# EOF",
+            "other",
+        ] {
+            assert_eq!(kind_label(hostile), "other", "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_have_stable_snake_case_labels() {
+        let labels: Vec<&str> = RefusalReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "forged_sender",
+                "not_allowed",
+                "not_leader",
+                "not_owner",
+                "unauthenticated"
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_kinds_share_one_series() {
+        let metrics = Metrics::new();
+        for n in 0..1000 {
+            metrics.refused_envelope(&format!("made.up.{n}"), RefusalReason::ForgedSender);
+        }
+        let text = metrics.encode(Format::Prometheus);
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("agentmesh_envelopes_refused_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            ["agentmesh_envelopes_refused_total{kind=\"other\",reason=\"forged_sender\"} 1000"]
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_their_labels() {
+        let metrics = Metrics::new();
+        metrics.refused_envelope("subtask.result", RefusalReason::ForgedSender);
+        metrics.refused_envelope("subtask.result", RefusalReason::ForgedSender);
+        metrics.refused_envelope("subtask.assign", RefusalReason::NotAllowed);
+        metrics.refused_link(RefusalReason::Unauthenticated);
+        metrics.refused_request("agentmesh.v1.TaskService", REQUEST_UNAUTHENTICATED);
+        let text = metrics.encode(Format::Prometheus);
+        for line in [
+            "# TYPE agentmesh_envelopes_refused_total counter",
+            "agentmesh_envelopes_refused_total{kind=\"subtask.result\",reason=\"forged_sender\"} 2",
+            "agentmesh_envelopes_refused_total{kind=\"subtask.assign\",reason=\"not_allowed\"} 1",
+            "# TYPE agentmesh_links_refused_total counter",
+            "agentmesh_links_refused_total{reason=\"unauthenticated\"} 1",
+            "# TYPE agentmesh_requests_refused_total counter",
+            "agentmesh_requests_refused_total{service=\"agentmesh.v1.TaskService\",reason=\"unauthenticated\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let metrics = Metrics::new();
+        metrics.refused_request("agentmesh.v1.ClusterService", REQUEST_PERMISSION_DENIED);
+        let text = metrics.encode(Format::OpenMetrics);
+        assert!(
+            text.contains("# TYPE agentmesh_requests_refused counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "agentmesh_requests_refused_total{service=\"agentmesh.v1.ClusterService\",\
+                 reason=\"permission_denied\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        let prometheus_asks = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Format::negotiate(Some(prometheus_asks)),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+    }
+}
