@@ -15,6 +15,7 @@ mod authority;
 mod etcd;
 mod fault_injection;
 mod http_get;
+mod metrics;
 mod mtls;
 mod tokens;
 
