@@ -13,7 +13,7 @@ pub enum NodeError {
     Spawn(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("failed to bind the metrics listener {addr} (--metrics-listen): {source}")]
+    #[error("failed to bind the metrics listener {addr} (--metrics-listen)")]
     MetricsListen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
