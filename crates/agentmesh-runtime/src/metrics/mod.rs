@@ -303,6 +303,67 @@ mod tests {
     }
 
     #[test]
+    fn deliver_errors_about_the_sender_are_refusals_and_others_are_not() {
+        use agentmesh_core::AgentId;
+
+        use crate::transport::DeliverError;
+
+        let agent = || AgentId::new("worker-1");
+        let refusals = [
+            (
+                DeliverError::ForgedSender {
+                    claimed: agent(),
+                    authenticated: "rogue-*".into(),
+                },
+                RefusalReason::ForgedSender,
+            ),
+            (
+                DeliverError::NotAllowed {
+                    sender: agent(),
+                    kind: "subtask.assign".into(),
+                    why: "it is a worker".into(),
+                },
+                RefusalReason::NotAllowed,
+            ),
+            (
+                DeliverError::NotLeader {
+                    sender: agent(),
+                    kind: "subtask.assign".into(),
+                    leader: None,
+                },
+                RefusalReason::NotLeader,
+            ),
+            (
+                DeliverError::NotOwner {
+                    sender: agent(),
+                    kind: "hierarchy.message".into(),
+                    task: "t1".into(),
+                    owner: AgentId::new("strategic-1"),
+                },
+                RefusalReason::NotOwner,
+            ),
+        ];
+        for (error, reason) in refusals {
+            assert_eq!(error.refusal(), Some(reason), "{error}");
+        }
+        for error in [
+            DeliverError::UnknownAgent(agent()),
+            DeliverError::TooLarge { size: 9, limit: 8 },
+            DeliverError::Busy {
+                agent: agent(),
+                limit: 1,
+            },
+            DeliverError::Refused {
+                agent: agent(),
+                code: tonic::Code::PermissionDenied,
+                message: "counted by the node that refused it".into(),
+            },
+        ] {
+            assert_eq!(error.refusal(), None, "{error}");
+        }
+    }
+
+    #[test]
     fn hostile_kinds_share_one_series() {
         let metrics = Metrics::new();
         for n in 0..1000 {
