@@ -12,12 +12,15 @@
 //! * `hostile`: hostile input against a cluster under memory caps.
 //! * `security`: forgeries and misuse refused, honest tasks unharmed
 //!   (etcd with TLS and authentication included).
+//! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods
+//!   run as processes on loopback.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
 mod chaos;
 mod cluster;
 mod custom_tool;
+mod deploy;
 mod harness;
 mod hierarchy;
 mod hostile;
