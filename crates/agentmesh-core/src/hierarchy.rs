@@ -41,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use strategic::{
-    Assessment, FinalReport, Outcome, Strategic, StrategicPolicy, StrategicStep, StrategicSummary,
+    Assessment, FinalReport, NOT_IN_CHARGE, Outcome, Strategic, StrategicPolicy, StrategicStep,
+    StrategicSummary,
 };
 pub use tactical::{Escalation, Tactical, TacticalPolicy, TacticalStep, TacticalSummary};
 

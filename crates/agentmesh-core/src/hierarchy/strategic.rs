@@ -23,6 +23,11 @@ use super::{Applied, Escalation, ROUTINE, TacticalSummary, UNRECOVERABLE, count}
 use crate::AgentId;
 use crate::task::file::ObjectiveSpec;
 
+/// Why a report or an escalation is ignored when it comes from an agent
+/// other than the tactical agent in charge of its objective: the actor
+/// counts these as refused.
+pub const NOT_IN_CHARGE: &str = "not from the tactical agent in charge of the objective";
+
 /// How often the strategic level re-plans before it gives an objective up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -313,13 +318,14 @@ impl Strategic {
         self.objectives.iter().position(|o| o.id == objective)
     }
 
-    /// The objective's position, when `from` is the agent in charge of it.
+    /// The objective's position, when `from` is the agent in charge of it
+    /// (or [`NOT_IN_CHARGE`]).
     fn in_charge(&self, objective: &str, from: &AgentId) -> Result<usize, &'static str> {
         let o = self.position(objective).ok_or("unknown objective")?;
         match &self.objectives[o].state {
             State::Assigned(agent) if agent == from => Ok(o),
             State::Met(_) | State::GivenUp { .. } => Err("the objective already ended"),
-            _ => Err("not from the tactical agent in charge of the objective"),
+            _ => Err(NOT_IN_CHARGE),
         }
     }
 

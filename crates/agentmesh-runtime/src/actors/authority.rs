@@ -12,13 +12,17 @@
 //! it is either deposed, or a new leader this node has not heard of yet.
 //! The new leader tells the two apart by that code and offers the work
 //! again after a backoff, without spending the subtask's retry budget.
+//!
+//! Refusals are logged here at DEBUG only: the mailbox logs each one at
+//! WARN, with the identity the sender's certificate carries, and counts
+//! it (`agentmesh_envelopes_refused_total`).
 
 use std::sync::Arc;
 
 use agentmesh_core::hierarchy::Level;
 use agentmesh_core::{AgentId, AgentRegistration, Membership, Role};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::debug;
 
 use crate::transport::{DeliverError, Kind};
 
@@ -108,8 +112,8 @@ impl Authority {
         if leader.as_ref() == Some(sender) {
             return Ok(());
         }
-        warn!(sender = %sender, kind = %kind, leader = ?leader,
-              "refused a message only the leader coordinator may send");
+        debug!(sender = %sender, kind = %kind, leader = ?leader,
+               "refused a message only the leader coordinator may send");
         Err(DeliverError::NotLeader {
             sender: sender.clone(),
             kind: kind.to_string(),
@@ -119,7 +123,7 @@ impl Authority {
 }
 
 fn not_allowed(sender: &AgentId, kind: Kind, why: String) -> DeliverError {
-    warn!(sender = %sender, kind = %kind, %why, "refused a message from an agent that may not send it");
+    debug!(sender = %sender, kind = %kind, %why, "refused a message from an agent that may not send it");
     DeliverError::NotAllowed {
         sender: sender.clone(),
         kind: kind.to_string(),

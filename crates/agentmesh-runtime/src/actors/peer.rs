@@ -508,7 +508,7 @@ fn own_name(envelope: &Envelope, named: &str) -> Result<(), DeliverError> {
     if named == envelope.from {
         return Ok(());
     }
-    warn!(
+    debug!(
         claimed = %named,
         authenticated = %envelope.from,
         kind = %envelope.kind,

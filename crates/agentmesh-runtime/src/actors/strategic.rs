@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::hierarchy::{
-    Level, Strategic as CoreStrategic, StrategicPolicy, StrategicStep, TacticalSummary,
+    Applied, Level, NOT_IN_CHARGE, Strategic as CoreStrategic, StrategicPolicy, StrategicStep,
+    TacticalSummary,
 };
 use agentmesh_core::task::file::ObjectiveSpec;
 use agentmesh_core::task::record::TACTICAL_OBJECTIVE;
@@ -36,6 +37,7 @@ use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
 use crate::actors::authority::Authority;
 use crate::actors::report;
 use crate::convert;
+use crate::metrics::{self, RefusalReason};
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
 
 #[derive(Debug)]
@@ -273,7 +275,8 @@ impl StrategicState {
         if message.escalation == 0 {
             match serde_json::from_str::<TacticalSummary>(&message.payload_json) {
                 Ok(summary) => {
-                    run.strategic.reported(&from, summary);
+                    let applied = run.strategic.reported(&from, summary);
+                    refuse_if_not_in_charge(&applied, &from, &task_id);
                 }
                 Err(error) => warn!(%error, "unreadable tactical summary"),
             }
@@ -286,7 +289,8 @@ impl StrategicState {
                         .entry(message.objective_id.clone())
                         .or_default()
                         .extend(report.failed);
-                    run.strategic.escalated(&from, report.escalation);
+                    let applied = run.strategic.escalated(&from, report.escalation);
+                    refuse_if_not_in_charge(&applied, &from, &task_id);
                 }
                 Err(error) => warn!(%error, "unreadable escalation"),
             }
@@ -304,6 +308,16 @@ impl StrategicState {
         let outcome = output.map(|value| value.to_string());
         let result = convert::subtask_result(&self.seat.id, assignment, outcome, Duration::ZERO);
         report::report_later(&self.seat.router, &self.seat.id, coordinator, result);
+    }
+}
+
+/// Counts and logs a report or escalation the core ignored because its
+/// sender is not in charge of the objective: a refusal the mailbox could
+/// not make, as only the plan knows who is in charge.
+fn refuse_if_not_in_charge(applied: &Applied, from: &AgentId, task_id: &str) {
+    if *applied == Applied::Ignored(NOT_IN_CHARGE) {
+        warn!(task_id, claimed = %from, "ignored a report from an agent not in charge of the objective");
+        metrics::refused_envelope(Kind::Hierarchy.as_str(), RefusalReason::NotOwner);
     }
 }
 

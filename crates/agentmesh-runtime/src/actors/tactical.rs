@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::authority::Authority;
 use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
 use crate::convert;
+use crate::metrics;
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
 
 #[derive(Debug)]
@@ -82,8 +83,8 @@ impl Directors {
         if director == *sender || !authority.is_member(&director) {
             return Ok(());
         }
-        warn!(task_id = task, claimed = %sender, director = %director,
-              "refused a directive for a task another strategic level directs");
+        debug!(task_id = task, claimed = %sender, director = %director,
+               "refused a directive for a task another strategic level directs");
         Err(DeliverError::NotOwner {
             sender: sender.clone(),
             kind: Kind::Hierarchy.to_string(),
@@ -231,7 +232,12 @@ impl TacticalState {
                 self.directors
                     .check(&self.authority, &message.task_id, &strategic_agent)
             });
-        if allowed.is_err() {
+        if let Err(refused) = allowed {
+            warn!(task_id = %message.task_id, claimed = %strategic_agent, %refused,
+                  "ignored a directive that raced another");
+            if let Some(reason) = refused.refusal() {
+                metrics::refused_envelope(Kind::Hierarchy.as_str(), reason);
+            }
             return;
         }
         let directive: Directive = match serde_json::from_str(&message.payload_json) {
@@ -447,7 +453,7 @@ impl Inbox for TacticalInbox {
                 let result: SubtaskResult = transport::decode(&envelope)?;
                 // An operational result speaks for the agent it names.
                 if result.worker_id != envelope.from {
-                    warn!(claimed = %result.worker_id, authenticated = %envelope.from,
+                    debug!(claimed = %result.worker_id, authenticated = %envelope.from,
                           "refused an operational result in the name of another agent");
                     return Err(DeliverError::ForgedSender {
                         claimed: AgentId::new(result.worker_id),

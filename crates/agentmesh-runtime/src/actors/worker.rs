@@ -39,6 +39,7 @@ use super::authority::Authority;
 use super::report::report;
 use crate::actors::faults::Faults;
 use crate::convert::{self, subtask_result as result_of};
+use crate::metrics::{self, RefusalReason};
 use crate::tools::{ToolBox, ToolError};
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
 
@@ -133,12 +134,18 @@ impl Actor for Worker {
                 state.backlog.leave();
                 let attempt = convert::cancelled_attempt(&cancel);
                 match state.running.get(&attempt) {
-                    Some((_, assigner)) if *assigner != from => warn!(
-                        %attempt,
-                        claimed = %from,
-                        assigned_by = %assigner,
-                        "ignored a cancel from an agent that did not assign the attempt"
-                    ),
+                    Some((_, assigner)) if *assigner != from => {
+                        warn!(
+                            %attempt,
+                            claimed = %from,
+                            assigned_by = %assigner,
+                            "ignored a cancel from an agent that did not assign the attempt"
+                        );
+                        metrics::refused_envelope(
+                            Kind::SubtaskCancel.as_str(),
+                            RefusalReason::NotOwner,
+                        );
+                    }
                     Some(_) => {
                         if let Some((handle, _)) = state.running.remove(&attempt) {
                             debug!(%attempt, "cancelling attempt");

@@ -1,6 +1,10 @@
 //! The metrics endpoint (`--metrics-listen`): `GET /metrics` over plain
-//! HTTP/1.1, everything else `404` (`405` for another method on
-//! `/metrics`).
+//! HTTP/1.1, and the node's probes: `/livez` (200 while the process
+//! answers) and `/readyz` (200 while the node serves, 503 before, while
+//! its store is down and while it leaves; the same verdict as its gRPC
+//! health). Probes live here because the gRPC port speaks only TLS, which
+//! Kubernetes' `grpc` probes cannot. Everything else is `404` (`405` for
+//! another method).
 //!
 //! It is unauthenticated and shows counters only, no secret; bind it to a
 //! loopback or pod-internal address. Whoever can reach it gets little
@@ -33,7 +37,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use tokio::sync::watch;
+
 use super::{Format, Metrics};
+use crate::node::health::Readiness;
 use crate::support::background::Background;
 
 /// Connections served at once.
@@ -49,6 +56,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The path metrics are served at.
 pub const METRICS_PATH: &str = "/metrics";
+/// Liveness: answered while the process serves requests.
+pub const LIVE_PATH: &str = "/livez";
+/// Readiness: 200 while the node serves, 503 otherwise.
+pub const READY_PATH: &str = "/readyz";
 
 /// Binds `addr` for the metrics endpoint.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -60,15 +71,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn spawn(
     listener: TcpListener,
     metrics: &'static Metrics,
+    ready: watch::Receiver<Readiness>,
     background: &Background,
 ) -> std::io::Result<SocketAddr> {
-    spawn_within(listener, metrics, background, CONNECTION_TIMEOUT)
+    spawn_within(listener, metrics, ready, background, CONNECTION_TIMEOUT)
 }
 
 /// [`spawn`] with another connection timeout, for tests.
 fn spawn_within(
     listener: TcpListener,
     metrics: &'static Metrics,
+    ready: watch::Receiver<Readiness>,
     background: &Background,
     timeout: Duration,
 ) -> std::io::Result<SocketAddr> {
@@ -90,6 +103,7 @@ fn spawn_within(
                     continue;
                 }
             };
+            let ready = ready.clone();
             connections.spawn("metrics connection", async move {
                 let _slot = slot;
                 let connection = http1::Builder::new()
@@ -97,8 +111,9 @@ fn spawn_within(
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(
                         TokioIo::new(stream),
-                        service_fn(move |request| async move {
-                            Ok::<_, Infallible>(respond(metrics, &request))
+                        service_fn(move |request| {
+                            let readiness = *ready.borrow();
+                            async move { Ok::<_, Infallible>(respond(metrics, readiness, &request)) }
                         }),
                     );
                 match tokio::time::timeout(timeout, connection).await {
@@ -113,22 +128,44 @@ fn spawn_within(
 }
 
 /// The response to one request. The body is never read.
-fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.uri().path() != METRICS_PATH {
+fn respond(
+    metrics: &Metrics,
+    readiness: Readiness,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if ![METRICS_PATH, LIVE_PATH, READY_PATH].contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: metrics are at /metrics\n",
+            "not found: metrics are at /metrics, probes at /livez and /readyz\n",
         );
     }
     if request.method() != Method::GET {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed: GET /metrics\n",
+            "method not allowed: only GET\n",
         );
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET"));
         return response;
+    }
+    match path {
+        LIVE_PATH => return text(StatusCode::OK, "live\n"),
+        READY_PATH if readiness.is_ready() => return text(StatusCode::OK, "ready\n"),
+        READY_PATH => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                match readiness {
+                    Readiness::Starting => "not ready: starting\n",
+                    Readiness::StoreDown => {
+                        "not ready: the registry's store is unreachable or full\n"
+                    }
+                    _ => "not ready: leaving the cluster\n",
+                },
+            );
+        }
+        _ => {}
     }
     let accept = request
         .headers()
@@ -174,10 +211,47 @@ mod tests {
     }
 
     async fn serve_within(timeout: Duration) -> (SocketAddr, Background) {
+        let ready = watch::Sender::new(Readiness::Serving).subscribe();
+        serve_ready(ready, timeout).await
+    }
+
+    async fn serve_ready(
+        ready: watch::Receiver<Readiness>,
+        timeout: Duration,
+    ) -> (SocketAddr, Background) {
         let background = Background::new();
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = spawn_within(listener, &METRICS, &background, timeout).unwrap();
+        let addr = spawn_within(listener, &METRICS, ready, &background, timeout).unwrap();
         (addr, background)
+    }
+
+    #[tokio::test]
+    async fn probes_answer_live_always_and_ready_only_while_the_node_serves() {
+        let ready = watch::Sender::new(Readiness::Starting);
+        let (addr, background) = serve_ready(ready.subscribe(), CONNECTION_TIMEOUT).await;
+        let get = |path: &'static str| async move {
+            exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await
+        };
+        for readiness in [
+            Readiness::Starting,
+            Readiness::Serving,
+            Readiness::StoreDown,
+            Readiness::Leaving,
+        ] {
+            ready.send_replace(readiness);
+            let live = get(LIVE_PATH).await;
+            assert!(live.starts_with("HTTP/1.1 200 OK\r\n"), "{live}");
+            let probe = get(READY_PATH).await;
+            let expected = if readiness == Readiness::Serving {
+                "HTTP/1.1 200 OK\r\n"
+            } else {
+                "HTTP/1.1 503 Service Unavailable\r\n"
+            };
+            assert!(probe.starts_with(expected), "{readiness:?}: {probe}");
+        }
+        let leaving = get(READY_PATH).await;
+        assert!(leaving.contains("leaving the cluster"), "{leaving}");
+        background.stop(Duration::from_secs(5)).await;
     }
 
     /// Sends `request` raw and reads the whole response.

@@ -33,6 +33,7 @@ use super::local::LocalCluster;
 use super::{Node, RunningAgents};
 use crate::api::task::TaskApi;
 use crate::metrics;
+use crate::node::health::{Readiness, Ready};
 use crate::tools::{HttpAccess, Tool, ToolBox};
 use crate::transport::Router;
 use crate::transport::channel::Security;
@@ -98,7 +99,8 @@ impl NodeBuilder {
         let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry, router).await?;
-        let metrics_addr = serve_metrics(metrics, &spawner)?;
+        let ready = Ready::new(Readiness::Starting);
+        let metrics_addr = serve_metrics(metrics, &ready, &spawner)?;
         let id = config
             .id
             .clone()
@@ -137,7 +139,7 @@ impl NodeBuilder {
                 }
             }
         }
-        let mut node = Node::serve(spawner, running, &config, listener).await?;
+        let mut node = Node::serve(spawner, running, &config, listener, ready).await?;
         node.metrics_addr = metrics_addr;
         info!(addr = %node.addr(), %endpoint, agent_id = %id, role = %config.role, "node serving");
         Ok(node)
@@ -159,7 +161,8 @@ impl NodeBuilder {
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry.clone(), router).await?;
-        let metrics_addr = serve_metrics(metrics, &spawner)?;
+        let ready = Ready::new(Readiness::Starting);
+        let metrics_addr = serve_metrics(metrics, &ready, &spawner)?;
         let mut running = RunningAgents::default();
         let coordinator = spawner
             .coordinator(
@@ -186,6 +189,7 @@ impl NodeBuilder {
                 .await?;
             running.add_worker(id, worker);
         }
+        ready.send_replace(Readiness::Serving);
         Ok(LocalCluster::new(api, spawner, running, metrics_addr))
     }
 }
@@ -202,14 +206,22 @@ async fn bind_metrics(config: &NodeConfig) -> Result<Option<TcpListener>, NodeEr
         .map_err(|source| NodeError::MetricsListen { addr, source })
 }
 
-/// Serves the process's metrics on `listener` until the node's background
-/// tasks stop; the bound address.
+/// Serves the process's metrics and the node's probes (from `ready`) on
+/// `listener` until the node's background tasks stop; the bound address.
 fn serve_metrics(
     listener: Option<TcpListener>,
+    ready: &Ready,
     spawner: &Spawner,
 ) -> Result<Option<SocketAddr>, NodeError> {
     listener
-        .map(|listener| metrics::serve::spawn(listener, metrics::global(), spawner.background()))
+        .map(|listener| {
+            metrics::serve::spawn(
+                listener,
+                metrics::global(),
+                ready.subscribe(),
+                spawner.background(),
+            )
+        })
         .transpose()
         .map_err(NodeError::Listener)
 }

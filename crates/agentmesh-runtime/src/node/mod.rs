@@ -25,7 +25,7 @@ pub mod agents;
 mod builder;
 pub mod config;
 mod error;
-mod health;
+pub mod health;
 pub mod local;
 pub mod supervisor;
 
@@ -45,7 +45,7 @@ use self::agents::{Spawner, StartedCoordinator, StartedLevel, StartedWorker};
 pub use self::builder::NodeBuilder;
 use self::config::NodeConfig;
 pub use self::error::NodeError;
-use self::health::Health;
+use self::health::{Health, Ready};
 use crate::api::auth::Authenticator;
 use crate::api::cluster::ClusterGrpc;
 use crate::api::task::{TaskApi, TaskGrpc};
@@ -136,6 +136,7 @@ impl Node {
         running: RunningAgents,
         config: &NodeConfig,
         listener: TcpListener,
+        ready: Ready,
     ) -> Result<Self, NodeError> {
         let addr = listener.local_addr()?;
         let registry: Arc<dyn Registry> = spawner.registry().clone();
@@ -144,6 +145,7 @@ impl Node {
             coordinator.is_some(),
             registry.store_reachable(),
             registry.store_full(),
+            ready,
             spawner.background(),
         )
         .await;

@@ -53,6 +53,7 @@ pub use writer::RecordWriter;
 use writer::RefusedRecord;
 
 use crate::convert;
+use crate::metrics::{self, RefusalReason};
 use crate::node::config::CoordinatorConfig;
 use crate::support::clock::now_ms;
 use crate::support::feeds;
@@ -338,6 +339,7 @@ impl CoordinatorState {
                 assigned = %assigned,
                 "ignored a result from a worker the attempt was not given to"
             );
+            metrics::refused_envelope(Kind::SubtaskResult.as_str(), RefusalReason::NotOwner);
             return;
         }
         if result.handed_back {
@@ -530,7 +532,9 @@ impl Inbox for CoordinatorInbox {
     ) -> Result<Inbound<CoordinatorMessage>, DeliverError> {
         let result: SubtaskResult = transport::decode(&envelope)?;
         if result.worker_id != envelope.from {
-            warn!(
+            // The mailbox logs and counts the refusal, with the identity
+            // the sender's certificate carries.
+            debug!(
                 claimed = %result.worker_id,
                 authenticated = %envelope.from,
                 task_id = %result.task_id,
