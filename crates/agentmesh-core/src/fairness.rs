@@ -296,6 +296,13 @@ impl<C: Clone + Eq + Hash, T> FairQueue<C, T> {
         self.len
     }
 
+    /// Every entry queued, deferred ones included, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.clients
+            .values()
+            .flat_map(|queue| queue.entries.iter().chain(&queue.deferred))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

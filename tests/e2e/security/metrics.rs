@@ -20,7 +20,7 @@ use super::{assert_honest_sum, deliver, forged, node_security};
 use crate::support::cluster::Cluster;
 use crate::support::grpc::{self, CALL_TIMEOUT};
 use crate::support::tls as test_tls;
-use crate::support::{eventually, free_port, http_get, scratch_dir};
+use crate::support::{eventually, free_port, http_get, scraped, scratch_dir};
 
 /// A forged `subtask.result` to the coordinator in the name of `from`.
 fn forged_result(from: &str) -> pb::Envelope {
@@ -30,16 +30,6 @@ fn forged_result(from: &str) -> pb::Envelope {
 /// How long a refusal may take to show in a scrape (counted before the
 /// refusal is answered, so the first scrape after it should show it).
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The value of the series `series` (name and labels, exactly as
-/// exposed) in a scrape of `addr`; `None` while it is absent.
-fn scraped(addr: &str, series: &str) -> Option<f64> {
-    let (status, body) = http_get(addr, "/metrics").ok()?;
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.parse().expect("a counter's value is a number"))
-}
 
 /// Waits until `series` reaches `at_least`.
 fn wait_counted(addr: &str, series: &str, at_least: f64) {

@@ -261,6 +261,17 @@ pub fn http_get(addr: &str, path: &str) -> io::Result<(u16, String)> {
     http_request(addr, "GET", path, None)
 }
 
+/// The value of the series `series` (name and labels, exactly as
+/// exposed) in a scrape of a node's `--metrics-listen` address `addr`;
+/// `None` while it is absent or the scrape fails.
+pub fn scraped(addr: &str, series: &str) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics").ok()?;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a metric's value is a number"))
+}
+
 // ---------------------------------------------------------------------------
 // etcd
 // ---------------------------------------------------------------------------

@@ -7,11 +7,15 @@
 //! agentmesh_envelopes_refused_total{kind,reason}   envelopes refused because of who sent them
 //! agentmesh_links_refused_total{reason}            inbound link streams refused before any envelope
 //! agentmesh_requests_refused_total{service,reason} client API calls refused by authentication
+//! agentmesh_subtasks_queued{capability}            subtasks ready and waiting for a worker (leader)
 //! ```
 //!
 //! Every label takes values from a small fixed set, whatever a peer or a
 //! client sends: a hostile envelope kind is counted as `other`, so nobody
-//! can grow the registry by inventing label values.
+//! can grow the registry by inventing label values. Capabilities are
+//! the exception: they are named by the cluster's own registrations and
+//! validated at submit, and at most [`MAX_CAPABILITY_LABELS`] of them get
+//! a series of their own (the rest share `other`).
 //!
 //! A refusal is counted once. An envelope refused with a
 //! [`DeliverError`](crate::transport::DeliverError) is counted by the
@@ -27,11 +31,13 @@
 
 pub mod serve;
 
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::transport::Kind;
@@ -112,6 +118,15 @@ struct LinkLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CapabilityLabels {
+    capability: String,
+}
+
+/// Capabilities with a queue-depth series of their own; others are
+/// summed under `other`.
+pub const MAX_CAPABILITY_LABELS: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     service: &'static str,
     reason: &'static str,
@@ -123,6 +138,10 @@ pub struct Metrics {
     envelopes_refused: Family<EnvelopeLabels, Counter>,
     links_refused: Family<LinkLabels, Counter>,
     requests_refused: Family<RequestLabels, Counter>,
+    subtasks_queued: Family<CapabilityLabels, Gauge>,
+    /// The capabilities `subtasks_queued` has a series for, so one whose
+    /// queue emptied is set to zero rather than left at its last value.
+    queued_capabilities: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,11 +181,44 @@ impl Metrics {
              reason",
             requests_refused.clone(),
         );
+        let subtasks_queued = Family::<CapabilityLabels, Gauge>::default();
+        registry.register(
+            "agentmesh_subtasks_queued",
+            "Subtasks ready to run and waiting for a worker, by capability; the leader \
+             coordinator's view (others report none), the signal to scale worker pools on",
+            subtasks_queued.clone(),
+        );
         Self {
             registry,
             envelopes_refused,
             links_refused,
             requests_refused,
+            subtasks_queued,
+            queued_capabilities: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Sets the queue depth of every capability in `queued`; those with a
+    /// series and not in `queued` go to zero.
+    pub fn set_queued(&self, queued: &BTreeMap<String, usize>) {
+        let mut known = self
+            .queued_capabilities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut depths: BTreeMap<String, i64> = known.iter().map(|c| (c.clone(), 0)).collect();
+        for (capability, count) in queued {
+            let label = if known.contains(capability) || known.len() < MAX_CAPABILITY_LABELS {
+                known.insert(capability.clone());
+                capability.clone()
+            } else {
+                "other".to_owned()
+            };
+            *depths.entry(label).or_default() += i64::try_from(*count).unwrap_or(i64::MAX);
+        }
+        for (capability, depth) in depths {
+            self.subtasks_queued
+                .get_or_create(&CapabilityLabels { capability })
+                .set(depth);
         }
     }
 
@@ -247,6 +299,12 @@ pub fn global() -> &'static Metrics {
     &METRICS
 }
 
+/// Publishes the leader's queue depth per capability (see
+/// [`Metrics::set_queued`]).
+pub fn set_queued(queued: &BTreeMap<String, usize>) {
+    global().set_queued(queued);
+}
+
 /// Counts an envelope refused because of who sent it: `kind` as received
 /// (anything but a known kind is counted as `other`), and why. Counted
 /// once per refusal; see the module documentation for who counts what.
@@ -270,6 +328,53 @@ pub fn refused_request(service: &'static str, reason: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_depth_follows_the_last_snapshot_and_emptied_queues_read_zero() {
+        let metrics = Metrics::new();
+        let depths = |pairs: &[(&str, usize)]| -> BTreeMap<String, usize> {
+            pairs.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect()
+        };
+        metrics.set_queued(&depths(&[("math.eval", 3), ("sleep", 1)]));
+        let text = metrics.encode(Format::Prometheus);
+        assert!(
+            text.contains("agentmesh_subtasks_queued{capability=\"math.eval\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentmesh_subtasks_queued{capability=\"sleep\"} 1\n"),
+            "{text}"
+        );
+        metrics.set_queued(&depths(&[("math.eval", 1)]));
+        let text = metrics.encode(Format::Prometheus);
+        assert!(
+            text.contains("agentmesh_subtasks_queued{capability=\"math.eval\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentmesh_subtasks_queued{capability=\"sleep\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn capabilities_beyond_the_label_bound_share_other() {
+        let metrics = Metrics::new();
+        let many: BTreeMap<String, usize> = (0..MAX_CAPABILITY_LABELS + 10)
+            .map(|n| (format!("cap-{n:04}"), 1))
+            .collect();
+        metrics.set_queued(&many);
+        let text = metrics.encode(Format::Prometheus);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("agentmesh_subtasks_queued{"))
+            .count();
+        assert_eq!(series, MAX_CAPABILITY_LABELS + 1, "{text}");
+        assert!(
+            text.contains("agentmesh_subtasks_queued{capability=\"other\"} 10\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn known_kinds_are_their_own_label_and_anything_else_is_other() {

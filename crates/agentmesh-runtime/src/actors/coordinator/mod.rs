@@ -88,6 +88,8 @@ pub struct CoordinatorState {
     queue: ReadyQueue,
     /// Subtasks to retry, by the time their backoff ends.
     backoff: BTreeMap<u64, Vec<(TaskId, usize)>>,
+    /// When the queue depth was last published (`agentmesh_subtasks_queued`).
+    queue_published_ms: u64,
     /// For timers that wake the actor when a backoff ends.
     myself: ActorRef<CoordinatorMessage>,
     pool: Pools,
@@ -161,6 +163,7 @@ impl Actor for Coordinator {
             tasks: HashMap::new(),
             queue: ReadyQueue::default(),
             backoff: BTreeMap::new(),
+            queue_published_ms: 0,
             myself: myself.clone(),
             pool,
             membership: view,
@@ -216,7 +219,10 @@ impl Actor for Coordinator {
             CoordinatorMessage::Workers(reply) => {
                 let _ = reply.send(state.pool.agents().cloned().collect());
             }
-            CoordinatorMessage::Tick => state.check_deadlines().await,
+            CoordinatorMessage::Tick => {
+                state.check_deadlines().await;
+                state.publish_queue_depth(now_ms());
+            }
             CoordinatorMessage::RecordRefused(refused) => state.record_refused(refused).await,
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
             CoordinatorMessage::Resumed { task, term } => state.resumed(&task, term),

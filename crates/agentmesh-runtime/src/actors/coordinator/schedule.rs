@@ -1,7 +1,7 @@
 //! Placing ready subtasks on workers, round-robin between the clients that
 //! submitted them, and retries with backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use ractor::ActorRef;
 use tracing::{debug, warn};
 
 use super::{CoordinatorMessage, CoordinatorState};
+use crate::metrics;
 use crate::support::clock::now_ms;
 use crate::transport::{self, DeliverError, Kind, Router};
 
@@ -26,6 +27,10 @@ use crate::transport::{self, DeliverError, Kind, Router};
 /// is looked up in the task's record when the next scheduling pass starts
 /// ([`ReadyQueue::settle`]), which every message the coordinator handles
 /// ends with. So code that takes tasks on (submit, resume) needs to know
+/// How often the queue depth is published: often enough for an
+/// autoscaler scraping every 15 s, cheap at any queue length.
+const QUEUE_DEPTH_PERIOD_MS: u64 = 1_000;
+
 /// nothing of clients.
 #[derive(Debug, Default)]
 pub(super) struct ReadyQueue {
@@ -54,6 +59,11 @@ impl ReadyQueue {
 
     pub(super) fn len(&self) -> usize {
         self.arrived.len() + self.fair.len()
+    }
+
+    /// Every queued entry, in no particular order.
+    pub(super) fn entries(&self) -> impl Iterator<Item = &(TaskId, usize)> {
+        self.arrived.iter().chain(self.fair.iter())
     }
 
     pub(super) fn clear(&mut self) {
@@ -190,6 +200,29 @@ impl CoordinatorState {
         if let Some(record) = self.tasks.get_mut(id) {
             record.excuse(subtask, attempt);
         }
+    }
+
+    /// Publishes how many subtasks wait for a worker, per capability (the
+    /// ready queue and the retries in backoff), at most once per
+    /// [`QUEUE_DEPTH_PERIOD_MS`]: the signal worker pools scale on. A
+    /// follower's queue is empty, so it publishes zeros.
+    pub(super) fn publish_queue_depth(&mut self, now: u64) {
+        if now < self.queue_published_ms + QUEUE_DEPTH_PERIOD_MS {
+            return;
+        }
+        self.queue_published_ms = now;
+        let waiting = self.queue.entries().chain(self.backoff.values().flatten());
+        let mut depths: BTreeMap<&str, usize> = BTreeMap::new();
+        for (task, index) in waiting {
+            if let Some(subtask) = self.tasks.get(task).and_then(|r| r.subtasks.get(*index)) {
+                *depths.entry(subtask.capability.as_str()).or_default() += 1;
+            }
+        }
+        let depths = depths
+            .into_iter()
+            .map(|(capability, n)| (capability.to_owned(), n))
+            .collect();
+        metrics::set_queued(&depths);
     }
 
     /// Moves retries whose backoff has passed to the front of their
