@@ -274,7 +274,11 @@ fn agent_keys_are_written_only_by_the_node_whose_lease_holds_them() {
         (stored_agent(&rt, &mut raw, "a-other") == Some((a.lease_id(), "a:1".to_owned())))
             .then_some(())
     });
-    assert!(*a.store_reachable().borrow(), "A is back in service");
+    // Service resumes once the new lease's registrations are all back,
+    // a moment after the first of them is.
+    eventually("A back in service", DELIVERY, || {
+        a.store_reachable().borrow().then_some(())
+    });
     assert_eq!(
         stored_agent(&rt, &mut raw, "x"),
         Some((b.lease_id(), "b:1".to_owned())),
