@@ -12,6 +12,7 @@
 //! | get / watch a task        | its own tasks   | any    | any     |
 //! | cancel a task             | its own tasks   | no     | any     |
 //! | list agents               | yes             | yes    | yes     |
+//! | list tasks                | its own tasks   | any    | any     |
 //!
 //! A task's owner is the subject of the token that submitted it. A task
 //! submitted while authentication was off has no owner: only `read` and
@@ -90,6 +91,10 @@ pub enum Action<'a> {
         owner: Option<&'a ClientId>,
     },
     ListAgents,
+    /// List tasks of `owner` (`None`: of every owner).
+    ListTasks {
+        owner: Option<&'a ClientId>,
+    },
 }
 
 impl Action<'_> {
@@ -99,6 +104,7 @@ impl Action<'_> {
             Action::Read { .. } => "read this task",
             Action::Cancel { .. } => "cancel this task",
             Action::ListAgents => "list agents",
+            Action::ListTasks { .. } => "list these tasks",
         }
     }
 }
@@ -125,9 +131,14 @@ pub fn authorize(principal: &Principal, action: Action<'_>) -> Result<(), Denied
         (ClientRole::Read, Action::Submit) => (false, ": a read token submits nothing"),
         (ClientRole::Read, Action::Read { .. }) => (true, ""),
         (ClientRole::Read, Action::Cancel { .. }) => (false, ": a read token changes nothing"),
+        (ClientRole::Read, Action::ListTasks { .. }) => (true, ""),
         (ClientRole::Submit, Action::Read { owner } | Action::Cancel { owner }) => (
             own(owner),
             ": it was submitted by another client (a submit token reaches only its own tasks)",
+        ),
+        (ClientRole::Submit, Action::ListTasks { owner }) => (
+            own(owner),
+            ": a submit token lists only its own tasks",
         ),
     };
     if allowed {
@@ -142,6 +153,30 @@ pub fn authorize(principal: &Principal, action: Action<'_>) -> Result<(), Denied
     }
 }
 
+/// The owner a task listing is restricted to: `asked` (the caller's owner
+/// filter), except that a `submit` token lists only its own tasks, so no
+/// filter means its own, and another owner is refused. Without a principal
+/// (authentication off) `asked` stands.
+pub fn list_owner(
+    principal: Option<&Principal>,
+    asked: Option<ClientId>,
+) -> Result<Option<ClientId>, Denied> {
+    let Some(principal) = principal else {
+        return Ok(asked);
+    };
+    let owner = match (principal.role, asked) {
+        (ClientRole::Submit, None) => Some(principal.subject.clone()),
+        (_, asked) => asked,
+    };
+    authorize(
+        principal,
+        Action::ListTasks {
+            owner: owner.as_ref(),
+        },
+    )?;
+    Ok(owner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +186,25 @@ mod tests {
             subject: ClientId::parse(subject).unwrap(),
             role,
         }
+    }
+
+    #[test]
+    fn a_submit_token_lists_only_its_own_tasks() {
+        let alice = principal("alice", ClientRole::Submit);
+        let bob = ClientId::parse("bob").unwrap();
+        assert_eq!(list_owner(Some(&alice), None), Ok(Some(alice.subject.clone())));
+        assert_eq!(
+            list_owner(Some(&alice), Some(alice.subject.clone())),
+            Ok(Some(alice.subject.clone()))
+        );
+        let denied = list_owner(Some(&alice), Some(bob.clone())).unwrap_err();
+        assert!(denied.to_string().contains("lists only its own"), "{denied}");
+        for role in [ClientRole::Read, ClientRole::Admin] {
+            let p = principal("ops", role);
+            assert_eq!(list_owner(Some(&p), None), Ok(None));
+            assert_eq!(list_owner(Some(&p), Some(bob.clone())), Ok(Some(bob.clone())));
+        }
+        assert_eq!(list_owner(None, Some(bob.clone())), Ok(Some(bob)));
     }
 
     #[test]

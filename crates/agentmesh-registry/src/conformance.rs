@@ -88,6 +88,8 @@ macro_rules! conformance_tests {
             task_watch,
             unfinished_tasks,
             ended_tasks,
+            task_listing,
+            idempotency_keys,
             fenced_writes,
             election,
             reputation_records,
@@ -821,6 +823,218 @@ async fn until<T: Send + Sync>(
         Ok(Err(_)) => panic!("waiting for {what}: the watch closed"),
         Err(_) => panic!("waiting for {what}: not within {DELIVERY:?}"),
     }
+}
+
+/// Task records list newest first (by creation time, then id), page by
+/// page from a cursor; filters keep what they match; a page reads at most
+/// its scan budget and then hands back a cursor; deleted tasks leave the
+/// listing; a rewrite does not list a task twice; any node lists what
+/// another wrote.
+pub async fn task_listing(backend: &dyn Backend) {
+    use agentmesh_core::ClientId;
+    use agentmesh_core::task::Pattern;
+    use agentmesh_core::task::listing::{TaskFilter, TaskQuery};
+
+    let a = backend.node().await;
+    let b = backend.node().await;
+    let empty = a
+        .list_tasks(&TaskQuery::new(TaskFilter::default(), None, 10))
+        .await
+        .expect("list of an empty store");
+    assert!(empty.records.is_empty() && empty.next.is_none(), "{empty:?}");
+
+    let alice = ClientId::parse("alice").expect("client name");
+    let mut records = Vec::new();
+    for i in 0..12u64 {
+        let mut r = record(&format!("t{i:02}"));
+        r.created_ms = 1_000 + i;
+        r.name = if i % 3 == 0 { format!("nightly-{i}") } else { format!("adhoc-{i}") };
+        r.status = if i % 2 == 0 { Status::Completed } else { Status::Running };
+        if i % 4 == 0 {
+            r.owner = Some(alice.clone());
+        }
+        if i == 5 {
+            r.pattern = Pattern::PeerConsensus;
+        }
+        records.push(r);
+    }
+    // Two tasks created in the same millisecond are ordered by id.
+    let mut twin = record("t05b");
+    twin.created_ms = 1_005;
+    records.push(twin);
+    put(a.as_ref(), &records).await;
+    // A rewrite (a later revision) lists the task once.
+    put(a.as_ref(), &[revised(&records[11], 3)]).await;
+
+    let ids = |page: &agentmesh_core::task::listing::TaskPage| {
+        page.records.iter().map(|r| r.id.to_string()).collect::<Vec<_>>()
+    };
+    let all = TaskFilter::default();
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = b
+            .list_tasks(&TaskQuery::new(all.clone(), after.clone(), 5))
+            .await
+            .expect("list a page");
+        assert!(page.records.len() <= 5, "{page:?}");
+        seen.extend(ids(&page));
+        pages += 1;
+        assert!(pages <= 4, "the listing ends");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "t11", "t10", "t09", "t08", "t07", "t06", "t05", "t05b", "t04", "t03", "t02", "t01",
+            "t00"
+        ],
+        "newest first, each once, across pages"
+    );
+
+    let only = |filter: TaskFilter| {
+        let node = b.clone();
+        async move {
+            let page = node
+                .list_tasks(&TaskQuery::new(filter, None, 100))
+                .await
+                .expect("list with a filter");
+            assert!(page.next.is_none(), "one page holds them all: {page:?}");
+            ids(&page)
+        }
+    };
+    assert_eq!(
+        only(TaskFilter {
+            statuses: vec![Status::Running],
+            name_prefix: Some("nightly-".into()),
+            ..Default::default()
+        })
+        .await,
+        ["t09", "t03"]
+    );
+    assert_eq!(
+        only(TaskFilter {
+            owner: Some(alice.clone()),
+            ..Default::default()
+        })
+        .await,
+        ["t08", "t04", "t00"]
+    );
+    assert_eq!(
+        only(TaskFilter {
+            pattern: Some(Pattern::PeerConsensus),
+            ..Default::default()
+        })
+        .await,
+        ["t05"]
+    );
+    assert_eq!(
+        only(TaskFilter {
+            created_after_ms: Some(1_009),
+            ..Default::default()
+        })
+        .await,
+        ["t11", "t10"]
+    );
+
+    // A selective filter with a small scan budget: a short page and a
+    // cursor, never more records read than the budget.
+    let mut narrow = TaskQuery::new(
+        TaskFilter {
+            owner: Some(alice.clone()),
+            ..Default::default()
+        },
+        None,
+        10,
+    );
+    narrow.scan = 3;
+    let short = b.list_tasks(&narrow).await.expect("list within a scan budget");
+    assert_eq!(ids(&short), ["t08"]);
+    let next = short.next.expect("a cursor after a budget-bound page");
+    assert_eq!(next.id.as_str(), "t09", "the last record read");
+
+    // Deleted tasks leave the listing.
+    let leadership = a
+        .campaign(&AgentId::new("coord-a"))
+        .await
+        .expect("campaign");
+    let ended = a.ended_tasks(100).await.expect("ended_tasks");
+    a.delete_tasks_fenced(&ended.oldest, &leadership.fence)
+        .await
+        .expect("delete ended tasks");
+    let left = only(TaskFilter::default()).await;
+    assert_eq!(left, ["t11", "t09", "t07", "t05", "t05b", "t03", "t01"]);
+}
+
+/// An idempotency key names the task whose record was put with it, within
+/// its scope (owner, else client), on every node, until the record is
+/// deleted; a later record with the same key does not take it over.
+pub async fn idempotency_keys(backend: &dyn Backend) {
+    use agentmesh_core::ClientId;
+    use agentmesh_core::task::listing::IdempotencyKey;
+
+    let a = backend.node().await;
+    let b = backend.node().await;
+    let key = IdempotencyKey::parse("retry-1")
+        .expect("a valid key")
+        .expect("a key");
+    let alice = ClientId::parse("alice").expect("client name");
+    let bob = ClientId::parse("bob").expect("client name");
+    assert_eq!(
+        a.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        None
+    );
+
+    let mut first = record("first");
+    first.client = Some(alice.clone());
+    first.idempotency_key = Some(key.clone());
+    put(a.as_ref(), &[first.clone()]).await;
+    // Another client's key of the same name is another key.
+    let mut bobs = record("bobs");
+    bobs.client = Some(bob.clone());
+    bobs.idempotency_key = Some(key.clone());
+    put(a.as_ref(), &[bobs]).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            node.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+            Some(TaskId::new("first"))
+        );
+        assert_eq!(
+            node.task_for_idempotency_key(&bob, &key).await.expect("lookup"),
+            Some(TaskId::new("bobs"))
+        );
+    }
+    // Rewrites keep it.
+    let mut done = revised(&first, 2);
+    done.status = Status::Completed;
+    put(a.as_ref(), &[done]).await;
+    assert_eq!(
+        b.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        Some(TaskId::new("first"))
+    );
+
+    // Deleting the record frees the key.
+    let leadership = a
+        .campaign(&AgentId::new("coord-a"))
+        .await
+        .expect("campaign");
+    let ended = a.ended_tasks(10).await.expect("ended_tasks");
+    assert_eq!(ended.oldest.len(), 1, "{ended:?}");
+    a.delete_tasks_fenced(&ended.oldest, &leadership.fence)
+        .await
+        .expect("delete");
+    assert_eq!(
+        b.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        None
+    );
+    assert_eq!(
+        b.task_for_idempotency_key(&bob, &key).await.expect("lookup"),
+        Some(TaskId::new("bobs"))
+    );
 }
 
 /// A one-subtask pending record with id `id`, for tests of any backend.

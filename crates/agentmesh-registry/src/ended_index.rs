@@ -11,8 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use agentmesh_core::TaskId;
+use agentmesh_core::task::TaskRecord;
+use agentmesh_core::task::listing::idempotency_scope;
 
-use crate::{EndedTask, EndedTasks};
+use crate::{EndedTask, EndedTasks, TaskKeys};
 
 /// Ended tasks by id and by end time. A task is in it at most once: a
 /// rewritten terminal record replaces its entry.
@@ -23,12 +25,27 @@ pub(crate) struct EndedIndex {
 }
 
 /// What the index knows of one ended task.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     ended_ms: u64,
     bytes: u64,
     /// The store revision that wrote the record (0 where there is none).
     revision: i64,
+    /// The keys beside the record that go with it.
+    keys: TaskKeys,
+}
+
+impl TaskKeys {
+    /// The keys a store keeps beside `record`.
+    pub(crate) fn of(record: &TaskRecord) -> Self {
+        Self {
+            created_ms: record.created_ms,
+            idempotency: record
+                .idempotency_key
+                .clone()
+                .map(|key| (idempotency_scope(record), key)),
+        }
+    }
 }
 
 impl EndedIndex {
@@ -41,6 +58,7 @@ impl EndedIndex {
         ended_ms: u64,
         bytes: u64,
         revision: i64,
+        keys: TaskKeys,
     ) {
         self.remove(id);
         if terminal {
@@ -51,6 +69,7 @@ impl EndedIndex {
                     ended_ms,
                     bytes,
                     revision,
+                    keys,
                 },
             );
         }
@@ -74,7 +93,14 @@ impl EndedIndex {
             .collect();
         *self = listed;
         for (id, entry) in newer {
-            self.note(&id, true, entry.ended_ms, entry.bytes, entry.revision);
+            self.note(
+                &id,
+                true,
+                entry.ended_ms,
+                entry.bytes,
+                entry.revision,
+                entry.keys,
+            );
         }
     }
 
@@ -86,10 +112,14 @@ impl EndedIndex {
                 .by_end
                 .iter()
                 .take(limit)
-                .map(|(ended_ms, id)| EndedTask {
-                    id: id.clone(),
-                    ended_ms: *ended_ms,
-                    bytes: self.by_id.get(id).map_or(0, |e| e.bytes),
+                .map(|(ended_ms, id)| {
+                    let entry = self.by_id.get(id);
+                    EndedTask {
+                        id: id.clone(),
+                        ended_ms: *ended_ms,
+                        bytes: entry.map_or(0, |e| e.bytes),
+                        keys: entry.map(|e| e.keys.clone()).unwrap_or_default(),
+                    }
                 })
                 .collect(),
         }
@@ -112,11 +142,11 @@ mod tests {
     #[test]
     fn lists_oldest_end_first_and_a_task_once() {
         let mut index = EndedIndex::default();
-        index.note(&TaskId::new("b"), true, 20, 5, 1);
-        index.note(&TaskId::new("a"), true, 30, 7, 2);
-        index.note(&TaskId::new("c"), false, 10, 9, 3);
+        index.note(&TaskId::new("b"), true, 20, 5, 1, TaskKeys::default());
+        index.note(&TaskId::new("a"), true, 30, 7, 2, TaskKeys::default());
+        index.note(&TaskId::new("c"), false, 10, 9, 3, TaskKeys::default());
         // A terminal record rewritten later replaces its entry.
-        index.note(&TaskId::new("b"), true, 40, 6, 4);
+        index.note(&TaskId::new("b"), true, 40, 6, 4, TaskKeys::default());
         assert_eq!(ids(&index), [("a".into(), 30), ("b".into(), 40)]);
         let two = index.oldest(1);
         assert_eq!(two.total, 2);
@@ -125,17 +155,17 @@ mod tests {
         index.remove(&TaskId::new("gone"));
         assert_eq!(ids(&index), [("b".into(), 40)]);
         // A record that is no longer terminal leaves the index.
-        index.note(&TaskId::new("b"), false, 50, 6, 5);
+        index.note(&TaskId::new("b"), false, 50, 6, 5, TaskKeys::default());
         assert_eq!(index.oldest(10).total, 0);
     }
 
     #[test]
     fn a_listing_replaces_the_index_but_not_writes_made_after_it() {
         let mut index = EndedIndex::default();
-        index.note(&TaskId::new("stale"), true, 1, 1, 5);
-        index.note(&TaskId::new("new"), true, 9, 1, 11);
+        index.note(&TaskId::new("stale"), true, 1, 1, 5, TaskKeys::default());
+        index.note(&TaskId::new("new"), true, 9, 1, 11, TaskKeys::default());
         let mut listed = EndedIndex::default();
-        listed.note(&TaskId::new("listed"), true, 3, 1, 0);
+        listed.note(&TaskId::new("listed"), true, 3, 1, 0, TaskKeys::default());
         index.replace(listed, 10);
         assert_eq!(ids(&index), [("listed".into(), 3), ("new".into(), 9)]);
     }

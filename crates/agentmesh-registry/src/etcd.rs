@@ -124,6 +124,7 @@ pub mod access;
 mod backoff;
 mod election;
 mod lease;
+mod listing;
 mod membership;
 mod prefix_watch;
 pub mod rbac;
@@ -140,7 +141,8 @@ use std::time::Duration;
 
 use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
-use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
+use agentmesh_core::task::listing::{IdempotencyKey, TaskPage, TaskQuery};
+use agentmesh_core::{AgentId, AgentRegistration, ClientId, Membership, TaskId};
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
 use tokio::sync::watch;
@@ -152,7 +154,8 @@ pub use access::{AccessError, EtcdCredentials, EtcdTls, Password};
 use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, Fence, Leadership,
-    Registry, RegistryError, ReputationEntry, ReputationStore, TaskStore, TaskWatch, keys,
+    Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
+    keys,
 };
 use registration::Expect;
 
@@ -160,6 +163,68 @@ use registration::Expect;
 /// than `--max-txn-ops` operations (128 by default); half of that leaves
 /// room for a lowered limit.
 const MAX_RECORDS_PER_TXN: usize = 64;
+
+/// Operations per transaction at most: a record's first write carries its
+/// listing index key and idempotency key too (see [`beside`]), and etcd
+/// refuses transactions over `--max-txn-ops` (128 by default).
+const MAX_OPS_PER_TXN: usize = 120;
+
+/// Marks an operation of [`Shared::put_records`] that writes a key beside a
+/// record rather than the record.
+const NOT_A_RECORD: u64 = u64::MAX;
+
+/// The keys written beside a record on its first write from this node:
+/// its place in the listing order, and its idempotency key. Both hold
+/// values that never change, so writing them again (after a takeover, or
+/// once [`Indexed`] forgot the task) changes nothing.
+fn beside(record: &TaskRecord) -> Vec<TxnOp> {
+    let keys = TaskKeys::of(record);
+    let mut ops = vec![TxnOp::put(
+        keys::task_index(keys.created_ms, &record.id),
+        Vec::new(),
+        None,
+    )];
+    if let Some((scope, key)) = &keys.idempotency {
+        ops.push(TxnOp::put(
+            keys::idempotency(scope, key),
+            record.id.as_str(),
+            None,
+        ));
+    }
+    ops
+}
+
+/// The unfinished tasks whose [`beside`] keys this node has written, so
+/// that later writes of their records carry only the record. Forgotten
+/// when a task ends, and all at once past [`Indexed::MAX`] (then written
+/// once more): bounded by the tasks in flight.
+#[derive(Debug, Default)]
+struct Indexed(HashSet<TaskId>);
+
+impl Indexed {
+    const MAX: usize = 100_000;
+
+    /// Which of `ids` are indexed: a copy to use without the lock.
+    fn clone_for(&self, ids: &HashMap<&TaskId, usize>) -> HashSet<TaskId> {
+        ids.keys()
+            .filter(|id| self.0.contains(**id))
+            .map(|id| (*id).clone())
+            .collect()
+    }
+
+    fn note<'a>(&mut self, written: impl Iterator<Item = &'a TaskRecord>) {
+        for record in written {
+            if record.status.is_terminal() {
+                self.0.remove(&record.id);
+            } else {
+                if self.0.len() >= Self::MAX {
+                    self.0.clear();
+                }
+                self.0.insert(record.id.clone());
+            }
+        }
+    }
+}
 
 /// Upper bound on the lease revoke during shutdown: a node that is going
 /// away must not hang on an unreachable etcd (the lease then simply
@@ -384,6 +449,8 @@ struct Shared {
     leader: watch::Sender<Option<AgentId>>,
     /// Ended tasks, for retention (see `space.rs`).
     ended: Mutex<space::EndedState>,
+    /// Tasks whose listing and idempotency keys this node wrote.
+    indexed: Mutex<Indexed>,
     /// The `held` flag of every term this node leads, by fence revision.
     terms: Mutex<HashMap<i64, Arc<watch::Sender<bool>>>>,
     /// Fence revisions of terms this node gave up for lost while their
@@ -466,6 +533,7 @@ impl EtcdRegistry {
             candidates,
             leader,
             ended: Mutex::default(),
+            indexed: Mutex::default(),
             terms: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashSet::new()),
             reachable: watch::Sender::new(true),
@@ -573,6 +641,10 @@ impl Drop for Inner {
 }
 
 impl Shared {
+    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, Indexed> {
+        self.indexed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_terms(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<watch::Sender<bool>>>> {
         self.terms.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -667,6 +739,7 @@ impl Shared {
         for (i, record) in records.iter().enumerate() {
             latest.insert(&record.id, i);
         }
+        let indexed = self.lock_indexed().clone_for(&latest);
         let mut puts: Vec<(&TaskRecord, TxnOp, u64)> = Vec::with_capacity(latest.len());
         for (i, record) in records.iter().enumerate() {
             if latest.get(&record.id) == Some(&i) {
@@ -674,18 +747,47 @@ impl Shared {
                 let value = encode(&key, record.as_ref())?;
                 let bytes = u64::try_from(value.len()).unwrap_or(u64::MAX);
                 puts.push((record.as_ref(), TxnOp::put(key, value, None), bytes));
+                if !indexed.contains(&record.id) {
+                    puts.extend(
+                        beside(record)
+                            .into_iter()
+                            .map(|op| (record.as_ref(), op, NOT_A_RECORD)),
+                    );
+                }
             }
         }
-        let total = puts.len();
+        let total = latest.len();
         let mut written = 0;
         let mut rest = puts;
         while !rest.is_empty() {
-            let later = rest.split_off(rest.len().min(MAX_RECORDS_PER_TXN));
+            // Ops of one record stay in one transaction.
+            let mut take = 0;
+            let mut records_taken = 0;
+            while take < rest.len() {
+                if rest[take].2 != NOT_A_RECORD {
+                    let ops = 1 + rest[take + 1..]
+                        .iter()
+                        .take_while(|(_, _, bytes)| *bytes == NOT_A_RECORD)
+                        .count();
+                    if records_taken == MAX_RECORDS_PER_TXN || take + ops > MAX_OPS_PER_TXN {
+                        break;
+                    }
+                    records_taken += 1;
+                    take += ops;
+                } else {
+                    take += 1;
+                }
+            }
+            let later = rest.split_off(take);
             let (ops, chunk): (Vec<TxnOp>, Vec<(&TaskRecord, u64)>) =
                 std::mem::replace(&mut rest, later)
                     .into_iter()
                     .map(|(record, op, bytes)| (op, (record, bytes)))
                     .unzip();
+            let chunk: Vec<(&TaskRecord, u64)> = chunk
+                .into_iter()
+                .filter(|(_, bytes)| *bytes != NOT_A_RECORD)
+                .collect();
             let mut txn = Txn::new();
             if let Some(fence) = fence {
                 txn = txn.when([election::fence_compare(fence)]);
@@ -713,6 +815,8 @@ impl Shared {
                 return Err(not_leader(written));
             }
             let revision = response.header().map_or(0, |h| h.revision());
+            self.lock_indexed()
+                .note(chunk.iter().map(|(record, _)| *record));
             self.note_written(&chunk, revision);
             written += chunk.len();
         }
@@ -744,6 +848,7 @@ impl Shared {
                             record.updated_ms,
                             u64::try_from(kv.value().len()).unwrap_or(u64::MAX),
                             kv.mod_revision(),
+                            TaskKeys::of(&record),
                         ),
                         Err(e) => warn!(key = %key, error = %e, "skipping corrupt task record"),
                     }
@@ -935,6 +1040,18 @@ impl TaskStore for EtcdRegistry {
 
     async fn ended_tasks(&self, limit: usize) -> Result<EndedTasks, RegistryError> {
         self.check_open()?.ended_tasks(limit).await
+    }
+
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, RegistryError> {
+        self.check_open()?.list_tasks(query).await
+    }
+
+    async fn task_for_idempotency_key(
+        &self,
+        scope: &ClientId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<TaskId>, RegistryError> {
+        self.check_open()?.task_for_idempotency_key(scope, key).await
     }
 
     async fn delete_tasks_fenced(

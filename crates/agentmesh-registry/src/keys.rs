@@ -11,11 +11,20 @@
 //!                                        capability, updated with compare-and-swap; both
 //!                                        segments escaped (see [`reputation`])
 //! /agentmesh/v1/checkpoints/<task-id>    workflow checkpoints
+//! /agentmesh/v1/task-index/<inverted-created>/<task-id>
+//!                                        empty; one per task record, in newest-first order
+//!                                        (see [`task_index`]), written with the record's
+//!                                        first write and deleted with the record
+//! /agentmesh/v1/idempotency/<scope>/<key>
+//!                                        the task id a client's submit key named, written
+//!                                        with the record's first write and deleted with it;
+//!                                        the scope escaped like reputation segments
 //! ```
 //!
 //! `docs/etcd-keys.md` documents the same layout for operators.
 
-use agentmesh_core::{AgentId, TaskId};
+use agentmesh_core::task::listing::IdempotencyKey;
+use agentmesh_core::{AgentId, ClientId, TaskId};
 
 pub const ROOT: &str = "/agentmesh/v1/";
 pub const AGENTS: &str = "/agentmesh/v1/agents/";
@@ -27,6 +36,38 @@ pub const ELECTION_COORDINATOR: &str = "/agentmesh/v1/election/coordinator";
 pub const ELECTION_COORDINATOR_CANDIDATES: &str = "/agentmesh/v1/election/coordinator/";
 pub const REPUTATION: &str = "/agentmesh/v1/reputation/";
 pub const CHECKPOINTS: &str = "/agentmesh/v1/checkpoints/";
+pub const TASK_INDEX: &str = "/agentmesh/v1/task-index/";
+pub const IDEMPOTENCY: &str = "/agentmesh/v1/idempotency/";
+
+/// The listing index key of a task created at `created_ms`: the time
+/// inverted (`u64::MAX - created_ms`, 16 lowercase hex digits), so that
+/// etcd's ascending key order is newest first and a listing is a range
+/// read with a limit, then the task id.
+pub fn task_index(created_ms: u64, id: &TaskId) -> String {
+    format!("{TASK_INDEX}{:016x}/{id}", u64::MAX - created_ms)
+}
+
+/// The task a [`task_index`] key names, with its `created_ms`.
+pub fn task_index_of(key: &[u8]) -> Option<(u64, TaskId)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(TASK_INDEX)?;
+    let (inverted, id) = rest.split_once('/')?;
+    if inverted.len() != 16 || id.is_empty() || id.contains('/') {
+        return None;
+    }
+    let inverted = u64::from_str_radix(inverted, 16).ok()?;
+    Some((u64::MAX - inverted, TaskId::new(id)))
+}
+
+pub fn task_index_end() -> String {
+    // '/' + 1 == '0'
+    format!("{}0", TASK_INDEX.trim_end_matches('/'))
+}
+
+/// The key of a client's idempotency key; `scope` (a client name or token
+/// subject) escaped like a reputation segment. Keys hold no `/`.
+pub fn idempotency(scope: &ClientId, key: &IdempotencyKey) -> String {
+    format!("{IDEMPOTENCY}{}/{key}", escape_segment(scope.as_str()))
+}
 
 pub fn agent(id: &AgentId) -> String {
     format!("{AGENTS}{id}")
@@ -153,9 +194,30 @@ mod tests {
             ELECTION_COORDINATOR_CANDIDATES,
             REPUTATION,
             CHECKPOINTS,
+            TASK_INDEX,
+            IDEMPOTENCY,
         ] {
             assert!(prefix.starts_with(ROOT));
         }
+    }
+
+    #[test]
+    fn index_keys_sort_newest_first_and_round_trip() {
+        let (old, new) = (TaskId::new("b"), TaskId::new("a"));
+        let older = task_index(1_000, &old);
+        let newer = task_index(2_000, &new);
+        assert!(newer < older, "{newer} sorts before {older}");
+        assert!(task_index(2_000, &TaskId::new("a")) < task_index(2_000, &TaskId::new("b")));
+        assert_eq!(task_index_of(older.as_bytes()), Some((1_000, old)));
+        assert_eq!(task_index_of(b"/agentmesh/v1/task-index/zz/a"), None);
+        assert!(task_index_end().as_str() > newer.as_str());
+        assert_eq!(
+            idempotency(
+                &ClientId::parse("alice@box").unwrap(),
+                &IdempotencyKey::parse("k-1").unwrap().unwrap()
+            ),
+            "/agentmesh/v1/idempotency/alice@box/k-1"
+        );
     }
 
     #[test]

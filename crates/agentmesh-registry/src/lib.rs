@@ -36,7 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::reputation::Reputation;
+use agentmesh_core::ClientId;
 use agentmesh_core::task::TaskRecord;
+use agentmesh_core::task::listing::{IdempotencyKey, TaskPage, TaskQuery};
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -196,6 +198,18 @@ pub struct EndedTask {
     pub ended_ms: u64,
     /// The size of its terminal record as stored.
     pub bytes: u64,
+    /// The keys stored beside its record, deleted with it.
+    pub keys: TaskKeys,
+}
+
+/// What a store keeps beside a task's record, and deletes with it: its
+/// place in the listing order, and its idempotency key with the scope that
+/// key is unique in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskKeys {
+    /// The record's `created_ms`: its place among [`TaskStore::list_tasks`].
+    pub created_ms: u64,
+    pub idempotency: Option<(ClientId, IdempotencyKey)>,
 }
 
 /// What [`TaskStore::ended_tasks`] found.
@@ -302,6 +316,25 @@ pub trait TaskStore: Send + Sync {
     /// do not decode are logged and skipped, so one bad record cannot stop
     /// a takeover.
     async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, RegistryError>;
+
+    /// One page of task records, newest first (by `created_ms`, then id),
+    /// after `query.after`, keeping those `query.filter` matches: up to
+    /// `query.limit` of them, reading at most `query.scan` records, so a
+    /// call costs the same however many tasks are stored. The page's
+    /// cursor is set when records may follow. Records that do not decode
+    /// are skipped with a warning. Records are listed once their first
+    /// write is in the store; with etcd, records written by a release
+    /// without the listing index are listed once they are written again.
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, RegistryError>;
+
+    /// The task a record was put for with this idempotency key in this
+    /// scope (see [`TaskKeys::idempotency`]), while that record is stored.
+    /// The key is written with the task's first record and deleted with it.
+    async fn task_for_idempotency_key(
+        &self,
+        scope: &ClientId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<TaskId>, RegistryError>;
 }
 
 /// Coordinator leadership: the election role of a registry.

@@ -36,13 +36,18 @@
 //! changed, so the update runs exactly once per call and the call is never
 //! [`RegistryError::Contended`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
-use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
+use agentmesh_core::task::listing::{
+    IdempotencyKey, ListCursor, Next, PageBuilder, TaskPage, TaskQuery,
+};
+use agentmesh_core::{AgentId, AgentRegistration, ClientId, Membership, TaskId};
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
@@ -53,7 +58,7 @@ use tracing::info;
 use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, Election, EndedTask, EndedTasks, Fence, Leadership, Registry, RegistryError,
-    ReputationEntry, ReputationStore, TaskStore, TaskWatch,
+    ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
 };
 
 /// Record changes buffered for slow watchers; a watcher that falls further
@@ -69,6 +74,15 @@ pub struct MemoryRegistry {
     node: Arc<Node>,
 }
 
+/// What etcd keeps beside the records (`keys::task_index`,
+/// `keys::idempotency`).
+#[derive(Default)]
+struct Listing {
+    /// Every stored task, newest first.
+    order: BTreeSet<(Reverse<u64>, TaskId)>,
+    idempotency: HashMap<(ClientId, IdempotencyKey), TaskId>,
+}
+
 /// The cluster state every node of one in-process cluster shares.
 struct Shared {
     membership: watch::Sender<Arc<Membership>>,
@@ -79,6 +93,9 @@ struct Shared {
     /// Ended tasks by end time, with their record's size as JSON (what
     /// etcd would store). Locked after `tasks`.
     ended: Mutex<EndedIndex>,
+    /// The listing order and idempotency keys, as etcd keeps them beside
+    /// the records. Locked after `tasks`.
+    listing: Mutex<Listing>,
     changes: broadcast::Sender<Arc<TaskRecord>>,
     /// Locked before `tasks` when both are needed, so a fenced write and a
     /// change of leader never interleave.
@@ -135,6 +152,7 @@ impl MemoryRegistry {
             owners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             ended: Mutex::default(),
+            listing: Mutex::default(),
             changes,
             election: Mutex::new(ElectionState::default()),
             leader,
@@ -168,7 +186,18 @@ impl MemoryRegistry {
     fn write(&self, records: &[Arc<TaskRecord>]) {
         let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.shared.lock_ended();
+        let mut listing = self.shared.lock_listing();
         for record in records {
+            let keys = TaskKeys::of(record);
+            listing
+                .order
+                .insert((Reverse(keys.created_ms), record.id.clone()));
+            if let Some(scoped) = keys.idempotency.clone() {
+                listing
+                    .idempotency
+                    .entry(scoped)
+                    .or_insert_with(|| record.id.clone());
+            }
             let terminal = record.status.is_terminal();
             // The size etcd would store: the record as JSON.
             let bytes = if terminal {
@@ -177,7 +206,7 @@ impl MemoryRegistry {
                 0
             };
             let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-            ended.note(&record.id, terminal, record.updated_ms, bytes, 0);
+            ended.note(&record.id, terminal, record.updated_ms, bytes, 0, keys);
             tasks.insert(record.id.clone(), record.clone());
             // No receiver is not an error: nobody watches.
             let _ = self.shared.changes.send(record.clone());
@@ -260,6 +289,10 @@ impl Shared {
 
     fn lock_ended(&self) -> std::sync::MutexGuard<'_, EndedIndex> {
         self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_listing(&self) -> std::sync::MutexGuard<'_, Listing> {
+        self.listing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, u64>> {
@@ -424,6 +457,44 @@ impl TaskStore for MemoryRegistry {
         Ok(self.shared.lock_ended().oldest(limit))
     }
 
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, RegistryError> {
+        let tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let listing = self.shared.lock_listing();
+        let start = match &query.after {
+            Some(after) => Bound::Excluded((Reverse(after.created_ms), after.id.clone())),
+            None => Bound::Unbounded,
+        };
+        let mut page = PageBuilder::new(query);
+        let mut order = listing.order.range((start, Bound::Unbounded));
+        let mut stopped = false;
+        for (Reverse(created_ms), id) in order.by_ref() {
+            let cursor = ListCursor {
+                created_ms: *created_ms,
+                id: id.clone(),
+            };
+            let record = tasks.get(id).map(|r| (**r).clone());
+            if page.offer(cursor, record) == Next::Stop {
+                stopped = true;
+                break;
+            }
+        }
+        let more = stopped && order.next().is_some();
+        Ok(page.finish(more))
+    }
+
+    async fn task_for_idempotency_key(
+        &self,
+        scope: &ClientId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<TaskId>, RegistryError> {
+        Ok(self
+            .shared
+            .lock_listing()
+            .idempotency
+            .get(&(scope.clone(), key.clone()))
+            .cloned())
+    }
+
     async fn delete_tasks_fenced(
         &self,
         tasks: &[EndedTask],
@@ -433,11 +504,19 @@ impl TaskStore for MemoryRegistry {
         let election = self.shared.lock_fenced(fence)?;
         let mut records = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.shared.lock_ended();
+        let mut listing = self.shared.lock_listing();
         for task in tasks {
             ended.remove(&task.id);
-            records.remove(&task.id);
+            if let Some(record) = records.remove(&task.id) {
+                listing
+                    .order
+                    .remove(&(Reverse(record.created_ms), task.id.clone()));
+            }
+            if let Some(scoped) = &task.keys.idempotency {
+                listing.idempotency.remove(scoped);
+            }
         }
-        drop((ended, records, election));
+        drop((listing, ended, records, election));
         Ok(())
     }
 

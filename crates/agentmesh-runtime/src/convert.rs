@@ -90,7 +90,31 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
+        idempotency_key: r
+            .idempotency_key
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
+}
+
+/// A record as a listing shows it: without outputs, consensus details or
+/// the result, which can be large; `Get` returns them.
+pub fn task_summary(r: &TaskRecord) -> pb::TaskRecord {
+    let mut summary = task_record(&TaskRecord {
+        subtasks: Vec::new(),
+        ..r.clone()
+    });
+    summary.subtasks = r
+        .subtasks
+        .iter()
+        .map(|s| pb::SubtaskRecord {
+            output_json: String::new(),
+            consensus_json: String::new(),
+            ..subtask(s)
+        })
+        .collect();
+    summary
 }
 
 /// Drops the `keys` whose value is null: fields that only some patterns

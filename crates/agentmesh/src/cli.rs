@@ -9,6 +9,7 @@ use std::time::Duration;
 use agentmesh_core::access::ClientRole;
 use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::Level;
+use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::{AgentId, ClientId, Role};
 use agentmesh_registry::etcd::rbac::NodeUser;
@@ -1022,10 +1023,105 @@ pub struct SubmitArgs {
     /// it failed or was cancelled.
     #[arg(long)]
     pub wait: bool,
+    /// Names this submit, so that sending it again (after a lost reply, to
+    /// another endpoint, from a script that retries) returns the first
+    /// task instead of starting a second: 1 to 128 ASCII letters, digits
+    /// and `. _ - :`, unique per client. The CLI's own retries always reuse
+    /// the key. [default: a new random key per run]
+    #[arg(long, value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// Task states `task list --status` filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskStatusArg {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// Only tasks in these states (repeat the flag or separate with commas).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub status: Vec<TaskStatusArg>,
+    /// Only tasks of this pattern (coordinator_worker, peer_consensus,
+    /// hierarchical, ...).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Only tasks whose name starts with this.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Only tasks submitted by this token subject. A submit token lists
+    /// only its own tasks whatever this says.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only tasks created after this: a Unix time in milliseconds, or a
+    /// duration ago (`90m`, `24h`, `7d`).
+    #[arg(long, value_parser = parse_created_after)]
+    pub created_after: Option<CreatedAfter>,
+    /// Tasks per page (the server caps it at 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Starts at the page this token names: the `next page:` token a
+    /// previous listing printed.
+    #[arg(long, conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Follows pages to the end, up to --max-tasks tasks.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: stops after this many tasks, so a listing of a huge
+    /// store stays bounded.
+    #[arg(long, default_value_t = 10_000, requires = "all", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks: u64,
+    /// Prints JSON (`{"tasks": [...], "next_page_token": ...}`) instead of
+    /// a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--created-after`: a point in time, or a span back from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedAfter {
+    UnixMs(u64),
+    Ago(Duration),
+}
+
+impl CreatedAfter {
+    pub fn unix_ms(self, now_ms: u64) -> u64 {
+        match self {
+            CreatedAfter::UnixMs(ms) => ms,
+            CreatedAfter::Ago(ago) => {
+                now_ms.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+            }
+        }
+    }
+}
+
+fn parse_created_after(text: &str) -> Result<CreatedAfter, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(CreatedAfter::UnixMs)
+            .map_err(|_| format!("'{text}' is too large"));
+    }
+    parse_duration(text).map(CreatedAfter::Ago)
+}
+
+fn parse_idempotency_key(text: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::parse(text)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the key must not be empty".to_owned())
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
+    /// Lists tasks, newest first, with filters and paging.
+    List(ListArgs),
     /// Prints the task's current record as JSON.
     Status(TaskIdArgs),
     /// Prints one JSON line per change until the task ends.

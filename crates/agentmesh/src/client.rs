@@ -21,6 +21,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use agentmesh_core::ClientId;
+use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
@@ -284,14 +285,29 @@ impl Client {
 
     /// Submits a task; a refusal for back-pressure (`RESOURCE_EXHAUSTED`)
     /// is retried after the pause the coordinator asks for, a few times.
-    pub async fn submit(&self, document: String) -> anyhow::Result<String> {
+    ///
+    /// With an idempotency key every attempt carries the same key, so the
+    /// cluster creates the task at most once, and a submit whose reply was
+    /// lost may go on to the next endpoint: it gets the same task back.
+    /// Without one, such a submit is not sent again (it could run twice).
+    pub async fn submit(
+        &self,
+        document: String,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> anyhow::Result<String> {
+        let repeat = match idempotency_key {
+            Some(_) => Repeat::Safe,
+            None => Repeat::Unsafe,
+        };
+        let key = idempotency_key.map(ToString::to_string).unwrap_or_default();
         let mut attempt = 1;
         loop {
             let outcome = self
-                .call(Repeat::Unsafe, |channel| {
+                .call(repeat, |channel| {
                     let mut request = self.request(pb::SubmitRequest {
                         document: document.clone(),
                         wait: false,
+                        idempotency_key: key.clone(),
                     });
                     if let Some(name) = &self.name {
                         agentmesh_runtime::api::client::name_request(&mut request, name);
@@ -346,6 +362,21 @@ impl Client {
                 .await?
                 .into_inner()
                 .status())
+        })
+        .await
+    }
+
+    /// One page of tasks, newest first.
+    pub async fn list_tasks(
+        &self,
+        request: &pb::ListTasksRequest,
+    ) -> anyhow::Result<pb::ListTasksReply> {
+        self.call(Repeat::Safe, |channel| async move {
+            Ok(TaskServiceClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .list(self.request(request.clone()))
+                .await?
+                .into_inner())
         })
         .await
     }

@@ -40,6 +40,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
@@ -53,8 +54,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
-    AgentsArgs, BenchArgs, Cli, Command, EtcdSetupArgs, LocalArgs, NodeArgs, SubmitArgs,
-    TaskCommand, TokenCommand,
+    AgentsArgs, BenchArgs, Cli, Command, EtcdSetupArgs, ListArgs, LocalArgs, NodeArgs, SubmitArgs,
+    TaskCommand, TaskStatusArg, TokenCommand,
 };
 
 /// The example `agentmesh local` runs when no task file is given.
@@ -391,7 +392,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
     let name = args.client.unwrap_or_else(cli::default_client);
     let client = args.endpoints.client()?.named(name);
-    let task_id = client.submit(document).await?;
+    // A key per run by default: the client's own retries (another
+    // endpoint after a lost reply, back-pressure) then create one task.
+    let key = match args.idempotency_key {
+        Some(key) => key,
+        None => IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string())?
+            .context("a generated idempotency key")?,
+    };
+    let task_id = client.submit(document, Some(&key)).await?;
     if !args.wait {
         println!("{task_id}");
         return Ok(ExitCode::SUCCESS);
@@ -404,6 +412,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
+        TaskCommand::List(args) => list_tasks(args).await,
         TaskCommand::Status(args) => {
             let record = args.endpoints.client()?.get(&args.id).await?;
             print_json(&convert::task_json(&record))?;
@@ -425,6 +434,136 @@ async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `task list`: one page, or with `--all` every page up to `--max-tasks`.
+async fn list_tasks(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let client = args.endpoints.client()?;
+    let now = now_ms();
+    let mut request = pb::ListTasksRequest {
+        status: args
+            .status
+            .iter()
+            .map(|s| {
+                i32::from(match s {
+                    TaskStatusArg::Pending => pb::TaskStatus::Pending,
+                    TaskStatusArg::Running => pb::TaskStatus::Running,
+                    TaskStatusArg::Completed => pb::TaskStatus::Completed,
+                    TaskStatusArg::Failed => pb::TaskStatus::Failed,
+                    TaskStatusArg::Cancelled => pb::TaskStatus::Cancelled,
+                })
+            })
+            .collect(),
+        pattern: args.pattern.clone().unwrap_or_default(),
+        name_prefix: args.name_prefix.clone().unwrap_or_default(),
+        owner: args.owner.clone().unwrap_or_default(),
+        created_after_unix_ms: args.created_after.map_or(0, |c| c.unix_ms(now)),
+        page_size: args.limit,
+        page_token: args.page_token.clone().unwrap_or_default(),
+    };
+    let mut tasks = Vec::new();
+    let next = loop {
+        let page = client.list_tasks(&request).await?;
+        tasks.extend(page.tasks);
+        let done = page.next_page_token.is_empty();
+        if !args.all || done {
+            break page.next_page_token;
+        }
+        if tasks.len() as u64 >= args.max_tasks {
+            tasks.truncate(usize::try_from(args.max_tasks).unwrap_or(usize::MAX));
+            eprintln!(
+                "stopped after {} tasks (--max-tasks); more follow from the page token below",
+                args.max_tasks
+            );
+            break page.next_page_token;
+        }
+        request.page_token = page.next_page_token;
+    };
+    if args.json {
+        let list: Vec<serde_json::Value> = tasks.iter().map(task_summary_json).collect();
+        print_json(&serde_json::json!({
+            "tasks": list,
+            "next_page_token": if next.is_empty() { None } else { Some(&next) },
+        }))?;
+    } else {
+        print_tasks_table(&tasks, now);
+        if !next.is_empty() {
+            println!("next page: --page-token {next}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn task_summary_json(r: &pb::TaskRecord) -> serde_json::Value {
+    let non_empty = |s: &String| if s.is_empty() { None } else { Some(s.clone()) };
+    serde_json::json!({
+        "task_id": r.task_id,
+        "name": r.name,
+        "status": convert::status_name(r.status()),
+        "pattern": r.pattern,
+        "owner": non_empty(&r.owner),
+        "idempotency_key": non_empty(&r.idempotency_key),
+        "created_unix_ms": r.created_unix_ms,
+        "updated_unix_ms": r.updated_unix_ms,
+        "subtasks": r.subtasks.len(),
+        "error": non_empty(&r.error),
+    })
+}
+
+fn print_tasks_table(tasks: &[pb::TaskRecord], now_ms: u64) {
+    println!(
+        "{:<36} {:<24} {:<9} {:<18} {:<16} {:<20} AGE",
+        "ID", "NAME", "STATUS", "PATTERN", "OWNER", "CREATED"
+    );
+    for t in tasks {
+        let owner = if t.owner.is_empty() { "-" } else { &t.owner };
+        println!(
+            "{:<36} {:<24} {:<9} {:<18} {:<16} {:<20} {}",
+            t.task_id,
+            cut(&t.name, 24),
+            convert::status_name(t.status()),
+            t.pattern,
+            cut(owner, 16),
+            utc(t.created_unix_ms),
+            age(now_ms.saturating_sub(t.created_unix_ms)),
+        );
+    }
+}
+
+/// `text`, cut to `width` characters with a marker when longer.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(width.saturating_sub(1)).collect();
+    short.push('~');
+    short
+}
+
+/// A Unix time in ms as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(unix_ms: u64) -> String {
+    let seconds = i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// How long ago, in the largest whole unit: `42s`, `5m`, `3h`, `2d`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3_600 => format!("{}m", s / 60),
+        3_600..86_400 => format!("{}h", s / 3_600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {

@@ -583,6 +583,7 @@ impl Driver {
         let request = pb::SubmitRequest {
             document: document.to_owned(),
             wait: false,
+            ..Default::default()
         };
         let mut client = TaskServiceClient::new(channel);
         let call = client.submit(authorized(request));

@@ -102,6 +102,7 @@ fn submit_grpc(endpoint: &str, document: &str) -> (Result<String, tonic::Status>
             client.submit(grpc::authorized(SubmitRequest {
                 document: document.to_owned(),
                 wait: false,
+                ..Default::default()
             })),
         )
         .await

@@ -233,6 +233,7 @@ impl Grpc {
             pb::SubmitRequest {
                 document: document.to_owned(),
                 wait: false,
+                ..Default::default()
             },
         ));
         self.bounded(call).map(|r| r.into_inner().task_id)

@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod file;
 pub mod limits;
+pub mod listing;
 pub mod message;
 pub mod record;
 pub mod reference;

@@ -157,6 +157,16 @@ pub struct TaskRecord {
     /// when the task was submitted without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<ClientId>,
+    /// The client's key for the submit that created the task: a submit of
+    /// the same client with the same key returns this task rather than
+    /// creating another (see [`super::listing::IdempotencyKey`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<super::listing::IdempotencyKey>,
+    /// SHA-256 (hex) of the submitted document, kept with an idempotency
+    /// key so that the same key with another document is refused rather
+    /// than answered with a task the client did not ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_sha256: Option<String>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -224,6 +234,8 @@ impl TaskRecord {
             resumes: 0,
             client: None,
             owner: None,
+            idempotency_key: None,
+            document_sha256: None,
         }
     }
 

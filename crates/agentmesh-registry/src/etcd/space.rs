@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use super::backoff::sleep_unless_stopped;
 use super::{Shared, election};
 use crate::ended_index::EndedIndex;
-use crate::{EndedTask, EndedTasks, Fence, RegistryError, keys};
+use crate::{EndedTask, EndedTasks, Fence, RegistryError, TaskKeys, keys};
 
 /// How often the alarms are checked while etcd takes writes.
 pub(super) const ALARM_CHECK: Duration = Duration::from_secs(5);
@@ -45,9 +45,10 @@ pub(super) const ALARM_CHECK: Duration = Duration::from_secs(5);
 /// node serves again after an operator disarmed the alarm.
 pub(super) const ALARM_CHECK_FULL: Duration = Duration::from_secs(1);
 
-/// Tasks deleted per transaction, well under etcd's default
-/// `--max-txn-ops` of 128.
-const DELETES_PER_TXN: usize = 64;
+/// Tasks deleted per transaction: each is up to three deletes (the record,
+/// its listing index key and its idempotency key), well under etcd's
+/// default `--max-txn-ops` of 128.
+const DELETES_PER_TXN: usize = 40;
 
 /// The index of ended tasks and whether it can be trusted.
 #[derive(Default)]
@@ -106,9 +107,14 @@ impl Shared {
         let mut state = self.lock_ended();
         for (record, bytes) in records {
             let terminal = record.status.is_terminal();
-            state
-                .index
-                .note(&record.id, terminal, record.updated_ms, *bytes, revision);
+            state.index.note(
+                &record.id,
+                terminal,
+                record.updated_ms,
+                *bytes,
+                revision,
+                TaskKeys::of(record),
+            );
         }
     }
 
@@ -144,7 +150,17 @@ impl Shared {
         for chunk in tasks.chunks(DELETES_PER_TXN) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|task| TxnOp::delete(keys::task(&task.id), None))
+                .flat_map(|task| {
+                    let index = TxnOp::delete(keys::task_index(task.keys.created_ms, &task.id), None);
+                    let idempotency = task
+                        .keys
+                        .idempotency
+                        .as_ref()
+                        .map(|(scope, key)| TxnOp::delete(keys::idempotency(scope, key), None));
+                    [Some(TxnOp::delete(keys::task(&task.id), None)), Some(index), idempotency]
+                        .into_iter()
+                        .flatten()
+                })
                 .collect();
             let txn = Txn::new()
                 .when([election::fence_compare(fence)])

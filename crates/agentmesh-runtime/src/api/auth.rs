@@ -485,6 +485,17 @@ impl Caller {
 
     /// Whether deciding a Get, Watch or Cancel needs the task's owner:
     /// only a submit token's reach depends on it.
+    /// The owner a task listing is restricted to (see
+    /// [`access::list_owner`]): `asked`, or the caller itself for a submit
+    /// token; refused like [`Caller::authorize`].
+    pub fn list_owner(&self, asked: Option<ClientId>) -> Result<Option<ClientId>, AuthError> {
+        access::list_owner(self.principal.as_ref(), asked).map_err(|denied| {
+            metrics::refused_request(self.service, REQUEST_PERMISSION_DENIED);
+            warn!(service = self.service, %denied, "refused a client call");
+            AuthError::Denied(denied)
+        })
+    }
+
     pub fn needs_owner(&self) -> bool {
         self.principal
             .as_ref()

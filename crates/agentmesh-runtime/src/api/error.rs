@@ -43,6 +43,12 @@ pub enum ApiError {
          retry later or watch on another coordinator"
     )]
     TooManyWatches(usize),
+    /// A submit reused an idempotency key with another document.
+    #[error(
+        "idempotency key '{key}' was used for task {task} with a different task file; \
+         use a new key for a new task, or the same file to get that task back"
+    )]
+    IdempotencyConflict { key: String, task: TaskId },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -87,6 +93,9 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
             ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::IdempotencyConflict { .. } | ApiError::Submit(SubmitError::Duplicate { .. }) => {
+                Status::already_exists(message)
+            }
             ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
             ApiError::NoCoordinator => Status::failed_precondition(message),
             ApiError::Coordinator(_) => Status::unavailable(message),

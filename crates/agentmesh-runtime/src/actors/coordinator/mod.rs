@@ -21,6 +21,7 @@
 
 mod deadlines;
 mod hub;
+mod idempotency;
 pub mod leadership;
 mod messages;
 mod pools;
@@ -95,6 +96,8 @@ pub struct CoordinatorState {
     pool: Pools,
     /// The latest membership, to start a fresh pool from.
     membership: Arc<Membership>,
+    /// Idempotency keys of the tasks accepted in this term.
+    recent_keys: idempotency::RecentKeys,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +170,7 @@ impl Actor for Coordinator {
             myself: myself.clone(),
             pool,
             membership: view,
+            recent_keys: Default::default(),
         })
     }
 
@@ -248,6 +252,13 @@ impl CoordinatorState {
             let _ = reply.send(Err(SubmitError::NotLeader));
             return;
         }
+        if let Some(known) = self.recent_keys.find(self.term, &record) {
+            let _ = reply.send(Err(SubmitError::Duplicate {
+                task: known.task,
+                same_document: known.document_sha256 == record.document_sha256,
+            }));
+            return;
+        }
         // Refused before anything is accepted: a record that cannot be
         // written would leave the client waiting until its deadline.
         if let Some(reason) = self.registry.store_full().borrow().clone() {
@@ -295,6 +306,7 @@ impl CoordinatorState {
             return;
         }
         let id = record.id.clone();
+        self.recent_keys.accepted(self.term, &record);
         info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
         let (ack, durable) = oneshot::channel();
         if let Some(writer) = &self.writer {

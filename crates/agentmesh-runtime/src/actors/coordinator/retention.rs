@@ -157,6 +157,7 @@ mod tests {
                     id: TaskId::new(format!("t{ended_ms}")),
                     ended_ms,
                     bytes: 10,
+                    keys: Default::default(),
                 })
                 .collect(),
         }

@@ -562,6 +562,21 @@ mod tests {
             Ok(Vec::new())
         }
 
+        async fn list_tasks(
+            &self,
+            _query: &agentmesh_core::task::listing::TaskQuery,
+        ) -> Result<agentmesh_core::task::listing::TaskPage, RegistryError> {
+            unreachable!("the writer does not list")
+        }
+
+        async fn task_for_idempotency_key(
+            &self,
+            _scope: &agentmesh_core::ClientId,
+            _key: &agentmesh_core::task::listing::IdempotencyKey,
+        ) -> Result<Option<TaskId>, RegistryError> {
+            unreachable!("the writer does not look up keys")
+        }
+
         async fn ended_tasks(&self, _limit: usize) -> Result<EndedTasks, RegistryError> {
             Ok(EndedTasks::default())
         }
