@@ -10,6 +10,7 @@
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
 //! * `hostile`: hostile input against a cluster under memory caps.
+//! * `observe`: listing tasks, idempotent submits, gRPC tooling.
 //! * `security`: forgeries and misuse refused, honest tasks unharmed
 //!   (etcd with TLS and authentication included).
 //! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods
@@ -24,6 +25,7 @@ mod deploy;
 mod harness;
 mod hierarchy;
 mod hostile;
+mod observe;
 mod peers;
 mod registry_etcd;
 mod security;

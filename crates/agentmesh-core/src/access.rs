@@ -136,10 +136,9 @@ pub fn authorize(principal: &Principal, action: Action<'_>) -> Result<(), Denied
             own(owner),
             ": it was submitted by another client (a submit token reaches only its own tasks)",
         ),
-        (ClientRole::Submit, Action::ListTasks { owner }) => (
-            own(owner),
-            ": a submit token lists only its own tasks",
-        ),
+        (ClientRole::Submit, Action::ListTasks { owner }) => {
+            (own(owner), ": a submit token lists only its own tasks")
+        }
     };
     if allowed {
         Ok(())
@@ -192,17 +191,26 @@ mod tests {
     fn a_submit_token_lists_only_its_own_tasks() {
         let alice = principal("alice", ClientRole::Submit);
         let bob = ClientId::parse("bob").unwrap();
-        assert_eq!(list_owner(Some(&alice), None), Ok(Some(alice.subject.clone())));
+        assert_eq!(
+            list_owner(Some(&alice), None),
+            Ok(Some(alice.subject.clone()))
+        );
         assert_eq!(
             list_owner(Some(&alice), Some(alice.subject.clone())),
             Ok(Some(alice.subject.clone()))
         );
         let denied = list_owner(Some(&alice), Some(bob.clone())).unwrap_err();
-        assert!(denied.to_string().contains("lists only its own"), "{denied}");
+        assert!(
+            denied.to_string().contains("lists only its own"),
+            "{denied}"
+        );
         for role in [ClientRole::Read, ClientRole::Admin] {
             let p = principal("ops", role);
             assert_eq!(list_owner(Some(&p), None), Ok(None));
-            assert_eq!(list_owner(Some(&p), Some(bob.clone())), Ok(Some(bob.clone())));
+            assert_eq!(
+                list_owner(Some(&p), Some(bob.clone())),
+                Ok(Some(bob.clone()))
+            );
         }
         assert_eq!(list_owner(None, Some(bob.clone())), Ok(Some(bob)));
     }

@@ -841,15 +841,26 @@ pub async fn task_listing(backend: &dyn Backend) {
         .list_tasks(&TaskQuery::new(TaskFilter::default(), None, 10))
         .await
         .expect("list of an empty store");
-    assert!(empty.records.is_empty() && empty.next.is_none(), "{empty:?}");
+    assert!(
+        empty.records.is_empty() && empty.next.is_none(),
+        "{empty:?}"
+    );
 
     let alice = ClientId::parse("alice").expect("client name");
     let mut records = Vec::new();
     for i in 0..12u64 {
         let mut r = record(&format!("t{i:02}"));
         r.created_ms = 1_000 + i;
-        r.name = if i % 3 == 0 { format!("nightly-{i}") } else { format!("adhoc-{i}") };
-        r.status = if i % 2 == 0 { Status::Completed } else { Status::Running };
+        r.name = if i % 3 == 0 {
+            format!("nightly-{i}")
+        } else {
+            format!("adhoc-{i}")
+        };
+        r.status = if i % 2 == 0 {
+            Status::Completed
+        } else {
+            Status::Running
+        };
         if i % 4 == 0 {
             r.owner = Some(alice.clone());
         }
@@ -867,7 +878,10 @@ pub async fn task_listing(backend: &dyn Backend) {
     put(a.as_ref(), &[revised(&records[11], 3)]).await;
 
     let ids = |page: &agentmesh_core::task::listing::TaskPage| {
-        page.records.iter().map(|r| r.id.to_string()).collect::<Vec<_>>()
+        page.records
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>()
     };
     let all = TaskFilter::default();
     let mut seen = Vec::new();
@@ -951,11 +965,20 @@ pub async fn task_listing(backend: &dyn Backend) {
         None,
         10,
     );
-    narrow.scan = 3;
-    let short = b.list_tasks(&narrow).await.expect("list within a scan budget");
-    assert_eq!(ids(&short), ["t08"]);
+    narrow.scan = 5;
+    let short = b
+        .list_tasks(&narrow)
+        .await
+        .expect("list within a scan budget");
+    assert_eq!(ids(&short), ["t08"], "t11 to t07 read, one of them alice's");
     let next = short.next.expect("a cursor after a budget-bound page");
-    assert_eq!(next.id.as_str(), "t09", "the last record read");
+    assert_eq!(next.id.as_str(), "t07", "the last record read");
+    narrow.after = Some(next);
+    let rest = b
+        .list_tasks(&narrow)
+        .await
+        .expect("the next budget-bound page");
+    assert_eq!(ids(&rest), ["t04"], "t06 to t04 (with t05b) read");
 
     // Deleted tasks leave the listing.
     let leadership = a
@@ -985,7 +1008,9 @@ pub async fn idempotency_keys(backend: &dyn Backend) {
     let alice = ClientId::parse("alice").expect("client name");
     let bob = ClientId::parse("bob").expect("client name");
     assert_eq!(
-        a.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        a.task_for_idempotency_key(&alice, &key)
+            .await
+            .expect("lookup"),
         None
     );
 
@@ -1000,11 +1025,15 @@ pub async fn idempotency_keys(backend: &dyn Backend) {
     put(a.as_ref(), &[bobs]).await;
     for node in [&a, &b] {
         assert_eq!(
-            node.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+            node.task_for_idempotency_key(&alice, &key)
+                .await
+                .expect("lookup"),
             Some(TaskId::new("first"))
         );
         assert_eq!(
-            node.task_for_idempotency_key(&bob, &key).await.expect("lookup"),
+            node.task_for_idempotency_key(&bob, &key)
+                .await
+                .expect("lookup"),
             Some(TaskId::new("bobs"))
         );
     }
@@ -1013,7 +1042,9 @@ pub async fn idempotency_keys(backend: &dyn Backend) {
     done.status = Status::Completed;
     put(a.as_ref(), &[done]).await;
     assert_eq!(
-        b.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        b.task_for_idempotency_key(&alice, &key)
+            .await
+            .expect("lookup"),
         Some(TaskId::new("first"))
     );
 
@@ -1028,11 +1059,15 @@ pub async fn idempotency_keys(backend: &dyn Backend) {
         .await
         .expect("delete");
     assert_eq!(
-        b.task_for_idempotency_key(&alice, &key).await.expect("lookup"),
+        b.task_for_idempotency_key(&alice, &key)
+            .await
+            .expect("lookup"),
         None
     );
     assert_eq!(
-        b.task_for_idempotency_key(&bob, &key).await.expect("lookup"),
+        b.task_for_idempotency_key(&bob, &key)
+            .await
+            .expect("lookup"),
         Some(TaskId::new("bobs"))
     );
 }

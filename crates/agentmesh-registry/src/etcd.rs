@@ -1051,7 +1051,9 @@ impl TaskStore for EtcdRegistry {
         scope: &ClientId,
         key: &IdempotencyKey,
     ) -> Result<Option<TaskId>, RegistryError> {
-        self.check_open()?.task_for_idempotency_key(scope, key).await
+        self.check_open()?
+            .task_for_idempotency_key(scope, key)
+            .await
     }
 
     async fn delete_tasks_fenced(

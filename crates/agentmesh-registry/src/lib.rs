@@ -35,8 +35,8 @@ pub mod memory;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_core::reputation::Reputation;
 use agentmesh_core::ClientId;
+use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::task::listing::{IdempotencyKey, TaskPage, TaskQuery};
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};

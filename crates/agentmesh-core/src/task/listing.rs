@@ -405,13 +405,26 @@ mod tests {
             let more = more && rest.next().is_some();
             page.finish(more)
         };
-        let ids = |page: &TaskPage| page.records.iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
+        let ids = |page: &TaskPage| {
+            page.records
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+        };
 
         let first = run(&TaskQuery::new(TaskFilter::default(), None, 4));
         assert_eq!(ids(&first), ["t9", "t8", "t7", "t6"]);
-        let second = run(&TaskQuery::new(TaskFilter::default(), first.next.clone(), 4));
+        let second = run(&TaskQuery::new(
+            TaskFilter::default(),
+            first.next.clone(),
+            4,
+        ));
         assert_eq!(ids(&second), ["t5", "t4", "t3", "t2"]);
-        let third = run(&TaskQuery::new(TaskFilter::default(), second.next.clone(), 4));
+        let third = run(&TaskQuery::new(
+            TaskFilter::default(),
+            second.next.clone(),
+            4,
+        ));
         assert_eq!(ids(&third), ["t1", "t0"]);
         assert_eq!(third.next, None);
 
@@ -452,7 +465,10 @@ mod tests {
     #[test]
     fn page_sizes_are_bounded() {
         assert_eq!(TaskQuery::new(TaskFilter::default(), None, 0).limit, 50);
-        assert_eq!(TaskQuery::new(TaskFilter::default(), None, 5000).limit, 1000);
+        assert_eq!(
+            TaskQuery::new(TaskFilter::default(), None, 5000).limit,
+            1000
+        );
     }
 
     #[test]

@@ -104,7 +104,10 @@ impl Shared {
                 Ok(batch) => records.extend(batch),
                 Err(RegistryError::Refused(_)) if chunk.len() > 1 => {
                     for entry in chunk {
-                        records.extend(self.read_batch(std::slice::from_ref(entry), revision).await?);
+                        records.extend(
+                            self.read_batch(std::slice::from_ref(entry), revision)
+                                .await?,
+                        );
                     }
                 }
                 Err(error) => return Err(error),
@@ -142,7 +145,9 @@ impl Shared {
                 TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
                     let key = keys::task(id);
                     decode::<TaskRecord>(&key, kv.value())
-                        .inspect_err(|e| warn!(key = %key, error = %e, "skipping corrupt task record"))
+                        .inspect_err(
+                            |e| warn!(key = %key, error = %e, "skipping corrupt task record"),
+                        )
                         .ok()
                 }),
                 _ => None,

@@ -13,6 +13,8 @@
 //! | `agentmesh-agent-<id>` (its own) | `agents/<id>`, that key alone | readwrite | its registration (and revoking its lease, which etcd allows only with write on every key on it) |
 //! | `agentmesh-coordinator` | `election/coordinator/` prefix | readwrite | its candidate key, named by a lease id not known in advance |
 //! | | `tasks/` prefix | readwrite | task records: fenced writes, retention's deletes, reads |
+//! | | `task-index/` prefix | readwrite | the listing index beside the records (written and deleted with them) |
+//! | | `idempotency/` prefix | readwrite | submits' idempotency keys (written and deleted with the records) |
 //! | | `reputation/` prefix | read | placement by reputation |
 //! | `agentmesh-peer` | `reputation/` prefix | readwrite | compare-and-swap updates after a consensus round |
 //!
@@ -97,6 +99,8 @@ pub fn shared_grants() -> Vec<Grant> {
             true,
         ),
         Grant::new(COORDINATOR_ROLE, keys::TASKS, true, true),
+        Grant::new(COORDINATOR_ROLE, keys::TASK_INDEX, true, true),
+        Grant::new(COORDINATOR_ROLE, keys::IDEMPOTENCY, true, true),
         Grant::new(COORDINATOR_ROLE, keys::REPUTATION, true, false),
         Grant::new(PEER_ROLE, keys::REPUTATION, true, true),
     ]
@@ -350,7 +354,10 @@ mod tests {
     #[test]
     fn only_coordinators_touch_task_records_and_only_peers_write_reputation() {
         for grant in shared_grants() {
-            if grant.key.starts_with(keys::TASKS) {
+            if [keys::TASKS, keys::TASK_INDEX, keys::IDEMPOTENCY]
+                .iter()
+                .any(|prefix| grant.key.starts_with(prefix))
+            {
                 assert_eq!(grant.role, COORDINATOR_ROLE);
             }
             if grant.key.starts_with(keys::REPUTATION) && grant.write {

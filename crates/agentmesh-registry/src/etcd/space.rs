@@ -151,15 +151,20 @@ impl Shared {
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .flat_map(|task| {
-                    let index = TxnOp::delete(keys::task_index(task.keys.created_ms, &task.id), None);
+                    let index =
+                        TxnOp::delete(keys::task_index(task.keys.created_ms, &task.id), None);
                     let idempotency = task
                         .keys
                         .idempotency
                         .as_ref()
                         .map(|(scope, key)| TxnOp::delete(keys::idempotency(scope, key), None));
-                    [Some(TxnOp::delete(keys::task(&task.id), None)), Some(index), idempotency]
-                        .into_iter()
-                        .flatten()
+                    [
+                        Some(TxnOp::delete(keys::task(&task.id), None)),
+                        Some(index),
+                        idempotency,
+                    ]
+                    .into_iter()
+                    .flatten()
                 })
                 .collect();
             let txn = Txn::new()

@@ -93,9 +93,8 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(message)
             }
             ApiError::NotFound(_) => Status::not_found(message),
-            ApiError::IdempotencyConflict { .. } | ApiError::Submit(SubmitError::Duplicate { .. }) => {
-                Status::already_exists(message)
-            }
+            ApiError::IdempotencyConflict { .. }
+            | ApiError::Submit(SubmitError::Duplicate { .. }) => Status::already_exists(message),
             ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
             ApiError::NoCoordinator => Status::failed_precondition(message),
             ApiError::Coordinator(_) => Status::unavailable(message),

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use agentmesh_core::access::Action;
 use agentmesh_core::patterns;
-use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::listing::{
     IdempotencyKey, ListCursor, TaskFilter, TaskPage, TaskQuery, idempotency_scope,
 };
+use agentmesh_core::task::validate::parse;
 use agentmesh_core::task::{Pattern, Status, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{ClientId, Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
@@ -634,14 +634,15 @@ fn list_query(request: &pb::ListTasksRequest) -> Result<TaskQuery, ApiError> {
     let pattern = match request.pattern.as_str() {
         "" => None,
         name => Some(
-            serde_json::from_value::<Pattern>(serde_json::Value::String(name.to_owned()))
-                .map_err(|_| {
+            serde_json::from_value::<Pattern>(serde_json::Value::String(name.to_owned())).map_err(
+                |_| {
                     bad(format!(
                         "unknown pattern '{}' (coordinator_worker, peer_consensus, hierarchical, \
                          workflow, reactive, auto)",
                         name.chars().take(64).collect::<String>()
                     ))
-                })?,
+                },
+            )?,
         ),
     };
     if request.name_prefix.len() > 256 {
