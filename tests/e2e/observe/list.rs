@@ -300,15 +300,21 @@ fn grpcurl_lists_describes_and_calls_a_tls_node_with_a_token() {
     let addr = cluster.node("coordinator-1").addr.clone();
     let ca = tls::shared().ca.to_string_lossy().into_owned();
     let bearer = format!("authorization: Bearer {}", tls::shared_tokens().admin);
-    let run = |args: &[&str]| {
-        let mut all = vec!["-cacert", ca.as_str(), "-H", bearer.as_str()];
+    let grpcurl_with = |token: bool, args: &[&str]| {
+        let mut all = vec!["-cacert", ca.as_str()];
+        if token {
+            all.extend(["-H", bearer.as_str()]);
+        }
         all.extend(args);
         let out = run_command(&grpcurl, &all, &[], CLI_TIMEOUT);
         assert!(out.success(), "grpcurl {args:?} failed: {out}");
         out.stdout
     };
+    let run = |args: &[&str]| grpcurl_with(true, args);
+    // Reflection and health need no token, as the README shows.
+    let open = |args: &[&str]| grpcurl_with(false, args);
 
-    let services: HashSet<String> = run(&[&addr, "list"]).lines().map(str::to_owned).collect();
+    let services: HashSet<String> = open(&[&addr, "list"]).lines().map(str::to_owned).collect();
     for service in [
         "agentmesh.v1.TaskService",
         "agentmesh.v1.ClusterService",
@@ -317,9 +323,9 @@ fn grpcurl_lists_describes_and_calls_a_tls_node_with_a_token() {
     ] {
         assert!(services.contains(service), "{service} not in {services:?}");
     }
-    let described = run(&[&addr, "describe", "agentmesh.v1.TaskService"]);
+    let described = open(&[&addr, "describe", "agentmesh.v1.TaskService"]);
     assert!(described.contains("rpc List"), "{described}");
-    let health = run(&[&addr, "grpc.health.v1.Health/Check"]);
+    let health = open(&[&addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
 
     // The README's submit, then the task in a listing.
@@ -333,7 +339,7 @@ fn grpcurl_lists_describes_and_calls_a_tls_node_with_a_token() {
     let id = reply["taskId"].as_str().expect("a task id").to_owned();
     let listed = run(&[
         "-d",
-        r#"{"page_size": 10}"#,
+        r#"{"status": ["TASK_STATUS_PENDING", "TASK_STATUS_RUNNING", "TASK_STATUS_COMPLETED"], "page_size": 20}"#,
         &addr,
         "agentmesh.v1.TaskService/List",
     ]);
