@@ -109,7 +109,7 @@ impl ListCursor {
 
     pub fn decode(token: &str) -> Result<Self, BadPageToken> {
         // A task id is at most a UUID; anything far longer is not a token.
-        if token.len() > 512 || token.len() % 2 != 0 {
+        if token.len() > 512 || !token.len().is_multiple_of(2) {
             return Err(BadPageToken);
         }
         let bytes = (0..token.len())
