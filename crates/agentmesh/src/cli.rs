@@ -1168,6 +1168,57 @@ mod tests {
     }
 
     #[test]
+    fn task_list_takes_a_time_or_a_span_and_submit_a_checked_key() {
+        assert_eq!(
+            parse_created_after("1795491266963"),
+            Ok(CreatedAfter::UnixMs(1_795_491_266_963))
+        );
+        let ago = parse_created_after("90m").unwrap();
+        assert_eq!(ago, CreatedAfter::Ago(Duration::from_secs(5_400)));
+        assert_eq!(ago.unix_ms(10_000_000), 10_000_000 - 5_400_000);
+        assert_eq!(CreatedAfter::Ago(Duration::from_secs(60)).unix_ms(5), 0);
+        assert!(parse_created_after("yesterday").is_err());
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "task",
+            "list",
+            "--status",
+            "failed,cancelled",
+            "--limit",
+            "2",
+            "--all",
+            "--endpoint",
+            "127.0.0.1:7700",
+        ])
+        .unwrap();
+        let Command::Task {
+            command: TaskCommand::List(args),
+        } = cli.command
+        else {
+            panic!("not task list");
+        };
+        assert_eq!(
+            args.status,
+            [TaskStatusArg::Failed, TaskStatusArg::Cancelled]
+        );
+        assert_eq!((args.limit, args.all, args.max_tasks), (2, true, 10_000));
+        let list = ["agentmesh", "task", "list", "--endpoint", "e:1"];
+        assert!(Cli::try_parse_from([&list[..], &["--limit", "0"]].concat()).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "agentmesh",
+                "submit",
+                "t.yaml",
+                "--endpoint",
+                "e:1",
+                "--idempotency-key",
+                "a/b"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
     fn durations_take_a_unit() {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
