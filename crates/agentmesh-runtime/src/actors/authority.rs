@@ -41,11 +41,6 @@ impl Authority {
         Self { membership, leader }
     }
 
-    /// Refuses `kind` from `sender` unless it is the leader coordinator.
-    pub fn leader_only(&self, sender: &AgentId, kind: Kind) -> Result<(), DeliverError> {
-        self.coordinator_leads(sender, kind)
-    }
-
     /// Refuses `kind` from `sender` unless it hands out work to workers:
     /// the leader coordinator, a peer (replicas of a consensus round), or
     /// a tactical level (an objective's operational tasks).
@@ -64,7 +59,7 @@ impl Authority {
             }
         };
         if why.is_empty() {
-            return self.coordinator_leads(sender, kind);
+            return self.leader_only(sender, kind);
         }
         Err(not_allowed(sender, kind, why))
     }
@@ -107,7 +102,8 @@ impl Authority {
         )
     }
 
-    fn coordinator_leads(&self, sender: &AgentId, kind: Kind) -> Result<(), DeliverError> {
+    /// Refuses `kind` from `sender` unless it is the leader coordinator.
+    pub fn leader_only(&self, sender: &AgentId, kind: Kind) -> Result<(), DeliverError> {
         let leader = self.leader.borrow().clone();
         if leader.as_ref() == Some(sender) {
             return Ok(());
