@@ -188,43 +188,6 @@ impl RoundOutcome {
     }
 }
 
-/// The etcd gRPC methods this node calls, as `method` labels: the path
-/// without its package (`/etcdserverpb.KV/Txn` is `KV/Txn`). Anything
-/// else is `other`.
-pub const ETCD_METHODS: [&str; 18] = [
-    "KV/Range",
-    "KV/Put",
-    "KV/DeleteRange",
-    "KV/Txn",
-    "KV/Compact",
-    "Watch/Watch",
-    "Lease/LeaseGrant",
-    "Lease/LeaseRevoke",
-    "Lease/LeaseKeepAlive",
-    "Lease/LeaseTimeToLive",
-    "Lease/LeaseLeases",
-    "Maintenance/Alarm",
-    "Maintenance/Status",
-    "Auth/Authenticate",
-    "Auth/AuthStatus",
-    "Auth/UserAdd",
-    "Auth/RoleAdd",
-    "Auth/RoleGrantPermission",
-];
-
-/// The `method` label of an etcd request path (`/etcdserverpb.KV/Txn`).
-pub fn etcd_method_label(path: &str) -> &'static str {
-    let method = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('.'))
-        .map_or("", |(_, m)| m);
-    ETCD_METHODS
-        .iter()
-        .find(|known| **known == method)
-        .copied()
-        .unwrap_or(OTHER)
-}
-
 /// The `agentmesh_worker_breaker_state` value of a breaker: ordered by
 /// how much it holds placements back, so `max` over agents reads "the
 /// worst".
@@ -674,6 +637,8 @@ impl Activity {
         }
     }
 
+    /// `method` is one of the registry's fixed set
+    /// ([`agentmesh_registry::etcd_method`]).
     pub(super) fn etcd_request(&self, method: &'static str, elapsed: Duration, failed: bool) {
         let labels = MethodLabels { method };
         self.etcd_duration
@@ -707,4 +672,202 @@ impl Activity {
 
 fn pattern_index(pattern: Pattern) -> usize {
     PATTERNS.iter().position(|p| *p == pattern).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Format, Metrics};
+    use super::*;
+
+    fn series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn task_counters_exist_at_zero_and_count_by_pattern_and_status() {
+        let metrics = Metrics::new();
+        let text = metrics.encode(Format::Prometheus);
+        assert_eq!(
+            series(&text, "agentmesh_tasks_submitted_total{").len(),
+            PATTERNS.len()
+        );
+        assert_eq!(
+            series(&text, "agentmesh_tasks_finished_total{").len(),
+            PATTERNS.len() * ENDINGS.len()
+        );
+        metrics.activity.task_submitted(Pattern::PeerConsensus);
+        metrics
+            .activity
+            .task_finished(Pattern::PeerConsensus, Status::Completed);
+        metrics
+            .activity
+            .task_finished(Pattern::PeerConsensus, Status::Running);
+        let text = metrics.encode(Format::Prometheus);
+        for line in [
+            "agentmesh_tasks_submitted_total{pattern=\"peer_consensus\"} 1",
+            "agentmesh_tasks_finished_total{pattern=\"peer_consensus\",status=\"completed\"} 1",
+            "agentmesh_tasks_finished_total{pattern=\"peer_consensus\",status=\"failed\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn subtask_histograms_are_in_seconds_and_capabilities_past_the_bound_share_other() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_CAPABILITY_LABELS + 5 {
+            metrics
+                .activity
+                .subtask_duration(&format!("cap-{n:04}"), Duration::from_millis(3));
+        }
+        metrics
+            .activity
+            .queue_wait("cap-0000", Duration::from_millis(20));
+        let text = metrics.encode(Format::Prometheus);
+        let counts = series(&text, "agentmesh_subtask_duration_seconds_count{");
+        assert_eq!(counts.len(), MAX_CAPABILITY_LABELS + 1, "{text}");
+        assert!(
+            counts.contains(&"agentmesh_subtask_duration_seconds_count{capability=\"other\"} 5"),
+            "{counts:?}"
+        );
+        // 3 ms lands in the 5 ms bucket, not in the 2.5 ms one.
+        for line in [
+            "agentmesh_subtask_duration_seconds_bucket{capability=\"cap-0001\",le=\"0.0025\"} 0",
+            "agentmesh_subtask_duration_seconds_bucket{capability=\"cap-0001\",le=\"0.005\"} 1",
+            "agentmesh_subtask_queue_wait_seconds_sum{capability=\"cap-0000\"} 0.02",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn worker_series_follow_the_latest_view_within_the_bound() {
+        let metrics = Metrics::new();
+        let names: Vec<String> = (0..MAX_AGENT_LABELS + 3)
+            .map(|n| format!("w{n:04}"))
+            .collect();
+        fn view(names: &[String], breaker: BreakerState) -> Vec<WorkerView<'_>> {
+            names
+                .iter()
+                .map(|agent| WorkerView {
+                    agent,
+                    in_flight: 2,
+                    breaker,
+                })
+                .collect()
+        }
+        metrics.activity.set_workers(view(
+            &names,
+            BreakerState::Closed {
+                consecutive_failures: 0,
+            },
+        ));
+        let text = metrics.encode(Format::Prometheus);
+        assert_eq!(
+            series(&text, "agentmesh_worker_in_flight{").len(),
+            MAX_AGENT_LABELS
+        );
+        // The agents left but two; one of them is open.
+        metrics.activity.set_workers(
+            view(&names[..1], BreakerState::Open { until_ms: 9 })
+                .into_iter()
+                .chain(view(
+                    &names[1..2],
+                    BreakerState::HalfOpen {
+                        probe_in_flight: true,
+                    },
+                )),
+        );
+        let text = metrics.encode(Format::Prometheus);
+        let mut breakers = series(&text, "agentmesh_worker_breaker_state{");
+        breakers.sort_unstable();
+        assert_eq!(
+            breakers,
+            [
+                "agentmesh_worker_breaker_state{agent=\"w0000\"} 2",
+                "agentmesh_worker_breaker_state{agent=\"w0001\"} 1"
+            ],
+            "{text}"
+        );
+        assert_eq!(series(&text, "agentmesh_worker_in_flight{").len(), 2);
+    }
+
+    #[test]
+    fn reputations_are_bounded_and_forgotten_when_no_longer_recorded() {
+        let metrics = Metrics::new();
+        let scores: BTreeMap<(String, String), f64> = (0..MAX_REPUTATION_SERIES + 4)
+            .map(|n| ((format!("a{n:05}"), "math".to_owned()), 0.5))
+            .collect();
+        metrics.activity.set_reputations(&scores);
+        let text = metrics.encode(Format::Prometheus);
+        assert_eq!(
+            series(&text, "agentmesh_agent_reputation{").len(),
+            MAX_REPUTATION_SERIES
+        );
+        let one: BTreeMap<(String, String), f64> =
+            [(("a00000".to_owned(), "math".to_owned()), 0.75)].into();
+        metrics.activity.set_reputations(&one);
+        let text = metrics.encode(Format::Prometheus);
+        assert_eq!(
+            series(&text, "agentmesh_agent_reputation{"),
+            ["agentmesh_agent_reputation{agent=\"a00000\",capability=\"math\"} 0.75"]
+        );
+    }
+
+    #[test]
+    fn a_backlog_mirrors_its_depth_until_its_agent_is_gone() {
+        let metrics = Metrics::new();
+        let backlog = crate::transport::Backlog::observed(2, metrics.activity.mailbox_backlog("w"));
+        backlog.enter("w").unwrap();
+        backlog.enter("w").unwrap();
+        assert!(backlog.enter("w").is_err());
+        backlog.leave();
+        let text = metrics.encode(Format::Prometheus);
+        assert!(
+            text.contains("agentmesh_mailbox_backlog{agent=\"w\"} 1\n"),
+            "{text}"
+        );
+        metrics.activity.mailbox_gone("w");
+        let text = metrics.encode(Format::Prometheus);
+        assert!(!text.contains("agentmesh_mailbox_backlog{"), "{text}");
+    }
+
+    #[test]
+    fn fixed_label_sets_are_stable() {
+        let metrics = Metrics::new();
+        metrics.activity.link_acks(3, 1);
+        metrics.activity.record_write(
+            5,
+            Duration::from_millis(1),
+            Some(WriteErrorKind::Permanent),
+        );
+        metrics.activity.leading(Some(42));
+        metrics
+            .activity
+            .consensus_round(RoundOutcome::Agreed, Some(0.75), 1);
+        metrics
+            .activity
+            .etcd_request("KV/Txn", Duration::from_millis(2), true);
+        let text = metrics.encode(Format::Prometheus);
+        for line in [
+            "agentmesh_link_acks_total{outcome=\"accepted\"} 3",
+            "agentmesh_link_acks_total{outcome=\"refused\"} 1",
+            "agentmesh_record_write_errors_total{kind=\"permanent\"} 1",
+            "agentmesh_record_write_errors_total{kind=\"transient\"} 0",
+            "agentmesh_record_write_batch_records_bucket{le=\"4\"} 0",
+            "agentmesh_record_write_batch_records_bucket{le=\"8\"} 1",
+            "agentmesh_coordinator_leader 1",
+            "agentmesh_coordinator_term 42",
+            "agentmesh_consensus_rounds_total{outcome=\"agreed\"} 1",
+            "agentmesh_consensus_rounds_total{outcome=\"failed\"} 0",
+            "agentmesh_consensus_agreement_ratio_bucket{le=\"0.8\"} 1",
+            "agentmesh_consensus_dissents_total 1",
+            "agentmesh_etcd_request_errors_total{method=\"KV/Txn\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        metrics.activity.leading(None);
+        let text = metrics.encode(Format::Prometheus);
+        assert!(text.contains("agentmesh_coordinator_term 0\n"), "{text}");
+    }
 }

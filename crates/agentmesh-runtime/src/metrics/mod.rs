@@ -47,7 +47,7 @@ use prometheus_client::registry::Registry;
 
 pub use activity::{
     MAX_AGENT_LABELS, MAX_REPUTATION_SERIES, RoundOutcome, WorkerView, WriteErrorKind,
-    breaker_value, etcd_method_label,
+    breaker_value,
 };
 use activity::Activity;
 use agentmesh_core::task::{Pattern, Status};
@@ -413,9 +413,28 @@ pub fn record_write(records: usize, elapsed: Duration, error: Option<WriteErrorK
     global().activity.record_write(records, elapsed, error);
 }
 
-/// Observes one etcd request (`method` from [`etcd_method_label`]).
+/// Observes one etcd request (`method` from
+/// [`agentmesh_registry::etcd_method`]).
 pub fn etcd_request(method: &'static str, elapsed: Duration, failed: bool) {
     global().activity.etcd_request(method, elapsed, failed);
+}
+
+/// Feeds the registry's etcd requests into
+/// `agentmesh_etcd_request_duration_seconds` and
+/// `agentmesh_etcd_request_errors_total`.
+#[derive(Debug, Default)]
+pub struct EtcdMetrics;
+
+impl agentmesh_registry::EtcdObserver for EtcdMetrics {
+    fn observe(&self, method: &'static str, elapsed: Duration, failed: bool) {
+        etcd_request(method, elapsed, failed);
+    }
+}
+
+/// The observer a node's etcd client is given
+/// ([`agentmesh_registry::EtcdOptions::with_observer`]).
+pub fn etcd_observer() -> std::sync::Arc<dyn agentmesh_registry::EtcdObserver> {
+    std::sync::Arc::new(EtcdMetrics)
 }
 
 /// Publishes whether this node's coordinator leads, and in which term.
