@@ -408,8 +408,7 @@ pub(crate) async fn connect_client(options: &EtcdOptions) -> Result<Client, Regi
             None => Client::connect(&options.endpoints, Some(connect_options)).await,
         }
     };
-    match tokio::time::timeout(options.connect_timeout, connect).await
-    {
+    match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => {
             let reason = options.redact(&access::describe(&e));

@@ -836,11 +836,9 @@ mod tests {
     fn fixed_label_sets_are_stable() {
         let metrics = Metrics::new();
         metrics.activity.link_acks(3, 1);
-        metrics.activity.record_write(
-            5,
-            Duration::from_millis(1),
-            Some(WriteErrorKind::Permanent),
-        );
+        metrics
+            .activity
+            .record_write(5, Duration::from_millis(1), Some(WriteErrorKind::Permanent));
         metrics.activity.leading(Some(42));
         metrics
             .activity

@@ -45,11 +45,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use activity::Activity;
 pub use activity::{
     MAX_AGENT_LABELS, MAX_REPUTATION_SERIES, RoundOutcome, WorkerView, WriteErrorKind,
     breaker_value,
 };
-use activity::Activity;
 use agentmesh_core::task::{Pattern, Status};
 use prometheus_client::metrics::gauge::Gauge as GaugeHandle;
 use std::time::Duration;

@@ -41,8 +41,7 @@ pub fn means(scores: &BTreeMap<(String, String), f64>) -> HashMap<AgentId, f64> 
         sum.0 += score;
         sum.1 += 1;
     }
-    sums
-        .into_iter()
+    sums.into_iter()
         .map(|(agent, (total, n))| (AgentId::new(agent), total / f64::from(n)))
         .collect()
 }

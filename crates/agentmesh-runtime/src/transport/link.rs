@@ -18,8 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::{BrokenLink, ENVELOPE_OVERHEAD};
-use crate::node::config::MailboxConfig;
 use crate::metrics;
+use crate::node::config::MailboxConfig;
 use crate::support::background::Background;
 
 /// Envelopes queued for the stream before senders wait.

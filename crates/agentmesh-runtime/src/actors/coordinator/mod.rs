@@ -144,10 +144,7 @@ impl Actor for Coordinator {
                 };
                 metrics::set_reputations(&scores);
                 let means = crate::support::reputation::means(&scores);
-                if events
-                    .cast(CoordinatorMessage::Reputations(means))
-                    .is_err()
-                {
+                if events.cast(CoordinatorMessage::Reputations(means)).is_err() {
                     break;
                 }
             }
