@@ -126,6 +126,7 @@ mod election;
 mod lease;
 mod listing;
 mod membership;
+pub mod observe;
 mod prefix_watch;
 pub mod rbac;
 mod registration;
@@ -150,6 +151,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 pub use access::{AccessError, EtcdCredentials, EtcdTls, Password};
+pub use observe::{ETCD_METHODS, EtcdObserver, Observer, etcd_method};
 
 use crate::ended_index::EndedIndex;
 use crate::{
@@ -262,6 +264,8 @@ pub struct EtcdOptions {
     pub request_timeout: Duration,
     /// Task records per request when listing them (at least 1).
     pub task_page_size: usize,
+    /// Told of every etcd request (see [`observe`]); none by default.
+    pub observer: Option<Observer>,
 }
 
 impl EtcdOptions {
@@ -274,7 +278,14 @@ impl EtcdOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             task_page_size: DEFAULT_TASK_PAGE_SIZE,
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every etcd request.
+    pub fn with_observer(mut self, observer: Arc<dyn EtcdObserver>) -> Self {
+        self.observer = Some(Observer(observer));
+        self
     }
 
     pub fn with_tls(mut self, tls: EtcdTls) -> Self {
@@ -384,12 +395,20 @@ pub(crate) async fn connect_client(options: &EtcdOptions) -> Result<Client, Regi
         options.tls.as_ref(),
         options.credentials.as_ref(),
     );
-    match tokio::time::timeout(
-        options.connect_timeout,
-        Client::connect(&options.endpoints, Some(connect_options)),
-    )
-    .await
-    {
+    let connect = async {
+        match &options.observer {
+            Some(observer) => {
+                Client::connect_with_balanced_channel(
+                    &options.endpoints,
+                    Some(connect_options),
+                    observe::ObservedChannel(observer.clone()),
+                )
+                .await
+            }
+            None => Client::connect(&options.endpoints, Some(connect_options)).await,
+        }
+    };
+    match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => {
             let reason = options.redact(&access::describe(&e));

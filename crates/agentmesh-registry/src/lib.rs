@@ -45,7 +45,10 @@ use futures::stream::BoxStream;
 use thiserror::Error;
 use tokio::sync::watch;
 
-pub use etcd::{EtcdCredentials, EtcdOptions, EtcdRegistry, EtcdTls, Password};
+pub use etcd::{
+    ETCD_METHODS, EtcdCredentials, EtcdObserver, EtcdOptions, EtcdRegistry, EtcdTls, Password,
+    etcd_method,
+};
 pub use memory::MemoryRegistry;
 
 /// Lease time-to-live used when none is configured: a dead node's agents

@@ -314,7 +314,9 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     if config.tokens.is_none() {
         warn!("no --token-file: the client API is open to anyone who can reach --listen");
     }
-    let options = args.etcd_options()?;
+    let options = args
+        .etcd_options()?
+        .with_observer(agentmesh_runtime::metrics::etcd_observer());
     info!(
         role = ?args.role,
         etcd = ?args.etcd.endpoints,

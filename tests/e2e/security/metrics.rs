@@ -4,9 +4,7 @@
 //! envelope, an envelope without a node certificate and a call without a
 //! token each raise theirs, while an honest task completes.
 //!
-//! promtool is not installed by scripts/test, so the scrape's syntax is
-//! checked by the runtime's unit tests rather than `promtool check
-//! metrics`.
+//! `observe::metrics` checks a whole scrape with `promtool check metrics`.
 
 use std::time::Duration;
 

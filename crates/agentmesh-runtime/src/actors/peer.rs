@@ -39,6 +39,7 @@ use crate::actors::authority::Authority;
 use crate::actors::report;
 use crate::actors::worker::WorkerInbox;
 use crate::convert;
+use crate::metrics::{self, RoundOutcome};
 use crate::node::config::PeerConfig;
 use crate::support::background::Background;
 use crate::support::clock::now_ms;
@@ -363,6 +364,7 @@ impl PeerState {
             Next::Fail(reason) => {
                 if let Some(led) = self.led.remove(round_id) {
                     warn!(round = %round_id, %reason, "collaboration failed");
+                    metrics::consensus_round(RoundOutcome::Failed, None, 0);
                     self.answer(&led, Err(reason), None);
                 }
             }
@@ -425,6 +427,11 @@ impl PeerState {
                     dissenters = ?agreed.dissenters,
                     "consensus reached"
                 );
+                metrics::consensus_round(
+                    RoundOutcome::Agreed,
+                    Some(agreed.agreement),
+                    agreed.dissenters.len(),
+                );
                 Ok((agreed.output, how))
             }
             Err(error) => {
@@ -433,6 +440,13 @@ impl PeerState {
                         .iter()
                         .map(|b| (b.agent.clone(), Outcome::Dissented)),
                 );
+                // No output at all to agree on is a failed round.
+                let outcome = if ballots.is_empty() {
+                    RoundOutcome::Failed
+                } else {
+                    RoundOutcome::Disagreed
+                };
+                metrics::consensus_round(outcome, None, ballots.len());
                 Err(format!("peers did not agree: {error}"))
             }
         };

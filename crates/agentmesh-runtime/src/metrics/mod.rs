@@ -10,6 +10,10 @@
 //! agentmesh_subtasks_queued{capability}            subtasks ready and waiting for a worker (leader)
 //! ```
 //!
+//! and what the node does: tasks, subtasks, workers, mailboxes, links,
+//! record writes, etcd requests, leadership and consensus (see
+//! [`activity`] for the list; `docs/observability.md` describes each).
+//!
 //! Every label takes values from a small fixed set, whatever a peer or a
 //! client sends: a hostile envelope kind is counted as `other`, so nobody
 //! can grow the registry by inventing label values. Capabilities are
@@ -29,6 +33,7 @@
 //! [`Metrics::new`], and a function here that bumps it, so that callers
 //! need neither the registry nor label types.
 
+pub mod activity;
 pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +44,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use activity::Activity;
+pub use activity::{
+    MAX_AGENT_LABELS, MAX_REPUTATION_SERIES, RoundOutcome, WorkerView, WriteErrorKind,
+    breaker_value,
+};
+use agentmesh_core::task::{Pattern, Status};
+use prometheus_client::metrics::gauge::Gauge as GaugeHandle;
+use std::time::Duration;
 
 use crate::transport::Kind;
 
@@ -142,6 +156,7 @@ pub struct Metrics {
     /// The capabilities `subtasks_queued` has a series for, so one whose
     /// queue emptied is set to zero rather than left at its last value.
     queued_capabilities: Mutex<BTreeSet<String>>,
+    activity: Activity,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -188,6 +203,7 @@ impl Metrics {
              coordinator's view (others report none), the signal to scale worker pools on",
             subtasks_queued.clone(),
         );
+        let activity = Activity::register(&mut registry);
         Self {
             registry,
             envelopes_refused,
@@ -195,6 +211,7 @@ impl Metrics {
             requests_refused,
             subtasks_queued,
             queued_capabilities: Mutex::new(BTreeSet::new()),
+            activity,
         }
     }
 
@@ -323,6 +340,114 @@ pub fn refused_link(reason: RefusalReason) {
 /// [`REQUEST_PERMISSION_DENIED`].
 pub fn refused_request(service: &'static str, reason: &'static str) {
     global().refused_request(service, reason);
+}
+
+/// Counts a task the coordinator accepted.
+pub fn task_submitted(pattern: Pattern) {
+    global().activity.task_submitted(pattern);
+}
+
+/// Counts a task that ended with `status` (completed, failed or
+/// cancelled; any other status is not counted).
+pub fn task_finished(pattern: Pattern, status: Status) {
+    global().activity.task_finished(pattern, status);
+}
+
+/// Counts a subtask attempt dispatched.
+pub fn attempt_started() {
+    global().activity.attempt_started();
+}
+
+/// Counts a subtask attempt queued to run again.
+pub fn attempt_retried() {
+    global().activity.attempt_retried();
+}
+
+/// Observes an attempt of a `capability` subtask that took `elapsed` from
+/// dispatch to result.
+pub fn subtask_duration(capability: &str, elapsed: Duration) {
+    global().activity.subtask_duration(capability, elapsed);
+}
+
+/// Observes a `capability` subtask that waited `waited` from ready to its
+/// first dispatch.
+pub fn queue_wait(capability: &str, waited: Duration) {
+    global().activity.queue_wait(capability, waited);
+}
+
+/// Publishes the leader's view of its workers (in-flight, breaker); agents
+/// not listed lose their series.
+pub fn set_workers<'a>(workers: impl IntoIterator<Item = WorkerView<'a>>) {
+    global().activity.set_workers(workers);
+}
+
+/// Publishes every recorded reputation, by (agent, capability); pairs not
+/// listed lose their series.
+pub fn set_reputations(scores: &BTreeMap<(String, String), f64>) {
+    global().activity.set_reputations(scores);
+}
+
+/// The gauge a local agent's mailbox backlog is mirrored into; resolved
+/// once when the agent starts.
+pub fn mailbox_backlog(agent: &str) -> GaugeHandle {
+    global().activity.mailbox_backlog(agent)
+}
+
+/// Removes a local agent's backlog series once it has stopped.
+pub fn mailbox_gone(agent: &str) {
+    global().activity.mailbox_gone(agent);
+}
+
+/// Counts the envelopes one link ack accepted and refused.
+pub fn link_acks(accepted: usize, refused: usize) {
+    global().activity.link_acks(accepted, refused);
+}
+
+/// Counts envelopes whose link ack did not come in time.
+pub fn link_ack_timeouts(expired: usize) {
+    global().activity.link_ack_timeouts(expired);
+}
+
+/// Observes one task-record transaction of `records` records.
+pub fn record_write(records: usize, elapsed: Duration, error: Option<WriteErrorKind>) {
+    global().activity.record_write(records, elapsed, error);
+}
+
+/// Observes one etcd request (`method` from
+/// [`agentmesh_registry::etcd_method`]).
+pub fn etcd_request(method: &'static str, elapsed: Duration, failed: bool) {
+    global().activity.etcd_request(method, elapsed, failed);
+}
+
+/// Feeds the registry's etcd requests into
+/// `agentmesh_etcd_request_duration_seconds` and
+/// `agentmesh_etcd_request_errors_total`.
+#[derive(Debug, Default)]
+pub struct EtcdMetrics;
+
+impl agentmesh_registry::EtcdObserver for EtcdMetrics {
+    fn observe(&self, method: &'static str, elapsed: Duration, failed: bool) {
+        etcd_request(method, elapsed, failed);
+    }
+}
+
+/// The observer a node's etcd client is given
+/// ([`agentmesh_registry::EtcdOptions::with_observer`]).
+pub fn etcd_observer() -> std::sync::Arc<dyn agentmesh_registry::EtcdObserver> {
+    std::sync::Arc::new(EtcdMetrics)
+}
+
+/// Publishes whether this node's coordinator leads, and in which term.
+pub fn leading(term: Option<i64>) {
+    global().activity.leading(term);
+}
+
+/// Counts a consensus round that ended, with its agreement when it agreed
+/// and the number of votes that dissented.
+pub fn consensus_round(outcome: RoundOutcome, agreement: Option<f64>, dissents: usize) {
+    global()
+        .activity
+        .consensus_round(outcome, agreement, dissents);
 }
 
 #[cfg(test)]

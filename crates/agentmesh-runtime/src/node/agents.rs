@@ -133,7 +133,7 @@ impl Spawner {
         endpoint: &str,
     ) -> Result<StartedCoordinator, NodeError> {
         let hub = RecordHub::new(config.ended_cache_bytes);
-        let backlog = self.router.new_backlog();
+        let backlog = self.router.new_backlog(&id);
         let args = CoordinatorArguments {
             id: id.clone(),
             registry: self.registry.clone(),
@@ -193,7 +193,7 @@ impl Spawner {
     ) -> Result<StartedWorker, NodeError> {
         let id = registration.id.clone();
         let load = Arc::new(AtomicU32::new(0));
-        let backlog = self.router.new_backlog();
+        let backlog = self.router.new_backlog(&id);
         let args = WorkerArguments {
             id: id.clone(),
             tools: tools.restricted_to(&registration.capabilities),
@@ -216,7 +216,7 @@ impl Spawner {
         match peer {
             None => self.router.add_local(id.clone(), Arc::new(worker_mailbox)),
             Some(config) => {
-                let backlog = self.router.new_backlog();
+                let backlog = self.router.new_backlog(&id);
                 let args = PeerArguments {
                     id: id.clone(),
                     capabilities: registration.capabilities.clone(),
@@ -272,7 +272,7 @@ impl Spawner {
         strategic: StrategicPolicy,
     ) -> Result<StartedLevel, NodeError> {
         let id = registration.id.clone();
-        let backlog = self.router.new_backlog();
+        let backlog = self.router.new_backlog(&id);
         let seat = SeatArguments {
             id: id.clone(),
             router: self.router.clone(),

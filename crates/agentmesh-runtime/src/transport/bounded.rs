@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentmesh_core::AgentId;
 use agentmesh_proto::v1::Envelope;
+use prometheus_client::metrics::gauge::Gauge;
 use ractor::ActorRef;
 
 use super::DeliverError;
@@ -24,17 +25,29 @@ pub trait LocalMailbox: Send + Sync + 'static {
 }
 
 /// Counts the envelopes an actor has been handed and not yet handled.
+///
+/// The count is mirrored into a gauge (the agent's
+/// `agentmesh_mailbox_backlog` series): the bound is checked on the
+/// backlog's own counter, since two actors may share one series.
 #[derive(Debug)]
 pub struct Backlog {
     queued: AtomicUsize,
     limit: usize,
+    depth: Gauge,
 }
 
 impl Backlog {
+    /// A backlog whose depth is published nowhere.
     pub fn new(limit: usize) -> Arc<Self> {
+        Self::observed(limit, Gauge::default())
+    }
+
+    /// A backlog whose depth is mirrored into `depth`.
+    pub fn observed(limit: usize, depth: Gauge) -> Arc<Self> {
         Arc::new(Self {
             queued: AtomicUsize::new(0),
             limit: limit.max(1),
+            depth,
         })
     }
 
@@ -47,6 +60,7 @@ impl Backlog {
                 limit: self.limit,
             });
         }
+        self.depth.inc();
         Ok(())
     }
 
@@ -54,6 +68,7 @@ impl Backlog {
     /// there).
     pub fn leave(&self) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.depth.dec();
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::{BrokenLink, ENVELOPE_OVERHEAD};
+use crate::metrics;
 use crate::node::config::MailboxConfig;
 use crate::support::background::Background;
 
@@ -157,6 +158,8 @@ impl Link {
                 pending.remove(&refusal.seq).map(|p| (p, outcome))
             }));
         }
+        let accepted = settled.iter().filter(|(_, o)| o.is_ok()).count();
+        metrics::link_acks(accepted, settled.len() - accepted);
         for (pending, outcome) in settled {
             let _ = pending.ack.send(outcome);
         }
@@ -173,6 +176,7 @@ impl Link {
                 .collect();
             late.iter().filter_map(|seq| pending.remove(seq)).collect()
         };
+        metrics::link_ack_timeouts(expired.len());
         for pending in expired {
             let _ = pending.ack.send(Err(LinkError::Failed(self.no_ack())));
         }

@@ -218,8 +218,13 @@ impl Router {
         self.broken.subscribe()
     }
 
-    pub fn new_backlog(&self) -> Arc<Backlog> {
-        Backlog::new(self.config.max_backlog_per_agent)
+    /// Its depth is published as `agentmesh_mailbox_backlog{agent}` (one
+    /// series per agent id: a peer's two actors share theirs).
+    pub fn new_backlog(&self, agent: &AgentId) -> Arc<Backlog> {
+        Backlog::observed(
+            self.config.max_backlog_per_agent,
+            crate::metrics::mailbox_backlog(agent.as_str()),
+        )
     }
 
     pub fn add_local(&self, id: AgentId, mailbox: Arc<dyn LocalMailbox>) {
@@ -234,6 +239,7 @@ impl Router {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        crate::metrics::mailbox_gone(id.as_str());
     }
 
     fn local(&self, id: &str) -> Option<Arc<dyn LocalMailbox>> {

@@ -138,14 +138,13 @@ impl Actor for Coordinator {
             loop {
                 interval.tick().await;
                 let Ok(scores) =
-                    crate::support::reputation::mean_scores(registry.as_ref(), &policy).await
+                    crate::support::reputation::scores(registry.as_ref(), &policy).await
                 else {
                     continue;
                 };
-                if events
-                    .cast(CoordinatorMessage::Reputations(scores))
-                    .is_err()
-                {
+                metrics::set_reputations(&scores);
+                let means = crate::support::reputation::means(&scores);
+                if events.cast(CoordinatorMessage::Reputations(means)).is_err() {
                     break;
                 }
             }
@@ -308,6 +307,7 @@ impl CoordinatorState {
         let id = record.id.clone();
         self.recent_keys.accepted(self.term, &record);
         info!(task_id = %id, name = %record.name, subtasks = record.subtasks.len(), "task accepted");
+        metrics::task_submitted(record.pattern);
         let (ack, durable) = oneshot::channel();
         if let Some(writer) = &self.writer {
             writer
@@ -372,6 +372,15 @@ impl CoordinatorState {
             return;
         }
         let now = now_ms();
+        let subtask = &record.subtasks[index];
+        if subtask.attempts == result.attempt
+            && let Some(started) = subtask.started_ms
+        {
+            // The current attempt: dispatch to result, as this
+            // coordinator saw it.
+            let elapsed = Duration::from_millis(now.saturating_sub(started));
+            metrics::subtask_duration(&subtask.capability, elapsed);
+        }
         let by = AppliedResult {
             term: result.term,
             attempt: result.attempt,
@@ -434,11 +443,13 @@ impl CoordinatorState {
         }
         let record = self.tasks.get(id)?;
         let status = record.status;
+        let pattern = record.pattern;
         if let Some(writer) = &self.writer {
             writer.write(Arc::new(record.clone()), bytes, None).await;
         }
         if status.is_terminal() {
             info!(task_id = %id, %status, "task finished");
+            metrics::task_finished(pattern, status);
             self.tasks.remove(id);
             self.queue.task_ended(id);
         }

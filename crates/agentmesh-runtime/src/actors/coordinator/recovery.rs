@@ -13,6 +13,7 @@ use super::pools::Pools;
 use super::retention::{Retention, RetentionPolicy};
 use super::writer::WriterLimits;
 use super::{CoordinatorMessage, CoordinatorState, RecordWriter, WRITER_FINISH_TIMEOUT};
+use crate::metrics;
 use crate::support::clock::now_ms;
 use crate::transport::BrokenLink;
 
@@ -35,6 +36,7 @@ impl CoordinatorState {
         }
         let fence = leadership.fence.revision;
         self.term = fence;
+        metrics::leading(Some(fence));
         self.retention = Some(Retention::spawn(
             self.registry.clone(),
             leadership.clone(),
@@ -131,6 +133,7 @@ impl CoordinatorState {
         let Some(writer) = self.writer.take() else {
             return;
         };
+        metrics::leading(None);
         let dropped = self.tasks.len();
         self.tasks.clear();
         self.queue.clear();

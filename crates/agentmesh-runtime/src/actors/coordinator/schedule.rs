@@ -180,6 +180,7 @@ impl CoordinatorState {
         if record.requeue(subtask, attempt, error.clone(), now) == Applied::Changed {
             let delay = self.config.retry.delay_ms(attempt, &mut rand::rng());
             warn!(task_id = %id, subtask = %record.subtasks[subtask].id, attempt, %error, delay_ms = delay, "re-dispatching subtask");
+            metrics::attempt_retried();
             worker.iter().for_each(|w| self.pool.release(w, None, now));
             self.backoff
                 .entry(now + delay)
@@ -223,6 +224,16 @@ impl CoordinatorState {
             .map(|(capability, n)| (capability.to_owned(), n))
             .collect();
         metrics::set_queued(&depths);
+        // Placements are the leader's: a follower's pool places nothing,
+        // so it publishes no worker at all rather than a second view.
+        let leading = self.writer.is_some();
+        metrics::set_workers(self.pool.agents().filter(|_| leading).map(|worker| {
+            metrics::WorkerView {
+                agent: worker.id.as_str(),
+                in_flight: worker.in_flight,
+                breaker: worker.breaker_state(),
+            }
+        }));
     }
 
     /// Moves retries whose backoff has passed to the front of their
@@ -280,6 +291,14 @@ impl CoordinatorState {
                     continue;
                 }
             };
+            if record.subtasks[index].attempts == 0 {
+                let waited = now.saturating_sub(ready_since(record, index));
+                metrics::queue_wait(
+                    &record.subtasks[index].capability,
+                    Duration::from_millis(waited),
+                );
+            }
+            metrics::attempt_started();
             let attempt = record.start_attempt(index, self.term, worker.clone(), now);
             self.pool.acquire(&worker, now);
             let subtask = &record.subtasks[index];
@@ -308,6 +327,18 @@ impl CoordinatorState {
         }
         self.queue.fair.end_pass();
     }
+}
+
+/// When subtask `index` of `record` became ready: when its last
+/// dependency finished, or when the task was accepted.
+fn ready_since(record: &TaskRecord, index: usize) -> u64 {
+    record.subtasks[index]
+        .depends_on
+        .iter()
+        .filter_map(|dep| record.position(dep))
+        .filter_map(|i| record.subtasks[i].finished_ms)
+        .max()
+        .unwrap_or(record.created_ms)
 }
 
 fn dispatch(

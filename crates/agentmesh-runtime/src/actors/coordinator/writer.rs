@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentmesh_core::TaskId;
 use agentmesh_core::task::TaskRecord;
@@ -38,6 +38,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::warn;
 
 use super::hub::RecordHub;
+use crate::metrics::{self, WriteErrorKind};
 
 /// Changes waiting to be written; a full queue makes the coordinator wait,
 /// which is the back-pressure that keeps memory bounded.
@@ -339,7 +340,15 @@ async fn write_with_retry(
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempt = 1u32;
     loop {
-        let error = match registry.put_tasks_fenced(records, &leadership.fence).await {
+        let started = Instant::now();
+        let written = registry.put_tasks_fenced(records, &leadership.fence).await;
+        let kind = written.as_ref().err().map(|error| match error {
+            RegistryError::Closed | RegistryError::NotLeader { .. } => WriteErrorKind::Fenced,
+            error if !error.is_transient() => WriteErrorKind::Permanent,
+            _ => WriteErrorKind::Transient,
+        });
+        metrics::record_write(records.len(), started.elapsed(), kind);
+        let error = match written {
             Ok(()) => return Ok(()),
             Err(error @ (RegistryError::Closed | RegistryError::NotLeader { .. })) => {
                 return Err(WriteFailure {
