@@ -197,6 +197,18 @@ pub fn child_of(parent: &TraceParent, span: tracing::Span) -> tracing::Span {
     span
 }
 
+/// `future`, run in the current span when tracing is on: for work spawned
+/// onto another task that must stay in the caller's trace.
+pub fn in_current_span<F>(future: F) -> tracing::instrument::Instrumented<F> {
+    use tracing::Instrument;
+    let span = if enabled() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    };
+    future.instrument(span)
+}
+
 struct MetadataExtractor<'a>(&'a MetadataMap);
 
 impl Extractor for MetadataExtractor<'_> {

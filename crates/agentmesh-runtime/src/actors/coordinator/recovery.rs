@@ -133,6 +133,7 @@ impl CoordinatorState {
         };
         let dropped = self.tasks.len();
         self.tasks.clear();
+        self.traces.clear();
         self.queue.clear();
         self.backoff.clear();
         self.pool = Pools::new(&self.config, &self.membership);
