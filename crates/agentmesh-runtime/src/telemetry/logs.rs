@@ -58,35 +58,37 @@ where
         let mut visitor = JsonFields::default();
         event.record(&mut visitor);
 
-        let mut line = Map::with_capacity(8);
-        line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert("level".into(), Value::String(meta.level().as_str().into()));
-        line.insert("target".into(), Value::String(meta.target().into()));
-        line.insert(
-            "message".into(),
-            Value::String(visitor.message.unwrap_or_default()),
-        );
-        line.insert("fields".into(), Value::Object(visitor.fields));
+        // Written key by key, so every line reads in the same order.
+        let text = |value: &str| Value::String(value.to_owned()).to_string();
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":");
+        line.push_str(&text(&timestamp));
+        line.push_str(",\"level\":");
+        line.push_str(&text(meta.level().as_str()));
+        line.push_str(",\"target\":");
+        line.push_str(&text(meta.target()));
+        line.push_str(",\"message\":");
+        line.push_str(&text(visitor.message.as_deref().unwrap_or_default()));
+        line.push_str(",\"fields\":");
+        line.push_str(&Value::Object(visitor.fields).to_string());
         if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), Value::String(span.name().into()));
+            line.push_str(",\"span\":");
+            line.push_str(&text(span.name()));
         }
         if super::enabled() {
             let cx = tracing::Span::current().context();
             let span = cx.span();
             let context = span.span_context();
             if context.is_valid() {
-                line.insert(
-                    "trace_id".into(),
-                    Value::String(context.trace_id().to_string()),
-                );
-                line.insert(
-                    "span_id".into(),
-                    Value::String(context.span_id().to_string()),
-                );
+                line.push_str(",\"trace_id\":\"");
+                line.push_str(&context.trace_id().to_string());
+                line.push_str("\",\"span_id\":\"");
+                line.push_str(&context.span_id().to_string());
+                line.push('"');
             }
         }
-        let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.push('}');
+        writeln!(writer, "{line}")
     }
 }
 
@@ -194,5 +196,6 @@ mod tests {
         assert!(line["target"].as_str().unwrap().starts_with("agentmesh_runtime"));
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
         assert!(!text.contains('\u{1b}'));
+        assert!(text.starts_with("{\"timestamp\":"), "{text}");
     }
 }

@@ -119,9 +119,10 @@ impl<I: Inbox> LocalMailbox for BoundedMailbox<I> {
             agent.id = %self.id,
             envelope.from = %envelope.from,
         );
+        // The parent is set before the span is entered: entering starts it.
+        TraceParent::from_map(&envelope.trace_context).adopt(&span);
         let _entered = span.enter();
         if !span.is_none() {
-            TraceParent::from_map(&envelope.trace_context).adopt(&span);
             envelope.trace_context.clear();
             telemetry::inject_current_map(&mut envelope.trace_context);
         }

@@ -469,7 +469,7 @@ impl CoordinatorState {
         let status = record.status;
         if let Some(writer) = &self.writer {
             let span = crate::span!("record.write", task.id = %id, bytes, status = %status);
-            if tracing::Span::current().is_none() {
+            if !span.is_none() && tracing::Span::current().is_none() {
                 self.trace_of(id).adopt(&span);
             }
             writer
