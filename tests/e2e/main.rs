@@ -15,6 +15,8 @@
 //!   (etcd with TLS and authentication included).
 //! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods
 //!   run as processes on loopback.
+//! * `observe`: one trace per task across processes (a real OTLP
+//!   receiver), JSON log lines, no colour codes in pipes.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 

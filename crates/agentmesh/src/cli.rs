@@ -89,7 +89,12 @@ pub struct ObserveArgs {
     /// OTLP/gRPC collector to send traces to, e.g. http://127.0.0.1:4317;
     /// tracing is off (and costs nothing) without one. OTEL_SDK_DISABLED=true
     /// turns it off whatever this says.
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     pub otlp_endpoint: Option<String>,
     /// `service.name` of this process's spans [default: agentmesh for
     /// nodes, local and bench; agentmesh-cli for client commands].

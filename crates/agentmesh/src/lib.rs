@@ -46,10 +46,10 @@ use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
+use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
 use clap::Parser;
-use agentmesh_runtime::telemetry::{self, TraceParent};
 use tracing::{Instrument, error, info, warn};
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
@@ -171,9 +171,10 @@ fn init_telemetry(cli: &mut Cli) -> anyhow::Result<telemetry::Telemetry> {
         log_format: observe.log_format.into(),
         default_filter: if node { "info" } else { "warn" }.to_owned(),
         otlp_endpoint: observe.otlp_endpoint.clone(),
-        service_name: observe.otel_service_name.clone().unwrap_or_else(|| {
-            if server { "agentmesh" } else { "agentmesh-cli" }.to_owned()
-        }),
+        service_name: observe
+            .otel_service_name
+            .clone()
+            .unwrap_or_else(|| if server { "agentmesh" } else { "agentmesh-cli" }.to_owned()),
         instance_id,
         sdk_disabled: observe.otel_sdk_disabled,
     })?;

@@ -182,7 +182,12 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("submit", task.id = "t1");
             let _entered = span.enter();
-            tracing::info!(task_id = "t1", subtasks = 3u64, ok = true, "task \"accepted\"");
+            tracing::info!(
+                task_id = "t1",
+                subtasks = 3u64,
+                ok = true,
+                "task \"accepted\""
+            );
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
@@ -193,7 +198,12 @@ mod tests {
         assert_eq!(line["fields"]["subtasks"], 3);
         assert_eq!(line["fields"]["ok"], true);
         assert_eq!(line["span"], "submit");
-        assert!(line["target"].as_str().unwrap().starts_with("agentmesh_runtime"));
+        assert!(
+            line["target"]
+                .as_str()
+                .unwrap()
+                .starts_with("agentmesh_runtime")
+        );
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
         assert!(!text.contains('\u{1b}'));
         assert!(text.starts_with("{\"timestamp\":"), "{text}");

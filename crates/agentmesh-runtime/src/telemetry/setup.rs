@@ -138,7 +138,8 @@ fn provider(
             endpoint: endpoint.to_owned(),
             message: e.to_string(),
         })?;
-    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let mut resource = Resource::builder().with_service_name(options.service_name.clone());
     if let Some(id) = &options.instance_id {
         resource = resource.with_attribute(KeyValue::new("service.instance.id", id.clone()));
