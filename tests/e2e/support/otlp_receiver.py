@@ -5,7 +5,9 @@ Serves opentelemetry.proto.collector.trace.v1.TraceService/Export on
 `listening on 127.0.0.1:PORT` once bound, then one JSON line per span it is
 sent: trace_id, span_id, parent_span_id (hex, "" for a root), name, the
 resource's service.name and service.instance.id, and the span's attributes.
-Runs until killed. Needs grpcio and opentelemetry-proto
+With `--count` as argv[2] it prints only a running count of spans (for
+measuring the exporter's cost without printing 100,000 lines). Runs until
+killed. Needs grpcio and opentelemetry-proto
 (scripts/install-otlp-receiver).
 """
 
@@ -37,7 +39,18 @@ def attributes(key_values):
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, count_only):
+        self.count_only = count_only
+        self.count = 0
+
     def Export(self, request, context):
+        if self.count_only:
+            with LOCK:
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        self.count += len(scope_spans.spans)
+                print(f"spans {self.count}", flush=True)
+            return trace_service_pb2.ExportTraceServiceResponse()
         lines = []
         for resource_spans in request.resource_spans:
             resource = attributes(resource_spans.resource.attributes)
@@ -65,8 +78,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    count_only = len(sys.argv) > 2 and sys.argv[2] == "--count"
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(count_only), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print(f"listening on 127.0.0.1:{bound}", flush=True)
