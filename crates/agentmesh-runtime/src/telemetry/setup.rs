@@ -109,8 +109,13 @@ pub fn init(options: TelemetryOptions) -> Result<Telemetry, TelemetryError> {
         .map(|endpoint| provider(endpoint, &options))
         .transpose()?;
     let spans = provider.as_ref().map(|provider| {
+        // No source locations, thread names or busy/idle times: a span
+        // carries what the docs list, which keeps each one cheap.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("agentmesh"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|meta| {
                 meta.target().starts_with("agentmesh") && *meta.level() <= Level::INFO
             }))
