@@ -10,13 +10,12 @@
 //! * `hierarchy`: tasks across strategic, tactical and operational agents.
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
 //! * `hostile`: hostile input against a cluster under memory caps.
-//! * `observe`: listing tasks, idempotent submits, gRPC tooling.
+//! * `observe`: listing tasks, idempotent submits, gRPC tooling, traces
+//!   and logs.
 //! * `security`: forgeries and misuse refused, honest tasks unharmed
 //!   (etcd with TLS and authentication included).
 //! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods
 //!   run as processes on loopback.
-//! * `observe`: one trace per task across processes (a real OTLP
-//!   receiver), JSON log lines, no colour codes in pipes.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
