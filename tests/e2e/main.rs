@@ -11,7 +11,7 @@
 //! * `chaos`: load while workers, the leader, etcd or the network fail.
 //! * `hostile`: hostile input against a cluster under memory caps.
 //! * `observe`: listing tasks, idempotent submits, gRPC tooling; metrics
-//!   scraped by a real Prometheus.
+//!   scraped by a real Prometheus; traces and logs.
 //! * `security`: forgeries and misuse refused, honest tasks unharmed
 //!   (etcd with TLS and authentication included).
 //! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods

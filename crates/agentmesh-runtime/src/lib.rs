@@ -21,6 +21,7 @@ pub mod convert;
 pub mod metrics;
 pub mod node;
 pub mod support;
+pub mod telemetry;
 pub mod transport;
 
 /// The tool types, so that an embedding binary depending on the runtime

@@ -73,6 +73,61 @@ fn allow_entry(entry: &str) -> Result<Option<AllowedHost>, AllowedHostError> {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// How a command logs and traces; every command takes these.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// Log line format on stderr: `text` for people (coloured only when
+    /// stderr is a terminal and NO_COLOR is unset), `json` for log
+    /// pipelines (one object per line with timestamp, level, target,
+    /// message, fields, and trace_id/span_id while tracing).
+    #[arg(long, global = true, env = "AGENTMESH_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
+    /// OTLP/gRPC collector to send traces to, e.g. http://127.0.0.1:4317;
+    /// tracing is off (and costs nothing) without one. OTEL_SDK_DISABLED=true
+    /// turns it off whatever this says.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of this process's spans [default: agentmesh for
+    /// nodes, local and bench; agentmesh-cli for client commands].
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+    /// OpenTelemetry's own off switch (`true` turns tracing off), read as
+    /// the OpenTelemetry SDKs read it.
+    #[arg(long, global = true, env = "OTEL_SDK_DISABLED", value_parser = BoolishValueParser::new(), default_value_t = false, hide = true)]
+    pub otel_sdk_disabled: bool,
+    /// W3C `traceparent` of a trace this command continues (e.g. from a
+    /// CI job or a script's own span): the nodes' spans for this request
+    /// join that trace, whether or not this process exports spans.
+    #[arg(long, global = true, env = "TRACEPARENT", value_name = "TRACEPARENT")]
+    pub traceparent: Option<String>,
+    /// Prints the trace id of this command's requests on stderr (with
+    /// tracing on, or a --traceparent).
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for agentmesh_runtime::telemetry::LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

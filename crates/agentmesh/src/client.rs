@@ -18,6 +18,7 @@
 
 use std::error::Error as _;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use agentmesh_core::ClientId;
@@ -26,6 +27,7 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::convert;
+use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::transport::channel::{self, Security};
 use anyhow::{Context, bail};
 use tonic::metadata::AsciiMetadataValue;
@@ -35,6 +37,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The trace the command continues (`--traceparent`, `TRACEPARENT`), set
+/// once at start.
+pub static GIVEN_TRACE: OnceLock<TraceParent> = OnceLock::new();
 /// Reconnection rounds of a watch over all endpoints before giving up.
 const WATCH_ROUNDS: u32 = 10;
 
@@ -182,9 +188,16 @@ impl Client {
         Ok(self)
     }
 
-    /// `message` as a request carrying the bearer token, if any.
+    /// `message` as a request carrying the bearer token, if any, and the
+    /// trace it belongs to: this command's span while tracing is on, else
+    /// the `--traceparent` given, so the nodes continue that trace.
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
+        if telemetry::enabled() {
+            telemetry::inject_current_metadata(request.metadata_mut());
+        } else if let Some(given) = GIVEN_TRACE.get() {
+            given.inject_metadata(request.metadata_mut());
+        }
         if let Some(bearer) = &self.bearer {
             request
                 .metadata_mut()

@@ -46,11 +46,11 @@ use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
+use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
 use clap::Parser;
-use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing::{Instrument, error, info, warn};
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
 use crate::cli::{
@@ -95,8 +95,7 @@ impl Agentmesh {
 }
 
 fn main(tools: ToolBox) -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Node(_)));
+    let mut cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,7 +106,27 @@ fn main(tools: ToolBox) -> ExitCode {
             return ExitCode::from(REFUSED);
         }
     };
-    match runtime.block_on(run(cli, &tools)) {
+    // The span exporter sends its batches from this runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match init_telemetry(&mut cli) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(REFUSED);
+            }
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let span = command_span(&cli);
+        if cli.observe.verbose {
+            print_trace_id(&span);
+        }
+        let outcome = run(cli, &tools).instrument(span).await;
+        telemetry.shutdown().await;
+        outcome
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -117,14 +136,80 @@ fn main(tools: ToolBox) -> ExitCode {
 }
 
 /// Logs go to stderr so stdout carries only results. Nodes log at `info`,
-/// client commands at `warn`; `RUST_LOG` overrides both.
-fn init_tracing(node: bool) {
-    let default = if node { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// client commands at `warn`; `RUST_LOG` overrides both. Spans are
+/// exported only with an OTLP endpoint; a node's spans carry its agent id
+/// as `service.instance.id`, so a node started without `--id` is given
+/// its generated id here.
+fn init_telemetry(cli: &mut Cli) -> anyhow::Result<telemetry::Telemetry> {
+    let observe = &cli.observe;
+    let given = match observe.traceparent.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(TraceParent::parse(text).with_context(|| {
+            format!(
+                "--traceparent/TRACEPARENT {text:?} is not a W3C traceparent \
+                 (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
+            )
+        })?),
+    };
+    let (server, instance_id) = match &mut cli.command {
+        Command::Node(args) => {
+            let id = args
+                .id
+                .get_or_insert_with(|| {
+                    agentmesh_runtime::node::agents::generate_id(args.role.into()).to_string()
+                })
+                .clone();
+            (true, Some(id))
+        }
+        Command::Local(_) => (true, Some("local".to_owned())),
+        Command::Bench(_) => (true, Some("bench".to_owned())),
+        _ => (false, None),
+    };
+    let node = matches!(cli.command, Command::Node(_));
+    let observe = &cli.observe;
+    let telemetry = telemetry::init(telemetry::TelemetryOptions {
+        log_format: observe.log_format.into(),
+        default_filter: if node { "info" } else { "warn" }.to_owned(),
+        otlp_endpoint: observe.otlp_endpoint.clone(),
+        service_name: observe
+            .otel_service_name
+            .clone()
+            .unwrap_or_else(|| if server { "agentmesh" } else { "agentmesh-cli" }.to_owned()),
+        instance_id,
+        sdk_disabled: observe.otel_sdk_disabled,
+    })?;
+    if let Some(given) = given {
+        let _ = client::GIVEN_TRACE.set(given);
+    }
+    Ok(telemetry)
+}
+
+/// The span of a command that makes requests of its own (`submit`,
+/// `task`, `agents`, `local`), continuing `--traceparent` when given; none
+/// for a node or a benchmark, whose spans are per request.
+fn command_span(cli: &Cli) -> tracing::Span {
+    let span = match &cli.command {
+        Command::Submit(_) => agentmesh_runtime::span!("agentmesh submit"),
+        Command::Task { .. } => agentmesh_runtime::span!("agentmesh task"),
+        Command::Agents(_) => agentmesh_runtime::span!("agentmesh agents"),
+        Command::Local(_) => agentmesh_runtime::span!("agentmesh local"),
+        _ => tracing::Span::none(),
+    };
+    if let Some(given) = client::GIVEN_TRACE.get() {
+        given.adopt(&span);
+    }
+    span
+}
+
+/// `--verbose`: the trace this command's requests belong to.
+fn print_trace_id(span: &tracing::Span) {
+    let trace = Some(TraceParent::of(span))
+        .filter(TraceParent::is_some)
+        .or_else(|| client::GIVEN_TRACE.get().cloned());
+    match trace.and_then(|trace| trace.trace_id()) {
+        Some(id) => eprintln!("trace id: {id}"),
+        None => eprintln!("trace id: none (tracing is off: no --otlp-endpoint or --traceparent)"),
+    }
 }
 
 async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {

@@ -33,7 +33,7 @@ use agentmesh_proto::v1::{
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::actors::authority::Authority;
 use crate::actors::report;
@@ -44,6 +44,7 @@ use crate::node::config::PeerConfig;
 use crate::support::background::Background;
 use crate::support::clock::now_ms;
 use crate::support::feeds;
+use crate::telemetry::{self, TraceParent};
 use crate::transport::{
     self, Backlog, BoundedMailbox, DeliverError, Inbound, Inbox, Kind, LocalMailbox, Router,
 };
@@ -58,10 +59,14 @@ pub enum PeerMessage {
     Lead {
         coordinator: AgentId,
         assignment: SubtaskAssignment,
+        /// The assignment's delivery: the round's proposals join its trace.
+        trace: TraceParent,
     },
     Proposal {
         proposer: AgentId,
         proposal: CollaborationProposal,
+        /// The proposal's delivery: the bid joins its trace.
+        trace: TraceParent,
     },
     Bid(CollaborationBid),
     /// A seated peer's result for a round this peer leads.
@@ -153,8 +158,31 @@ impl Actor for Peer {
             PeerMessage::Lead {
                 coordinator,
                 assignment,
-            } => state.lead(coordinator, assignment).await,
-            PeerMessage::Proposal { proposer, proposal } => state.bid(proposer, proposal).await,
+                trace,
+            } => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "peer.propose",
+                        task.id = %assignment.task_id,
+                        subtask.id = %assignment.subtask_id,
+                        attempt = assignment.attempt,
+                        agent.id = %state.id,
+                    ),
+                );
+                state.lead(coordinator, assignment).instrument(span).await
+            }
+            PeerMessage::Proposal {
+                proposer,
+                proposal,
+                trace,
+            } => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!("peer.bid", agent.id = %state.id, proposer = %proposer),
+                );
+                state.bid(proposer, proposal).instrument(span).await
+            }
             PeerMessage::Bid(bid) => state.receive_bid(bid).await,
             PeerMessage::Replica(result) => state.receive_replica(result).await,
             PeerMessage::Joined(join) => {
@@ -570,6 +598,7 @@ impl Inbox for PeerInbox {
                 PeerMessage::Lead {
                     coordinator,
                     assignment,
+                    trace: TraceParent::from_map(&envelope.trace_context),
                 }
             }
             Kind::SubtaskCancel => {
@@ -584,6 +613,7 @@ impl Inbox for PeerInbox {
             Kind::PeerJoin => PeerMessage::Joined(transport::decode(&envelope)?),
             Kind::CollabProposal => PeerMessage::Proposal {
                 proposal: transport::decode(&envelope)?,
+                trace: TraceParent::from_map(&envelope.trace_context),
                 proposer: AgentId::new(envelope.from),
             },
             Kind::CollabBid => {

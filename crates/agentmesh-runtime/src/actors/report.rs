@@ -8,9 +8,10 @@ use agentmesh_core::AgentId;
 use agentmesh_core::breaker::Blame;
 use agentmesh_proto::v1::SubtaskResult;
 use prost::Message;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::convert;
+use crate::telemetry;
 use crate::transport::{self, DeliverError, Kind, Router};
 
 /// Sends of one result before the worker gives up on it.
@@ -27,7 +28,9 @@ pub fn report_later(
     result: SubtaskResult,
 ) {
     let (router, from, coordinator) = (router.clone(), from.clone(), coordinator.clone());
-    tokio::spawn(async move { report(&router, &from, &coordinator, result).await });
+    tokio::spawn(telemetry::in_current_span(async move {
+        report(&router, &from, &coordinator, result).await
+    }));
 }
 
 /// Sends a result to its coordinator, again with backoff while the
@@ -39,6 +42,24 @@ pub fn report_later(
 /// succeed, and a result that never arrives would hold the subtask until
 /// the coordinator's attempt timeout, on every worker it is retried on.
 pub async fn report(router: &Router, from: &AgentId, coordinator: &AgentId, result: SubtaskResult) {
+    let span = crate::span!(
+        "subtask.return",
+        task.id = %result.task_id,
+        subtask.id = %result.subtask_id,
+        attempt = result.attempt,
+        agent.id = %from,
+    );
+    send_result(router, from, coordinator, result)
+        .instrument(span)
+        .await
+}
+
+async fn send_result(
+    router: &Router,
+    from: &AgentId,
+    coordinator: &AgentId,
+    result: SubtaskResult,
+) {
     let limit = router.config().max_envelope_bytes;
     let mut result = fit_envelope(result, limit);
     let mut delay = REPORT_FIRST_DELAY;

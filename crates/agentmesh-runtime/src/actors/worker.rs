@@ -33,13 +33,14 @@ use agentmesh_core::{AgentId, AttemptId};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::authority::Authority;
 use super::report::report;
 use crate::actors::faults::Faults;
 use crate::convert::{self, subtask_result as result_of};
 use crate::metrics::{self, RefusalReason};
+use crate::telemetry::{self, TraceParent};
 use crate::tools::{ToolBox, ToolError};
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
 
@@ -48,6 +49,8 @@ pub enum WorkerMessage {
     Assign {
         coordinator: AgentId,
         assignment: SubtaskAssignment,
+        /// The assignment's delivery, which the tool call continues.
+        trace: TraceParent,
     },
     /// A cancellation, from `from`: only the agent that assigned the
     /// attempt may cancel it.
@@ -126,9 +129,10 @@ impl Actor for Worker {
             WorkerMessage::Assign {
                 coordinator,
                 assignment,
+                trace,
             } => {
                 state.backlog.leave();
-                state.start(myself, coordinator, assignment)
+                state.start(myself, coordinator, assignment, trace)
             }
             WorkerMessage::Cancel { from, cancel } => {
                 state.backlog.leave();
@@ -194,8 +198,20 @@ impl WorkerState {
         myself: ActorRef<WorkerMessage>,
         coordinator: AgentId,
         assignment: SubtaskAssignment,
+        trace: TraceParent,
     ) {
         let key = convert::assigned_attempt(&assignment);
+        let span = telemetry::child_of(
+            &trace,
+            crate::span!(
+                "tool.call",
+                task.id = %assignment.task_id,
+                subtask.id = %assignment.subtask_id,
+                attempt = assignment.attempt,
+                agent.id = %self.id,
+                capability = %assignment.capability,
+            ),
+        );
         let router = self.router.clone();
         let id = self.id.clone();
         let hand_back = if self.draining {
@@ -210,7 +226,9 @@ impl WorkerState {
         };
         if let Some(reason) = hand_back {
             let result = handed_back(&id, &assignment, reason);
-            tokio::spawn(async move { report(&router, &id, &coordinator, result).await });
+            tokio::spawn(
+                async move { report(&router, &id, &coordinator, result).await }.instrument(span),
+            );
             return;
         }
         if !self.tools.has(&assignment.capability) {
@@ -218,28 +236,39 @@ impl WorkerState {
                 "worker '{}' does not offer capability '{}'",
                 self.id, assignment.capability
             );
-            tokio::spawn(async move {
-                // A stale registration placed it here; another worker may
-                // offer it.
-                let result =
-                    convert::failed_result(&id, &assignment, error, Blame::Worker, Duration::ZERO);
-                report(&router, &id, &coordinator, result).await;
-            });
+            tokio::spawn(
+                async move {
+                    // A stale registration placed it here; another worker
+                    // may offer it.
+                    let result = convert::failed_result(
+                        &id,
+                        &assignment,
+                        error,
+                        Blame::Worker,
+                        Duration::ZERO,
+                    );
+                    report(&router, &id, &coordinator, result).await;
+                }
+                .instrument(span),
+            );
             return;
         }
         let tools = self.tools.clone();
         let faults = self.faults.clone();
         let finished = key.clone();
         let reports_to = coordinator.clone();
-        let handle = tokio::spawn(async move {
-            let started = Instant::now();
-            let outcome = run_with_faults(&tools, &assignment, &faults).await;
-            let result = convert::tool_result(&id, &assignment, outcome, started.elapsed());
-            // Bookkeeping first, so the slot is free before the coordinator
-            // can hand it out again.
-            let _ = myself.cast(WorkerMessage::Finished(finished));
-            report(&router, &id, &coordinator, result).await;
-        });
+        let handle = tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let outcome = run_with_faults(&tools, &assignment, &faults).await;
+                let result = convert::tool_result(&id, &assignment, outcome, started.elapsed());
+                // Bookkeeping first, so the slot is free before the
+                // coordinator can hand it out again.
+                let _ = myself.cast(WorkerMessage::Finished(finished));
+                report(&router, &id, &coordinator, result).await;
+            }
+            .instrument(span),
+        );
         self.running
             .insert(key, (handle.abort_handle(), reports_to));
     }
@@ -348,6 +377,7 @@ impl Inbox for WorkerInbox {
             Kind::SubtaskAssign => WorkerMessage::Assign {
                 assignment: transport::decode(&envelope)?,
                 coordinator: sender,
+                trace: TraceParent::from_map(&envelope.trace_context),
             },
             _ => WorkerMessage::Cancel {
                 from: sender,

@@ -19,8 +19,10 @@ use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::auth::Caller;
+use crate::telemetry;
 use crate::transport::channel::{self, Security};
 
 /// Where a call that changes a task is handled.
@@ -70,10 +72,15 @@ impl Forwarder {
         submitter: &ClientId,
         caller: &Caller,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let (mut client, mut request) = self.prepare(leader, request)?;
+        let span = forward_span(leader, "Submit");
+        let (mut client, mut request) = span.in_scope(|| self.prepare(leader, request))?;
         super::client::name_request(&mut request, submitter);
         caller.forward_with(&mut request);
-        client.submit(request).await.map_err(|s| explain(leader, s))
+        client
+            .submit(request)
+            .instrument(span)
+            .await
+            .map_err(|s| explain(leader, s))
     }
 
     /// Forwards a cancel on behalf of `caller`; the leader decides whether
@@ -84,9 +91,14 @@ impl Forwarder {
         request: pb::CancelTaskRequest,
         caller: &Caller,
     ) -> Result<Response<pb::CancelReply>, Status> {
-        let (mut client, mut request) = self.prepare(leader, request)?;
+        let span = forward_span(leader, "Cancel");
+        let (mut client, mut request) = span.in_scope(|| self.prepare(leader, request))?;
         caller.forward_with(&mut request);
-        client.cancel(request).await.map_err(|s| explain(leader, s))
+        client
+            .cancel(request)
+            .instrument(span)
+            .await
+            .map_err(|s| explain(leader, s))
     }
 
     fn prepare<T>(
@@ -119,8 +131,19 @@ impl Forwarder {
             FORWARDED_BY,
             tonic::metadata::MetadataValue::from_static("follower"),
         );
+        // The leader continues this node's span of the call.
+        telemetry::inject_current_metadata(request.metadata_mut());
         Ok((client, request))
     }
+}
+
+/// The span of one forwarded call.
+fn forward_span(leader: &Route, method: &'static str) -> tracing::Span {
+    let leader = match leader {
+        Route::Leader { id, .. } => id.as_str(),
+        Route::Here => "",
+    };
+    crate::span!("forward", rpc.method = method, leader = leader)
 }
 
 /// Keeps the leader's answer, saying where it came from when the leader

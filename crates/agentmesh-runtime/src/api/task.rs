@@ -34,6 +34,7 @@ use ractor::rpc::CallResult;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response};
+use tracing::Instrument;
 
 use super::auth::{Authenticator, Caller};
 use super::client;
@@ -46,6 +47,7 @@ use crate::actors::coordinator::{
 use crate::api::error::ApiError;
 use crate::convert;
 use crate::support::clock::now_ms;
+use crate::telemetry::{self, TraceParent};
 use crate::transport::channel::Security;
 
 /// Time allowed for the coordinator to accept or cancel a task, including
@@ -315,9 +317,10 @@ impl TaskApi {
         document: &str,
         submitter: Submitter,
     ) -> Result<TaskRecord, ApiError> {
+        let span = crate::span!("validation", bytes = document.len());
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
-            let mut record = new_record(document, &self.limits, &membership)?;
+            let mut record = span.in_scope(|| new_record(document, &self.limits, &membership))?;
             submitter.stamp(&mut record, document);
             return Ok(record);
         }
@@ -334,7 +337,7 @@ impl TaskApi {
         let owned = document.to_owned();
         let mut record = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            new_record(&owned, &limits, &membership)
+            span.in_scope(|| new_record(&owned, &limits, &membership))
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
@@ -347,6 +350,10 @@ impl TaskApi {
     /// leader accepted in this term (checked by the coordinator, which
     /// sees submits one at a time).
     async fn hand_over(&self, record: TaskRecord) -> Result<Handed, ApiError> {
+        if telemetry::enabled() {
+            tracing::Span::current().record("task.id", record.id.as_str());
+        }
+        let trace = TraceParent::current();
         let coordinator = self.leader_here().await?;
         // Looked up once this node leads: every earlier leader's writes
         // are in the store by then (they were fenced).
@@ -362,7 +369,11 @@ impl TaskApi {
         let key = record.idempotency_key.clone();
         let outcome = coordinator
             .call(
-                |reply| CoordinatorMessage::Submit { record, reply },
+                |reply| CoordinatorMessage::Submit {
+                    record,
+                    trace,
+                    reply,
+                },
                 Some(COORDINATOR_TIMEOUT),
             )
             .await;
@@ -738,9 +749,8 @@ impl TaskGrpc {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TaskRecord, tonic::Status>> + Send>>;
 
-#[tonic::async_trait]
-impl TaskService for TaskGrpc {
-    async fn submit(
+impl TaskGrpc {
+    async fn submit_traced(
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
@@ -779,6 +789,26 @@ impl TaskService for TaskGrpc {
             }
         };
         Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskGrpc {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, tonic::Status> {
+        // The client's trace (its `traceparent`) continues here; the task
+        // id is recorded once the task has one.
+        let span = crate::span!(
+            "Submit",
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = "Submit",
+            task.id = tracing::field::Empty,
+        );
+        TraceParent::from_metadata(request.metadata()).adopt(&span);
+        self.submit_traced(request).instrument(span).await
     }
 
     async fn get(

@@ -17,6 +17,7 @@ use ractor::ActorRef;
 
 use super::DeliverError;
 use super::envelope::{Kind, unknown_kind};
+use crate::telemetry::{self, TraceParent};
 
 /// An agent hosted in this process: decodes an envelope into the actor's
 /// own message and enqueues it.
@@ -120,11 +121,26 @@ impl<I: Inbox> BoundedMailbox<I> {
 }
 
 impl<I: Inbox> LocalMailbox for BoundedMailbox<I> {
-    fn deliver(&self, envelope: Envelope) -> Result<(), DeliverError> {
+    fn deliver(&self, mut envelope: Envelope) -> Result<(), DeliverError> {
         let accepts = self.inbox.accepts();
         let Some(kind) = Kind::parse(&envelope.kind).filter(|kind| accepts.contains(kind)) else {
             return Err(unknown_kind(&envelope, accepts));
         };
+        // The delivery continues the sender's trace, and what the agent
+        // does with the message continues the delivery.
+        let span = crate::span!(
+            "mailbox.deliver",
+            otel.name = kind.deliver_span(),
+            agent.id = %self.id,
+            envelope.from = %envelope.from,
+        );
+        // The parent is set before the span is entered: entering starts it.
+        TraceParent::from_map(&envelope.trace_context).adopt(&span);
+        let _entered = span.enter();
+        if !span.is_none() {
+            envelope.trace_context.clear();
+            telemetry::inject_current_map(&mut envelope.trace_context);
+        }
         let Inbound::Message(message) = self.inbox.decode(kind, envelope)? else {
             return Ok(());
         };

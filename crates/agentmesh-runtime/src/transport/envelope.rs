@@ -13,6 +13,7 @@ use agentmesh_core::AgentId;
 use agentmesh_proto::v1::Envelope;
 
 use super::{DeliverError, Router};
+use crate::telemetry;
 
 /// The kinds of envelope agents exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +58,20 @@ impl Kind {
         }
     }
 
+    /// The name of the span that delivers an envelope of this kind into
+    /// its agent's mailbox.
+    pub fn deliver_span(self) -> &'static str {
+        match self {
+            Kind::SubtaskAssign => "deliver subtask.assign",
+            Kind::SubtaskResult => "deliver subtask.result",
+            Kind::SubtaskCancel => "deliver subtask.cancel",
+            Kind::PeerJoin => "deliver peer.join",
+            Kind::CollabProposal => "deliver collab.proposal",
+            Kind::CollabBid => "deliver collab.bid",
+            Kind::Hierarchy => "deliver hierarchy.message",
+        }
+    }
+
     /// The kind named `name` on the wire, if there is one.
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
@@ -83,12 +98,16 @@ pub fn envelope(
     payload: impl prost::Message,
 ) -> Envelope {
     let n = ENVELOPE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The sender's span, so the receiver's spans join its trace; an empty
+    // map (no allocation) while tracing is off.
+    let mut trace_context = std::collections::HashMap::new();
+    telemetry::inject_current_map(&mut trace_context);
     Envelope {
         id: format!("{}-{n}", *ENVELOPE_PREFIX),
         from: from.to_string(),
         to: to.to_string(),
         kind: kind.as_str().to_owned(),
-        trace_context: Default::default(),
+        trace_context,
         deadline_unix_ms: 0,
         payload: payload.encode_to_vec(),
         seq: 0,
@@ -99,11 +118,14 @@ pub fn envelope(
 /// logged and otherwise left to the protocol's own deadlines.
 pub fn tell(router: &Arc<Router>, envelope: Envelope) {
     let sender = router.clone();
-    router.background().spawn("tell", async move {
-        if let Err(error) = sender.send(envelope).await {
-            tracing::debug!(%error, "message not delivered");
-        }
-    });
+    router.background().spawn(
+        "tell",
+        telemetry::in_current_span(async move {
+            if let Err(error) = sender.send(envelope).await {
+                tracing::debug!(%error, "message not delivered");
+            }
+        }),
+    );
 }
 
 /// Decodes an envelope's payload as `M`.

@@ -18,6 +18,7 @@ use super::hub::RecordHub;
 use super::writer::RefusedRecord;
 use crate::node::config::CoordinatorConfig;
 use crate::support::background::Background;
+use crate::telemetry::TraceParent;
 use crate::transport::{Backlog, BrokenLink, Router};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -115,6 +116,8 @@ impl Accepted {
 pub enum CoordinatorMessage {
     Submit {
         record: TaskRecord,
+        /// The Submit call's span: the task's later spans join its trace.
+        trace: TraceParent,
         reply: RpcReplyPort<Result<Accepted, SubmitError>>,
     },
     /// Replies with the task's status after the call, or `None` when this
@@ -124,7 +127,8 @@ pub enum CoordinatorMessage {
         reason: String,
         reply: RpcReplyPort<Option<Status>>,
     },
-    Result(SubtaskResult),
+    /// A result, and the span of its delivery.
+    Result(SubtaskResult, TraceParent),
     DeliveryFailed {
         task: TaskId,
         subtask: usize,

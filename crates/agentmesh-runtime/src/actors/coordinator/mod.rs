@@ -42,7 +42,7 @@ use agentmesh_proto::v1::{Envelope, SubtaskCancel, SubtaskResult, subtask_result
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 pub use hub::{EarlyWatch, RecordHub, Subscription};
 pub use messages::{
@@ -58,6 +58,7 @@ use crate::metrics::{self, RefusalReason};
 use crate::node::config::CoordinatorConfig;
 use crate::support::clock::now_ms;
 use crate::support::feeds;
+use crate::telemetry::{self, TraceParent};
 use crate::transport::{self, Backlog, DeliverError, Inbound, Inbox, Kind, Router};
 
 /// How often deadlines are checked.
@@ -85,6 +86,12 @@ pub struct CoordinatorState {
     config: CoordinatorConfig,
     /// Unfinished tasks this coordinator owns.
     tasks: HashMap<TaskId, TaskRecord>,
+    /// The trace of each unfinished task submitted here while tracing is
+    /// on (empty otherwise): the Submit call's span, which the task's
+    /// placements, results and record writes continue long after Submit
+    /// returned. In memory only: a task resumed by another leader starts
+    /// a trace of its own there.
+    traces: HashMap<TaskId, TraceParent>,
     /// Subtasks ready to run, waiting for a worker with room, per client.
     queue: ReadyQueue,
     /// Subtasks to retry, by the time their backoff ends.
@@ -163,6 +170,7 @@ impl Actor for Coordinator {
             term: 0,
             config: args.config,
             tasks: HashMap::new(),
+            traces: HashMap::new(),
             queue: ReadyQueue::default(),
             backoff: BTreeMap::new(),
             queue_published_ms: 0,
@@ -180,7 +188,17 @@ impl Actor for Coordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CoordinatorMessage::Submit { record, reply } => state.submit(record, reply).await,
+            CoordinatorMessage::Submit {
+                record,
+                trace,
+                reply,
+            } => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!("coordinator.accept", task.id = %record.id, agent.id = %state.id),
+                );
+                state.submit(record, trace, reply).instrument(span).await
+            }
             CoordinatorMessage::Cancel {
                 task,
                 reason,
@@ -189,9 +207,19 @@ impl Actor for Coordinator {
                 let status = state.cancel(&task, reason).await;
                 let _ = reply.send(status);
             }
-            CoordinatorMessage::Result(result) => {
+            CoordinatorMessage::Result(result, trace) => {
                 state.backlog.leave();
-                state.apply_result(result).await
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "subtask.result",
+                        task.id = %result.task_id,
+                        subtask.id = %result.subtask_id,
+                        attempt = result.attempt,
+                        agent.id = %result.worker_id,
+                    ),
+                );
+                state.apply_result(result).instrument(span).await
             }
             CoordinatorMessage::DeliveryFailed {
                 task,
@@ -245,6 +273,7 @@ impl CoordinatorState {
     async fn submit(
         &mut self,
         record: TaskRecord,
+        trace: TraceParent,
         reply: RpcReplyPort<Result<Accepted, SubmitError>>,
     ) {
         if self.writer.is_none() {
@@ -312,7 +341,11 @@ impl CoordinatorState {
         if let Some(writer) = &self.writer {
             writer
                 .write(Arc::new(record.clone()), bytes, Some(ack))
+                .instrument(crate::span!("record.write", task.id = %id, bytes))
                 .await;
+        }
+        if trace.is_some() {
+            self.traces.insert(id.clone(), trace);
         }
         self.queue
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
@@ -445,15 +478,29 @@ impl CoordinatorState {
         let status = record.status;
         let pattern = record.pattern;
         if let Some(writer) = &self.writer {
-            writer.write(Arc::new(record.clone()), bytes, None).await;
+            let span = crate::span!("record.write", task.id = %id, bytes, status = %status);
+            if !span.is_none() && tracing::Span::current().is_none() {
+                self.trace_of(id).adopt(&span);
+            }
+            writer
+                .write(Arc::new(record.clone()), bytes, None)
+                .instrument(span)
+                .await;
         }
         if status.is_terminal() {
             info!(task_id = %id, %status, "task finished");
             metrics::task_finished(pattern, status);
             self.tasks.remove(id);
+            self.traces.remove(id);
             self.queue.task_ended(id);
         }
         Some(status)
+    }
+
+    /// The trace task `id` continues; none when tracing is off or the task
+    /// was not submitted here.
+    fn trace_of(&self, id: &TaskId) -> TraceParent {
+        self.traces.get(id).cloned().unwrap_or_default()
     }
 
     /// The registry refused a record of this task for good: the task fails
@@ -575,6 +622,9 @@ impl Inbox for CoordinatorInbox {
                 authenticated: envelope.from,
             });
         }
-        Ok(Inbound::Message(CoordinatorMessage::Result(result)))
+        Ok(Inbound::Message(CoordinatorMessage::Result(
+            result,
+            TraceParent::from_map(&envelope.trace_context),
+        )))
     }
 }

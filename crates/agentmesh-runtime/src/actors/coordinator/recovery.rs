@@ -136,6 +136,7 @@ impl CoordinatorState {
         metrics::leading(None);
         let dropped = self.tasks.len();
         self.tasks.clear();
+        self.traces.clear();
         self.queue.clear();
         self.backoff.clear();
         self.pool = Pools::new(&self.config, &self.membership);

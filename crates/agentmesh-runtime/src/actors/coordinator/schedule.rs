@@ -12,7 +12,7 @@ use agentmesh_core::task::{Status, TaskRecord};
 use agentmesh_core::{ClientId, TaskId};
 use agentmesh_proto::v1::{Envelope, SubtaskAssignment};
 use ractor::ActorRef;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::{CoordinatorMessage, CoordinatorState};
 use crate::metrics;
@@ -302,6 +302,22 @@ impl CoordinatorState {
             let attempt = record.start_attempt(index, self.term, worker.clone(), now);
             self.pool.acquire(&worker, now);
             let subtask = &record.subtasks[index];
+            // The assignment's envelope, record write and send continue
+            // the task's trace from here.
+            let span = crate::span!(
+                "placement",
+                task.id = %id,
+                subtask.id = %subtask.id,
+                attempt,
+                agent.id = %worker,
+                capability = %subtask.capability,
+            );
+            if !span.is_none()
+                && let Some(trace) = self.traces.get(&id)
+            {
+                trace.adopt(&span);
+            }
+
             let assignment = SubtaskAssignment {
                 task_id: id.to_string(),
                 subtask_id: subtask.id.clone(),
@@ -314,16 +330,20 @@ impl CoordinatorState {
                 consensus: record.consensus.clone().unwrap_or_default(),
             };
             debug!(task_id = %id, subtask = %subtask.id, attempt, term = self.term, worker = %worker, "dispatching");
-            let envelope = transport::envelope(&self.id, &worker, Kind::SubtaskAssign, assignment);
-            self.finish_change(&id).await;
-            dispatch(
-                self.router.clone(),
-                myself.clone(),
-                envelope,
-                id,
-                index,
-                attempt,
-            );
+            let envelope = span.in_scope(|| {
+                transport::envelope(&self.id, &worker, Kind::SubtaskAssign, assignment)
+            });
+            self.finish_change(&id).instrument(span.clone()).await;
+            span.in_scope(|| {
+                dispatch(
+                    self.router.clone(),
+                    myself.clone(),
+                    envelope,
+                    id,
+                    index,
+                    attempt,
+                )
+            });
         }
         self.queue.fair.end_pass();
     }

@@ -1,0 +1,276 @@
+//! Traces and logs of a real cluster.
+//!
+//! The trace test runs a real OTLP/gRPC receiver (a grpcio server built on
+//! the `opentelemetry-proto` definitions, tests/e2e/support/otlp_receiver.py,
+//! installed by scripts/install-otlp-receiver) and checks that one task
+//! submitted with a given `traceparent` is one trace, with spans from the
+//! CLI, both coordinators (the follower forwards the submit to the leader)
+//! and the worker, each parent link pointing at a span of the same trace.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::cluster::Cluster;
+use crate::support::{Process, eventually, run_cli_with};
+
+/// The trace the CLI is told to continue.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// Time for spans to arrive: nodes send theirs in batches every 5 s.
+const SPANS_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The receiver's python, installed by scripts/install-otlp-receiver; a
+/// failed install fails the test.
+fn receiver_python() -> PathBuf {
+    let script = repo_root().join("scripts/install-otlp-receiver");
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed (the trace test needs python3 with venv and pip): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("the python path").trim())
+}
+
+/// A running OTLP receiver and its endpoint URL.
+fn start_receiver() -> (Process, String) {
+    let python = receiver_python();
+    let script = repo_root().join("tests/e2e/support/otlp_receiver.py");
+    let receiver = Process::spawn(
+        "otlp-receiver",
+        &python,
+        &[script.as_os_str(), "0".as_ref()],
+        &[],
+    );
+    let line = receiver.wait_for_stdout_line("listening on", Duration::from_secs(20));
+    let addr = line.trim().trim_start_matches("listening on ").to_owned();
+    (receiver, format!("http://{addr}"))
+}
+
+/// Every span the receiver printed, in `TRACE_ID`.
+fn spans_of_trace(receiver: &Process) -> Vec<Value> {
+    receiver
+        .stdout_lines()
+        .iter()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str::<Value>(line).expect("a span as JSON"))
+        .filter(|span| span["trace_id"] == TRACE_ID)
+        .collect()
+}
+
+fn named<'a>(spans: &'a [Value], name: &str, instance: &str) -> Option<&'a Value> {
+    spans
+        .iter()
+        .find(|span| span["name"] == name && span["instance_id"] == instance)
+}
+
+#[test]
+fn one_task_is_one_trace_across_the_client_both_coordinators_and_the_worker() {
+    let (receiver, otlp) = start_receiver();
+    let cluster = Cluster::builder()
+        .coordinators(2)
+        .coordinator_args(&["--otlp-endpoint", &otlp, "--log-format", "json"])
+        .worker_args(&["--otlp-endpoint", &otlp])
+        .worker("worker-1", "math.eval")
+        .start();
+    let leader = eventually("a leader", Duration::from_secs(20), || cluster.leader());
+    let follower = cluster
+        .running(crate::support::cluster::Role::Coordinator)
+        .into_iter()
+        .find(|node| node.id != leader)
+        .expect("a follower");
+    let task = cluster.task_file(
+        "sum.yaml",
+        "name: traced\ntasks:\n  - id: sum\n    capability: math.eval\n    input: { expr: \"1 + 2\" }\n",
+    );
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    let out = run_cli_with(
+        &[
+            "submit",
+            "--endpoint",
+            &follower.endpoint,
+            &task,
+            "--wait",
+            "--otlp-endpoint",
+            &otlp,
+            "--verbose",
+        ],
+        &crate::support::cli_env(&[("TRACEPARENT", traceparent.as_str())]),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "submit failed: {out}");
+    assert!(
+        out.stderr.contains(&format!("trace id: {TRACE_ID}")),
+        "--verbose prints the trace id: {out}"
+    );
+    let record = out.json();
+    let task_id = record["task_id"].as_str().expect("a task id").to_owned();
+
+    let worker = "worker-1";
+    let expected: Vec<(&str, &str)> = vec![
+        ("agentmesh submit", ""),
+        ("Submit", &follower.id),
+        ("forward", &follower.id),
+        ("Submit", &leader),
+        ("validation", &leader),
+        ("coordinator.accept", &leader),
+        ("record.write", &leader),
+        ("placement", &leader),
+        ("deliver subtask.assign", worker),
+        ("tool.call", worker),
+        ("subtask.return", worker),
+        ("deliver subtask.result", &leader),
+        ("subtask.result", &leader),
+    ];
+    let spans = eventually("every span of the task's trace", SPANS_TIMEOUT, || {
+        let spans = spans_of_trace(&receiver);
+        expected
+            .iter()
+            .all(|(name, instance)| {
+                spans.iter().any(|span| {
+                    span["name"] == *name
+                        && (instance.is_empty() || span["instance_id"] == *instance)
+                })
+            })
+            .then_some(spans)
+    });
+
+    // One trace: every parent is the given one or a span of the trace.
+    let ids: HashSet<&str> = spans
+        .iter()
+        .map(|span| span["span_id"].as_str().unwrap())
+        .collect();
+    for span in &spans {
+        let parent = span["parent_span_id"].as_str().unwrap();
+        assert!(
+            parent == PARENT_SPAN_ID || ids.contains(parent),
+            "span {span} has a parent outside the trace"
+        );
+    }
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|span| (span["span_id"].as_str().unwrap(), span))
+        .collect();
+    let parent_of = |span: &Value| -> Value {
+        by_id
+            .get(span["parent_span_id"].as_str().unwrap())
+            .map(|parent| (*parent).clone())
+            .unwrap_or(Value::Null)
+    };
+
+    // Client → follower → leader.
+    let client = spans
+        .iter()
+        .find(|span| span["name"] == "agentmesh submit")
+        .unwrap();
+    assert_eq!(client["service_name"], "agentmesh-cli");
+    assert_eq!(client["parent_span_id"], PARENT_SPAN_ID);
+    let follower_submit = named(&spans, "Submit", &follower.id).unwrap();
+    assert_eq!(parent_of(follower_submit)["name"], "agentmesh submit");
+    let leader_submit = named(&spans, "Submit", &leader).unwrap();
+    assert_eq!(parent_of(leader_submit)["name"], "forward");
+    assert_eq!(leader_submit["attributes"]["task.id"], task_id.as_str());
+
+    // Leader → worker → leader, through envelopes.
+    let tool_call = named(&spans, "tool.call", worker).unwrap();
+    let delivery = parent_of(tool_call);
+    assert_eq!(delivery["name"], "deliver subtask.assign");
+    let placement = parent_of(&delivery);
+    assert_eq!(placement["name"], "placement");
+    assert_eq!(placement["instance_id"], leader.as_str());
+    assert_eq!(parent_of(&placement)["name"], "Submit");
+    let attributes = &tool_call["attributes"];
+    assert_eq!(attributes["task.id"], task_id.as_str());
+    assert_eq!(attributes["subtask.id"], "sum");
+    assert_eq!(attributes["agent.id"], worker);
+    assert!(
+        attributes["attempt"] == 1 || attributes["attempt"] == "1",
+        "{attributes}"
+    );
+    let result = named(&spans, "subtask.result", &leader).unwrap();
+    assert_eq!(parent_of(result)["name"], "deliver subtask.result");
+    assert_eq!(parent_of(&parent_of(result))["name"], "subtask.return");
+    assert_eq!(result["attributes"]["task.id"], task_id.as_str());
+    let instances: HashSet<&str> = spans
+        .iter()
+        .filter_map(|span| span["instance_id"].as_str())
+        .collect();
+    assert!(
+        instances.contains(leader.as_str()) && instances.contains(worker),
+        "{instances:?}"
+    );
+
+    // The leader logs JSON lines, and the task's lines lead to its trace.
+    let lines = cluster.node(&leader).process.stderr_lines();
+    let mut traced = false;
+    for line in lines.iter().filter(|line| line.starts_with('{')) {
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        for key in ["timestamp", "level", "target", "message", "fields"] {
+            assert!(entry.get(key).is_some(), "no {key} in {line}");
+        }
+        traced |= entry["trace_id"] == TRACE_ID && entry["span_id"].is_string();
+    }
+    assert!(
+        lines.iter().any(|line| line.starts_with('{')),
+        "no JSON lines: {lines:?}"
+    );
+    assert!(traced, "no log line carries the task's trace id: {lines:?}");
+    cluster.assert_no_panic();
+}
+
+#[test]
+fn logs_on_a_pipe_have_no_colour_codes_and_json_lines_parse() {
+    // NO_COLOR empty counts as unset: only the pipe keeps colour out.
+    let text = run_cli_with(
+        &["local"],
+        &[("RUST_LOG", "info"), ("NO_COLOR", "")],
+        Duration::from_secs(60),
+    );
+    assert!(text.success(), "{text}");
+    assert!(
+        text.stderr.contains("task accepted"),
+        "INFO lines on stderr: {text}"
+    );
+    assert!(!text.stderr.contains('\u{1b}'), "escape codes: {text}");
+
+    let json = run_cli_with(
+        &["--log-format", "json", "local"],
+        &[("RUST_LOG", "info")],
+        Duration::from_secs(60),
+    );
+    assert!(json.success(), "{json}");
+    let lines: Vec<&str> = json.stderr.lines().collect();
+    assert!(!lines.is_empty(), "{json}");
+    for line in lines {
+        let entry: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        assert!(
+            entry["timestamp"].is_string() && entry["level"].is_string(),
+            "{line}"
+        );
+        assert!(
+            entry["target"].is_string() && entry["message"].is_string(),
+            "{line}"
+        );
+        assert!(entry["fields"].is_object(), "{line}");
+    }
+
+    // A normal run says nothing but the result.
+    let quiet = run_cli_with(&["local"], &[("RUST_LOG", "warn")], Duration::from_secs(60));
+    assert!(quiet.success(), "{quiet}");
+    assert_eq!(quiet.stderr.trim(), "", "{quiet}");
+}
