@@ -12,7 +12,7 @@
 //!
 //! and what the node does: tasks, subtasks, workers, mailboxes, links,
 //! record writes, etcd requests, leadership and consensus (see
-//! [`activity`] for the list; `docs/observability.md` describes each).
+//! [`activity`] for the list; `docs/operations.md` describes each).
 //!
 //! Every label takes values from a small fixed set, whatever a peer or a
 //! client sends: a hostile envelope kind is counted as `other`, so nobody
