@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    CliOutput, Process, agentmesh_bin, etcd_binary, eventually, eventually_ok, http_get,
+    CliOutput, Process, agentmesh_bin, etcd_binary, eventually, eventually_ok, http_get, repo_root,
     run_command, scratch_dir,
 };
 
@@ -45,10 +45,6 @@ const NAMESPACE: &str = "agentmesh";
 const RELEASE: &str = "agentmesh";
 /// Waits of this test: etcd forming, nodes registering, a task finishing.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// helm from `AGENTMESH_TEST_HELM` or `.tools/`; panics (never skips) when
 /// there is none.

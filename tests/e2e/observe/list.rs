@@ -6,7 +6,7 @@
 //! calling a TLS node with a token, as the README shows.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -278,9 +278,7 @@ fn grpcurl_binary() -> PathBuf {
     let path = std::env::var_os("AGENTMESH_TEST_GRPCURL")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/grpcurl-venv/bin/grpcurl")
-        });
+        .unwrap_or_else(|| crate::support::repo_root().join(".tools/grpcurl-venv/bin/grpcurl"));
     assert!(
         path.is_file(),
         "grpcurl not found at {}: run scripts/install-grpcurl (scripts/test does) or set \

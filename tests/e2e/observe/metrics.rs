@@ -3,6 +3,8 @@
 //! `--metrics-listen` every second; after tasks ran, its HTTP API answers
 //! with the number of completed tasks, and both scrapes pass
 //! `promtool check metrics` (names, units, `_total` counters, histograms).
+//! Every query of the Grafana dashboard in `deploy/grafana/` is accepted by
+//! that Prometheus and names only metrics the nodes export.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::cluster::Cluster;
-use crate::support::{Process, eventually, free_port, http_get, scraped, scratch_dir};
+use crate::support::{Process, eventually, free_port, http_get, repo_root, scraped, scratch_dir};
 
 /// Tasks run before Prometheus is asked.
 const TASKS: usize = 3;
@@ -88,6 +90,86 @@ fn query(prometheus: &str, query: &str) -> Option<f64> {
     let result = answer["data"]["result"].as_array()?;
     let sample = result.first()?;
     sample["value"][1].as_str()?.parse().ok()
+}
+
+/// The dashboard shipped for Grafana, relative to the workspace root.
+const GRAFANA_DASHBOARD: &str = "deploy/grafana/agentmesh.json";
+
+/// Every panel query of the Grafana dashboard, with its variables replaced
+/// by what Grafana would put there.
+fn dashboard_queries() -> Vec<String> {
+    let path = repo_root().join(GRAFANA_DASHBOARD);
+    let text = std::fs::read_to_string(&path).expect("read the Grafana dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the Grafana dashboard is JSON");
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| {
+            target["expr"]
+                .as_str()
+                .expect("every target has an expr")
+                .replace("$job", ".*")
+                .replace("$__rate_interval", "1m")
+        })
+        .collect();
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    queries
+}
+
+/// The metric family names in a scrape (`# TYPE name kind` lines).
+fn families(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect()
+}
+
+/// The operator's guide, whose reference tables name every metric.
+const METRICS_REFERENCE: &str = "docs/operations.md";
+
+/// Metric names in the reference tables (rows starting ``| `agentmesh_``).
+fn documented(reference: &str) -> impl Iterator<Item = &str> {
+    reference.lines().filter_map(|line| {
+        let name = line.strip_prefix("| `")?.split('`').next()?;
+        name.starts_with("agentmesh_").then_some(name)
+    })
+}
+
+/// `agentmesh_*` names in `query`, histogram suffixes taken off.
+fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("agentmesh_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.push(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Prometheus's verdict on `query`: `Ok` when it parses and evaluates.
+fn evaluates(prometheus: &str, query: &str) -> Result<(), String> {
+    let (status, body) = http_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", encode(query)),
+    )
+    .map_err(|e| e.to_string())?;
+    let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    if status == 200 && answer["status"] == "success" {
+        Ok(())
+    } else {
+        Err(format!("{status}: {body}"))
+    }
 }
 
 fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (Process, String) {
@@ -215,6 +297,29 @@ fn prometheus_scrapes_the_cluster_and_counts_completed_tasks() {
         query(&api, r#"count(agentmesh_mailbox_backlog{job="worker"})"#)
     });
     assert_eq!(backlog, 1.0);
+
+    // The Grafana dashboard: every query evaluates, every metric is
+    // exported or (a family with no series yet is not in a scrape) documented.
+    let reference = std::fs::read_to_string(repo_root().join(METRICS_REFERENCE))
+        .expect("read the metrics reference");
+    let exported: Vec<&str> = families(&text)
+        .into_iter()
+        .chain(families(&worker_text))
+        .chain(documented(&reference))
+        .collect();
+    for query in dashboard_queries() {
+        for name in metric_names(&query) {
+            // OpenMetrics declares counters without `_total`.
+            let family = name.strip_suffix("_total").unwrap_or(&name);
+            assert!(
+                exported.contains(&family) || exported.contains(&name.as_str()),
+                "the Grafana dashboard queries {name}, which no node exports and {METRICS_REFERENCE} does not name: {query}"
+            );
+        }
+        if let Err(error) = evaluates(&api, &query) {
+            panic!("Prometheus refuses the Grafana dashboard's query {query}: {error}");
+        }
+    }
     drop(prometheus);
     cluster.assert_no_panic();
 }

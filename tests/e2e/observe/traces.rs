@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::cluster::Cluster;
-use crate::support::{Process, eventually, run_cli_with};
+use crate::support::{Process, eventually, repo_root, run_cli_with};
 
 /// The trace the CLI is told to continue.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -23,10 +23,6 @@ const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
 /// Time for spans to arrive: nodes send theirs in batches every 5 s.
 const SPANS_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The receiver's python, installed by scripts/install-otlp-receiver; a
 /// failed install fails the test.

@@ -183,6 +183,12 @@ fn sanitize(name: &str) -> String {
     }
 }
 
+/// The repository's root: scripts, examples and deployment files are
+/// found from here.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A fresh scratch directory under cargo's `target/tmp` (system temp dir as a
 /// fallback), named after `prefix`.
 pub fn scratch_dir(prefix: &str) -> TempDir {
