@@ -1,5 +1,9 @@
 //! Compiles `proto/agentmesh/v1/*.proto` with the vendored protoc, so the
-//! build needs no system protobuf compiler.
+//! build needs no system protobuf compiler. The well-known types
+//! (`google/protobuf/struct.proto`) come from the vendored protoc's own
+//! include directory and map to `prost-types`; the descriptor set holds
+//! them too (prost-build includes imports), so reflection clients such as
+//! grpcurl can encode a `google.protobuf.Struct`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = "../../proto";
@@ -11,9 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto_dir}");
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let well_known = protoc_bin_vendored::include_path()?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("agentmesh_descriptor.bin"))
-        .compile_with_config(config, &files, &[proto_dir])?;
+        .compile_with_config(
+            config,
+            &files.map(std::path::PathBuf::from),
+            &[std::path::PathBuf::from(proto_dir), well_known],
+        )?;
     Ok(())
 }

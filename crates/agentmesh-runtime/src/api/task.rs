@@ -626,6 +626,30 @@ fn new_record(
     ))
 }
 
+/// Puts a task sent as a `google.protobuf.Struct` into the request as its
+/// JSON text, so that from here on (forwarding to the leader included) it
+/// is a document like any other: the same limits, validation and
+/// idempotency digest. Refuses a request with both forms or neither.
+fn as_document(request: &mut pb::SubmitRequest, limits: &TaskLimits) -> Result<(), ApiError> {
+    match (request.document.is_empty(), request.task.take()) {
+        (true, Some(task)) => {
+            request.document = convert::task_document(&task, limits)?;
+            Ok(())
+        }
+        (false, None) => Ok(()),
+        (false, Some(_)) => Err(ApiError::InvalidArgument(
+            "both document and task are set: send the task file once, as document (JSON or \
+             YAML text) or as task (a structured message)"
+                .into(),
+        )),
+        (true, None) => Err(ApiError::InvalidArgument(
+            "neither document nor task is set: send the task file as document (JSON or YAML \
+             text) or as task (a structured message)"
+                .into(),
+        )),
+    }
+}
+
 /// The query a `List` request asks for; refuses malformed filters and
 /// tokens.
 fn list_query(request: &pb::ListTasksRequest) -> Result<TaskQuery, ApiError> {
@@ -709,7 +733,9 @@ impl TaskGrpc {
             max_watches,
         })
         .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes)
+        // Records carry their outputs twice, as JSON text and as
+        // structured values, which have a budget of their own.
+        .max_encoding_message_size(max_message_bytes + convert::MAX_VALUE_BYTES)
     }
 
     /// `None` when this node leads; otherwise the leader to forward to. A
@@ -765,6 +791,8 @@ impl TaskGrpc {
         let key = IdempotencyKey::parse(&request.get_ref().idempotency_key)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let submitter = submitter.with_idempotency_key(key);
+        let mut request = request;
+        as_document(request.get_mut(), &self.api.limits)?;
         if let Some(leader) = self.forward_to(&request).await? {
             return self
                 .forwarder

@@ -71,6 +71,7 @@ impl Target for RemoteTarget {
             idempotency_key: String::new(),
             document: document.to_owned(),
             wait: true,
+            task: None,
         });
         if let Some(bearer) = &self.bearer {
             request
