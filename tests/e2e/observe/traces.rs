@@ -5,7 +5,10 @@
 //! installed by scripts/install-otlp-receiver) and checks that one task
 //! submitted with a given `traceparent` is one trace, with spans from the
 //! CLI, both coordinators (the follower forwards the submit to the leader)
-//! and the worker, each parent link pointing at a span of the same trace.
+//! and the worker, each parent link pointing at a span of the same trace;
+//! and that a hierarchical task (coordinator, strategic, tactical and
+//! operational processes) and a consensus round (three peers) are each
+//! one trace whose parent links run through every level and peer.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::cluster::Cluster;
+use crate::support::cluster::{Cluster, NodeSpec};
 use crate::support::{Process, eventually, repo_root, run_cli_with};
 
 /// The trace the CLI is told to continue.
@@ -225,6 +228,243 @@ fn one_task_is_one_trace_across_the_client_both_coordinators_and_the_worker() {
         "no JSON lines: {lines:?}"
     );
     assert!(traced, "no log line carries the task's trace id: {lines:?}");
+    cluster.assert_no_panic();
+}
+
+/// The spans of `trace_id`, once every `(name, instance)` of `expected`
+/// is among them (an empty instance: any).
+fn wait_for_spans(receiver: &Process, trace_id: &str, expected: &[(&str, &str)]) -> Vec<Value> {
+    eventually("every span of the task's trace", SPANS_TIMEOUT, || {
+        let spans: Vec<Value> = receiver
+            .stdout_lines()
+            .iter()
+            .filter(|line| line.starts_with('{'))
+            .map(|line| serde_json::from_str::<Value>(line).expect("a span as JSON"))
+            .filter(|span| span["trace_id"] == trace_id)
+            .collect();
+        expected
+            .iter()
+            .all(|(name, instance)| {
+                spans.iter().any(|span| {
+                    span["name"] == *name
+                        && (instance.is_empty() || span["instance_id"] == *instance)
+                })
+            })
+            .then_some(spans)
+    })
+}
+
+/// `(name, instance)` of `span` and of each of its ancestors, root first;
+/// panics on a parent outside the trace other than `root_parent`.
+fn ancestry(spans: &[Value], span: &Value, root_parent: &str) -> Vec<(String, String)> {
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|span| (span["span_id"].as_str().unwrap(), span))
+        .collect();
+    let mut chain = Vec::new();
+    let mut current = span;
+    loop {
+        chain.push((
+            current["name"].as_str().unwrap_or_default().to_owned(),
+            current["instance_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+        let parent = current["parent_span_id"].as_str().unwrap();
+        match by_id.get(parent) {
+            Some(next) => current = next,
+            None => {
+                assert_eq!(
+                    parent, root_parent,
+                    "{current} has a parent outside the trace"
+                );
+                break;
+            }
+        }
+        assert!(chain.len() < 200, "a parent loop: {chain:?}");
+    }
+    chain.reverse();
+    chain
+}
+
+/// Whether `chain` passes through `steps` in this order (other spans may
+/// come between).
+fn passes_through(chain: &[(String, String)], steps: &[(&str, &str)]) -> bool {
+    let mut rest = chain.iter();
+    steps.iter().all(|(name, instance)| {
+        rest.any(|(n, i)| n == name && (instance.is_empty() || i == instance))
+    })
+}
+
+/// Submits `file` on `cluster` continuing `trace_id`, and returns the task
+/// id.
+fn submit_traced(cluster: &Cluster, otlp: &str, file: &str, trace_id: &str) -> String {
+    let traceparent = format!("00-{trace_id}-{PARENT_SPAN_ID}-01");
+    let out = run_cli_with(
+        &[
+            "submit",
+            "--endpoint",
+            cluster.endpoint(),
+            file,
+            "--wait",
+            "--otlp-endpoint",
+            otlp,
+        ],
+        &crate::support::cli_env(&[("TRACEPARENT", traceparent.as_str())]),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "submit failed: {out}");
+    let record = out.json();
+    assert_eq!(record["status"], "completed", "{record}");
+    record["task_id"].as_str().expect("a task id").to_owned()
+}
+
+/// The coordinator's `subtask.result` span for `task_id`, whose ancestry
+/// runs back through every hop of the task.
+fn final_result<'a>(spans: &'a [Value], task_id: &str) -> &'a Value {
+    spans
+        .iter()
+        .find(|span| span["name"] == "subtask.result" && span["attributes"]["task.id"] == task_id)
+        .expect("the coordinator's subtask.result span")
+}
+
+#[test]
+fn hierarchy_levels_and_peer_rounds_continue_the_task_trace() {
+    let (receiver, otlp) = start_receiver();
+    let traced = ["--otlp-endpoint", otlp.as_str()];
+    let mut builder = Cluster::builder()
+        .coordinators(1)
+        .coordinator_args(&traced)
+        .node(NodeSpec::level("strategic-1", "strategic").args(&traced))
+        .node(NodeSpec::level("tactical-1", "tactical").args(&traced))
+        .node(NodeSpec::level("operational-1", "operational").args(&traced));
+    for peer in ["peer-1", "peer-2", "peer-3"] {
+        builder = builder.node(NodeSpec::peer(peer, "math.eval").args(&traced));
+    }
+    let cluster = builder.start();
+    let coordinator = eventually("a leader", Duration::from_secs(20), || cluster.leader());
+    let coordinator = coordinator.as_str();
+
+    // Strategic → tactical → operational and back, in one trace.
+    let hierarchical = cluster.task_file(
+        "levels.yaml",
+        "name: levels\npattern: hierarchical\nobjectives:\n  - id: sum\n    description: add\n    \
+         tasks:\n      - id: add\n        capability: math.eval\n        input: { expr: \"1 + 2\" }\n",
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4701";
+    let task_id = submit_traced(&cluster, &otlp, &hierarchical, trace);
+    let (s, t, o) = ("strategic-1", "tactical-1", "operational-1");
+    let path = [
+        ("agentmesh submit", ""),
+        ("Submit", coordinator),
+        ("placement", coordinator),
+        ("deliver subtask.assign", s),
+        ("hierarchy.plan", s),
+        ("hierarchy.directive", s),
+        ("deliver hierarchy.message", t),
+        ("hierarchy.objective", t),
+        ("hierarchy.dispatch", t),
+        ("deliver subtask.assign", o),
+        ("tool.call", o),
+        ("subtask.return", o),
+        ("deliver subtask.result", t),
+        ("hierarchy.result", t),
+        ("hierarchy.report", t),
+        ("deliver hierarchy.message", s),
+        ("hierarchy.assess", s),
+        ("subtask.return", s),
+        ("deliver subtask.result", coordinator),
+        ("subtask.result", coordinator),
+    ];
+    let spans = wait_for_spans(&receiver, trace, &path);
+    let chain = ancestry(&spans, final_result(&spans, &task_id), PARENT_SPAN_ID);
+    assert!(passes_through(&chain, &path), "{chain:#?}");
+    let plan = spans
+        .iter()
+        .find(|span| span["name"] == "hierarchy.plan")
+        .unwrap();
+    assert_eq!(plan["attributes"]["task.id"], task_id.as_str());
+    assert_eq!(plan["attributes"]["agent.id"], s);
+    let dispatch = spans
+        .iter()
+        .find(|span| span["name"] == "hierarchy.dispatch")
+        .unwrap();
+    assert_eq!(dispatch["attributes"]["subtask.id"], "sum/add");
+    assert_eq!(dispatch["attributes"]["agent.id"], o);
+
+    // A consensus round: proposal, bids, seats and the vote, one trace.
+    let consensus = cluster.task_file(
+        "round.yaml",
+        "name: round\npattern: peer_consensus\nredundancy: 3\ntasks:\n  - id: triple\n    \
+         capability: math.eval\n    input: { expr: \"2 * 3\" }\n",
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4702";
+    let task_id = submit_traced(&cluster, &otlp, &consensus, trace);
+    let mut expected = vec![
+        ("peer.propose", ""),
+        ("peer.award", ""),
+        ("peer.vote", ""),
+        ("subtask.result", coordinator),
+    ];
+    for peer in ["peer-1", "peer-2", "peer-3"] {
+        expected.extend([("peer.bid", peer), ("tool.call", peer)]);
+    }
+    let spans = wait_for_spans(&receiver, trace, &expected);
+    let chain = ancestry(&spans, final_result(&spans, &task_id), PARENT_SPAN_ID);
+    let proposer = chain
+        .iter()
+        .find(|(name, _)| name == "peer.propose")
+        .map(|(_, instance)| instance.clone())
+        .unwrap_or_else(|| panic!("no peer.propose in {chain:#?}"));
+    let p = proposer.as_str();
+    assert!(
+        passes_through(
+            &chain,
+            &[
+                ("Submit", coordinator),
+                ("placement", coordinator),
+                ("deliver subtask.assign", p),
+                ("peer.propose", p),
+                ("peer.vote", p),
+                ("subtask.return", p),
+                ("deliver subtask.result", coordinator),
+                ("subtask.result", coordinator),
+            ]
+        ),
+        "{chain:#?}"
+    );
+    // Every peer bid and ran a seat inside the same trace.
+    for peer in ["peer-1", "peer-2", "peer-3"] {
+        for name in ["peer.bid", "tool.call"] {
+            let span = spans
+                .iter()
+                .find(|span| span["name"] == name && span["instance_id"] == peer)
+                .unwrap_or_else(|| panic!("no {name} span from {peer}"));
+            let chain = ancestry(&spans, span, PARENT_SPAN_ID);
+            assert!(
+                passes_through(&chain, &[("peer.propose", p), (name, peer)]),
+                "{chain:#?}"
+            );
+        }
+    }
+    let bid = spans
+        .iter()
+        .find(|span| span["name"] == "peer.bid")
+        .unwrap();
+    assert_eq!(bid["attributes"]["task.id"], task_id.as_str());
+    let award = ancestry(
+        &spans,
+        spans
+            .iter()
+            .find(|span| span["name"] == "tool.call")
+            .unwrap(),
+        PARENT_SPAN_ID,
+    );
+    assert!(
+        passes_through(&award, &[("peer.propose", p), ("peer.award", p)]),
+        "{award:#?}"
+    );
     cluster.assert_no_panic();
 }
 

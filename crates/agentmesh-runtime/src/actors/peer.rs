@@ -101,6 +101,11 @@ struct Led {
     /// Each bidder's reputation as read for its bid; consensus weighs the
     /// votes with it rather than reading the registry again.
     beliefs: HashMap<AgentId, Reputation>,
+    /// The `peer.propose` span's context: the round's later steps (seats
+    /// awarded on the last bid or at the bid deadline, the vote) happen
+    /// in answer to other messages or to the clock, and join the task's
+    /// trace through it.
+    trace: TraceParent,
 }
 
 pub struct PeerState {
@@ -179,7 +184,13 @@ impl Actor for Peer {
             } => {
                 let span = telemetry::child_of(
                     &trace,
-                    crate::span!("peer.bid", agent.id = %state.id, proposer = %proposer),
+                    crate::span!(
+                        "peer.bid",
+                        task.id = %proposal.task_id,
+                        subtask.id = %proposal.subtask_id,
+                        agent.id = %state.id,
+                        proposer = %proposer,
+                    ),
                 );
                 state.bid(proposer, proposal).instrument(span).await
             }
@@ -296,6 +307,8 @@ impl PeerState {
                 algorithm,
                 solo: None,
                 beliefs: HashMap::new(),
+                // Called inside the `peer.propose` span.
+                trace: TraceParent::current(),
             },
         );
     }
@@ -380,17 +393,32 @@ impl PeerState {
                     ..led.assignment.clone()
                 };
                 debug!(round = %round_id, participants = ?participants, "seats awarded");
-                for peer in &participants {
-                    self.send(peer, Kind::SubtaskAssign, replica.clone());
-                }
+                let span = telemetry::child_of(
+                    &led.trace,
+                    crate::span!(
+                        "peer.award",
+                        task.id = %replica.task_id,
+                        subtask.id = %replica.subtask_id,
+                        attempt = replica.attempt,
+                        agent.id = %self.id,
+                        seats = participants.len(),
+                    ),
+                );
+                span.in_scope(|| {
+                    for peer in &participants {
+                        self.send(peer, Kind::SubtaskAssign, replica.clone());
+                    }
+                });
             }
             Next::Decide { results, missing } => {
                 if let Some(led) = self.led.remove(round_id) {
-                    self.decide(led, results, missing).await;
+                    let span = vote_span(&self.id, &led, results.len());
+                    self.decide(led, results, missing).instrument(span).await;
                 }
             }
             Next::Fail(reason) => {
                 if let Some(led) = self.led.remove(round_id) {
+                    let _entered = vote_span(&self.id, &led, 0).entered();
                     warn!(round = %round_id, %reason, "collaboration failed");
                     metrics::consensus_round(RoundOutcome::Failed, None, 0);
                     self.answer(&led, Err(reason), None);
@@ -525,6 +553,22 @@ impl PeerState {
             transport::envelope(&self.id, to, kind, message),
         );
     }
+}
+
+/// The span of a round's vote: the results counted, reputations updated
+/// and the answer sent to the coordinator, in the task's trace.
+fn vote_span(me: &AgentId, led: &Led, votes: usize) -> tracing::Span {
+    telemetry::child_of(
+        &led.trace,
+        crate::span!(
+            "peer.vote",
+            task.id = %led.assignment.task_id,
+            subtask.id = %led.assignment.subtask_id,
+            attempt = led.assignment.attempt,
+            agent.id = %me,
+            votes,
+        ),
+    )
 }
 
 /// Every registered peer.

@@ -38,6 +38,7 @@ use crate::actors::authority::Authority;
 use crate::actors::report;
 use crate::convert;
 use crate::metrics::{self, RefusalReason};
+use crate::telemetry::{self, TraceParent};
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
 
 #[derive(Debug)]
@@ -46,11 +47,15 @@ pub enum StrategicMessage {
     Plan {
         coordinator: AgentId,
         assignment: SubtaskAssignment,
+        /// The plan's delivery: the plan's spans join the task's trace.
+        trace: TraceParent,
     },
     /// A tactical agent's report (upward), or a lateral note.
     Hierarchy {
         from: AgentId,
         message: HierarchyMessage,
+        /// The report's delivery.
+        trace: TraceParent,
     },
     /// The cluster changed: tactical agents that left lose their objective.
     Membership(Arc<Membership>),
@@ -69,6 +74,10 @@ struct PlanRun {
     strategic: CoreStrategic,
     /// Operational agents that failed each objective, across re-plans.
     avoid: HashMap<String, BTreeSet<AgentId>>,
+    /// The `hierarchy.plan` span's context: what the plan does later
+    /// without a message to continue (a re-plan when a tactical agent
+    /// leaves) joins the task's trace through it.
+    trace: TraceParent,
 }
 
 pub struct StrategicState {
@@ -116,8 +125,39 @@ impl Actor for Strategic {
             StrategicMessage::Plan {
                 coordinator,
                 assignment,
-            } => state.plan(coordinator, assignment),
-            StrategicMessage::Hierarchy { from, message } => state.hierarchy(from, message),
+                trace,
+            } => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "hierarchy.plan",
+                        task.id = %assignment.task_id,
+                        subtask.id = %assignment.subtask_id,
+                        attempt = assignment.attempt,
+                        agent.id = %state.seat.id,
+                    ),
+                );
+                span.in_scope(|| state.plan(coordinator, assignment, TraceParent::of(&span)));
+            }
+            StrategicMessage::Hierarchy {
+                from,
+                message,
+                trace,
+            } => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "hierarchy.assess",
+                        task.id = %message.task_id,
+                        objective = %message.objective_id,
+                        attempt = message.attempt,
+                        agent.id = %state.seat.id,
+                        from = %from,
+                        escalation = message.escalation,
+                    ),
+                );
+                span.in_scope(|| state.hierarchy(from, message));
+            }
             StrategicMessage::Membership(view) => state.membership_changed(&view),
         }
         Ok(())
@@ -147,12 +187,16 @@ impl StrategicState {
                     .lost(objective, agent, "the tactical agent left the cluster");
             }
             if !lost.is_empty() {
-                self.advance_plan(&task_id);
+                let span = telemetry::child_of(
+                    &run.trace,
+                    crate::span!("hierarchy.replan", task.id = %task_id, agent.id = %self.seat.id),
+                );
+                span.in_scope(|| self.advance_plan(&task_id));
             }
         }
     }
 
-    fn plan(&mut self, coordinator: AgentId, assignment: SubtaskAssignment) {
+    fn plan(&mut self, coordinator: AgentId, assignment: SubtaskAssignment, trace: TraceParent) {
         #[derive(Deserialize)]
         struct Input {
             objectives: Vec<ObjectiveSpec>,
@@ -176,6 +220,7 @@ impl StrategicState {
                 objectives,
                 strategic,
                 avoid: HashMap::new(),
+                trace,
             },
         );
         self.advance_plan(&task_id);
@@ -223,7 +268,15 @@ impl StrategicState {
                         };
                         info!(task_id, objective = %objective, tactical = %agent, "directing objective");
                         run.strategic.assigned(&objective, &agent);
-                        self.seat.send(&agent, Kind::Hierarchy, message);
+                        let span = crate::span!(
+                            "hierarchy.directive",
+                            task.id = %task_id,
+                            objective = %objective,
+                            attempt = run.assignment.attempt,
+                            agent.id = %self.seat.id,
+                            to = %agent,
+                        );
+                        span.in_scope(|| self.seat.send(&agent, Kind::Hierarchy, message));
                     }
                     StrategicStep::GiveUp { objective, reason } => {
                         warn!(task_id, objective = %objective, %reason, "objective given up");
@@ -353,11 +406,13 @@ impl Inbox for StrategicInbox {
                 self.authority.leader_only(&coordinator, kind)?;
                 StrategicMessage::Plan {
                     assignment: transport::decode(&envelope)?,
+                    trace: TraceParent::from_map(&envelope.trace_context),
                     coordinator,
                 }
             }
             Kind::Hierarchy => StrategicMessage::Hierarchy {
                 message: transport::decode(&envelope)?,
+                trace: TraceParent::from_map(&envelope.trace_context),
                 from: AgentId::new(envelope.from),
             },
             // Cancelling a plan is not supported yet: the levels finish it.
@@ -398,7 +453,7 @@ mod tests {
         let envelope = transport::envelope(&coordinator, &me, Kind::SubtaskAssign, plan);
         let decoded = inbox.decode(Kind::SubtaskAssign, envelope);
         assert!(
-            matches!(&decoded, Ok(Inbound::Message(StrategicMessage::Plan { coordinator: from, assignment }))
+            matches!(&decoded, Ok(Inbound::Message(StrategicMessage::Plan { coordinator: from, assignment, .. }))
                 if *from == coordinator && assignment.task_id == "t1"),
             "{decoded:?}"
         );

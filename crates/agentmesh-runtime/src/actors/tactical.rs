@@ -30,6 +30,7 @@ use super::authority::Authority;
 use super::hierarchy::{Directive, EscalationReport, Seat, SeatArguments, pick};
 use crate::convert;
 use crate::metrics;
+use crate::telemetry::{self, TraceParent};
 use crate::transport::{self, DeliverError, Inbound, Inbox, Kind};
 
 #[derive(Debug)]
@@ -38,9 +39,12 @@ pub enum TacticalMessage {
     Hierarchy {
         from: AgentId,
         message: HierarchyMessage,
+        /// The directive's delivery: the objective's spans join the
+        /// task's trace.
+        trace: TraceParent,
     },
-    /// An operational agent's result.
-    Result(SubtaskResult),
+    /// An operational agent's result, and its delivery's context.
+    Result(SubtaskResult, TraceParent),
     /// The cluster changed: operational agents that left fail their task.
     Membership(Arc<Membership>),
 }
@@ -114,6 +118,10 @@ struct ObjectiveRun {
     avoid: BTreeSet<AgentId>,
     /// Dispatches so far, to number the operational attempts.
     dispatches: u32,
+    /// The `hierarchy.objective` span's context, for what the objective
+    /// does without a message to continue (a retry when an operational
+    /// agent leaves).
+    trace: TraceParent,
 }
 
 pub struct TacticalState {
@@ -164,8 +172,24 @@ impl Actor for Tactical {
             state.seat.backlog.leave();
         }
         match message {
-            TacticalMessage::Hierarchy { from, message } => state.hierarchy(from, message),
-            TacticalMessage::Result(result) => state.operational_result(result),
+            TacticalMessage::Hierarchy {
+                from,
+                message,
+                trace,
+            } => state.hierarchy(from, message, trace),
+            TacticalMessage::Result(result, trace) => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "hierarchy.result",
+                        task.id = %result.task_id,
+                        subtask.id = %result.subtask_id,
+                        attempt = result.attempt,
+                        agent.id = %result.worker_id,
+                    ),
+                );
+                span.in_scope(|| state.operational_result(result));
+            }
             TacticalMessage::Membership(view) => state.membership_changed(&view),
         }
         Ok(())
@@ -196,18 +220,36 @@ impl TacticalState {
                     .failed(task, agent, "the operational agent left the cluster");
             }
             if !lost.is_empty() {
-                self.advance_objective(&key);
+                let span = telemetry::child_of(
+                    &run.trace,
+                    crate::span!("hierarchy.replan", task.id = %run.task_id, agent.id = %self.seat.id),
+                );
+                span.in_scope(|| self.advance_objective(&key));
             }
         }
     }
 
-    fn hierarchy(&mut self, from: AgentId, message: HierarchyMessage) {
+    fn hierarchy(&mut self, from: AgentId, message: HierarchyMessage, trace: TraceParent) {
         if let Err(reason) = self.seat.check_route(&message) {
             warn!(from = %from, %reason, "hierarchy message refused");
             return;
         }
         match message.direction() {
-            Direction::Downward => self.directive(from, message),
+            Direction::Downward => {
+                let span = telemetry::child_of(
+                    &trace,
+                    crate::span!(
+                        "hierarchy.objective",
+                        task.id = %message.task_id,
+                        objective = %message.objective_id,
+                        attempt = message.attempt,
+                        agent.id = %self.seat.id,
+                        from = %from,
+                    ),
+                );
+                let trace = TraceParent::of(&span);
+                span.in_scope(|| self.directive(from, message, trace));
+            }
             Direction::Lateral => {
                 debug!(from = %from, task_id = %message.task_id, objective = %message.objective_id,
                        summary = %message.summary, "lateral status");
@@ -221,7 +263,12 @@ impl TacticalState {
         }
     }
 
-    fn directive(&mut self, strategic_agent: AgentId, message: HierarchyMessage) {
+    fn directive(
+        &mut self,
+        strategic_agent: AgentId,
+        message: HierarchyMessage,
+        trace: TraceParent,
+    ) {
         // Only the level above gives directives, and only the strategic
         // agent that directs a task here gives more for it. The inbox has
         // refused anyone else already; this catches two that raced.
@@ -261,6 +308,7 @@ impl TacticalState {
                 tactical: CoreTactical::new(&directive.objective, self.policy),
                 avoid: directive.avoid.into_iter().collect(),
                 dispatches: 0,
+                trace,
             },
         );
         self.advance_objective(&key);
@@ -333,7 +381,15 @@ impl TacticalState {
                         };
                         debug!(task = %task_id, operational = %agent, "dispatching operational task");
                         run.tactical.started(&task_id, &agent);
-                        self.seat.send(&agent, Kind::SubtaskAssign, assignment);
+                        let span = crate::span!(
+                            "hierarchy.dispatch",
+                            task.id = %assignment.task_id,
+                            subtask.id = %assignment.subtask_id,
+                            attempt = assignment.attempt,
+                            agent.id = %agent,
+                            capability = %assignment.capability,
+                        );
+                        span.in_scope(|| self.seat.send(&agent, Kind::SubtaskAssign, assignment));
                     }
                     TacticalStep::Escalate(escalation) => {
                         let run = self.end_run(key);
@@ -356,8 +412,10 @@ impl TacticalState {
                             term: run.term,
                             ..header
                         };
-                        self.seat
-                            .send(&run.strategic_agent, Kind::Hierarchy, message);
+                        report_span(&self.seat.id, &message).in_scope(|| {
+                            self.seat
+                                .send(&run.strategic_agent, Kind::Hierarchy, message)
+                        });
                         return;
                     }
                     TacticalStep::Done(summary) => {
@@ -372,8 +430,10 @@ impl TacticalState {
                                 .seat
                                 .message(&run.task_id, &summary.objective, Direction::Upward)
                         };
-                        self.seat
-                            .send(&run.strategic_agent, Kind::Hierarchy, report);
+                        report_span(&self.seat.id, &report).in_scope(|| {
+                            self.seat
+                                .send(&run.strategic_agent, Kind::Hierarchy, report)
+                        });
                         self.tell_peers_at_level(&membership, &run.task_id, &summary);
                         return;
                     }
@@ -412,6 +472,18 @@ impl TacticalState {
             self.seat.send(&agent.id, Kind::Hierarchy, message);
         }
     }
+}
+
+/// The span of a report sent upward (a summary, or an escalation).
+fn report_span(me: &AgentId, report: &HierarchyMessage) -> tracing::Span {
+    crate::span!(
+        "hierarchy.report",
+        task.id = %report.task_id,
+        objective = %report.objective_id,
+        attempt = report.attempt,
+        agent.id = %me,
+        escalation = report.escalation,
+    )
 }
 
 fn objective_key(task_id: &str, objective: &str) -> String {
@@ -460,7 +532,7 @@ impl Inbox for TacticalInbox {
                         authenticated: envelope.from,
                     });
                 }
-                TacticalMessage::Result(result)
+                TacticalMessage::Result(result, TraceParent::from_map(&envelope.trace_context))
             }
             Kind::Hierarchy => {
                 let message: HierarchyMessage = transport::decode(&envelope)?;
@@ -470,7 +542,11 @@ impl Inbox for TacticalInbox {
                     self.directors
                         .check(&self.authority, &message.task_id, &from)?;
                 }
-                TacticalMessage::Hierarchy { message, from }
+                TacticalMessage::Hierarchy {
+                    message,
+                    from,
+                    trace: TraceParent::from_map(&envelope.trace_context),
+                }
             }
             // Cancelling is not supported yet: the levels finish the plan.
             _ => return Ok(Inbound::Handled),
@@ -518,7 +594,7 @@ mod tests {
         let envelope = transport::envelope(&worker, &me, Kind::SubtaskResult, result.clone());
         let decoded = inbox.decode(Kind::SubtaskResult, envelope);
         assert!(
-            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Result(r))) if r.subtask_id == "o1/a"),
+            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Result(r, _))) if r.subtask_id == "o1/a"),
             "{decoded:?}"
         );
         // The same result sent by someone else is refused.
@@ -540,7 +616,7 @@ mod tests {
         let envelope = transport::envelope(&strategic, &me, Kind::Hierarchy, downward("t1"));
         let decoded = inbox.decode(Kind::Hierarchy, envelope);
         assert!(
-            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Hierarchy { from, message }))
+            matches!(&decoded, Ok(Inbound::Message(TacticalMessage::Hierarchy { from, message, .. }))
                 if *from == strategic && message.task_id == "t1"),
             "{decoded:?}"
         );
