@@ -36,7 +36,9 @@ pub(super) fn pause(attempt: u32, random: f64) -> Duration {
 
 /// Runs `attempt` until it succeeds, fails with anything but
 /// [`RegistryError::Unavailable`], or `options.connect_patience` has run
-/// out; the final error says how long and how often it tried.
+/// out (the last attempt starts at the deadline, and is bounded by its own
+/// connect timeout); the final error says how long and how often it
+/// tried.
 pub(super) async fn patiently<T, F, Fut>(
     options: &EtcdOptions,
     mut attempt: F,
@@ -54,19 +56,20 @@ where
             Err(RegistryError::Unavailable(reason)) => reason,
             done => return done,
         };
-        let now = Instant::now();
-        let left = deadline.saturating_duration_since(now);
-        let pause = pause(attempts, rand::random::<f64>());
         if options.connect_patience.is_zero() {
             return Err(RegistryError::Unavailable(reason));
         }
-        if left <= pause {
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
             return Err(RegistryError::Unavailable(format!(
                 "{reason} (gave up after {attempts} attempt{} in {:.1} s)",
                 if attempts == 1 { "" } else { "s" },
                 now.duration_since(started).as_secs_f64()
             )));
         }
+        // The last pause ends at the deadline, for one last attempt.
+        let pause = pause(attempts, rand::random::<f64>()).min(left);
         warn!(
             attempt = attempts,
             left_s = (left.as_secs_f64() * 10.0).round() / 10.0,
@@ -107,9 +110,11 @@ mod tests {
         .await
         .unwrap_err();
         let calls = calls.load(Ordering::SeqCst);
-        // Pauses of 0.25-0.5 s, 0.5-1 s, 1-2 s: two to four attempts.
-        assert!((2..=4).contains(&calls), "{calls} attempts");
-        assert!(started.elapsed() <= patience);
+        // Pauses of 0.25-0.5 s, 0.5-1 s, then what is left: three or four
+        // attempts, the last at the deadline.
+        assert!((3..=4).contains(&calls), "{calls} attempts");
+        let took = started.elapsed();
+        assert!(took >= patience && took < patience * 2, "{took:?}");
         let RegistryError::Unavailable(message) = error else {
             panic!("{error:?}")
         };
