@@ -998,7 +998,7 @@ fn classify(what: String, error: etcd_client::Error) -> RegistryError {
         },
         _ => false,
     };
-    let message = format!("{what}: {error}");
+    let message = format!("{what}: {}", access::describe(&error));
     if refused {
         RegistryError::Refused(message)
     } else {

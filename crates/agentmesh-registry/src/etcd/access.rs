@@ -224,14 +224,25 @@ pub(super) fn is_stale_token(error: &etcd_client::Error) -> bool {
 
 /// Whether the connection failed in its TLS handshake (etcd's certificate
 /// does not chain to the CA given, names another host, or etcd wants a
-/// client certificate): tokio-rustls reports these as `InvalidData`, and
-/// trying again fails the same way.
+/// client certificate): tokio-rustls reports these as `InvalidData`, with
+/// rustls's message, and trying again fails the same way.
 pub(super) fn is_tls_failure(error: &etcd_client::Error) -> bool {
+    // rustls's own words, for where the chain keeps only the text.
+    const TLS: [&str; 4] = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer is incompatible",
+        "peer misbehaved",
+    ];
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::InvalidData
         {
+            return true;
+        }
+        let text = cause.to_string();
+        if TLS.iter().any(|marker| text.contains(marker)) {
             return true;
         }
         source = cause.source();
