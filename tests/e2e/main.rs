@@ -4,6 +4,8 @@
 //! [`support`].
 //!
 //! * `harness`: self-tests of the harness.
+//! * `cli`: the command line's errors, config file, completion, and a
+//!   node waiting for its etcd.
 //! * `registry_etcd`: the etcd registry against a real etcd.
 //! * `cluster`: coordinators and workers, driven through the CLI.
 //! * `peers`: peer consensus and reputation.
@@ -20,6 +22,7 @@
 //!   capability to tasks submitted with the stock CLI.
 
 mod chaos;
+mod cli;
 mod cluster;
 mod custom_tool;
 mod deploy;

@@ -132,6 +132,7 @@ pub mod rbac;
 mod registration;
 mod reputation;
 mod space;
+mod startup;
 mod task_watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -258,8 +259,15 @@ pub struct EtcdOptions {
     /// Time-to-live of the node's lease, rounded up to whole seconds (at
     /// least 1): how long a dead node's agents stay visible.
     pub lease_ttl: Duration,
-    /// How long [`EtcdRegistry::connect`] waits for etcd to answer.
+    /// How long one attempt of [`EtcdRegistry::connect`] waits for etcd
+    /// to answer.
     pub connect_timeout: Duration,
+    /// How long [`EtcdRegistry::connect`] keeps trying while etcd cannot
+    /// be reached (a refusal fails at once), with jittered backoff
+    /// between attempts; zero (the default) makes one attempt. A node
+    /// started beside its etcd (one compose file, one Helm release) then
+    /// waits for it instead of failing.
+    pub connect_patience: Duration,
     /// Bound on every single request once connected.
     pub request_timeout: Duration,
     /// Task records per request when listing them (at least 1).
@@ -276,6 +284,7 @@ impl EtcdOptions {
             credentials: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             connect_timeout: Duration::from_secs(5),
+            connect_patience: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
             task_page_size: DEFAULT_TASK_PAGE_SIZE,
             observer: None,
@@ -315,6 +324,13 @@ impl EtcdOptions {
 
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Keeps [`EtcdRegistry::connect`] trying for `patience` while etcd
+    /// cannot be reached.
+    pub fn with_connect_patience(mut self, patience: Duration) -> Self {
+        self.connect_patience = patience;
         self
     }
 
@@ -417,6 +433,9 @@ pub(crate) async fn connect_client(options: &EtcdOptions) -> Result<Client, Regi
                     "etcd at {endpoints} refused user '{}': {reason}",
                     credentials.user
                 )),
+                _ if access::is_tls_failure(&e) => RegistryError::Refused(format!(
+                    "cannot connect to etcd at {endpoints}: {reason}"
+                )),
                 _ => RegistryError::Unavailable(format!(
                     "cannot connect to etcd at {endpoints}: {reason}"
                 )),
@@ -495,12 +514,22 @@ impl EtcdRegistry {
     /// Connects to etcd, grants this node's lease, reads the membership and
     /// starts the keep-alive and membership tasks.
     ///
-    /// Fails with [`RegistryError::Unavailable`], naming the endpoints, when
-    /// etcd does not answer within [`EtcdOptions::connect_timeout`], and
-    /// with [`RegistryError::Refused`] when the endpoints and TLS do not
-    /// fit together or etcd refuses the node's user (a wrong password,
-    /// no user while etcd has authentication on).
+    /// While etcd cannot be reached, tries again with jittered backoff for
+    /// [`EtcdOptions::connect_patience`], logging each failed attempt at
+    /// WARN. Fails with [`RegistryError::Unavailable`], naming the
+    /// endpoints, the attempts and the last reason, when etcd has not
+    /// answered by then (each attempt waits at most
+    /// [`EtcdOptions::connect_timeout`]), and at once with
+    /// [`RegistryError::Refused`] when the endpoints and TLS do not fit
+    /// together, etcd's certificate is not trusted, or etcd refuses the
+    /// node's user (a wrong password, no user while etcd has
+    /// authentication on).
     pub async fn connect(options: EtcdOptions) -> Result<Self, RegistryError> {
+        startup::patiently(&options, || Self::connect_once(options.clone())).await
+    }
+
+    /// One attempt of [`EtcdRegistry::connect`].
+    async fn connect_once(options: EtcdOptions) -> Result<Self, RegistryError> {
         let endpoints = options.endpoint_list();
         // One deadline for building the client and the first answer.
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
@@ -519,7 +548,7 @@ impl EtcdRegistry {
                         "cannot reach etcd at {endpoints}: lease grant failed: {}",
                         access::describe(&e)
                     );
-                    let error = if access::is_refusal(&e) {
+                    let error = if access::is_refusal(&e) || access::is_tls_failure(&e) {
                         RegistryError::Refused(message)
                     } else {
                         RegistryError::Unavailable(message)
@@ -969,7 +998,7 @@ fn classify(what: String, error: etcd_client::Error) -> RegistryError {
         },
         _ => false,
     };
-    let message = format!("{what}: {error}");
+    let message = format!("{what}: {}", access::describe(&error));
     if refused {
         RegistryError::Refused(message)
     } else {

@@ -27,7 +27,8 @@ use crate::bench::Shape;
 
 /// `--help` of `--metrics-listen`, shared by `node` and `local`.
 const METRICS_LISTEN_HELP: &str = "Serves Prometheus metrics (GET /metrics, OpenMetrics or the \
-    Prometheus text format) on this address, e.g. 127.0.0.1:9464; off by default.\n\nThe \
+    Prometheus text format) on this address, e.g. 127.0.0.1:9464 or localhost:9464 (a host \
+    name is resolved at start and its first address bound); off by default.\n\nThe \
     endpoint is plain HTTP without authentication and shows counters only (refused envelopes \
     and client calls, by reason): bind it to loopback or a pod-internal address, never to one \
     the internet reaches. The bound address is logged at INFO.";
@@ -75,7 +76,22 @@ pub struct Cli {
     pub command: Command,
     #[command(flatten)]
     pub observe: ObserveArgs,
+    /// Config file (TOML, or YAML for .yaml/.yml): keys are the command's
+    /// long flags without `--` (`max-concurrency = 8`, `etcd =
+    /// ["http://a:2379"]`, `insecure = true`). Flags and AGENTMESH_*
+    /// variables override it; a key the command has no flag for, or a
+    /// value of the wrong type, is refused naming the key and the file.
+    /// None by default.
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
+
+/// The variable naming a config file, like `--config`.
+pub const CONFIG_ENV: &str = "AGENTMESH_CONFIG";
+
+/// The variable naming the coordinators every client command talks to
+/// (`--endpoint`), `bench` included.
+pub const ENDPOINT_ENV: &str = "AGENTMESH_ENDPOINT";
 
 /// How a command logs and traces; every command takes these.
 #[derive(Debug, Args)]
@@ -166,6 +182,16 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Prints a shell completion script on stdout, e.g.
+    /// `agentmesh completion bash > /etc/bash_completion.d/agentmesh`, or
+    /// `source <(agentmesh completion bash)` in ~/.bashrc;
+    /// `agentmesh completion zsh > "${fpath[1]}/_agentmesh"`;
+    /// `agentmesh completion fish > ~/.config/fish/completions/agentmesh.fish`.
+    Completion {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -301,9 +327,11 @@ fn token_from(file: Option<&Path>, variable: Option<String>) -> anyhow::Result<O
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Coordinator to load; an embedded cluster (no etcd) when omitted.
-    #[arg(long, env = "AGENTMESH_BENCH_ENDPOINT")]
-    pub endpoint: Option<String>,
+    /// Coordinator to load (the first of a comma-separated list, so the
+    /// AGENTMESH_ENDPOINT of the other commands serves here too); an
+    /// embedded cluster (no etcd) when omitted.
+    #[arg(long, env = ENDPOINT_ENV, value_delimiter = ',')]
+    pub endpoint: Vec<String>,
     /// What each task does.
     #[arg(long, value_enum, default_value = "trivial")]
     pub shape: Shape,
@@ -346,6 +374,14 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The coordinator to load, if any: the first endpoint given.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint
+            .iter()
+            .map(|e| e.trim())
+            .find(|e| !e.is_empty())
+    }
+
     pub fn warmup(&self) -> u64 {
         self.warmup.unwrap_or((self.tasks / 10).min(1000))
     }
@@ -379,8 +415,8 @@ pub struct LocalArgs {
     pub http_allow_private: bool,
     /// Serves Prometheus metrics on this address (GET /metrics); off by
     /// default. Unauthenticated: keep it on loopback.
-    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "ADDR", long_help = METRICS_LISTEN_HELP)]
-    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "HOST:PORT", long_help = METRICS_LISTEN_HELP)]
+    pub metrics_listen: Option<HostPort>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -434,11 +470,13 @@ pub struct NodeArgs {
         requires = "etcd_user"
     )]
     pub etcd_password_file: Option<PathBuf>,
-    /// Address the gRPC server binds (port 0 picks a free port; the bound
-    /// address is printed as `listening on ADDR`) [default: 0.0.0.0:7700
-    /// with TLS, 127.0.0.1:7700 with --insecure].
-    #[arg(long, env = "AGENTMESH_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    /// Address the gRPC server binds, an IP address or a host name with a
+    /// port (`localhost:7700`; a name binds the first of its addresses
+    /// that can be bound). Port 0 picks a free port; the bound address is
+    /// printed as `listening on ADDR` [default: 0.0.0.0:7700 with TLS,
+    /// 127.0.0.1:7700 with --insecure].
+    #[arg(long, env = "AGENTMESH_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<HostPort>,
     /// The cluster CA's certificate (PEM): every node's certificate must
     /// chain to it. With --tls-cert and --tls-key, all node-to-node
     /// connections use mutual TLS and clients speak TLS. The three files
@@ -463,8 +501,8 @@ pub struct NodeArgs {
     /// Serves Prometheus metrics on this address (GET /metrics); off by
     /// default. Unauthenticated: keep it on loopback or a pod-internal
     /// address.
-    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "ADDR", long_help = METRICS_LISTEN_HELP)]
-    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "HOST:PORT", long_help = METRICS_LISTEN_HELP)]
+    pub metrics_listen: Option<HostPort>,
     /// host:port other nodes use to reach this one; the bound address by default.
     #[arg(long, env = "AGENTMESH_ADVERTISE")]
     pub advertise: Option<String>,
@@ -685,15 +723,47 @@ pub struct EtcdArgs {
         requires = "etcd_cert"
     )]
     pub etcd_key: Option<PathBuf>,
+    /// How long to keep trying to reach etcd at start, e.g. `30s`, `2m`
+    /// (`0s`: one attempt). Each failed attempt logs a WARN line with its
+    /// number and the time left; attempts back off from 0.5 s to 5 s,
+    /// jittered. 30 s lets a node started together with its etcd (one
+    /// compose file, one Helm release) wait for it, and still fails a
+    /// misconfigured node soon enough to be noticed (a supervisor restarts
+    /// it). A refusal (wrong password, untrusted certificate) fails at
+    /// once.
+    #[arg(long, env = "AGENTMESH_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub etcd_connect_timeout: Duration,
 }
 
 impl EtcdArgs {
     /// The endpoints and the TLS files read (no user: `node` adds its own,
     /// `etcd-setup` logs in as root).
     pub fn options(&self) -> anyhow::Result<EtcdOptions> {
-        let mut options = EtcdOptions::new(self.endpoints.clone());
+        let mut options = EtcdOptions::new(self.endpoints.clone())
+            .with_connect_patience(self.etcd_connect_timeout);
         options.tls = self.tls()?;
         Ok(options)
+    }
+
+    /// `error`, from connecting to etcd, as one line that says what to
+    /// check.
+    pub fn explain(&self, error: agentmesh_registry::RegistryError) -> anyhow::Error {
+        use agentmesh_registry::RegistryError;
+        let endpoints = self.endpoints.join(", ");
+        match error {
+            RegistryError::Unavailable(reason) => anyhow::anyhow!(
+                "{reason}; check that etcd runs and listens at {endpoints} (--etcd) and that \
+                 this machine reaches it, that the URLs' scheme is etcd's (https:// with \
+                 --etcd-ca when etcd serves TLS), and that --etcd-connect-timeout ({}) gives \
+                 etcd time to start",
+                humantime(self.etcd_connect_timeout)
+            ),
+            RegistryError::Refused(reason) => anyhow::anyhow!(
+                "{reason}; check the TLS files (--etcd-ca, --etcd-cert, --etcd-key) and the \
+                 credentials (--etcd-user, --etcd-password-file) against etcd at {endpoints}"
+            ),
+            other => anyhow::anyhow!("etcd at {endpoints}: {other}"),
+        }
     }
 
     /// Reads the files; `None` without --etcd-ca.
@@ -709,6 +779,15 @@ impl EtcdArgs {
             ),
             _ => tls,
         }))
+    }
+}
+
+/// `d` as the duration flags take it: `30s`, `1500ms`.
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
@@ -817,14 +896,14 @@ impl NodeArgs {
 
     /// The address to bind: --listen, or port 7700 on every interface with
     /// TLS and on loopback without.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| {
+    pub fn listen(&self) -> HostPort {
+        self.listen.clone().unwrap_or_else(|| {
             let host = if self.insecure {
                 std::net::Ipv4Addr::LOCALHOST
             } else {
                 std::net::Ipv4Addr::UNSPECIFIED
             };
-            SocketAddr::from((host, 7700))
+            HostPort::from(SocketAddr::from((host, 7700)))
         })
     }
 
@@ -856,7 +935,13 @@ impl NodeArgs {
     }
 
     pub fn to_config(&self) -> NodeConfig {
-        let mut config = NodeConfig::new(self.role.into(), self.listen());
+        // A host name is resolved when the node binds; until then the
+        // config holds its port on every interface.
+        let listen = self.listen();
+        let listen = listen
+            .socket_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], listen.port())));
+        let mut config = NodeConfig::new(self.role.into(), listen);
         config.level = self.level.map(|l| match l {
             LevelArg::Strategic => Level::Strategic,
             LevelArg::Tactical => Level::Tactical,
@@ -864,7 +949,7 @@ impl NodeArgs {
         });
         config.id = self.id.clone();
         config.advertise = self.advertise.clone();
-        config.metrics_listen = self.metrics_listen;
+        config.metrics_listen = self.metrics_listen.as_ref().and_then(HostPort::socket_addr);
         config.capabilities = non_empty(&self.capabilities);
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
@@ -919,8 +1004,114 @@ impl LocalArgs {
         config.max_concurrency = self.max_concurrency;
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
         config.http_allow_private = self.http_allow_private;
-        config.metrics_listen = self.metrics_listen;
+        config.metrics_listen = self.metrics_listen.as_ref().and_then(HostPort::socket_addr);
         config
+    }
+}
+
+/// A `--listen`-like address: an IP address or a host name, and a port.
+/// Names are resolved when the address is bound ([`HostPort::resolve`]),
+/// so `localhost:7700` works where a socket address alone would not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address itself when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        let ip: std::net::IpAddr = self.host.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
+    /// Every address the host names (the address itself for an IP);
+    /// `flag` names the flag in the error.
+    pub async fn resolve(&self, flag: &str) -> anyhow::Result<Vec<SocketAddr>> {
+        if let Some(addr) = self.socket_addr() {
+            return Ok(vec![addr]);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("{flag} {self}: cannot resolve '{}'", self.host))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("{flag} {self}: '{}' has no address", self.host);
+        }
+        Ok(addrs)
+    }
+
+    /// The first address the host names.
+    pub async fn resolve_one(&self, flag: &str) -> anyhow::Result<SocketAddr> {
+        Ok(self.resolve(flag).await?[0])
+    }
+
+    /// A listener on the first of the host's addresses that can be bound.
+    pub async fn bind(&self, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+        let mut last = None;
+        for addr in self.resolve(flag).await? {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => return Ok(listener),
+                Err(e) => last = Some((addr, e)),
+            }
+        }
+        let (addr, e) = last.context("no address to bind")?;
+        Err(e).with_context(|| format!("failed to bind {flag} {self} ({addr})"))
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+
+    /// `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`, the name made of letters,
+    /// digits, `-`, `_` and dots.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{text}' is not HOST:PORT (e.g. localhost:7700)"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("'{text}': '{port}' is not a port number"))?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_ok {
+            return Err(format!(
+                "'{text}': '{host}' is neither an IP address nor a host name"
+            ));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -1008,12 +1199,7 @@ pub struct Endpoints {
     /// when one cannot be reached within --connect-timeout-ms, or does not
     /// answer within --request-timeout-ms (a submit only moves on when the
     /// first endpoint cannot have taken the task).
-    #[arg(
-        long,
-        env = "AGENTMESH_ENDPOINT",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, env = ENDPOINT_ENV, value_delimiter = ',', required = true)]
     pub endpoint: Vec<String>,
     /// Time for one endpoint to accept a connection and answer a health
     /// check, in ms; a frozen or overloaded node is passed over after it.

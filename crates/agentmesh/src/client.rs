@@ -26,6 +26,7 @@ use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
+use agentmesh_runtime::api::error::{STORE_FULL, store_failure};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::transport::channel::{self, Security};
@@ -118,22 +119,73 @@ enum Repeat {
     Unsafe,
 }
 
-/// A request the cluster refused, kept whole so callers can look at its
-/// code and metadata; shown as one line.
+/// A request a node refused, kept whole so callers can look at its code
+/// and metadata; shown as one line that blames the store behind the node
+/// when the node says its store failed.
 #[derive(Debug)]
-pub struct Refused(pub Status);
+pub struct Refused {
+    /// The node that answered.
+    pub endpoint: String,
+    pub status: Status,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} [{:?}]", self.0.message(), self.0.code())
+        let Self { endpoint, status } = self;
+        let (message, code) = (status.message(), status.code());
+        match (store_failure(status), code) {
+            (Some(STORE_FULL), _) => write!(
+                f,
+                "node {endpoint} answered, but its etcd refuses writes (out of space): \
+                 {message} [{code:?}]"
+            ),
+            (Some(_), _) => write!(
+                f,
+                "node {endpoint} answered, but its etcd is unreachable: {message} [{code:?}]"
+            ),
+            // The request's own faults read as they are; a failure of the
+            // node names it.
+            (None, Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable) => {
+                write!(f, "node {endpoint} failed: {message} [{code:?}]")
+            }
+            (None, _) => write!(f, "{message} [{code:?}]"),
+        }
     }
 }
 
 impl std::error::Error for Refused {}
 
-/// A one-line error for a refused request.
-pub fn describe(status: &Status) -> anyhow::Error {
-    anyhow::Error::new(Refused(status.clone()))
+/// A one-line error for a request `endpoint` refused.
+pub fn describe(endpoint: &str, status: &Status) -> anyhow::Error {
+    anyhow::Error::new(Refused {
+        endpoint: endpoint.to_owned(),
+        status: status.clone(),
+    })
+}
+
+/// Why a call to `endpoint` failed, for the list of failures: the node's
+/// answer (blaming its etcd when it says so), or the broken connection.
+fn failure(endpoint: &str, status: &Status) -> String {
+    if maybe_delivered(status) {
+        format!(
+            "node {endpoint}: the connection failed: {}",
+            status_text(status)
+        )
+    } else {
+        describe(endpoint, status).to_string()
+    }
+}
+
+/// The error after every endpoint failed: the one failure as it is, or
+/// each of them.
+fn all_failed(failures: &[String]) -> anyhow::Error {
+    match failures {
+        [one] => anyhow::anyhow!("{one}"),
+        _ => anyhow::anyhow!(
+            "no endpoint could serve the request: {}",
+            failures.join("; ")
+        ),
+    }
 }
 
 /// Submits refused for back-pressure are tried this many times in all.
@@ -143,7 +195,7 @@ const SUBMIT_ATTEMPTS: u32 = 5;
 /// without (etcd out of space) lasts until an operator acts, and retrying
 /// it only hides the error.
 fn retry_after(error: &anyhow::Error) -> Option<Duration> {
-    let Refused(status) = error.downcast_ref::<Refused>()?;
+    let Refused { status, .. } = error.downcast_ref::<Refused>()?;
     if status.code() != Code::ResourceExhausted {
         return None;
     }
@@ -225,14 +277,20 @@ impl Client {
         let attempt = async {
             let channel = channel::connect(endpoint, deadline, &self.security)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    format!(
+                        "node {endpoint} unreachable: {e} (is it running, and is this its \
+                         --listen address?)"
+                    )
+                })?;
             match HealthClient::new(channel.clone())
                 .check(HealthCheckRequest::default())
                 .await
             {
-                Err(status) if maybe_delivered(&status) => {
-                    Err(format!("{endpoint}: {}", status_text(&status)))
-                }
+                Err(status) if maybe_delivered(&status) => Err(format!(
+                    "node {endpoint} unreachable: {}",
+                    status_text(&status)
+                )),
                 _ => Ok(channel),
             }
         };
@@ -240,7 +298,7 @@ impl Client {
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
-                    "{endpoint}: no answer within the connect timeout of {} ms \
+                    "node {endpoint}: no answer within the connect timeout of {} ms \
                      (node frozen or overloaded?)",
                     deadline.as_millis()
                 ))
@@ -267,33 +325,33 @@ impl Client {
             let failure = match tokio::time::timeout(deadline, call(channel)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) if !worth_another_endpoint(&status) => {
-                    return Err(describe(&status));
+                    return Err(describe(endpoint, &status));
                 }
                 Ok(Err(status)) if repeat == Repeat::Unsafe && maybe_delivered(&status) => {
                     bail!(
-                        "{endpoint}: the connection failed after the request was sent ({}); \
+                        "node {endpoint}: the connection failed after the request was sent ({}); \
                          it may have been accepted there, so it was not sent to another \
                          endpoint, where it could run twice{}",
                         status_text(&status),
                         tried(&failures)
                     );
                 }
-                Ok(Err(status)) => format!("{endpoint}: {}", status_text(&status)),
+                Ok(Err(status)) => failure(endpoint, &status),
                 Err(_) if repeat == Repeat::Unsafe => bail!(
-                    "{endpoint}: no answer within the request timeout of {} ms after the \
+                    "node {endpoint}: no answer within the request timeout of {} ms after the \
                      request was sent; it may have been accepted there, so it was not sent \
                      to another endpoint, where it could run twice{}",
                     deadline.as_millis(),
                     tried(&failures)
                 ),
                 Err(_) => format!(
-                    "{endpoint}: no answer within the request timeout of {} ms",
+                    "node {endpoint}: no answer within the request timeout of {} ms",
                     deadline.as_millis()
                 ),
             };
             failures.push(failure);
         }
-        bail!("no endpoint answered: {}", failures.join("; "))
+        Err(all_failed(&failures))
     }
 
     /// Submits a task; a refusal for back-pressure (`RESOURCE_EXHAUSTED`)
@@ -435,13 +493,13 @@ impl Client {
                 let mut stream = match tokio::time::timeout(deadline, opened).await {
                     Ok(Ok(response)) => response.into_inner(),
                     Ok(Err(status)) if worth_another_endpoint(&status) => {
-                        failures.push(format!("{endpoint}: {}", status_text(&status)));
+                        failures.push(failure(endpoint, &status));
                         continue;
                     }
-                    Ok(Err(status)) => return Err(describe(&status)),
+                    Ok(Err(status)) => return Err(describe(endpoint, &status)),
                     Err(_) => {
                         failures.push(format!(
-                            "{endpoint}: no answer within the request timeout of {} ms",
+                            "node {endpoint}: no answer within the request timeout of {} ms",
                             deadline.as_millis()
                         ));
                         continue;
@@ -461,10 +519,10 @@ impl Client {
                         }
                         Ok(None) => break,
                         Err(status) if worth_another_endpoint(&status) => {
-                            failures.push(format!("{endpoint}: {}", status_text(&status)));
+                            failures.push(failure(endpoint, &status));
                             break;
                         }
-                        Err(status) => return Err(describe(&status)),
+                        Err(status) => return Err(describe(endpoint, &status)),
                     }
                 }
             }
@@ -498,14 +556,53 @@ mod tests {
             tonic::metadata::MetadataValue::from(250u64),
         );
         assert_eq!(
-            retry_after(&describe(&busy)),
+            retry_after(&describe("e:1", &busy)),
             Some(Duration::from_millis(250))
         );
         let unhinted = Status::resource_exhausted("full");
-        assert_eq!(retry_after(&describe(&unhinted)), None, "not back-pressure");
+        assert_eq!(
+            retry_after(&describe("e:1", &unhinted)),
+            None,
+            "not back-pressure"
+        );
         // Anything else is final.
         let invalid = Status::invalid_argument("dependency cycle");
-        assert_eq!(retry_after(&describe(&invalid)), None);
+        assert_eq!(retry_after(&describe("e:1", &invalid)), None);
         assert_eq!(retry_after(&anyhow::anyhow!("connection refused")), None);
+    }
+
+    #[test]
+    fn errors_say_whether_the_node_or_its_etcd_failed() {
+        use agentmesh_registry::RegistryError;
+        use agentmesh_runtime::api::error::ApiError;
+
+        let store_down = Status::from(ApiError::Registry(RegistryError::Unavailable(
+            "lease grant failed".into(),
+        )));
+        assert_eq!(
+            failure("127.0.0.1:7700", &store_down),
+            "node 127.0.0.1:7700 answered, but its etcd is unreachable: registry unavailable: \
+             lease grant failed [Unavailable]"
+        );
+        let no_leader = Status::unavailable("no coordinator leader was elected");
+        assert_eq!(
+            failure("127.0.0.1:7700", &no_leader),
+            "node 127.0.0.1:7700 failed: no coordinator leader was elected [Unavailable]"
+        );
+        // The request's own faults read as before.
+        let invalid = Status::invalid_argument("dependency cycle: a -> a");
+        assert_eq!(
+            describe("e:1", &invalid).to_string(),
+            "dependency cycle: a -> a [InvalidArgument]"
+        );
+        assert_eq!(
+            all_failed(&["one".into()]).to_string(),
+            "one",
+            "a single endpoint's failure is the error"
+        );
+        assert_eq!(
+            all_failed(&["a".into(), "b".into()]).to_string(),
+            "no endpoint could serve the request: a; b"
+        );
     }
 }

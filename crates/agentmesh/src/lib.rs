@@ -29,6 +29,7 @@ mod bench;
 mod certs;
 mod cli;
 mod client;
+mod config;
 
 /// The tool interface, for programs that add tools of their own.
 pub mod tools {
@@ -49,7 +50,7 @@ use agentmesh_runtime::node::NodeBuilder;
 use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::CommandFactory;
 use tracing::{Instrument, error, info, warn};
 
 use crate::bench::{BenchOptions, EmbeddedTarget, RemoteTarget, Target};
@@ -95,7 +96,18 @@ impl Agentmesh {
 }
 
 fn main(tools: ToolBox) -> ExitCode {
-    let mut cli = Cli::parse();
+    // Flags, AGENTMESH_* variables, then the --config file under both.
+    let mut cli = match config::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(REFUSED);
+        }
+    };
+    if let Command::Completion { shell } = cli.command {
+        completion(shell);
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -223,7 +235,21 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Certs(args) => certs(&args),
         Command::Token { command } => token(command),
         Command::EtcdSetup(args) => etcd_setup(args).await,
+        Command::Completion { shell } => {
+            completion(shell);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `agentmesh completion SHELL`: the completion script on stdout.
+fn completion(shell: clap_complete::Shell) {
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "agentmesh",
+        &mut std::io::stdout(),
+    );
 }
 
 fn certs(args: &cli::CertsArgs) -> anyhow::Result<ExitCode> {
@@ -284,6 +310,7 @@ async fn etcd_setup(args: EtcdSetupArgs) -> anyhow::Result<ExitCode> {
     let (options, root_password, users) = args.load()?;
     let report = agentmesh_registry::etcd::rbac::setup(&options, &root_password, &users)
         .await
+        .map_err(|e| args.etcd.explain(e))
         .context("etcd-setup failed")?;
     for user in &report.users {
         println!("etcd user '{user}' ready");
@@ -309,7 +336,7 @@ async fn bench(args: BenchArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         rate: args.rate,
         progress: !args.no_progress && bench::stderr_is_terminal(),
     };
-    let report = match &args.endpoint {
+    let report = match args.endpoint() {
         Some(endpoint) => {
             let target = RemoteTarget::connect(
                 endpoint,
@@ -353,7 +380,11 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Some(path) => read_task_file(path)?,
         None => BUILTIN_EXAMPLE.to_owned(),
     };
-    let cluster = NodeBuilder::new(args.to_config())
+    let mut config = args.to_config();
+    if let Some(metrics) = &args.metrics_listen {
+        config.metrics_listen = Some(metrics.resolve_one("--metrics-listen").await?);
+    }
+    let cluster = NodeBuilder::new(config)
         .tools(tools)
         .local(usize::from(args.workers))
         .await
@@ -374,9 +405,12 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     }
     let mut config = args.to_config();
     config.mailbox.security = args.security()?;
+    if let Some(metrics) = &args.metrics_listen {
+        config.metrics_listen = Some(metrics.resolve_one("--metrics-listen").await?);
+    }
     if args.insecure {
         warn!(
-            listen = %config.listen,
+            listen = %args.listen(),
             "running INSECURE (--insecure): no TLS, no authentication of nodes; anyone who \
              can reach this node can send its agents envelopes"
         );
@@ -413,14 +447,17 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     if options.credentials.is_some() && options.tls.is_none() {
         warn!("the etcd password is sent unencrypted: use https:// etcd URLs with --etcd-ca");
     }
+    // One line, with the endpoints and what to check, after the retries
+    // of --etcd-connect-timeout.
     let registry: Arc<dyn Registry> = Arc::new(
         EtcdRegistry::connect(options)
             .await
-            .context("failed to connect to etcd")?,
+            .map_err(|e| args.etcd.explain(e))?,
     );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to bind {}", config.listen))?;
+    let listener = args.listen().bind("--listen").await?;
+    config.listen = listener
+        .local_addr()
+        .context("the address --listen bound")?;
     let drain_timeout = config.drain_timeout;
     let started = NodeBuilder::new(config)
         .tools(tools)

@@ -222,15 +222,52 @@ pub(super) fn is_stale_token(error: &etcd_client::Error) -> bool {
     )
 }
 
-/// An error with its sources: tonic's transport errors say only
-/// "transport error" at the top, and the reason (an unknown issuer, a
-/// refused connection) below.
+/// Whether the connection failed in its TLS handshake (etcd's certificate
+/// does not chain to the CA given, names another host, or etcd wants a
+/// client certificate): tokio-rustls reports these as `InvalidData`, with
+/// rustls's message, and trying again fails the same way.
+pub(super) fn is_tls_failure(error: &etcd_client::Error) -> bool {
+    // rustls's own words, for where the chain keeps only the text.
+    const TLS: [&str; 4] = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer is incompatible",
+        "peer misbehaved",
+    ];
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return true;
+        }
+        let text = cause.to_string();
+        if TLS.iter().any(|marker| text.contains(marker)) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An error with its sources, on one line: tonic's transport errors say
+/// only "transport error" at the top, and the reason (an unknown issuer,
+/// a refused connection) below. An etcd gRPC status shows its message and
+/// causes, not the status's debug dump.
 pub(super) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+    let (mut text, mut source) = match error.downcast_ref::<etcd_client::Error>() {
+        Some(etcd_client::Error::GRpcStatus(status)) => {
+            let message = match status.message() {
+                "" => format!("{:?}", status.code()),
+                message => message.to_owned(),
+            };
+            (message, std::error::Error::source(status))
+        }
+        _ => (error.to_string(), error.source()),
+    };
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
+        if cause_text != "transport error" && !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
         }

@@ -169,7 +169,11 @@ pub async fn setup(
     let mut root_options = options.clone();
     root_options.credentials = Some(access::EtcdCredentials::new(ROOT, root_password.clone()));
     let redact = |e: RegistryError| redacted(e, root_password, users);
-    let (mut client, auth_was_on) = match super::connect_client(&root_options).await {
+    // Logging in as root is the reachability check, retried while etcd
+    // does not answer yet (`EtcdOptions::connect_patience`).
+    let root_login =
+        super::startup::patiently(&root_options, || super::connect_client(&root_options));
+    let (mut client, auth_was_on) = match root_login.await {
         Ok(client) => (client, true),
         Err(RegistryError::Refused(message)) if message.contains("not enabled") => {
             let mut open = options.clone();

@@ -62,50 +62,85 @@ pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 /// for a batch of work to drain, short enough not to idle a cluster.
 const QUEUE_FULL_RETRY_MS: u64 = 500;
 
+/// gRPC metadata key saying that the node answered but its store (etcd)
+/// failed, so a client can tell "the node is down" from "the node is up,
+/// its etcd is not" (see [`store_failure`]). Values: [`STORE_UNREACHABLE`],
+/// [`STORE_FULL`].
+pub const STORE_FAILURE: &str = "agentmesh-store-failure";
+/// [`STORE_FAILURE`]: etcd cannot be reached from the node.
+pub const STORE_UNREACHABLE: &str = "unreachable";
+/// [`STORE_FAILURE`]: etcd refuses writes for lack of space.
+pub const STORE_FULL: &str = "full";
+
+/// What failed behind the node that sent `status`, if it was its store:
+/// [`STORE_UNREACHABLE`] or [`STORE_FULL`].
+pub fn store_failure(status: &Status) -> Option<&str> {
+    status.metadata().get(STORE_FAILURE)?.to_str().ok()
+}
+
+impl ApiError {
+    /// The [`STORE_FAILURE`] this error is, if any.
+    fn store_failure(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Submit(SubmitError::StoreFull(_))
+            | ApiError::Registry(RegistryError::NoSpace(_)) => Some(STORE_FULL),
+            ApiError::Submit(SubmitError::StoreUnreachable | SubmitError::NotPersisted(_))
+            | ApiError::Registry(RegistryError::Unavailable(_)) => Some(STORE_UNREACHABLE),
+            _ => None,
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
-        let message = error.to_string();
-        match error {
-            ApiError::Submit(SubmitError::QueueFull { .. } | SubmitError::TooManyTasks { .. }) => {
-                retry_later(message)
-            }
-            ApiError::Submit(SubmitError::Client(refusal)) if refusal.is_retryable() => {
-                retry_later(message)
-            }
-            ApiError::Submit(SubmitError::Client(_)) => Status::failed_precondition(message),
-            ApiError::TaskFile(e) if e.is_precondition() => Status::failed_precondition(message),
-            ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => {
-                Status::invalid_argument(message)
-            }
-            // etcd's NOSPACE: nothing can be accepted until an operator
-            // frees space; no retry-after, retrying soon will not help.
-            ApiError::Submit(SubmitError::StoreFull(_))
-            | ApiError::Registry(RegistryError::NoSpace(_)) => Status::resource_exhausted(message),
-            ApiError::Submit(
-                SubmitError::NotPersisted(_)
-                | SubmitError::NotLeader
-                | SubmitError::StoreUnreachable,
-            )
-            | ApiError::NoLeader(_)
-            | ApiError::NotLeader(_) => Status::unavailable(message),
-            ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
-            ApiError::Submit(SubmitError::RecordTooLarge { .. }) => {
-                Status::invalid_argument(message)
-            }
-            ApiError::NotFound(_) => Status::not_found(message),
-            ApiError::IdempotencyConflict { .. }
-            | ApiError::Submit(SubmitError::Duplicate { .. }) => Status::already_exists(message),
-            ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
-            ApiError::NoCoordinator => Status::failed_precondition(message),
-            ApiError::Coordinator(_) => Status::unavailable(message),
-            ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),
-            ApiError::Registry(RegistryError::DuplicateAgent { .. }) => {
-                Status::already_exists(message)
-            }
-            ApiError::Registry(_) => Status::unavailable(message),
-            ApiError::Auth(AuthError::Denied(_)) => Status::permission_denied(message),
-            ApiError::Auth(_) => Status::unauthenticated(message),
+        let failure = error.store_failure();
+        let mut status = status_of(error);
+        if let Some(failure) = failure {
+            status.metadata_mut().insert(
+                STORE_FAILURE,
+                tonic::metadata::AsciiMetadataValue::from_static(failure),
+            );
         }
+        status
+    }
+}
+
+/// The code of `error`, from a deliberately small set.
+fn status_of(error: ApiError) -> Status {
+    let message = error.to_string();
+    match error {
+        ApiError::Submit(SubmitError::QueueFull { .. } | SubmitError::TooManyTasks { .. }) => {
+            retry_later(message)
+        }
+        ApiError::Submit(SubmitError::Client(refusal)) if refusal.is_retryable() => {
+            retry_later(message)
+        }
+        ApiError::Submit(SubmitError::Client(_)) => Status::failed_precondition(message),
+        ApiError::TaskFile(e) if e.is_precondition() => Status::failed_precondition(message),
+        ApiError::TaskFile(_) | ApiError::InvalidArgument(_) => Status::invalid_argument(message),
+        // etcd's NOSPACE: nothing can be accepted until an operator
+        // frees space; no retry-after, retrying soon will not help.
+        ApiError::Submit(SubmitError::StoreFull(_))
+        | ApiError::Registry(RegistryError::NoSpace(_)) => Status::resource_exhausted(message),
+        ApiError::Submit(
+            SubmitError::NotPersisted(_) | SubmitError::NotLeader | SubmitError::StoreUnreachable,
+        )
+        | ApiError::NoLeader(_)
+        | ApiError::NotLeader(_) => Status::unavailable(message),
+        ApiError::Submit(SubmitError::TooWide { .. }) => Status::failed_precondition(message),
+        ApiError::Submit(SubmitError::RecordTooLarge { .. }) => Status::invalid_argument(message),
+        ApiError::NotFound(_) => Status::not_found(message),
+        ApiError::IdempotencyConflict { .. } | ApiError::Submit(SubmitError::Duplicate { .. }) => {
+            Status::already_exists(message)
+        }
+        ApiError::TooManyWatches(_) => Status::resource_exhausted(message),
+        ApiError::NoCoordinator => Status::failed_precondition(message),
+        ApiError::Coordinator(_) => Status::unavailable(message),
+        ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),
+        ApiError::Registry(RegistryError::DuplicateAgent { .. }) => Status::already_exists(message),
+        ApiError::Registry(_) => Status::unavailable(message),
+        ApiError::Auth(AuthError::Denied(_)) => Status::permission_denied(message),
+        ApiError::Auth(_) => Status::unauthenticated(message),
     }
 }
 
@@ -259,5 +294,23 @@ mod tests {
         let unreachable = Status::from(ApiError::Submit(SubmitError::StoreUnreachable));
         assert_eq!(unreachable.code(), Code::Unavailable);
         assert!(unreachable.message().contains("etcd cannot be reached"));
+    }
+
+    #[test]
+    fn store_failures_are_marked_so_clients_can_blame_etcd() {
+        let unreachable = Status::from(ApiError::Registry(RegistryError::Unavailable(
+            "lease grant failed".into(),
+        )));
+        assert_eq!(store_failure(&unreachable), Some(STORE_UNREACHABLE));
+        let refused = Status::from(ApiError::Submit(SubmitError::StoreUnreachable));
+        assert_eq!(store_failure(&refused), Some(STORE_UNREACHABLE));
+        let full = Status::from(ApiError::Submit(SubmitError::StoreFull("x".into())));
+        assert_eq!(store_failure(&full), Some(STORE_FULL));
+        // A node's own refusals blame no store.
+        assert_eq!(store_failure(&Status::from(ApiError::NoCoordinator)), None);
+        assert_eq!(
+            store_failure(&Status::from(ApiError::NotFound(TaskId::new("t")))),
+            None
+        );
     }
 }
