@@ -23,6 +23,10 @@ use crate::support::{Process, eventually, repo_root, run_cli_with};
 /// The trace the CLI is told to continue.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+/// A trace its caller chose not to sample (flags `00`).
+const UNSAMPLED_TRACE_ID: &str = "5ce0e9a56015fec5aadfa328ae398115";
+/// A sampled trace submitted after the unsampled one.
+const LATER_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// Time for spans to arrive: nodes send theirs in batches every 5 s.
 const SPANS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -228,6 +232,39 @@ fn one_task_is_one_trace_across_the_client_both_coordinators_and_the_worker() {
         "no JSON lines: {lines:?}"
     );
     assert!(traced, "no log line carries the task's trace id: {lines:?}");
+
+    // A caller that decided not to sample is obeyed on every hop: a task
+    // submitted under an unsampled traceparent leaves no span anywhere,
+    // while the sampled task submitted after it arrives whole (each process
+    // exports in order, so the first task's spans would have come first).
+    let submit_under = |traceparent: &str| {
+        let out = run_cli_with(
+            &[
+                "submit",
+                "--endpoint",
+                &follower.endpoint,
+                &task,
+                "--wait",
+                "--otlp-endpoint",
+                &otlp,
+            ],
+            &crate::support::cli_env(&[("TRACEPARENT", traceparent)]),
+            Duration::from_secs(60),
+        );
+        assert!(out.success(), "submit failed: {out}");
+    };
+    submit_under(&format!("00-{UNSAMPLED_TRACE_ID}-{PARENT_SPAN_ID}-00"));
+    submit_under(&format!("00-{LATER_TRACE_ID}-{PARENT_SPAN_ID}-01"));
+    wait_for_spans(&receiver, LATER_TRACE_ID, &expected);
+    let unsampled: Vec<String> = receiver
+        .stdout_lines()
+        .into_iter()
+        .filter(|line| line.contains(UNSAMPLED_TRACE_ID))
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "spans of an unsampled trace were exported: {unsampled:?}"
+    );
     cluster.assert_no_panic();
 }
 

@@ -7,8 +7,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use thiserror::Error;
 use tracing::Level;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
@@ -149,9 +149,13 @@ fn provider(
     if let Some(id) = &options.instance_id {
         resource = resource.with_attribute(KeyValue::new("service.instance.id", id.clone()));
     }
+    // No sampler is set here: the SDK's default is `ParentBased(AlwaysOn)`
+    // (a caller's sampling decision is kept, a new trace is recorded), and
+    // it honours the standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`
+    // (e.g. `parentbased_traceidratio` and `0.1`) for fleets where tracing
+    // every task costs too much.
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource.build())
         .build())
 }
