@@ -29,7 +29,8 @@ const DAG_NAME: &str = "dashboard-dag";
 const DAG_NODES: usize = 4;
 const DAG_EDGES: usize = 4;
 const DAG: &str = "name: dashboard-dag
-pattern: workflow
+pattern: coordinator_worker
+strategy: parallel
 tasks:
   - id: fetch
     capability: math.eval

@@ -90,25 +90,27 @@ pub fn layout<S: AsRef<str>>(nodes: &[(S, Vec<S>)]) -> Layout {
     }
 
     let layers = depth.iter().max().map_or(0, |d| d + 1);
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &(from, to) in &edges {
+        if depth[from] < depth[to] {
+            parents[to].push(from);
+        }
+    }
     let mut row = vec![0usize; n];
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); layers];
     for (i, &d) in depth.iter().enumerate() {
         members[d].push(i);
     }
-    for layer in 0..layers {
-        let mut order: Vec<(f64, usize)> = members[layer]
+    for layer in &members {
+        let mut order: Vec<(f64, usize)> = layer
             .iter()
             .map(|&i| {
-                let parents: Vec<usize> = edges
-                    .iter()
-                    .filter(|&&(from, to)| to == i && depth[from] < layer)
-                    .map(|&(from, _)| row[from])
-                    .collect();
-                let key = if parents.is_empty() {
+                let key = if parents[i].is_empty() {
                     // Roots keep document order ahead of the rest.
                     -1.0
                 } else {
-                    parents.iter().sum::<usize>() as f64 / parents.len() as f64
+                    parents[i].iter().map(|&p| row[p]).sum::<usize>() as f64
+                        / parents[i].len() as f64
                 };
                 (key, i)
             })
