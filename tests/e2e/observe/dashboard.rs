@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::cluster::Cluster;
-use crate::support::{Process, free_port, http_get, scratch_dir, tls};
+use crate::support::{Process, free_port, http_get, repo_root, scratch_dir, tls};
 
 /// The browser script's whole run, from launch to the task's end.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,10 +48,6 @@ tasks:
     depends_on: [slow, quick]
     input: { text: \"done and dusted\" }
 ";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// `name` on `PATH`; panics naming the script that installs it.
 fn on_path(name: &str) -> PathBuf {
