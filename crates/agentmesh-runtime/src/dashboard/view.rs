@@ -221,6 +221,8 @@ pub struct Node {
     /// `peer_consensus`: the round (algorithm, votes, agreement,
     /// dissenters), as the record holds it.
     pub consensus: Option<String>,
+    /// The share of peers that agreed, from `consensus`, for the graph.
+    pub agreement: Option<f64>,
     pub layer: usize,
     pub x: u32,
     pub y: u32,
@@ -263,6 +265,11 @@ fn node(subtask: &SubtaskRecord, placed: layout::Placed) -> Node {
         output: subtask.output.as_ref().map(preview),
         error: subtask.error.as_deref().map(|e| clip(e, PREVIEW_CHARS)),
         consensus: subtask.consensus.as_ref().map(preview),
+        agreement: subtask
+            .consensus
+            .as_ref()
+            .and_then(|c| c.get("agreement"))
+            .and_then(Value::as_f64),
         layer: placed.layer,
         x: placed.x,
         y: placed.y,
@@ -353,7 +360,24 @@ mod tests {
         assert_eq!(view.dag.edges, [(0, 1), (0, 2), (1, 3), (2, 3)]);
         assert_eq!(view.dag.nodes[3].layer, 2);
         assert_eq!(view.dag.nodes[0].output.as_deref(), Some("2"));
+        assert_eq!(view.dag.nodes[0].agreement, None);
         assert_eq!(view.dag.omitted, 0);
+    }
+
+    #[test]
+    fn a_consensus_rounds_agreement_is_shown_on_its_node() {
+        let mut agreed = subtask("a", &[], Some(json!(4)));
+        agreed.consensus =
+            Some(json!({"algorithm": "majority", "agreement": 0.75, "dissenters": ["p3"]}));
+        let view = task(&record(vec![agreed]));
+        let node = &view.dag.nodes[0];
+        assert_eq!(node.agreement, Some(0.75));
+        assert!(
+            node.consensus
+                .as_ref()
+                .unwrap()
+                .contains("\"dissenters\":[\"p3\"]")
+        );
     }
 
     #[test]

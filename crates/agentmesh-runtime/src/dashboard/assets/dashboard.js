@@ -267,7 +267,8 @@
       g.append(svg('text', { x: 10, y: 33, class: 'detail' }, fit(n.worker ? `${n.capability} @ ${n.worker}` : n.capability, 26)));
       const timing = n.started_ms ? duration(n.started_ms, n.finished_ms) : '';
       const attempts = n.attempts > 1 ? ` · try ${n.attempts}` : '';
-      g.append(svg('text', { x: 10, y: 46, class: 'detail' }, fit(`${n.status}${attempts}${timing ? ' · ' + timing : ''}`, 26)));
+      const agreed = typeof n.agreement === 'number' ? ` · agreed ${Math.round(n.agreement * 100)}%` : '';
+      g.append(svg('text', { x: 10, y: 46, class: 'detail' }, fit(`${n.status}${attempts}${agreed}${timing ? ' · ' + timing : ''}`, 26)));
       g.addEventListener('click', () => {
         state.subtask = n.id;
         for (const other of nodes.children) other.classList.toggle('selected', other.dataset.id === n.id);
