@@ -10,6 +10,7 @@
 //! api/        client-facing gRPC services (tasks, cluster), forwarding, error → Status
 //! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
 //! metrics/    Prometheus counters and the --metrics-listen endpoint
+//! dashboard/  the live dashboard that coordinators serve on that endpoint
 //! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
 //! convert     the one place that maps domain types to and from protobuf
 //! support/    owned background tasks, feeds into actors, clock, reputation scores
@@ -18,6 +19,7 @@
 pub mod actors;
 pub mod api;
 pub mod convert;
+pub mod dashboard;
 pub mod metrics;
 pub mod node;
 pub mod support;

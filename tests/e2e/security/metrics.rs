@@ -55,8 +55,16 @@ fn refused_envelopes_and_calls_are_counted_on_the_metrics_endpoint() {
     let (status, body) = http_get(&metrics, "/metrics").expect("scrape");
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("refused_total{"), "{body}");
-    let (status, _) = http_get(&metrics, "/").expect("GET /");
+    let (status, _) = http_get(&metrics, "/other").expect("GET /other");
     assert_eq!(status, 404);
+    // `/` is the coordinator's dashboard, whose data needs a token.
+    let (status, _) = http_get(&metrics, "/api/tasks").expect("GET /api/tasks");
+    assert_eq!(status, 401);
+    wait_counted(
+        &metrics,
+        r#"agentmesh_requests_refused_total{service="dashboard",reason="unauthenticated"}"#,
+        1.0,
+    );
 
     // A node of the cluster that may speak only for rogue-*, claiming to
     // be worker-1.

@@ -56,6 +56,36 @@ async fn worker_stats(coordinator: Option<&ActorRef<CoordinatorMessage>>) -> Vec
     }
 }
 
+/// Every registered agent as this node sees it: the registry's entry, the
+/// local coordinator's counters and breaker when it has them, and the
+/// recorded reputation. `ListAgents` and the dashboard both answer with it.
+pub async fn agents(
+    registry: &dyn Registry,
+    coordinator: Option<&ActorRef<CoordinatorMessage>>,
+) -> Vec<pb::AgentInfo> {
+    let membership = registry.membership().borrow().clone();
+    let leader = registry.leader().borrow().clone();
+    let stats = worker_stats(coordinator).await;
+    // The listing does without reputations the registry cannot give.
+    let reputations =
+        crate::support::reputation::mean_scores(registry, &ReputationPolicy::default())
+            .await
+            .unwrap_or_default();
+    membership
+        .agents
+        .values()
+        .map(|agent| {
+            let stats = stats.iter().find(|s| s.id == agent.id);
+            convert::agent_info(
+                agent,
+                stats,
+                leader.as_ref() == Some(&agent.id),
+                reputations.get(&agent.id).copied(),
+            )
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
     async fn list_agents(
@@ -66,29 +96,7 @@ impl ClusterService for ClusterGrpc {
             .authenticate(&request)
             .and_then(|caller| caller.authorize(Action::ListAgents))
             .map_err(ApiError::from)?;
-        let membership = self.registry.membership().borrow().clone();
-        let leader = self.registry.leader().borrow().clone();
-        let stats = worker_stats(self.coordinator.as_ref()).await;
-        // The listing does without reputations the registry cannot give.
-        let reputations = crate::support::reputation::mean_scores(
-            self.registry.as_ref(),
-            &ReputationPolicy::default(),
-        )
-        .await
-        .unwrap_or_default();
-        let agents = membership
-            .agents
-            .values()
-            .map(|agent| {
-                let stats = stats.iter().find(|s| s.id == agent.id);
-                convert::agent_info(
-                    agent,
-                    stats,
-                    leader.as_ref() == Some(&agent.id),
-                    reputations.get(&agent.id).copied(),
-                )
-            })
-            .collect();
+        let agents = agents(self.registry.as_ref(), self.coordinator.as_ref()).await;
         Ok(Response::new(pb::ListAgentsReply { agents }))
     }
 }

@@ -652,7 +652,7 @@ fn as_document(request: &mut pb::SubmitRequest, limits: &TaskLimits) -> Result<(
 
 /// The query a `List` request asks for; refuses malformed filters and
 /// tokens.
-fn list_query(request: &pb::ListTasksRequest) -> Result<TaskQuery, ApiError> {
+pub(crate) fn list_query(request: &pb::ListTasksRequest) -> Result<TaskQuery, ApiError> {
     let bad = |what: String| ApiError::InvalidArgument(what);
     let statuses = request
         .status

@@ -17,6 +17,11 @@
 //!   slot for that long at most;
 //! - request heads up to [`MAX_HEAD_BYTES`]; a request body is never read.
 //!
+//! On a coordinator the port also serves the live dashboard at `/` (see
+//! [`crate::dashboard`], which bounds its own answers and, when the node
+//! has client tokens, requires one for its data); other nodes answer its
+//! paths with a pointer to the coordinators.
+//!
 //! Routing is one function ([`respond`]), so further pages served on this
 //! port are one match arm each.
 
@@ -40,6 +45,7 @@ use tracing::{debug, info, warn};
 use tokio::sync::watch;
 
 use super::{Format, Metrics};
+use crate::dashboard::{self, Slot};
 use crate::node::health::Readiness;
 use crate::support::background::Background;
 
@@ -67,14 +73,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `metrics` on `listener` until `background` stops; returns the
-/// bound address.
+/// bound address. Dashboard paths go to `dashboard`.
 pub fn spawn(
     listener: TcpListener,
     metrics: &'static Metrics,
     ready: watch::Receiver<Readiness>,
+    dashboard: Slot,
     background: &Background,
 ) -> std::io::Result<SocketAddr> {
-    spawn_within(listener, metrics, ready, background, CONNECTION_TIMEOUT)
+    spawn_within(
+        listener,
+        metrics,
+        ready,
+        dashboard,
+        background,
+        CONNECTION_TIMEOUT,
+    )
 }
 
 /// [`spawn`] with another connection timeout, for tests.
@@ -82,6 +96,7 @@ fn spawn_within(
     listener: TcpListener,
     metrics: &'static Metrics,
     ready: watch::Receiver<Readiness>,
+    dashboard: Slot,
     background: &Background,
     timeout: Duration,
 ) -> std::io::Result<SocketAddr> {
@@ -104,6 +119,7 @@ fn spawn_within(
                 }
             };
             let ready = ready.clone();
+            let dashboard = dashboard.clone();
             connections.spawn("metrics connection", async move {
                 let _slot = slot;
                 let connection = http1::Builder::new()
@@ -113,7 +129,12 @@ fn spawn_within(
                         TokioIo::new(stream),
                         service_fn(move |request| {
                             let readiness = *ready.borrow();
-                            async move { Ok::<_, Infallible>(respond(metrics, readiness, &request)) }
+                            let dashboard = dashboard.clone();
+                            async move {
+                                Ok::<_, Infallible>(
+                                    respond(metrics, readiness, &dashboard, &request).await,
+                                )
+                            }
                         }),
                     );
                 match tokio::time::timeout(timeout, connection).await {
@@ -128,16 +149,19 @@ fn spawn_within(
 }
 
 /// The response to one request. The body is never read.
-fn respond(
+async fn respond(
     metrics: &Metrics,
     readiness: Readiness,
+    dashboard: &Slot,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if ![METRICS_PATH, LIVE_PATH, READY_PATH].contains(&path) {
+    let ours = [METRICS_PATH, LIVE_PATH, READY_PATH].contains(&path);
+    if !ours && !dashboard::is_dashboard_path(path) {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: metrics are at /metrics, probes at /livez and /readyz\n",
+            "not found: metrics are at /metrics, probes at /livez and /readyz, the dashboard \
+             (on coordinators) at /\n",
         );
     }
     if request.method() != Method::GET {
@@ -149,6 +173,10 @@ fn respond(
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET"));
         return response;
+    }
+    if !ours {
+        let query = request.uri().query().unwrap_or_default();
+        return dashboard.respond(path, query, request.headers()).await;
     }
     match path {
         LIVE_PATH => return text(StatusCode::OK, "live\n"),
@@ -221,7 +249,15 @@ mod tests {
     ) -> (SocketAddr, Background) {
         let background = Background::new();
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = spawn_within(listener, &METRICS, ready, &background, timeout).unwrap();
+        let addr = spawn_within(
+            listener,
+            &METRICS,
+            ready,
+            Slot::new(false),
+            &background,
+            timeout,
+        )
+        .unwrap();
         (addr, background)
     }
 
@@ -294,8 +330,15 @@ mod tests {
     #[tokio::test]
     async fn other_paths_and_methods_are_refused() {
         let (addr, background) = serve().await;
-        let other = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let other = exchange(addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
+        // No coordinator here: the dashboard's paths say where it is.
+        let page = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            page.starts_with("HTTP/1.1 404 Not Found\r\n")
+                && page.contains("served by coordinators"),
+            "{page}"
+        );
         let post = exchange(
             addr,
             "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",

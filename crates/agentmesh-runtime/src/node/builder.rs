@@ -31,7 +31,9 @@ use super::config::NodeConfig;
 use super::error::NodeError;
 use super::local::LocalCluster;
 use super::{Node, RunningAgents};
+use crate::api::auth::Authenticator;
 use crate::api::task::TaskApi;
+use crate::dashboard::{Dashboard, Slot};
 use crate::metrics;
 use crate::node::health::{Readiness, Ready};
 use crate::tools::{HttpAccess, Tool, ToolBox};
@@ -100,7 +102,9 @@ impl NodeBuilder {
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry, router).await?;
         let ready = Ready::new(Readiness::Starting);
-        let metrics_addr = serve_metrics(metrics, &ready, &spawner)?;
+        // Filled by `Node::serve` once the coordinator's services exist.
+        let dashboard = Slot::new(config.role == Role::Coordinator);
+        let metrics_addr = serve_metrics(metrics, &ready, &dashboard, &spawner)?;
         let id = config
             .id
             .clone()
@@ -139,7 +143,7 @@ impl NodeBuilder {
                 }
             }
         }
-        let mut node = Node::serve(spawner, running, &config, listener, ready).await?;
+        let mut node = Node::serve(spawner, running, &config, listener, ready, &dashboard).await?;
         node.metrics_addr = metrics_addr;
         info!(addr = %node.addr(), %endpoint, agent_id = %id, role = %config.role, "node serving");
         Ok(node)
@@ -162,7 +166,8 @@ impl NodeBuilder {
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry.clone(), router).await?;
         let ready = Ready::new(Readiness::Starting);
-        let metrics_addr = serve_metrics(metrics, &ready, &spawner)?;
+        let dashboard = Slot::new(true);
+        let metrics_addr = serve_metrics(metrics, &ready, &dashboard, &spawner)?;
         let mut running = RunningAgents::default();
         let coordinator = spawner
             .coordinator(
@@ -172,10 +177,18 @@ impl NodeBuilder {
             )
             .await?;
         let api = TaskApi::new(
-            registry,
+            registry.clone(),
             Some(coordinator.handle.clone()),
             config.coordinator.limits.clone(),
         );
+        // In one process nobody else calls in: the dashboard is as open as
+        // the embedded cluster's API.
+        dashboard.set(Dashboard::new(
+            api.clone(),
+            registry,
+            coordinator.handle.clone(),
+            Authenticator::open(),
+        ));
         running.add_coordinator(coordinator);
         for n in 1..=workers {
             let id = AgentId::new(format!("worker-{n}"));
@@ -206,11 +219,13 @@ async fn bind_metrics(config: &NodeConfig) -> Result<Option<TcpListener>, NodeEr
         .map_err(|source| NodeError::MetricsListen { addr, source })
 }
 
-/// Serves the process's metrics and the node's probes (from `ready`) on
-/// `listener` until the node's background tasks stop; the bound address.
+/// Serves the process's metrics, the node's probes (from `ready`) and the
+/// dashboard (once `dashboard` is filled) on `listener` until the node's
+/// background tasks stop; the bound address.
 fn serve_metrics(
     listener: Option<TcpListener>,
     ready: &Ready,
+    dashboard: &Slot,
     spawner: &Spawner,
 ) -> Result<Option<SocketAddr>, NodeError> {
     listener
@@ -219,6 +234,7 @@ fn serve_metrics(
                 listener,
                 metrics::global(),
                 ready.subscribe(),
+                dashboard.clone(),
                 spawner.background(),
             )
         })

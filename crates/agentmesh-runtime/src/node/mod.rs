@@ -12,7 +12,8 @@
 //!  │    ├─ Strategic                                           (strategic level)
 //!  │    └─ Tactical                                            (tactical level)
 //!  └─ Background (support/background.rs): load publisher, store-health follower,
-//!       feeds into the actors, the metrics endpoint (--metrics-listen); all
+//!       feeds into the actors, the metrics endpoint (--metrics-listen, with
+//!       the dashboard on coordinators: dashboard/); all
 //!       stopped by one shutdown signal and awaited
 //! ```
 //!
@@ -49,6 +50,7 @@ use self::health::{Health, Ready};
 use crate::api::auth::Authenticator;
 use crate::api::cluster::ClusterGrpc;
 use crate::api::task::{TaskApi, TaskGrpc};
+use crate::dashboard::{Dashboard, Slot};
 use crate::transport::{MailboxService, channel};
 
 /// The agents a node runs, stopped in order by [`RunningAgents::leave`].
@@ -137,6 +139,7 @@ impl Node {
         config: &NodeConfig,
         listener: TcpListener,
         ready: Ready,
+        dashboard: &Slot,
     ) -> Result<Self, NodeError> {
         let addr = listener.local_addr()?;
         let registry: Arc<dyn Registry> = spawner.registry().clone();
@@ -177,8 +180,20 @@ impl Node {
             coordinator.as_ref().map(|c| c.actor.clone()),
             auth.clone(),
         );
-        let api = TaskApi::new(registry, coordinator, config.coordinator.limits.clone())
-            .with_parse_concurrency(config.coordinator.parse_concurrency);
+        let api = TaskApi::new(
+            registry.clone(),
+            coordinator.clone(),
+            config.coordinator.limits.clone(),
+        )
+        .with_parse_concurrency(config.coordinator.parse_concurrency);
+        if let Some(handle) = &coordinator {
+            dashboard.set(Dashboard::new(
+                api.clone(),
+                registry,
+                handle.clone(),
+                auth.clone(),
+            ));
+        }
         let max_message = config.coordinator.limits.max_document_bytes + 64 * 1024;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let connections = &config.connections;
