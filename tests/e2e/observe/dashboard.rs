@@ -11,11 +11,11 @@
 //! `AGENTMESH_DASHBOARD_SCREENSHOT=docs/dashboard.png` also copies the
 //! screenshot of the running task there (how docs/dashboard.png is made).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::support::cluster::Cluster;
-use crate::support::{Process, free_port, http_get, repo_root, scratch_dir, tls};
+use crate::support::{Process, free_port, http_get, repo_root, required_tool, scratch_dir, tls};
 
 /// The browser script's whole run, from launch to the task's end.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,18 +49,6 @@ tasks:
     input: { text: \"done and dusted\" }
 ";
 
-/// `name` on `PATH`; panics naming the script that installs it.
-fn on_path(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not on PATH: run scripts/install-browser (scripts/test does)")
-        })
-}
-
 /// `GET path` on `addr` with `token` as bearer: the status and body.
 fn get_as(addr: &str, path: &str, token: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -89,7 +77,7 @@ fn get_as(addr: &str, path: &str, token: &str) -> (u16, String) {
 #[test]
 fn the_dashboard_shows_a_task_running_then_completed_in_a_real_browser() {
     // Every tool found before anything starts: a missing one fails at once.
-    let node = on_path("node");
+    let node = required_tool("node", "scripts/install-browser");
     let chromium = Path::new("/usr/bin/chromium");
     assert!(
         chromium.is_file(),

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::cluster::Cluster;
-use crate::support::{Process, eventually, free_port, http_get, repo_root, scraped, scratch_dir};
+use crate::support::{
+    Process, eventually, free_port, http_get, repo_root, required_tool, scraped, scratch_dir,
+};
 
 /// Tasks run before Prometheus is asked.
 const TASKS: usize = 3;
@@ -21,17 +23,9 @@ const TASKS: usize = 3;
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `name` on `PATH`; panics naming the script that installs it (the test
-/// fails, never skips).
+/// `name` from the Debian package prometheus.
 fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not on PATH: run scripts/install-deps (Debian package prometheus)")
-        })
+    required_tool(name, "scripts/install-deps (Debian package prometheus)")
 }
 
 /// `promtool check metrics` on `text`; panics with its findings.

@@ -282,6 +282,20 @@ pub fn scraped(addr: &str, series: &str) -> Option<f64> {
 // etcd
 // ---------------------------------------------------------------------------
 
+/// The first executable `name` in a directory of `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| is_executable_file(path))
+}
+
+/// `name` on `PATH`; panics naming `installer`, the script that installs
+/// it (a test that needs a tool fails without it, never skips).
+pub fn required_tool(name: &str, installer: &str) -> PathBuf {
+    on_path(name)
+        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run {installer} (scripts/test does)"))
+}
+
 /// The etcd binary: `$AGENTMESH_TEST_ETCD` if set, else `etcd` on `PATH`,
 /// else `/usr/bin/etcd` or `/usr/local/bin/etcd`. Panics (the test fails, it
 /// is never skipped) when none exists.
@@ -296,18 +310,11 @@ pub fn etcd_binary() -> PathBuf {
         );
         return path;
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("etcd"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
     let fallbacks = [
         PathBuf::from("/usr/bin/etcd"),
         PathBuf::from("/usr/local/bin/etcd"),
     ];
-    on_path
+    on_path("etcd")
         .into_iter()
         .chain(fallbacks)
         .find(|p| is_executable_file(p))

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{CliOutput, Process, is_executable_file, run_command};
+use super::{CliOutput, Process, is_executable_file, on_path, run_command};
 
 /// Timeout of one `ip` / `iptables` command.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,17 +27,10 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where `name` is: `PATH`, then the sbin and bin directories (root's tools
 /// live in `/usr/sbin`, which a test runner's `PATH` may lack).
 pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
     let fallbacks = ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin"]
         .iter()
         .map(|dir| Path::new(dir).join(name));
-    on_path
+    on_path(name)
         .into_iter()
         .chain(fallbacks)
         .find(|p| is_executable_file(p))
