@@ -17,6 +17,7 @@ pub mod fairness;
 pub mod hierarchy;
 pub mod ids;
 pub mod patterns;
+pub mod reactive;
 pub mod reputation;
 pub mod retry;
 pub mod scheduling;

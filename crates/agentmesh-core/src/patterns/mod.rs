@@ -8,10 +8,12 @@
 mod coordinator_worker;
 mod hierarchical;
 mod peer_consensus;
+mod reactive;
 
 pub use self::coordinator_worker::CoordinatorWorker;
 pub use self::hierarchical::Hierarchical;
 pub use self::peer_consensus::{CONSENSUS_ALGORITHMS, DEFAULT_REDUNDANCY, PeerConsensus};
+pub use self::reactive::{ANSWER, Reactive, cache_options, choose};
 use crate::task::file::{Pattern, SubtaskSpec, TaskFile};
 use crate::task::limits::TaskLimits;
 use crate::task::validate::{Dag, TaskFileError};
@@ -64,7 +66,8 @@ pub trait PatternRules: Sync {
 }
 
 /// Every pattern this cluster runs: one line per pattern.
-pub static PATTERNS: &[&dyn PatternRules] = &[&CoordinatorWorker, &PeerConsensus, &Hierarchical];
+pub static PATTERNS: &[&dyn PatternRules] =
+    &[&CoordinatorWorker, &PeerConsensus, &Hierarchical, &Reactive];
 
 /// The rules of `pattern`, if this cluster runs it.
 pub fn rules(pattern: Pattern) -> Option<&'static dyn PatternRules> {
@@ -127,6 +130,7 @@ mod tests {
         }
         assert_eq!(owner_of("redundancy"), Some(Pattern::PeerConsensus));
         assert_eq!(owner_of("objectives"), Some(Pattern::Hierarchical));
+        assert_eq!(owner_of("request"), Some(Pattern::Reactive));
         assert_eq!(owner_of("tasks"), None);
         assert!(rules(Pattern::Workflow).is_none());
     }

@@ -35,6 +35,18 @@ pub struct TaskFile {
     /// `reputation_weighted`, `quality_based` or `hybrid`, the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<String>,
+    /// `reactive`: the request in prose, answered by a keyword-routed tool
+    /// (see `core::reactive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// `reactive`: whether the answer may come from, and goes into, the
+    /// coordinator's response cache (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+    /// `reactive`: the similarity at or above which a cached answer is
+    /// used, in `[0, 1]` (default 0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 impl TaskFile {
@@ -45,6 +57,9 @@ impl TaskFile {
             ("objectives", !self.objectives.is_empty()),
             ("redundancy", self.redundancy.is_some()),
             ("consensus", self.consensus.is_some()),
+            ("request", self.request.is_some()),
+            ("cache", self.cache.is_some()),
+            ("threshold", self.threshold.is_some()),
         ]
         .into_iter()
         .filter_map(|(field, given)| given.then_some(field))

@@ -210,6 +210,9 @@ fn file_from(deps: &[Vec<usize>]) -> TaskFile {
         timeout_ms: None,
         redundancy: None,
         consensus: None,
+        request: None,
+        cache: None,
+        threshold: None,
         objectives: Vec::new(),
         tasks: deps
             .iter()
@@ -510,7 +513,7 @@ fn the_hierarchical_strategy_is_still_refused_and_points_to_the_pattern() {
             "{err}"
         );
     }
-    for pattern in ["reactive", "auto"] {
+    for pattern in ["workflow", "auto"] {
         let err = check(&format!(
             r#"{{"name":"t","pattern":"{pattern}","tasks":[{{"id":"a","capability":"c"}}]}}"#
         ))
