@@ -130,7 +130,7 @@ pub fn route(
         .filter(|(_, hits)| !hits.is_empty())
         .collect();
     // Stable: equal counts keep table order.
-    candidates.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    candidates.sort_by_key(|(_, hits)| std::cmp::Reverse(hits.len()));
     let tool = candidates.into_iter().find_map(|(i, hits)| {
         let route = &table.tools[i];
         extract(route.extract, request).map(|input| ToolChoice {
