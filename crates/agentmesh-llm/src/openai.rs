@@ -680,9 +680,10 @@ impl EmbeddingProvider for OpenAiCompatible {
         let limits = self.config.limits;
         if texts.len() > limits.max_embedding_inputs {
             return Err(LlmError::TooLarge {
-                what: "the embedding batch (in texts)",
+                what: "the embedding batch",
                 size: texts.len(),
                 limit: limits.max_embedding_inputs,
+                unit: "texts",
             });
         }
         let size: usize = texts.iter().map(String::len).sum();
