@@ -34,5 +34,5 @@ pub use provider::{
 };
 pub use validate::{
     DomainCheck, Fallback, FallbackKind, FallbackReason, InvalidAnswer, Outcome, Stage,
-    ValidatedAnswer, ValidationFailure, chat_validated, compile_schema, validate,
+    ValidatedAnswer, ValidationFailure, chat_validated, compile_schema, retry_request, validate,
 };

@@ -659,6 +659,7 @@ impl ChatProvider for OpenAiCompatible {
                 what: "the prompt",
                 size,
                 limit,
+                unit: "bytes",
             });
         }
         let body = chat_request_body(self.config.backend, &self.config.model, request);
@@ -692,6 +693,7 @@ impl EmbeddingProvider for OpenAiCompatible {
                 what: "the embedding input",
                 size,
                 limit: limits.max_prompt_bytes,
+                unit: "bytes",
             });
         }
         let model = self

@@ -192,11 +192,12 @@ pub struct Embeddings {
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     /// Refused before any work: the request exceeds a configured bound.
-    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    #[error("{what} is {size} {unit}, over the limit of {limit} {unit}")]
     TooLarge {
         what: &'static str,
         size: usize,
         limit: usize,
+        unit: &'static str,
     },
     /// The answer body exceeded the response limit while being read.
     #[error("the response body is over the limit of {limit} bytes")]

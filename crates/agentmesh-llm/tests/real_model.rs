@@ -36,7 +36,11 @@ async fn install() -> (String, String) {
         .output()
         .await
         .expect("cannot run scripts/install-model");
-    assert!(output.status.success(), "scripts/install-model failed ({}); see its message above", output.status);
+    assert!(
+        output.status.success(),
+        "scripts/install-model failed ({}); see its message above",
+        output.status
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     match lines[..] {
@@ -74,13 +78,22 @@ async fn start(python: &str, gguf: &str) -> Server {
         .strip_prefix("listening on 127.0.0.1:")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line from the model server: {line:?}"));
-    Server { _child: child, port }
+    Server {
+        _child: child,
+        port,
+    }
 }
 
 /// Whether GET /health answers 200.
 async fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else { return false };
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.is_err() {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 12];
@@ -90,7 +103,10 @@ async fn healthy(port: u16) -> bool {
 async fn wait_healthy(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !healthy(port).await {
-        assert!(Instant::now() < deadline, "the model server on port {port} was not healthy within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the model server on port {port} was not healthy within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -152,17 +168,36 @@ async fn a_real_model_answers_within_the_schema() {
     wait_healthy(server.port).await;
     eprintln!("model server healthy after {:?}", started.elapsed());
 
-    let config = OpenAiConfig::new(format!("http://127.0.0.1:{}/v1", server.port), "smollm2", Backend::LlamaCpp);
+    let config = OpenAiConfig::new(
+        format!("http://127.0.0.1:{}/v1", server.port),
+        "smollm2",
+        Backend::LlamaCpp,
+    );
     let client = OpenAiCompatible::new(config).unwrap();
 
     // A schema-constrained answer parses and validates on the first try.
     let at = Instant::now();
-    let ok = chat_validated(&client, &request(), None).await.expect("a valid answer");
-    eprintln!("constrained answer {} in {:?}: {}", ok.answer.usage.completion_tokens, at.elapsed(), ok.answer.text);
+    let ok = chat_validated(&client, &request(), None)
+        .await
+        .expect("a valid answer");
+    eprintln!(
+        "constrained answer {} in {:?}: {}",
+        ok.answer.usage.completion_tokens,
+        at.elapsed(),
+        ok.answer.text
+    );
     assert_eq!(ok.answer.finish_reason, FinishReason::Stop);
-    assert_eq!(ok.attempts, 1, "the grammar should make the first answer valid: {}", ok.answer.text);
+    assert_eq!(
+        ok.attempts, 1,
+        "the grammar should make the first answer valid: {}",
+        ok.answer.text
+    );
     assert!(ok.value["topic"].as_str().unwrap().chars().count() <= 40);
-    assert!(ok.answer.usage.prompt_tokens > 0 && ok.answer.usage.completion_tokens > 0, "{:?}", ok.answer.usage);
+    assert!(
+        ok.answer.usage.prompt_tokens > 0 && ok.answer.usage.completion_tokens > 0,
+        "{:?}",
+        ok.answer.usage
+    );
     assert_eq!(ok.answer.provider, "llama.cpp:smollm2");
     let stats = client.stats();
     assert_eq!(stats.requests, 1);
@@ -170,10 +205,18 @@ async fn a_real_model_answers_within_the_schema() {
     assert_eq!(stats.completion_tokens, ok.answer.usage.completion_tokens);
 
     // Embeddings have the model's width.
-    let texts = vec!["the weather in Paris".to_owned(), "sort a list of numbers".to_owned()];
+    let texts = vec![
+        "the weather in Paris".to_owned(),
+        "sort a list of numbers".to_owned(),
+    ];
     let embeddings = client.embed(&texts).await.expect("embeddings");
     assert_eq!(embeddings.vectors.len(), 2);
-    assert!(embeddings.vectors.iter().all(|v| v.len() == EMBEDDING_DIMENSION));
+    assert!(
+        embeddings
+            .vectors
+            .iter()
+            .all(|v| v.len() == EMBEDDING_DIMENSION)
+    );
     assert!(embeddings.usage.prompt_tokens > 0);
     assert_ne!(embeddings.vectors[0], embeddings.vectors[1]);
 
@@ -185,12 +228,28 @@ async fn a_real_model_answers_within_the_schema() {
         _ => Err("this test refuses every model answer".into()),
     });
     let both = Fallback::new(client.clone(), Builtin);
-    let outcome = both.chat_validated(&request(), Some(&refuse)).await.expect("the fallback's answer");
+    let outcome = both
+        .chat_validated(&request(), Some(&refuse))
+        .await
+        .expect("the fallback's answer");
     assert_eq!(outcome.provider, "builtin");
     assert_eq!(outcome.attempts, 3);
     let reason = outcome.fallback.expect("a fallback reason");
-    assert_eq!((reason.from.as_str(), reason.kind), ("llama.cpp:smollm2", FallbackKind::InvalidAnswer));
-    assert!(reason.detail.contains("this test refuses every model answer"), "{}", reason.detail);
-    assert_eq!(client.stats().requests, 3, "the model was asked twice more: once, then with the error");
+    assert_eq!(
+        (reason.from.as_str(), reason.kind),
+        ("llama.cpp:smollm2", FallbackKind::InvalidAnswer)
+    );
+    assert!(
+        reason
+            .detail
+            .contains("this test refuses every model answer"),
+        "{}",
+        reason.detail
+    );
+    assert_eq!(
+        client.stats().requests,
+        3,
+        "the model was asked twice more: once, then with the error"
+    );
     eprintln!("real-model test took {:?}", started.elapsed());
 }

@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
@@ -74,8 +73,6 @@ struct Received {
 struct ServerState {
     script: Mutex<VecDeque<Reply>>,
     received: Mutex<Vec<Received>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
 }
 
 struct FakeServer {
@@ -122,8 +119,6 @@ async fn handle(
     state: Arc<ServerState>,
     request: http::Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let at = std::time::Instant::now();
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
@@ -146,7 +141,6 @@ async fn handle(
     for (name, value) in &reply.headers {
         response = response.header(*name, value);
     }
-    state.in_flight.fetch_sub(1, Ordering::SeqCst);
     Ok(response.body(Full::new(reply.body)).unwrap())
 }
 
@@ -546,17 +540,31 @@ async fn the_concurrency_limit_holds_and_a_dropped_call_frees_its_permit() {
     let mut config = config(&server, Backend::OpenAi);
     config.max_concurrency = 1;
     let client = OpenAiCompatible::new(config).unwrap();
-    // Cancelled by dropping: the permit must come back.
-    let dropped = tokio::time::timeout(Duration::from_millis(100), client.chat(&request())).await;
-    assert!(dropped.is_err());
-    let (a, b) = tokio::join!(client.chat(&request()), client.chat(&request()));
+    // Cancelled by dropping once the server has it: the permit must come
+    // back, or the calls below wait forever.
+    {
+        let first = request();
+        let call = client.chat(&first);
+        tokio::pin!(call);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.received().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the first call never reached the server"
+            );
+            tokio::select! {
+                _ = &mut call => panic!("the 30 s reply came early"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+    let (first, second) = (request(), request());
+    let (a, b) = tokio::join!(client.chat(&first), client.chat(&second));
     a.unwrap();
     b.unwrap();
     let received = server.received();
     assert_eq!(received.len(), 3);
-    // The cancelled call's connection is closed, but the server's handler
-    // still sleeps in it: two at most ever overlapped, and the two joined
-    // calls did not overlap each other.
+    // With one permit the joined calls ran one after the other.
     assert!(
         received[2].at - received[1].at >= slow,
         "{:?}",

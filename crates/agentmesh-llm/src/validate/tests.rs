@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use serde_json::json;
 
 use super::*;
-use crate::provider::FinishReason;
+use crate::provider::{FinishReason, Role};
 
 /// A provider that answers from a script and records what it was asked.
 struct Scripted {
