@@ -248,8 +248,8 @@ async fn a_real_model_answers_within_the_schema() {
     );
     assert_eq!(
         client.stats().requests,
-        3,
-        "the model was asked twice more: once, then with the error"
+        4,
+        "one chat and one embedding call before, then the model was asked twice: once, then with the error"
     );
     eprintln!("real-model test took {:?}", started.elapsed());
 }
