@@ -63,17 +63,6 @@ fn start_receiver() -> (Process, String) {
     (receiver, format!("http://{addr}"))
 }
 
-/// Every span the receiver printed, in `TRACE_ID`.
-fn spans_of_trace(receiver: &Process) -> Vec<Value> {
-    receiver
-        .stdout_lines()
-        .iter()
-        .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str::<Value>(line).expect("a span as JSON"))
-        .filter(|span| span["trace_id"] == TRACE_ID)
-        .collect()
-}
-
 fn named<'a>(spans: &'a [Value], name: &str, instance: &str) -> Option<&'a Value> {
     spans
         .iter()
@@ -138,18 +127,7 @@ fn one_task_is_one_trace_across_the_client_both_coordinators_and_the_worker() {
         ("deliver subtask.result", &leader),
         ("subtask.result", &leader),
     ];
-    let spans = eventually("every span of the task's trace", SPANS_TIMEOUT, || {
-        let spans = spans_of_trace(&receiver);
-        expected
-            .iter()
-            .all(|(name, instance)| {
-                spans.iter().any(|span| {
-                    span["name"] == *name
-                        && (instance.is_empty() || span["instance_id"] == *instance)
-                })
-            })
-            .then_some(spans)
-    });
+    let spans = wait_for_spans(&receiver, TRACE_ID, &expected);
 
     // One trace: every parent is the given one or a span of the trace.
     let ids: HashSet<&str> = spans
