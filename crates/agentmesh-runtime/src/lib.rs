@@ -9,6 +9,7 @@
 //! node/       NodeBuilder, Node, LocalCluster, supervisor, config, health, errors: wiring
 //! api/        client-facing gRPC services (tasks, cluster), forwarding, error → Status
 //! actors/     coordinator, worker, peer, hierarchy levels: the agents themselves
+//! llm         the node's language models (Providers), from its --llm-* flags
 //! metrics/    Prometheus counters and the --metrics-listen endpoint
 //! dashboard/  the live dashboard that coordinators serve on that endpoint
 //! transport/  router, links, mailbox service, envelopes, bounded mailboxes, channels
@@ -20,6 +21,7 @@ pub mod actors;
 pub mod api;
 pub mod convert;
 pub mod dashboard;
+pub mod llm;
 pub mod metrics;
 pub mod node;
 pub mod support;

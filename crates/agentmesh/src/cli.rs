@@ -12,6 +12,7 @@ use agentmesh_core::hierarchy::Level;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_core::{AgentId, ClientId, Role};
+use agentmesh_llm::{ApiKey, Backend, OpenAiConfig};
 use agentmesh_registry::etcd::rbac::NodeUser;
 use agentmesh_registry::{EtcdCredentials, EtcdOptions, EtcdTls, Password};
 use agentmesh_runtime::NodeConfig;
@@ -417,6 +418,8 @@ pub struct LocalArgs {
     /// default. Unauthenticated: keep it on loopback.
     #[arg(long, env = "AGENTMESH_METRICS_LISTEN", value_name = "HOST:PORT", long_help = METRICS_LISTEN_HELP)]
     pub metrics_listen: Option<HostPort>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -455,6 +458,8 @@ pub struct NodeArgs {
     pub level: Option<LevelArg>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// The etcd user this node logs in as, when etcd has authentication
     /// on (`agentmesh etcd-setup` makes one per node, named by its --id);
     /// none by default, for an etcd without authentication.
@@ -1006,6 +1011,88 @@ impl LocalArgs {
         config.http_allow_private = self.http_allow_private;
         config.metrics_listen = self.metrics_listen.as_ref().and_then(HostPort::socket_addr);
         config
+    }
+}
+
+/// `--llm-*`: the OpenAI-compatible model a node asks, shared by `node`
+/// and `local`. Without `--llm-base-url` the node uses its deterministic
+/// built-in rules only.
+#[derive(Debug, Args)]
+pub struct LlmArgs {
+    /// Base URL of an OpenAI-compatible API, up to and including `/v1`
+    /// (llama.cpp `http://127.0.0.1:8080/v1`, vLLM `http://HOST:8000/v1`,
+    /// Ollama `http://127.0.0.1:11434/v1`, OpenAI `https://api.openai.com/v1`);
+    /// none by default: the built-in rules answer instead.
+    #[arg(long, env = "AGENTMESH_LLM_BASE_URL", value_name = "URL")]
+    pub llm_base_url: Option<String>,
+    /// The model to ask (required with --llm-base-url).
+    #[arg(long, env = "AGENTMESH_LLM_MODEL", requires = "llm_base_url")]
+    pub llm_model: Option<String>,
+    /// The model for embeddings; --llm-model by default.
+    #[arg(long, env = "AGENTMESH_LLM_EMBEDDING_MODEL", requires = "llm_base_url")]
+    pub llm_embedding_model: Option<String>,
+    /// The server behind the URL: they differ in how they take a JSON
+    /// schema for structured output (openai: response_format; llama.cpp:
+    /// response_format; vllm: structured_outputs; ollama: format).
+    #[arg(long, env = "AGENTMESH_LLM_BACKEND", value_enum, default_value_t = LlmBackendArg::Openai)]
+    pub llm_backend: LlmBackendArg,
+    /// A file holding the API key, sent as a bearer token. The key can
+    /// also come from AGENTMESH_LLM_API_KEY; it is never logged or echoed.
+    /// Local servers need none.
+    #[arg(long, env = "AGENTMESH_LLM_API_KEY_FILE", value_name = "FILE")]
+    pub llm_api_key_file: Option<PathBuf>,
+    /// Seconds one model call may take, retries and their waits included:
+    /// a small CPU model writes about 100 tokens a second.
+    #[arg(long, env = "AGENTMESH_LLM_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub llm_timeout: u64,
+    /// Model calls this node has in flight at once; more wait. Keeps a
+    /// burst of tasks from overloading a shared model server.
+    #[arg(long, env = "AGENTMESH_LLM_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub llm_max_concurrency: u32,
+    /// Attempts per model call on 429, 5xx and connection errors (the
+    /// first included), backing off and honouring Retry-After.
+    #[arg(long, env = "AGENTMESH_LLM_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub llm_max_attempts: u32,
+}
+
+/// The environment variable an API key may come from.
+pub const LLM_API_KEY_ENV: &str = "AGENTMESH_LLM_API_KEY";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LlmBackendArg {
+    Openai,
+    #[value(name = "llama.cpp", alias = "llamacpp")]
+    LlamaCpp,
+    Vllm,
+    Ollama,
+}
+
+impl LlmArgs {
+    /// The model's configuration, `None` without --llm-base-url. Reads the
+    /// API key (file, else environment).
+    pub fn to_config(&self) -> anyhow::Result<Option<OpenAiConfig>> {
+        let Some(base_url) = &self.llm_base_url else {
+            return Ok(None);
+        };
+        let Some(model) = &self.llm_model else {
+            bail!("--llm-base-url needs --llm-model (the model to ask)");
+        };
+        let backend = match self.llm_backend {
+            LlmBackendArg::Openai => Backend::OpenAi,
+            LlmBackendArg::LlamaCpp => Backend::LlamaCpp,
+            LlmBackendArg::Vllm => Backend::Vllm,
+            LlmBackendArg::Ollama => Backend::Ollama,
+        };
+        let mut config = OpenAiConfig::new(base_url.clone(), model.clone(), backend);
+        config.embedding_model = self.llm_embedding_model.clone();
+        config.api_key = match &self.llm_api_key_file {
+            Some(path) => Some(ApiKey::from_file(path)?),
+            None => ApiKey::from_env(LLM_API_KEY_ENV)?,
+        };
+        config.timeout = Duration::from_secs(self.llm_timeout);
+        config.max_concurrency = self.llm_max_concurrency as usize;
+        config.retry.max_attempts = self.llm_max_attempts;
+        Ok(Some(config))
     }
 }
 

@@ -381,6 +381,7 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         None => BUILTIN_EXAMPLE.to_owned(),
     };
     let mut config = args.to_config();
+    config.llm = args.llm.to_config()?;
     if let Some(metrics) = &args.metrics_listen {
         config.metrics_listen = Some(metrics.resolve_one("--metrics-listen").await?);
     }
@@ -404,6 +405,7 @@ async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         bail!("{refused}");
     }
     let mut config = args.to_config();
+    config.llm = args.llm.to_config()?;
     config.mailbox.security = args.security()?;
     if let Some(metrics) = &args.metrics_listen {
         config.metrics_listen = Some(metrics.resolve_one("--metrics-listen").await?);

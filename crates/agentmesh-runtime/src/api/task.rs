@@ -13,6 +13,7 @@
 //! by the subject that submitted it, and a submit token reaches only the
 //! tasks it owns.
 
+use crate::llm::Providers;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,8 @@ pub struct TaskApi {
     limits: TaskLimits,
     /// Task documents parsed at once (see [`TaskApi::with_parse_concurrency`]).
     parsing: Arc<Semaphore>,
+    /// The node's models (see [`TaskApi::with_providers`]).
+    providers: Providers,
 }
 
 impl TaskApi {
@@ -140,7 +143,15 @@ impl TaskApi {
             coordinator,
             limits,
             parsing: Arc::new(Semaphore::new(DEFAULT_PARSE_CONCURRENCY)),
+            providers: Providers::none(),
         }
+    }
+
+    /// The models a submit may need before its task exists (none, the
+    /// built-in rules only, by default).
+    pub fn with_providers(mut self, providers: Providers) -> Self {
+        self.providers = providers;
+        self
     }
 
     /// Parses and validates at most `n` task documents at once. Each runs

@@ -2,6 +2,7 @@
 //! attach its bounded mailbox to the router, register it. The one way
 //! agents start, for `agentmesh node` and `agentmesh local` alike.
 
+use crate::llm::Providers;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct Spawner {
     /// The reason, once an agent failed.
     failed: watch::Receiver<Option<String>>,
     background: Background,
+    /// The node's models, handed to the agents that think.
+    providers: Providers,
 }
 
 /// A running coordinator and its election loop (it owns tasks only while
@@ -85,7 +88,18 @@ impl Spawner {
             supervisor,
             failed,
             background: Background::new(),
+            providers: Providers::none(),
         })
+    }
+
+    /// The node's models (none, the built-in rules only, by default).
+    pub fn with_providers(mut self, providers: Providers) -> Self {
+        self.providers = providers;
+        self
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
     }
 
     pub fn registry(&self) -> &Arc<dyn Registry> {
@@ -142,6 +156,7 @@ impl Spawner {
             hub: hub.clone(),
             backlog: backlog.clone(),
             background: self.background.clone(),
+            providers: self.providers.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Coordinator, args, self.link())
             .await

@@ -34,6 +34,7 @@ use super::{Node, RunningAgents};
 use crate::api::auth::Authenticator;
 use crate::api::task::TaskApi;
 use crate::dashboard::{Dashboard, Slot};
+use crate::llm::Providers;
 use crate::metrics;
 use crate::node::health::{Readiness, Ready};
 use crate::tools::{HttpAccess, Tool, ToolBox};
@@ -49,6 +50,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     tools: ToolBox,
     registry: Option<Arc<dyn Registry>>,
+    providers: Option<Providers>,
 }
 
 impl NodeBuilder {
@@ -64,6 +66,7 @@ impl NodeBuilder {
             config,
             tools,
             registry: None,
+            providers: None,
         }
     }
 
@@ -87,6 +90,13 @@ impl NodeBuilder {
         self
     }
 
+    /// The models the node asks; built from the config's `llm` when not
+    /// set (a test or an embedding program brings its own provider here).
+    pub fn providers(mut self, providers: Providers) -> Self {
+        self.providers = Some(providers);
+        self
+    }
+
     /// Starts the node's agent (by the config's role), registers it and
     /// serves gRPC on `listener`.
     pub async fn serve(self, listener: TcpListener) -> Result<Node, NodeError> {
@@ -99,8 +109,11 @@ impl NodeBuilder {
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
         let addr = listener.local_addr()?;
         let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let providers = providers_of(self.providers, &config)?;
         let router = Router::new(registry.membership(), config.mailbox.clone());
-        let spawner = Spawner::new(registry, router).await?;
+        let spawner = Spawner::new(registry, router)
+            .await?
+            .with_providers(providers);
         let ready = Ready::new(Readiness::Starting);
         // Filled by `Node::serve` once the coordinator's services exist.
         let dashboard = Slot::new(config.role == Role::Coordinator);
@@ -163,8 +176,11 @@ impl NodeBuilder {
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
+        let providers = providers_of(self.providers, &config)?;
         let router = Router::new(registry.membership(), config.mailbox.clone());
-        let spawner = Spawner::new(registry.clone(), router).await?;
+        let spawner = Spawner::new(registry.clone(), router)
+            .await?
+            .with_providers(providers);
         let ready = Ready::new(Readiness::Starting);
         let dashboard = Slot::new(true);
         let metrics_addr = serve_metrics(metrics, &ready, &dashboard, &spawner)?;
@@ -180,7 +196,8 @@ impl NodeBuilder {
             registry.clone(),
             Some(coordinator.handle.clone()),
             config.coordinator.limits.clone(),
-        );
+        )
+        .with_providers(spawner.providers().clone());
         // In one process nobody else calls in: the dashboard is as open as
         // the embedded cluster's API.
         dashboard.set(Dashboard::new(
@@ -204,6 +221,15 @@ impl NodeBuilder {
         }
         ready.send_replace(Readiness::Serving);
         Ok(LocalCluster::new(api, spawner, running, metrics_addr))
+    }
+}
+
+/// The node's models: `given` by the embedding program, else one client
+/// built from the config's `llm` (none without it).
+fn providers_of(given: Option<Providers>, config: &NodeConfig) -> Result<Providers, NodeError> {
+    match given {
+        Some(providers) => Ok(providers),
+        None => Ok(Providers::from_config(config.llm.as_ref())?),
     }
 }
 

@@ -16,6 +16,7 @@ use agentmesh_core::retry::RetryPolicy;
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::record::{STRATEGIC_PLAN, TACTICAL_OBJECTIVE};
 use agentmesh_core::task::{RecordLimits, TaskLimits};
+use agentmesh_llm::OpenAiConfig;
 use thiserror::Error;
 
 use crate::actors::faults::Faults;
@@ -72,6 +73,10 @@ pub struct NodeConfig {
     /// `--metrics-listen`); off when `None`, the default. Unauthenticated
     /// and counters only: bind it to loopback or a pod-internal address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The OpenAI-compatible model this node asks (`--llm-base-url` and
+    /// the other `--llm-*` flags); `None`, the default, leaves the node to
+    /// its deterministic built-in rules.
+    pub llm: Option<OpenAiConfig>,
 }
 
 /// Knobs of the coordinator role.
@@ -333,6 +338,7 @@ impl NodeConfig {
             strategic: StrategicPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
+            llm: None,
             tokens: None,
             metrics_listen: None,
         }

@@ -24,6 +24,8 @@ pub enum NodeError {
     Serve(String),
     #[error("an agent of this node failed: {0}")]
     AgentFailed(String),
+    #[error("the model configured with --llm-base-url: {0}")]
+    Llm(#[from] agentmesh_llm::LlmError),
     #[error(transparent)]
     Tls(#[from] crate::transport::tls::TlsError),
 }

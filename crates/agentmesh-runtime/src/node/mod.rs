@@ -185,7 +185,8 @@ impl Node {
             coordinator.clone(),
             config.coordinator.limits.clone(),
         )
-        .with_parse_concurrency(config.coordinator.parse_concurrency);
+        .with_parse_concurrency(config.coordinator.parse_concurrency)
+        .with_providers(spawner.providers().clone());
         if let Some(handle) = &coordinator {
             dashboard.set(Dashboard::new(
                 api.clone(),

@@ -1,6 +1,7 @@
 //! What the coordinator is told and answers, and how the node's services
 //! hold it.
 
+use crate::llm::Providers;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -183,6 +184,8 @@ pub struct CoordinatorArguments {
     pub backlog: Arc<Backlog>,
     /// Owns the feeds into the actor.
     pub background: Background,
+    /// The node's models, for the work that thinks.
+    pub providers: Providers,
 }
 
 /// A running coordinator as the node's services see it: the actor, the hub

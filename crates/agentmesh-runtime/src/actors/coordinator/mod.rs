@@ -30,6 +30,7 @@ pub mod retention;
 mod schedule;
 mod writer;
 
+use crate::llm::Providers;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,10 @@ pub struct CoordinatorState {
     membership: Arc<Membership>,
     /// Idempotency keys of the tasks accepted in this term.
     recent_keys: idempotency::RecentKeys,
+    /// The node's models: asked off the actor (a call spawned and its
+    /// answer sent back as a message), never awaited in a handler.
+    #[allow(dead_code)] // read by the work that thinks, which comes next
+    providers: Providers,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +183,7 @@ impl Actor for Coordinator {
             pool,
             membership: view,
             recent_keys: Default::default(),
+            providers: args.providers,
         })
     }
 
