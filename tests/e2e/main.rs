@@ -18,6 +18,8 @@
 //!   (etcd with TLS and authentication included).
 //! * `deploy`: the Helm chart's rendered coordinator, worker and etcd pods
 //!   run as processes on loopback.
+//! * `llm`: `llm.chat` and `llm.embed` on a worker pointed at a real local
+//!   model.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -29,6 +31,7 @@ mod deploy;
 mod harness;
 mod hierarchy;
 mod hostile;
+mod llm;
 mod observe;
 mod peers;
 mod registry_etcd;

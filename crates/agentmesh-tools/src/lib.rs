@@ -65,6 +65,7 @@
 
 mod builtin;
 pub mod http;
+pub mod llm;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -81,6 +82,7 @@ use thiserror::Error;
 pub use async_trait::async_trait;
 pub use builtin::{JsonQuery, MAX_SLEEP_MS, MathEval, Sleep, WordCount};
 pub use http::{AllowedHost, AllowedHostError, HttpAccess, HttpGet, HttpLimits};
+pub use llm::{LLM_CHAT, LLM_EMBED, LlmChat, LlmEmbed};
 
 /// Default of [`ToolBox::max_output_bytes`]: the coordinator's per-subtask
 /// output cap, so a worker stops an output the coordinator would refuse to

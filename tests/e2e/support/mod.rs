@@ -41,6 +41,7 @@ use tempfile::TempDir;
 pub mod cluster;
 pub mod etcd_auth;
 pub mod grpc;
+pub mod model;
 
 pub mod netns;
 pub mod tls;

@@ -37,7 +37,7 @@ use crate::dashboard::{Dashboard, Slot};
 use crate::llm::Providers;
 use crate::metrics;
 use crate::node::health::{Readiness, Ready};
-use crate::tools::{HttpAccess, Tool, ToolBox};
+use crate::tools::{HttpAccess, LlmChat, LlmEmbed, Tool, ToolBox};
 use crate::transport::Router;
 use crate::transport::channel::Security;
 use crate::transport::tls;
@@ -100,7 +100,9 @@ impl NodeBuilder {
     /// Starts the node's agent (by the config's role), registers it and
     /// serves gRPC on `listener`.
     pub async fn serve(self, listener: TcpListener) -> Result<Node, NodeError> {
-        let (mut config, tools) = (self.config, self.tools);
+        let (mut config, mut tools) = (self.config, self.tools);
+        let providers = providers_of(self.providers, &config)?;
+        add_model_tools(&mut tools, &providers);
         config.validate(&tools)?;
         warn_about_faults(&config);
         let metrics = bind_metrics(&config).await?;
@@ -109,7 +111,6 @@ impl NodeBuilder {
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
         let addr = listener.local_addr()?;
         let endpoint = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-        let providers = providers_of(self.providers, &config)?;
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry, router)
             .await?
@@ -168,7 +169,9 @@ impl NodeBuilder {
     /// actors and envelopes as a cluster; only the transport is an
     /// in-process channel.
     pub async fn local(self, workers: usize) -> Result<LocalCluster, NodeError> {
-        let (mut config, tools) = (self.config, self.tools);
+        let (mut config, mut tools) = (self.config, self.tools);
+        let providers = providers_of(self.providers, &config)?;
+        add_model_tools(&mut tools, &providers);
         config.role = Role::Worker;
         config.validate(&tools)?;
         warn_about_faults(&config);
@@ -176,7 +179,6 @@ impl NodeBuilder {
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
-        let providers = providers_of(self.providers, &config)?;
         let router = Router::new(registry.membership(), config.mailbox.clone());
         let spawner = Spawner::new(registry.clone(), router)
             .await?
@@ -230,6 +232,17 @@ fn providers_of(given: Option<Providers>, config: &NodeConfig) -> Result<Provide
     match given {
         Some(providers) => Ok(providers),
         None => Ok(Providers::from_config(config.llm.as_ref())?),
+    }
+}
+
+/// `llm.chat` and `llm.embed` when the node has a model; the built-in
+/// rules do not chat, so without one the capabilities are not offered.
+fn add_model_tools(tools: &mut ToolBox, providers: &Providers) {
+    if let Some(chat) = &providers.chat {
+        *tools = std::mem::take(tools).with(LlmChat::new(chat.clone()));
+    }
+    if let Some(embed) = &providers.embed {
+        *tools = std::mem::take(tools).with(LlmEmbed::new(embed.clone()));
     }
 }
 
