@@ -8,108 +8,23 @@
 //! A missing Python, a failed install or a server that does not come up
 //! fails the test: it never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use agentmesh_llm::{
     Backend, ChatProvider, ChatRequest, DomainCheck, EmbeddingProvider, Fallback, FallbackKind,
     FinishReason, LlmError, Message, OpenAiCompatible, OpenAiConfig, chat_validated,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+
+// Shared with the end-to-end tests, which also use `node_args`.
+#[allow(dead_code)]
+#[path = "support/local_model.rs"]
+mod local_model;
+use local_model::LocalModel;
 
 /// SmolLM2-135M's hidden size: the width of its mean-pooled embeddings.
 const EMBEDDING_DIMENSION: usize = 576;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// (python, gguf) from scripts/install-model.
-async fn install() -> (String, String) {
-    let output = Command::new(repo().join("scripts/install-model"))
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .expect("cannot run scripts/install-model");
-    assert!(
-        output.status.success(),
-        "scripts/install-model failed ({}); see its message above",
-        output.status
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    match lines[..] {
-        [.., python, gguf] => (python.to_owned(), gguf.to_owned()),
-        _ => panic!("scripts/install-model printed {stdout:?}, not the python and GGUF paths"),
-    }
-}
-
-/// The model server, killed when dropped.
-struct Server {
-    _child: Child,
-    port: u16,
-}
-
-async fn start(python: &str, gguf: &str) -> Server {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/llm_server.py");
-    let mut child = Command::new(python)
-        .arg(&script)
-        .arg(gguf)
-        .arg("0")
-        // The server exits when its stdin closes, so it dies with the test.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cannot start tests/support/llm_server.py");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("the model server printed no address within 120 s")
-        .unwrap()
-        .expect("the model server exited before printing its address");
-    let port = line
-        .strip_prefix("listening on 127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from the model server: {line:?}"));
-    Server {
-        _child: child,
-        port,
-    }
-}
-
-/// Whether GET /health answers 200.
-async fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
-}
-
-async fn wait_healthy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !healthy(port).await {
-        assert!(
-            Instant::now() < deadline,
-            "the model server on port {port} was not healthy within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A bounded schema: every string has a maxLength and the object is
 /// closed, so a small model cannot ramble until max_tokens.
@@ -163,16 +78,12 @@ impl ChatProvider for Builtin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_model_answers_within_the_schema() {
     let started = Instant::now();
-    let (python, gguf) = install().await;
-    let server = start(&python, &gguf).await;
-    wait_healthy(server.port).await;
+    let server = tokio::task::spawn_blocking(LocalModel::start)
+        .await
+        .unwrap();
     eprintln!("model server healthy after {:?}", started.elapsed());
 
-    let config = OpenAiConfig::new(
-        format!("http://127.0.0.1:{}/v1", server.port),
-        "smollm2",
-        Backend::LlamaCpp,
-    );
+    let config = OpenAiConfig::new(server.base_url(), local_model::MODEL, Backend::LlamaCpp);
     let client = OpenAiCompatible::new(config).unwrap();
 
     // A schema-constrained answer parses and validates on the first try.

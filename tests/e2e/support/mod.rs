@@ -41,6 +41,7 @@ use tempfile::TempDir;
 pub mod cluster;
 pub mod etcd_auth;
 pub mod grpc;
+#[path = "../../../crates/agentmesh-llm/tests/support/local_model.rs"]
 pub mod model;
 
 pub mod netns;

@@ -1,4 +1,5 @@
-//! A real language model for the tests that need one: SmolLM2-135M-Instruct
+//! A real language model for the tests that need one (this crate's, and the
+//! end-to-end tests, which include this file): SmolLM2-135M-Instruct
 //! served by llama.cpp's own OpenAI-compatible server (the `xllamacpp`
 //! wheel), both installed by `scripts/install-model` and started on a free
 //! loopback port. A missing Python, a failed install or a server that does
@@ -9,12 +10,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
-
-use super::{eventually, repo_root};
+use std::time::{Duration, Instant};
 
 /// How long the server may take to print its port, and then to load.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,9 +68,14 @@ impl LocalModel {
             _stdin: stdin,
             port,
         };
-        eventually("the model server's /health", START_TIMEOUT, || {
-            model.healthy().then_some(())
-        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !model.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "the model server on port {port} was not healthy within {START_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
         model
     }
 
@@ -114,6 +119,11 @@ impl Drop for LocalModel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The repository: both crates that include this file are `crates/NAME`.
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// (python, gguf) from `scripts/install-model`: its last two lines.
