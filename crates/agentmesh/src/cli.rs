@@ -518,6 +518,18 @@ pub struct NodeArgs {
     /// built-in tools by default.
     #[arg(long, env = "AGENTMESH_CAPABILITIES", value_delimiter = ',')]
     pub capabilities: Vec<String>,
+    /// Event handlers of this node's agent, `TYPE=tool:CAPABILITY` or
+    /// `TYPE=task:PATH` (TYPE may end in `.*`), repeatable or
+    /// comma-separated: the leader routes events of a matching type here
+    /// (docs/events.md). None by default, so a node reacts to no event
+    /// unless told to.
+    #[arg(
+        long = "event-handler",
+        env = "AGENTMESH_EVENT_HANDLERS",
+        value_delimiter = ',',
+        value_name = "TYPE=ACTION"
+    )]
+    pub event_handlers: Vec<agentmesh_core::events::HandlerSpec>,
     /// Subtasks a worker runs at once.
     #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
@@ -961,6 +973,7 @@ impl NodeArgs {
         config.http_allow_private = self.http_allow_private;
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
+        config.event_handlers = self.event_handlers.clone();
         config.tactical.retries_elsewhere = self.tactical_retries;
         config.peer.bid_window = Duration::from_millis(self.bid_window_ms);
         config.strategic.replans = self.strategic_replans;

@@ -722,6 +722,7 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
         "faults": a.faults,
         "insecure": a.insecure,
+        "event_handlers": a.event_handlers,
         "version": a.version,
     })
 }
@@ -755,11 +756,17 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
         } else {
             &a.breaker
         };
-        let capabilities = if a.capabilities.is_empty() {
+        let mut capabilities = if a.capabilities.is_empty() {
             "-".to_owned()
         } else {
             a.capabilities.join(",")
         };
+        // Event handlers ride in the last column: they are as long as
+        // capabilities and as many (docs/events.md).
+        if !a.event_handlers.is_empty() {
+            capabilities.push_str(" events:");
+            capabilities.push_str(&a.event_handlers.join(","));
+        }
         // A node that misbehaves on purpose must not look normal.
         let faults = if a.faults.is_empty() {
             "-".to_owned()

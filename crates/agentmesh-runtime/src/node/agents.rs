@@ -182,6 +182,7 @@ impl Spawner {
                 version: VERSION.to_owned(),
                 faults: Vec::new(),
                 insecure: self.router.config().security == Security::Plaintext,
+                event_handlers: Vec::new(),
             })
             .await?;
         let leadership = LeadershipLoop::spawn(self.registry.clone(), id.clone(), actor.clone());

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Misbehaviour a worker or peer injects on purpose; for tests and
     /// demonstrations only, none by default.
     pub faults: Faults,
+    /// Event handlers this node's agent declares (`--event-handler`);
+    /// registered with the agent so the leader routes matching events
+    /// here. None by default.
+    pub event_handlers: Vec<agentmesh_core::events::HandlerSpec>,
     /// Client tokens, when the client API requires them (`--token-file`):
     /// `TaskService` and `ClusterService` then refuse calls without a
     /// valid bearer token, and each task is owned by its submitter. `None`
@@ -339,6 +343,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
             llm: None,
+            event_handlers: Vec::new(),
             tokens: None,
             metrics_listen: None,
         }
