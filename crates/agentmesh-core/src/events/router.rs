@@ -156,6 +156,9 @@ pub struct Ack {
 }
 
 /// What an acknowledgement, a timeout or a lost agent did.
+// One outcome is returned per answer and consumed at once, so the size of
+// the rare small variants costs nothing; boxing would allocate per ack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AckOutcome {
     Settled(Settled),

@@ -159,7 +159,9 @@ fn one_delivery_in_flight_per_key_and_keys_proceed_independently() {
     let s = sub("order.created=tool:x");
     let mut router = Router::new(limits());
     for (seq, key) in [(1, "a"), (2, "a"), (3, "b")] {
-        router.offer(event(seq, key), &[s.clone()]).unwrap();
+        router
+            .offer(event(seq, key), std::slice::from_ref(&s))
+            .unwrap();
     }
     let first = router.dispatch(0, anyone);
     let ids: Vec<_> = first.iter().map(|d| d.event.id.as_str()).collect();
@@ -186,8 +188,12 @@ fn one_delivery_in_flight_per_key_and_keys_proceed_independently() {
 fn a_failing_handler_is_retried_with_backoff_then_dead_lettered() {
     let s = sub("order.created=tool:x");
     let mut router = Router::new(limits());
-    router.offer(event(1, "a"), &[s.clone()]).unwrap();
-    router.offer(event(2, "a"), &[s.clone()]).unwrap();
+    router
+        .offer(event(1, "a"), std::slice::from_ref(&s))
+        .unwrap();
+    router
+        .offer(event(2, "a"), std::slice::from_ref(&s))
+        .unwrap();
     let mut now = 0;
     for attempt in 1..=3 {
         let sent = router.dispatch(now, anyone);
@@ -226,7 +232,9 @@ fn a_failing_handler_is_retried_with_backoff_then_dead_lettered() {
 fn acks_from_the_wrong_agent_or_for_an_old_attempt_change_nothing() {
     let s = sub("order.created=tool:x");
     let mut router = Router::new(limits());
-    router.offer(event(1, "a"), &[s.clone()]).unwrap();
+    router
+        .offer(event(1, "a"), std::slice::from_ref(&s))
+        .unwrap();
     let sent = router.dispatch(0, anyone).remove(0);
     let mut forged = ack(&sent, Ok(()));
     forged.from = AgentId::new("mallory");
@@ -255,8 +263,12 @@ fn acks_from_the_wrong_agent_or_for_an_old_attempt_change_nothing() {
 fn a_silent_or_lost_agent_costs_an_attempt_and_another_agent_gets_it() {
     let s = sub("order.created=tool:x");
     let mut router = Router::new(limits());
-    router.offer(event(1, "a"), &[s.clone()]).unwrap();
-    router.offer(event(2, "b"), &[s.clone()]).unwrap();
+    router
+        .offer(event(1, "a"), std::slice::from_ref(&s))
+        .unwrap();
+    router
+        .offer(event(2, "b"), std::slice::from_ref(&s))
+        .unwrap();
     let sent = router.dispatch(0, anyone);
     assert_eq!(router.next_wake_ms(), Some(1_000));
     let lost = router.agent_left(&AgentId::new("worker-1"), 10, 0.0);
@@ -278,7 +290,9 @@ fn a_silent_or_lost_agent_costs_an_attempt_and_another_agent_gets_it() {
 fn no_live_agent_spends_no_attempt() {
     let s = sub("order.created=tool:x");
     let mut router = Router::new(limits());
-    router.offer(event(1, "a"), &[s.clone()]).unwrap();
+    router
+        .offer(event(1, "a"), std::slice::from_ref(&s))
+        .unwrap();
     for now in 0..10 {
         assert!(router.dispatch(now, |_, _| None).is_empty());
     }
@@ -296,9 +310,15 @@ fn bounds_are_checked_before_anything_is_queued() {
         max_per_lane: 2,
         ..limits()
     });
-    router.offer(event(1, "k"), &[a.clone()]).unwrap();
-    router.offer(event(2, "k"), &[a.clone()]).unwrap();
-    let refused = router.offer(event(3, "k"), &[a.clone()]).unwrap_err();
+    router
+        .offer(event(1, "k"), std::slice::from_ref(&a))
+        .unwrap();
+    router
+        .offer(event(2, "k"), std::slice::from_ref(&a))
+        .unwrap();
+    let refused = router
+        .offer(event(3, "k"), std::slice::from_ref(&a))
+        .unwrap_err();
     assert!(matches!(refused, Refusal::LaneFull { limit: 2, .. }));
     assert!(
         refused.to_string().contains("--max-events-per-key"),
