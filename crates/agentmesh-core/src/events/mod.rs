@@ -215,3 +215,49 @@ fn json_len(value: &Value) -> usize {
     let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
+
+/// The input a `tool:` handler is called with: the event's fields.
+pub fn tool_input(event: &Event) -> Value {
+    serde_json::json!({
+        "id": event.id,
+        "type": event.event_type,
+        "key": event.key,
+        "payload": event.payload,
+        "source": event.source,
+    })
+}
+
+/// A `task:` handler's task file with every `{{event.<path>}}` replaced by
+/// that field of the event (`{{event.key}}`, `{{event.payload.total}}`,
+/// `{{event.payload.items.0}}`): a string as it is, any other value as its
+/// JSON text, a missing field as the empty string. Other `{{...}}`
+/// references (`{{id.field}}` between subtasks) are left for the task.
+pub fn render_template(template: &str, event: &Event) -> String {
+    const OPEN: &str = "{{event.";
+    let fields = tool_input(event);
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after.find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let path = after[..end].trim();
+        let mut value = Some(&fields);
+        for part in path.split('.') {
+            value = value.and_then(|v| match v {
+                Value::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
+                other => other.get(part),
+            });
+        }
+        match value {
+            Some(Value::String(text)) => out.push_str(text),
+            Some(Value::Null) | None => {}
+            Some(other) => out.push_str(&other.to_string()),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -530,3 +530,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn templates_take_the_event_fields_and_leave_other_references() {
+    let event = Event {
+        id: "e1".into(),
+        event_type: "order.created".into(),
+        key: "o-7".into(),
+        payload: serde_json::json!({"total": 42, "items": ["a", "b"], "name": "x"}),
+        source: "cli".into(),
+        seq: 1,
+        published_ms: 0,
+    };
+    let text = "k={{event.key}} t={{ event.payload.total }} i={{event.payload.items.1}} \
+                n={{event.payload.name}} m={{event.payload.missing}} o={{a.out}} {{event.type}}";
+    assert_eq!(
+        render_template(text, &event),
+        "k=o-7 t=42 i=b n=x m= o={{a.out}} order.created"
+    );
+    assert_eq!(tool_input(&event)["payload"]["total"], 42);
+}

@@ -218,6 +218,7 @@ impl Spawner {
             load: load.clone(),
             backlog: backlog.clone(),
             faults,
+            handlers: registration.event_handlers.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Worker, args, self.link())
             .await
