@@ -542,7 +542,7 @@ fn templates_take_the_event_fields_and_leave_other_references() {
         seq: 1,
         published_ms: 0,
     };
-    let text = "k={{event.key}} t={{ event.payload.total }} i={{event.payload.items.1}} \
+    let text = "k={{event.key}} t={{event.payload.total}} i={{event.payload.items.1}} \
                 n={{event.payload.name}} m={{event.payload.missing}} o={{a.out}} {{event.type}}";
     assert_eq!(
         render_template(text, &event),
