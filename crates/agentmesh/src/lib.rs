@@ -712,7 +712,10 @@ async fn event(command: cli::EventCommand) -> anyhow::Result<ExitCode> {
                     "subscriptions": reply.subscriptions,
                 }))?;
             } else if reply.subscriptions.is_empty() {
-                println!("{} (no handler for type '{}'; counted as unhandled)", reply.event_id, args.event_type);
+                println!(
+                    "{} (no handler for type '{}'; counted as unhandled)",
+                    reply.event_id, args.event_type
+                );
             } else {
                 println!("{} -> {}", reply.event_id, reply.subscriptions.join(", "));
             }
@@ -723,7 +726,10 @@ async fn event(command: cli::EventCommand) -> anyhow::Result<ExitCode> {
                 let list = dead.iter().map(dead_letter_json).collect();
                 print_json(&serde_json::Value::Array(list))?;
             } else {
-                println!("{:<36}  {:<24}  {:<16}  {:>8}  {:<32}  LAST ERROR", "EVENT", "TYPE", "KEY", "ATTEMPTS", "HANDLER");
+                println!(
+                    "{:<36}  {:<24}  {:<16}  {:>8}  {:<32}  LAST ERROR",
+                    "EVENT", "TYPE", "KEY", "ATTEMPTS", "HANDLER"
+                );
                 for d in &dead {
                     println!(
                         "{:<36}  {:<24}  {:<16}  {:>8}  {:<32}  {}",

@@ -216,8 +216,15 @@ fn json_len(value: &Value) -> usize {
     count.0
 }
 
-/// The input a `tool:` handler is called with: the event's fields.
+/// The input a `tool:` handler is called with: the event's payload, so
+/// any tool handles an event whose payload is its input
+/// (`order.paid=tool:math.eval` with `{"expr": "2 * 21"}`).
 pub fn tool_input(event: &Event) -> Value {
+    event.payload.clone()
+}
+
+/// The fields `{{event.<path>}}` in a handler's task file reach.
+fn template_fields(event: &Event) -> Value {
     serde_json::json!({
         "id": event.id,
         "type": event.event_type,
@@ -234,7 +241,7 @@ pub fn tool_input(event: &Event) -> Value {
 /// references (`{{id.field}}` between subtasks) are left for the task.
 pub fn render_template(template: &str, event: &Event) -> String {
     const OPEN: &str = "{{event.";
-    let fields = tool_input(event);
+    let fields = template_fields(event);
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find(OPEN) {

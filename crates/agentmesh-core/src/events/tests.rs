@@ -548,5 +548,5 @@ fn templates_take_the_event_fields_and_leave_other_references() {
         render_template(text, &event),
         "k=o-7 t=42 i=b n=x m= o={{a.out}} order.created"
     );
-    assert_eq!(tool_input(&event)["payload"]["total"], 42);
+    assert_eq!(tool_input(&event)["total"], 42);
 }

@@ -36,7 +36,7 @@ use agentmesh_proto::v1::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::authority::Authority;
 use super::report::report;
@@ -359,9 +359,14 @@ impl WorkerState {
                 },
             }
             let _ = myself.cast(WorkerMessage::EventFinished);
-            if !ack.ok {
-                debug!(event_id = %ack.event_id, error = %ack.error, "event handler failed");
-            }
+            info!(
+                event_id = %ack.event_id,
+                subscription = %ack.subscription,
+                attempt = ack.attempt,
+                ok = ack.ok,
+                error = %ack.error,
+                "event handler ran"
+            );
             let envelope = transport::envelope(&id, &leader, Kind::EventAck, ack);
             if let Err(error) = router.send(envelope).await {
                 // The leader's ack timeout sends the event again.
