@@ -215,6 +215,7 @@ fn an_event_is_handled_although_its_handlers_node_is_killed_mid_delivery() {
     let slow = "order.slow=tool:sleep";
     let cluster = Cluster::builder()
         .lease_ttl(2)
+        .coordinators(1)
         .coordinator_args(&["--event-ack-timeout", "5s", "--event-retry-base-ms", "50"])
         .node(NodeSpec::worker("handler-a", "sleep").args(&["--event-handler", slow]))
         .node(NodeSpec::worker("handler-b", "sleep").args(&["--event-handler", slow]))

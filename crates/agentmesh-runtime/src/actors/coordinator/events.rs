@@ -36,7 +36,7 @@ use super::CoordinatorMessage;
 use crate::metrics::{self, RefusalReason, events::DeliveryOutcome};
 use crate::node::config::EventsConfig;
 use crate::support::clock::now_ms;
-use crate::transport::{self, Kind};
+use crate::transport::{self, DeliverError, Kind};
 
 /// Commands queued for the router; a publish past it is refused at once.
 const COMMANDS: usize = 1024;
@@ -47,6 +47,10 @@ const MAX_LOGGED_UNHANDLED: usize = 1024;
 const RESTORE_RETRY: Duration = Duration::from_millis(200);
 /// Longest task file a `task:` handler may hand back, in bytes.
 pub const MAX_HANDLER_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// How long an agent a delivery could not reach is passed over: about
+/// as long as a dead node's lease takes to expire, after which it has
+/// left the membership anyway.
+const UNREACHABLE_COOL_DOWN_MS: u64 = 10_000;
 /// The client handler tasks are submitted as.
 const HANDLER_CLIENT: &str = "events";
 /// How long a handler's task may take to be accepted.
@@ -92,6 +96,9 @@ pub enum Command {
         attempt: u32,
         agent: AgentId,
         error: String,
+        /// The agent's node could not be reached: it is passed over for a
+        /// while, so the retries go to another agent.
+        unreachable: bool,
     },
     /// A handler's task was accepted: the delivery is done.
     Done {
@@ -140,6 +147,7 @@ impl EventRouterHandle {
             seqs: HashMap::new(),
             next_seq: 1,
             unhandled_logged: HashSet::new(),
+            unreachable: HashMap::new(),
         };
         let task = tokio::spawn(state.run(inbox));
         Self { commands, task }
@@ -179,6 +187,8 @@ struct RouterTask {
     seqs: HashMap<String, u64>,
     next_seq: u64,
     unhandled_logged: HashSet<String>,
+    /// Agents a delivery could not reach, until when they are passed over.
+    unreachable: HashMap<AgentId, u64>,
 }
 
 impl RouterTask {
@@ -277,7 +287,12 @@ impl RouterTask {
                 attempt,
                 agent,
                 error,
+                unreachable,
             } => {
+                if unreachable {
+                    self.unreachable
+                        .insert(agent.clone(), now_ms() + UNREACHABLE_COOL_DOWN_MS);
+                }
                 let ack = Ack {
                     event_id,
                     subscription: subscription_of(subscription),
@@ -421,6 +436,7 @@ impl RouterTask {
                     attempt: ack.attempt,
                     agent,
                     error: format!("the handler's task was refused: {error}"),
+                    unreachable: false,
                 },
             };
             let _ = commands.send(command).await;
@@ -499,8 +515,11 @@ impl RouterTask {
     /// Sends every delivery that is due, after persisting its spent attempt.
     async fn dispatch(&mut self) {
         let membership = self.membership.clone();
-        let dispatches = self.router.dispatch(now_ms(), |subscription, _key| {
-            pick(&membership, subscription)
+        let now = now_ms();
+        self.unreachable.retain(|_, until| *until > now);
+        let unreachable = &self.unreachable;
+        let dispatches = self.router.dispatch(now, |subscription, _key| {
+            pick(&membership, subscription, unreachable)
         });
         if dispatches.is_empty() {
             return;
@@ -539,6 +558,7 @@ impl RouterTask {
                             subscription: subscription.to_string(),
                             attempt,
                             agent,
+                            unreachable: matches!(error, DeliverError::Unreachable { .. }),
                             error: format!("not delivered: {error}"),
                         })
                         .await;
@@ -558,10 +578,15 @@ impl RouterTask {
 
 /// A live agent declaring `subscription`, the least loaded first (ties by
 /// id, so the choice is stable).
-fn pick(membership: &Membership, subscription: &Subscription) -> Option<AgentId> {
+fn pick(
+    membership: &Membership,
+    subscription: &Subscription,
+    unreachable: &HashMap<AgentId, u64>,
+) -> Option<AgentId> {
     membership
         .agents
         .values()
+        .filter(|agent| !unreachable.contains_key(&agent.id))
         .filter(|agent| {
             agent
                 .event_handlers
