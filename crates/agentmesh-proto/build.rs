@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/agentmesh/v1/mailbox.proto",
         "../../proto/agentmesh/v1/task.proto",
         "../../proto/agentmesh/v1/cluster.proto",
+        "../../proto/agentmesh/v1/events.proto",
     ];
     println!("cargo:rerun-if-changed={proto_dir}");
     let mut config = prost_build::Config::new();

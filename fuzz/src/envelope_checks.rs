@@ -54,6 +54,13 @@ pub fn envelope(data: &[u8]) {
         Kind::Hierarchy => payload(&envelope, |m: pb::HierarchyMessage| {
             let _ = serde_json::from_str::<Value>(&m.payload_json);
         }),
+        Kind::EventDeliver => payload(&envelope, |d: pb::EventDelivery| {
+            let _ = serde_json::from_str::<Value>(&d.payload_json);
+            let _ = d
+                .subscription
+                .parse::<agentmesh_core::events::HandlerSpec>();
+        }),
+        Kind::EventAck => payload(&envelope, |_: pb::EventAck| {}),
     }
 }
 

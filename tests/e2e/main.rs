@@ -20,6 +20,8 @@
 //!   run as processes on loopback.
 //! * `llm`: `llm.chat` and `llm.embed` on a worker pointed at a real local
 //!   model.
+//! * `events`: event-driven agents: publish, handlers on other nodes,
+//!   order per key, dead letters, a handler node killed mid-delivery.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -28,6 +30,7 @@ mod cli;
 mod cluster;
 mod custom_tool;
 mod deploy;
+mod events;
 mod harness;
 mod hierarchy;
 mod hostile;

@@ -77,6 +77,7 @@ fn agent(id: &str) -> AgentRegistration {
         version: "test".into(),
         faults: Vec::new(),
         insecure: false,
+        event_handlers: Vec::new(),
     }
 }
 

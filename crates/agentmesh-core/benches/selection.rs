@@ -76,6 +76,7 @@ fn membership(n: usize) -> Membership {
                 version: "bench".into(),
                 faults: Vec::new(),
                 insecure: false,
+                event_handlers: Vec::new(),
             };
             (registration.id.clone(), registration)
         })

@@ -13,6 +13,8 @@
 //! | cancel a task             | its own tasks   | no     | any     |
 //! | list agents               | yes             | yes    | yes     |
 //! | list tasks                | its own tasks   | any    | any     |
+//! | publish an event          | yes             | no     | yes     |
+//! | list dead letters         | no              | yes    | yes     |
 //!
 //! A task's owner is the subject of the token that submitted it. A task
 //! submitted while authentication was off has no owner: only `read` and
@@ -95,6 +97,10 @@ pub enum Action<'a> {
     ListTasks {
         owner: Option<&'a ClientId>,
     },
+    /// Publish an event (docs/events.md).
+    PublishEvent,
+    /// List the deliveries that ran out of attempts, with their payloads.
+    ListDeadLetters,
 }
 
 impl Action<'_> {
@@ -105,6 +111,8 @@ impl Action<'_> {
             Action::Cancel { .. } => "cancel this task",
             Action::ListAgents => "list agents",
             Action::ListTasks { .. } => "list these tasks",
+            Action::PublishEvent => "publish events",
+            Action::ListDeadLetters => "list dead letters",
         }
     }
 }
@@ -139,6 +147,13 @@ pub fn authorize(principal: &Principal, action: Action<'_>) -> Result<(), Denied
         (ClientRole::Submit, Action::ListTasks { owner }) => {
             (own(owner), ": a submit token lists only its own tasks")
         }
+        (ClientRole::Submit, Action::PublishEvent) => (true, ""),
+        (ClientRole::Read, Action::PublishEvent) => (false, ": a read token publishes nothing"),
+        (ClientRole::Read, Action::ListDeadLetters) => (true, ""),
+        (ClientRole::Submit, Action::ListDeadLetters) => (
+            false,
+            ": dead letters carry every publisher's payloads (a read or admin token lists them)",
+        ),
     };
     if allowed {
         Ok(())

@@ -81,6 +81,11 @@ pub struct AgentRegistration {
     /// absent (false) otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// The event handlers the agent declared (`--event-handler`,
+    /// docs/events.md), so the leader routes matching events to it and
+    /// `agents` shows them; absent for an agent with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_handlers: Vec<crate::events::HandlerSpec>,
 }
 
 impl AgentRegistration {

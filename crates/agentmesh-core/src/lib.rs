@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod builtin;
 pub mod collaboration;
 pub mod consensus;
+pub mod events;
 pub mod fairness;
 pub mod hierarchy;
 pub mod ids;

@@ -593,6 +593,7 @@ mod tests {
             version: "test".into(),
             faults: Vec::new(),
             insecure: false,
+            event_handlers: Vec::new(),
         }
     }
 

@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             election,
             reputation_records,
             concurrent_reputation_updates,
+            event_records,
         );
     };
     (@clauses $run:path; $($clause:ident),* $(,)?) => {
@@ -492,6 +493,118 @@ pub async fn ended_tasks(backend: &dyn Backend) {
     b.shutdown().await;
 }
 
+/// Event records are kept in publish order until deleted, dead letters are
+/// listed newest first up to a limit, and a writer whose term ended writes
+/// nothing, so a new leader restores exactly what its predecessor left.
+pub async fn event_records(backend: &dyn Backend) {
+    use agentmesh_core::events::{
+        DeadLetter, Delivery, EventDraft, EventRecord, HandlerSpec, Subscription,
+    };
+
+    use crate::EventWrite;
+
+    let a = backend.node().await;
+    let b = backend.node().await;
+    let subscription: Subscription = "order.*=task:handlers/a b.yaml"
+        .parse::<HandlerSpec>()
+        .expect("spec")
+        .subscription();
+    let event_record = |seq: u64| {
+        let event = EventDraft {
+            event_type: "order.created".into(),
+            key: "o/1".into(),
+            payload: serde_json::json!({"seq": seq}),
+        }
+        .accept(format!("ev-{seq}"), "alice".into(), seq, 1_000 + seq);
+        EventRecord {
+            event,
+            pending: [(
+                subscription.clone(),
+                Delivery {
+                    attempts: 0,
+                    last_error: None,
+                },
+            )]
+            .into(),
+        }
+    };
+    let first = a
+        .campaign(&AgentId::new("coord-a"))
+        .await
+        .expect("campaign");
+    // Written out of order: the listing is in publish order all the same.
+    let writes: Vec<EventWrite> = [12, 3, 7]
+        .into_iter()
+        .map(|seq| EventWrite::Put(event_record(seq)))
+        .collect();
+    a.write_events_fenced(&writes, &first.fence)
+        .await
+        .expect("a fenced write of the standing term");
+    let seqs =
+        |records: Vec<EventRecord>| -> Vec<u64> { records.iter().map(|r| r.event.seq).collect() };
+    assert_eq!(seqs(b.pending_events().await.expect("list")), [3, 7, 12]);
+
+    let mut retried = event_record(7);
+    retried
+        .pending
+        .get_mut(&subscription)
+        .expect("delivery")
+        .attempts = 2;
+    let dead = |seq: u64| DeadLetter {
+        event: event_record(seq).event,
+        subscription: subscription.clone(),
+        attempts: 5,
+        last_error: "boom".into(),
+        dead_ms: 9_000,
+    };
+    a.write_events_fenced(
+        &[
+            EventWrite::Put(retried.clone()),
+            EventWrite::Delete {
+                seq: 3,
+                id: "ev-3".into(),
+            },
+            EventWrite::Dead(dead(3)),
+            EventWrite::Delete {
+                seq: 12,
+                id: "ev-12".into(),
+            },
+            EventWrite::Dead(dead(12)),
+        ],
+        &first.fence,
+    )
+    .await
+    .expect("settling writes");
+    assert_eq!(b.pending_events().await.expect("list"), [retried]);
+    let letters = b.dead_letters(10).await.expect("dead letters");
+    assert_eq!(letters, [dead(12), dead(3)], "newest event first");
+    assert_eq!(b.dead_letters(1).await.expect("dead letters"), [dead(12)]);
+
+    a.resign(&first).await.expect("resign");
+    let second = b
+        .campaign(&AgentId::new("coord-b"))
+        .await
+        .expect("campaign");
+    match a
+        .write_events_fenced(&[EventWrite::Put(event_record(99))], &first.fence)
+        .await
+    {
+        Err(RegistryError::NotLeader { .. }) => {}
+        other => panic!("an event write of an ended term: expected NotLeader, got {other:?}"),
+    }
+    assert_eq!(seqs(b.pending_events().await.expect("list")), [7]);
+    b.write_events_fenced(
+        &[EventWrite::Delete {
+            seq: 7,
+            id: "ev-7".into(),
+        }],
+        &second.fence,
+    )
+    .await
+    .expect("the new leader settles the rest");
+    assert!(b.pending_events().await.expect("list").is_empty());
+}
+
 /// A fenced write goes through while its term stands and is refused, with
 /// nothing written, once the term has ended: by a resign, under another
 /// node's leadership, and when the same node leads again in a new term.
@@ -804,6 +917,7 @@ fn agent(id: &str, endpoint: &str) -> AgentRegistration {
         version: "test".into(),
         faults: Vec::new(),
         insecure: false,
+        event_handlers: Vec::new(),
     }
 }
 

@@ -123,6 +123,7 @@
 pub mod access;
 mod backoff;
 mod election;
+mod events;
 mod lease;
 mod listing;
 mod membership;
@@ -156,9 +157,9 @@ pub use observe::{ETCD_METHODS, EtcdObserver, Observer, etcd_method};
 
 use crate::ended_index::EndedIndex;
 use crate::{
-    AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, Fence, Leadership,
-    Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
-    keys,
+    AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, EventStore, EventWrite,
+    Fence, Leadership, Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys,
+    TaskStore, TaskWatch, keys,
 };
 use registration::Expect;
 
@@ -1172,6 +1173,30 @@ impl ReputationStore for EtcdRegistry {
         self.check_open()?
             .update_reputation(agent, capability, update)
             .await
+    }
+}
+
+#[async_trait]
+impl EventStore for EtcdRegistry {
+    async fn write_events_fenced(
+        &self,
+        writes: &[EventWrite],
+        fence: &Fence,
+    ) -> Result<(), RegistryError> {
+        self.check_open()?.write_events(writes, fence).await
+    }
+
+    async fn pending_events(
+        &self,
+    ) -> Result<Vec<agentmesh_core::events::EventRecord>, RegistryError> {
+        self.check_open()?.pending_events().await
+    }
+
+    async fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<agentmesh_core::events::DeadLetter>, RegistryError> {
+        self.check_open()?.dead_letters(limit).await
     }
 }
 

@@ -19,6 +19,14 @@
 //!                                        the task id a client's submit key named, written
 //!                                        with the record's first write and deleted with it;
 //!                                        the scope escaped like reputation segments
+//! /agentmesh/v1/events/<seq:016x>/<event-id>
+//!                                        an accepted event and its unsettled deliveries
+//!                                        (docs/events.md), in publish order; deleted once
+//!                                        every delivery is acknowledged or dead
+//! /agentmesh/v1/dead-letters/<inverted-seq:016x>/<event-id>/<subscription>
+//!                                        one delivery that ran out of attempts, newest
+//!                                        first; the subscription escaped like reputation
+//!                                        segments
 //! ```
 //!
 //! `docs/etcd-keys.md` documents the same layout for operators.
@@ -38,6 +46,49 @@ pub const REPUTATION: &str = "/agentmesh/v1/reputation/";
 pub const CHECKPOINTS: &str = "/agentmesh/v1/checkpoints/";
 pub const TASK_INDEX: &str = "/agentmesh/v1/task-index/";
 pub const IDEMPOTENCY: &str = "/agentmesh/v1/idempotency/";
+pub const EVENTS: &str = "/agentmesh/v1/events/";
+pub const DEAD_LETTERS: &str = "/agentmesh/v1/dead-letters/";
+
+/// The key of an accepted event: its publish sequence (16 lowercase hex
+/// digits, so etcd's key order is publish order and a new leader restores
+/// lanes in order with one range read), then its id.
+pub fn event(seq: u64, id: &str) -> String {
+    format!("{EVENTS}{seq:016x}/{id}")
+}
+
+/// The publish sequence of a key [`event`] builds.
+pub fn event_seq_of(key: &[u8]) -> Option<u64> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(EVENTS)?;
+    let (seq, id) = rest.split_once('/')?;
+    if seq.len() != 16 || id.is_empty() || id.contains('/') {
+        return None;
+    }
+    u64::from_str_radix(seq, 16).ok()
+}
+
+/// The key of a dead letter: the event's sequence inverted (newest first,
+/// as `event dead-letters` lists them), its id, and the subscription
+/// escaped like a reputation segment (a subscription's task path may hold
+/// `/`).
+pub fn dead_letter(seq: u64, id: &str, subscription: &str) -> String {
+    format!(
+        "{DEAD_LETTERS}{:016x}/{id}/{}",
+        u64::MAX - seq,
+        escape_segment(subscription)
+    )
+}
+
+/// The end of the key range of [`EVENTS`]: the prefix with its last byte
+/// incremented.
+pub fn events_end() -> String {
+    // '/' + 1 == '0'
+    format!("{}0", EVENTS.trim_end_matches('/'))
+}
+
+/// The end of the key range of [`DEAD_LETTERS`].
+pub fn dead_letters_end() -> String {
+    format!("{}0", DEAD_LETTERS.trim_end_matches('/'))
+}
 
 /// The listing index key of a task created at `created_ms`: the time
 /// inverted (`u64::MAX - created_ms`, 16 lowercase hex digits), so that
@@ -196,6 +247,8 @@ mod tests {
             CHECKPOINTS,
             TASK_INDEX,
             IDEMPOTENCY,
+            EVENTS,
+            DEAD_LETTERS,
         ] {
             assert!(prefix.starts_with(ROOT));
         }
@@ -290,5 +343,20 @@ mod tests {
         assert_eq!(end, "/agentmesh/v1/tasks0");
         let inside = task(&TaskId::new("\u{10ffff}"));
         assert!(TASKS < end.as_str() && inside.as_str() < end.as_str());
+    }
+
+    #[test]
+    fn event_keys_sort_in_publish_order_and_dead_letters_newest_first() {
+        assert_eq!(event(1, "e"), "/agentmesh/v1/events/0000000000000001/e");
+        assert!(event(2, "a") < event(10, "a"));
+        assert_eq!(event_seq_of(event(0xabc, "x").as_bytes()), Some(0xabc));
+        assert_eq!(event_seq_of(b"/agentmesh/v1/events/12/x"), None);
+        assert!(event(u64::MAX, "z").as_str() < events_end().as_str());
+        assert!(dead_letter(2, "a", "t=tool:x") < dead_letter(1, "a", "t=tool:x"));
+        assert_eq!(
+            dead_letter(0, "e", "t=task:a/b.yaml"),
+            "/agentmesh/v1/dead-letters/ffffffffffffffff/e/t=task:a%2Fb.yaml"
+        );
+        assert!(dead_letter(0, "e", "x").as_str() < dead_letters_end().as_str());
     }
 }

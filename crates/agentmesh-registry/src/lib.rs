@@ -1,6 +1,6 @@
 //! Where agents find each other and where task records live.
 //!
-//! A registry plays four roles, one trait each, so a component asks only
+//! A registry plays five roles, one trait each, so a component asks only
 //! for what it uses:
 //!
 //! - [`AgentDirectory`]: membership. Agents registered under their node's
@@ -18,7 +18,10 @@
 //!   coordinators that update the same record at once lose none of each
 //!   other's updates.
 //!
-//! [`Registry`] is all four plus [`Registry::shutdown`]: the one handle a
+//! - [`EventStore`]: accepted events with their unsettled deliveries, and
+//!   dead letters (docs/events.md); written by the leader, fenced.
+//!
+//! [`Registry`] is all five plus [`Registry::shutdown`]: the one handle a
 //! node is built with. Two backends implement it: [`EtcdRegistry`] for a
 //! real cluster and [`MemoryRegistry`] for `agentmesh local` and unit
 //! tests. The etcd key layout is owned by [`keys`]. One conformance suite,
@@ -36,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::ClientId;
+use agentmesh_core::events::{DeadLetter, EventRecord};
 use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::task::listing::{IdempotencyKey, TaskPage, TaskQuery};
@@ -418,8 +422,40 @@ pub trait ReputationStore: Send + Sync {
 /// as the node's lease, and [`Registry::shutdown`] removes them at once.
 /// Components that need one role only take that role
 /// (`Arc<dyn TaskStore>` from an `Arc<dyn Registry>` by upcasting).
+/// One change of the event store, written by the leader coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventWrite {
+    /// An event and its unsettled deliveries (`keys::event`).
+    Put(EventRecord),
+    /// The event of this sequence and id settled: its record goes.
+    Delete { seq: u64, id: String },
+    /// A delivery that ran out of attempts (`keys::dead_letter`).
+    Dead(DeadLetter),
+}
+
+/// Accepted events and dead letters (docs/events.md): the durable side of
+/// the leader's event router, so a new leader resumes every unsettled
+/// delivery.
 #[async_trait]
-pub trait Registry: AgentDirectory + TaskStore + Election + ReputationStore + 'static {
+pub trait EventStore: Send + Sync {
+    /// Applies `writes` in order, only while `fence`'s leadership stands
+    /// ([`RegistryError::NotLeader`] otherwise, as for task records).
+    async fn write_events_fenced(
+        &self,
+        writes: &[EventWrite],
+        fence: &Fence,
+    ) -> Result<(), RegistryError>;
+    /// Every stored event record, in publish (`seq`) order. Records that
+    /// do not decode are skipped with a warning.
+    async fn pending_events(&self) -> Result<Vec<EventRecord>, RegistryError>;
+    /// At most `limit` dead letters, newest event first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, RegistryError>;
+}
+
+#[async_trait]
+pub trait Registry:
+    AgentDirectory + TaskStore + Election + ReputationStore + EventStore + 'static
+{
     /// Revokes this node's lease (its agents leave every view at once, and
     /// its leadership, if any, ends) and stops background work.
     async fn shutdown(&self);

@@ -42,6 +42,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agentmesh_core::events::{DeadLetter, EventRecord, Subscription};
 use agentmesh_core::reputation::Reputation;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::task::listing::{
@@ -57,8 +58,8 @@ use tracing::info;
 
 use crate::ended_index::EndedIndex;
 use crate::{
-    AgentDirectory, Election, EndedTask, EndedTasks, Fence, Leadership, Registry, RegistryError,
-    ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
+    AgentDirectory, Election, EndedTask, EndedTasks, EventStore, EventWrite, Fence, Leadership,
+    Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
 };
 
 /// Record changes buffered for slow watchers; a watcher that falls further
@@ -104,6 +105,15 @@ struct Shared {
     next_node: AtomicU64,
     /// Reputation records by agent and capability.
     reputations: Mutex<BTreeMap<(AgentId, String), Reputation>>,
+    /// Event records and dead letters, ordered as their etcd keys are.
+    /// Locked after `election`.
+    events: Mutex<EventState>,
+}
+
+#[derive(Default)]
+struct EventState {
+    pending: BTreeMap<(u64, String), EventRecord>,
+    dead: BTreeMap<(Reverse<u64>, String, Subscription), DeadLetter>,
 }
 
 #[derive(Default)]
@@ -158,6 +168,7 @@ impl MemoryRegistry {
             leader,
             next_node: AtomicU64::new(1),
             reputations: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(EventState::default()),
         });
         Self {
             node: Node::new(shared.clone()),
@@ -613,6 +624,53 @@ impl ReputationStore for MemoryRegistry {
 }
 
 #[async_trait]
+impl EventStore for MemoryRegistry {
+    async fn write_events_fenced(
+        &self,
+        writes: &[EventWrite],
+        fence: &Fence,
+    ) -> Result<(), RegistryError> {
+        let election = self.shared.lock_fenced(fence)?;
+        let mut events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        for write in writes {
+            match write {
+                EventWrite::Put(record) => {
+                    events
+                        .pending
+                        .insert((record.event.seq, record.event.id.clone()), record.clone());
+                }
+                EventWrite::Delete { seq, id } => {
+                    events.pending.remove(&(*seq, id.clone()));
+                }
+                EventWrite::Dead(dead) => {
+                    events.dead.insert(
+                        (
+                            Reverse(dead.event.seq),
+                            dead.event.id.clone(),
+                            dead.subscription.clone(),
+                        ),
+                        dead.clone(),
+                    );
+                }
+            }
+        }
+        drop(events);
+        drop(election);
+        Ok(())
+    }
+
+    async fn pending_events(&self) -> Result<Vec<EventRecord>, RegistryError> {
+        let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(events.pending.values().cloned().collect())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, RegistryError> {
+        let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(events.dead.values().take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
 impl Registry for MemoryRegistry {
     async fn shutdown(&self) {
         self.node.closed.send_replace(true);
@@ -658,6 +716,7 @@ mod tests {
             version: "test".into(),
             faults: Vec::new(),
             insecure: false,
+            event_handlers: Vec::new(),
         }
     }
 

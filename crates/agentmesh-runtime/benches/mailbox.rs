@@ -96,6 +96,7 @@ fn view(agent: &str, endpoint: &str) -> Arc<Membership> {
         version: "bench".into(),
         faults: Vec::new(),
         insecure: false,
+        event_handlers: Vec::new(),
     };
     Arc::new(Membership {
         agents: BTreeMap::from([(registration.id.clone(), registration)]),

@@ -445,6 +445,11 @@ pub fn agent_info(
         leader,
         faults: agent.faults.clone(),
         insecure: agent.insecure,
+        event_handlers: agent
+            .event_handlers
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 

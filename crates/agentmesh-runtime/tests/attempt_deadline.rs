@@ -39,6 +39,7 @@ fn registration(id: &str, max_concurrency: u32) -> AgentRegistration {
         version: VERSION.into(),
         faults: Vec::new(),
         insecure: false,
+        event_handlers: Vec::new(),
     }
 }
 

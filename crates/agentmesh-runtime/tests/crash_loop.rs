@@ -62,6 +62,7 @@ async fn a_task_resumed_too_often_is_failed_and_one_within_the_bound_completes()
                 version: VERSION.into(),
                 faults: Vec::new(),
                 insecure: false,
+                event_handlers: Vec::new(),
             },
             &ToolBox::builtin(&[]),
             Default::default(),

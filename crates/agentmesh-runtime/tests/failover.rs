@@ -131,6 +131,7 @@ async fn leader_with_a_running_task() -> (Cluster, agentmesh_core::TaskId) {
             version: VERSION.into(),
             faults: Vec::new(),
             insecure: false,
+            event_handlers: Vec::new(),
         })
         .await
         .unwrap();

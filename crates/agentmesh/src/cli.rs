@@ -165,6 +165,12 @@ pub enum Command {
     },
     /// Lists the cluster's agents with role, capabilities and load.
     Agents(AgentsArgs),
+    /// Publishes events and lists the deliveries that ran out of attempts
+    /// (docs/events.md).
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
     /// Prepares an etcd for a cluster: creates etcd's root user, the roles
     /// nodes need and one etcd user per node (`--node`), then turns etcd's
     /// authentication on. Safe to run again, e.g. to add a node.
@@ -518,6 +524,18 @@ pub struct NodeArgs {
     /// built-in tools by default.
     #[arg(long, env = "AGENTMESH_CAPABILITIES", value_delimiter = ',')]
     pub capabilities: Vec<String>,
+    /// Event handlers of this node's agent, `TYPE=tool:CAPABILITY` or
+    /// `TYPE=task:PATH` (TYPE may end in `.*`), repeatable or
+    /// comma-separated: the leader routes events of a matching type here
+    /// (docs/events.md). None by default, so a node reacts to no event
+    /// unless told to.
+    #[arg(
+        long = "event-handler",
+        env = "AGENTMESH_EVENT_HANDLERS",
+        value_delimiter = ',',
+        value_name = "TYPE=ACTION"
+    )]
+    pub event_handlers: Vec<agentmesh_core::events::HandlerSpec>,
     /// Subtasks a worker runs at once.
     #[arg(long, env = "AGENTMESH_MAX_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
@@ -645,6 +663,38 @@ pub struct NodeArgs {
     /// are deleted first beyond it (coordinator).
     #[arg(long, env = "AGENTMESH_MAX_ENDED_TASKS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_ended_tasks: u64,
+    /// Largest event payload, in bytes of its compact JSON: keeps an event
+    /// record with its delivery states far below etcd's request limit
+    /// (coordinator; docs/events.md).
+    #[arg(long, env = "AGENTMESH_MAX_EVENT_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
+    pub max_event_bytes: u64,
+    /// Event deliveries queued or in flight on the leader, over all
+    /// handlers and keys; a publish past it is refused with
+    /// RESOURCE_EXHAUSTED, so a stalled handler cannot grow the leader's
+    /// memory and etcd without bound (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_PENDING_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_events: u64,
+    /// Event deliveries queued for one handler and one key: one hot key
+    /// cannot take the whole queue (coordinator).
+    #[arg(long, env = "AGENTMESH_MAX_EVENTS_PER_KEY", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_events_per_key: u64,
+    /// How long a handler has to acknowledge a delivery before the attempt
+    /// counts as failed and the event is sent again, e.g. `30s`
+    /// (coordinator). Longer than the slowest handler's tool call.
+    #[arg(long, env = "AGENTMESH_EVENT_ACK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub event_ack_timeout: Duration,
+    /// Attempts per event delivery before it goes to the dead-letter list
+    /// (coordinator).
+    #[arg(long, env = "AGENTMESH_EVENT_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub event_max_attempts: u32,
+    /// First pause before an event delivery is retried, in milliseconds;
+    /// doubled per attempt with jitter (coordinator).
+    #[arg(long, env = "AGENTMESH_EVENT_RETRY_BASE_MS", default_value_t = 100)]
+    pub event_retry_base_ms: u64,
+    /// Longest pause between attempts of one event delivery, in
+    /// milliseconds (coordinator).
+    #[arg(long, env = "AGENTMESH_EVENT_RETRY_MAX_MS", default_value_t = 5_000)]
+    pub event_retry_max_ms: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -961,6 +1011,7 @@ impl NodeArgs {
         config.http_allow_private = self.http_allow_private;
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
         config.faults = Faults(self.faults.clone());
+        config.event_handlers = self.event_handlers.clone();
         config.tactical.retries_elsewhere = self.tactical_retries;
         config.peer.bid_window = Duration::from_millis(self.bid_window_ms);
         config.strategic.replans = self.strategic_replans;
@@ -994,6 +1045,15 @@ impl NodeArgs {
         coordinator.parse_concurrency = self.parse_concurrency as usize;
         coordinator.task_retention = self.task_retention;
         coordinator.max_ended_tasks = usize::try_from(self.max_ended_tasks).unwrap_or(usize::MAX);
+        let events = &mut coordinator.events;
+        events.limits.max_payload_bytes = self.max_event_bytes as usize;
+        events.router.max_pending = usize::try_from(self.max_pending_events).unwrap_or(usize::MAX);
+        events.router.max_per_lane = usize::try_from(self.max_events_per_key).unwrap_or(usize::MAX);
+        events.router.ack_timeout_ms =
+            u64::try_from(self.event_ack_timeout.as_millis()).unwrap_or(u64::MAX);
+        events.router.retry.max_attempts = self.event_max_attempts;
+        events.router.retry.base_delay_ms = self.event_retry_base_ms;
+        events.router.retry.max_delay_ms = self.event_retry_max_ms.max(self.event_retry_base_ms);
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {
@@ -1473,6 +1533,47 @@ pub struct CancelArgs {
     /// Recorded as the task's error.
     #[arg(long, default_value = "cancelled by user")]
     pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Publishes an event; prints its id and the handlers it goes to.
+    /// Needs a submit or admin token on a cluster with tokens.
+    Publish(EventPublishArgs),
+    /// Lists dead letters (deliveries that ran out of attempts), newest
+    /// first. Needs a read or admin token on a cluster with tokens.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventPublishArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// The event type, e.g. `order.created`.
+    #[arg(value_name = "TYPE")]
+    pub event_type: String,
+    /// The payload, any JSON value, e.g. '{"order": 7}'.
+    #[arg(value_name = "JSON")]
+    pub payload: String,
+    /// The ordering key: events of one key reach each handler in order.
+    #[arg(long, default_value = "")]
+    pub key: String,
+    /// Prints JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub endpoints: Endpoints,
+    /// At most this many (the node caps it at 1000); 0 for the node's
+    /// default of 100.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Prints JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ use agentmesh_core::ClientId;
 use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::cluster_service_client::ClusterServiceClient;
+use agentmesh_proto::v1::event_service_client::EventServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use agentmesh_runtime::api::error::{STORE_FULL, store_failure};
 use agentmesh_runtime::convert;
@@ -449,6 +450,50 @@ impl Client {
                 .list(self.request(request.clone()))
                 .await?
                 .into_inner())
+        })
+        .await
+    }
+
+    /// Publishes an event (docs/events.md). Not sent to another endpoint
+    /// once it may have reached one: a second copy is a second event.
+    pub async fn publish_event(
+        &self,
+        event_type: &str,
+        key: &str,
+        payload: &serde_json::Value,
+    ) -> anyhow::Result<pb::PublishEventReply> {
+        let mut budget = usize::MAX;
+        let payload = agentmesh_runtime::convert::structured(payload, &mut budget)
+            .ok_or_else(|| anyhow::anyhow!("the event payload cannot be sent as a value"))?;
+        self.call(Repeat::Unsafe, |channel| {
+            let mut request = self.request(pb::PublishEventRequest {
+                r#type: event_type.to_owned(),
+                key: key.to_owned(),
+                payload: Some(payload.clone()),
+            });
+            if let Some(name) = &self.name {
+                agentmesh_runtime::api::client::name_request(&mut request, name);
+            }
+            async move {
+                Ok(EventServiceClient::new(channel)
+                    .max_encoding_message_size(usize::MAX)
+                    .publish(request)
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    /// At most `limit` dead letters (0: the server's default), newest first.
+    pub async fn dead_letters(&self, limit: u32) -> anyhow::Result<Vec<pb::DeadLetter>> {
+        self.call(Repeat::Safe, |channel| async move {
+            Ok(EventServiceClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .list_dead_letters(self.request(pb::ListDeadLettersRequest { limit }))
+                .await?
+                .into_inner()
+                .dead_letters)
         })
         .await
     }

@@ -231,6 +231,7 @@ async fn run(cli: Cli, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit(args).await,
         Command::Task { command } => task(command).await,
         Command::Agents(args) => agents(args).await,
+        Command::Event { command } => event(command).await,
         Command::Bench(args) => bench(args, tools).await,
         Command::Certs(args) => certs(&args),
         Command::Token { command } => token(command),
@@ -695,6 +696,67 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+async fn event(command: cli::EventCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        cli::EventCommand::Publish(args) => {
+            let payload: serde_json::Value = serde_json::from_str(&args.payload)
+                .map_err(|e| anyhow::anyhow!("the event payload is not JSON: {e}"))?;
+            let reply = args
+                .endpoints
+                .client()?
+                .publish_event(&args.event_type, &args.key, &payload)
+                .await?;
+            if args.json {
+                print_json(&serde_json::json!({
+                    "event_id": reply.event_id,
+                    "subscriptions": reply.subscriptions,
+                }))?;
+            } else if reply.subscriptions.is_empty() {
+                println!(
+                    "{} (no handler for type '{}'; counted as unhandled)",
+                    reply.event_id, args.event_type
+                );
+            } else {
+                println!("{} -> {}", reply.event_id, reply.subscriptions.join(", "));
+            }
+        }
+        cli::EventCommand::DeadLetters(args) => {
+            let dead = args.endpoints.client()?.dead_letters(args.limit).await?;
+            if args.json {
+                let list = dead.iter().map(dead_letter_json).collect();
+                print_json(&serde_json::Value::Array(list))?;
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<16}  {:>8}  {:<32}  LAST ERROR",
+                    "EVENT", "TYPE", "KEY", "ATTEMPTS", "HANDLER"
+                );
+                for d in &dead {
+                    println!(
+                        "{:<36}  {:<24}  {:<16}  {:>8}  {:<32}  {}",
+                        d.event_id, d.r#type, d.key, d.attempts, d.subscription, d.last_error
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letter_json(d: &pb::DeadLetter) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": d.event_id,
+        "type": d.r#type,
+        "key": d.key,
+        "payload": d.payload.as_ref().and_then(|v| agentmesh_runtime::convert::value_json(v).ok()),
+        "source": d.source,
+        "subscription": d.subscription,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "published_unix_ms": d.published_unix_ms,
+        "dead_unix_ms": d.dead_unix_ms,
+    })
+}
+
 async fn agents(args: AgentsArgs) -> anyhow::Result<ExitCode> {
     let agents = args.endpoints.client()?.list_agents().await?;
     if args.json {
@@ -722,6 +784,7 @@ fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "breaker": if a.breaker.is_empty() { None } else { Some(&a.breaker) },
         "faults": a.faults,
         "insecure": a.insecure,
+        "event_handlers": a.event_handlers,
         "version": a.version,
     })
 }
@@ -755,11 +818,17 @@ fn print_agents_table(agents: &[pb::AgentInfo]) {
         } else {
             &a.breaker
         };
-        let capabilities = if a.capabilities.is_empty() {
+        let mut capabilities = if a.capabilities.is_empty() {
             "-".to_owned()
         } else {
             a.capabilities.join(",")
         };
+        // Event handlers ride in the last column: they are as long as
+        // capabilities and as many (docs/events.md).
+        if !a.event_handlers.is_empty() {
+            capabilities.push_str(" events:");
+            capabilities.push_str(&a.event_handlers.join(","));
+        }
         // A node that misbehaves on purpose must not look normal.
         let faults = if a.faults.is_empty() {
             "-".to_owned()

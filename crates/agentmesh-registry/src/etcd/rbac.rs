@@ -103,6 +103,10 @@ pub fn shared_grants() -> Vec<Grant> {
         Grant::new(COORDINATOR_ROLE, keys::IDEMPOTENCY, true, true),
         Grant::new(COORDINATOR_ROLE, keys::REPUTATION, true, false),
         Grant::new(PEER_ROLE, keys::REPUTATION, true, true),
+        // Events and dead letters carry publishers' payloads: coordinators
+        // only (docs/events.md).
+        Grant::new(COORDINATOR_ROLE, keys::EVENTS, true, true),
+        Grant::new(COORDINATOR_ROLE, keys::DEAD_LETTERS, true, true),
     ]
 }
 
@@ -358,9 +362,15 @@ mod tests {
     #[test]
     fn only_coordinators_touch_task_records_and_only_peers_write_reputation() {
         for grant in shared_grants() {
-            if [keys::TASKS, keys::TASK_INDEX, keys::IDEMPOTENCY]
-                .iter()
-                .any(|prefix| grant.key.starts_with(prefix))
+            if [
+                keys::TASKS,
+                keys::TASK_INDEX,
+                keys::IDEMPOTENCY,
+                keys::EVENTS,
+                keys::DEAD_LETTERS,
+            ]
+            .iter()
+            .any(|prefix| grant.key.starts_with(prefix))
             {
                 assert_eq!(grant.role, COORDINATOR_ROLE);
             }

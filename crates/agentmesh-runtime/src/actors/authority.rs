@@ -153,6 +153,7 @@ pub(crate) mod tests {
             version: "test".into(),
             faults: Vec::new(),
             insecure: false,
+            event_handlers: Vec::new(),
         }
     }
 

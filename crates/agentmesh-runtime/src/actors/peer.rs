@@ -623,6 +623,7 @@ impl Inbox for PeerInbox {
             Kind::SubtaskAssign,
             Kind::SubtaskCancel,
             Kind::SubtaskResult,
+            Kind::EventDeliver,
             Kind::PeerJoin,
             Kind::CollabProposal,
             Kind::CollabBid,
@@ -645,7 +646,8 @@ impl Inbox for PeerInbox {
                     trace: TraceParent::from_map(&envelope.trace_context),
                 }
             }
-            Kind::SubtaskCancel => {
+            // The worker runs a peer's event handlers and checks the sender.
+            Kind::SubtaskCancel | Kind::EventDeliver => {
                 self.worker.deliver(envelope)?;
                 return Ok(Inbound::Handled);
             }
@@ -665,7 +667,7 @@ impl Inbox for PeerInbox {
                 own_name(&envelope, &bid.agent_id)?;
                 PeerMessage::Bid(bid)
             }
-            Kind::Hierarchy => {
+            Kind::Hierarchy | Kind::EventAck => {
                 return Err(transport::envelope::unknown_kind(&envelope, self.accepts()));
             }
         };

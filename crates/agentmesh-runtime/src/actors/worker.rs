@@ -29,14 +29,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agentmesh_core::breaker::Blame;
+use agentmesh_core::events::{HandlerAction, HandlerSpec, render_template, tool_input};
 use agentmesh_core::{AgentId, AttemptId};
-use agentmesh_proto::v1::{Envelope, SubtaskAssignment, SubtaskCancel, SubtaskResult};
+use agentmesh_proto::v1::{
+    Envelope, EventAck, EventDelivery, SubtaskAssignment, SubtaskCancel, SubtaskResult,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::AbortHandle;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::authority::Authority;
 use super::report::report;
+use crate::actors::coordinator::events::{MAX_HANDLER_DOCUMENT_BYTES, event_of, handler_for};
 use crate::actors::faults::Faults;
 use crate::convert::{self, subtask_result as result_of};
 use crate::metrics::{self, RefusalReason};
@@ -59,6 +63,13 @@ pub enum WorkerMessage {
         cancel: SubtaskCancel,
     },
     Finished(AttemptId),
+    /// An event for one of this agent's handlers, from the leader.
+    Event {
+        from: AgentId,
+        delivery: EventDelivery,
+    },
+    /// A handler run ended.
+    EventFinished,
     /// Stop taking new attempts (they are handed back); running ones go on.
     /// Replies with the number still running.
     Drain(RpcReplyPort<usize>),
@@ -78,6 +89,8 @@ pub struct WorkerArguments {
     pub backlog: Arc<Backlog>,
     /// Misbehaviour injected on purpose (tests only; empty by default).
     pub faults: Faults,
+    /// The event handlers this agent declared (`--event-handler`).
+    pub handlers: Vec<HandlerSpec>,
 }
 
 pub struct WorkerState {
@@ -91,6 +104,9 @@ pub struct WorkerState {
     running: HashMap<AttemptId, (AbortHandle, AgentId)>,
     draining: bool,
     faults: Arc<Faults>,
+    handlers: Vec<HandlerSpec>,
+    /// Handler runs in progress; at most `max_concurrency`.
+    events_running: u32,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +132,8 @@ impl Actor for Worker {
             running: HashMap::new(),
             draining: false,
             faults: Arc::new(args.faults),
+            handlers: args.handlers,
+            events_running: 0,
         })
     }
 
@@ -161,6 +179,13 @@ impl Actor for Worker {
             }
             WorkerMessage::Finished(key) => {
                 state.running.remove(&key);
+            }
+            WorkerMessage::Event { from, delivery } => {
+                state.backlog.leave();
+                state.handle_event(myself, from, delivery);
+            }
+            WorkerMessage::EventFinished => {
+                state.events_running = state.events_running.saturating_sub(1);
             }
             WorkerMessage::Drain(reply) => {
                 state.draining = true;
@@ -273,6 +298,83 @@ impl WorkerState {
             .insert(key, (handle.abort_handle(), reports_to));
     }
 
+    /// Runs the handler `delivery` names and acknowledges to `leader`:
+    /// a `tool:` handler after its tool answered, a `task:` handler with
+    /// its task file filled in, for the leader to submit.
+    fn handle_event(
+        &mut self,
+        myself: ActorRef<WorkerMessage>,
+        leader: AgentId,
+        delivery: EventDelivery,
+    ) {
+        let mut ack = EventAck {
+            event_id: delivery.event_id.clone(),
+            subscription: delivery.subscription.clone(),
+            attempt: delivery.attempt,
+            agent: self.id.to_string(),
+            ..Default::default()
+        };
+        let action = handler_for(&self.handlers, &delivery);
+        let refusal = if action.is_none() {
+            Some(format!(
+                "agent '{}' declares no handler '{}' for type '{}'",
+                self.id, delivery.subscription, delivery.r#type
+            ))
+        } else if self.draining {
+            Some(format!("agent '{}' is draining", self.id))
+        } else if self.events_running >= self.max_concurrency.max(1) {
+            Some(format!(
+                "agent '{}' is running {} event handlers, its max concurrency",
+                self.id, self.events_running
+            ))
+        } else {
+            None
+        };
+        let router = self.router.clone();
+        let id = self.id.clone();
+        if let Some(error) = refusal {
+            ack.error = error;
+            let envelope = transport::envelope(&id, &leader, Kind::EventAck, ack);
+            transport::tell(&router, envelope);
+            return;
+        }
+        let Some(action) = action else { return };
+        self.events_running += 1;
+        let tools = self.tools.clone();
+        tokio::spawn(async move {
+            let event = event_of(&delivery);
+            match action {
+                HandlerAction::Tool(capability) => {
+                    match tools.run(&capability, tool_input(&event)).await {
+                        Ok(_) => ack.ok = true,
+                        Err(error) => ack.error = format!("tool '{capability}' failed: {error}"),
+                    }
+                }
+                HandlerAction::Task(path) => match read_template(&path).await {
+                    Ok(template) => {
+                        ack.ok = true;
+                        ack.task_document = render_template(&template, &event);
+                    }
+                    Err(error) => ack.error = error,
+                },
+            }
+            let _ = myself.cast(WorkerMessage::EventFinished);
+            info!(
+                event_id = %ack.event_id,
+                subscription = %ack.subscription,
+                attempt = ack.attempt,
+                ok = ack.ok,
+                error = %ack.error,
+                "event handler ran"
+            );
+            let envelope = transport::envelope(&id, &leader, Kind::EventAck, ack);
+            if let Err(error) = router.send(envelope).await {
+                // The leader's ack timeout sends the event again.
+                debug!(%error, "event ack not delivered");
+            }
+        });
+    }
+
     /// Aborts every running attempt; the returned futures tell each
     /// attempt's coordinator that it was handed back.
     fn hand_back_all(&mut self) -> Vec<impl std::future::Future<Output = ()> + use<>> {
@@ -299,6 +401,24 @@ fn handed_back(worker: &AgentId, assignment: &SubtaskAssignment, reason: String)
         handed_back: true,
         ..result_of(worker, assignment, Err(reason), Duration::ZERO)
     }
+}
+
+/// A `task:` handler's task file, bounded before it is read whole.
+async fn read_template(path: &str) -> Result<String, String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let refuse = |why: String| format!("task file '{path}' of the handler: {why}");
+        let meta = std::fs::metadata(&path).map_err(|e| refuse(e.to_string()))?;
+        if meta.len() > MAX_HANDLER_DOCUMENT_BYTES as u64 {
+            return Err(refuse(format!(
+                "{} bytes, over the limit of {MAX_HANDLER_DOCUMENT_BYTES}",
+                meta.len()
+            )));
+        }
+        std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))
+    })
+    .await
+    .map_err(|e| format!("reading the handler's task file failed: {e}"))?
 }
 
 /// [`run`], misbehaving as `faults` say.
@@ -363,7 +483,7 @@ impl Inbox for WorkerInbox {
     type Message = WorkerMessage;
 
     fn accepts(&self) -> &'static [Kind] {
-        &[Kind::SubtaskAssign, Kind::SubtaskCancel]
+        &[Kind::SubtaskAssign, Kind::SubtaskCancel, Kind::EventDeliver]
     }
 
     fn decode(
@@ -372,6 +492,14 @@ impl Inbox for WorkerInbox {
         envelope: Envelope,
     ) -> Result<Inbound<WorkerMessage>, DeliverError> {
         let sender = AgentId::new(envelope.from.as_str());
+        if kind == Kind::EventDeliver {
+            // Only the leader coordinator routes events (docs/events.md).
+            self.authority.leader_only(&sender, kind)?;
+            return Ok(Inbound::Message(WorkerMessage::Event {
+                from: sender,
+                delivery: transport::decode(&envelope)?,
+            }));
+        }
         self.authority.assigner(&sender, kind)?;
         Ok(Inbound::Message(match kind {
             Kind::SubtaskAssign => WorkerMessage::Assign {

@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::auth::AuthError;
 use crate::actors::coordinator::SubmitError;
+use crate::actors::coordinator::events::PublishError;
 use crate::transport::DeliverError;
 
 #[derive(Debug, Error)]
@@ -53,6 +54,8 @@ pub enum ApiError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 /// gRPC metadata key of the pause a refused client should take before
@@ -139,6 +142,11 @@ fn status_of(error: ApiError) -> Status {
         ApiError::Registry(RegistryError::Corrupt { .. }) => Status::internal(message),
         ApiError::Registry(RegistryError::DuplicateAgent { .. }) => Status::already_exists(message),
         ApiError::Registry(_) => Status::unavailable(message),
+        ApiError::Publish(PublishError::Invalid(_)) => Status::invalid_argument(message),
+        ApiError::Publish(PublishError::Refused(_) | PublishError::Busy) => retry_later(message),
+        ApiError::Publish(PublishError::NotLeader | PublishError::NotPersisted(_)) => {
+            Status::unavailable(message)
+        }
         ApiError::Auth(AuthError::Denied(_)) => Status::permission_denied(message),
         ApiError::Auth(_) => Status::unauthenticated(message),
     }

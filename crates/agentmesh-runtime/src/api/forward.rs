@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use agentmesh_core::{AgentId, ClientId};
 use agentmesh_proto::v1 as pb;
+use agentmesh_proto::v1::event_service_client::EventServiceClient;
 use agentmesh_proto::v1::task_service_client::TaskServiceClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -51,6 +52,7 @@ pub struct Forwarder {
     max_message_bytes: usize,
     security: Security,
     clients: Mutex<HashMap<String, TaskServiceClient<Channel>>>,
+    events: Mutex<HashMap<String, EventServiceClient<Channel>>>,
 }
 
 impl Forwarder {
@@ -59,6 +61,7 @@ impl Forwarder {
             max_message_bytes,
             security,
             clients: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +99,48 @@ impl Forwarder {
         caller.forward_with(&mut request);
         client
             .cancel(request)
+            .instrument(span)
+            .await
+            .map_err(|s| explain(leader, s))
+    }
+
+    /// Forwards an event publish on behalf of `caller`, naming the
+    /// client this node resolved as its publisher.
+    pub async fn publish(
+        &self,
+        leader: &Route,
+        request: pb::PublishEventRequest,
+        publisher: &ClientId,
+        caller: &Caller,
+    ) -> Result<Response<pb::PublishEventReply>, Status> {
+        let span = forward_span(leader, "Publish");
+        let (_, mut request) = span.in_scope(|| self.prepare(leader, request))?;
+        let Route::Leader { id, endpoint } = leader else {
+            return Err(Status::internal(
+                "forwarding a request that is handled here",
+            ));
+        };
+        let mut client = {
+            let mut clients = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            match clients.get(endpoint) {
+                Some(client) => client.clone(),
+                None => {
+                    let channel = channel::lazy(endpoint, CONNECT_TIMEOUT, &self.security)
+                        .map_err(|e| {
+                            Status::unavailable(format!("cannot forward to leader '{id}': {e}"))
+                        })?;
+                    let client = EventServiceClient::new(channel)
+                        .max_decoding_message_size(self.max_message_bytes)
+                        .max_encoding_message_size(self.max_message_bytes);
+                    clients.insert(endpoint.clone(), client.clone());
+                    client
+                }
+            }
+        };
+        super::client::name_request(&mut request, publisher);
+        caller.forward_with(&mut request);
+        client
+            .publish(request)
             .instrument(span)
             .await
             .map_err(|s| explain(leader, s))

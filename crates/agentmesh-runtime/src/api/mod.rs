@@ -5,5 +5,6 @@ pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod forward;
 pub mod task;

@@ -206,6 +206,11 @@ impl TaskApi {
         }
     }
 
+    /// The local coordinator's actor (leading or not).
+    pub(crate) fn local_actor(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
+        Ok(&self.local()?.actor)
+    }
+
     /// The local coordinator, once it leads.
     async fn leader_here(&self) -> Result<&ActorRef<CoordinatorMessage>, ApiError> {
         match self.route().await? {
@@ -609,7 +614,7 @@ fn answer<T, E: std::fmt::Display>(outcome: Result<CallResult<T>, E>) -> Result<
 
 /// Parses and validates a task document against a view of the cluster;
 /// blocking work, run off the async runtime by [`TaskApi`].
-fn new_record(
+pub(crate) fn new_record(
     document: &str,
     limits: &TaskLimits,
     membership: &Membership,

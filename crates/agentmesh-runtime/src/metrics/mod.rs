@@ -34,6 +34,7 @@
 //! need neither the registry nor label types.
 
 pub mod activity;
+pub mod events;
 pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -157,6 +158,7 @@ pub struct Metrics {
     /// queue emptied is set to zero rather than left at its last value.
     queued_capabilities: Mutex<BTreeSet<String>>,
     activity: Activity,
+    events: events::EventMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +206,7 @@ impl Metrics {
             subtasks_queued.clone(),
         );
         let activity = Activity::register(&mut registry);
+        let events = events::EventMetrics::register(&mut registry);
         Self {
             registry,
             envelopes_refused,
@@ -212,6 +215,7 @@ impl Metrics {
             subtasks_queued,
             queued_capabilities: Mutex::new(BTreeSet::new()),
             activity,
+            events,
         }
     }
 
@@ -448,6 +452,31 @@ pub fn consensus_round(outcome: RoundOutcome, agreement: Option<f64>, dissents: 
     global()
         .activity
         .consensus_round(outcome, agreement, dissents);
+}
+
+/// Counts an event the leader accepted.
+pub fn event_published() {
+    global().events.published();
+}
+
+/// Counts a delivery attempt that ended.
+pub fn event_delivered(outcome: events::DeliveryOutcome) {
+    global().events.delivered(outcome);
+}
+
+/// Counts a delivery scheduled again after a failed attempt.
+pub fn event_retried() {
+    global().events.retried();
+}
+
+/// Counts a delivery that went to the dead-letter list.
+pub fn event_dead_lettered() {
+    global().events.dead_lettered();
+}
+
+/// Counts an event of `event_type` that no live handler took.
+pub fn event_unhandled(event_type: &str) {
+    global().events.unhandled(event_type);
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ impl Spawner {
                 version: VERSION.to_owned(),
                 faults: Vec::new(),
                 insecure: self.router.config().security == Security::Plaintext,
+                event_handlers: Vec::new(),
             })
             .await?;
         let leadership = LeadershipLoop::spawn(self.registry.clone(), id.clone(), actor.clone());
@@ -217,6 +218,7 @@ impl Spawner {
             load: load.clone(),
             backlog: backlog.clone(),
             faults,
+            handlers: registration.event_handlers.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Worker, args, self.link())
             .await

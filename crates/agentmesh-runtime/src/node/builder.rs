@@ -293,6 +293,7 @@ fn registration(config: &NodeConfig, id: AgentId, endpoint: &str) -> AgentRegist
         version: VERSION.to_owned(),
         faults: config.faults.0.iter().map(ToString::to_string).collect(),
         insecure: config.mailbox.security == Security::Plaintext,
+        event_handlers: config.event_handlers.clone(),
     }
 }
 

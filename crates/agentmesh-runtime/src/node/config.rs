@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Misbehaviour a worker or peer injects on purpose; for tests and
     /// demonstrations only, none by default.
     pub faults: Faults,
+    /// Event handlers this node's agent declares (`--event-handler`);
+    /// registered with the agent so the leader routes matching events
+    /// here. None by default.
+    pub event_handlers: Vec<agentmesh_core::events::HandlerSpec>,
     /// Client tokens, when the client API requires them (`--token-file`):
     /// `TaskService` and `ClusterService` then refuse calls without a
     /// valid bearer token, and each task is owned by its submitter. `None`
@@ -143,6 +147,19 @@ pub struct CoordinatorConfig {
     /// bursts the time window alone would let through: at most this many
     /// times the record budget.
     pub max_ended_tasks: usize,
+    /// Bounds on events and the leader's event router (docs/events.md).
+    pub events: EventsConfig,
+}
+
+/// Knobs of event routing on the leader coordinator (docs/events.md).
+#[derive(Debug, Clone, Default)]
+pub struct EventsConfig {
+    /// One event's payload bound (`--max-event-bytes`).
+    pub limits: agentmesh_core::events::EventLimits,
+    /// Queue bounds, ack timeout and retry policy of deliveries
+    /// (`--max-pending-events`, `--max-events-per-key`,
+    /// `--event-ack-timeout`, `--event-max-attempts`).
+    pub router: agentmesh_core::events::RouterLimits,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
@@ -176,6 +193,7 @@ impl Default for CoordinatorConfig {
             parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
             task_retention: DEFAULT_TASK_RETENTION,
             max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
+            events: EventsConfig::default(),
         }
     }
 }
@@ -339,6 +357,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(10),
             faults: Faults::default(),
             llm: None,
+            event_handlers: Vec::new(),
             tokens: None,
             metrics_listen: None,
         }

@@ -49,6 +49,7 @@ pub use self::error::NodeError;
 use self::health::{Health, Ready};
 use crate::api::auth::Authenticator;
 use crate::api::cluster::ClusterGrpc;
+use crate::api::events::{EventApi, EventGrpc};
 use crate::api::task::{TaskApi, TaskGrpc};
 use crate::dashboard::{Dashboard, Slot};
 use crate::transport::{MailboxService, channel};
@@ -187,6 +188,11 @@ impl Node {
         )
         .with_parse_concurrency(config.coordinator.parse_concurrency)
         .with_providers(spawner.providers().clone());
+        let events = EventApi::new(
+            api.clone(),
+            registry.clone(),
+            config.coordinator.events.limits,
+        );
         if let Some(handle) = &coordinator {
             dashboard.set(Dashboard::new(
                 api.clone(),
@@ -202,9 +208,15 @@ impl Node {
             .add_service(MailboxService::server(spawner.router().clone()))
             .add_service(TaskGrpc::server(
                 api,
-                auth,
+                auth.clone(),
                 max_message,
                 connections.max_watch_streams,
+                config.mailbox.security.clone(),
+            ))
+            .add_service(EventGrpc::server(
+                events,
+                auth.clone(),
+                max_message,
                 config.mailbox.security.clone(),
             ))
             .add_service(cluster)

@@ -32,10 +32,14 @@ pub enum Kind {
     CollabBid,
     /// Between hierarchy levels: directives, reports, lateral notes.
     Hierarchy,
+    /// Leader coordinator → an agent with a matching event handler.
+    EventDeliver,
+    /// That agent → the leader coordinator: the handler's outcome.
+    EventAck,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::SubtaskAssign,
         Kind::SubtaskResult,
         Kind::SubtaskCancel,
@@ -43,6 +47,8 @@ impl Kind {
         Kind::CollabProposal,
         Kind::CollabBid,
         Kind::Hierarchy,
+        Kind::EventDeliver,
+        Kind::EventAck,
     ];
 
     /// The kind's name on the wire.
@@ -55,6 +61,8 @@ impl Kind {
             Kind::CollabProposal => "collab.proposal",
             Kind::CollabBid => "collab.bid",
             Kind::Hierarchy => "hierarchy.message",
+            Kind::EventDeliver => "event.deliver",
+            Kind::EventAck => "event.ack",
         }
     }
 
@@ -69,6 +77,8 @@ impl Kind {
             Kind::CollabProposal => "deliver collab.proposal",
             Kind::CollabBid => "deliver collab.bid",
             Kind::Hierarchy => "deliver hierarchy.message",
+            Kind::EventDeliver => "deliver event.deliver",
+            Kind::EventAck => "deliver event.ack",
         }
     }
 

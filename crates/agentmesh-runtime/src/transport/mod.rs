@@ -427,6 +427,7 @@ mod tests {
                     version: "test".into(),
                     faults: Vec::new(),
                     insecure: false,
+                    event_handlers: Vec::new(),
                 };
                 (registration.id.clone(), registration)
             })

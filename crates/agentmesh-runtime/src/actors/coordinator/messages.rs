@@ -151,6 +151,16 @@ pub enum CoordinatorMessage {
     /// The scheduler's view of every worker, for `agents`.
     Workers(RpcReplyPort<Vec<WorkerState>>),
     Tick,
+    /// Publish an event: handed to the leader's event router, which
+    /// answers once the event is durable.
+    PublishEvent {
+        draft: agentmesh_core::events::EventDraft,
+        /// Who published it (see `agentmesh_core::events::Event::source`).
+        source: String,
+        reply: oneshot::Sender<Result<super::events::Published, super::events::PublishError>>,
+    },
+    /// A handler's acknowledgement, its sender checked.
+    EventAck(agentmesh_proto::v1::EventAck),
     /// The registry refused a task record for good (too large for etcd,
     /// say): its task is failed rather than its record retried.
     RecordRefused(RefusedRecord),

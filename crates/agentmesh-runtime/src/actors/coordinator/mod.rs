@@ -20,6 +20,7 @@
 //! all, for the next leader to resume from their last durable records.
 
 mod deadlines;
+pub mod events;
 mod hub;
 mod idempotency;
 pub mod leadership;
@@ -39,7 +40,7 @@ use agentmesh_core::breaker::Blame;
 use agentmesh_core::task::record::{Applied, AppliedResult, StoppedAttempt};
 use agentmesh_core::task::{BudgetError, Status, TaskRecord};
 use agentmesh_core::{AgentId, Membership, TaskId};
-use agentmesh_proto::v1::{Envelope, SubtaskCancel, SubtaskResult, subtask_result};
+use agentmesh_proto::v1::{Envelope, EventAck, SubtaskCancel, SubtaskResult, subtask_result};
 use agentmesh_registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
@@ -110,6 +111,9 @@ pub struct CoordinatorState {
     /// answer sent back as a message), never awaited in a handler.
     #[allow(dead_code)] // read by the work that thinks, which comes next
     providers: Providers,
+    /// Present while this coordinator leads: routes events to handlers
+    /// (docs/events.md).
+    events: Option<events::EventRouterHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +188,7 @@ impl Actor for Coordinator {
             membership: view,
             recent_keys: Default::default(),
             providers: args.providers,
+            events: None,
         })
     }
 
@@ -261,6 +266,29 @@ impl Actor for Coordinator {
                 state.publish_queue_depth(now_ms());
             }
             CoordinatorMessage::RecordRefused(refused) => state.record_refused(refused).await,
+            CoordinatorMessage::PublishEvent {
+                draft,
+                source,
+                reply,
+            } => match &state.events {
+                Some(events) => events.send(events::Command::Publish {
+                    draft,
+                    source,
+                    reply: Some(reply),
+                }),
+                None => {
+                    let _ = reply.send(Err(events::PublishError::NotLeader));
+                }
+            },
+            CoordinatorMessage::EventAck(ack) => {
+                state.backlog.leave();
+                match &state.events {
+                    Some(events) => events.send(events::Command::Ack(ack)),
+                    None => {
+                        debug!(event_id = %ack.event_id, "event ack while not leading: ignored")
+                    }
+                }
+            }
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
             CoordinatorMessage::Resumed { task, term } => state.resumed(&task, term),
             CoordinatorMessage::Relinquish { done } => {
@@ -427,11 +455,20 @@ impl CoordinatorState {
         };
         let blame = convert::blame(&result);
         let (applied, stopped, success) = match checked_outcome(&self.config, &result) {
-            Ok(output) => (
-                record.complete(index, by, output, now),
-                Vec::new(),
-                Some(true),
-            ),
+            Ok(output) => {
+                emit(
+                    self.events.as_ref(),
+                    &self.config,
+                    &output,
+                    &id,
+                    &result.subtask_id,
+                );
+                (
+                    record.complete(index, by, output, now),
+                    Vec::new(),
+                    Some(true),
+                )
+            }
             Err(error) if blame == Some(Blame::Worker) => {
                 // The worker's fault: its breaker counts it, and another
                 // worker may succeed (docs/guarantees.md, "Whose fault").
@@ -577,6 +614,32 @@ impl CoordinatorState {
     }
 }
 
+/// Publishes the events a subtask's output asks for (its `emit` field),
+/// all or none; a refused emit is logged and does not fail the subtask.
+fn emit(
+    events: Option<&events::EventRouterHandle>,
+    config: &CoordinatorConfig,
+    output: &serde_json::Value,
+    task: &TaskId,
+    subtask: &str,
+) {
+    let Some(events) = events else { return };
+    match agentmesh_core::events::emits_of(output, &config.events.limits) {
+        Ok(drafts) => {
+            for draft in drafts {
+                events.send(events::Command::Publish {
+                    draft,
+                    source: format!("task:{task}/{subtask}"),
+                    reply: None,
+                });
+            }
+        }
+        Err(error) => {
+            warn!(task_id = %task, subtask, %error, "events emitted by a subtask refused");
+        }
+    }
+}
+
 /// The output a worker reported, or why it is not applied: an error
 /// of the tool, or an output over the per-subtask cap, which is
 /// refused before it is parsed.
@@ -601,7 +664,7 @@ impl Inbox for CoordinatorInbox {
     type Message = CoordinatorMessage;
 
     fn accepts(&self) -> &'static [Kind] {
-        &[Kind::SubtaskResult]
+        &[Kind::SubtaskResult, Kind::EventAck]
     }
 
     /// A result speaks for the worker it names: the envelope must come
@@ -609,9 +672,20 @@ impl Inbox for CoordinatorInbox {
     /// is refused with `PERMISSION_DENIED`.
     fn decode(
         &self,
-        _kind: Kind,
+        kind: Kind,
         envelope: Envelope,
     ) -> Result<Inbound<CoordinatorMessage>, DeliverError> {
+        if kind == Kind::EventAck {
+            // An ack speaks for the agent it names, like a result.
+            let ack: EventAck = transport::decode(&envelope)?;
+            if ack.agent != envelope.from {
+                return Err(DeliverError::ForgedSender {
+                    claimed: AgentId::new(ack.agent),
+                    authenticated: envelope.from,
+                });
+            }
+            return Ok(Inbound::Message(CoordinatorMessage::EventAck(ack)));
+        }
         let result: SubtaskResult = transport::decode(&envelope)?;
         if result.worker_id != envelope.from {
             // The mailbox logs and counts the refusal, with the identity

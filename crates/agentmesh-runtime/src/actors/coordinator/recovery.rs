@@ -46,6 +46,15 @@ impl CoordinatorState {
             },
             self.hub.clone(),
         ));
+        self.events = Some(super::events::EventRouterHandle::spawn(
+            self.id.clone(),
+            self.registry.clone(),
+            self.router.clone(),
+            leadership.clone(),
+            self.config.events.clone(),
+            self.config.limits.clone(),
+            self.myself.clone(),
+        ));
         let refusals = self.myself.clone();
         let writer = RecordWriter::spawn(
             self.registry.clone(),
@@ -128,8 +137,9 @@ impl CoordinatorState {
     /// refused by the fence) before the hub forgets, so no record of the
     /// old term lands in the hub afterwards.
     pub(super) async fn relinquish(&mut self) {
-        // Dropping the sweeper stops it.
+        // Dropping the sweeper and the event router stops them.
         self.retention = None;
+        self.events = None;
         let Some(writer) = self.writer.take() else {
             return;
         };
