@@ -34,6 +34,7 @@
 //! need neither the registry nor label types.
 
 pub mod activity;
+pub mod reactive;
 pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -157,6 +158,7 @@ pub struct Metrics {
     /// queue emptied is set to zero rather than left at its last value.
     queued_capabilities: Mutex<BTreeSet<String>>,
     activity: Activity,
+    reactive: reactive::Reactive,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +206,7 @@ impl Metrics {
             subtasks_queued.clone(),
         );
         let activity = Activity::register(&mut registry);
+        let reactive = reactive::Reactive::register(&mut registry);
         Self {
             registry,
             envelopes_refused,
@@ -212,6 +215,7 @@ impl Metrics {
             subtasks_queued,
             queued_capabilities: Mutex::new(BTreeSet::new()),
             activity,
+            reactive,
         }
     }
 
@@ -345,6 +349,28 @@ pub fn refused_request(service: &'static str, reason: &'static str) {
 /// Counts a task the coordinator accepted.
 pub fn task_submitted(pattern: Pattern) {
     global().activity.task_submitted(pattern);
+}
+
+/// Adds what the response cache did since `before` and sets its size
+/// (see [`reactive`]).
+pub fn reactive_cache(
+    before: agentmesh_core::reactive::CacheCounters,
+    now: agentmesh_core::reactive::CacheCounters,
+    entries: usize,
+    bytes: usize,
+) {
+    global().reactive.cache(before, now, entries, bytes);
+}
+
+/// Counts a reactive request answered by `path` (`cache`, `keyword`,
+/// `provider`) or refused ([`reactive::REFUSED`]).
+pub fn reactive_answered(path: &'static str) {
+    global().reactive.answered(path);
+}
+
+/// Sets the state of the reactive provider fallback's breaker.
+pub fn reactive_provider_breaker(state: agentmesh_core::breaker::BreakerState) {
+    global().reactive.provider_breaker(state);
 }
 
 /// Counts a task that ended with `status` (completed, failed or

@@ -143,6 +143,14 @@ pub struct CoordinatorConfig {
     /// bursts the time window alone would let through: at most this many
     /// times the record budget.
     pub max_ended_tasks: usize,
+    /// Bounds of the leader's response cache for reactive requests
+    /// (entries, bytes, TTL): a repeat is answered from it without any
+    /// work, and the bounds keep a stream of distinct requests from
+    /// growing it without end.
+    pub response_cache: agentmesh_core::reactive::CachePolicy,
+    /// The routing table reactive requests are routed with at submit
+    /// (`--routing-table`; the built-in table by default).
+    pub routing_table: std::sync::Arc<agentmesh_core::reactive::RoutingTable>,
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.
@@ -176,6 +184,8 @@ impl Default for CoordinatorConfig {
             parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
             task_retention: DEFAULT_TASK_RETENTION,
             max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
+            response_cache: Default::default(),
+            routing_table: Default::default(),
         }
     }
 }
