@@ -32,23 +32,29 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Tokens of the provider's answer: a kind, a tool name and a small input.
 const MAX_ANSWER_TOKENS: u32 = 200;
 
-/// Refuses `tool` unless a live agent of `role` offers it, in the words
-/// of the validator's refusal.
-pub fn check_offered(membership: &Membership, role: Role, tool: &str) -> Result<(), TaskFileError> {
-    if membership.offers_as(role, tool) {
+/// The roles that run reactive tools: reactive agents first, workers.
+const RUNNERS: [Role; 2] = [Role::Reactive, Role::Worker];
+
+/// Refuses `tool` unless a live reactive agent or worker offers it, in
+/// the words of the validator's refusal.
+pub fn check_offered(membership: &Membership, tool: &str) -> Result<(), TaskFileError> {
+    if RUNNERS.iter().any(|role| membership.offers_as(*role, tool)) {
         return Ok(());
     }
+    let mut available: Vec<String> = RUNNERS
+        .iter()
+        .flat_map(|role| membership.capabilities_of(*role))
+        .collect();
+    available.sort();
+    available.dedup();
     Err(TaskFileError::CapabilityUnavailable {
         field: "request".into(),
         capability: tool.to_owned(),
-        runner: "worker",
-        available: {
-            let available = membership.capabilities_of(role);
-            if available.is_empty() {
-                "none".into()
-            } else {
-                available.join(", ")
-            }
+        runner: "worker or reactive agent",
+        available: if available.is_empty() {
+            "none".into()
+        } else {
+            available.join(", ")
         },
     })
 }

@@ -171,7 +171,7 @@ impl TaskApi {
         membership: &Membership,
     ) -> Result<(), ApiError> {
         let Unplaced { file, routed } = unplaced;
-        let offered = |tool: &str| reactive::check_offered(membership, Role::Worker, tool).is_ok();
+        let offered = |tool: &str| reactive::check_offered(membership, tool).is_ok();
         match self
             .fallback
             .place(&file, &routed, &self.routing_table, &offered)
@@ -704,7 +704,7 @@ fn new_record(
     let Some(choice) = &routed.tool else {
         return Ok((record, Some(Unplaced { file, routed })));
     };
-    reactive::check_offered(membership, runner, &choice.tool)?;
+    reactive::check_offered(membership, &choice.tool)?;
     let kind = routed.classification.kind();
     record.route_reactive(choice, |r| r.kind = kind);
     Ok((record, None))

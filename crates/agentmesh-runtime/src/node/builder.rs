@@ -138,7 +138,7 @@ impl NodeBuilder {
                     .await?;
                 running.add_coordinator(coordinator);
             }
-            Role::Worker | Role::Peer | Role::Level => {
+            Role::Worker | Role::Peer | Role::Level | Role::Reactive => {
                 let registration = registration(&config, id.clone(), &endpoint);
                 match config.coordinating_level() {
                     Some(level) => {
