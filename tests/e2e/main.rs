@@ -20,6 +20,8 @@
 //!   run as processes on loopback.
 //! * `llm`: `llm.chat` and `llm.embed` on a worker pointed at a real local
 //!   model.
+//! * `reactive`: reactive requests: the response cache, the routing
+//!   table, `--role reactive`, the provider fallback.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -34,6 +36,7 @@ mod hostile;
 mod llm;
 mod observe;
 mod peers;
+mod reactive;
 mod registry_etcd;
 mod security;
 mod support;
