@@ -173,6 +173,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_answer_completes_the_record_without_an_attempt() {
+        use crate::reactive::AnswerPath;
+        let file = check("name: r\npattern: reactive\nrequest: what is 2 + 3 * 4?\n").unwrap();
+        let mut record = crate::task::TaskRecord::new(crate::TaskId::new("t"), file, 0);
+        let guard = record.reactive_guard().unwrap();
+        assert!(guard.contains("math.eval") && guard.contains("2 + 3 * 4"), "{guard}");
+        record.answer_from_cache(json!({"value": 14}), 0.9, crate::TaskId::new("s"), 5);
+        assert_eq!(record.status, crate::task::Status::Completed);
+        assert_eq!(record.result(), Some(json!({"value": 14})));
+        assert_eq!(record.subtasks[0].attempts, 0);
+        assert!(record.subtasks[0].worker.is_none());
+        let reactive = record.reactive.as_ref().unwrap();
+        assert_eq!(reactive.answered_by, AnswerPath::Cache);
+        assert_eq!(reactive.source.as_ref().unwrap().as_str(), "s");
+        assert_eq!(reactive.similarity, Some(0.9));
+    }
+
+    #[test]
     fn the_shipped_example_validates() {
         check(include_str!("../../../../examples/reactive-request.yaml")).unwrap();
     }

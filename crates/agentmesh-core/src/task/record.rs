@@ -193,9 +193,10 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_sha256: Option<String>,
     /// `reactive`: the request, its cache options, and which path
-    /// answered it (see [`crate::reactive::provenance`]).
+    /// answered it (see [`crate::reactive::provenance`]). Boxed: most
+    /// records are of other patterns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reactive: Option<crate::reactive::ReactiveRecord>,
+    pub reactive: Option<Box<crate::reactive::ReactiveRecord>>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -227,11 +228,11 @@ impl TaskRecord {
         let subtasks = specs.into_iter().map(SubtaskRecord::pending).collect();
         let reactive = (file.pattern == Pattern::Reactive).then(|| {
             let (cache, threshold) = patterns::reactive::cache_options(&file);
-            crate::reactive::ReactiveRecord::new(
+            Box::new(crate::reactive::ReactiveRecord::new(
                 file.request.clone().unwrap_or_default(),
                 cache,
                 threshold,
-            )
+            ))
         });
         Self {
             id,
