@@ -5,13 +5,10 @@
 //! `--role reactive` node is listed and runs the tools, and with the local
 //! SmolLM2 server a request the keywords cannot place goes to the provider.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use serde_json::Value;
 
 use crate::support::cluster::{Cluster, NodeSpec};
+use crate::support::model::LocalModel;
 
 /// A table of our own: `math.eval` as in the built-in one, and
 /// `text.word_count` picked by "tally", a word the built-in table does not
@@ -151,71 +148,15 @@ fn a_bad_routing_table_stops_the_node_naming_the_problem() {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The local SmolLM2 server (scripts/install-model), killed when dropped.
-struct ModelServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for ModelServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn model_server() -> ModelServer {
-    let output = Command::new(repo().join("scripts/install-model"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run scripts/install-model");
-    assert!(output.status.success(), "scripts/install-model failed");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    let [.., python, gguf] = lines[..] else {
-        panic!("scripts/install-model printed {stdout:?}");
-    };
-    let mut child = Command::new(python)
-        .arg(repo().join("crates/agentmesh-llm/tests/support/llm_server.py"))
-        .arg(gguf)
-        .arg("0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start llm_server.py");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the model server printed its address");
-    let port = line
-        .trim()
-        .strip_prefix("listening on 127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from the model server: {line:?}"));
-    ModelServer { child, port }
-}
-
 #[test]
 fn a_request_the_keywords_cannot_place_goes_to_the_provider() {
-    let model = model_server();
-    let url = format!("http://127.0.0.1:{}/v1", model.port);
+    let model = LocalModel::start();
+    let mut args = model.node_args();
+    args.extend(["--llm-timeout".to_owned(), "60".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cluster = Cluster::builder()
         .coordinators(1)
-        .coordinator_args(&[
-            "--llm-base-url",
-            &url,
-            "--llm-model",
-            "smollm2",
-            "--llm-backend",
-            "llama.cpp",
-            "--llm-timeout",
-            "60",
-        ])
+        .coordinator_args(&args)
         .worker("w1", "text.word_count")
         .start();
     let file = cluster.task_file(

@@ -178,7 +178,10 @@ mod tests {
         let file = check("name: r\npattern: reactive\nrequest: what is 2 + 3 * 4?\n").unwrap();
         let mut record = crate::task::TaskRecord::new(crate::TaskId::new("t"), file, 0);
         let guard = record.reactive_guard().unwrap();
-        assert!(guard.contains("math.eval") && guard.contains("2 + 3 * 4"), "{guard}");
+        assert!(
+            guard.contains("math.eval") && guard.contains("2 + 3 * 4"),
+            "{guard}"
+        );
         record.answer_from_cache(json!({"value": 14}), 0.9, crate::TaskId::new("s"), 5);
         assert_eq!(record.status, crate::task::Status::Completed);
         assert_eq!(record.result(), Some(json!({"value": 14})));
