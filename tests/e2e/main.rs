@@ -22,6 +22,8 @@
 //!   model.
 //! * `events`: event-driven agents: publish, handlers on other nodes,
 //!   order per key, dead letters, a handler node killed mid-delivery.
+//! * `reactive`: reactive requests: the response cache, the routing
+//!   table, `--role reactive`, the provider fallback.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own
 //!   capability to tasks submitted with the stock CLI.
 
@@ -37,6 +39,7 @@ mod hostile;
 mod llm;
 mod observe;
 mod peers;
+mod reactive;
 mod registry_etcd;
 mod security;
 mod support;

@@ -18,10 +18,21 @@ pub enum Role {
     Worker,
     Peer,
     Level,
+    /// A worker dedicated to the reactive fast path: it runs the tools of
+    /// `pattern: reactive` tasks, which are placed on reactive agents
+    /// whenever one is live (on workers otherwise), so reactive requests
+    /// are spread over their own pool and never wait behind long tasks.
+    Reactive,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Coordinator, Role::Worker, Role::Peer, Role::Level];
+    pub const ALL: [Role; 5] = [
+        Role::Coordinator,
+        Role::Worker,
+        Role::Peer,
+        Role::Level,
+        Role::Reactive,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +40,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Peer => "peer",
             Role::Level => "level",
+            Role::Reactive => "reactive",
         }
     }
 }
@@ -47,7 +59,9 @@ impl FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown role '{s}' (expected coordinator, worker, peer or level)")
+                format!(
+                    "unknown role '{s}' (expected coordinator, worker, peer, level or reactive)"
+                )
             })
     }
 }

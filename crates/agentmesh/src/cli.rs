@@ -4,11 +4,13 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_core::access::ClientRole;
 use agentmesh_core::fairness::ClientLimits;
 use agentmesh_core::hierarchy::Level;
+use agentmesh_core::reactive::{CachePolicy, ReactiveLimits, RoutingTable};
 use agentmesh_core::scheduling::ScoreWeights;
 use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_core::{AgentId, ClientId, Role};
@@ -434,6 +436,9 @@ pub enum RoleArg {
     Worker,
     Peer,
     Level,
+    /// A worker for reactive requests (`pattern: reactive`), which are
+    /// placed on reactive agents first.
+    Reactive,
 }
 
 impl From<RoleArg> for Role {
@@ -443,6 +448,7 @@ impl From<RoleArg> for Role {
             RoleArg::Worker => Role::Worker,
             RoleArg::Peer => Role::Peer,
             RoleArg::Level => Role::Level,
+            RoleArg::Reactive => Role::Reactive,
         }
     }
 }
@@ -585,6 +591,26 @@ pub struct NodeArgs {
     /// [default: 0.3,0.3,0.2,0.2].
     #[arg(long, env = "AGENTMESH_SCORE_WEIGHTS", value_parser = parse_weights)]
     pub score_weights: Option<ScoreWeights>,
+    /// A routing table (YAML or JSON: `intents` with keywords per request
+    /// kind, `tools` with keywords and an input extractor) that reactive
+    /// requests are routed with instead of the built-in one; read and
+    /// validated at startup, at most 64 KiB and 64 tools, so a bad table
+    /// stops the node rather than misroutes (see docs/reactive.md).
+    #[arg(long, env = "AGENTMESH_ROUTING_TABLE", value_name = "FILE", value_parser = parse_routing_table)]
+    pub routing_table: Option<Arc<RoutingTable>>,
+    /// Answers the leader keeps in its reactive response cache; a lookup
+    /// scans them all, so this also bounds its cost (coordinator).
+    #[arg(long, env = "AGENTMESH_RESPONSE_CACHE_ENTRIES", default_value_t = CachePolicy::default().max_entries, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=65_536))]
+    pub response_cache_entries: usize,
+    /// Bytes of requests and answers the response cache holds at most
+    /// (coordinator).
+    #[arg(long, env = "AGENTMESH_RESPONSE_CACHE_BYTES", default_value_t = CachePolicy::default().max_bytes, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1 << 30))]
+    pub response_cache_bytes: usize,
+    /// Milliseconds a cached answer is served for: short enough that the
+    /// answer of a tool whose data moves (http.get) is not served stale
+    /// for long (coordinator).
+    #[arg(long, env = "AGENTMESH_RESPONSE_CACHE_TTL_MS", default_value_t = CachePolicy::default().ttl_ms)]
+    pub response_cache_ttl_ms: u64,
     /// Seconds an attempt of a subtask without its own timeout_ms may run
     /// without a result before it is started elsewhere (coordinator).
     #[arg(long, env = "AGENTMESH_ATTEMPT_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
@@ -1059,6 +1085,12 @@ impl NodeArgs {
         if let Some(weights) = &self.score_weights {
             coordinator.weights = weights.clone();
         }
+        if let Some(table) = &self.routing_table {
+            coordinator.routing_table = table.clone();
+        }
+        coordinator.response_cache.max_entries = self.response_cache_entries;
+        coordinator.response_cache.max_bytes = self.response_cache_bytes;
+        coordinator.response_cache.ttl_ms = self.response_cache_ttl_ms;
         config
     }
 }
@@ -1263,6 +1295,20 @@ impl std::str::FromStr for HostPort {
 }
 
 /// Parses `capability,success_rate,free_load,specialization`.
+/// Reads and validates a `--routing-table` file; a file over the size
+/// bound is refused before it is read whole.
+fn parse_routing_table(path: &str) -> Result<Arc<RoutingTable>, String> {
+    let limits = ReactiveLimits::default();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut text = String::new();
+    file.take(limits.max_table_bytes as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    RoutingTable::parse(&text, &limits)
+        .map(Arc::new)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
 fn parse_weights(text: &str) -> Result<ScoreWeights, String> {
     let values = text
         .split(',')

@@ -62,6 +62,7 @@ pub enum Role {
     Worker,
     Peer,
     Level,
+    Reactive,
 }
 
 impl Role {
@@ -71,6 +72,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Peer => "peer",
             Role::Level => "level",
+            Role::Reactive => "reactive",
         }
     }
 }
@@ -114,6 +116,11 @@ impl NodeSpec {
     /// A peer offering `capabilities` (comma-separated).
     pub fn peer(id: &str, capabilities: &str) -> Self {
         Self::new(id, Role::Peer, &["--capabilities", capabilities])
+    }
+
+    /// A reactive agent offering `capabilities` (comma-separated).
+    pub fn reactive(id: &str, capabilities: &str) -> Self {
+        Self::new(id, Role::Reactive, &["--capabilities", capabilities])
     }
 
     /// A hierarchy agent of `level` (strategic, tactical, operational).
@@ -450,7 +457,7 @@ impl Cluster {
         let role_args: &[String] = match spec.role {
             Role::Coordinator => &self.defaults.coordinator_args,
             Role::Worker => &self.defaults.worker_args,
-            Role::Peer | Role::Level => &[],
+            Role::Peer | Role::Level | Role::Reactive => &[],
         };
         args.extend(role_args.iter().map(String::as_str));
         args.extend(spec.args.iter().map(String::as_str));

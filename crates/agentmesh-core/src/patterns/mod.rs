@@ -8,7 +8,7 @@
 mod coordinator_worker;
 mod hierarchical;
 mod peer_consensus;
-mod reactive;
+pub mod reactive;
 
 pub use self::coordinator_worker::CoordinatorWorker;
 pub use self::hierarchical::Hierarchical;

@@ -1,16 +1,19 @@
 //! `reactive`: the task is one request in prose, answered on the fast path
-//! of `core::reactive`. At submit the request is routed by keywords to one
-//! tool of the built-in routing table, with its input read out of the
-//! request; the coordinator schedules that one call on a worker, and its
-//! output is the answer.
+//! of `core::reactive`. At submit the node routes the request with its
+//! routing table ([`route_with`]; the built-in one unless the node was
+//! given `--routing-table`) to one tool, with its input read out of the
+//! request, or asks its provider when the keywords cannot; the
+//! coordinator answers it from its response cache or schedules that one
+//! call on a worker, and its output is the answer.
 //!
-//! A request the keywords cannot route is refused at submit for now: the
-//! provider fallback (`reactive::IntentFallback`) has no provider to ask
-//! until the runtime wires one in.
+//! Validation checks the request and the cache options only: which tool
+//! answers depends on the node's table and provider, so routing (and the
+//! refusal of a request nothing can place, [`unroutable`]) is the
+//! runtime's.
 
 use super::PatternRules;
 use crate::Role;
-use crate::reactive::{self, DEFAULT_THRESHOLD, ReactiveLimits, RoutingTable, ToolChoice};
+use crate::reactive::{self, DEFAULT_THRESHOLD, ReactiveLimits, Routed, RoutingTable, ToolChoice};
 use crate::task::file::{Pattern, SubtaskSpec, TaskFile};
 use crate::task::limits::TaskLimits;
 use crate::task::message::{MAX_QUOTED, clip};
@@ -66,13 +69,14 @@ impl PatternRules for Reactive {
         Ok(())
     }
 
-    /// The request routes to a tool that a live worker offers.
-    fn check_tasks(&self, file: &mut TaskFile, dag: &Dag<'_>) -> Result<(), TaskFileError> {
-        let choice = choose(file)?;
-        (dag.capability)("request".into(), &choice.tool)
+    /// Nothing to check: routing is the node's (see the module doc).
+    fn check_tasks(&self, _file: &mut TaskFile, _dag: &Dag<'_>) -> Result<(), TaskFileError> {
+        Ok(())
     }
 
-    /// One subtask: the routed tool with the extracted input.
+    /// One subtask: the tool the built-in table routes to, with the
+    /// extracted input (none when it routes nowhere); the node replaces it
+    /// with its own routing (`TaskRecord::route_reactive`).
     fn subtasks(&self, file: &TaskFile) -> Vec<SubtaskSpec> {
         choose(file)
             .map(|choice| {
@@ -96,25 +100,42 @@ impl PatternRules for Reactive {
 
 /// The tool the built-in table routes the file's request to.
 pub fn choose(file: &TaskFile) -> Result<ToolChoice, TaskFileError> {
+    let routed = route_with(file, &RoutingTable::builtin(), &ReactiveLimits::default())?;
+    routed.tool.clone().ok_or_else(|| {
+        unroutable(
+            file,
+            &routed,
+            "no provider fallback is configured to answer it",
+        )
+    })
+}
+
+/// Classifies the file's request and picks a tool with `table`.
+pub fn route_with(
+    file: &TaskFile,
+    table: &RoutingTable,
+    limits: &ReactiveLimits,
+) -> Result<Routed, TaskFileError> {
     let request = file.request.as_deref().unwrap_or_default();
-    let routed = reactive::route(
-        request,
-        &RoutingTable::builtin(),
-        &ReactiveLimits::default(),
-    )
-    .map_err(|e| TaskFileError::invalid("request", e.to_string()))?;
-    routed.tool.ok_or_else(|| TaskFileError::Unsupported {
+    reactive::route(request, table, limits)
+        .map_err(|e| TaskFileError::invalid("request", e.to_string()))
+}
+
+/// The refusal of a request no tool of the table fits, saying how it was
+/// classified and `why` nothing else answered it.
+pub fn unroutable(file: &TaskFile, routed: &Routed, why: &str) -> TaskFileError {
+    let request = file.request.as_deref().unwrap_or_default();
+    TaskFileError::Unsupported {
         field: "request".into(),
         message: format!(
-            "no tool of the routing table fits '{}' (classified as {}), and no provider \
-             fallback is configured to answer it",
+            "no tool of the routing table fits '{}' (classified as {}), and {why}",
             clip(request, MAX_QUOTED),
             routed
                 .classification
                 .kind()
                 .map_or("unplaced", |k| k.as_str())
         ),
-    })
+    }
 }
 
 /// The cache options of a validated reactive file: whether to use the
@@ -152,6 +173,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_answer_completes_the_record_without_an_attempt() {
+        use crate::reactive::AnswerPath;
+        let file = check("name: r\npattern: reactive\nrequest: what is 2 + 3 * 4?\n").unwrap();
+        let mut record = crate::task::TaskRecord::new(crate::TaskId::new("t"), file, 0);
+        let guard = record.reactive_guard().unwrap();
+        assert!(
+            guard.contains("math.eval") && guard.contains("2 + 3 * 4"),
+            "{guard}"
+        );
+        record.answer_from_cache(json!({"value": 14}), 0.9, crate::TaskId::new("s"), 5);
+        assert_eq!(record.status, crate::task::Status::Completed);
+        assert_eq!(record.result(), Some(json!({"value": 14})));
+        assert_eq!(record.subtasks[0].attempts, 0);
+        assert!(record.subtasks[0].worker.is_none());
+        let reactive = record.reactive.as_ref().unwrap();
+        assert_eq!(reactive.answered_by, AnswerPath::Cache);
+        assert_eq!(reactive.source.as_ref().unwrap().as_str(), "s");
+        assert_eq!(reactive.similarity, Some(0.9));
+    }
+
+    #[test]
     fn the_shipped_example_validates() {
         check(include_str!("../../../../examples/reactive-request.yaml")).unwrap();
     }
@@ -180,19 +222,12 @@ mod tests {
             err("name: r\nrequest: what is 1+1\ntasks: [{id: a, capability: c}]\n")
                 .starts_with("request: applies to pattern reactive only")
         );
-        let unrouted = check("name: r\npattern: reactive\nrequest: bonjour\n").unwrap_err();
+        let unrouted = check("name: r\npattern: reactive\nrequest: bonjour\n").unwrap();
+        let unrouted = super::choose(&unrouted).unwrap_err();
         assert!(unrouted.is_precondition());
         assert!(
             unrouted.to_string().contains("classified as unplaced"),
             "{unrouted}"
-        );
-        let offline =
-            check("name: r\npattern: reactive\nrequest: fetch https://example.com\n").unwrap_err();
-        assert!(
-            offline
-                .to_string()
-                .starts_with("request: no live worker offers capability 'http.get'"),
-            "{offline}"
         );
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod extract;
+pub mod provenance;
 pub mod route;
 pub mod table;
 pub mod text;
@@ -36,6 +37,7 @@ use thiserror::Error;
 pub use self::cache::{
     CacheCounters, CacheHit, CacheKey, CachePolicy, DEFAULT_THRESHOLD, ResponseCache,
 };
+pub use self::provenance::{AnswerPath, ReactiveRecord};
 pub use self::route::{
     Classification, FallbackOutcome, IntentFallback, Routed, ToolChoice, classify,
     resolve_unplaced, route,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::budget::{BudgetError, RecordLimits, encoded_len, truncated};
-use super::file::{Pattern, Strategy, TaskFile};
+use super::file::{Pattern, Strategy, SubtaskSpec, TaskFile};
 use super::reference::{ReferenceError, ResolveBudget, resolve};
 use crate::fairness::ClientId;
 use crate::ids::{AgentId, TaskId};
@@ -103,6 +103,31 @@ pub struct SubtaskRecord {
     pub consensus: Option<Value>,
 }
 
+impl SubtaskRecord {
+    /// A subtask not yet started.
+    pub fn pending(spec: SubtaskSpec) -> Self {
+        Self {
+            id: spec.id,
+            capability: spec.capability,
+            input: spec.input,
+            depends_on: spec.depends_on,
+            timeout_ms: spec.timeout_ms,
+            status: Status::Pending,
+            worker: None,
+            attempts: 0,
+            term: 0,
+            tried: Vec::new(),
+            restarts: 0,
+            output: None,
+            applied: None,
+            error: None,
+            started_ms: None,
+            finished_ms: None,
+            consensus: None,
+        }
+    }
+}
+
 /// Which attempt a worker's result belongs to, as the result itself says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedResult {
@@ -167,6 +192,11 @@ pub struct TaskRecord {
     /// than answered with a task the client did not ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_sha256: Option<String>,
+    /// `reactive`: the request, its cache options, and which path
+    /// answered it (see [`crate::reactive::provenance`]). Boxed: most
+    /// records are of other patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactive: Option<Box<crate::reactive::ReactiveRecord>>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -195,28 +225,15 @@ impl TaskRecord {
             Some(rules) => rules.subtasks(&file),
             None => file.tasks.clone(),
         };
-        let subtasks = specs
-            .into_iter()
-            .map(|spec| SubtaskRecord {
-                id: spec.id,
-                capability: spec.capability,
-                input: spec.input,
-                depends_on: spec.depends_on,
-                timeout_ms: spec.timeout_ms,
-                status: Status::Pending,
-                worker: None,
-                attempts: 0,
-                term: 0,
-                tried: Vec::new(),
-                restarts: 0,
-                output: None,
-                applied: None,
-                error: None,
-                started_ms: None,
-                finished_ms: None,
-                consensus: None,
-            })
-            .collect();
+        let subtasks = specs.into_iter().map(SubtaskRecord::pending).collect();
+        let reactive = (file.pattern == Pattern::Reactive).then(|| {
+            let (cache, threshold) = patterns::reactive::cache_options(&file);
+            Box::new(crate::reactive::ReactiveRecord::new(
+                file.request.clone().unwrap_or_default(),
+                cache,
+                threshold,
+            ))
+        });
         Self {
             id,
             name: file.name,
@@ -236,7 +253,64 @@ impl TaskRecord {
             owner: None,
             idempotency_key: None,
             document_sha256: None,
+            reactive,
         }
+    }
+
+    /// `reactive`: routes the task to `choice` (the runtime's routing
+    /// table or provider decided it), replacing the subtask the built-in
+    /// table gave, and records how.
+    pub fn route_reactive(
+        &mut self,
+        choice: &crate::reactive::ToolChoice,
+        how: impl FnOnce(&mut crate::reactive::ReactiveRecord),
+    ) {
+        self.subtasks = vec![SubtaskRecord::pending(SubtaskSpec {
+            id: patterns::reactive::ANSWER.into(),
+            capability: choice.tool.clone(),
+            input: choice.input.clone(),
+            depends_on: Vec::new(),
+            timeout_ms: None,
+        })];
+        if let Some(reactive) = &mut self.reactive {
+            how(reactive);
+        }
+    }
+
+    /// `reactive`: the cache guard of the routed request (its tool and
+    /// input), so only a request routed the same way shares an answer.
+    pub fn reactive_guard(&self) -> Option<String> {
+        let answer = self.subtasks.first()?;
+        Some(crate::reactive::guard(&crate::reactive::ToolChoice {
+            tool: answer.capability.clone(),
+            input: answer.input.clone(),
+            keywords: Vec::new(),
+        }))
+    }
+
+    /// `reactive`: completes the task at once with `output`, the cached
+    /// answer of task `source`, without any attempt: its one subtask is
+    /// completed with no worker, and the record says where the answer
+    /// came from.
+    pub fn answer_from_cache(
+        &mut self,
+        output: Value,
+        similarity: f64,
+        source: TaskId,
+        now_ms: u64,
+    ) {
+        for s in &mut self.subtasks {
+            s.status = Status::Completed;
+            s.output = Some(output.clone());
+            s.finished_ms = Some(now_ms);
+        }
+        if let Some(reactive) = &mut self.reactive {
+            reactive.answered_by = crate::reactive::AnswerPath::Cache;
+            reactive.similarity = Some(similarity);
+            reactive.source = Some(source);
+        }
+        self.status = Status::Completed;
+        self.touch(now_ms);
     }
 
     pub fn position(&self, subtask_id: &str) -> Option<usize> {

@@ -127,7 +127,7 @@ pub fn roles_for(role: Role, id: &AgentId) -> Vec<String> {
     match role {
         Role::Coordinator => roles.push(COORDINATOR_ROLE.to_owned()),
         Role::Peer => roles.push(PEER_ROLE.to_owned()),
-        Role::Worker | Role::Level => {}
+        Role::Worker | Role::Level | Role::Reactive => {}
     }
     roles
 }

@@ -133,7 +133,7 @@ fn assigns_to_workers(agent: &AgentRegistration) -> bool {
     match agent.role {
         Role::Peer => true,
         Role::Level => agent.level == Some(Level::Tactical),
-        Role::Coordinator | Role::Worker => false,
+        Role::Coordinator | Role::Worker | Role::Reactive => false,
     }
 }
 

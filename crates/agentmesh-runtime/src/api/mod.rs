@@ -7,4 +7,5 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod forward;
+pub mod reactive;
 pub mod task;

@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use agentmesh_core::access::Action;
 use agentmesh_core::patterns;
+use agentmesh_core::reactive::{ReactiveLimits, Routed, RoutingTable};
 use agentmesh_core::task::listing::{
     IdempotencyKey, ListCursor, TaskFilter, TaskPage, TaskQuery, idempotency_scope,
 };
 use agentmesh_core::task::validate::parse;
-use agentmesh_core::task::{Pattern, Status, TaskLimits, TaskRecord, validate};
+use agentmesh_core::task::{Pattern, Status, TaskFile, TaskLimits, TaskRecord, validate};
 use agentmesh_core::{ClientId, Membership, Role, TaskId};
 use agentmesh_proto::v1 as pb;
 use agentmesh_proto::v1::task_service_server::{SERVICE_NAME, TaskService, TaskServiceServer};
@@ -41,6 +42,7 @@ use super::auth::{Authenticator, Caller};
 use super::client;
 pub use super::forward::Route;
 use super::forward::{self, Forwarder};
+use super::reactive;
 
 use crate::actors::coordinator::{
     Accepted, CoordinatorHandle, CoordinatorMessage, RecordHub, SubmitError,
@@ -130,6 +132,10 @@ pub struct TaskApi {
     parsing: Arc<Semaphore>,
     /// The node's models (see [`TaskApi::with_providers`]).
     providers: Providers,
+    /// Reactive requests are routed with it (see [`TaskApi::with_routing_table`]).
+    routing_table: Arc<RoutingTable>,
+    /// The provider fallback of reactive requests (see [`reactive`]).
+    fallback: Arc<reactive::ProviderFallback>,
 }
 
 impl TaskApi {
@@ -144,12 +150,56 @@ impl TaskApi {
             limits,
             parsing: Arc::new(Semaphore::new(DEFAULT_PARSE_CONCURRENCY)),
             providers: Providers::none(),
+            routing_table: Arc::new(RoutingTable::builtin()),
+            fallback: Arc::new(reactive::ProviderFallback::none()),
+        }
+    }
+
+    /// Routes reactive requests with `table` instead of the built-in one
+    /// (`--routing-table`).
+    pub fn with_routing_table(mut self, table: Arc<RoutingTable>) -> Self {
+        self.routing_table = table;
+        self
+    }
+
+    /// Places a reactive request the keywords could not route: asks the
+    /// provider, behind its breaker, or refuses naming why.
+    async fn place(
+        &self,
+        record: &mut TaskRecord,
+        unplaced: Unplaced,
+        membership: &Membership,
+    ) -> Result<(), ApiError> {
+        let Unplaced { file, routed } = unplaced;
+        let offered = |tool: &str| reactive::check_offered(membership, tool).is_ok();
+        match self
+            .fallback
+            .place(&file, &routed, &self.routing_table, &offered)
+            .await
+        {
+            Ok(placed) => {
+                record.route_reactive(&placed.choice, |r| {
+                    r.answered_by = agentmesh_core::reactive::AnswerPath::Provider;
+                    r.kind = Some(placed.kind);
+                    r.provider = Some(placed.provider);
+                    r.fallback = Some(placed.why);
+                });
+                Ok(())
+            }
+            Err(why) => {
+                crate::metrics::reactive_answered(crate::metrics::reactive::REFUSED);
+                Err(patterns::reactive::unroutable(&file, &routed, &why).into())
+            }
         }
     }
 
     /// The models a submit may need before its task exists (none, the
     /// built-in rules only, by default).
     pub fn with_providers(mut self, providers: Providers) -> Self {
+        self.fallback = Arc::new(reactive::ProviderFallback::new(
+            providers.chat.clone(),
+            agentmesh_core::breaker::BreakerPolicy::default(),
+        ));
         self.providers = providers;
         self
     }
@@ -336,7 +386,12 @@ impl TaskApi {
         let span = crate::span!("validation", bytes = document.len());
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
-            let mut record = span.in_scope(|| new_record(document, &self.limits, &membership))?;
+            let (mut record, unplaced) = span.in_scope(|| {
+                new_record(document, &self.limits, &membership, &self.routing_table)
+            })?;
+            if let Some(unplaced) = unplaced {
+                self.place(&mut record, unplaced, &membership).await?;
+            }
             submitter.stamp(&mut record, document);
             return Ok(record);
         }
@@ -351,12 +406,17 @@ impl TaskApi {
         let membership = self.registry.membership().borrow().clone();
         let limits = self.limits.clone();
         let owned = document.to_owned();
-        let mut record = tokio::task::spawn_blocking(move || {
+        let table = self.routing_table.clone();
+        let view = membership.clone();
+        let (mut record, unplaced) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(|| new_record(&owned, &limits, &membership))
+            span.in_scope(|| new_record(&owned, &limits, &view, &table))
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
+        if let Some(unplaced) = unplaced {
+            self.place(&mut record, unplaced, &membership).await?;
+        }
         submitter.stamp(&mut record, document);
         Ok(record)
     }
@@ -618,7 +678,8 @@ pub(crate) fn new_record(
     document: &str,
     limits: &TaskLimits,
     membership: &Membership,
-) -> Result<TaskRecord, ApiError> {
+    table: &RoutingTable,
+) -> Result<(TaskRecord, Option<Unplaced>), ApiError> {
     let file = parse(document, limits)?;
     // Unsupported patterns are refused by `validate`, naming the ones
     // this cluster runs.
@@ -635,11 +696,30 @@ pub(crate) fn new_record(
         &|capability| membership.offers_as(runner, capability),
         &|| membership.capabilities_of(runner),
     )?;
-    Ok(TaskRecord::new(
+    let reactive = (file.pattern == Pattern::Reactive).then(|| file.clone());
+    let mut record = TaskRecord::new(
         TaskId::new(uuid::Uuid::new_v4().to_string()),
         file,
         now_ms(),
-    ))
+    );
+    let Some(file) = reactive else {
+        return Ok((record, None));
+    };
+    let routed = reactive::route_with(&file, table, &ReactiveLimits::default())?;
+    let Some(choice) = &routed.tool else {
+        return Ok((record, Some(Unplaced { file, routed })));
+    };
+    reactive::check_offered(membership, &choice.tool)?;
+    let kind = routed.classification.kind();
+    record.route_reactive(choice, |r| r.kind = kind);
+    Ok((record, None))
+}
+
+/// A reactive request the routing table's keywords could not route: the
+/// provider's to place, or refused.
+pub(crate) struct Unplaced {
+    file: TaskFile,
+    routed: Routed,
 }
 
 /// Puts a task sent as a `google.protobuf.Struct` into the request as its

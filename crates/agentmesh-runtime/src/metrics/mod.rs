@@ -35,6 +35,7 @@
 
 pub mod activity;
 pub mod events;
+pub mod reactive;
 pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,6 +160,7 @@ pub struct Metrics {
     queued_capabilities: Mutex<BTreeSet<String>>,
     activity: Activity,
     events: events::EventMetrics,
+    reactive: reactive::Reactive,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -207,6 +209,7 @@ impl Metrics {
         );
         let activity = Activity::register(&mut registry);
         let events = events::EventMetrics::register(&mut registry);
+        let reactive = reactive::Reactive::register(&mut registry);
         Self {
             registry,
             envelopes_refused,
@@ -216,6 +219,7 @@ impl Metrics {
             queued_capabilities: Mutex::new(BTreeSet::new()),
             activity,
             events,
+            reactive,
         }
     }
 
@@ -349,6 +353,28 @@ pub fn refused_request(service: &'static str, reason: &'static str) {
 /// Counts a task the coordinator accepted.
 pub fn task_submitted(pattern: Pattern) {
     global().activity.task_submitted(pattern);
+}
+
+/// Adds what the response cache did since `before` and sets its size
+/// (see [`reactive`]).
+pub fn reactive_cache(
+    before: agentmesh_core::reactive::CacheCounters,
+    now: agentmesh_core::reactive::CacheCounters,
+    entries: usize,
+    bytes: usize,
+) {
+    global().reactive.cache(before, now, entries, bytes);
+}
+
+/// Counts a reactive request answered by `path` (`cache`, `keyword`,
+/// `provider`) or refused ([`reactive::REFUSED`]).
+pub fn reactive_answered(path: &'static str) {
+    global().reactive.answered(path);
+}
+
+/// Sets the state of the reactive provider fallback's breaker.
+pub fn reactive_provider_breaker(state: agentmesh_core::breaker::BreakerState) {
+    global().reactive.provider_breaker(state);
 }
 
 /// Counts a task that ended with `status` (completed, failed or

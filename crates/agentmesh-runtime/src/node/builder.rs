@@ -138,7 +138,7 @@ impl NodeBuilder {
                     .await?;
                 running.add_coordinator(coordinator);
             }
-            Role::Worker | Role::Peer | Role::Level => {
+            Role::Worker | Role::Peer | Role::Level | Role::Reactive => {
                 let registration = registration(&config, id.clone(), &endpoint);
                 match config.coordinating_level() {
                     Some(level) => {
@@ -199,7 +199,8 @@ impl NodeBuilder {
             Some(coordinator.handle.clone()),
             config.coordinator.limits.clone(),
         )
-        .with_providers(spawner.providers().clone());
+        .with_providers(spawner.providers().clone())
+        .with_routing_table(config.coordinator.routing_table.clone());
         // In one process nobody else calls in: the dashboard is as open as
         // the embedded cluster's API.
         dashboard.set(Dashboard::new(

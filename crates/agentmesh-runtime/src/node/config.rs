@@ -149,6 +149,14 @@ pub struct CoordinatorConfig {
     pub max_ended_tasks: usize,
     /// Bounds on events and the leader's event router (docs/events.md).
     pub events: EventsConfig,
+    /// Bounds of the leader's response cache for reactive requests
+    /// (entries, bytes, TTL): a repeat is answered from it without any
+    /// work, and the bounds keep a stream of distinct requests from
+    /// growing it without end.
+    pub response_cache: agentmesh_core::reactive::CachePolicy,
+    /// The routing table reactive requests are routed with at submit
+    /// (`--routing-table`; the built-in table by default).
+    pub routing_table: std::sync::Arc<agentmesh_core::reactive::RoutingTable>,
 }
 
 /// Knobs of event routing on the leader coordinator (docs/events.md).
@@ -194,6 +202,8 @@ impl Default for CoordinatorConfig {
             task_retention: DEFAULT_TASK_RETENTION,
             max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
             events: EventsConfig::default(),
+            response_cache: Default::default(),
+            routing_table: Default::default(),
         }
     }
 }

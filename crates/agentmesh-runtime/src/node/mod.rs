@@ -187,7 +187,8 @@ impl Node {
             config.coordinator.limits.clone(),
         )
         .with_parse_concurrency(config.coordinator.parse_concurrency)
-        .with_providers(spawner.providers().clone());
+        .with_providers(spawner.providers().clone())
+        .with_routing_table(config.coordinator.routing_table.clone());
         let events = EventApi::new(
             api.clone(),
             registry.clone(),

@@ -42,7 +42,7 @@ pub struct BenchOptions {
 struct Phase {
     shape: Shape,
     document: String,
-    expected: serde_json::Value,
+    expected: Option<serde_json::Value>,
     total: u64,
     claimed: AtomicU64,
     finished: AtomicU64,
@@ -154,11 +154,11 @@ async fn run_loop(target: Arc<dyn Target>, phase: Arc<Phase>) -> LoopOutcome {
         let result = tokio::time::timeout(remaining, target.run(&phase.document)).await;
         let elapsed = started.elapsed();
         let error = match result {
-            Ok(Ok(value)) if value == phase.expected => None,
+            Ok(Ok(value)) if phase.expected.as_ref().is_none_or(|e| *e == value) => None,
             Ok(Ok(value)) => Some(format!(
                 "wrong {} result: {value} (expected {})",
                 phase.shape.name(),
-                phase.expected
+                phase.expected.as_ref().unwrap_or(&serde_json::Value::Null)
             )),
             Ok(Err(error)) => Some(error),
             Err(_) => Some("the run's time limit was reached".to_owned()),

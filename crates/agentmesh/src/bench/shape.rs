@@ -26,7 +26,20 @@ pub enum Shape {
     /// One `text.word_count` of 100 KiB of text: a task record of about
     /// 100 KB, for what records cost etcd.
     Large,
+    /// The same reactive request every time: after the first, each is a
+    /// response cache hit, answered without any subtask.
+    ReactiveCache,
+    /// A reactive request with `cache: false`: classified and routed by
+    /// keywords to `math.eval`, run on a worker, every time.
+    ReactiveKeyword,
+    /// A reactive request no keyword places, with `cache: false`: the
+    /// node's model picks the tool every time (needs `--llm-base-url` on
+    /// the coordinator); any completed result counts.
+    ReactiveProvider,
 }
+
+/// The reactive shapes' request.
+const REACTIVE_REQUEST: &str = "What is 2 + 3 * 4?";
 
 impl Shape {
     pub fn name(self) -> &'static str {
@@ -35,6 +48,9 @@ impl Shape {
             Shape::Fanout => "fanout",
             Shape::Sleep => "sleep",
             Shape::Large => "large",
+            Shape::ReactiveCache => "reactive-cache",
+            Shape::ReactiveKeyword => "reactive-keyword",
+            Shape::ReactiveProvider => "reactive-provider",
         }
     }
 
@@ -71,13 +87,25 @@ impl Shape {
                 "tasks": [{"id": "count", "capability": "text.word_count",
                            "input": {"text": LARGE_WORD.repeat(LARGE_REPEAT as usize), "top": 1}}],
             }),
+            Shape::ReactiveCache => json!({
+                "name": "bench-reactive-cache", "pattern": "reactive", "request": REACTIVE_REQUEST,
+            }),
+            Shape::ReactiveKeyword => json!({
+                "name": "bench-reactive-keyword", "pattern": "reactive",
+                "request": REACTIVE_REQUEST, "cache": false,
+            }),
+            Shape::ReactiveProvider => json!({
+                "name": "bench-reactive-provider", "pattern": "reactive",
+                "request": "bonjour: un deux trois", "cache": false,
+            }),
         };
         task.to_string()
     }
 
-    /// The result a correct run returns.
-    pub fn expected(self) -> Value {
-        match self {
+    /// The result a correct run returns; `None` when any completed
+    /// result is correct (a model's choice).
+    pub fn expected(self) -> Option<Value> {
+        Some(match self {
             Shape::Trivial => json!({"value": 2}),
             Shape::Fanout => json!({"value": (1..=FANOUT_WIDTH).map(|i| i * i).sum::<u32>()}),
             Shape::Sleep => json!({"slept_ms": SLEEP_MS}),
@@ -87,7 +115,9 @@ impl Shape {
                 "lines": 1,
                 "top_words": [{"word": LARGE_WORD.trim(), "count": LARGE_REPEAT}],
             }),
-        }
+            Shape::ReactiveCache | Shape::ReactiveKeyword => json!({"value": 14}),
+            Shape::ReactiveProvider => return None,
+        })
     }
 }
 
@@ -103,7 +133,11 @@ mod tests {
             let document = shape.document();
             let file = parse_and_validate(&document, &TaskLimits::default(), &|_| true, &Vec::new)
                 .unwrap_or_else(|e| panic!("{}: {e}", shape.name()));
-            let expected = if *shape == Shape::Fanout { 9 } else { 1 };
+            let expected = match shape {
+                Shape::Fanout => 9,
+                Shape::ReactiveCache | Shape::ReactiveKeyword | Shape::ReactiveProvider => 0,
+                _ => 1,
+            };
             assert_eq!(file.tasks.len(), expected, "{}", shape.name());
         }
     }

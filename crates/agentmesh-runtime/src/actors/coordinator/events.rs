@@ -15,6 +15,7 @@
 //! moves on. A new leader restores the records and sends again what was in
 //! flight (at least once).
 
+use agentmesh_core::reactive::RoutingTable;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +122,13 @@ impl Drop for EventRouterHandle {
     }
 }
 
+/// What the handlers' task files are checked with: the same as a client's
+/// submit.
+pub struct HandlerTasks {
+    pub limits: TaskLimits,
+    pub routing_table: Arc<RoutingTable>,
+}
+
 impl EventRouterHandle {
     /// Starts the router of the term `leadership` holds.
     pub fn spawn(
@@ -129,7 +137,7 @@ impl EventRouterHandle {
         transport: Arc<transport::Router>,
         leadership: Leadership,
         config: EventsConfig,
-        task_limits: TaskLimits,
+        tasks: HandlerTasks,
         coordinator: ActorRef<CoordinatorMessage>,
     ) -> Self {
         let (commands, inbox) = mpsc::channel(COMMANDS);
@@ -137,7 +145,8 @@ impl EventRouterHandle {
             id,
             router: Router::new(config.router),
             config,
-            task_limits,
+            task_limits: tasks.limits,
+            routing_table: tasks.routing_table,
             membership: registry.membership().borrow().clone(),
             registry,
             transport,
@@ -177,6 +186,8 @@ struct RouterTask {
     router: Router,
     config: EventsConfig,
     task_limits: TaskLimits,
+    /// What a handler's reactive task is routed with, as at submit.
+    routing_table: Arc<RoutingTable>,
     membership: Arc<Membership>,
     registry: Arc<dyn Registry>,
     transport: Arc<transport::Router>,
@@ -403,6 +414,7 @@ impl RouterTask {
             return;
         }
         let limits = self.task_limits.clone();
+        let table = self.routing_table.clone();
         let membership = self.membership.clone();
         let coordinator = self.coordinator.clone();
         let commands = self.commands.clone();
@@ -416,6 +428,7 @@ impl RouterTask {
                 &ack.task_document,
                 &limits,
                 &membership,
+                &table,
                 &coordinator,
                 &source,
             )
@@ -645,6 +658,7 @@ async fn submit(
     document: &str,
     limits: &TaskLimits,
     membership: &Membership,
+    table: &RoutingTable,
     coordinator: &ActorRef<CoordinatorMessage>,
     source: &str,
 ) -> Result<agentmesh_core::TaskId, String> {
@@ -654,8 +668,13 @@ async fn submit(
             document.len()
         ));
     }
-    let mut record =
-        crate::api::task::new_record(document, limits, membership).map_err(|e| e.to_string())?;
+    let (mut record, unplaced) = crate::api::task::new_record(document, limits, membership, table)
+        .map_err(|e| e.to_string())?;
+    // The provider fallback runs where a client's submit is taken; a
+    // handler's request must be one the routing table places.
+    if unplaced.is_some() {
+        return Err("the handler's reactive request fits no tool of the routing table".into());
+    }
     // Handler tasks share one client, so they share one fair share and
     // one set of per-client limits; the record names the event's publisher.
     record.client = Some(ClientId::parse(HANDLER_CLIENT).unwrap_or_else(|_| ClientId::unnamed()));

@@ -26,6 +26,7 @@ mod idempotency;
 pub mod leadership;
 mod messages;
 mod pools;
+mod reactive;
 mod recovery;
 pub mod retention;
 mod schedule;
@@ -114,6 +115,8 @@ pub struct CoordinatorState {
     /// Present while this coordinator leads: routes events to handlers
     /// (docs/events.md).
     events: Option<events::EventRouterHandle>,
+    /// Answers of reactive tasks, for their repeats (see [`reactive`]).
+    cache: reactive::Cache,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +171,7 @@ impl Actor for Coordinator {
         feeds::every(background, TICK, myself.clone(), || {
             CoordinatorMessage::Tick
         });
+        let cache = reactive::Cache::new(args.config.response_cache);
         Ok(CoordinatorState {
             id: args.id,
             backlog: args.backlog,
@@ -189,6 +193,7 @@ impl Actor for Coordinator {
             recent_keys: Default::default(),
             providers: args.providers,
             events: None,
+            cache,
         })
     }
 
@@ -340,6 +345,13 @@ impl CoordinatorState {
             let _ = reply.send(Err(SubmitError::RecordTooLarge { bytes, budget }));
             return;
         }
+        // A repeat of a reactive request is answered here, before any
+        // work is queued: its one record write (the answer, final) is all
+        // that stands between the submit and the reply.
+        if let Some(answered) = self.cache.answer(&record, now_ms()) {
+            self.accept_answered(answered, trace, reply).await;
+            return;
+        }
         if self.tasks.len() >= self.config.max_active_tasks {
             let _ = reply.send(Err(SubmitError::TooManyTasks {
                 limit: self.config.max_active_tasks,
@@ -385,6 +397,42 @@ impl CoordinatorState {
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
         self.tasks.insert(id.clone(), record);
         // The caller waits for durability, not the actor.
+        let _ = reply.send(Ok(Accepted {
+            id,
+            durable,
+            store_full: self.registry.store_full(),
+        }));
+    }
+
+    /// Accepts a task answered at submit (from the response cache): its
+    /// record is final, so it is written once and never queued.
+    async fn accept_answered(
+        &mut self,
+        record: TaskRecord,
+        trace: TraceParent,
+        reply: RpcReplyPort<Result<Accepted, SubmitError>>,
+    ) {
+        let id = record.id.clone();
+        let bytes = record.encoded_len();
+        if let Err(BudgetError::RecordTooLarge { bytes, budget }) =
+            self.config.records.check_record(bytes)
+        {
+            let _ = reply.send(Err(SubmitError::RecordTooLarge { bytes, budget }));
+            return;
+        }
+        self.recent_keys.accepted(self.term, &record);
+        info!(task_id = %id, name = %record.name, "task answered from the response cache");
+        metrics::task_submitted(record.pattern);
+        metrics::task_finished(record.pattern, record.status);
+        let (ack, durable) = oneshot::channel();
+        if let Some(writer) = &self.writer {
+            let span =
+                telemetry::child_of(&trace, crate::span!("record.write", task.id = %id, bytes));
+            writer
+                .write(Arc::new(record), bytes, Some(ack))
+                .instrument(span)
+                .await;
+        }
         let _ = reply.send(Ok(Accepted {
             id,
             durable,
@@ -531,6 +579,7 @@ impl CoordinatorState {
                 .await;
         }
         if status.is_terminal() {
+            self.cache.remember(record, now_ms());
             info!(task_id = %id, %status, "task finished");
             metrics::task_finished(pattern, status);
             self.tasks.remove(id);

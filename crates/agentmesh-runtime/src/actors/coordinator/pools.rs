@@ -1,8 +1,9 @@
 //! Where a coordinator places subtasks: workers for `coordinator_worker`
 //! tasks, peers (each proposing a collaboration among peers) for
 //! `peer_consensus` tasks, hierarchy levels for `hierarchical` tasks (their
-//! plan goes to a strategic-level agent). An agent is in one pool at most,
-//! by its role, so what is done by agent id is done in every pool.
+//! plan goes to a strategic-level agent), reactive agents for `reactive`
+//! tasks when any is live (workers otherwise). An agent is in one pool at
+//! most, by its role, so what is done by agent id is done in every pool.
 
 use agentmesh_core::patterns;
 use agentmesh_core::scheduling::{WorkerPool, WorkerState};
@@ -12,10 +13,10 @@ use agentmesh_core::{AgentId, Membership, Role};
 use crate::node::config::CoordinatorConfig;
 
 /// The roles placed on, in the order of [`Pools::pools`].
-const ROLES: [Role; 3] = [Role::Worker, Role::Peer, Role::Level];
+const ROLES: [Role; 4] = [Role::Worker, Role::Peer, Role::Level, Role::Reactive];
 
 pub struct Pools {
-    pools: [WorkerPool; 3],
+    pools: [WorkerPool; 4],
 }
 
 impl Pools {
@@ -34,8 +35,12 @@ impl Pools {
 
     /// The pool a subtask of a task with `pattern` is placed from: its
     /// runners' role, as the pattern's rules say.
+    /// A reactive task goes to the reactive pool while it has an agent.
     pub fn for_pattern(&mut self, pattern: Pattern) -> &mut WorkerPool {
-        let role = patterns::rules(pattern).map_or(Role::Worker, |rules| rules.runner());
+        let mut role = patterns::rules(pattern).map_or(Role::Worker, |rules| rules.runner());
+        if pattern == Pattern::Reactive && self.pools[3].workers().next().is_some() {
+            role = Role::Reactive;
+        }
         let index = ROLES.iter().position(|r| *r == role).unwrap_or(0);
         &mut self.pools[index]
     }

@@ -52,7 +52,10 @@ impl CoordinatorState {
             self.router.clone(),
             leadership.clone(),
             self.config.events.clone(),
-            self.config.limits.clone(),
+            super::events::HandlerTasks {
+                limits: self.config.limits.clone(),
+                routing_table: self.config.routing_table.clone(),
+            },
             self.myself.clone(),
         ));
         let refusals = self.myself.clone();
