@@ -167,6 +167,10 @@ pub struct TaskRecord {
     /// than answered with a task the client did not ask for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_sha256: Option<String>,
+    /// A natural-language request: how it was decomposed (the subtasks
+    /// are its DAG), and its post-processing (see `core::request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Box<crate::request::RequestPlan>>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -195,28 +199,7 @@ impl TaskRecord {
             Some(rules) => rules.subtasks(&file),
             None => file.tasks.clone(),
         };
-        let subtasks = specs
-            .into_iter()
-            .map(|spec| SubtaskRecord {
-                id: spec.id,
-                capability: spec.capability,
-                input: spec.input,
-                depends_on: spec.depends_on,
-                timeout_ms: spec.timeout_ms,
-                status: Status::Pending,
-                worker: None,
-                attempts: 0,
-                term: 0,
-                tried: Vec::new(),
-                restarts: 0,
-                output: None,
-                applied: None,
-                error: None,
-                started_ms: None,
-                finished_ms: None,
-                consensus: None,
-            })
-            .collect();
+        let subtasks = specs.into_iter().map(pending).collect();
         Self {
             id,
             name: file.name,
@@ -236,6 +219,7 @@ impl TaskRecord {
             owner: None,
             idempotency_key: None,
             document_sha256: None,
+            request: None,
         }
     }
 
@@ -356,7 +340,7 @@ impl TaskRecord {
         s.applied = Some(result);
         s.finished_ms = Some(now_ms);
         if self.subtasks.iter().all(|s| s.status == Status::Completed) {
-            self.status = Status::Completed;
+            self.post_process();
         }
         self.touch(now_ms);
         Applied::Changed
@@ -379,6 +363,40 @@ impl TaskRecord {
             self.subtasks[subtask].applied = Some(result);
         }
         outcome
+    }
+
+    /// Every subtask has completed: a plain task is done; a request is
+    /// aggregated and scored, and either done or given a refinement round
+    /// of new pending subtasks (see `core::request::post`).
+    fn post_process(&mut self) {
+        let Some(plan) = self.request.as_deref() else {
+            self.status = Status::Completed;
+            return;
+        };
+        match crate::request::post::post_process(&self.subtasks, plan) {
+            crate::request::PostProcess::Done { result, score } => {
+                if let Some(plan) = self.request.as_deref_mut() {
+                    plan.scores.push(score);
+                    plan.judged_by.get_or_insert_with(|| "rules".into());
+                    plan.result = Some(result);
+                }
+                self.status = Status::Completed;
+            }
+            crate::request::PostProcess::Refine {
+                score, subtasks, ..
+            } => {
+                if let Some(plan) = self.request.as_deref_mut() {
+                    plan.scores.push(score);
+                    plan.judged_by.get_or_insert_with(|| "rules".into());
+                    plan.rounds += 1;
+                    for (spec, original) in &subtasks {
+                        plan.refined.insert(spec.id.clone(), original.clone());
+                    }
+                }
+                self.subtasks
+                    .extend(subtasks.into_iter().map(|(spec, _)| pending(spec)));
+            }
+        }
     }
 
     /// Fails the subtask, and with it the task, without a result of its
@@ -549,6 +567,9 @@ impl TaskRecord {
     /// subtask depends on) when there are several. `None` until the task
     /// has completed.
     pub fn result(&self) -> Option<Value> {
+        if let Some(result) = self.request.as_ref().and_then(|p| p.result.clone()) {
+            return (self.status == Status::Completed).then_some(result);
+        }
         (self.status == Status::Completed).then(|| self.aggregate())
     }
 
@@ -663,6 +684,29 @@ impl TaskRecord {
     fn touch(&mut self, now_ms: u64) {
         self.updated_ms = self.updated_ms.max(now_ms);
         self.revision += 1;
+    }
+}
+
+/// A new pending subtask of `spec`.
+fn pending(spec: super::file::SubtaskSpec) -> SubtaskRecord {
+    SubtaskRecord {
+        id: spec.id,
+        capability: spec.capability,
+        input: spec.input,
+        depends_on: spec.depends_on,
+        timeout_ms: spec.timeout_ms,
+        status: Status::Pending,
+        worker: None,
+        attempts: 0,
+        term: 0,
+        tried: Vec::new(),
+        restarts: 0,
+        output: None,
+        applied: None,
+        error: None,
+        started_ms: None,
+        finished_ms: None,
+        consensus: None,
     }
 }
 

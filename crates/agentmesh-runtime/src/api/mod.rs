@@ -6,4 +6,5 @@ pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod forward;
+pub mod request;
 pub mod task;

@@ -130,6 +130,8 @@ pub struct TaskApi {
     parsing: Arc<Semaphore>,
     /// The node's models (see [`TaskApi::with_providers`]).
     providers: Providers,
+    /// Decomposes natural-language requests (see [`super::request`]).
+    requests: super::request::RequestPlanner,
 }
 
 impl TaskApi {
@@ -144,6 +146,7 @@ impl TaskApi {
             limits,
             parsing: Arc::new(Semaphore::new(DEFAULT_PARSE_CONCURRENCY)),
             providers: Providers::none(),
+            requests: super::request::RequestPlanner::default(),
         }
     }
 
@@ -151,6 +154,13 @@ impl TaskApi {
     /// built-in rules only, by default).
     pub fn with_providers(mut self, providers: Providers) -> Self {
         self.providers = providers;
+        self
+    }
+
+    /// Decomposes `request:` files with `planner`'s knobs, by the node's
+    /// chat provider (see [`TaskApi::with_providers`]) or the built-in rules.
+    pub fn with_request_planner(mut self, planner: super::request::RequestPlanner) -> Self {
+        self.requests = planner;
         self
     }
 
@@ -331,7 +341,8 @@ impl TaskApi {
         let span = crate::span!("validation", bytes = document.len());
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
-            let mut record = span.in_scope(|| new_record(document, &self.limits, &membership))?;
+            let parsed = span.in_scope(|| new_record(document, &self.limits, &membership))?;
+            let mut record = self.planned(parsed, &membership).await?;
             submitter.stamp(&mut record, document);
             return Ok(record);
         }
@@ -346,14 +357,39 @@ impl TaskApi {
         let membership = self.registry.membership().borrow().clone();
         let limits = self.limits.clone();
         let owned = document.to_owned();
-        let mut record = tokio::task::spawn_blocking(move || {
+        let parsed = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             span.in_scope(|| new_record(&owned, &limits, &membership))
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
+        let membership = self.registry.membership().borrow().clone();
+        let mut record = self.planned(parsed, &membership).await?;
         submitter.stamp(&mut record, document);
         Ok(record)
+    }
+
+    /// The record of a parsed file: as it is, or, for a request, once it
+    /// is decomposed (asynchronously: a model may take seconds).
+    async fn planned(&self, parsed: Parsed, membership: &Membership) -> Result<TaskRecord, ApiError> {
+        match parsed {
+            Parsed::Record(record) => Ok(record),
+            Parsed::Request(file) => {
+                let span = crate::span!("decomposition");
+                let (tasks, plan) = self
+                    .requests
+                    .plan(self.providers.chat.as_ref(), *file, &self.limits, membership)
+                    .instrument(span)
+                    .await?;
+                let mut record = TaskRecord::new(
+                    TaskId::new(uuid::Uuid::new_v4().to_string()),
+                    tasks,
+                    now_ms(),
+                );
+                record.request = Some(Box::new(plan));
+                Ok(record)
+            }
+        }
     }
 
     /// Hands `record` to the leader here, unless its idempotency key names
@@ -613,8 +649,11 @@ fn new_record(
     document: &str,
     limits: &TaskLimits,
     membership: &Membership,
-) -> Result<TaskRecord, ApiError> {
+) -> Result<Parsed, ApiError> {
     let file = parse(document, limits)?;
+    if agentmesh_core::request::is_request(&file) {
+        return Ok(Parsed::Request(Box::new(file)));
+    }
     // Unsupported patterns are refused by `validate`, naming the ones
     // this cluster runs.
     let runner = match patterns::rules(file.pattern) {
@@ -630,11 +669,17 @@ fn new_record(
         &|capability| membership.offers_as(runner, capability),
         &|| membership.capabilities_of(runner),
     )?;
-    Ok(TaskRecord::new(
+    Ok(Parsed::Record(TaskRecord::new(
         TaskId::new(uuid::Uuid::new_v4().to_string()),
         file,
         now_ms(),
-    ))
+    )))
+}
+
+/// A parsed document: a validated task, or a request to decompose first.
+enum Parsed {
+    Record(TaskRecord),
+    Request(Box<agentmesh_core::task::TaskFile>),
 }
 
 /// Puts a task sent as a `google.protobuf.Struct` into the request as its
