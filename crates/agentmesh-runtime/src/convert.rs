@@ -108,6 +108,11 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
+        request_json: r
+            .request
+            .as_ref()
+            .and_then(|plan| serde_json::to_string(plan).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -397,6 +402,7 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
         "elapsed_ms": elapsed,
         "revision": r.revision,
         "owner": non_empty(&r.owner),
+        "request": parse_json(&r.request_json),
         "subtasks": r.subtasks.iter().map(|s| without_nulls(json!({
             "id": s.id,
             "capability": s.capability,

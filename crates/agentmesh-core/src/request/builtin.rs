@@ -6,7 +6,7 @@
 //!
 //! - clauses are cut at sentence ends (`.`, `!`, `?`, `;`, a new line)
 //!   and at the connectors `then`, `after that`, `next`, `finally`, `also`
-//!   and `additionally`, never inside quotes or inside a number (`2.5`);
+//!   and `additionally`, never inside quotes, a number (`2.5`) or a URL;
 //! - each clause is routed by keywords to one tool of the built-in table
 //!   that a live worker offers, with the tool's input read out of the
 //!   clause (`calculate 6 * 7` → `math.eval {"expr": "6 * 7"}`, `count the
@@ -201,9 +201,9 @@ pub fn clauses(request: &str) -> Vec<Clause> {
                 quote = Some(if c == '\u{201c}' { '\u{201d}' } else { c });
             }
             None if matches!(c, '!' | '?' | ';' | '\n')
-                || (c == '.'
-                    && !(prev.is_some_and(|p| p.is_ascii_digit())
-                        && next.is_some_and(|n| n.is_ascii_digit()))) =>
+                // A dot ends a sentence only before a space or the end,
+                // so `2.5` and `example.org` stay whole.
+                || (c == '.' && next.is_none_or(char::is_whitespace)) =>
             {
                 pieces.push(std::mem::take(&mut current));
                 continue;

@@ -186,7 +186,10 @@ impl Node {
             config.coordinator.limits.clone(),
         )
         .with_parse_concurrency(config.coordinator.parse_concurrency)
-        .with_providers(spawner.providers().clone());
+        .with_providers(spawner.providers().clone())
+        .with_request_planner(crate::api::request::RequestPlanner {
+            options: config.coordinator.requests.clone(),
+        });
         if let Some(handle) = &coordinator {
             dashboard.set(Dashboard::new(
                 api.clone(),
