@@ -35,5 +35,6 @@ mod llm;
 mod observe;
 mod peers;
 mod registry_etcd;
+mod requests;
 mod security;
 mod support;
