@@ -174,3 +174,112 @@ impl RequestPlanner {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use agentmesh_core::task::validate::parse;
+    use agentmesh_core::{AgentId, AgentRegistration};
+    use agentmesh_llm::{ChatAnswer, FinishReason, LlmError, Usage};
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A provider that answers the scripted texts in order.
+    struct Scripted {
+        answers: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ChatProvider for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        async fn chat(&self, _: &ChatRequest) -> Result<ChatAnswer, LlmError> {
+            let text = self.answers.lock().unwrap().remove(0);
+            Ok(ChatAnswer {
+                text,
+                finish_reason: FinishReason::Stop,
+                usage: Usage::default(),
+                provider: "scripted".into(),
+            })
+        }
+    }
+
+    fn provider(answers: &[&str]) -> Arc<dyn ChatProvider> {
+        Arc::new(Scripted {
+            answers: Mutex::new(answers.iter().map(|s| (*s).to_owned()).collect()),
+        })
+    }
+
+    fn membership() -> Membership {
+        let worker = AgentRegistration {
+            id: AgentId::new("w"),
+            role: Role::Worker,
+            level: None,
+            capabilities: vec!["math.eval".into(), "text.word_count".into()],
+            endpoint: "127.0.0.1:1".into(),
+            load: 0,
+            max_concurrency: 1,
+            version: "t".into(),
+            faults: Vec::new(),
+            insecure: false,
+        };
+        Membership {
+            agents: [(worker.id.clone(), worker)].into(),
+        }
+    }
+
+    async fn plan(chat: Option<Arc<dyn ChatProvider>>) -> (TaskFile, RequestPlan) {
+        let file = parse(
+            "name: r\nrequest: calculate 6 * 7\n",
+            &TaskLimits::default(),
+        )
+        .unwrap();
+        RequestPlanner::default()
+            .plan(chat.as_ref(), file, &TaskLimits::default(), &membership())
+            .await
+            .unwrap()
+    }
+
+    const VALID: &str = r#"{"tasks": [{"id": "mul", "specialist": "calculator", "description": "multiply", "capability": "math.eval", "input": {"expr": "6 * 7"}, "depends_on": []}]}"#;
+
+    #[tokio::test]
+    async fn a_valid_model_answer_is_the_decomposition() {
+        let (tasks, plan) = plan(Some(provider(&[VALID]))).await;
+        assert_eq!(tasks.tasks[0].id, "mul");
+        assert_eq!(plan.provider, "scripted");
+        assert_eq!((plan.fallback, plan.retried_because), (None, None));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_answer_is_retried_once_with_the_error() {
+        let (tasks, plan) = plan(Some(provider(&["not json", VALID]))).await;
+        assert_eq!(tasks.tasks[0].id, "mul");
+        assert!(plan.retried_because.unwrap().contains("not JSON"));
+    }
+
+    #[tokio::test]
+    async fn twice_invalid_falls_back_to_the_builtin_rules_and_says_why() {
+        // Schema-valid but a cycle: the task-file validator refuses it.
+        let cyclic = json!({"tasks": [
+            {"id": "a", "specialist": "s", "description": "d", "capability": "math.eval", "input": {}, "depends_on": ["b"]},
+            {"id": "b", "specialist": "s", "description": "d", "capability": "math.eval", "input": {}, "depends_on": ["a"]},
+        ]})
+        .to_string();
+        let (tasks, plan) = plan(Some(provider(&[&cyclic, "{}"]))).await;
+        assert_eq!(plan.provider, BUILTIN);
+        let why = plan.fallback.unwrap();
+        assert!(why.starts_with("scripted: invalid answer after a retry"), "{why}");
+        assert_eq!(tasks.tasks[0].capability, "math.eval");
+        assert_eq!(tasks.tasks[0].input, json!({"expr": "6 * 7"}));
+    }
+
+    #[tokio::test]
+    async fn without_a_model_the_builtin_rules_decompose() {
+        let (_, plan) = plan(None).await;
+        assert_eq!((plan.provider.as_str(), plan.fallback), (BUILTIN, None));
+    }
+}
