@@ -23,7 +23,10 @@ fn the_example_request_runs_with_the_builtin_decomposer() {
     assert_eq!(record["status"], "completed", "{record}");
     let request = &record["request"];
     assert_eq!(request["provider"], "builtin", "{request}");
-    assert!(request.get("fallback").is_none(), "no model, no fallback: {request}");
+    assert!(
+        request.get("fallback").is_none(),
+        "no model, no fallback: {request}"
+    );
     let ids: Vec<&str> = record["subtasks"]
         .as_array()
         .unwrap()
@@ -32,8 +35,16 @@ fn the_example_request_runs_with_the_builtin_decomposer() {
         .collect();
     assert_eq!(ids, ["t1_word_count", "t2_eval", "t3_eval"], "{record}");
     // The reference to the word count resolved across the DAG: 9 * 3.
-    assert_eq!(record["result"]["t2_eval"], json!({"value": 27}), "{record}");
-    assert_eq!(record["result"]["t3_eval"], json!({"value": 1024}), "{record}");
+    assert_eq!(
+        record["result"]["t2_eval"],
+        json!({"value": 27}),
+        "{record}"
+    );
+    assert_eq!(
+        record["result"]["t3_eval"],
+        json!({"value": 1024}),
+        "{record}"
+    );
     assert_eq!(request["scores"], json!([1.0]), "{request}");
     assert_eq!(request["rounds"], 0);
     // `task status` shows the same decomposition.

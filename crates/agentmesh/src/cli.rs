@@ -1514,6 +1514,16 @@ pub struct AgentsArgs {
     pub json: bool,
 }
 
+/// A number in `[0, 1]`, for thresholds and similarities.
+fn unit_interval(s: &str) -> Result<f64, String> {
+    let value: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between 0 and 1, got {value}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -2050,15 +2060,5 @@ mod tests {
         let err =
             Cli::try_parse_from(["agentmesh", "local", "--max-concurrency", "0"]).unwrap_err();
         assert!(err.to_string().contains("--max-concurrency"), "{err}");
-    }
-}
-
-/// A number in `[0, 1]`, for thresholds and similarities.
-fn unit_interval(s: &str) -> Result<f64, String> {
-    let value: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("must be between 0 and 1, got {value}"))
     }
 }

@@ -345,12 +345,22 @@ fn replace_sentinel(input: &mut Value, reference: &str) -> bool {
             *s = s.replace(SENTINEL, reference);
             true
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |found, v| replace_sentinel(v, reference) || found),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |found, v| replace_sentinel(v, reference) || found),
+        // Every string is visited: a short-circuit would leave the
+        // sentinel in a later one.
+        Value::Array(items) => {
+            let mut found = false;
+            for v in items {
+                found |= replace_sentinel(v, reference);
+            }
+            found
+        }
+        Value::Object(map) => {
+            let mut found = false;
+            for v in map.values_mut() {
+                found |= replace_sentinel(v, reference);
+            }
+            found
+        }
         _ => false,
     }
 }

@@ -301,7 +301,9 @@ pub fn decomposition_prompt(request: &str, strategy: Strategy, capabilities: &[S
         Strategy::Hierarchical => {
             "Group the work: a few independent parts, each a short chain of tasks."
         }
-        Strategy::Auto => "Choose the order: dependencies only where a task needs another's output.",
+        Strategy::Auto => {
+            "Choose the order: dependencies only where a task needs another's output."
+        }
     };
     format!(
         "Decompose the request into tasks for worker agents. Each task calls one capability \

@@ -119,7 +119,9 @@ pub fn aggregate(aggregation: Aggregation, outputs: &[(String, String, Value)]) 
                 .map(|(id, _, v)| (id.clone(), v.clone()))
                 .collect::<Map<_, _>>(),
         ),
-        Aggregation::Concatenate => Value::Array(outputs.iter().map(|(_, _, v)| v.clone()).collect()),
+        Aggregation::Concatenate => {
+            Value::Array(outputs.iter().map(|(_, _, v)| v.clone()).collect())
+        }
         Aggregation::Vote => {
             // Compact JSON is the identity of an answer; ties go to the
             // earliest task.

@@ -5,8 +5,8 @@ use super::builtin::{clauses, decompose};
 use super::memory::{MemoryEntry, best_match, evictions, lexical_similarity};
 use super::post::{Aggregation, aggregate, rule_score};
 use super::*;
-use crate::task::record::TaskRecord;
 use crate::task::file::Strategy;
+use crate::task::record::TaskRecord;
 use crate::task::validate::parse;
 use crate::task::{Status, TaskLimits, validate};
 
@@ -31,10 +31,20 @@ fn example_record() -> TaskRecord {
     let request = check_request_file(&file).unwrap();
     let made = builtin(request, file.strategy);
     let tasks = made.decomposition.task_file(&file);
-    let valid = validate(tasks, &TaskLimits::default(), &|c| OFFERED.contains(&c), &offered)
-        .expect("the built-in decomposition passes the task-file validator");
+    let valid = validate(
+        tasks,
+        &TaskLimits::default(),
+        &|c| OFFERED.contains(&c),
+        &offered,
+    )
+    .expect("the built-in decomposition passes the task-file validator");
     let mut record = TaskRecord::new(crate::TaskId::new("t"), valid, 0);
-    let mut plan = RequestPlan::new(&file, made.decomposition, "builtin", &RequestOptions::default());
+    let mut plan = RequestPlan::new(
+        &file,
+        made.decomposition,
+        "builtin",
+        &RequestOptions::default(),
+    );
     plan.skipped = made.skipped;
     record.request = Some(Box::new(plan));
     record
@@ -46,8 +56,14 @@ fn the_example_decomposes_into_a_dag_with_a_reference() {
     let ids: Vec<&str> = record.subtasks.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["t1_word_count", "t2_eval", "t3_eval"]);
     assert_eq!(record.subtasks[1].depends_on, ["t1_word_count"]);
-    assert_eq!(record.subtasks[1].input, json!({"expr": "{{t1_word_count.words}} * 3"}));
-    assert!(record.subtasks[2].depends_on.is_empty(), "'also' is parallel");
+    assert_eq!(
+        record.subtasks[1].input,
+        json!({"expr": "{{t1_word_count.words}} * 3"})
+    );
+    assert!(
+        record.subtasks[2].depends_on.is_empty(),
+        "'also' is parallel"
+    );
     assert_eq!(record.subtasks[2].input, json!({"expr": "2 ^ 10"}));
     let plan = record.request.as_ref().unwrap();
     assert_eq!(plan.decomposition.tasks[0].specialist, "text analyst");
@@ -107,8 +123,13 @@ fn a_low_score_runs_exactly_one_refinement_round() {
 
 #[test]
 fn clauses_cut_at_sentences_and_connectors_but_not_in_quotes_or_numbers() {
-    let cut = clauses("Count the words in \"a. then b\", then calculate 2.5 * 2. Also fetch https://x.org");
-    let texts: Vec<(&str, bool)> = cut.iter().map(|c| (c.text.as_str(), c.after_previous)).collect();
+    let cut = clauses(
+        "Count the words in \"a. then b\", then calculate 2.5 * 2. Also fetch https://x.org",
+    );
+    let texts: Vec<(&str, bool)> = cut
+        .iter()
+        .map(|c| (c.text.as_str(), c.after_previous))
+        .collect();
     assert_eq!(
         texts,
         [
@@ -145,7 +166,14 @@ fn the_schema_offers_only_live_capabilities_and_accepts_the_builtin_plan() {
         json!(OFFERED)
     );
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let plan = serde_json::to_value(builtin("calculate 1 + 2, then calculate the result times 3", Strategy::Auto).decomposition).unwrap();
+    let plan = serde_json::to_value(
+        builtin(
+            "calculate 1 + 2, then calculate the result times 3",
+            Strategy::Auto,
+        )
+        .decomposition,
+    )
+    .unwrap();
     assert!(validator.is_valid(&plan), "{plan}");
     let foreign = json!({"tasks": [{"id": "a", "specialist": "x", "description": "d", "capability": "shell", "input": {}, "depends_on": []}]});
     assert!(!validator.is_valid(&foreign));
@@ -164,21 +192,45 @@ fn a_cyclic_decomposition_is_refused_by_the_task_file_validator() {
         outputs: vec![],
         depends_on: vec![dep.into()],
     };
-    let cyclic = Decomposition { tasks: vec![task("a", "b"), task("b", "a")] };
-    let err = validate(cyclic.task_file(&file), &TaskLimits::default(), &|_| true, &Vec::new).unwrap_err();
+    let cyclic = Decomposition {
+        tasks: vec![task("a", "b"), task("b", "a")],
+    };
+    let err = validate(
+        cyclic.task_file(&file),
+        &TaskLimits::default(),
+        &|_| true,
+        &Vec::new,
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("dependency cycle"), "{err}");
 }
 
 #[test]
 fn request_files_are_checked_before_any_provider() {
-    let check = |doc: &str| check_request_file(&parse(doc, &TaskLimits::default()).unwrap()).map(|_| ()).unwrap_err().to_string();
+    let check = |doc: &str| {
+        check_request_file(&parse(doc, &TaskLimits::default()).unwrap())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
     assert!(check("name: n\nrequest: ' '\n").contains("must not be empty"));
-    assert!(check("name: n\nrequest: x\ntasks: [{id: a, capability: c}]\n").contains("replaces tasks"));
+    assert!(
+        check("name: n\nrequest: x\ntasks: [{id: a, capability: c}]\n").contains("replaces tasks")
+    );
     assert!(check("name: n\nrequest: x\nquality_threshold: 2\n").contains("between 0 and 1"));
-    assert!(check("name: n\npattern: peer_consensus\nrequest: x\n").contains("pattern peer_consensus"));
-    let plain = parse("name: n\nstrategy: auto\ntasks: [{id: a, capability: c}]\n", &TaskLimits::default()).unwrap();
+    assert!(
+        check("name: n\npattern: peer_consensus\nrequest: x\n").contains("pattern peer_consensus")
+    );
+    let plain = parse(
+        "name: n\nstrategy: auto\ntasks: [{id: a, capability: c}]\n",
+        &TaskLimits::default(),
+    )
+    .unwrap();
     let err = validate(plain, &TaskLimits::default(), &|_| true, &Vec::new).unwrap_err();
-    assert!(err.to_string().starts_with("strategy: 'auto' is a hint"), "{err}");
+    assert!(
+        err.to_string().starts_with("strategy: 'auto' is a hint"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,17 +240,29 @@ fn aggregation_strategies() {
         ("b".to_owned(), "second".to_owned(), json!(2)),
         ("c".to_owned(), String::new(), json!(1)),
     ];
-    assert_eq!(aggregate(Aggregation::Merge, &outs), json!({"a": 1, "b": 2, "c": 1}));
+    assert_eq!(
+        aggregate(Aggregation::Merge, &outs),
+        json!({"a": 1, "b": 2, "c": 1})
+    );
     assert_eq!(aggregate(Aggregation::Concatenate, &outs), json!([1, 2, 1]));
-    assert_eq!(aggregate(Aggregation::Vote, &outs), json!({"answer": 1, "votes": 2, "of": 3}));
-    assert_eq!(aggregate(Aggregation::Summary, &outs), json!({"summary": "first: 1\nsecond: 2\nc: 1"}));
+    assert_eq!(
+        aggregate(Aggregation::Vote, &outs),
+        json!({"answer": 1, "votes": 2, "of": 3})
+    );
+    assert_eq!(
+        aggregate(Aggregation::Summary, &outs),
+        json!({"summary": "first: 1\nsecond: 2\nc: 1"})
+    );
 }
 
 #[test]
 fn quality_rules_per_capability() {
     assert_eq!(rule_score("math.eval", &json!({"value": 2})), 1.0);
     assert_eq!(rule_score("math.eval", &json!({"value": null})), 0.0);
-    assert_eq!(rule_score("text.word_count", &json!({"top_words": []})), 0.0);
+    assert_eq!(
+        rule_score("text.word_count", &json!({"top_words": []})),
+        0.0
+    );
     assert_eq!(rule_score("http.get", &json!({"status": 503})), 0.0);
     assert_eq!(rule_score("custom", &json!("")), 0.0);
     assert_eq!(rule_score("custom", &json!({"x": 1})), 1.0);
@@ -224,7 +288,10 @@ fn memory_reuses_similar_requests_only_and_evicts_the_oldest() {
     ];
     let hit = best_match("Count the words in 'a b c'!", None, &entries, 0.9).unwrap();
     assert_eq!((hit.entry.task.as_str(), hit.by), ("old", "lexical"));
-    assert!(best_match("calculate 3 + 3", None, &entries, 0.9).is_none(), "numbers differ");
+    assert!(
+        best_match("calculate 3 + 3", None, &entries, 0.9).is_none(),
+        "numbers differ"
+    );
     assert!(lexical_similarity("calculate 2 + 2", "calculate 2 + 2") == 1.0);
     assert_eq!(evictions(&entries, 1), [crate::TaskId::new("old")]);
     assert!(evictions(&entries, 2).is_empty());

@@ -37,10 +37,7 @@ fn refused(error: RequestError) -> TaskFileError {
     match error {
         RequestError::NothingPlaced { .. } => TaskFileError::Unsupported {
             field: "request".into(),
-            message: error
-                .to_string()
-                .trim_start_matches("request: ")
-                .to_owned(),
+            message: error.to_string().trim_start_matches("request: ").to_owned(),
         },
         RequestError::Invalid(message) => TaskFileError::Invalid {
             field: "request".into(),
@@ -64,7 +61,9 @@ impl RequestPlanner {
         limits: &TaskLimits,
         membership: &Membership,
     ) -> Result<(TaskFile, RequestPlan), TaskFileError> {
-        let request = request::check_request_file(&file).map_err(refused)?.to_owned();
+        let request = request::check_request_file(&file)
+            .map_err(refused)?
+            .to_owned();
         let capabilities = membership.capabilities_of(Role::Worker);
         let offers = |c: &str| membership.offers_as(Role::Worker, c);
         let check = |decomposition: &Decomposition| {
@@ -84,7 +83,17 @@ impl RequestPlanner {
         };
         let mut fallback = None;
         if let Some(chat) = chat {
-            match self.ask(chat.as_ref(), &file, &request, &capabilities, limits, membership).await {
+            match self
+                .ask(
+                    chat.as_ref(),
+                    &file,
+                    &request,
+                    &capabilities,
+                    limits,
+                    membership,
+                )
+                .await
+            {
                 Ok((decomposition, provider, retried)) => {
                     let decomposition = decomposition.bounded();
                     let tasks = check(&decomposition)?;
@@ -146,7 +155,10 @@ impl RequestPlanner {
             let decomposition: Decomposition =
                 serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
             if decomposition.tasks.len() > max {
-                return Err(format!("{} tasks, over the limit of {max}", decomposition.tasks.len()));
+                return Err(format!(
+                    "{} tasks, over the limit of {max}",
+                    decomposition.tasks.len()
+                ));
             }
             validate(
                 decomposition.task_file(&file),
@@ -163,7 +175,13 @@ impl RequestPlanner {
             chat_validated(chat, &ask, Some(&domain)),
         )
         .await
-        .map_err(|_| format!("{}: no decomposition within {:?}", chat.name(), DECOMPOSE_TIMEOUT * 2))?
+        .map_err(|_| {
+            format!(
+                "{}: no decomposition within {:?}",
+                chat.name(),
+                DECOMPOSE_TIMEOUT * 2
+            )
+        })?
         .map_err(|e| format!("{}: {e}", chat.name()))?;
         let decomposition: Decomposition =
             serde_json::from_value(answer.value).map_err(|e| e.to_string())?;
@@ -272,7 +290,10 @@ mod tests {
         let (tasks, plan) = plan(Some(provider(&[&cyclic, "{}"]))).await;
         assert_eq!(plan.provider, BUILTIN);
         let why = plan.fallback.unwrap();
-        assert!(why.starts_with("scripted: invalid answer after a retry"), "{why}");
+        assert!(
+            why.starts_with("scripted: invalid answer after a retry"),
+            "{why}"
+        );
         assert_eq!(tasks.tasks[0].capability, "math.eval");
         assert_eq!(tasks.tasks[0].input, json!({"expr": "6 * 7"}));
     }

@@ -371,14 +371,18 @@ impl TaskApi {
 
     /// The record of a parsed file: as it is, or, for a request, once it
     /// is decomposed (asynchronously: a model may take seconds).
-    async fn planned(&self, parsed: Parsed, membership: &Membership) -> Result<TaskRecord, ApiError> {
+    async fn planned(
+        &self,
+        parsed: Parsed,
+        membership: &Membership,
+    ) -> Result<TaskRecord, ApiError> {
         match parsed {
             Parsed::Record(record) => Ok(record),
             Parsed::Request(file) => {
                 let span = crate::span!("decomposition");
                 let (tasks, plan) = self
                     .requests
-                    .plan(self.providers.chat.as_ref(), *file, &self.limits, membership)
+                    .plan(self.providers.chat.as_ref(), file, &self.limits, membership)
                     .instrument(span)
                     .await?;
                 let mut record = TaskRecord::new(
@@ -652,7 +656,7 @@ fn new_record(
 ) -> Result<Parsed, ApiError> {
     let file = parse(document, limits)?;
     if agentmesh_core::request::is_request(&file) {
-        return Ok(Parsed::Request(Box::new(file)));
+        return Ok(Parsed::Request(file));
     }
     // Unsupported patterns are refused by `validate`, naming the ones
     // this cluster runs.
@@ -679,7 +683,7 @@ fn new_record(
 /// A parsed document: a validated task, or a request to decompose first.
 enum Parsed {
     Record(TaskRecord),
-    Request(Box<agentmesh_core::task::TaskFile>),
+    Request(agentmesh_core::task::TaskFile),
 }
 
 /// Puts a task sent as a `google.protobuf.Struct` into the request as its
