@@ -41,5 +41,6 @@ mod observe;
 mod peers;
 mod reactive;
 mod registry_etcd;
+mod requests;
 mod security;
 mod support;

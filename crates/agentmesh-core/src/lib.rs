@@ -20,6 +20,7 @@ pub mod ids;
 pub mod patterns;
 pub mod reactive;
 pub mod reputation;
+pub mod request;
 pub mod retry;
 pub mod scheduling;
 pub mod task;

@@ -113,6 +113,11 @@ pub fn task_record(r: &TaskRecord) -> pb::TaskRecord {
             .as_ref()
             .and_then(|r| serde_json::to_string(r).ok())
             .unwrap_or_default(),
+        request_json: r
+            .request
+            .as_ref()
+            .and_then(|plan| serde_json::to_string(plan).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -403,6 +408,7 @@ pub fn task_json(r: &pb::TaskRecord) -> Value {
         "revision": r.revision,
         "owner": non_empty(&r.owner),
         "reactive": parse_json(&r.reactive_json),
+        "request": parse_json(&r.request_json),
         "subtasks": r.subtasks.iter().map(|s| without_nulls(json!({
             "id": s.id,
             "capability": s.capability,

@@ -681,6 +681,29 @@ pub struct NodeArgs {
     /// off the async runtime; more submits wait their turn (coordinator).
     #[arg(long, env = "AGENTMESH_PARSE_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parse_concurrency: u64,
+    /// The quality score below which a natural-language request gets a
+    /// refinement round, in [0, 1]: the guide's 0.7 (coordinator; a task
+    /// file's `quality_threshold` overrides it).
+    #[arg(long, env = "AGENTMESH_REQUEST_QUALITY_THRESHOLD", default_value_t = 0.7, value_parser = unit_interval)]
+    pub request_quality_threshold: f64,
+    /// Refinement rounds a request may run; each is a full run of the
+    /// weak tasks, so it is bounded (at most 3; 0 turns refinement off)
+    /// (coordinator).
+    #[arg(long, env = "AGENTMESH_REQUEST_MAX_ROUNDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=3))]
+    pub request_max_rounds: u32,
+    /// Tasks one request's decomposition may have: bounds what a model's
+    /// answer can make the cluster run (coordinator).
+    #[arg(long, env = "AGENTMESH_REQUEST_MAX_SUBTASKS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub request_max_subtasks: u64,
+    /// Past (request, decomposition, quality) triples kept in the
+    /// coordination memory; the oldest is evicted beyond it (coordinator).
+    #[arg(long, env = "AGENTMESH_REQUEST_MEMORY_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub request_memory_size: u64,
+    /// The similarity, in [0, 1], at or above which a remembered
+    /// decomposition is reused for a new request instead of asking the
+    /// provider: high, as a reused plan runs as it is (coordinator).
+    #[arg(long, env = "AGENTMESH_REQUEST_MEMORY_SIMILARITY", default_value_t = 0.9, value_parser = unit_interval)]
+    pub request_memory_similarity: f64,
     /// How long an ended task's record is kept in etcd (Status and Watch
     /// answer NOT_FOUND after), e.g. `24h`, `90m`, `30s` (coordinator).
     #[arg(long, env = "AGENTMESH_TASK_RETENTION", default_value = "24h", value_parser = parse_duration)]
@@ -1069,6 +1092,13 @@ impl NodeArgs {
         coordinator.ended_cache_bytes = self.ended_cache_bytes as usize;
         coordinator.max_task_resumes = self.max_task_resumes;
         coordinator.parse_concurrency = self.parse_concurrency as usize;
+        coordinator.requests = agentmesh_core::request::RequestOptions {
+            quality_threshold: self.request_quality_threshold,
+            max_rounds: self.request_max_rounds,
+            max_subtasks: self.request_max_subtasks as usize,
+            memory_size: self.request_memory_size as usize,
+            memory_similarity: self.request_memory_similarity,
+        };
         coordinator.task_retention = self.task_retention;
         coordinator.max_ended_tasks = usize::try_from(self.max_ended_tasks).unwrap_or(usize::MAX);
         let events = &mut coordinator.events;
@@ -1629,6 +1659,16 @@ pub struct AgentsArgs {
     /// Prints JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A number in `[0, 1]`, for thresholds and similarities.
+fn unit_interval(s: &str) -> Result<f64, String> {
+    let value: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between 0 and 1, got {value}"))
+    }
 }
 
 #[cfg(test)]

@@ -35,8 +35,9 @@ pub struct TaskFile {
     /// `reputation_weighted`, `quality_based` or `hybrid`, the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<String>,
-    /// `reactive`: the request in prose, answered by a keyword-routed tool
-    /// (see `core::reactive`).
+    /// The request in prose: with `reactive`, answered by a keyword-routed
+    /// tool (see `core::reactive`); with any other pattern, decomposed into
+    /// `tasks` at submit (see `core::request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
     /// `reactive`: whether the answer may come from, and goes into, the
@@ -47,6 +48,14 @@ pub struct TaskFile {
     /// used, in `[0, 1]` (default 0.8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// A decomposed request: how the outputs are combined into the result
+    /// (`merge`, the default, `concatenate`, `vote` or `summary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<crate::request::Aggregation>,
+    /// A decomposed request: the quality score below which one refinement
+    /// round runs, in `[0, 1]` (default: the node's, 0.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_threshold: Option<f64>,
 }
 
 impl TaskFile {
@@ -132,7 +141,9 @@ impl fmt::Display for Pattern {
 }
 
 /// How subtasks are ordered: `sequential` chains every entry to the one
-/// before it; `parallel` runs the DAG given by `depends_on`. With pattern
+/// before it; `parallel` runs the DAG given by `depends_on`. `auto` is a
+/// request's hint only: the decomposer picks the order (see
+/// `core::request`). With pattern
 /// `hierarchical` the strategy orders the tasks within each objective.
 ///
 /// `hierarchical` is part of the format but refused at validation: levels
@@ -146,6 +157,7 @@ pub enum Strategy {
     #[default]
     Parallel,
     Hierarchical,
+    Auto,
 }
 
 impl Strategy {
@@ -154,6 +166,7 @@ impl Strategy {
             Strategy::Sequential => "sequential",
             Strategy::Parallel => "parallel",
             Strategy::Hierarchical => "hierarchical",
+            Strategy::Auto => "auto",
         }
     }
 }

@@ -197,6 +197,10 @@ pub struct TaskRecord {
     /// records are of other patterns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reactive: Option<Box<crate::reactive::ReactiveRecord>>,
+    /// A natural-language request: how it was decomposed (the subtasks
+    /// are its DAG), and its post-processing (see `core::request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Box<crate::request::RequestPlan>>,
 }
 
 /// A running attempt that a transition stopped and whose worker should be
@@ -254,6 +258,7 @@ impl TaskRecord {
             idempotency_key: None,
             document_sha256: None,
             reactive,
+            request: None,
         }
     }
 
@@ -430,7 +435,7 @@ impl TaskRecord {
         s.applied = Some(result);
         s.finished_ms = Some(now_ms);
         if self.subtasks.iter().all(|s| s.status == Status::Completed) {
-            self.status = Status::Completed;
+            self.post_process();
         }
         self.touch(now_ms);
         Applied::Changed
@@ -453,6 +458,43 @@ impl TaskRecord {
             self.subtasks[subtask].applied = Some(result);
         }
         outcome
+    }
+
+    /// Every subtask has completed: a plain task is done; a request is
+    /// aggregated and scored, and either done or given a refinement round
+    /// of new pending subtasks (see `core::request::post`).
+    fn post_process(&mut self) {
+        let Some(plan) = self.request.as_deref() else {
+            self.status = Status::Completed;
+            return;
+        };
+        match crate::request::post::post_process(&self.subtasks, plan) {
+            crate::request::PostProcess::Done { result, score } => {
+                if let Some(plan) = self.request.as_deref_mut() {
+                    plan.scores.push(score);
+                    plan.judged_by.get_or_insert_with(|| "rules".into());
+                    plan.result = Some(result);
+                }
+                self.status = Status::Completed;
+            }
+            crate::request::PostProcess::Refine {
+                score, subtasks, ..
+            } => {
+                if let Some(plan) = self.request.as_deref_mut() {
+                    plan.scores.push(score);
+                    plan.judged_by.get_or_insert_with(|| "rules".into());
+                    plan.rounds += 1;
+                    for (spec, original) in &subtasks {
+                        plan.refined.insert(spec.id.clone(), original.clone());
+                    }
+                }
+                self.subtasks.extend(
+                    subtasks
+                        .into_iter()
+                        .map(|(spec, _)| SubtaskRecord::pending(spec)),
+                );
+            }
+        }
     }
 
     /// Fails the subtask, and with it the task, without a result of its
@@ -623,6 +665,9 @@ impl TaskRecord {
     /// subtask depends on) when there are several. `None` until the task
     /// has completed.
     pub fn result(&self) -> Option<Value> {
+        if let Some(result) = self.request.as_ref().and_then(|p| p.result.clone()) {
+            return (self.status == Status::Completed).then_some(result);
+        }
         (self.status == Status::Completed).then(|| self.aggregate())
     }
 

@@ -555,11 +555,28 @@ fn check_header(file: &TaskFile) -> Result<&'static dyn PatternRules, TaskFileEr
             message: "strategy 'hierarchical' is not available (supported: sequential, parallel); for strategic, tactical and operational levels use pattern 'hierarchical' with objectives".into(),
         });
     }
+    if file.strategy == Strategy::Auto {
+        return Err(TaskFileError::invalid(
+            "strategy",
+            "'auto' is a hint for a request (request: instead of tasks:); a list of tasks is sequential or parallel",
+        ));
+    }
     Ok(rules)
 }
 
 /// Refuses a field that belongs to another pattern than the task's.
 fn check_foreign_fields(file: &TaskFile) -> Result<(), TaskFileError> {
+    for (field, given) in [
+        ("aggregation", file.aggregation.is_some()),
+        ("quality_threshold", file.quality_threshold.is_some()),
+    ] {
+        if given && file.request.is_none() {
+            return Err(TaskFileError::invalid(
+                field,
+                "applies to a request (request: instead of tasks:) only",
+            ));
+        }
+    }
     for field in file.pattern_fields() {
         let owner = patterns::owner_of(field);
         if owner.is_some_and(|owner| owner != file.pattern) {

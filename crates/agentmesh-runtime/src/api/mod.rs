@@ -8,4 +8,5 @@ pub mod error;
 pub mod events;
 pub mod forward;
 pub mod reactive;
+pub mod request;
 pub mod task;

@@ -136,6 +136,8 @@ pub struct TaskApi {
     routing_table: Arc<RoutingTable>,
     /// The provider fallback of reactive requests (see [`reactive`]).
     fallback: Arc<reactive::ProviderFallback>,
+    /// Decomposes natural-language requests (see [`super::request`]).
+    requests: super::request::RequestPlanner,
 }
 
 impl TaskApi {
@@ -152,6 +154,7 @@ impl TaskApi {
             providers: Providers::none(),
             routing_table: Arc::new(RoutingTable::builtin()),
             fallback: Arc::new(reactive::ProviderFallback::none()),
+            requests: super::request::RequestPlanner::default(),
         }
     }
 
@@ -201,6 +204,13 @@ impl TaskApi {
             agentmesh_core::breaker::BreakerPolicy::default(),
         ));
         self.providers = providers;
+        self
+    }
+
+    /// Decomposes `request:` files with `planner`'s knobs, by the node's
+    /// chat provider (see [`TaskApi::with_providers`]) or the built-in rules.
+    pub fn with_request_planner(mut self, planner: super::request::RequestPlanner) -> Self {
+        self.requests = planner;
         self
     }
 
@@ -386,12 +396,10 @@ impl TaskApi {
         let span = crate::span!("validation", bytes = document.len());
         if document.len() <= INLINE_PARSE_BYTES {
             let membership = self.registry.membership().borrow().clone();
-            let (mut record, unplaced) = span.in_scope(|| {
+            let parsed = span.in_scope(|| {
                 new_record(document, &self.limits, &membership, &self.routing_table)
             })?;
-            if let Some(unplaced) = unplaced {
-                self.place(&mut record, unplaced, &membership).await?;
-            }
+            let mut record = self.planned(parsed, &membership).await?;
             submitter.stamp(&mut record, document);
             return Ok(record);
         }
@@ -408,17 +416,46 @@ impl TaskApi {
         let owned = document.to_owned();
         let table = self.routing_table.clone();
         let view = membership.clone();
-        let (mut record, unplaced) = tokio::task::spawn_blocking(move || {
+        let parsed = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             span.in_scope(|| new_record(&owned, &limits, &view, &table))
         })
         .await
         .map_err(|e| ApiError::Coordinator(format!("task parsing failed: {e}")))??;
-        if let Some(unplaced) = unplaced {
-            self.place(&mut record, unplaced, &membership).await?;
-        }
+        let mut record = self.planned(parsed, &membership).await?;
         submitter.stamp(&mut record, document);
         Ok(record)
+    }
+
+    /// The record of a parsed file: as it is, or, for a request, once it
+    /// is decomposed (asynchronously: a model may take seconds).
+    async fn planned(
+        &self,
+        parsed: Parsed,
+        membership: &Membership,
+    ) -> Result<TaskRecord, ApiError> {
+        match parsed {
+            Parsed::Record(record) => Ok(record),
+            Parsed::Unplaced(mut record, unplaced) => {
+                self.place(&mut record, *unplaced, membership).await?;
+                Ok(record)
+            }
+            Parsed::Request(file) => {
+                let span = crate::span!("decomposition");
+                let (tasks, plan) = self
+                    .requests
+                    .plan(self.providers.chat.as_ref(), file, &self.limits, membership)
+                    .instrument(span)
+                    .await?;
+                let mut record = TaskRecord::new(
+                    TaskId::new(uuid::Uuid::new_v4().to_string()),
+                    tasks,
+                    now_ms(),
+                );
+                record.request = Some(Box::new(plan));
+                Ok(record)
+            }
+        }
     }
 
     /// Hands `record` to the leader here, unless its idempotency key names
@@ -679,8 +716,11 @@ pub(crate) fn new_record(
     limits: &TaskLimits,
     membership: &Membership,
     table: &RoutingTable,
-) -> Result<(TaskRecord, Option<Unplaced>), ApiError> {
+) -> Result<Parsed, ApiError> {
     let file = parse(document, limits)?;
+    if agentmesh_core::request::is_request(&file) {
+        return Ok(Parsed::Request(file));
+    }
     // Unsupported patterns are refused by `validate`, naming the ones
     // this cluster runs.
     let runner = match patterns::rules(file.pattern) {
@@ -703,16 +743,28 @@ pub(crate) fn new_record(
         now_ms(),
     );
     let Some(file) = reactive else {
-        return Ok((record, None));
+        return Ok(Parsed::Record(record));
     };
     let routed = reactive::route_with(&file, table, &ReactiveLimits::default())?;
     let Some(choice) = &routed.tool else {
-        return Ok((record, Some(Unplaced { file, routed })));
+        return Ok(Parsed::Unplaced(
+            record,
+            Box::new(Unplaced { file, routed }),
+        ));
     };
     reactive::check_offered(membership, &choice.tool)?;
     let kind = routed.classification.kind();
     record.route_reactive(choice, |r| r.kind = kind);
-    Ok((record, None))
+    Ok(Parsed::Record(record))
+}
+
+/// A parsed document: a validated task, one whose reactive request needs
+/// the provider to place it, or a natural-language request to decompose
+/// first.
+pub(crate) enum Parsed {
+    Record(TaskRecord),
+    Unplaced(TaskRecord, Box<Unplaced>),
+    Request(agentmesh_core::task::TaskFile),
 }
 
 /// A reactive request the routing table's keywords could not route: the

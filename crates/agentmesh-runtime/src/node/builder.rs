@@ -200,7 +200,10 @@ impl NodeBuilder {
             config.coordinator.limits.clone(),
         )
         .with_providers(spawner.providers().clone())
-        .with_routing_table(config.coordinator.routing_table.clone());
+        .with_routing_table(config.coordinator.routing_table.clone())
+        .with_request_planner(crate::api::request::RequestPlanner {
+            options: config.coordinator.requests.clone(),
+        });
         // In one process nobody else calls in: the dashboard is as open as
         // the embedded cluster's API.
         dashboard.set(Dashboard::new(

@@ -137,6 +137,10 @@ pub struct CoordinatorConfig {
     /// worker, where it would delay lease keep-alives and every other
     /// call, and a burst of them must not take every blocking thread.
     pub parse_concurrency: usize,
+    /// Natural-language requests: the quality threshold, refinement
+    /// rounds, decomposition size and coordination memory (see
+    /// `docs/requests.md`).
+    pub requests: agentmesh_core::request::RequestOptions,
     /// How long an ended task's record stays in etcd (and answers Status
     /// and Watch) after it ended. Records are never rewritten once ended,
     /// but they stay until deleted, and etcd's database is bounded: without
@@ -199,6 +203,7 @@ impl Default for CoordinatorConfig {
             attempt_timeout: Duration::from_secs(600),
             max_task_resumes: 3,
             parse_concurrency: crate::api::task::DEFAULT_PARSE_CONCURRENCY,
+            requests: agentmesh_core::request::RequestOptions::default(),
             task_retention: DEFAULT_TASK_RETENTION,
             max_ended_tasks: DEFAULT_MAX_ENDED_TASKS,
             events: EventsConfig::default(),

@@ -188,7 +188,10 @@ impl Node {
         )
         .with_parse_concurrency(config.coordinator.parse_concurrency)
         .with_providers(spawner.providers().clone())
-        .with_routing_table(config.coordinator.routing_table.clone());
+        .with_routing_table(config.coordinator.routing_table.clone())
+        .with_request_planner(crate::api::request::RequestPlanner {
+            options: config.coordinator.requests.clone(),
+        });
         let events = EventApi::new(
             api.clone(),
             registry.clone(),

@@ -213,6 +213,8 @@ fn file_from(deps: &[Vec<usize>]) -> TaskFile {
         request: None,
         cache: None,
         threshold: None,
+        aggregation: None,
+        quality_threshold: None,
         objectives: Vec::new(),
         tasks: deps
             .iter()

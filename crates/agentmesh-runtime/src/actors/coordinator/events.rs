@@ -15,6 +15,7 @@
 //! moves on. A new leader restores the records and sends again what was in
 //! flight (at least once).
 
+use crate::api::task::Parsed;
 use agentmesh_core::reactive::RoutingTable;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -668,13 +669,20 @@ async fn submit(
             document.len()
         ));
     }
-    let (mut record, unplaced) = crate::api::task::new_record(document, limits, membership, table)
-        .map_err(|e| e.to_string())?;
-    // The provider fallback runs where a client's submit is taken; a
-    // handler's request must be one the routing table places.
-    if unplaced.is_some() {
-        return Err("the handler's reactive request fits no tool of the routing table".into());
-    }
+    // The provider fallback and the decomposition of a natural-language
+    // request run where a client's submit is taken: a handler's task file
+    // must be one that needs neither.
+    let mut record = match crate::api::task::new_record(document, limits, membership, table)
+        .map_err(|e| e.to_string())?
+    {
+        Parsed::Record(record) => record,
+        Parsed::Unplaced(..) => {
+            return Err("the handler's reactive request fits no tool of the routing table".into());
+        }
+        Parsed::Request(_) => {
+            return Err("a handler's task file gives tasks, not a natural-language request".into());
+        }
+    };
     // Handler tasks share one client, so they share one fair share and
     // one set of per-client limits; the record names the event's publisher.
     record.client = Some(ClientId::parse(HANDLER_CLIENT).unwrap_or_else(|_| ClientId::unnamed()));

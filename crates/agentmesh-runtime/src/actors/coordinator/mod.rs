@@ -502,6 +502,9 @@ impl CoordinatorState {
             worker: worker.clone(),
         };
         let blame = convert::blame(&result);
+        // A request's refinement round appends subtasks when the last one
+        // completes; they are ready whatever they depend on.
+        let planned = record.subtasks.len();
         let (applied, stopped, success) = match checked_outcome(&self.config, &result) {
             Ok(output) => {
                 emit(
@@ -545,7 +548,7 @@ impl CoordinatorState {
         let newly_ready: Vec<usize> = record
             .ready()
             .into_iter()
-            .filter(|&i| record.subtasks[i].depends_on.contains(&completed_id))
+            .filter(|&i| i >= planned || record.subtasks[i].depends_on.contains(&completed_id))
             .collect();
         self.queue
             .extend(newly_ready.into_iter().map(|i| (id.clone(), i)));

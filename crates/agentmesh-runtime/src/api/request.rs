@@ -1,0 +1,307 @@
+//! Natural-language requests at submit: a file with `request:` (any
+//! pattern but `reactive`) is decomposed here, in [`super::task::TaskApi`]
+//! before the record is handed to the coordinator, so a slow model never
+//! holds the coordinator's actor: the configured chat provider is asked
+//! for a decomposition under the schema of `core::request`, validated by
+//! [`chat_validated`] (retried once with the error fed back), and the
+//! deterministic built-in decomposer answers when there is no model or its
+//! answer is invalid twice. Either way the DAG then passes the same
+//! task-file validator as a submitted file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_core::request::{
+    self, Decomposition, RequestError, RequestOptions, RequestPlan, builtin,
+};
+use agentmesh_core::task::{TaskFile, TaskFileError, TaskLimits, validate};
+use agentmesh_core::{Membership, Role};
+use agentmesh_llm::{ChatProvider, ChatRequest, DomainCheck, Message, chat_validated};
+
+/// The name a built-in decomposition is recorded under.
+pub const BUILTIN: &str = "builtin";
+/// Time a model has for one decomposition, retry included.
+pub const DECOMPOSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tokens a decomposition answer may take: room for the most subtasks a
+/// small plan has, bounded so a rambling model stops.
+pub const DECOMPOSE_MAX_TOKENS: u32 = 1024;
+
+/// Decomposes requests with the node's knobs; one per node, shared by
+/// every submit.
+#[derive(Debug, Clone, Default)]
+pub struct RequestPlanner {
+    pub options: RequestOptions,
+}
+
+fn refused(error: RequestError) -> TaskFileError {
+    match error {
+        RequestError::NothingPlaced { .. } => TaskFileError::Unsupported {
+            field: "request".into(),
+            message: error.to_string().trim_start_matches("request: ").to_owned(),
+        },
+        RequestError::Invalid(message) => TaskFileError::Invalid {
+            field: "request".into(),
+            message,
+        },
+        RequestError::Decomposition(message) => TaskFileError::Invalid {
+            field: "request".into(),
+            message,
+        },
+    }
+}
+
+impl RequestPlanner {
+    /// The validated task file a request stands for, and the plan the
+    /// record keeps.
+    /// `chat` is the node's model (`None`: the built-in rules decompose).
+    pub async fn plan(
+        &self,
+        chat: Option<&Arc<dyn ChatProvider>>,
+        file: TaskFile,
+        limits: &TaskLimits,
+        membership: &Membership,
+    ) -> Result<(TaskFile, RequestPlan), TaskFileError> {
+        let request = request::check_request_file(&file)
+            .map_err(refused)?
+            .to_owned();
+        let capabilities = membership.capabilities_of(Role::Worker);
+        let offers = |c: &str| membership.offers_as(Role::Worker, c);
+        let check = |decomposition: &Decomposition| {
+            if decomposition.tasks.len() > self.options.max_subtasks {
+                return Err(TaskFileError::Invalid {
+                    field: "tasks".into(),
+                    message: format!(
+                        "the decomposition has {} tasks, over the limit --request-max-subtasks = {}",
+                        decomposition.tasks.len(),
+                        self.options.max_subtasks
+                    ),
+                });
+            }
+            validate(decomposition.task_file(&file), limits, &offers, &|| {
+                capabilities.clone()
+            })
+        };
+        let mut fallback = None;
+        if let Some(chat) = chat {
+            match self
+                .ask(
+                    chat.as_ref(),
+                    &file,
+                    &request,
+                    &capabilities,
+                    limits,
+                    membership,
+                )
+                .await
+            {
+                Ok((decomposition, provider, retried)) => {
+                    let decomposition = decomposition.bounded();
+                    let tasks = check(&decomposition)?;
+                    let mut plan = RequestPlan::new(&file, decomposition, provider, &self.options);
+                    plan.retried_because = retried;
+                    return Ok((tasks, plan));
+                }
+                Err(reason) => {
+                    tracing::warn!(provider = chat.name(), %reason, "decomposition falls back to the built-in rules");
+                    fallback = Some(agentmesh_core::task::message::clip(&reason, 600));
+                }
+            }
+        }
+        let made = builtin::decompose(
+            &request,
+            file.strategy,
+            &offers,
+            &capabilities,
+            self.options.max_subtasks,
+        )
+        .map_err(refused)?;
+        let tasks = check(&made.decomposition)?;
+        let mut plan = RequestPlan::new(&file, made.decomposition, BUILTIN, &self.options);
+        plan.skipped = made.skipped;
+        plan.fallback = fallback;
+        Ok((tasks, plan))
+    }
+
+    /// The model's decomposition, validated (schema, then the task-file
+    /// validator as the domain check), or why there is none.
+    async fn ask(
+        &self,
+        chat: &dyn ChatProvider,
+        file: &TaskFile,
+        request: &str,
+        capabilities: &[String],
+        limits: &TaskLimits,
+        membership: &Membership,
+    ) -> Result<(Decomposition, String, Option<String>), String> {
+        if capabilities.is_empty() {
+            return Err("no live worker offers a capability".into());
+        }
+        let schema = request::decomposition_schema(capabilities, self.options.max_subtasks);
+        let prompt = request::decomposition_prompt(request, file.strategy, capabilities);
+        let ask = ChatRequest::new(vec![
+            Message::system(
+                "You plan work for a cluster of tool-running agents. Answer with JSON only.",
+            ),
+            Message::user(prompt),
+        ])
+        .with_schema("decomposition", schema)
+        .with_temperature(0.0)
+        .with_seed(0)
+        .with_max_tokens(DECOMPOSE_MAX_TOKENS)
+        .with_timeout(DECOMPOSE_TIMEOUT);
+        let (file, limits, membership) = (file.clone(), limits.clone(), membership.clone());
+        let max = self.options.max_subtasks;
+        let domain: DomainCheck = Arc::new(move |value| {
+            let decomposition: Decomposition =
+                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+            if decomposition.tasks.len() > max {
+                return Err(format!(
+                    "{} tasks, over the limit of {max}",
+                    decomposition.tasks.len()
+                ));
+            }
+            validate(
+                decomposition.task_file(&file),
+                &limits,
+                &|c| membership.offers_as(Role::Worker, c),
+                &|| membership.capabilities_of(Role::Worker),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+        // The provider bounds its own call; this bounds the retry too.
+        let answer = tokio::time::timeout(
+            DECOMPOSE_TIMEOUT * 2,
+            chat_validated(chat, &ask, Some(&domain)),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "{}: no decomposition within {:?}",
+                chat.name(),
+                DECOMPOSE_TIMEOUT * 2
+            )
+        })?
+        .map_err(|e| format!("{}: {e}", chat.name()))?;
+        let decomposition: Decomposition =
+            serde_json::from_value(answer.value).map_err(|e| e.to_string())?;
+        Ok((
+            decomposition,
+            answer.answer.provider,
+            answer.retried_because.map(|e| e.to_string()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use agentmesh_core::task::validate::parse;
+    use agentmesh_core::{AgentId, AgentRegistration};
+    use agentmesh_llm::{ChatAnswer, FinishReason, LlmError, Usage};
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A provider that answers the scripted texts in order.
+    struct Scripted {
+        answers: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ChatProvider for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        async fn chat(&self, _: &ChatRequest) -> Result<ChatAnswer, LlmError> {
+            let text = self.answers.lock().unwrap().remove(0);
+            Ok(ChatAnswer {
+                text,
+                finish_reason: FinishReason::Stop,
+                usage: Usage::default(),
+                provider: "scripted".into(),
+            })
+        }
+    }
+
+    fn provider(answers: &[&str]) -> Arc<dyn ChatProvider> {
+        Arc::new(Scripted {
+            answers: Mutex::new(answers.iter().map(|s| (*s).to_owned()).collect()),
+        })
+    }
+
+    fn membership() -> Membership {
+        let worker = AgentRegistration {
+            id: AgentId::new("w"),
+            role: Role::Worker,
+            level: None,
+            capabilities: vec!["math.eval".into(), "text.word_count".into()],
+            endpoint: "127.0.0.1:1".into(),
+            load: 0,
+            max_concurrency: 1,
+            version: "t".into(),
+            faults: Vec::new(),
+            insecure: false,
+            event_handlers: Vec::new(),
+        };
+        Membership {
+            agents: [(worker.id.clone(), worker)].into(),
+        }
+    }
+
+    async fn plan(chat: Option<Arc<dyn ChatProvider>>) -> (TaskFile, RequestPlan) {
+        let file = parse(
+            "name: r\nrequest: calculate 6 * 7\n",
+            &TaskLimits::default(),
+        )
+        .unwrap();
+        RequestPlanner::default()
+            .plan(chat.as_ref(), file, &TaskLimits::default(), &membership())
+            .await
+            .unwrap()
+    }
+
+    const VALID: &str = r#"{"tasks": [{"id": "mul", "specialist": "calculator", "description": "multiply", "capability": "math.eval", "input": {"expr": "6 * 7"}, "depends_on": []}]}"#;
+
+    #[tokio::test]
+    async fn a_valid_model_answer_is_the_decomposition() {
+        let (tasks, plan) = plan(Some(provider(&[VALID]))).await;
+        assert_eq!(tasks.tasks[0].id, "mul");
+        assert_eq!(plan.provider, "scripted");
+        assert_eq!((plan.fallback, plan.retried_because), (None, None));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_answer_is_retried_once_with_the_error() {
+        let (tasks, plan) = plan(Some(provider(&["not json", VALID]))).await;
+        assert_eq!(tasks.tasks[0].id, "mul");
+        assert!(plan.retried_because.unwrap().contains("not JSON"));
+    }
+
+    #[tokio::test]
+    async fn twice_invalid_falls_back_to_the_builtin_rules_and_says_why() {
+        // Schema-valid but a cycle: the task-file validator refuses it.
+        let cyclic = json!({"tasks": [
+            {"id": "a", "specialist": "s", "description": "d", "capability": "math.eval", "input": {}, "depends_on": ["b"]},
+            {"id": "b", "specialist": "s", "description": "d", "capability": "math.eval", "input": {}, "depends_on": ["a"]},
+        ]})
+        .to_string();
+        let (tasks, plan) = plan(Some(provider(&[&cyclic, "{}"]))).await;
+        assert_eq!(plan.provider, BUILTIN);
+        let why = plan.fallback.unwrap();
+        assert!(
+            why.starts_with("scripted: invalid answer after a retry"),
+            "{why}"
+        );
+        assert_eq!(tasks.tasks[0].capability, "math.eval");
+        assert_eq!(tasks.tasks[0].input, json!({"expr": "6 * 7"}));
+    }
+
+    #[tokio::test]
+    async fn without_a_model_the_builtin_rules_decompose() {
+        let (_, plan) = plan(None).await;
+        assert_eq!((plan.provider.as_str(), plan.fallback), (BUILTIN, None));
+    }
+}
