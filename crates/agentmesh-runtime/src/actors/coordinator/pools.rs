@@ -2,7 +2,7 @@
 //! tasks, peers (each proposing a collaboration among peers) for
 //! `peer_consensus` tasks, hierarchy levels for `hierarchical` tasks (their
 //! plan goes to a strategic-level agent), reactive agents for `reactive`
-//! tasks when any is live (workers otherwise). An agent is in one pool at
+//! tasks when one that offers the tool is live (workers otherwise). An agent is in one pool at
 //! most, by its role, so what is done by agent id is done in every pool.
 
 use agentmesh_core::patterns;
@@ -33,12 +33,17 @@ impl Pools {
         pools
     }
 
-    /// The pool a subtask of a task with `pattern` is placed from: its
-    /// runners' role, as the pattern's rules say.
-    /// A reactive task goes to the reactive pool while it has an agent.
-    pub fn for_pattern(&mut self, pattern: Pattern) -> &mut WorkerPool {
+    /// The pool a subtask needing `capability` of a task with `pattern` is
+    /// placed from: its runners' role, as the pattern's rules say. A
+    /// reactive task goes to the reactive pool while one of its agents
+    /// offers the capability, to the workers otherwise.
+    pub fn for_subtask(&mut self, pattern: Pattern, capability: &str) -> &mut WorkerPool {
         let mut role = patterns::rules(pattern).map_or(Role::Worker, |rules| rules.runner());
-        if pattern == Pattern::Reactive && self.pools[3].workers().next().is_some() {
+        if pattern == Pattern::Reactive
+            && self.pools[3]
+                .workers()
+                .any(|agent| agent.capabilities.iter().any(|c| c == capability))
+        {
             role = Role::Reactive;
         }
         let index = ROLES.iter().position(|r| *r == role).unwrap_or(0);
@@ -86,5 +91,60 @@ impl Pools {
     /// Every agent placed on, workers first.
     pub fn agents(&self) -> impl Iterator<Item = &WorkerState> {
         self.pools.iter().flat_map(WorkerPool::workers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_core::AgentRegistration;
+
+    fn agent(id: &str, role: Role, capability: &str) -> AgentRegistration {
+        AgentRegistration {
+            id: AgentId::new(id),
+            role,
+            level: None,
+            capabilities: vec![capability.into()],
+            endpoint: "127.0.0.1:1".into(),
+            load: 0,
+            max_concurrency: 4,
+            version: "t".into(),
+            faults: Vec::new(),
+            insecure: false,
+            event_handlers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_reactive_task_runs_on_a_reactive_agent_that_offers_its_tool_else_on_a_worker() {
+        let membership = Membership {
+            agents: [
+                agent("fast", Role::Reactive, "math.eval"),
+                agent("slow", Role::Worker, "http.get"),
+                agent("also", Role::Worker, "math.eval"),
+            ]
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect(),
+        };
+        let mut pools = Pools::new(&CoordinatorConfig::default(), &membership);
+        let on = |pools: &mut Pools, pattern, capability| {
+            pools
+                .for_subtask(pattern, capability)
+                .select(capability, 0)
+                .map(|id| id.to_string())
+        };
+        assert_eq!(
+            on(&mut pools, Pattern::Reactive, "math.eval").as_deref(),
+            Some("fast")
+        );
+        assert_eq!(
+            on(&mut pools, Pattern::Reactive, "http.get").as_deref(),
+            Some("slow")
+        );
+        assert_eq!(
+            on(&mut pools, Pattern::CoordinatorWorker, "math.eval").as_deref(),
+            Some("also")
+        );
     }
 }

@@ -269,10 +269,11 @@ impl CoordinatorState {
             if record.subtasks[index].status != Status::Pending {
                 continue;
             }
+            let capability = &record.subtasks[index].capability;
             let Some(worker) = self
                 .pool
-                .for_pattern(record.pattern)
-                .select(&record.subtasks[index].capability, now_ms())
+                .for_subtask(record.pattern, capability)
+                .select(capability, now_ms())
             else {
                 self.queue.defer((id, index));
                 continue;
