@@ -301,7 +301,21 @@ fn a_killed_worker_leaves_within_ttl_and_its_subtask_runs_elsewhere() {
 #[test]
 fn a_worker_stopped_with_sigterm_finishes_its_subtask_before_leaving() {
     let cluster = four_nodes().start();
-    let (id, runner) = start_nap(&cluster, 1500);
+    let (id, runner) = start_nap(&cluster, 4000);
+    // Placed is not yet running: a worker that drains before the
+    // assignment reaches it hands it back, rightly. Signal once its
+    // published load says it runs the nap.
+    eventually(
+        "the nap to run on its worker",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .agents()
+                .iter()
+                .any(|a| a["id"] == runner.as_str() && a["load"] == 1)
+                .then_some(())
+        },
+    );
     let worker = cluster.node(&runner);
     worker.process.signal("TERM");
 

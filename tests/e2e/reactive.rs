@@ -149,7 +149,7 @@ fn a_bad_routing_table_stops_the_node_naming_the_problem() {
 }
 
 #[test]
-fn a_request_the_keywords_cannot_place_goes_to_the_provider() {
+fn a_request_the_keywords_cannot_place_goes_to_the_model() {
     let model = LocalModel::start();
     let mut args = model.node_args();
     args.extend(["--llm-timeout".to_owned(), "60".to_owned()]);
