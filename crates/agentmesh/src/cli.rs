@@ -744,6 +744,12 @@ pub struct NodeArgs {
     /// milliseconds (coordinator).
     #[arg(long, env = "AGENTMESH_EVENT_RETRY_MAX_MS", default_value_t = 5_000)]
     pub event_retry_max_ms: u64,
+    /// Dead letters kept in etcd at most; the oldest are deleted when a new
+    /// one lands past it, so a handler failing for days cannot fill etcd's
+    /// bounded database (coordinator). 10,000 of the largest events are
+    /// about a third of etcd's default quota.
+    #[arg(long, env = "AGENTMESH_MAX_DEAD_LETTERS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_dead_letters: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -1110,6 +1116,7 @@ impl NodeArgs {
         events.router.retry.max_attempts = self.event_max_attempts;
         events.router.retry.base_delay_ms = self.event_retry_base_ms;
         events.router.retry.max_delay_ms = self.event_retry_max_ms.max(self.event_retry_base_ms);
+        events.max_dead_letters = usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX);
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {

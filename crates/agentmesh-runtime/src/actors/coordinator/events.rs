@@ -504,6 +504,11 @@ impl RouterTask {
                 }
             }
         }
+        if writes.iter().any(|w| matches!(w, EventWrite::Dead(_))) {
+            writes.push(EventWrite::TrimDeadLetters {
+                keep: self.config.max_dead_letters,
+            });
+        }
         if !writes.is_empty()
             && let Err(error) = self.write(writes).await
         {
@@ -584,9 +589,15 @@ impl RouterTask {
         if writes.is_empty() {
             return Ok(());
         }
-        self.registry
+        let trimmed = self
+            .registry
             .write_events_fenced(&writes, &self.leadership.fence)
-            .await
+            .await?;
+        if trimmed > 0 {
+            metrics::event_dead_letters_trimmed(trimmed);
+            debug!(trimmed, keep = self.config.max_dead_letters, "oldest dead letters deleted (--max-dead-letters)");
+        }
+        Ok(())
     }
 }
 
