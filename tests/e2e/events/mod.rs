@@ -1,7 +1,7 @@
 //! Event-driven agents (docs/events.md) across real processes: events
 //! published with the CLI reach a handler on another node, which runs a
 //! task per event in publish order per key; a handler that always fails
-//! ends in the dead-letter list; an event survives its handler's node
+//! ends in the dead-letter list, trimmed to `--max-dead-letters`; an event survives its handler's node
 //! being killed mid-delivery; and only the leader coordinator may deliver.
 
 use std::time::Duration;
@@ -82,7 +82,14 @@ fn events_reach_a_handler_on_another_node_in_order_and_failures_dead_letter() {
     let on_order = format!("order.created=task:{}", template.display());
     let cluster = Cluster::builder()
         .coordinators(2)
-        .coordinator_args(&["--event-max-attempts", "2", "--event-retry-base-ms", "50"])
+        .coordinator_args(&[
+            "--event-max-attempts",
+            "2",
+            "--event-retry-base-ms",
+            "50",
+            "--max-dead-letters",
+            "1",
+        ])
         .worker("worker-1", "math.eval")
         .node(NodeSpec::worker("handler-1", "math.eval").args(&[
             "--event-handler",
@@ -160,6 +167,24 @@ fn events_reach_a_handler_on_another_node_in_order_and_failures_dead_letter() {
         table.stdout.contains(&id) && table.stdout.contains("order.broken"),
         "{table}"
     );
+
+    // --max-dead-letters 1: a second dead letter deletes the first.
+    let again = publish(&cluster, "order.broken", "{\"expr\": \"2 +\"}", "b-2");
+    let newest = again["event_id"].as_str().unwrap().to_owned();
+    let letters = eventually("only the newest dead letter", WAIT, || {
+        let out = cluster.cli(&[
+            "event",
+            "dead-letters",
+            "--json",
+            "--endpoint",
+            cluster.endpoint(),
+        ]);
+        assert!(out.success(), "{out}");
+        let letters = out.json().as_array()?.clone();
+        // The trim follows the new letter's write: both may show briefly.
+        (letters.len() == 1 && letters[0]["event_id"] == newest.as_str()).then_some(letters)
+    });
+    assert_eq!(letters[0]["subscription"], "order.broken=tool:math.eval");
 
     // Only the leader delivers: a standby's credentials are refused.
     let standby = ["coordinator-1", "coordinator-2"]
