@@ -137,7 +137,8 @@ impl EventMetrics {
     }
 
     pub(super) fn dead_letters_trimmed(&self, count: usize) {
-        self.trimmed.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        self.trimmed
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub(super) fn unhandled(&self, event_type: &str) {

@@ -595,7 +595,11 @@ impl RouterTask {
             .await?;
         if trimmed > 0 {
             metrics::event_dead_letters_trimmed(trimmed);
-            debug!(trimmed, keep = self.config.max_dead_letters, "oldest dead letters deleted (--max-dead-letters)");
+            debug!(
+                trimmed,
+                keep = self.config.max_dead_letters,
+                "oldest dead letters deleted (--max-dead-letters)"
+            );
         }
         Ok(())
     }
