@@ -209,6 +209,12 @@ impl RouterTask {
             return;
         }
         let mut membership = self.registry.membership();
+        // Agents that joined or left since the snapshot taken at spawn:
+        // a new receiver sees only later changes, so without this a
+        // handler that registered meanwhile stays unknown until the
+        // membership next changes.
+        let view = membership.borrow_and_update().clone();
+        self.membership_changed(view).await;
         loop {
             self.dispatch().await;
             let wake = self.router.next_wake_ms();
