@@ -230,7 +230,7 @@ impl NodeBuilder {
         let events = EventApi::new(
             api.clone(),
             registry.clone(),
-            config.coordinator.events.limits.clone(),
+            config.coordinator.events.limits,
         );
         Ok(LocalCluster::new(
             api,
