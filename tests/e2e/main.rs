@@ -21,7 +21,8 @@
 //! * `llm`: `llm.chat` and `llm.embed` on a worker pointed at a real local
 //!   model.
 //! * `events`: event-driven agents: publish, handlers on other nodes,
-//!   order per key, dead letters, a handler node killed mid-delivery.
+//!   order per key, dead letters and their bound, a handler node killed
+//!   mid-delivery, the README's `agentmesh local --publish` demo.
 //! * `reactive`: reactive requests: the response cache, the routing
 //!   table, `--role reactive`, the provider fallback.
 //! * `custom_tool`: a node built from `examples/custom-tool` serves its own

@@ -494,8 +494,8 @@ pub async fn ended_tasks(backend: &dyn Backend) {
 }
 
 /// Event records are kept in publish order until deleted, dead letters are
-/// listed newest first up to a limit, and a writer whose term ended writes
-/// nothing, so a new leader restores exactly what its predecessor left.
+/// listed newest first up to a limit and trimmed oldest first, and a writer
+/// whose term ended writes (and trims) nothing, so a new leader restores exactly what its predecessor left.
 pub async fn event_records(backend: &dyn Backend) {
     use agentmesh_core::events::{
         DeadLetter, Delivery, EventDraft, EventRecord, HandlerSpec, Subscription,
@@ -580,6 +580,30 @@ pub async fn event_records(backend: &dyn Backend) {
     assert_eq!(letters, [dead(12), dead(3)], "newest event first");
     assert_eq!(b.dead_letters(1).await.expect("dead letters"), [dead(12)]);
 
+    // A trim keeps the newest letters, after the writes before it landed.
+    let trimmed = a
+        .write_events_fenced(
+            &[
+                EventWrite::Dead(dead(20)),
+                EventWrite::Dead(dead(1)),
+                EventWrite::TrimDeadLetters { keep: 2 },
+            ],
+            &first.fence,
+        )
+        .await
+        .expect("a trim of the standing term");
+    assert_eq!(trimmed, 2, "dead letters 3 and 1 are past the newest two");
+    assert_eq!(
+        b.dead_letters(10).await.expect("dead letters"),
+        [dead(20), dead(12)],
+        "the oldest went first"
+    );
+    let within = a
+        .write_events_fenced(&[EventWrite::TrimDeadLetters { keep: 2 }], &first.fence)
+        .await
+        .expect("a trim within the bound");
+    assert_eq!(within, 0);
+
     a.resign(&first).await.expect("resign");
     let second = b
         .campaign(&AgentId::new("coord-b"))
@@ -592,6 +616,14 @@ pub async fn event_records(backend: &dyn Backend) {
         Err(RegistryError::NotLeader { .. }) => {}
         other => panic!("an event write of an ended term: expected NotLeader, got {other:?}"),
     }
+    match a
+        .write_events_fenced(&[EventWrite::TrimDeadLetters { keep: 0 }], &first.fence)
+        .await
+    {
+        Err(RegistryError::NotLeader { .. }) => {}
+        other => panic!("a trim of an ended term: expected NotLeader, got {other:?}"),
+    }
+    assert_eq!(b.dead_letters(10).await.expect("dead letters").len(), 2);
     assert_eq!(seqs(b.pending_events().await.expect("list")), [7]);
     b.write_events_fenced(
         &[EventWrite::Delete {

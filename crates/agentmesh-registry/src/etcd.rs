@@ -1182,7 +1182,7 @@ impl EventStore for EtcdRegistry {
         &self,
         writes: &[EventWrite],
         fence: &Fence,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<usize, RegistryError> {
         self.check_open()?.write_events(writes, fence).await
     }
 

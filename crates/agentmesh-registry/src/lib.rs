@@ -431,6 +431,10 @@ pub enum EventWrite {
     Delete { seq: u64, id: String },
     /// A delivery that ran out of attempts (`keys::dead_letter`).
     Dead(DeadLetter),
+    /// Keeps the newest `keep` dead letters and deletes the older ones
+    /// (`--max-dead-letters`): the list only grows otherwise, and etcd's
+    /// database is bounded.
+    TrimDeadLetters { keep: usize },
 }
 
 /// Accepted events and dead letters (docs/events.md): the durable side of
@@ -440,11 +444,13 @@ pub enum EventWrite {
 pub trait EventStore: Send + Sync {
     /// Applies `writes` in order, only while `fence`'s leadership stands
     /// ([`RegistryError::NotLeader`] otherwise, as for task records).
+    /// Returns how many dead letters its [`EventWrite::TrimDeadLetters`]
+    /// deleted.
     async fn write_events_fenced(
         &self,
         writes: &[EventWrite],
         fence: &Fence,
-    ) -> Result<(), RegistryError>;
+    ) -> Result<usize, RegistryError>;
     /// Every stored event record, in publish (`seq`) order. Records that
     /// do not decode are skipped with a warning.
     async fn pending_events(&self) -> Result<Vec<EventRecord>, RegistryError>;

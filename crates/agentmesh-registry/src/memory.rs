@@ -629,9 +629,10 @@ impl EventStore for MemoryRegistry {
         &self,
         writes: &[EventWrite],
         fence: &Fence,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<usize, RegistryError> {
         let election = self.shared.lock_fenced(fence)?;
         let mut events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut trimmed = 0;
         for write in writes {
             match write {
                 EventWrite::Put(record) => {
@@ -652,11 +653,18 @@ impl EventStore for MemoryRegistry {
                         dead.clone(),
                     );
                 }
+                EventWrite::TrimDeadLetters { keep } => {
+                    // Keyed newest first: the last entries are the oldest.
+                    while events.dead.len() > *keep {
+                        events.dead.pop_last();
+                        trimmed += 1;
+                    }
+                }
             }
         }
         drop(events);
         drop(election);
-        Ok(())
+        Ok(trimmed)
     }
 
     async fn pending_events(&self) -> Result<Vec<EventRecord>, RegistryError> {

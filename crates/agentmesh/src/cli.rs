@@ -406,8 +406,33 @@ impl BenchArgs {
 #[derive(Debug, Args)]
 pub struct LocalArgs {
     /// Task file (JSON or YAML, `-` for stdin); the built-in
-    /// average-word-count example when omitted.
+    /// average-word-count example when omitted and nothing is published.
+    #[arg(conflicts_with = "publish")]
     pub task_file: Option<PathBuf>,
+    /// Event handlers of the workers, `TYPE=tool:CAPABILITY` or
+    /// `TYPE=task:PATH`, as `agentmesh node --event-handler` takes them
+    /// (docs/events.md); none by default.
+    #[arg(
+        long = "event-handler",
+        env = "AGENTMESH_EVENT_HANDLERS",
+        value_delimiter = ',',
+        value_name = "TYPE=ACTION"
+    )]
+    pub event_handlers: Vec<agentmesh_core::events::HandlerSpec>,
+    /// Publishes an event, `TYPE=JSON` (repeatable), instead of running a
+    /// task: waits until every handler task and tool call it caused has
+    /// ended, prints them as JSON and exits 0 only if all succeeded.
+    #[arg(long, value_name = "TYPE=JSON", value_parser = parse_publish, requires = "event_handlers")]
+    pub publish: Vec<(String, serde_json::Value)>,
+    /// Ordering key of the --publish events (`{{event.key}}` in a task
+    /// handler); none by default.
+    #[arg(long, value_name = "KEY", default_value = "", requires = "publish")]
+    pub publish_key: String,
+    /// How long to wait for the handlers of the --publish events to end,
+    /// e.g. `60s`; bounded so a handler that never finishes cannot hang
+    /// the command.
+    #[arg(long, env = "AGENTMESH_HANDLER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub handler_timeout: Duration,
     /// Workers to start.
     #[arg(long, env = "AGENTMESH_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
@@ -744,6 +769,12 @@ pub struct NodeArgs {
     /// milliseconds (coordinator).
     #[arg(long, env = "AGENTMESH_EVENT_RETRY_MAX_MS", default_value_t = 5_000)]
     pub event_retry_max_ms: u64,
+    /// Dead letters kept in etcd at most; the oldest are deleted when a new
+    /// one lands past it, so a handler failing for days cannot fill etcd's
+    /// bounded database (coordinator). 10,000 of the largest events are
+    /// about a third of etcd's default quota.
+    #[arg(long, env = "AGENTMESH_MAX_DEAD_LETTERS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_dead_letters: u64,
     /// Seconds to let running subtasks finish on SIGTERM.
     #[arg(long, env = "AGENTMESH_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
@@ -1110,6 +1141,7 @@ impl NodeArgs {
         events.router.retry.max_attempts = self.event_max_attempts;
         events.router.retry.base_delay_ms = self.event_retry_base_ms;
         events.router.retry.max_delay_ms = self.event_retry_max_ms.max(self.event_retry_base_ms);
+        events.max_dead_letters = usize::try_from(self.max_dead_letters).unwrap_or(usize::MAX);
         coordinator.limits.max_document_bytes = self.max_task_bytes;
         coordinator.limits.max_subtasks = self.max_subtasks;
         if let Some(weights) = &self.score_weights {
@@ -1129,6 +1161,7 @@ impl LocalArgs {
     pub fn to_config(&self) -> NodeConfig {
         let mut config = NodeConfig::new(Role::Worker, SocketAddr::from(([127, 0, 0, 1], 0)));
         config.max_concurrency = self.max_concurrency;
+        config.event_handlers = self.event_handlers.clone();
         config.http_allow = self.http_allow.iter().flatten().cloned().collect();
         config.http_allow_private = self.http_allow_private;
         config.metrics_listen = self.metrics_listen.as_ref().and_then(HostPort::socket_addr);
@@ -1383,6 +1416,17 @@ pub fn default_client() -> ClientId {
 /// A duration as a whole number and a unit: `ms`, `s`, `m`, `h` or `d`
 /// (`90m`, `24h`). One flag takes durations: a few lines rather than a
 /// dependency.
+/// `--publish TYPE=JSON`: an event type holds no `=`, so the first one
+/// splits; the payload must be JSON.
+fn parse_publish(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (event_type, payload) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected TYPE=JSON, got {text:?}"))?;
+    let payload = serde_json::from_str(payload)
+        .map_err(|e| format!("the payload of {event_type:?} is not JSON: {e}"))?;
+    Ok((event_type.to_owned(), payload))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -1773,6 +1817,97 @@ mod tests {
         assert_eq!(config.max_concurrency, 8);
         assert_eq!(config.coordinator.weights.capability, 1.0);
         assert_eq!(config.coordinator.weights.success_rate, 0.0);
+    }
+
+    #[test]
+    fn max_dead_letters_maps_onto_the_event_config() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "agentmesh",
+                "node",
+                "--role",
+                "coordinator",
+                "--etcd",
+                "http://a:1",
+            ];
+            argv.extend_from_slice(extra);
+            let Command::Node(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected node")
+            };
+            args.to_config().coordinator.events.max_dead_letters
+        };
+        assert_eq!(parse(&[]), 10_000);
+        assert_eq!(parse(&["--max-dead-letters", "1"]), 1);
+        assert!(
+            Cli::try_parse_from([
+                "agentmesh",
+                "node",
+                "--role",
+                "coordinator",
+                "--etcd",
+                "http://a:1",
+                "--max-dead-letters",
+                "0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn local_publishes_events_to_its_workers_handlers() {
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "local",
+            "--event-handler",
+            "order.created=task:on-order.yaml",
+            "--publish",
+            r#"order.created={"items": [3, 4]}"#,
+            "--publish-key",
+            "o-7",
+        ])
+        .unwrap();
+        let Command::Local(args) = cli.command else {
+            panic!("expected local")
+        };
+        assert_eq!(
+            args.publish,
+            [(
+                "order.created".to_owned(),
+                serde_json::json!({"items": [3, 4]})
+            )]
+        );
+        assert_eq!(args.publish_key, "o-7");
+        assert_eq!(args.handler_timeout, Duration::from_secs(60));
+        assert_eq!(args.to_config().event_handlers, args.event_handlers);
+        assert_eq!(args.event_handlers.len(), 1);
+        for refused in [
+            vec![
+                "--event-handler",
+                "a=tool:math.eval",
+                "--publish",
+                "a=not json",
+            ],
+            vec![
+                "--event-handler",
+                "a=tool:math.eval",
+                "--publish",
+                "no-equals",
+            ],
+            // Nothing would handle it.
+            vec!["--publish", "a={}"],
+            // A task file or events, not both.
+            vec![
+                "--event-handler",
+                "a=tool:math.eval",
+                "--publish",
+                "a={}",
+                "task.yaml",
+            ],
+        ] {
+            let mut argv = vec!["agentmesh", "local"];
+            argv.extend(refused.iter().copied());
+            assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
     }
 
     #[test]

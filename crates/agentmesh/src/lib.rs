@@ -41,12 +41,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agentmesh_core::events::EventDraft;
 use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
+use agentmesh_runtime::node::local::LocalCluster;
 use agentmesh_runtime::telemetry::{self, TraceParent};
 use agentmesh_runtime::tools::{Tool, ToolBox};
 use anyhow::{Context, bail};
@@ -391,6 +393,9 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
         .local(usize::from(args.workers))
         .await
         .context("failed to start the local cluster")?;
+    if !args.publish.is_empty() {
+        return local_events(&args, cluster).await;
+    }
     let outcome = tokio::select! {
         outcome = cluster.run(&document) => outcome,
         reason = cluster.failed() => anyhow::bail!("the local cluster failed: {reason}"),
@@ -399,6 +404,72 @@ async fn local(args: LocalArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {
     let record = convert::task_record(&outcome.map_err(|e| anyhow::anyhow!(e))?);
     print_json(&convert::task_json(&record))?;
     Ok(exit_for(&record))
+}
+
+/// `local --publish`: the events go through the embedded coordinator's
+/// router to the workers' handlers; prints each event's deliveries and the
+/// tasks its handlers ran once all have ended.
+async fn local_events(args: &LocalArgs, cluster: LocalCluster) -> anyhow::Result<ExitCode> {
+    let drafts = args
+        .publish
+        .iter()
+        .map(|(event_type, payload)| EventDraft {
+            event_type: event_type.clone(),
+            key: args.publish_key.clone(),
+            payload: payload.clone(),
+        })
+        .collect();
+    let handled = tokio::select! {
+        handled = tokio::time::timeout(
+            args.handler_timeout,
+            cluster.handle_events(drafts, &args.event_handlers),
+        ) => handled,
+        reason = cluster.failed() => anyhow::bail!("the local cluster failed: {reason}"),
+    };
+    cluster.shutdown().await;
+    let handled = match handled {
+        Ok(handled) => handled.map_err(|e| anyhow::anyhow!(e))?,
+        Err(_) => bail!(
+            "the event handlers did not end within {:?} (--handler-timeout)",
+            args.handler_timeout
+        ),
+    };
+    let events: Vec<serde_json::Value> = handled
+        .events
+        .iter()
+        .map(|event| {
+            let deliveries: Vec<serde_json::Value> = event
+                .deliveries
+                .iter()
+                .map(|(subscription, dead)| match dead {
+                    None => serde_json::json!({"subscription": subscription, "ok": true}),
+                    Some(dead) => serde_json::json!({
+                        "subscription": subscription,
+                        "ok": false,
+                        "attempts": dead.attempts,
+                        "error": dead.last_error,
+                    }),
+                })
+                .collect();
+            serde_json::json!({
+                "event_id": event.event_id,
+                "type": event.draft.event_type,
+                "key": event.draft.key,
+                "deliveries": deliveries,
+            })
+        })
+        .collect();
+    let tasks: Vec<serde_json::Value> = handled
+        .tasks
+        .iter()
+        .map(|task| convert::task_json(&convert::task_record(task)))
+        .collect();
+    print_json(&serde_json::json!({"events": events, "tasks": tasks}))?;
+    Ok(if handled.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(TASK_FAILED)
+    })
 }
 
 async fn node(args: NodeArgs, tools: &ToolBox) -> anyhow::Result<ExitCode> {

@@ -1,8 +1,10 @@
 //! Event-driven agents (docs/events.md) across real processes: events
 //! published with the CLI reach a handler on another node, which runs a
 //! task per event in publish order per key; a handler that always fails
-//! ends in the dead-letter list; an event survives its handler's node
-//! being killed mid-delivery; and only the leader coordinator may deliver.
+//! ends in the dead-letter list, trimmed to `--max-dead-letters`; an event
+//! survives its handler's node being killed mid-delivery; only the leader
+//! coordinator may deliver; and `agentmesh local --publish` runs the
+//! README's handler in one command.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tonic::Code;
 use crate::security::{deliver, forged, node_security};
 use crate::support::cluster::{Cluster, NodeSpec};
 use crate::support::tls as test_tls;
-use crate::support::{eventually, scratch_dir};
+use crate::support::{eventually, repo_root, run_cli_in, scratch_dir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -82,7 +84,14 @@ fn events_reach_a_handler_on_another_node_in_order_and_failures_dead_letter() {
     let on_order = format!("order.created=task:{}", template.display());
     let cluster = Cluster::builder()
         .coordinators(2)
-        .coordinator_args(&["--event-max-attempts", "2", "--event-retry-base-ms", "50"])
+        .coordinator_args(&[
+            "--event-max-attempts",
+            "2",
+            "--event-retry-base-ms",
+            "50",
+            "--max-dead-letters",
+            "1",
+        ])
         .worker("worker-1", "math.eval")
         .node(NodeSpec::worker("handler-1", "math.eval").args(&[
             "--event-handler",
@@ -161,6 +170,24 @@ fn events_reach_a_handler_on_another_node_in_order_and_failures_dead_letter() {
         "{table}"
     );
 
+    // --max-dead-letters 1: a second dead letter deletes the first.
+    let again = publish(&cluster, "order.broken", "{\"expr\": \"2 +\"}", "b-2");
+    let newest = again["event_id"].as_str().unwrap().to_owned();
+    let letters = eventually("only the newest dead letter", WAIT, || {
+        let out = cluster.cli(&[
+            "event",
+            "dead-letters",
+            "--json",
+            "--endpoint",
+            cluster.endpoint(),
+        ]);
+        assert!(out.success(), "{out}");
+        let letters = out.json().as_array()?.clone();
+        // The trim follows the new letter's write: both may show briefly.
+        (letters.len() == 1 && letters[0]["event_id"] == newest.as_str()).then_some(letters)
+    });
+    assert_eq!(letters[0]["subscription"], "order.broken=tool:math.eval");
+
     // Only the leader delivers: a standby's credentials are refused.
     let standby = ["coordinator-1", "coordinator-2"]
         .into_iter()
@@ -238,4 +265,81 @@ fn an_event_is_handled_although_its_handlers_node_is_killed_mid_delivery() {
         cluster.endpoint(),
     ]);
     assert!(!dead.stdout.contains(&id), "{dead}");
+}
+
+/// The README's one-command demo, run as written from the repository's
+/// root (`cargo run --release --` is the binary under test): the embedded
+/// cluster's workers hold the handler, the event runs the example's task,
+/// and `local` prints it once it ended.
+#[test]
+fn local_runs_the_readmes_event_handler_command() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let args = readme_command(&readme, "cargo run --release -- local");
+    assert!(
+        args[0] == "local" && args.iter().any(|a| a == "--publish"),
+        "{args:?}"
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_cli_in(&repo_root(), &args, Duration::from_secs(60));
+    assert!(out.success(), "{out}");
+    let printed = out.json();
+    let delivery = &printed["events"][0]["deliveries"][0];
+    assert_eq!(delivery["ok"], true, "{printed}");
+    assert_eq!(
+        delivery["subscription"], "order.created=task:examples/event-handler/on-order.yaml",
+        "{printed}"
+    );
+    let tasks = printed["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{printed}");
+    assert_eq!(tasks[0]["status"], "completed", "{printed}");
+    assert_eq!(
+        tasks[0]["name"], "on-order-o-7 (event handler for local)",
+        "{printed}"
+    );
+    assert_eq!(
+        tasks[0]["result"]["first"],
+        serde_json::json!({"order": "o-7", "total": 7}),
+        "3 + 4 from the event's payload: {printed}"
+    );
+}
+
+/// The arguments of the README's command line that starts with `prefix`,
+/// after its `cargo run --release --`, its `\` continuations joined and
+/// `'...'` quotes taken as a shell does.
+fn readme_command(readme: &str, prefix: &str) -> Vec<String> {
+    const CARGO_RUN: &str = "cargo run --release --";
+    let start = readme
+        .find(&format!("    {prefix}"))
+        .unwrap_or_else(|| panic!("the README shows `{prefix}`"));
+    let mut line = String::new();
+    for part in readme[start..].lines() {
+        match part.trim().strip_suffix('\\') {
+            Some(continued) => line.push_str(continued),
+            None => {
+                line.push_str(part.trim());
+                break;
+            }
+        }
+    }
+    let mut args = Vec::new();
+    let (mut arg, mut quoted, mut any) = (String::new(), false, false);
+    for c in line.trim().strip_prefix(CARGO_RUN).unwrap().chars() {
+        match c {
+            '\'' => (quoted, any) = (!quoted, true),
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    args.push(std::mem::take(&mut arg));
+                }
+                any = false;
+            }
+            c => {
+                arg.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        args.push(arg);
+    }
+    args
 }

@@ -1218,6 +1218,22 @@ pub fn run_command(
     envs: &[(&str, &str)],
     timeout: Duration,
 ) -> CliOutput {
+    run_command_in(None, program, args, envs, timeout)
+}
+
+/// `agentmesh ARGS` run from `dir`, as a user types it there (relative
+/// paths in the arguments resolve against `dir`).
+pub fn run_cli_in(dir: &Path, args: &[&str], timeout: Duration) -> CliOutput {
+    run_command_in(Some(dir), agentmesh_bin(), args, &cli_env(&[]), timeout)
+}
+
+fn run_command_in(
+    dir: Option<&Path>,
+    program: impl AsRef<OsStr>,
+    args: &[impl AsRef<OsStr>],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> CliOutput {
     let program = program.as_ref();
     let shown = format!(
         "{} {}",
@@ -1227,7 +1243,11 @@ pub fn run_command(
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut child = harness_command(program, args, envs)
+    let mut command = harness_command(program, args, envs);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{shown}`: {e}"));
     let stdout = read_all_in_background(child.stdout.take().expect("piped stdout"));

@@ -5,6 +5,7 @@
 //! agentmesh_event_deliveries_total{outcome}        delivery attempts that ended: ok, failed, timeout, lost
 //! agentmesh_event_retries_total                    attempts scheduled again after a failure
 //! agentmesh_event_dead_letters_total               deliveries that ran out of attempts
+//! agentmesh_event_dead_letters_trimmed_total       oldest dead letters deleted past --max-dead-letters
 //! agentmesh_events_unhandled_total{type}           events no live handler took, by type
 //! ```
 //!
@@ -60,6 +61,7 @@ pub(super) struct EventMetrics {
     deliveries: Family<OutcomeLabels, Counter>,
     retries: Counter,
     dead: Counter,
+    trimmed: Counter,
     unhandled: Family<TypeLabels, Counter>,
     unhandled_types: Mutex<HashSet<String>>,
 }
@@ -90,6 +92,12 @@ impl EventMetrics {
             "Event deliveries that ran out of attempts and went to the dead-letter list",
             dead.clone(),
         );
+        let trimmed = Counter::default();
+        registry.register(
+            "agentmesh_event_dead_letters_trimmed",
+            "Oldest dead letters deleted because the list was past --max-dead-letters",
+            trimmed.clone(),
+        );
         let unhandled = Family::<TypeLabels, Counter>::default();
         registry.register(
             "agentmesh_events_unhandled",
@@ -102,6 +110,7 @@ impl EventMetrics {
             deliveries,
             retries,
             dead,
+            trimmed,
             unhandled,
             unhandled_types: Mutex::new(HashSet::new()),
         }
@@ -125,6 +134,11 @@ impl EventMetrics {
 
     pub(super) fn dead_lettered(&self) {
         self.dead.inc();
+    }
+
+    pub(super) fn dead_letters_trimmed(&self, count: usize) {
+        self.trimmed
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     pub(super) fn unhandled(&self, event_type: &str) {

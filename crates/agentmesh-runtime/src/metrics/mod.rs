@@ -500,6 +500,11 @@ pub fn event_dead_lettered() {
     global().events.dead_lettered();
 }
 
+/// Counts dead letters deleted past `--max-dead-letters`.
+pub fn event_dead_letters_trimmed(count: usize) {
+    global().events.dead_letters_trimmed(count);
+}
+
 /// Counts an event of `event_type` that no live handler took.
 pub fn event_unhandled(event_type: &str) {
     global().events.unhandled(event_type);

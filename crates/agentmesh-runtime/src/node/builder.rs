@@ -32,6 +32,7 @@ use super::error::NodeError;
 use super::local::LocalCluster;
 use super::{Node, RunningAgents};
 use crate::api::auth::Authenticator;
+use crate::api::events::EventApi;
 use crate::api::task::TaskApi;
 use crate::dashboard::{Dashboard, Slot};
 use crate::llm::Providers;
@@ -208,7 +209,7 @@ impl NodeBuilder {
         // the embedded cluster's API.
         dashboard.set(Dashboard::new(
             api.clone(),
-            registry,
+            registry.clone(),
             coordinator.handle.clone(),
             Authenticator::open(),
         ));
@@ -226,7 +227,19 @@ impl NodeBuilder {
             running.add_worker(id, worker);
         }
         ready.send_replace(Readiness::Serving);
-        Ok(LocalCluster::new(api, spawner, running, metrics_addr))
+        let events = EventApi::new(
+            api.clone(),
+            registry.clone(),
+            config.coordinator.events.limits,
+        );
+        Ok(LocalCluster::new(
+            api,
+            events,
+            registry,
+            spawner,
+            running,
+            metrics_addr,
+        ))
     }
 }
 

@@ -164,7 +164,7 @@ pub struct CoordinatorConfig {
 }
 
 /// Knobs of event routing on the leader coordinator (docs/events.md).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventsConfig {
     /// One event's payload bound (`--max-event-bytes`).
     pub limits: agentmesh_core::events::EventLimits,
@@ -172,6 +172,24 @@ pub struct EventsConfig {
     /// (`--max-pending-events`, `--max-events-per-key`,
     /// `--event-ack-timeout`, `--event-max-attempts`).
     pub router: agentmesh_core::events::RouterLimits,
+    /// Dead letters kept at most; the oldest are deleted past it
+    /// (`--max-dead-letters`).
+    pub max_dead_letters: usize,
+}
+
+/// Default of [`EventsConfig::max_dead_letters`]: 10,000 dead letters of a
+/// 64 KiB payload at most are about 650 MB, a third of etcd's default
+/// 2 GiB quota, and far more than an operator reads.
+pub const DEFAULT_MAX_DEAD_LETTERS: usize = 10_000;
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            limits: Default::default(),
+            router: Default::default(),
+            max_dead_letters: DEFAULT_MAX_DEAD_LETTERS,
+        }
+    }
 }
 
 /// Time for a result to travel back after a worker's own timeout fired.

@@ -209,6 +209,12 @@ impl RouterTask {
             return;
         }
         let mut membership = self.registry.membership();
+        // Agents that joined or left since the snapshot taken at spawn:
+        // a new receiver sees only later changes, so without this a
+        // handler that registered meanwhile stays unknown until the
+        // membership next changes.
+        let view = membership.borrow_and_update().clone();
+        self.membership_changed(view).await;
         loop {
             self.dispatch().await;
             let wake = self.router.next_wake_ms();
@@ -504,6 +510,11 @@ impl RouterTask {
                 }
             }
         }
+        if writes.iter().any(|w| matches!(w, EventWrite::Dead(_))) {
+            writes.push(EventWrite::TrimDeadLetters {
+                keep: self.config.max_dead_letters,
+            });
+        }
         if !writes.is_empty()
             && let Err(error) = self.write(writes).await
         {
@@ -584,9 +595,19 @@ impl RouterTask {
         if writes.is_empty() {
             return Ok(());
         }
-        self.registry
+        let trimmed = self
+            .registry
             .write_events_fenced(&writes, &self.leadership.fence)
-            .await
+            .await?;
+        if trimmed > 0 {
+            metrics::event_dead_letters_trimmed(trimmed);
+            debug!(
+                trimmed,
+                keep = self.config.max_dead_letters,
+                "oldest dead letters deleted (--max-dead-letters)"
+            );
+        }
+        Ok(())
     }
 }
 
