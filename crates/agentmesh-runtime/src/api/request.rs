@@ -384,4 +384,69 @@ mod tests {
         let (_, plan) = plan(None).await;
         assert_eq!((plan.provider.as_str(), plan.fallback), (BUILTIN, None));
     }
+
+    #[tokio::test]
+    async fn a_remembered_plan_is_reused_only_while_it_still_validates() {
+        use agentmesh_core::request::memory::MemoryEntry;
+        use agentmesh_registry::{MemoryRegistry, RequestMemoryStore};
+        let memory = MemoryRegistry::new();
+        let remembered = |capability: &str| MemoryEntry {
+            task: agentmesh_core::TaskId::new("earlier"),
+            request: "calculate 6 * 7".into(),
+            decomposition: serde_json::from_str(&VALID.replace("math.eval", capability)).unwrap(),
+            quality: 1.0,
+            provider: "scripted".into(),
+            created_ms: 1,
+            embedding: None,
+        };
+        memory
+            .remember_request(remembered("math.eval"), 8)
+            .await
+            .unwrap();
+        let file = || {
+            parse(
+                "name: r\nrequest: Calculate 6 * 7\n",
+                &TaskLimits::default(),
+            )
+            .unwrap()
+        };
+        let planner = RequestPlanner::default();
+        let (tasks, plan) = planner
+            .plan(
+                None,
+                None,
+                Some(&memory),
+                file(),
+                &TaskLimits::default(),
+                &membership(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(tasks.tasks[0].id, "mul", "the remembered plan runs");
+        let reused = plan.reused.expect("reused");
+        assert_eq!(
+            (reused.from_task.as_str(), reused.by.as_str()),
+            ("earlier", "lexical")
+        );
+        assert_eq!(plan.provider, "scripted");
+        // A capability no live worker offers any more: decomposed afresh.
+        memory
+            .remember_request(remembered("gone.tool"), 8)
+            .await
+            .unwrap();
+        let (tasks, plan) = planner
+            .plan(
+                None,
+                None,
+                Some(&memory),
+                file(),
+                &TaskLimits::default(),
+                &membership(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(plan.reused, None);
+        assert_eq!(plan.provider, BUILTIN);
+        assert_eq!(tasks.tasks[0].capability, "math.eval");
+    }
 }
