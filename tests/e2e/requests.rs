@@ -110,7 +110,22 @@ fn a_request_is_given_to_the_local_model_and_its_dag_runs_on_a_worker() {
         "model.yaml",
         "name: model-plan\naggregation: concatenate\nrequest: Calculate 6 * 7.\n",
     );
-    let record = cluster.submit_wait(&file);
+    // The decomposition is bounded at 2 × 60 s (a call and its retry);
+    // on a busy machine the tiny model may need much of it.
+    let out = cluster.cli_with_timeout(
+        &[
+            "submit",
+            "--endpoint",
+            cluster.endpoint(),
+            "--request-timeout-ms",
+            "170000",
+            &file,
+            "--wait",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(out.success(), "{out}");
+    let record = out.json();
     assert_eq!(record["status"], "completed", "{record}");
     let request = &record["request"];
     let provider = request["provider"].as_str().unwrap_or_default();
