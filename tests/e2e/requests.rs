@@ -4,9 +4,13 @@
 //! decomposition, the provider, the quality score and any refinement
 //! round.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::cluster::Cluster;
+use crate::support::eventually;
+use crate::support::model::LocalModel;
 
 fn cluster() -> Cluster {
     Cluster::builder()
@@ -79,5 +83,118 @@ fn a_low_quality_score_runs_exactly_one_refinement_round() {
         .collect();
     assert_eq!(ids, ["t1_word_count", "r1_t1_word_count"], "{record}");
     assert_eq!(request["refined"]["r1_t1_word_count"], "t1_word_count");
+    cluster.assert_no_panic();
+}
+
+/// The done-when: a request on a cluster whose coordinator has the
+/// local SmolLM2 model is given to the model (under the schema: the
+/// capability an enum of the live worker's, one short task), its answer
+/// validated by the task-file validator, and the DAG run on the worker and
+/// aggregated. A 135M model often answers a plan that does not validate
+/// (its `depends_on` names tasks that do not exist): then its answer was
+/// retried once with the error fed back, the record names the built-in
+/// decomposer and the model's reason, and the DAG still ran. Either way the
+/// model was asked, which is what this asserts beyond the run.
+#[test]
+fn a_request_is_given_to_the_local_model_and_its_dag_runs_on_a_worker() {
+    let model = LocalModel::start();
+    let model_args = model.node_args();
+    let mut args: Vec<&str> = model_args.iter().map(String::as_str).collect();
+    args.extend(["--request-max-subtasks", "1"]);
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .coordinator_args(&args)
+        .worker("worker-1", "math.eval")
+        .start();
+    let file = cluster.task_file(
+        "model.yaml",
+        "name: model-plan\naggregation: concatenate\nrequest: Calculate 6 * 7.\n",
+    );
+    // The decomposition is bounded at 2 × 60 s (a call and its retry);
+    // on a busy machine the tiny model may need much of it.
+    let out = cluster.cli_with_timeout(
+        &[
+            "submit",
+            "--endpoint",
+            cluster.endpoint(),
+            "--request-timeout-ms",
+            "170000",
+            &file,
+            "--wait",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(out.success(), "{out}");
+    let record = out.json();
+    assert_eq!(record["status"], "completed", "{record}");
+    let request = &record["request"];
+    let provider = request["provider"].as_str().unwrap_or_default();
+    eprintln!("decomposed by {provider}: {request}");
+    if provider.contains("llama.cpp") {
+        let planned = request["decomposition"]["tasks"].as_array().expect("tasks");
+        assert_eq!(
+            planned.len(),
+            1,
+            "--request-max-subtasks bounds it: {request}"
+        );
+        assert_eq!(planned[0]["capability"], "math.eval", "{request}");
+    } else {
+        assert_eq!(provider, "builtin", "{request}");
+        let why = request["fallback"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("llama.cpp"),
+            "the model was asked and its answer refused: {request}"
+        );
+    }
+    let subtasks = record["subtasks"].as_array().expect("subtasks");
+    assert!(!subtasks.is_empty(), "{record}");
+    assert!(
+        subtasks.iter().all(|s| s["status"] == "completed"),
+        "{record}"
+    );
+    assert!(request["result"].is_array(), "aggregated: {request}");
+    assert!(
+        !request["scores"].as_array().unwrap().is_empty(),
+        "{request}"
+    );
+    cluster.assert_no_panic();
+}
+
+/// The coordination memory: a request that completed with a good score
+/// leaves its triple in etcd (written by the leader once the task ends),
+/// and the same request submitted again reuses that decomposition — the
+/// record says so, names the source task and the similarity — and runs.
+#[test]
+fn the_same_request_twice_reuses_the_remembered_decomposition() {
+    let cluster = cluster();
+    let example = format!("{}/../../examples/request.yaml", env!("CARGO_MANIFEST_DIR"));
+    let first = cluster.submit_wait(&example);
+    assert_eq!(first["status"], "completed", "{first}");
+    assert!(first["request"].get("reused").is_none(), "{first}");
+    let first_id = first["task_id"].as_str().unwrap().to_owned();
+    // The leader writes the triple after the first task ended: submit
+    // again until a record says it reused it (each try runs a task).
+    let again = eventually(
+        "a submit reusing the remembered plan",
+        Duration::from_secs(10),
+        || {
+            let record = cluster.submit_wait(&example);
+            record["request"].get("reused").is_some().then_some(record)
+        },
+    );
+    assert_eq!(again["status"], "completed", "{again}");
+    let request = &again["request"];
+    assert_eq!(
+        request["reused"]["from_task"],
+        first_id.as_str(),
+        "{request}"
+    );
+    assert_eq!(request["reused"]["similarity"], 1.0, "{request}");
+    assert_eq!(request["reused"]["by"], "lexical", "{request}");
+    assert_eq!(
+        request["decomposition"], first["request"]["decomposition"],
+        "the same plan"
+    );
+    assert_eq!(again["result"], first["result"], "and it ran again");
     cluster.assert_no_panic();
 }

@@ -95,6 +95,7 @@ macro_rules! conformance_tests {
             reputation_records,
             concurrent_reputation_updates,
             event_records,
+            request_memory,
         );
     };
     (@clauses $run:path; $($clause:ident),* $(,)?) => {
@@ -777,6 +778,57 @@ pub async fn election(backend: &dyn Backend) {
         Err(RegistryError::Closed)
     ));
     a.shutdown().await;
+}
+
+/// Coordination-memory triples written by one node are read by another;
+/// a write of the same task replaces its triple; beyond the bound the
+/// oldest are evicted and named.
+pub async fn request_memory(backend: &dyn Backend) {
+    use agentmesh_core::request::memory::MemoryEntry;
+    use agentmesh_core::request::{Decomposition, PlannedTask};
+    let writer = backend.node().await;
+    let reader = backend.node().await;
+    assert!(reader.request_memory().await.expect("empty").is_empty());
+    let entry = |task: &str, created_ms: u64| MemoryEntry {
+        task: TaskId::new(task),
+        request: format!("calculate {created_ms} * 2"),
+        decomposition: Decomposition {
+            tasks: vec![PlannedTask {
+                id: "t1".into(),
+                specialist: "calculator".into(),
+                description: "multiply".into(),
+                capability: "math.eval".into(),
+                input: serde_json::json!({"expr": format!("{created_ms} * 2")}),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                depends_on: Vec::new(),
+            }],
+        },
+        quality: 1.0,
+        provider: "builtin".into(),
+        created_ms,
+        embedding: Some(vec![0.5, -0.25]),
+    };
+    for (task, at) in [("old", 1), ("mid", 2)] {
+        let evicted = writer
+            .remember_request(entry(task, at), 2)
+            .await
+            .expect("remember");
+        assert!(evicted.is_empty());
+    }
+    // The same task again replaces its triple: still two.
+    writer
+        .remember_request(entry("mid", 2), 2)
+        .await
+        .expect("remember again");
+    let evicted = writer
+        .remember_request(entry("new", 3), 2)
+        .await
+        .expect("remember over the bound");
+    assert_eq!(evicted, [TaskId::new("old")]);
+    let mut read = reader.request_memory().await.expect("memory");
+    read.sort_by_key(|e| e.created_ms);
+    assert_eq!(read, [entry("mid", 2), entry("new", 3)]);
 }
 
 /// Reputation records are created from nothing, updated from what is

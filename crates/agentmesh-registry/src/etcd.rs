@@ -132,6 +132,7 @@ mod prefix_watch;
 pub mod rbac;
 mod registration;
 mod reputation;
+mod request_memory;
 mod space;
 mod startup;
 mod task_watch;
@@ -158,8 +159,8 @@ pub use observe::{ETCD_METHODS, EtcdObserver, Observer, etcd_method};
 use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, DEFAULT_LEASE_TTL, Election, EndedTask, EndedTasks, EventStore, EventWrite,
-    Fence, Leadership, Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys,
-    TaskStore, TaskWatch, keys,
+    Fence, Leadership, Registry, RegistryError, ReputationEntry, ReputationStore,
+    RequestMemoryStore, TaskKeys, TaskStore, TaskWatch, keys,
 };
 use registration::Expect;
 
@@ -1197,6 +1198,23 @@ impl EventStore for EtcdRegistry {
         limit: usize,
     ) -> Result<Vec<agentmesh_core::events::DeadLetter>, RegistryError> {
         self.check_open()?.dead_letters(limit).await
+    }
+}
+
+#[async_trait]
+impl RequestMemoryStore for EtcdRegistry {
+    async fn request_memory(
+        &self,
+    ) -> Result<Vec<agentmesh_core::request::memory::MemoryEntry>, RegistryError> {
+        self.check_open()?.request_memory().await
+    }
+
+    async fn remember_request(
+        &self,
+        entry: agentmesh_core::request::memory::MemoryEntry,
+        max: usize,
+    ) -> Result<Vec<TaskId>, RegistryError> {
+        self.check_open()?.remember_request(entry, max).await
     }
 }
 

@@ -27,6 +27,11 @@
 //!                                        one delivery that ran out of attempts, newest
 //!                                        first; the subscription escaped like reputation
 //!                                        segments
+//! /agentmesh/v1/request-memory/<task-id>
+//!                                        one coordination-memory triple (request,
+//!                                        decomposition, quality) of an ended request task,
+//!                                        written by the leader; the id escaped like
+//!                                        reputation segments
 //! ```
 //!
 //! `docs/etcd-keys.md` documents the same layout for operators.
@@ -48,6 +53,19 @@ pub const TASK_INDEX: &str = "/agentmesh/v1/task-index/";
 pub const IDEMPOTENCY: &str = "/agentmesh/v1/idempotency/";
 pub const EVENTS: &str = "/agentmesh/v1/events/";
 pub const DEAD_LETTERS: &str = "/agentmesh/v1/dead-letters/";
+/// The coordination memory of natural-language requests (docs/requests.md).
+pub const REQUEST_MEMORY: &str = "/agentmesh/v1/request-memory/";
+
+/// The key of the coordination-memory triple of `task`.
+pub fn request_memory(task: &TaskId) -> String {
+    format!("{REQUEST_MEMORY}{}", escape_segment(task.as_str()))
+}
+
+/// The end of the key range of the coordination memory.
+pub fn request_memory_end() -> String {
+    // '/' + 1 == '0'
+    format!("{}0", REQUEST_MEMORY.trim_end_matches('/'))
+}
 
 /// The key of an accepted event: its publish sequence (16 lowercase hex
 /// digits, so etcd's key order is publish order and a new leader restores
@@ -249,6 +267,7 @@ mod tests {
             IDEMPOTENCY,
             EVENTS,
             DEAD_LETTERS,
+            REQUEST_MEMORY,
         ] {
             assert!(prefix.starts_with(ROOT));
         }

@@ -41,6 +41,7 @@ use std::time::Duration;
 use agentmesh_core::ClientId;
 use agentmesh_core::events::{DeadLetter, EventRecord};
 use agentmesh_core::reputation::Reputation;
+use agentmesh_core::request::memory::MemoryEntry;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::task::listing::{IdempotencyKey, TaskPage, TaskQuery};
 use agentmesh_core::{AgentId, AgentRegistration, Membership, TaskId};
@@ -458,9 +459,31 @@ pub trait EventStore: Send + Sync {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, RegistryError>;
 }
 
+/// The coordination memory of natural-language requests
+/// (docs/requests.md): (request, decomposition, quality) triples the
+/// leader keeps after a request task ends, read at submit to reuse a
+/// decomposition for a similar request. One record per task, no lease: the
+/// memory outlives the coordinators that wrote it.
+#[async_trait]
+pub trait RequestMemoryStore: Send + Sync {
+    /// Every remembered triple, in no particular order. Records that do
+    /// not decode are skipped with a warning.
+    async fn request_memory(&self) -> Result<Vec<MemoryEntry>, RegistryError>;
+
+    /// Stores `entry` (replacing the one of the same task), then evicts
+    /// the oldest triples beyond `max`, returning the tasks evicted. Not
+    /// fenced: a triple is a hint that is revalidated before any reuse,
+    /// so a deposed leader's late write does no harm.
+    async fn remember_request(
+        &self,
+        entry: MemoryEntry,
+        max: usize,
+    ) -> Result<Vec<TaskId>, RegistryError>;
+}
+
 #[async_trait]
 pub trait Registry:
-    AgentDirectory + TaskStore + Election + ReputationStore + EventStore + 'static
+    AgentDirectory + TaskStore + Election + ReputationStore + EventStore + RequestMemoryStore + 'static
 {
     /// Revokes this node's lease (its agents leave every view at once, and
     /// its leadership, if any, ends) and stops background work.

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 
 use agentmesh_core::events::{DeadLetter, EventRecord, Subscription};
 use agentmesh_core::reputation::Reputation;
+use agentmesh_core::request::memory::MemoryEntry;
 use agentmesh_core::task::TaskRecord;
 use agentmesh_core::task::listing::{
     IdempotencyKey, ListCursor, Next, PageBuilder, TaskPage, TaskQuery,
@@ -59,7 +60,8 @@ use tracing::info;
 use crate::ended_index::EndedIndex;
 use crate::{
     AgentDirectory, Election, EndedTask, EndedTasks, EventStore, EventWrite, Fence, Leadership,
-    Registry, RegistryError, ReputationEntry, ReputationStore, TaskKeys, TaskStore, TaskWatch,
+    Registry, RegistryError, ReputationEntry, ReputationStore, RequestMemoryStore, TaskKeys,
+    TaskStore, TaskWatch,
 };
 
 /// Record changes buffered for slow watchers; a watcher that falls further
@@ -108,6 +110,8 @@ struct Shared {
     /// Event records and dead letters, ordered as their etcd keys are.
     /// Locked after `election`.
     events: Mutex<EventState>,
+    /// The coordination memory, by task.
+    request_memory: Mutex<BTreeMap<TaskId, MemoryEntry>>,
 }
 
 #[derive(Default)]
@@ -169,6 +173,7 @@ impl MemoryRegistry {
             next_node: AtomicU64::new(1),
             reputations: Mutex::new(BTreeMap::new()),
             events: Mutex::new(EventState::default()),
+            request_memory: Mutex::new(BTreeMap::new()),
         });
         Self {
             node: Node::new(shared.clone()),
@@ -675,6 +680,37 @@ impl EventStore for MemoryRegistry {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, RegistryError> {
         let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
         Ok(events.dead.values().take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl RequestMemoryStore for MemoryRegistry {
+    async fn request_memory(&self) -> Result<Vec<MemoryEntry>, RegistryError> {
+        let memory = self
+            .shared
+            .request_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(memory.values().cloned().collect())
+    }
+
+    async fn remember_request(
+        &self,
+        entry: MemoryEntry,
+        max: usize,
+    ) -> Result<Vec<TaskId>, RegistryError> {
+        let mut memory = self
+            .shared
+            .request_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        memory.insert(entry.task.clone(), entry);
+        let entries: Vec<MemoryEntry> = memory.values().cloned().collect();
+        let evicted = agentmesh_core::request::memory::evictions(&entries, max);
+        for task in &evicted {
+            memory.remove(task);
+        }
+        Ok(evicted)
     }
 }
 

@@ -552,7 +552,9 @@ impl Cluster {
         self.cli_with_timeout(args, CLI_TIMEOUT)
     }
 
-    fn cli_with_timeout(&self, args: &[&str], timeout: Duration) -> CliOutput {
+    /// `agentmesh ARGS...` to completion within `timeout` (a submit that
+    /// waits on a model may take longer than [`CLI_TIMEOUT`]).
+    pub fn cli_with_timeout(&self, args: &[&str], timeout: Duration) -> CliOutput {
         match &self.net {
             None => run_cli_with(args, &self.client_env(), timeout),
             Some(net) => net.run_in_with(&net.a, agentmesh_bin(), args, timeout),

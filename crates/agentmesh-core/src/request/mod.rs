@@ -53,6 +53,17 @@ pub const MAX_ROUNDS_CAP: u32 = 3;
 pub const DEFAULT_MAX_SUBTASKS: usize = 16;
 /// Longest request, in bytes: it goes into a prompt whole.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Tokens a model's decomposition may take: room for `max_subtasks`
+/// short tasks (the schema bounds each string), so a small model that
+/// rambles stops early instead of using the whole time budget.
+pub fn decomposition_max_tokens(max_subtasks: usize) -> u32 {
+    let per_task = 120u32;
+    per_task
+        .saturating_mul(u32::try_from(max_subtasks).unwrap_or(u32::MAX))
+        .saturating_add(32)
+        .min(1024)
+}
+
 /// Longest description of one planned task kept in the record.
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
 
@@ -279,8 +290,8 @@ pub fn decomposition_schema(capabilities: &[String], max_subtasks: usize) -> Val
                     "required": ["id", "specialist", "description", "capability", "input", "depends_on"],
                     "properties": {
                         "id": { "type": "string", "pattern": id },
-                        "specialist": { "type": "string", "description": "the kind of specialist agent", "maxLength": 64 },
-                        "description": { "type": "string", "description": "what this task does", "maxLength": 500 },
+                        "specialist": { "type": "string", "description": "the kind of specialist agent", "maxLength": 32 },
+                        "description": { "type": "string", "description": "what this task does", "maxLength": 80 },
                         "capability": { "enum": capabilities, "description": "the capability (tool) a worker needs" },
                         "input": { "type": "object", "description": describe("input", "the tool's input") },
                         "inputs": ids("ids of earlier tasks whose outputs this one reads".into()),

@@ -16,6 +16,7 @@
 //! | | `task-index/` prefix | readwrite | the listing index beside the records (written and deleted with them) |
 //! | | `idempotency/` prefix | readwrite | submits' idempotency keys (written and deleted with the records) |
 //! | | `reputation/` prefix | read | placement by reputation |
+//! | | `request-memory/` prefix | readwrite | the coordination memory: the leader's triples, read at submit |
 //! | `agentmesh-peer` | `reputation/` prefix | readwrite | compare-and-swap updates after a consensus round |
 //!
 //! Workers and hierarchy levels hold only the first two. `checkpoints/`
@@ -107,6 +108,7 @@ pub fn shared_grants() -> Vec<Grant> {
         // only (docs/events.md).
         Grant::new(COORDINATOR_ROLE, keys::EVENTS, true, true),
         Grant::new(COORDINATOR_ROLE, keys::DEAD_LETTERS, true, true),
+        Grant::new(COORDINATOR_ROLE, keys::REQUEST_MEMORY, true, true),
     ]
 }
 

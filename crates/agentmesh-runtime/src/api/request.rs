@@ -11,20 +11,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_core::request::memory::best_match;
 use agentmesh_core::request::{
-    self, Decomposition, RequestError, RequestOptions, RequestPlan, builtin,
+    self, Decomposition, RequestError, RequestOptions, RequestPlan, Reused, builtin,
 };
 use agentmesh_core::task::{TaskFile, TaskFileError, TaskLimits, validate};
 use agentmesh_core::{Membership, Role};
-use agentmesh_llm::{ChatProvider, ChatRequest, DomainCheck, Message, chat_validated};
+use agentmesh_llm::{
+    ChatProvider, ChatRequest, DomainCheck, EmbeddingProvider, Message, chat_validated,
+};
+use agentmesh_registry::RequestMemoryStore;
 
 /// The name a built-in decomposition is recorded under.
 pub const BUILTIN: &str = "builtin";
 /// Time a model has for one decomposition, retry included.
 pub const DECOMPOSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Tokens a decomposition answer may take: room for the most subtasks a
-/// small plan has, bounded so a rambling model stops.
-pub const DECOMPOSE_MAX_TOKENS: u32 = 1024;
+/// Time the embedding of a request may take at submit before the memory
+/// is searched lexically.
+pub const EMBED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Decomposes requests with the node's knobs; one per node, shared by
 /// every submit.
@@ -53,10 +57,14 @@ fn refused(error: RequestError) -> TaskFileError {
 impl RequestPlanner {
     /// The validated task file a request stands for, and the plan the
     /// record keeps.
-    /// `chat` is the node's model (`None`: the built-in rules decompose).
+    /// `chat` is the node's model (`None`: the built-in rules decompose);
+    /// `memory` the coordination memory, searched first (by `embed`'s
+    /// embeddings when there is one, lexically otherwise).
     pub async fn plan(
         &self,
         chat: Option<&Arc<dyn ChatProvider>>,
+        embed: Option<&Arc<dyn EmbeddingProvider>>,
+        memory: Option<&dyn RequestMemoryStore>,
         file: TaskFile,
         limits: &TaskLimits,
         membership: &Membership,
@@ -81,6 +89,26 @@ impl RequestPlanner {
                 capabilities.clone()
             })
         };
+        if let Some(memory) = memory
+            && self.options.memory_size > 0
+            && let Some((decomposition, provider, reused)) =
+                self.recall(embed, memory, &request).await
+        {
+            match check(&decomposition) {
+                Ok(tasks) => {
+                    let mut plan = RequestPlan::new(&file, decomposition, provider, &self.options);
+                    plan.reused = Some(reused);
+                    return Ok((tasks, plan));
+                }
+                // The cluster changed since (a capability gone, a limit
+                // lowered): decompose afresh.
+                Err(error) => tracing::info!(
+                    from_task = %reused.from_task,
+                    %error,
+                    "a remembered decomposition no longer validates; decomposing afresh"
+                ),
+            }
+        }
         let mut fallback = None;
         if let Some(chat) = chat {
             match self
@@ -122,6 +150,51 @@ impl RequestPlanner {
         Ok((tasks, plan))
     }
 
+    /// The remembered decomposition most similar to `request`, at or above
+    /// `--request-memory-similarity`, with its provider and where it came
+    /// from. A memory that cannot be read is no reason to refuse a submit.
+    async fn recall(
+        &self,
+        embed: Option<&Arc<dyn EmbeddingProvider>>,
+        memory: &dyn RequestMemoryStore,
+        request: &str,
+    ) -> Option<(Decomposition, String, Reused)> {
+        let entries = memory
+            .request_memory()
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "the coordination memory is unreadable"))
+            .ok()?;
+        if entries.is_empty() {
+            return None;
+        }
+        let mut embedding = None;
+        if let Some(embed) = embed {
+            match tokio::time::timeout(EMBED_TIMEOUT, embed.embed(&[request.to_owned()])).await {
+                Ok(Ok(mut answer)) if answer.vectors.len() == 1 => embedding = answer.vectors.pop(),
+                Ok(Ok(_)) => tracing::warn!("the embedding provider answered no vector"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "the memory is searched lexically: no embedding")
+                }
+                Err(_) => tracing::warn!("the memory is searched lexically: embedding timed out"),
+            }
+        }
+        let recall = best_match(
+            request,
+            embedding.as_deref(),
+            &entries,
+            self.options.memory_similarity,
+        )?;
+        Some((
+            recall.entry.decomposition.clone(),
+            recall.entry.provider.clone(),
+            Reused {
+                from_task: recall.entry.task.clone(),
+                similarity: recall.similarity,
+                by: recall.by.to_owned(),
+            },
+        ))
+    }
+
     /// The model's decomposition, validated (schema, then the task-file
     /// validator as the domain check), or why there is none.
     async fn ask(
@@ -147,7 +220,7 @@ impl RequestPlanner {
         .with_schema("decomposition", schema)
         .with_temperature(0.0)
         .with_seed(0)
-        .with_max_tokens(DECOMPOSE_MAX_TOKENS)
+        .with_max_tokens(request::decomposition_max_tokens(self.options.max_subtasks))
         .with_timeout(DECOMPOSE_TIMEOUT);
         let (file, limits, membership) = (file.clone(), limits.clone(), membership.clone());
         let max = self.options.max_subtasks;
@@ -258,7 +331,14 @@ mod tests {
         )
         .unwrap();
         RequestPlanner::default()
-            .plan(chat.as_ref(), file, &TaskLimits::default(), &membership())
+            .plan(
+                chat.as_ref(),
+                None,
+                None,
+                file,
+                &TaskLimits::default(),
+                &membership(),
+            )
             .await
             .unwrap()
     }
@@ -303,5 +383,70 @@ mod tests {
     async fn without_a_model_the_builtin_rules_decompose() {
         let (_, plan) = plan(None).await;
         assert_eq!((plan.provider.as_str(), plan.fallback), (BUILTIN, None));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_plan_is_reused_only_while_it_still_validates() {
+        use agentmesh_core::request::memory::MemoryEntry;
+        use agentmesh_registry::{MemoryRegistry, RequestMemoryStore};
+        let memory = MemoryRegistry::new();
+        let remembered = |capability: &str| MemoryEntry {
+            task: agentmesh_core::TaskId::new("earlier"),
+            request: "calculate 6 * 7".into(),
+            decomposition: serde_json::from_str(&VALID.replace("math.eval", capability)).unwrap(),
+            quality: 1.0,
+            provider: "scripted".into(),
+            created_ms: 1,
+            embedding: None,
+        };
+        memory
+            .remember_request(remembered("math.eval"), 8)
+            .await
+            .unwrap();
+        let file = || {
+            parse(
+                "name: r\nrequest: Calculate 6 * 7\n",
+                &TaskLimits::default(),
+            )
+            .unwrap()
+        };
+        let planner = RequestPlanner::default();
+        let (tasks, plan) = planner
+            .plan(
+                None,
+                None,
+                Some(&memory),
+                file(),
+                &TaskLimits::default(),
+                &membership(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(tasks.tasks[0].id, "mul", "the remembered plan runs");
+        let reused = plan.reused.expect("reused");
+        assert_eq!(
+            (reused.from_task.as_str(), reused.by.as_str()),
+            ("earlier", "lexical")
+        );
+        assert_eq!(plan.provider, "scripted");
+        // A capability no live worker offers any more: decomposed afresh.
+        memory
+            .remember_request(remembered("gone.tool"), 8)
+            .await
+            .unwrap();
+        let (tasks, plan) = planner
+            .plan(
+                None,
+                None,
+                Some(&memory),
+                file(),
+                &TaskLimits::default(),
+                &membership(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(plan.reused, None);
+        assert_eq!(plan.provider, BUILTIN);
+        assert_eq!(tasks.tasks[0].capability, "math.eval");
     }
 }

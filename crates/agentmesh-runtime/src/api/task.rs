@@ -444,7 +444,14 @@ impl TaskApi {
                 let span = crate::span!("decomposition");
                 let (tasks, plan) = self
                     .requests
-                    .plan(self.providers.chat.as_ref(), file, &self.limits, membership)
+                    .plan(
+                        self.providers.chat.as_ref(),
+                        self.providers.embed.as_ref(),
+                        Some(self.registry.as_ref()),
+                        file,
+                        &self.limits,
+                        membership,
+                    )
                     .instrument(span)
                     .await?;
                 let mut record = TaskRecord::new(

@@ -28,6 +28,7 @@ mod messages;
 mod pools;
 mod reactive;
 mod recovery;
+mod request_memory;
 pub mod retention;
 mod schedule;
 mod writer;
@@ -583,6 +584,14 @@ impl CoordinatorState {
         }
         if status.is_terminal() {
             self.cache.remember(record, now_ms());
+            request_memory::remember(
+                self.router.background(),
+                &self.registry,
+                &self.providers,
+                record,
+                self.config.requests.memory_size,
+                now_ms(),
+            );
             info!(task_id = %id, %status, "task finished");
             metrics::task_finished(pattern, status);
             self.tasks.remove(id);
