@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_core::breaker::{BreakerPolicy, CircuitBreaker};
-use agentmesh_core::reactive::{RequestKind, Routed, RoutingTable, ToolChoice};
+use agentmesh_core::reactive::{
+    Extractor, RequestKind, Routed, RoutingTable, ToolChoice, ToolRoute,
+};
 use agentmesh_core::task::{TaskFile, TaskFileError};
 use agentmesh_core::{Membership, Role};
 use agentmesh_llm::{ChatProvider, ChatRequest, DomainCheck, Message, chat_validated};
@@ -166,19 +168,72 @@ impl ProviderFallback {
     }
 }
 
-/// The schema of the provider's answer: a kind, one of `tools`, an input
-/// object.
-pub fn answer_schema(tools: &[&str]) -> Value {
+/// The schema of the provider's answer: a kind, one of `tools`, and an
+/// input of the shape one of their extractors reads, every string bounded.
+/// A schema-constrained decoder (llama.cpp's grammar, vLLM's structured
+/// outputs) then cannot ramble inside an open object until the token bound
+/// cuts the JSON short, which is what a small model does with a bare
+/// `{"type": "object"}`.
+pub fn answer_schema(table: &RoutingTable, tools: &[&str]) -> Value {
+    let mut inputs: Vec<Value> = Vec::new();
+    for route in offered_routes(table, tools) {
+        let input = input_schema(route.extract);
+        if !inputs.contains(&input) {
+            inputs.push(input);
+        }
+    }
     json!({
         "type": "object",
         "properties": {
             "kind": {"type": "string", "enum": RequestKind::ALL.map(RequestKind::as_str)},
             "tool": {"type": "string", "enum": tools},
-            "input": {"type": "object"},
+            "input": {"anyOf": inputs},
         },
         "required": ["kind", "tool", "input"],
         "additionalProperties": false,
     })
+}
+
+/// The routes of the table whose tool is among `tools`.
+fn offered_routes<'t>(
+    table: &'t RoutingTable,
+    tools: &'t [&str],
+) -> impl Iterator<Item = &'t ToolRoute> {
+    table
+        .tools
+        .iter()
+        .filter(|t| tools.contains(&t.tool.as_str()))
+}
+
+/// The input an extractor produces, as a closed object of bounded fields.
+fn input_schema(extractor: Extractor) -> Value {
+    let string = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+    let (properties, required) = match extractor {
+        Extractor::Expression => (json!({"expr": string(200)}), json!(["expr"])),
+        Extractor::Text => (json!({"text": string(2000)}), json!(["text"])),
+        Extractor::Url => (json!({"url": string(2048)}), json!(["url"])),
+        Extractor::JsonQuery => (
+            json!({"path": string(256), "document": {"type": "object"}}),
+            json!(["path", "document"]),
+        ),
+    };
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// The field of the input an extractor always sets: a domain check that
+/// the model's input fits the tool it chose, not just some tool.
+fn required_field(extractor: Extractor) -> &'static str {
+    match extractor {
+        Extractor::Expression => "expr",
+        Extractor::Text => "text",
+        Extractor::Url => "url",
+        Extractor::JsonQuery => "path",
+    }
 }
 
 /// The prompt: the tools with their keywords and what input each takes.
@@ -188,20 +243,12 @@ fn prompt(table: &RoutingTable, tools: &[&str]) -> String {
          {\"kind\": one of information_query, action_request, tool_usage, general; \
          \"tool\": the tool's name; \"input\": the tool's input object}.\nTools:\n",
     );
-    for route in table
-        .tools
-        .iter()
-        .filter(|t| tools.contains(&t.tool.as_str()))
-    {
+    for route in offered_routes(table, tools) {
         let input = match route.extract {
-            agentmesh_core::reactive::Extractor::Expression => {
-                "{\"expr\": \"an arithmetic expression\"}"
-            }
-            agentmesh_core::reactive::Extractor::Text => "{\"text\": \"the text\"}",
-            agentmesh_core::reactive::Extractor::Url => "{\"url\": \"an http(s) URL\"}",
-            agentmesh_core::reactive::Extractor::JsonQuery => {
-                "{\"path\": \"a JSONPath\", \"document\": {}}"
-            }
+            Extractor::Expression => "{\"expr\": \"an arithmetic expression\"}",
+            Extractor::Text => "{\"text\": \"the text\"}",
+            Extractor::Url => "{\"url\": \"an http(s) URL\"}",
+            Extractor::JsonQuery => "{\"path\": \"a JSONPath\", \"document\": {}}",
         };
         text.push_str(&format!(
             "- {} (for: {}), input {input}\n",
@@ -219,23 +266,28 @@ async fn ask(
     table: &RoutingTable,
     tools: &[&str],
 ) -> Result<(Value, Option<String>), String> {
-    let offered: Vec<String> = tools.iter().map(|t| (*t).to_owned()).collect();
+    let offered: Vec<(String, &'static str)> = offered_routes(table, tools)
+        .map(|route| (route.tool.clone(), required_field(route.extract)))
+        .collect();
     let domain: DomainCheck = Arc::new(move |value: &Value| {
         let tool = value["tool"].as_str().unwrap_or_default();
-        if offered.iter().any(|t| t == tool) {
-            Ok(())
-        } else {
-            Err(format!(
+        let Some((_, field)) = offered.iter().find(|(t, _)| t == tool) else {
+            let names: Vec<&str> = offered.iter().map(|(t, _)| t.as_str()).collect();
+            return Err(format!(
                 "tool '{tool}' is not one of the offered tools: {}",
-                offered.join(", ")
-            ))
+                names.join(", ")
+            ));
+        };
+        if value["input"].get(*field).is_none() {
+            return Err(format!("the input of '{tool}' needs the field '{field}'"));
         }
+        Ok(())
     });
     let call = ChatRequest::new(vec![
         Message::system(prompt(table, tools)),
         Message::user(request.to_owned()),
     ])
-    .with_schema("reactive_route", answer_schema(tools))
+    .with_schema("reactive_route", answer_schema(table, tools))
     .with_temperature(0.0)
     .with_max_tokens(MAX_ANSWER_TOKENS)
     .with_seed(0)
@@ -252,8 +304,15 @@ mod tests {
 
     #[test]
     fn the_schema_offers_only_live_tools_of_the_table() {
-        let schema = answer_schema(&["math.eval"]);
+        let schema = answer_schema(&RoutingTable::builtin(), &["math.eval"]);
         assert_eq!(schema["properties"]["tool"]["enum"], json!(["math.eval"]));
+        // The input is the closed, bounded object math.eval's extractor reads.
+        let inputs = schema["properties"]["input"]["anyOf"].as_array().unwrap();
+        assert_eq!(inputs.len(), 1);
+        assert_eq!(inputs[0]["required"], json!(["expr"]));
+        assert_eq!(inputs[0]["additionalProperties"], false);
+        assert_eq!(inputs[0]["properties"]["expr"]["maxLength"], 200);
+        agentmesh_llm::compile_schema(&schema).expect("a valid JSON schema");
         let text = prompt(&RoutingTable::builtin(), &["math.eval"]);
         assert!(text.contains("math.eval"));
         assert!(!text.contains("http.get"));
