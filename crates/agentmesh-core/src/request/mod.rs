@@ -54,14 +54,15 @@ pub const DEFAULT_MAX_SUBTASKS: usize = 16;
 /// Longest request, in bytes: it goes into a prompt whole.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Tokens a model's decomposition may take: room for `max_subtasks`
-/// short tasks (the schema bounds each string), so a small model that
+/// tasks written out with indentation, as models do (every string is
+/// bounded by the schema: about 250 tokens a task), so a small model that
 /// rambles stops early instead of using the whole time budget.
 pub fn decomposition_max_tokens(max_subtasks: usize) -> u32 {
-    let per_task = 120u32;
+    let per_task = 256u32;
     per_task
         .saturating_mul(u32::try_from(max_subtasks).unwrap_or(u32::MAX))
-        .saturating_add(32)
-        .min(1024)
+        .saturating_add(64)
+        .min(2048)
 }
 
 /// Longest description of one planned task kept in the record.
@@ -256,10 +257,9 @@ pub fn decomposition_schema(capabilities: &[String], max_subtasks: usize) -> Val
     let task_schema: Value =
         serde_json::from_str(include_str!("../../../../docs/task.schema.json"))
             .unwrap_or(Value::Null);
-    let id = task_schema["$defs"]["id"]["pattern"]
-        .as_str()
-        .unwrap_or("^[A-Za-z0-9_-]{1,128}$")
-        .to_owned();
+    // The task file's id characters, with a short bound: a model fills a
+    // string to its bound, and a plan's ids need not be long.
+    let id = "^[A-Za-z0-9_-]{1,24}$";
     let subtask = &task_schema["$defs"]["subtask"]["properties"];
     let describe = |field: &str, fallback: &str| {
         subtask[field]["description"]
@@ -271,7 +271,8 @@ pub fn decomposition_schema(capabilities: &[String], max_subtasks: usize) -> Val
         json!({
             "type": "array",
             "items": { "type": "string", "pattern": id },
-            "maxItems": max_subtasks,
+            // A task depends on at most every other one.
+            "maxItems": max_subtasks.saturating_sub(1),
             "description": description,
         })
     };
@@ -293,15 +294,57 @@ pub fn decomposition_schema(capabilities: &[String], max_subtasks: usize) -> Val
                         "specialist": { "type": "string", "description": "the kind of specialist agent", "maxLength": 32 },
                         "description": { "type": "string", "description": "what this task does", "maxLength": 80 },
                         "capability": { "enum": capabilities, "description": "the capability (tool) a worker needs" },
-                        "input": { "type": "object", "description": describe("input", "the tool's input") },
+                        "input": input_schema(capabilities, describe("input", "the tool's input")),
                         "inputs": ids("ids of earlier tasks whose outputs this one reads".into()),
-                        "outputs": { "type": "array", "items": { "type": "string", "maxLength": 64 }, "maxItems": 16, "description": "output fields this task produces" },
+                        "outputs": { "type": "array", "items": { "type": "string", "maxLength": 24 }, "maxItems": 4, "description": "output fields this task produces" },
                         "depends_on": ids(describe("depends_on", "ids this task waits for")),
                     }
                 }
             }
         }
     })
+}
+
+/// The input of a task: one of the closed, bounded shapes the offered
+/// built-in tools take, or any object when a tool of the cluster's own is
+/// offered (its shape is not known here). A schema-constrained decoder
+/// cannot then ramble inside an open object until the token bound cuts the
+/// answer short, which is what a small model does with a bare object.
+fn input_schema(capabilities: &[String], description: String) -> Value {
+    let mut shapes: Vec<Value> = Vec::new();
+    for capability in capabilities {
+        match builtin_input(capability) {
+            Some(shape) => shapes.push(shape),
+            None => return json!({ "type": "object", "description": description }),
+        }
+    }
+    json!({ "anyOf": shapes, "description": description })
+}
+
+/// The input of a built-in tool, as a closed object with bounded fields;
+/// `None` for any other capability.
+pub fn builtin_input(capability: &str) -> Option<Value> {
+    let string = |max: usize| json!({ "type": "string", "minLength": 1, "maxLength": max });
+    let (properties, required) = match capability {
+        "math.eval" => (json!({ "expr": string(200) }), json!(["expr"])),
+        "text.word_count" => (json!({ "text": string(2000) }), json!(["text"])),
+        "json.query" => (
+            json!({ "path": string(256), "document": { "type": "object" } }),
+            json!(["path", "document"]),
+        ),
+        "http.get" => (json!({ "url": string(2048) }), json!(["url"])),
+        "sleep" => (
+            json!({ "ms": { "type": "integer", "minimum": 0, "maximum": 600000 } }),
+            json!(["ms"]),
+        ),
+        _ => return None,
+    };
+    Some(json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    }))
 }
 
 /// The prompt asking a model for a decomposition.
@@ -316,12 +359,19 @@ pub fn decomposition_prompt(request: &str, strategy: Strategy, capabilities: &[S
             "Choose the order: dependencies only where a task needs another's output."
         }
     };
+    let described: Vec<String> = capabilities
+        .iter()
+        .map(|c| match builtin_input(c) {
+            Some(shape) => format!("{c} (input fields: {})", shape["required"]),
+            None => c.clone(),
+        })
+        .collect();
     format!(
         "Decompose the request into tasks for worker agents. Each task calls one capability \
          with a JSON input. Capabilities: {}. A task may use an earlier task's output with \
          a reference like {{{{count.words}}}} in its input, and must then list that task in \
          depends_on. {order} Answer with JSON only.\n\nRequest: {request}",
-        capabilities.join(", ")
+        described.join(", ")
     )
 }
 

@@ -334,3 +334,28 @@ proptest! {
         prop_assert!((x - y).abs() < 1e-9 && (0.0..=1.0).contains(&x));
     }
 }
+
+#[test]
+fn the_decomposition_schema_bounds_the_input_of_built_in_tools() {
+    let schema = decomposition_schema(&["math.eval".into(), "sleep".into()], 4);
+    let input = &schema["properties"]["tasks"]["items"]["properties"]["input"];
+    let shapes = input["anyOf"]
+        .as_array()
+        .expect("one shape per built-in tool");
+    assert_eq!(shapes.len(), 2);
+    assert_eq!(shapes[0]["required"], json!(["expr"]));
+    assert_eq!(shapes[0]["additionalProperties"], false);
+    assert_eq!(shapes[0]["properties"]["expr"]["maxLength"], 200);
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON schema");
+    let task = |input: Value| {
+        json!({"tasks": [{"id": "a", "specialist": "s", "description": "d",
+            "capability": "math.eval", "input": input, "depends_on": []}]})
+    };
+    assert!(validator.is_valid(&task(json!({"expr": "6 * 7"}))));
+    assert!(!validator.is_valid(&task(json!({"expr": "6 * 7", "junk": 1}))));
+    // A tool of the cluster's own: its shape is not known, any object goes.
+    let custom = decomposition_schema(&["math.eval".into(), "text.greet".into()], 4);
+    let input = &custom["properties"]["tasks"]["items"]["properties"]["input"];
+    assert_eq!(input["type"], "object");
+    assert!(decomposition_prompt("x", Strategy::Auto, &["math.eval".into()]).contains("expr"));
+}
