@@ -142,11 +142,17 @@ impl ProviderFallback {
                 metrics::reactive_provider_breaker(breaker.state());
                 let kind: RequestKind =
                     serde_json::from_value(value["kind"].clone()).unwrap_or(RequestKind::General);
-                let tool = value["tool"].as_str().unwrap_or_default().to_owned();
+                let tool = value["call"]["tool"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 Ok(Placed {
                     choice: ToolChoice {
                         tool,
-                        input: value.get("input").cloned().unwrap_or_else(|| json!({})),
+                        input: value["call"]
+                            .get("input")
+                            .cloned()
+                            .unwrap_or_else(|| json!({})),
                         keywords: Vec::new(),
                     },
                     kind,
@@ -168,28 +174,37 @@ impl ProviderFallback {
     }
 }
 
-/// The schema of the provider's answer: a kind, one of `tools`, and an
-/// input of the shape one of their extractors reads, every string bounded.
-/// A schema-constrained decoder (llama.cpp's grammar, vLLM's structured
-/// outputs) then cannot ramble inside an open object until the token bound
-/// cuts the JSON short, which is what a small model does with a bare
-/// `{"type": "object"}`.
+/// The schema of the provider's answer: a kind, and a call of one of
+/// `tools` with an input of the shape that tool's extractor reads, every
+/// string bounded. The call is one object per tool (`anyOf`), so the input
+/// is bound to the tool chosen; a schema-constrained decoder (llama.cpp's
+/// grammar, vLLM's structured outputs) then cannot ramble inside an open
+/// object until the token bound cuts the JSON short, which is what a small
+/// model does with a bare `{"type": "object"}`. The root stays a plain
+/// object, as OpenAI's structured outputs require.
 pub fn answer_schema(table: &RoutingTable, tools: &[&str]) -> Value {
-    let mut inputs: Vec<Value> = Vec::new();
+    let mut calls: Vec<Value> = Vec::new();
     for route in offered_routes(table, tools) {
-        let input = input_schema(route.extract);
-        if !inputs.contains(&input) {
-            inputs.push(input);
+        let call = json!({
+            "type": "object",
+            "properties": {
+                "tool": {"type": "string", "const": route.tool},
+                "input": input_schema(route.extract),
+            },
+            "required": ["tool", "input"],
+            "additionalProperties": false,
+        });
+        if !calls.contains(&call) {
+            calls.push(call);
         }
     }
     json!({
         "type": "object",
         "properties": {
             "kind": {"type": "string", "enum": RequestKind::ALL.map(RequestKind::as_str)},
-            "tool": {"type": "string", "enum": tools},
-            "input": {"anyOf": inputs},
+            "call": {"anyOf": calls},
         },
-        "required": ["kind", "tool", "input"],
+        "required": ["kind", "call"],
         "additionalProperties": false,
     })
 }
@@ -241,7 +256,7 @@ fn prompt(table: &RoutingTable, tools: &[&str]) -> String {
     let mut text = String::from(
         "You route a user's request to exactly one tool. Answer with JSON only: \
          {\"kind\": one of information_query, action_request, tool_usage, general; \
-         \"tool\": the tool's name; \"input\": the tool's input object}.\nTools:\n",
+         \"call\": {\"tool\": the tool's name, \"input\": the tool's input object}}.\nTools:\n",
     );
     for route in offered_routes(table, tools) {
         let input = match route.extract {
@@ -270,7 +285,7 @@ async fn ask(
         .map(|route| (route.tool.clone(), required_field(route.extract)))
         .collect();
     let domain: DomainCheck = Arc::new(move |value: &Value| {
-        let tool = value["tool"].as_str().unwrap_or_default();
+        let tool = value["call"]["tool"].as_str().unwrap_or_default();
         let Some((_, field)) = offered.iter().find(|(t, _)| t == tool) else {
             let names: Vec<&str> = offered.iter().map(|(t, _)| t.as_str()).collect();
             return Err(format!(
@@ -278,7 +293,7 @@ async fn ask(
                 names.join(", ")
             ));
         };
-        if value["input"].get(*field).is_none() {
+        if value["call"]["input"].get(*field).is_none() {
             return Err(format!("the input of '{tool}' needs the field '{field}'"));
         }
         Ok(())
@@ -305,13 +320,14 @@ mod tests {
     #[test]
     fn the_schema_offers_only_live_tools_of_the_table() {
         let schema = answer_schema(&RoutingTable::builtin(), &["math.eval"]);
-        assert_eq!(schema["properties"]["tool"]["enum"], json!(["math.eval"]));
+        let calls = schema["properties"]["call"]["anyOf"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["properties"]["tool"]["const"], "math.eval");
         // The input is the closed, bounded object math.eval's extractor reads.
-        let inputs = schema["properties"]["input"]["anyOf"].as_array().unwrap();
-        assert_eq!(inputs.len(), 1);
-        assert_eq!(inputs[0]["required"], json!(["expr"]));
-        assert_eq!(inputs[0]["additionalProperties"], false);
-        assert_eq!(inputs[0]["properties"]["expr"]["maxLength"], 200);
+        let input = &calls[0]["properties"]["input"];
+        assert_eq!(input["required"], json!(["expr"]));
+        assert_eq!(input["additionalProperties"], false);
+        assert_eq!(input["properties"]["expr"]["maxLength"], 200);
         agentmesh_llm::compile_schema(&schema).expect("a valid JSON schema");
         let text = prompt(&RoutingTable::builtin(), &["math.eval"]);
         assert!(text.contains("math.eval"));
