@@ -76,6 +76,42 @@ pub enum Extractor {
     JsonQuery,
 }
 
+impl Extractor {
+    /// The input this extractor produces, as a closed object of bounded
+    /// fields: what a model asked for such an input must follow, so a
+    /// schema-constrained decoder cannot ramble inside an open object until
+    /// its token bound cuts the answer short.
+    pub fn input_schema(self) -> serde_json::Value {
+        use serde_json::json;
+        let string = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+        let (properties, required) = match self {
+            Self::Expression => (json!({"expr": string(200)}), json!(["expr"])),
+            Self::Text => (json!({"text": string(2000)}), json!(["text"])),
+            Self::Url => (json!({"url": string(2048)}), json!(["url"])),
+            Self::JsonQuery => (
+                json!({"path": string(256), "document": {"type": "object"}}),
+                json!(["path", "document"]),
+            ),
+        };
+        json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    }
+
+    /// The field every input of this extractor has.
+    pub fn required_field(self) -> &'static str {
+        match self {
+            Self::Expression => "expr",
+            Self::Text => "text",
+            Self::Url => "url",
+            Self::JsonQuery => "path",
+        }
+    }
+}
+
 /// One tool the fast path may pick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

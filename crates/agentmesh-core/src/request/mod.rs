@@ -324,27 +324,23 @@ fn input_schema(capabilities: &[String], description: String) -> Value {
 /// The input of a built-in tool, as a closed object with bounded fields;
 /// `None` for any other capability.
 pub fn builtin_input(capability: &str) -> Option<Value> {
-    let string = |max: usize| json!({ "type": "string", "minLength": 1, "maxLength": max });
-    let (properties, required) = match capability {
-        "math.eval" => (json!({ "expr": string(200) }), json!(["expr"])),
-        "text.word_count" => (json!({ "text": string(2000) }), json!(["text"])),
-        "json.query" => (
-            json!({ "path": string(256), "document": { "type": "object" } }),
-            json!(["path", "document"]),
-        ),
-        "http.get" => (json!({ "url": string(2048) }), json!(["url"])),
-        "sleep" => (
-            json!({ "ms": { "type": "integer", "minimum": 0, "maximum": 600000 } }),
-            json!(["ms"]),
-        ),
+    use crate::reactive::Extractor;
+    let extractor = match capability {
+        "math.eval" => Extractor::Expression,
+        "text.word_count" => Extractor::Text,
+        "json.query" => Extractor::JsonQuery,
+        "http.get" => Extractor::Url,
+        "sleep" => {
+            return Some(json!({
+                "type": "object",
+                "properties": { "ms": { "type": "integer", "minimum": 0, "maximum": 600000 } },
+                "required": ["ms"],
+                "additionalProperties": false,
+            }));
+        }
         _ => return None,
     };
-    Some(json!({
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": false,
-    }))
+    Some(extractor.input_schema())
 }
 
 /// The prompt asking a model for a decomposition.

@@ -189,7 +189,7 @@ pub fn answer_schema(table: &RoutingTable, tools: &[&str]) -> Value {
             "type": "object",
             "properties": {
                 "tool": {"type": "string", "const": route.tool},
-                "input": input_schema(route.extract),
+                "input": route.extract.input_schema(),
             },
             "required": ["tool", "input"],
             "additionalProperties": false,
@@ -218,37 +218,6 @@ fn offered_routes<'t>(
         .tools
         .iter()
         .filter(|t| tools.contains(&t.tool.as_str()))
-}
-
-/// The input an extractor produces, as a closed object of bounded fields.
-fn input_schema(extractor: Extractor) -> Value {
-    let string = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
-    let (properties, required) = match extractor {
-        Extractor::Expression => (json!({"expr": string(200)}), json!(["expr"])),
-        Extractor::Text => (json!({"text": string(2000)}), json!(["text"])),
-        Extractor::Url => (json!({"url": string(2048)}), json!(["url"])),
-        Extractor::JsonQuery => (
-            json!({"path": string(256), "document": {"type": "object"}}),
-            json!(["path", "document"]),
-        ),
-    };
-    json!({
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": false,
-    })
-}
-
-/// The field of the input an extractor always sets: a domain check that
-/// the model's input fits the tool it chose, not just some tool.
-fn required_field(extractor: Extractor) -> &'static str {
-    match extractor {
-        Extractor::Expression => "expr",
-        Extractor::Text => "text",
-        Extractor::Url => "url",
-        Extractor::JsonQuery => "path",
-    }
 }
 
 /// The prompt: the tools with their keywords and what input each takes.
@@ -282,7 +251,7 @@ async fn ask(
     tools: &[&str],
 ) -> Result<(Value, Option<String>), String> {
     let offered: Vec<(String, &'static str)> = offered_routes(table, tools)
-        .map(|route| (route.tool.clone(), required_field(route.extract)))
+        .map(|route| (route.tool.clone(), route.extract.required_field()))
         .collect();
     let domain: DomainCheck = Arc::new(move |value: &Value| {
         let tool = value["call"]["tool"].as_str().unwrap_or_default();
