@@ -83,6 +83,12 @@ fn a_low_quality_score_runs_exactly_one_refinement_round() {
         .collect();
     assert_eq!(ids, ["t1_word_count", "r1_t1_word_count"], "{record}");
     assert_eq!(request["refined"]["r1_t1_word_count"], "t1_word_count");
+    // Without a model the built-in rule planned the round.
+    assert_eq!(
+        request["refinements"][0]["provider"], "builtin",
+        "{request}"
+    );
+    assert!(request.get("awaiting").is_none(), "{request}");
     cluster.assert_no_panic();
 }
 

@@ -802,6 +802,7 @@ pub async fn request_memory(backend: &dyn Backend) {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
                 depends_on: Vec::new(),
+                replaces: None,
             }],
         },
         quality: 1.0,

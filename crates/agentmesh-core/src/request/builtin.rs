@@ -156,6 +156,7 @@ pub fn decompose(
             input,
             inputs,
             depends_on,
+            replaces: None,
         });
     }
     if tasks.is_empty() {

@@ -13,8 +13,11 @@
 //!                                                               │
 //!   aggregate ◀─ all subtasks completed ◀─────────────────────────┘
 //!      │
-//!   quality score < threshold and rounds left? ─yes─▶ refinement round
-//!      │ no                                            (appended, run)
+//!   quality score < threshold and rounds left? ─yes─▶ refinement round:
+//!      │ no                          new tasks by the model or the rule
+//!      ▼                             (refine), validated, appended, run
+//!   aggregation summary? ─yes─▶ the model's summary (extractive without)
+//!      │
 //!      ▼
 //!   result
 //! ```
@@ -29,6 +32,7 @@
 pub mod builtin;
 pub mod memory;
 pub mod post;
+pub mod refine;
 
 use std::collections::BTreeMap;
 
@@ -40,7 +44,8 @@ use crate::TaskId;
 use crate::task::file::{Pattern, Strategy, SubtaskSpec, TaskFile};
 use crate::task::message::{MAX_QUOTED, clip};
 
-pub use self::post::{Aggregation, PostProcess, TaskQuality};
+pub use self::post::{Aggregation, Assessment, TaskQuality};
+pub use self::refine::{Refinement, Review};
 
 /// The quality score below which a refinement round runs, as the guide
 /// has it.
@@ -96,6 +101,10 @@ pub struct PlannedTask {
     pub outputs: Vec<String>,
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// In a refinement round: the planned task this one redoes, whose
+    /// output this one's replaces when it scores higher (see [`refine`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A request cut into tasks.
@@ -408,13 +417,41 @@ pub struct RequestPlan {
     /// How the score was reached (`rules`, or a provider's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged_by: Option<String>,
-    /// Refinement subtasks, each to the planned task it runs again.
+    /// Refinement subtasks, each to the planned task it replaces.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refined: BTreeMap<String, String>,
-    /// The aggregated result, once the last round ended.
+    /// Each refinement round: who generated it, and its tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refinements: Vec<Refinement>,
+    /// What the request waits for, off the coordinator's actor, before
+    /// it can go on; durable, so a new leader asks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<Awaiting>,
+    /// `aggregation: summary`: who wrote the summary (`builtin`, the
+    /// extractive one, or a model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summarized_by: Option<String>,
+    /// Why a model's summary was not used, when one was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_fallback: Option<String>,
+    /// The aggregated result: after the last round, or so far while a
+    /// round or a summary is awaited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
 }
+
+/// The step a request waits for once all its subtasks completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Awaiting {
+    /// The tasks of refinement round `round`.
+    Refinement { round: u32 },
+    /// The summary of the results.
+    Summary,
+}
+
+/// The longest summary kept, in bytes.
+pub const MAX_SUMMARY_BYTES: usize = 2000;
 
 /// A decomposition taken from the coordination memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -473,6 +510,10 @@ impl RequestPlan {
             scores: Vec::new(),
             judged_by: None,
             refined: BTreeMap::new(),
+            refinements: Vec::new(),
+            awaiting: None,
+            summarized_by: None,
+            summary_fallback: None,
             result: None,
         }
     }

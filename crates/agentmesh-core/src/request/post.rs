@@ -23,12 +23,10 @@
 //! # Refinement
 //!
 //! Below the threshold, and while rounds are left (`max_rounds`, one by
-//! default), the tasks that scored below the threshold run again as a
-//! round of new subtasks appended to the DAG (`r1_<id>`: same capability,
-//! input and dependencies, which have completed), so a flaky tool (a
-//! fetch that failed with 503) gets a second chance; the result is then
-//! aggregated again from each task's better attempt. A round with nothing
-//! to re-run is not started.
+//! default), the request waits for a refinement round ([`super::refine`]):
+//! new tasks, generated from this review of what ran, appended to the DAG
+//! and run; the result is then aggregated again from each planned task's
+//! better attempt and the round's added tasks.
 
 use std::collections::HashMap;
 
@@ -36,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::RequestPlan;
+use super::refine::{Review, Reviewed};
 use crate::task::file::SubtaskSpec;
 use crate::task::message::clip;
 use crate::task::record::SubtaskRecord;
@@ -64,19 +63,14 @@ pub struct TaskQuality {
     pub score: f64,
 }
 
-/// What post-processing decided.
+/// What the completed subtasks of a request amount to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PostProcess {
-    /// The result stands.
-    Done { result: Value, score: f64 },
-    /// Below the threshold with a round left: run these subtasks (each
-    /// with the id of the planned task it runs again), then aggregate
-    /// again.
-    Refine {
-        result: Value,
-        score: f64,
-        subtasks: Vec<(SubtaskSpec, String)>,
-    },
+pub struct Assessment {
+    /// The aggregated result.
+    pub result: Value,
+    pub score: f64,
+    /// Below the threshold with a round left: a refinement round is due.
+    pub refine: bool,
 }
 
 /// The built-in rule score of `output` from `capability` (table above).
@@ -211,60 +205,75 @@ pub fn request_score(task_scores: &[f64], skipped: usize) -> f64 {
     (mean * placed).clamp(0.0, 1.0)
 }
 
-/// Aggregates the completed subtasks of `plan`, scores the result and
-/// decides whether a refinement round runs.
-pub fn post_process(subtasks: &[SubtaskRecord], plan: &RequestPlan) -> PostProcess {
-    let best = best_attempts(subtasks, plan);
+/// `(id, description, output)` of each planned task's better attempt,
+/// in plan order: what is aggregated, and what a summary is written from.
+pub fn outputs(subtasks: &[SubtaskRecord], plan: &RequestPlan) -> Vec<(String, String, Value)> {
     let descriptions: HashMap<&str, &str> = plan
         .decomposition
         .tasks
         .iter()
         .map(|t| (t.id.as_str(), t.description.as_str()))
         .collect();
-    let outputs: Vec<(String, String, Value)> = best
-        .iter()
+    best_attempts(subtasks, plan)
+        .into_iter()
         .map(|(id, _, v, _)| {
-            (
-                (*id).to_owned(),
-                descriptions.get(id).copied().unwrap_or_default().to_owned(),
-                v.clone(),
-            )
+            let description = descriptions.get(id).copied().unwrap_or_default();
+            (id.to_owned(), description.to_owned(), v)
         })
-        .collect();
-    let result = aggregate(plan.aggregation, &outputs);
+        .collect()
+}
+
+/// Aggregates the completed subtasks of `plan`, scores the result and
+/// says whether a refinement round is due.
+pub fn assess(subtasks: &[SubtaskRecord], plan: &RequestPlan) -> Assessment {
+    let best = best_attempts(subtasks, plan);
     let scores: Vec<f64> = best.iter().map(|b| b.3).collect();
     let score = request_score(&scores, plan.skipped.len());
-    if score >= plan.threshold || plan.rounds >= plan.max_rounds {
-        return PostProcess::Done { result, score };
+    let result = aggregate(plan.aggregation, &outputs(subtasks, plan));
+    let refine = score < plan.threshold && plan.rounds < plan.max_rounds;
+    Assessment {
+        result,
+        score,
+        refine,
     }
-    let round = plan.rounds + 1;
-    let taken: Vec<&str> = subtasks.iter().map(|s| s.id.as_str()).collect();
-    let refine: Vec<(SubtaskSpec, String)> = best
+}
+
+/// What the generator of the next round is shown: each planned task with
+/// its better attempt and score, and every subtask as it ran.
+pub fn review(subtasks: &[SubtaskRecord], plan: &RequestPlan, name: &str) -> Review {
+    let best = best_attempts(subtasks, plan);
+    let scores: Vec<f64> = best.iter().map(|b| b.3).collect();
+    let tasks = best
         .iter()
-        .filter(|b| b.3 < plan.threshold)
-        .filter_map(|(id, _, _, _)| subtasks.iter().find(|s| s.id == *id))
-        .map(|s| {
-            let mut id = format!("r{round}_{}", s.id);
-            while taken.contains(&id.as_str()) {
-                id.push('_');
+        .map(|(id, capability, output, score)| {
+            let planned = plan.decomposition.tasks.iter().find(|t| t.id == *id);
+            Reviewed {
+                id: (*id).to_owned(),
+                capability: (*capability).to_owned(),
+                description: planned.map(|t| t.description.clone()).unwrap_or_default(),
+                input: planned.map(|t| t.input.clone()).unwrap_or(Value::Null),
+                output: output.clone(),
+                score: *score,
             }
-            id.truncate(crate::task::validate::MAX_NAME_LEN);
-            let spec = SubtaskSpec {
-                id,
+        })
+        .collect();
+    Review {
+        round: plan.rounds + 1,
+        request: plan.request.clone(),
+        strategy: plan.strategy,
+        score: request_score(&scores, plan.skipped.len()),
+        threshold: plan.threshold,
+        tasks,
+        ran: subtasks
+            .iter()
+            .map(|s| SubtaskSpec {
+                id: s.id.clone(),
                 capability: s.capability.clone(),
                 input: s.input.clone(),
                 depends_on: s.depends_on.clone(),
                 timeout_ms: s.timeout_ms,
-            };
-            (spec, s.id.clone())
-        })
-        .collect();
-    if refine.is_empty() {
-        return PostProcess::Done { result, score };
-    }
-    PostProcess::Refine {
-        result,
-        score,
-        subtasks: refine,
+            })
+            .collect(),
+        name: name.to_owned(),
     }
 }

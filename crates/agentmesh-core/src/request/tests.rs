@@ -6,6 +6,7 @@ use super::memory::{MemoryEntry, best_match, evictions, lexical_similarity};
 use super::post::{Aggregation, aggregate, rule_score};
 use super::*;
 use crate::task::file::Strategy;
+use crate::task::record::Applied;
 use crate::task::record::TaskRecord;
 use crate::task::validate::parse;
 use crate::task::{Status, TaskLimits, validate};
@@ -104,13 +105,43 @@ fn good_outputs_complete_with_one_score_and_the_merged_result() {
     assert_eq!(result["t2_eval"], json!({"value": 27}));
 }
 
-#[test]
-fn a_low_score_runs_exactly_one_refinement_round() {
-    let mut record = example_record();
-    run(&mut record, &|c| match c {
+fn low_outputs(capability: &str) -> serde_json::Value {
+    match capability {
         "math.eval" => json!({"value": 1}),
         _ => json!({"words": 3, "top_words": []}),
-    });
+    }
+}
+
+/// The record's review for its next round, and the built-in round.
+fn builtin_round(record: &TaskRecord) -> Refinement {
+    let plan = record.request.as_deref().unwrap();
+    let review = post::review(&record.subtasks, plan, &record.name);
+    Refinement {
+        round: review.round,
+        provider: "builtin".into(),
+        fallback: None,
+        retried_because: None,
+        tasks: refine::builtin(&review),
+    }
+}
+
+#[test]
+fn a_low_score_waits_for_a_round_and_runs_exactly_one() {
+    let mut record = example_record();
+    run(&mut record, &low_outputs);
+    assert_eq!(record.status, Status::Running, "the round is awaited");
+    assert_eq!(record.awaiting(), Some(Awaiting::Refinement { round: 1 }));
+    let round = builtin_round(&record);
+    assert_eq!(round.tasks.len(), 1, "only the weak task runs again");
+    assert_eq!(round.tasks[0].id, "r1_t1_word_count");
+    assert_eq!(round.tasks[0].replaces.as_deref(), Some("t1_word_count"));
+    // A round of another number is stale, and changes nothing.
+    let mut other = round.clone();
+    other.round = 2;
+    assert_eq!(record.refine(other, 3), Applied::Stale);
+    assert_eq!(record.refine(round.clone(), 3), Applied::Changed);
+    assert_eq!(record.refine(round, 3), Applied::Stale, "applied once");
+    run(&mut record, &low_outputs);
     assert_eq!(record.status, Status::Completed);
     let plan = record.request.as_ref().unwrap();
     assert_eq!(plan.rounds, 1);
@@ -119,6 +150,139 @@ fn a_low_score_runs_exactly_one_refinement_round() {
     assert_eq!(record.subtasks.len(), 4);
     assert_eq!(record.subtasks[3].id, "r1_t1_word_count");
     assert_eq!(plan.refined["r1_t1_word_count"], "t1_word_count");
+    assert_eq!(plan.refinements[0].provider, "builtin");
+    assert_eq!(record.awaiting(), None);
+}
+
+#[test]
+fn a_generated_round_adds_tasks_that_join_the_result_and_the_score() {
+    let mut record = example_record();
+    run(&mut record, &low_outputs);
+    let review = post::review(
+        &record.subtasks,
+        record.request.as_deref().unwrap(),
+        &record.name,
+    );
+    assert_eq!(review.tasks[0].score, 0.0);
+    assert_eq!(review.tasks[1].score, 1.0);
+    // The model names its task `t1_word_count`, which ran already, and
+    // reads the output of a task that ran; a second task reads the first.
+    let answer: Decomposition = serde_json::from_value(json!({"tasks": [
+        {"id": "t1_word_count", "specialist": "s", "description": "recount", "capability": "text.word_count",
+         "input": {"text": "three real words"}, "depends_on": []},
+        {"id": "sum", "specialist": "s", "description": "add", "capability": "math.eval",
+         "input": {"expr": "{{t1_word_count.words}} + {{t2_eval.value}}"}, "depends_on": ["t1_word_count", "t2_eval"]},
+    ]}))
+    .unwrap();
+    let tasks = refine::place(answer, &review).unwrap();
+    assert_eq!(tasks[0].id, "r1_t1_word_count");
+    assert_eq!(tasks[1].depends_on, ["r1_t1_word_count", "t2_eval"]);
+    assert_eq!(
+        tasks[1].input,
+        json!({"expr": "{{r1_t1_word_count.words}} + {{t2_eval.value}}"}),
+        "a name of the round wins over a task that ran"
+    );
+    validate(
+        refine::refined_file(&review, &tasks),
+        &TaskLimits::default(),
+        &|c| OFFERED.contains(&c),
+        &offered,
+    )
+    .expect("the placed round validates with what ran");
+    let round = Refinement {
+        round: 1,
+        provider: "model".into(),
+        fallback: None,
+        retried_because: None,
+        tasks,
+    };
+    assert_eq!(record.refine(round, 3), Applied::Changed);
+    run(&mut record, &|c| match c {
+        "math.eval" => json!({"value": 4}),
+        _ => json!({"words": 3, "top_words": [{"word": "three", "count": 1}]}),
+    });
+    assert_eq!(record.status, Status::Completed);
+    let plan = record.request.as_ref().unwrap();
+    assert_eq!(
+        plan.decomposition.tasks.len(),
+        5,
+        "both tasks joined the plan"
+    );
+    assert_eq!(*plan.scores.last().unwrap(), 0.8, "4 of 5 tasks score 1");
+    assert_eq!(record.result().unwrap()["r1_sum"], json!({"value": 4}));
+}
+
+#[test]
+fn a_round_that_replaces_an_unplanned_task_or_repeats_an_id_is_refused() {
+    let mut record = example_record();
+    run(&mut record, &low_outputs);
+    let review = post::review(
+        &record.subtasks,
+        record.request.as_deref().unwrap(),
+        &record.name,
+    );
+    let task = |id: &str, replaces: Option<&str>| PlannedTask {
+        id: id.into(),
+        specialist: "s".into(),
+        description: "d".into(),
+        capability: "math.eval".into(),
+        input: json!({"expr": "1"}),
+        inputs: vec![],
+        outputs: vec![],
+        depends_on: vec![],
+        replaces: replaces.map(str::to_owned),
+    };
+    let unplanned = Decomposition {
+        tasks: vec![task("a", Some("nope"))],
+    };
+    let error = refine::place(unplanned, &review).unwrap_err();
+    assert!(
+        error.contains("'nope', which is not a planned task"),
+        "{error}"
+    );
+    let twice = Decomposition {
+        tasks: vec![task("a", None), task("a", None)],
+    };
+    let error = refine::place(twice, &review).unwrap_err();
+    assert!(error.contains("'a' is given twice"), "{error}");
+}
+
+#[test]
+fn an_empty_round_ends_the_request_with_the_result_it_has() {
+    let mut record = example_record();
+    run(&mut record, &low_outputs);
+    let mut round = builtin_round(&record);
+    round.tasks.clear();
+    assert_eq!(record.refine(round, 3), Applied::Changed);
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.request.as_ref().unwrap().scores.len(), 1);
+    assert!(record.result().is_some());
+}
+
+#[test]
+fn a_summary_request_waits_for_its_summary() {
+    let mut record = example_record();
+    record.request.as_mut().unwrap().aggregation = Aggregation::Summary;
+    run(&mut record, &|c| match c {
+        "math.eval" => json!({"value": 27}),
+        _ => json!({"words": 9, "top_words": [{"word": "the", "count": 2}]}),
+    });
+    assert_eq!(record.awaiting(), Some(Awaiting::Summary));
+    assert_eq!(record.result(), None);
+    let long = "x".repeat(MAX_SUMMARY_BYTES * 2);
+    assert_eq!(
+        record.summarize(&long, "model".into(), None, 3),
+        Applied::Changed
+    );
+    assert_eq!(record.status, Status::Completed);
+    let summary = record.result().unwrap()["summary"].as_str().unwrap().len();
+    assert!(summary < MAX_SUMMARY_BYTES + 64, "clipped: {summary}");
+    assert_eq!(
+        record.summarize("again", "model".into(), None, 4),
+        Applied::Stale
+    );
+    let plan = record.request.as_ref().unwrap();
+    assert_eq!(plan.summarized_by.as_deref(), Some("model"));
 }
 
 #[test]
@@ -191,6 +355,7 @@ fn a_cyclic_decomposition_is_refused_by_the_task_file_validator() {
         inputs: vec![],
         outputs: vec![],
         depends_on: vec![dep.into()],
+        replaces: None,
     };
     let cyclic = Decomposition {
         tasks: vec![task("a", "b"), task("b", "a")],

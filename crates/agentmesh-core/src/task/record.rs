@@ -18,6 +18,7 @@ use super::reference::{ReferenceError, ResolveBudget, resolve};
 use crate::fairness::ClientId;
 use crate::ids::{AgentId, TaskId};
 use crate::patterns;
+use crate::request::{Aggregation, Awaiting, Refinement};
 
 /// Lifecycle state of a task or subtask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -461,40 +462,107 @@ impl TaskRecord {
     }
 
     /// Every subtask has completed: a plain task is done; a request is
-    /// aggregated and scored, and either done or given a refinement round
-    /// of new pending subtasks (see `core::request::post`).
+    /// aggregated and scored, and then waits for a refinement round or a
+    /// summary, or is done (see `core::request`).
     fn post_process(&mut self) {
-        let Some(plan) = self.request.as_deref() else {
+        let Some(plan) = self.request.as_deref_mut() else {
             self.status = Status::Completed;
             return;
         };
-        match crate::request::post::post_process(&self.subtasks, plan) {
-            crate::request::PostProcess::Done { result, score } => {
-                if let Some(plan) = self.request.as_deref_mut() {
-                    plan.scores.push(score);
-                    plan.judged_by.get_or_insert_with(|| "rules".into());
-                    plan.result = Some(result);
-                }
-                self.status = Status::Completed;
+        let assessed = crate::request::post::assess(&self.subtasks, plan);
+        plan.scores.push(assessed.score);
+        plan.judged_by.get_or_insert_with(|| "rules".into());
+        plan.result = Some(assessed.result);
+        if assessed.refine {
+            plan.awaiting = Some(Awaiting::Refinement {
+                round: plan.rounds + 1,
+            });
+            return;
+        }
+        self.conclude();
+    }
+
+    /// The last round is over: a request to summarize waits for its
+    /// summary; anything else is done.
+    fn conclude(&mut self) {
+        if let Some(plan) = self.request.as_deref_mut() {
+            if plan.aggregation == Aggregation::Summary && plan.summarized_by.is_none() {
+                plan.awaiting = Some(Awaiting::Summary);
+                return;
             }
-            crate::request::PostProcess::Refine {
-                score, subtasks, ..
-            } => {
-                if let Some(plan) = self.request.as_deref_mut() {
-                    plan.scores.push(score);
-                    plan.judged_by.get_or_insert_with(|| "rules".into());
-                    plan.rounds += 1;
-                    for (spec, original) in &subtasks {
-                        plan.refined.insert(spec.id.clone(), original.clone());
-                    }
+            plan.awaiting = None;
+        }
+        self.status = Status::Completed;
+    }
+
+    /// The step an unfinished request waits for, once all its subtasks
+    /// completed (see [`TaskRecord::refine`], [`TaskRecord::summarize`]).
+    pub fn awaiting(&self) -> Option<Awaiting> {
+        if self.status.is_terminal() {
+            return None;
+        }
+        self.request.as_deref()?.awaiting
+    }
+
+    /// Applies refinement round `refinement.round`: its tasks are
+    /// appended as pending subtasks (a task that `replaces` a planned one
+    /// competes with it, any other joins the plan), or, with none, the
+    /// request ends with the result it has. Stale unless the record waits
+    /// for exactly this round.
+    pub fn refine(&mut self, refinement: Refinement, now_ms: u64) -> Applied {
+        let round = refinement.round;
+        if self.awaiting() != Some(Awaiting::Refinement { round }) {
+            return Applied::Stale;
+        }
+        let Some(plan) = self.request.as_deref_mut() else {
+            return Applied::Stale;
+        };
+        plan.awaiting = None;
+        plan.rounds = round;
+        for task in &refinement.tasks {
+            match &task.replaces {
+                Some(original) => {
+                    plan.refined.insert(task.id.clone(), original.clone());
                 }
-                self.subtasks.extend(
-                    subtasks
-                        .into_iter()
-                        .map(|(spec, _)| SubtaskRecord::pending(spec)),
-                );
+                None => plan.decomposition.tasks.push(task.clone()),
             }
         }
+        let specs = refinement.subtasks();
+        plan.refinements.push(refinement);
+        if specs.is_empty() {
+            self.conclude();
+        } else {
+            self.subtasks
+                .extend(specs.into_iter().map(SubtaskRecord::pending));
+        }
+        self.touch(now_ms);
+        Applied::Changed
+    }
+
+    /// Completes a request with the summary `text` written by `provider`
+    /// (and why a model's was not used, if one was asked). Stale unless
+    /// the record waits for its summary.
+    pub fn summarize(
+        &mut self,
+        text: &str,
+        provider: String,
+        fallback: Option<String>,
+        now_ms: u64,
+    ) -> Applied {
+        if self.awaiting() != Some(Awaiting::Summary) {
+            return Applied::Stale;
+        }
+        let Some(plan) = self.request.as_deref_mut() else {
+            return Applied::Stale;
+        };
+        plan.result = Some(serde_json::json!({
+            "summary": crate::task::message::clip(text.trim(), crate::request::MAX_SUMMARY_BYTES)
+        }));
+        plan.summarized_by = Some(provider);
+        plan.summary_fallback = fallback;
+        self.conclude();
+        self.touch(now_ms);
+        Applied::Changed
     }
 
     /// Fails the subtask, and with it the task, without a result of its

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use agentmesh_core::request::memory::best_match;
 use agentmesh_core::request::{
-    self, Decomposition, RequestError, RequestOptions, RequestPlan, Reused, builtin,
+    self, Decomposition, PlannedTask, Refinement, RequestError, RequestOptions, RequestPlan,
+    Reused, Review, builtin, post, refine,
 };
+use agentmesh_core::task::message::clip;
 use agentmesh_core::task::{TaskFile, TaskFileError, TaskLimits, validate};
 use agentmesh_core::{Membership, Role};
 use agentmesh_llm::{
@@ -26,6 +28,10 @@ use agentmesh_registry::RequestMemoryStore;
 pub const BUILTIN: &str = "builtin";
 /// Time a model has for one decomposition, retry included.
 pub const DECOMPOSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a model has for a summary.
+pub const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tokens a summary may take: a few sentences.
+pub const SUMMARY_MAX_TOKENS: u32 = 256;
 /// Time the embedding of a request may take at submit before the memory
 /// is searched lexically.
 pub const EMBED_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,7 +129,6 @@ impl RequestPlanner {
                 .await
             {
                 Ok((decomposition, provider, retried)) => {
-                    let decomposition = decomposition.bounded();
                     let tasks = check(&decomposition)?;
                     let mut plan = RequestPlan::new(&file, decomposition, provider, &self.options);
                     plan.retried_because = retried;
@@ -131,7 +136,7 @@ impl RequestPlanner {
                 }
                 Err(reason) => {
                     tracing::warn!(provider = chat.name(), %reason, "decomposition falls back to the built-in rules");
-                    fallback = Some(agentmesh_core::task::message::clip(&reason, 600));
+                    fallback = Some(clip(&reason, 600));
                 }
             }
         }
@@ -211,28 +216,10 @@ impl RequestPlanner {
         }
         let schema = request::decomposition_schema(capabilities, self.options.max_subtasks);
         let prompt = request::decomposition_prompt(request, file.strategy, capabilities);
-        let ask = ChatRequest::new(vec![
-            Message::system(
-                "You plan work for a cluster of tool-running agents. Answer with JSON only.",
-            ),
-            Message::user(prompt),
-        ])
-        .with_schema("decomposition", schema)
-        .with_temperature(0.0)
-        .with_seed(0)
-        .with_max_tokens(request::decomposition_max_tokens(self.options.max_subtasks))
-        .with_timeout(DECOMPOSE_TIMEOUT);
         let (file, limits, membership) = (file.clone(), limits.clone(), membership.clone());
         let max = self.options.max_subtasks;
         let domain: DomainCheck = Arc::new(move |value| {
-            let decomposition: Decomposition =
-                serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-            if decomposition.tasks.len() > max {
-                return Err(format!(
-                    "{} tasks, over the limit of {max}",
-                    decomposition.tasks.len()
-                ));
-            }
+            let decomposition = bounded_answer(value, max)?;
             validate(
                 decomposition.task_file(&file),
                 &limits,
@@ -242,6 +229,33 @@ impl RequestPlanner {
             .map(|_| ())
             .map_err(|e| e.to_string())
         });
+        let (value, provider, retried) = self
+            .ask_validated(chat, "decomposition", schema, prompt, domain)
+            .await?;
+        Ok((bounded_answer(&value, max)?, provider, retried))
+    }
+
+    /// One planning call: `prompt` under `schema`, validated by `domain`,
+    /// retried once with the error, the whole bounded in time.
+    async fn ask_validated(
+        &self,
+        chat: &dyn ChatProvider,
+        name: &str,
+        schema: serde_json::Value,
+        prompt: String,
+        domain: DomainCheck,
+    ) -> Result<(serde_json::Value, String, Option<String>), String> {
+        let ask = ChatRequest::new(vec![
+            Message::system(
+                "You plan work for a cluster of tool-running agents. Answer with JSON only.",
+            ),
+            Message::user(prompt),
+        ])
+        .with_schema(name, schema)
+        .with_temperature(0.0)
+        .with_seed(0)
+        .with_max_tokens(request::decomposition_max_tokens(self.options.max_subtasks))
+        .with_timeout(DECOMPOSE_TIMEOUT);
         // The provider bounds its own call; this bounds the retry too.
         let answer = tokio::time::timeout(
             DECOMPOSE_TIMEOUT * 2,
@@ -250,20 +264,142 @@ impl RequestPlanner {
         .await
         .map_err(|_| {
             format!(
-                "{}: no decomposition within {:?}",
+                "{}: no {name} within {:?}",
                 chat.name(),
                 DECOMPOSE_TIMEOUT * 2
             )
         })?
         .map_err(|e| format!("{}: {e}", chat.name()))?;
-        let decomposition: Decomposition =
-            serde_json::from_value(answer.value).map_err(|e| e.to_string())?;
         Ok((
-            decomposition,
+            answer.value,
             answer.answer.provider,
             answer.retried_because.map(|e| e.to_string()),
         ))
     }
+
+    /// Refinement round `review.round`: the model's tasks, placed in the
+    /// round's namespace and validated with every task that ran (retried
+    /// once with the error); the built-in round (the weak tasks again)
+    /// without a model, or when its answer is invalid twice.
+    pub async fn refine(
+        &self,
+        chat: Option<&Arc<dyn ChatProvider>>,
+        review: &Review,
+        limits: &TaskLimits,
+        membership: &Membership,
+    ) -> Refinement {
+        let mut round = Refinement {
+            round: review.round,
+            provider: BUILTIN.into(),
+            fallback: None,
+            retried_because: None,
+            tasks: Vec::new(),
+        };
+        if let Some(chat) = chat {
+            match self
+                .ask_round(chat.as_ref(), review, limits, membership)
+                .await
+            {
+                Ok((tasks, provider, retried)) => {
+                    round.tasks = tasks;
+                    round.provider = provider;
+                    round.retried_because = retried;
+                    return round;
+                }
+                Err(reason) => {
+                    tracing::warn!(provider = chat.name(), %reason, "the refinement round falls back to the built-in rule");
+                    round.fallback = Some(clip(&reason, 600));
+                }
+            }
+        }
+        round.tasks = refine::builtin(review);
+        round
+    }
+
+    async fn ask_round(
+        &self,
+        chat: &dyn ChatProvider,
+        review: &Review,
+        limits: &TaskLimits,
+        membership: &Membership,
+    ) -> Result<(Vec<PlannedTask>, String, Option<String>), String> {
+        let capabilities = membership.capabilities_of(Role::Worker);
+        if capabilities.is_empty() {
+            return Err("no live worker offers a capability".into());
+        }
+        let max = self.options.max_subtasks;
+        let schema = refine::refinement_schema(&capabilities, max, review);
+        let prompt = refine::refinement_prompt(review, &capabilities);
+        let (checked, limits, membership) = (review.clone(), limits.clone(), membership.clone());
+        let placed = move |value: &serde_json::Value| {
+            let tasks = refine::place(bounded_answer(value, max)?, &checked)?;
+            validate(
+                refine::refined_file(&checked, &tasks),
+                &limits,
+                &|c| membership.offers_as(Role::Worker, c),
+                &|| membership.capabilities_of(Role::Worker),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(tasks)
+        };
+        let domain: DomainCheck = {
+            let placed = placed.clone();
+            Arc::new(move |value| placed(value).map(|_| ()))
+        };
+        let (value, provider, retried) = self
+            .ask_validated(chat, "refinement", schema, prompt, domain)
+            .await?;
+        Ok((placed(&value)?, provider, retried))
+    }
+
+    /// The summary of a request's results: the model's, or the extractive
+    /// one without a model or when the model gives none; with who wrote
+    /// it and why a model's was not used.
+    pub async fn summarize(
+        &self,
+        chat: Option<&Arc<dyn ChatProvider>>,
+        request: &str,
+        outputs: &[(String, String, serde_json::Value)],
+    ) -> (String, String, Option<String>) {
+        let Some(chat) = chat else {
+            return (post::extractive_summary(outputs), BUILTIN.into(), None);
+        };
+        let ask = ChatRequest::new(vec![
+            Message::system("You answer from the results agents found, briefly and factually."),
+            Message::user(refine::summary_prompt(request, outputs)),
+        ])
+        .with_temperature(0.0)
+        .with_seed(0)
+        .with_max_tokens(SUMMARY_MAX_TOKENS)
+        .with_timeout(SUMMARY_TIMEOUT);
+        let reason = match tokio::time::timeout(SUMMARY_TIMEOUT, chat.chat(&ask)).await {
+            Ok(Ok(answer)) if !answer.text.trim().is_empty() => {
+                return (answer.text, answer.provider, None);
+            }
+            Ok(Ok(_)) => format!("{}: an empty summary", chat.name()),
+            Ok(Err(error)) => format!("{}: {error}", chat.name()),
+            Err(_) => format!("{}: no summary within {SUMMARY_TIMEOUT:?}", chat.name()),
+        };
+        tracing::warn!(%reason, "the summary falls back to the extractive one");
+        (
+            post::extractive_summary(outputs),
+            BUILTIN.into(),
+            Some(clip(&reason, 600)),
+        )
+    }
+}
+
+/// A model's plan as data, refused when it has more than `max` tasks.
+fn bounded_answer(value: &serde_json::Value, max: usize) -> Result<Decomposition, String> {
+    let decomposition: Decomposition =
+        serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    if decomposition.tasks.len() > max {
+        return Err(format!(
+            "{} tasks, over the limit of {max}",
+            decomposition.tasks.len()
+        ));
+    }
+    Ok(decomposition.bounded())
 }
 
 #[cfg(test)]
@@ -448,5 +584,107 @@ mod tests {
         assert_eq!(plan.reused, None);
         assert_eq!(plan.provider, BUILTIN);
         assert_eq!(tasks.tasks[0].capability, "math.eval");
+    }
+
+    fn review() -> Review {
+        use agentmesh_core::request::refine::Reviewed;
+        use agentmesh_core::task::file::{Strategy, SubtaskSpec};
+        Review {
+            round: 1,
+            request: "count the words in '...'".into(),
+            strategy: Strategy::Auto,
+            score: 0.0,
+            threshold: 0.7,
+            tasks: vec![Reviewed {
+                id: "count".into(),
+                capability: "text.word_count".into(),
+                description: "count".into(),
+                input: json!({"text": "..."}),
+                output: json!({"words": 0, "top_words": []}),
+                score: 0.0,
+            }],
+            ran: vec![SubtaskSpec {
+                id: "count".into(),
+                capability: "text.word_count".into(),
+                input: json!({"text": "..."}),
+                depends_on: vec![],
+                timeout_ms: None,
+            }],
+            name: "r".into(),
+        }
+    }
+
+    async fn refine(chat: Arc<dyn ChatProvider>) -> Refinement {
+        RequestPlanner::default()
+            .refine(
+                Some(&chat),
+                &review(),
+                &TaskLimits::default(),
+                &membership(),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_models_round_is_placed_in_the_rounds_namespace() {
+        let answer = json!({"tasks": [
+            {"id": "count", "specialist": "s", "description": "recount", "capability": "text.word_count",
+             "input": {"text": "some real words"}, "depends_on": [], "replaces": "count"},
+            {"id": "double", "specialist": "s", "description": "double it", "capability": "math.eval",
+             "input": {"expr": "{{count.words}} * 2"}, "depends_on": ["count"]},
+        ]})
+        .to_string();
+        let round = refine(provider(&[&answer])).await;
+        assert_eq!(
+            (round.provider.as_str(), round.fallback),
+            ("scripted", None)
+        );
+        let ids: Vec<&str> = round.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["r1_count", "r1_double"]);
+        assert_eq!(round.tasks[0].replaces.as_deref(), Some("count"));
+        assert_eq!(
+            round.tasks[1].input,
+            json!({"expr": "{{r1_count.words}} * 2"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_round_twice_falls_back_to_running_the_weak_tasks_again() {
+        // A capability no worker offers, then not JSON.
+        let unoffered = json!({"tasks": [
+            {"id": "x", "specialist": "s", "description": "d", "capability": "gone.tool", "input": {}, "depends_on": []},
+        ]})
+        .to_string();
+        let round = refine(provider(&[&unoffered, "no"])).await;
+        assert_eq!(round.provider, BUILTIN);
+        let why = round.fallback.expect("the reason is kept");
+        assert!(
+            why.starts_with("scripted: invalid answer after a retry"),
+            "{why}"
+        );
+        assert_eq!(round.tasks.len(), 1);
+        assert_eq!(round.tasks[0].id, "r1_count");
+        assert_eq!(round.tasks[0].input, json!({"text": "..."}));
+    }
+
+    #[tokio::test]
+    async fn a_summary_is_the_models_or_extractive_with_the_reason() {
+        let outputs = vec![(
+            "mul".to_owned(),
+            "multiply".to_owned(),
+            json!({"value": 42}),
+        )];
+        let planner = RequestPlanner::default();
+        let chat = provider(&["The answer is 42."]);
+        let (text, by, fallback) = planner.summarize(Some(&chat), "6 * 7?", &outputs).await;
+        assert_eq!(
+            (text.as_str(), by.as_str(), fallback),
+            ("The answer is 42.", "scripted", None)
+        );
+        let blank = provider(&["  "]);
+        let (text, by, fallback) = planner.summarize(Some(&blank), "6 * 7?", &outputs).await;
+        assert_eq!(text, "multiply: {\"value\":42}");
+        assert_eq!(by, BUILTIN);
+        assert_eq!(fallback.as_deref(), Some("scripted: an empty summary"));
     }
 }

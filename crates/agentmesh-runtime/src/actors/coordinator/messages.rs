@@ -159,6 +159,13 @@ pub enum CoordinatorMessage {
         source: String,
         reply: oneshot::Sender<Result<super::events::Published, super::events::PublishError>>,
     },
+    /// What a request's planner answered, asked in `term` (see
+    /// `thinking`).
+    Thought {
+        task: TaskId,
+        term: i64,
+        thought: super::thinking::Thought,
+    },
     /// A handler's acknowledgement, its sender checked.
     EventAck(agentmesh_proto::v1::EventAck),
     /// The registry refused a task record for good (too large for etcd,

@@ -31,10 +31,11 @@ mod recovery;
 mod request_memory;
 pub mod retention;
 mod schedule;
+mod thinking;
 mod writer;
 
 use crate::llm::Providers;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,8 +112,9 @@ pub struct CoordinatorState {
     recent_keys: idempotency::RecentKeys,
     /// The node's models: asked off the actor (a call spawned and its
     /// answer sent back as a message), never awaited in a handler.
-    #[allow(dead_code)] // read by the work that thinks, which comes next
     providers: Providers,
+    /// Requests whose planner was asked in this term (see [`thinking`]).
+    thinking: HashSet<TaskId>,
     /// Present while this coordinator leads: routes events to handlers
     /// (docs/events.md).
     events: Option<events::EventRouterHandle>,
@@ -193,6 +195,7 @@ impl Actor for Coordinator {
             membership: view,
             recent_keys: Default::default(),
             providers: args.providers,
+            thinking: HashSet::new(),
             events: None,
             cache,
         })
@@ -295,6 +298,11 @@ impl Actor for Coordinator {
                     }
                 }
             }
+            CoordinatorMessage::Thought {
+                task,
+                term,
+                thought,
+            } => state.thought(task, term, thought).await,
             CoordinatorMessage::Lead { leadership, tasks } => state.lead(leadership, tasks).await,
             CoordinatorMessage::Resumed { task, term } => state.resumed(&task, term),
             CoordinatorMessage::Relinquish { done } => {
@@ -503,9 +511,6 @@ impl CoordinatorState {
             worker: worker.clone(),
         };
         let blame = convert::blame(&result);
-        // A request's refinement round appends subtasks when the last one
-        // completes; they are ready whatever they depend on.
-        let planned = record.subtasks.len();
         let (applied, stopped, success) = match checked_outcome(&self.config, &result) {
             Ok(output) => {
                 emit(
@@ -549,7 +554,7 @@ impl CoordinatorState {
         let newly_ready: Vec<usize> = record
             .ready()
             .into_iter()
-            .filter(|&i| i >= planned || record.subtasks[i].depends_on.contains(&completed_id))
+            .filter(|&i| record.subtasks[i].depends_on.contains(&completed_id))
             .collect();
         self.queue
             .extend(newly_ready.into_iter().map(|i| (id.clone(), i)));
@@ -596,7 +601,10 @@ impl CoordinatorState {
             metrics::task_finished(pattern, status);
             self.tasks.remove(id);
             self.traces.remove(id);
+            self.thinking.remove(id);
             self.queue.task_ended(id);
+        } else {
+            self.think(id);
         }
         Some(status)
     }

@@ -133,6 +133,8 @@ impl CoordinatorState {
         let ready = record.ready();
         self.queue
             .extend(ready.into_iter().map(|i| (id.clone(), i)));
+        // A request that was waiting for its planner is asked again.
+        self.think(id);
     }
 
     /// Stops leading: forgets every task, its queue and its placements.
@@ -150,6 +152,7 @@ impl CoordinatorState {
         let dropped = self.tasks.len();
         self.tasks.clear();
         self.traces.clear();
+        self.thinking.clear();
         self.queue.clear();
         self.backoff.clear();
         self.pool = Pools::new(&self.config, &self.membership);
