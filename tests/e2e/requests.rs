@@ -164,6 +164,91 @@ fn a_request_is_given_to_the_local_model_and_its_dag_runs_on_a_worker() {
     cluster.assert_no_panic();
 }
 
+/// The done-when, second half: on a cluster whose coordinator has
+/// the local SmolLM2 model, a request that scores below its threshold
+/// (its worker answers every task with an empty output, which the quality
+/// rules score 0, whatever input the model chose) waits for a refinement
+/// round, which the model generates from a review of what
+/// ran; the round's tasks are placed in its namespace, validated with what
+/// ran and run; then the model writes the summary.
+#[test]
+fn a_low_scoring_request_is_refined_and_summarized_by_the_local_model() {
+    let model = LocalModel::start();
+    let model_args = model.node_args();
+    let mut args: Vec<&str> = model_args.iter().map(String::as_str).collect();
+    args.extend(["--request-max-subtasks", "1"]);
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .coordinator_args(&args)
+        .worker_args(&["--allow-fault-injection", "--fault", "empty-result:1"])
+        .worker("worker-1", "text.word_count")
+        .start();
+    let file = cluster.task_file(
+        "refine.yaml",
+        "name: model-refine\naggregation: summary\nrequest: 'Count the words in \"... --- !!!\".'\n",
+    );
+    // Three model calls, each bounded at 2 × 60 s with its retry.
+    let out = cluster.cli_with_timeout(
+        &[
+            "submit",
+            "--endpoint",
+            cluster.endpoint(),
+            "--request-timeout-ms",
+            "400000",
+            &file,
+            "--wait",
+        ],
+        Duration::from_secs(420),
+    );
+    assert!(out.success(), "{out}");
+    let record = out.json();
+    eprintln!("record: {record}");
+    assert_eq!(record["status"], "completed", "{record}");
+    let request = &record["request"];
+    assert!(
+        request["provider"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("llama.cpp"),
+        "the model decomposed it: {request}"
+    );
+    assert_eq!(request["rounds"], 1, "{request}");
+    let scores = request["scores"].as_array().expect("scores");
+    assert_eq!(scores, &[json!(0.0), json!(0.0)], "{request}");
+    let round = &request["refinements"][0];
+    assert!(
+        round["provider"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("llama.cpp"),
+        "the model generated the round: {round}"
+    );
+    assert!(round["fallback"].is_null(), "{round}");
+    let tasks = round["tasks"].as_array().expect("the round's tasks");
+    assert!(!tasks.is_empty(), "{round}");
+    let ran: Vec<&str> = record["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for task in tasks {
+        let id = task["id"].as_str().unwrap();
+        assert!(id.starts_with("r1_"), "in the round's namespace: {id}");
+        assert!(ran.contains(&id), "the round's task ran: {id} in {ran:?}");
+    }
+    assert!(
+        request["summarized_by"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("llama.cpp"),
+        "the model wrote the summary: {request}"
+    );
+    let summary = record["result"]["summary"].as_str().unwrap_or_default();
+    assert!(!summary.trim().is_empty(), "{record}");
+    cluster.assert_no_panic();
+}
+
 /// The coordination memory: a request that completed with a good score
 /// leaves its triple in etcd (written by the leader once the task ends),
 /// and the same request submitted again reuses that decomposition — the

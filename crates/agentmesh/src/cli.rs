@@ -794,7 +794,7 @@ pub struct NodeArgs {
     pub strategic_replans: u32,
     /// FOR TESTS ONLY: misbehave on purpose (worker or peer). Repeatable:
     /// `wrong-result:P` returns a wrong output with probability P,
-    /// `fail:P` fails the attempt with probability P, `slow:MS` delays every
+    /// `empty-result:P` an empty one, `fail:P` fails the attempt with probability P, `slow:MS` delays every
     /// attempt. Off by default; refused unless --allow-fault-injection is
     /// given or the binary is built with the `fault-injection` feature.
     #[arg(long = "fault", value_name = "KIND:VALUE")]

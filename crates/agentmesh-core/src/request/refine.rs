@@ -136,22 +136,32 @@ pub fn builtin(review: &Review) -> Vec<PlannedTask> {
     tasks
 }
 
-/// The JSON schema of a model's round: the decomposition's, with an
-/// optional `replaces` naming a planned task.
+/// The JSON schema of a model's round: the decomposition's, with the
+/// round's ids chosen from `n1`…`nK`, dependencies and inputs from those
+/// and the tasks that ran, and an optional `replaces` naming a planned
+/// task. Closed sets leave a small model no name to invent.
 pub fn refinement_schema(capabilities: &[String], max_tasks: usize, review: &Review) -> Value {
     let mut schema = decomposition_schema(capabilities, max_tasks);
+    let fresh = fresh_ids(max_tasks);
     let planned: Vec<&str> = review.tasks.iter().map(|t| t.id.as_str()).collect();
-    schema["properties"]["tasks"]["items"]["properties"]["replaces"] = json!({
+    let mut known: Vec<String> = review.ran.iter().map(|s| s.id.clone()).collect();
+    known.extend(fresh.iter().cloned());
+    let task = &mut schema["properties"]["tasks"]["items"]["properties"];
+    task["id"] = json!({ "enum": fresh, "description": "a new id: n1, n2, ..." });
+    task["replaces"] = json!({
         "enum": planned,
         "description": "the planned task whose output this task's replaces, if it redoes one",
     });
-    // A round's task may wait for any task that ran, and for the round's
-    // others.
-    let deps = review.ran.len() + max_tasks.saturating_sub(1);
     for field in ["depends_on", "inputs"] {
-        schema["properties"]["tasks"]["items"]["properties"][field]["maxItems"] = json!(deps);
+        task[field]["items"] = json!({ "enum": known });
+        task[field]["maxItems"] = json!(known.len().saturating_sub(1));
     }
     schema
+}
+
+/// The ids a model's round may give its tasks.
+fn fresh_ids(max_tasks: usize) -> Vec<String> {
+    (1..=max_tasks.max(1)).map(|n| format!("n{n}")).collect()
 }
 
 /// The prompt asking a model for round `review.round`.
@@ -172,8 +182,8 @@ pub fn refinement_prompt(review: &Review, capabilities: &[String]) -> String {
         .collect();
     format!(
         "These tasks ran for the request, and the combined result scored {:.2}, below {:.2}:\n{}\n\n\
-         Plan new tasks that fix the weak results. Each task calls one capability of: {}. A task \
-         that redoes a planned task names it in replaces. A task may read the output of a task \
+         Plan new tasks, named n1, n2 and so on, that fix the weak results. Each task calls one \
+         capability of: {}. A task that redoes a planned task names it in replaces. A task may read the output of a task \
          that ran with a reference like {{{{id.field}}}} in its input, and must then list that \
          task in depends_on. Answer with JSON only.\n\nRequest: {}",
         review.score,
@@ -270,6 +280,22 @@ pub fn refined_file(review: &Review, tasks: &[PlannedTask]) -> TaskFile {
         threshold: None,
         aggregation: None,
         quality_threshold: None,
+    }
+}
+
+/// A validator error about [`refined_file`], with the task index turned
+/// back into the round's own (`tasks[3]` is the round's `tasks[1]` after
+/// two tasks that ran), so a model's retry reads about its answer.
+pub fn round_error(error: &str, review: &Review) -> String {
+    let Some(rest) = error.strip_prefix("tasks[") else {
+        return error.to_owned();
+    };
+    let Some((index, tail)) = rest.split_once(']') else {
+        return error.to_owned();
+    };
+    match index.parse::<usize>() {
+        Ok(i) if i >= review.ran.len() => format!("tasks[{}]{tail}", i - review.ran.len()),
+        _ => error.to_owned(),
     }
 }
 

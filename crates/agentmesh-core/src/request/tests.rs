@@ -189,6 +189,27 @@ fn a_generated_round_adds_tasks_that_join_the_result_and_the_score() {
         &offered,
     )
     .expect("the placed round validates with what ran");
+    // The validator's index into what ran and the round is the round's.
+    let cyclic = refine::place(
+        serde_json::from_value(json!({"tasks": [
+            {"id": "a", "specialist": "s", "description": "d", "capability": "math.eval",
+             "input": {"expr": "1"}, "depends_on": ["a"]},
+        ]}))
+        .unwrap(),
+        &review,
+    )
+    .unwrap();
+    let error = validate(
+        refine::refined_file(&review, &cyclic),
+        &TaskLimits::default(),
+        &|c| OFFERED.contains(&c),
+        &offered,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.starts_with("tasks[3]"), "{error}");
+    let error = refine::round_error(&error, &review);
+    assert!(error.starts_with("tasks[0]"), "{error}");
     let round = Refinement {
         round: 1,
         provider: "model".into(),

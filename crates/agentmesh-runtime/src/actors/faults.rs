@@ -1,5 +1,5 @@
 //! Fault injection, for tests and demonstrations only (off by default):
-//! `agentmesh node --fault wrong-result:P --fault fail:P --fault slow:MS`
+//! `agentmesh node --fault wrong-result:P --fault empty-result:P --fault fail:P --fault slow:MS`
 //! makes a worker or peer misbehave on purpose, so that honest tests can
 //! show consensus out-voting a wrong peer, reputation falling, breakers
 //! opening and retries at work.
@@ -22,6 +22,10 @@ pub enum Fault {
     /// With probability P, a successful output is replaced by a wrong one
     /// (every number +1, every string marked, every boolean flipped).
     WrongResult(f64),
+    /// With probability P, a successful output is replaced by an empty
+    /// object: a tool that found nothing, which a request's quality rule
+    /// scores 0 whatever the capability.
+    EmptyResult(f64),
     /// With probability P, the attempt fails instead of running.
     Fail(f64),
     /// Every attempt takes this much longer.
@@ -33,7 +37,7 @@ impl FromStr for Fault {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let (kind, value) = text.split_once(':').ok_or_else(|| {
-            format!("fault '{text}' must be KIND:VALUE (wrong-result:P, fail:P or slow:MS)")
+            format!("fault '{text}' must be KIND:VALUE (wrong-result:P, empty-result:P, fail:P or slow:MS)")
         })?;
         let probability = || -> Result<f64, String> {
             let p: f64 = value
@@ -47,13 +51,14 @@ impl FromStr for Fault {
         };
         match kind {
             "wrong-result" => Ok(Fault::WrongResult(probability()?)),
+            "empty-result" => Ok(Fault::EmptyResult(probability()?)),
             "fail" => Ok(Fault::Fail(probability()?)),
             "slow" => value
                 .parse()
                 .map(|ms| Fault::Slow(Duration::from_millis(ms)))
                 .map_err(|_| format!("fault '{text}': '{value}' is not a whole number of ms")),
             other => Err(format!(
-                "unknown fault '{other}' (known: wrong-result:P, fail:P, slow:MS)"
+                "unknown fault '{other}' (known: wrong-result:P, empty-result:P, fail:P, slow:MS)"
             )),
         }
     }
@@ -63,6 +68,7 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::WrongResult(p) => write!(f, "wrong-result:{p}"),
+            Fault::EmptyResult(p) => write!(f, "empty-result:{p}"),
             Fault::Fail(p) => write!(f, "fail:{p}"),
             Fault::Slow(d) => write!(f, "slow:{}", d.as_millis()),
         }
@@ -108,6 +114,13 @@ impl Faults {
 
     /// [`Faults::corrupt`], drawing from `rng` so tests can seed it.
     pub fn corrupt_with<R: Rng + ?Sized>(&self, output: Value, rng: &mut R) -> Value {
+        let empty = self
+            .0
+            .iter()
+            .any(|f| matches!(f, Fault::EmptyResult(p) if chance(*p, rng)));
+        if empty {
+            return Value::Object(Default::default());
+        }
         let wrong = self
             .0
             .iter()
@@ -179,6 +192,14 @@ mod tests {
         assert!(faults.fails());
         let none = Faults(vec![Fault::WrongResult(0.0), Fault::Fail(0.0)]);
         assert_eq!(none.corrupt(right.clone()), right);
+        assert_eq!(
+            Faults(vec![Fault::EmptyResult(1.0)]).corrupt(right.clone()),
+            json!({})
+        );
+        assert_eq!(
+            "empty-result:1".parse::<Fault>(),
+            Ok(Fault::EmptyResult(1.0))
+        );
         assert!(!none.fails());
         assert_eq!(
             Faults(vec![Fault::Slow(Duration::from_millis(5))]).delay(),

@@ -339,7 +339,7 @@ impl RequestPlanner {
                 &|c| membership.offers_as(Role::Worker, c),
                 &|| membership.capabilities_of(Role::Worker),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| refine::round_error(&e.to_string(), &checked))?;
             Ok::<_, String>(tasks)
         };
         let domain: DomainCheck = {
@@ -628,10 +628,10 @@ mod tests {
     #[tokio::test]
     async fn a_models_round_is_placed_in_the_rounds_namespace() {
         let answer = json!({"tasks": [
-            {"id": "count", "specialist": "s", "description": "recount", "capability": "text.word_count",
+            {"id": "n1", "specialist": "s", "description": "recount", "capability": "text.word_count",
              "input": {"text": "some real words"}, "depends_on": [], "replaces": "count"},
-            {"id": "double", "specialist": "s", "description": "double it", "capability": "math.eval",
-             "input": {"expr": "{{count.words}} * 2"}, "depends_on": ["count"]},
+            {"id": "n2", "specialist": "s", "description": "double it", "capability": "math.eval",
+             "input": {"expr": "{{n1.words}} * 2"}, "depends_on": ["n1"]},
         ]})
         .to_string();
         let round = refine(provider(&[&answer])).await;
@@ -640,11 +640,11 @@ mod tests {
             ("scripted", None)
         );
         let ids: Vec<&str> = round.tasks.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids, ["r1_count", "r1_double"]);
+        assert_eq!(ids, ["r1_n1", "r1_n2"]);
         assert_eq!(round.tasks[0].replaces.as_deref(), Some("count"));
         assert_eq!(
             round.tasks[1].input,
-            json!({"expr": "{{r1_count.words}} * 2"})
+            json!({"expr": "{{r1_n1.words}} * 2"})
         );
     }
 
