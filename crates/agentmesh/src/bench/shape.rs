@@ -40,6 +40,10 @@ pub enum Shape {
 
 /// The reactive shapes' request.
 const REACTIVE_REQUEST: &str = "What is 2 + 3 * 4?";
+/// A request no keyword of the built-in table places ("combien", "font"),
+/// so the coordinator's model picks the tool; SmolLM2 answers it with a
+/// call its tool runs.
+const PROVIDER_REQUEST: &str = "combien font 6 * 7";
 
 impl Shape {
     pub fn name(self) -> &'static str {
@@ -96,7 +100,7 @@ impl Shape {
             }),
             Shape::ReactiveProvider => json!({
                 "name": "bench-reactive-provider", "pattern": "reactive",
-                "request": "bonjour: un deux trois", "cache": false,
+                "request": PROVIDER_REQUEST, "cache": false,
             }),
         };
         task.to_string()
