@@ -4,6 +4,10 @@
 //! decomposition, the provider, the quality score and any refinement
 //! round.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -285,5 +289,144 @@ fn the_same_request_twice_reuses_the_remembered_decomposition() {
         "the same plan"
     );
     assert_eq!(again["result"], first["result"], "and it ran again");
+    cluster.assert_no_panic();
+}
+
+/// A stand-in model server: every call with a JSON schema (a plan) is
+/// answered at once with text that is not JSON, so the plan falls back to
+/// the built-in rules; every other call (a summary) is held unanswered
+/// until [`StallingModel::release`], then answered "The answer is 42.".
+struct StallingModel {
+    args: Vec<String>,
+    released: Arc<AtomicBool>,
+}
+
+impl StallingModel {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("the listener's address");
+        let released = Arc::new(AtomicBool::new(false));
+        let gate = released.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let gate = gate.clone();
+                std::thread::spawn(move || serve_stalling(stream, &gate));
+            }
+        });
+        let args = [
+            "--llm-base-url",
+            &format!("http://{addr}/v1"),
+            "--llm-model",
+            "stall",
+            "--llm-backend",
+            "llama.cpp",
+        ]
+        .map(str::to_owned)
+        .into();
+        Self { args, released }
+    }
+
+    fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One connection of [`StallingModel`], with keep-alive.
+fn serve_stalling(stream: TcpStream, released: &AtomicBool) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let content = if String::from_utf8_lossy(&body).contains("json_schema") {
+            "this is not JSON"
+        } else {
+            // A summary: held until the test releases it (a wait on the
+            // test's own signal, not on time).
+            while !released.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            "The answer is 42."
+        };
+        let answer = json!({
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Nothing lost while a model thinks: the leader's request waits for its
+/// summary (durably: `awaiting` in the record), the leader is SIGKILLed,
+/// and the standby that takes the task over asks the model again, and
+/// completes the task with the model's summary.
+#[test]
+fn a_request_waiting_for_its_summary_is_finished_by_the_next_leader() {
+    let model = StallingModel::start();
+    let args: Vec<&str> = model.args.iter().map(String::as_str).collect();
+    let cluster = Cluster::builder()
+        .coordinators(2)
+        .coordinator_args(&args)
+        .lease_ttl(2)
+        .worker("worker-1", "math.eval")
+        .start();
+    let file = cluster.task_file(
+        "summary.yaml",
+        "name: summarized\naggregation: summary\nrequest: Calculate 6 * 7.\n",
+    );
+    let id = cluster.submit(&file);
+    let waiting = eventually(
+        "the request to wait for its summary",
+        Duration::from_secs(30),
+        || {
+            let record = cluster.try_status(&id)?;
+            (record["request"]["awaiting"]["step"] == "summary").then_some(record)
+        },
+    );
+    let request = &waiting["request"];
+    assert!(
+        request["fallback"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("invalid answer after a retry"),
+        "the stand-in's plans were refused: {request}"
+    );
+    assert_eq!(waiting["subtasks"][0]["status"], "completed", "{waiting}");
+    cluster.kill("coordinator-1");
+    eventually("coordinator-2 to lead", Duration::from_secs(20), || {
+        (cluster.leader().as_deref() == Some("coordinator-2")).then_some(())
+    });
+    model.release();
+    let record = cluster.wait_ended(&id, Duration::from_secs(30));
+    assert_eq!(record["status"], "completed", "{record}");
+    let request = &record["request"];
+    assert_eq!(request["summarized_by"], "llama.cpp:stall", "{request}");
+    assert!(request.get("awaiting").is_none(), "{request}");
+    assert_eq!(record["result"]["summary"], "The answer is 42.", "{record}");
     cluster.assert_no_panic();
 }

@@ -642,10 +642,7 @@ mod tests {
         let ids: Vec<&str> = round.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["r1_n1", "r1_n2"]);
         assert_eq!(round.tasks[0].replaces.as_deref(), Some("count"));
-        assert_eq!(
-            round.tasks[1].input,
-            json!({"expr": "{{r1_n1.words}} * 2"})
-        );
+        assert_eq!(round.tasks[1].input, json!({"expr": "{{r1_n1.words}} * 2"}));
     }
 
     #[tokio::test]
