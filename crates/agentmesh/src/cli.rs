@@ -1473,7 +1473,9 @@ pub struct Endpoints {
     #[arg(long, env = "AGENTMESH_CONNECT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
     /// Time for one endpoint to answer a request (a Watch: its first
-    /// response), in ms. A submit covers the durable write of the task.
+    /// response), in ms. A submit covers the durable write of the task; a
+    /// submit of a natural-language request waits at least 140 s, as the
+    /// node may ask its model for the plan first.
     #[arg(long, env = "AGENTMESH_REQUEST_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
     /// The bearer token sent to the endpoints, for clusters that require one.

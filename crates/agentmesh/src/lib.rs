@@ -46,6 +46,7 @@ use agentmesh_core::task::listing::IdempotencyKey;
 use agentmesh_proto::v1 as pb;
 use agentmesh_registry::{EtcdRegistry, Registry};
 use agentmesh_runtime::api::auth::{self, TokenStore};
+use agentmesh_runtime::api::request::PLANNING_SUBMIT_TIMEOUT;
 use agentmesh_runtime::convert;
 use agentmesh_runtime::node::NodeBuilder;
 use agentmesh_runtime::node::local::LocalCluster;
@@ -589,7 +590,13 @@ async fn wait_for_shutdown_signal() {
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let document = read_task_file(&args.task_file)?;
     let name = args.client.unwrap_or_else(cli::default_client);
-    let client = args.endpoints.client()?.named(name);
+    let mut endpoints = args.endpoints;
+    if plans_at_submit(&document) {
+        // The node may ask its model for the plan before it answers.
+        let planning = PLANNING_SUBMIT_TIMEOUT.as_millis() as u64;
+        endpoints.request_timeout_ms = endpoints.request_timeout_ms.max(planning);
+    }
+    let client = endpoints.client()?.named(name);
     // A key per run by default: the client's own retries (another
     // endpoint after a lost reply, back-pressure) then create one task.
     let key = match args.idempotency_key {
@@ -606,6 +613,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let record = client.watch(&task_id, |_| {}).await?;
     print_json(&convert::task_json(&record))?;
     Ok(exit_for(&record))
+}
+
+/// Whether `document` is a natural-language request that a node
+/// decomposes at submit (a file that does not parse is the node's to
+/// refuse, with its own message).
+fn plans_at_submit(document: &str) -> bool {
+    agentmesh_core::task::validate::parse(document, &Default::default())
+        .is_ok_and(|file| agentmesh_core::request::is_request(&file))
 }
 
 async fn task(command: TaskCommand) -> anyhow::Result<ExitCode> {
@@ -951,5 +966,23 @@ fn exit_for(record: &pb::TaskRecord) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(TASK_FAILED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_decomposed_request_waits_for_planning() {
+        assert!(plans_at_submit("name: r\nrequest: calculate 6 * 7\n"));
+        assert!(!plans_at_submit(
+            "name: r\npattern: reactive\nrequest: calculate 6 * 7\n"
+        ));
+        assert!(!plans_at_submit(
+            "name: t\ntasks:\n  - {id: a, capability: math.eval, input: {expr: '1'}}\n"
+        ));
+        assert!(!plans_at_submit("not: [a task"));
+        assert!(PLANNING_SUBMIT_TIMEOUT >= std::time::Duration::from_secs(130));
     }
 }

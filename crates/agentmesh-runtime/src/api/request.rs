@@ -28,6 +28,11 @@ use agentmesh_registry::RequestMemoryStore;
 pub const BUILTIN: &str = "builtin";
 /// Time a model has for one decomposition, retry included.
 pub const DECOMPOSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a submit of a natural-language request may take on a node
+/// with a model: the memory's embedding, then a decomposition and its
+/// retry, with room for the durable write. Clients wait at least this long.
+pub const PLANNING_SUBMIT_TIMEOUT: Duration =
+    Duration::from_secs(EMBED_TIMEOUT.as_secs() + 2 * DECOMPOSE_TIMEOUT.as_secs() + 10);
 /// Time a model has for a summary.
 pub const SUMMARY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Tokens a summary may take: a few sentences.
