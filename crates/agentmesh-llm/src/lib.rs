@@ -25,8 +25,8 @@ mod validate;
 
 pub use openai::{
     ApiKey, Backend, OpenAiCompatible, OpenAiConfig, ProviderStats, RetryPolicy, SizeLimits,
-    StatsSnapshot, backoff_delay, chat_request_body, parse_chat_response, parse_embedding_response,
-    parse_retry_after, structured_output_fields,
+    StatsSnapshot, backoff_delay, chat_request_body, error_chain, parse_chat_response,
+    parse_embedding_response, parse_retry_after, structured_output_fields,
 };
 pub use provider::{
     ChatAnswer, ChatProvider, ChatRequest, EmbeddingProvider, Embeddings, FinishReason, LlmError,

@@ -633,8 +633,9 @@ impl OpenAiCompatible {
 }
 
 /// An error with its sources: hyper's top-level message ("client error
-/// (Connect)") alone does not say what failed.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// (Connect)") alone does not say what failed. The tools' HTTP client
+/// uses it too.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

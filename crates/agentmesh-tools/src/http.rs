@@ -36,6 +36,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use agentmesh_llm::error_chain;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, header};
@@ -546,19 +547,6 @@ fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Addre
         cause = e.source();
     }
     None
-}
-
-/// An error with its sources, since hyper's top-level messages ("client
-/// error (Connect)") hide the cause.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[async_trait]
