@@ -76,7 +76,7 @@ use std::time::Duration;
 use agentmesh_core::AgentId;
 use etcd_client::{
     Compare, CompareOp, Event, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    TxnOpResponse, TxnResponse,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -703,6 +703,36 @@ async fn delete_leader_key(shared: &Shared, fence: &Fence) -> Result<bool, Regis
 /// exists with the create revision of the fence's term.
 pub(super) fn fence_compare(fence: &Fence) -> Compare {
     Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.revision)
+}
+
+/// Refusal of a fenced write: `fence`'s term is over. `written` counts what
+/// the earlier transactions of the same call wrote.
+pub(super) fn not_leader(fence: &Fence, written: usize) -> RegistryError {
+    RegistryError::NotLeader {
+        fence_revision: fence.revision,
+        written,
+    }
+}
+
+impl Shared {
+    /// Runs `ops` in one transaction that applies only while `fence`'s
+    /// term lasts; [`not_leader`] when it has ended. `what` names the
+    /// attempt in an error.
+    pub(super) async fn fenced_txn(
+        &self,
+        fence: &Fence,
+        ops: Vec<TxnOp>,
+        written: usize,
+        what: impl FnOnce() -> String,
+    ) -> Result<TxnResponse, RegistryError> {
+        let txn = Txn::new().when([fence_compare(fence)]).and_then(ops);
+        let mut client = self.client.clone();
+        let response = self.request(what, client.txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(not_leader(fence, written));
+        }
+        Ok(response)
+    }
 }
 
 #[cfg(test)]

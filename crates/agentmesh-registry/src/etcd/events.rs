@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 
 use agentmesh_core::events::{DeadLetter, EventRecord};
-use etcd_client::{DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{DeleteOptions, GetOptions, SortOrder, SortTarget, TxnOp, TxnOpResponse};
 use tracing::warn;
 
 use super::{MAX_RECORDS_PER_TXN, Shared, decode, election, encode};
@@ -30,7 +30,7 @@ impl Shared {
         fence: &Fence,
     ) -> Result<usize, RegistryError> {
         if fence.lease != self.lease_id.load(Ordering::SeqCst) {
-            return Err(not_leader(fence, 0));
+            return Err(election::not_leader(fence, 0));
         }
         let mut written = 0;
         let mut trimmed = 0;
@@ -83,19 +83,10 @@ impl Shared {
                 }
             });
         }
-        let txn = Txn::new()
-            .when([election::fence_compare(fence)])
-            .and_then(ops);
-        let mut client = self.client.clone();
-        let response = self
-            .request(
-                || format!("write of {} event changes failed", chunk.len()),
-                client.txn(txn),
-            )
-            .await?;
-        if !response.succeeded() {
-            return Err(not_leader(fence, written));
-        }
+        self.fenced_txn(fence, ops, written, || {
+            format!("write of {} event changes failed", chunk.len())
+        })
+        .await?;
         Ok(())
     }
 
@@ -147,21 +138,15 @@ impl Shared {
         let Some(from) = oldest.kvs().last().map(|kv| kv.key().to_vec()) else {
             return Ok(0);
         };
-        let txn = Txn::new()
-            .when([election::fence_compare(fence)])
-            .and_then([TxnOp::delete(
-                from,
-                Some(DeleteOptions::new().with_range(keys::dead_letters_end())),
-            )]);
+        let delete = TxnOp::delete(
+            from,
+            Some(DeleteOptions::new().with_range(keys::dead_letters_end())),
+        );
         let response = self
-            .request(
-                || format!("deletion of {surplus} dead letters failed"),
-                client.txn(txn),
-            )
+            .fenced_txn(fence, vec![delete], written, || {
+                format!("deletion of {surplus} dead letters failed")
+            })
             .await?;
-        if !response.succeeded() {
-            return Err(not_leader(fence, written));
-        }
         Ok(response
             .op_responses()
             .into_iter()
@@ -217,12 +202,5 @@ impl Shared {
                     .ok()
             })
             .collect())
-    }
-}
-
-fn not_leader(fence: &Fence, written: usize) -> RegistryError {
-    RegistryError::NotLeader {
-        fence_revision: fence.revision,
-        written,
     }
 }

@@ -31,11 +31,11 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use agentmesh_core::task::TaskRecord;
-use etcd_client::{AlarmAction, AlarmType, Txn, TxnOp};
+use etcd_client::{AlarmAction, AlarmType, TxnOp};
 use tracing::{info, warn};
 
+use super::Shared;
 use super::backoff::sleep_unless_stopped;
-use super::{Shared, election};
 use crate::ended_index::EndedIndex;
 use crate::{EndedTask, EndedTasks, Fence, RegistryError, TaskKeys, keys};
 
@@ -167,22 +167,10 @@ impl Shared {
                     .flatten()
                 })
                 .collect();
-            let txn = Txn::new()
-                .when([election::fence_compare(fence)])
-                .and_then(ops);
-            let mut client = self.client.clone();
-            let response = self
-                .request(
-                    || format!("delete of {} ended tasks failed", chunk.len()),
-                    client.txn(txn),
-                )
-                .await?;
-            if !response.succeeded() {
-                return Err(RegistryError::NotLeader {
-                    fence_revision: fence.revision,
-                    written: deleted,
-                });
-            }
+            self.fenced_txn(fence, ops, deleted, || {
+                format!("delete of {} ended tasks failed", chunk.len())
+            })
+            .await?;
             let mut state = self.lock_ended();
             for task in chunk {
                 state.index.remove(&task.id);
