@@ -96,6 +96,23 @@ fn a_low_quality_score_runs_exactly_one_refinement_round() {
     cluster.assert_no_panic();
 }
 
+/// The local SmolLM2 server, and a cluster whose coordinator plans with
+/// it (one task a plan) and whose worker offers `capabilities`, started
+/// with `worker_args`. The model serves while the first is kept.
+fn model_cluster(capabilities: &str, worker_args: &[&str]) -> (LocalModel, Cluster) {
+    let model = LocalModel::start();
+    let model_args = model.node_args();
+    let mut args: Vec<&str> = model_args.iter().map(String::as_str).collect();
+    args.extend(["--request-max-subtasks", "1"]);
+    let cluster = Cluster::builder()
+        .coordinators(1)
+        .coordinator_args(&args)
+        .worker_args(worker_args)
+        .worker("worker-1", capabilities)
+        .start();
+    (model, cluster)
+}
+
 /// The done-when: a request on a cluster whose coordinator has the
 /// local SmolLM2 model is given to the model (under the schema: the
 /// capability an enum of the live worker's, one short task), its answer
@@ -105,15 +122,7 @@ fn a_low_quality_score_runs_exactly_one_refinement_round() {
 /// scripted answers in `api::request`'s tests.)
 #[test]
 fn a_request_is_given_to_the_local_model_and_its_dag_runs_on_a_worker() {
-    let model = LocalModel::start();
-    let model_args = model.node_args();
-    let mut args: Vec<&str> = model_args.iter().map(String::as_str).collect();
-    args.extend(["--request-max-subtasks", "1"]);
-    let cluster = Cluster::builder()
-        .coordinators(1)
-        .coordinator_args(&args)
-        .worker("worker-1", "math.eval")
-        .start();
+    let (_model, cluster) = model_cluster("math.eval", &[]);
     let file = cluster.task_file(
         "model.yaml",
         "name: model-plan\naggregation: concatenate\nrequest: Calculate 6 * 7.\n",
@@ -177,16 +186,10 @@ fn a_request_is_given_to_the_local_model_and_its_dag_runs_on_a_worker() {
 /// ran and run; then the model writes the summary.
 #[test]
 fn a_low_scoring_request_is_refined_and_summarized_by_the_local_model() {
-    let model = LocalModel::start();
-    let model_args = model.node_args();
-    let mut args: Vec<&str> = model_args.iter().map(String::as_str).collect();
-    args.extend(["--request-max-subtasks", "1"]);
-    let cluster = Cluster::builder()
-        .coordinators(1)
-        .coordinator_args(&args)
-        .worker_args(&["--allow-fault-injection", "--fault", "empty-result:1"])
-        .worker("worker-1", "text.word_count")
-        .start();
+    let (_model, cluster) = model_cluster(
+        "text.word_count",
+        &["--allow-fault-injection", "--fault", "empty-result:1"],
+    );
     let file = cluster.task_file(
         "refine.yaml",
         "name: model-refine\naggregation: summary\nrequest: 'Count the words in \"... --- !!!\".'\n",

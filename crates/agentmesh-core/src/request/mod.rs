@@ -166,19 +166,12 @@ impl Decomposition {
     /// a submitted file.
     pub fn task_file(&self, request_file: &TaskFile) -> TaskFile {
         TaskFile {
-            name: request_file.name.clone(),
-            pattern: Pattern::CoordinatorWorker,
-            strategy: runnable_strategy(request_file.strategy),
-            tasks: self.subtasks(),
-            objectives: Vec::new(),
             timeout_ms: request_file.timeout_ms,
-            redundancy: None,
-            consensus: None,
-            request: None,
-            cache: None,
-            threshold: None,
-            aggregation: None,
-            quality_threshold: None,
+            ..TaskFile::of_tasks(
+                request_file.name.clone(),
+                runnable_strategy(request_file.strategy),
+                self.subtasks(),
+            )
         }
     }
 

@@ -208,14 +208,20 @@ pub fn request_score(task_scores: &[f64], skipped: usize) -> f64 {
 /// `(id, description, output)` of each planned task's better attempt,
 /// in plan order: what is aggregated, and what a summary is written from.
 pub fn outputs(subtasks: &[SubtaskRecord], plan: &RequestPlan) -> Vec<(String, String, Value)> {
+    outputs_of(best_attempts(subtasks, plan), plan)
+}
+
+fn outputs_of(
+    best: Vec<(&str, &str, Value, f64)>,
+    plan: &RequestPlan,
+) -> Vec<(String, String, Value)> {
     let descriptions: HashMap<&str, &str> = plan
         .decomposition
         .tasks
         .iter()
         .map(|t| (t.id.as_str(), t.description.as_str()))
         .collect();
-    best_attempts(subtasks, plan)
-        .into_iter()
+    best.into_iter()
         .map(|(id, _, v, _)| {
             let description = descriptions.get(id).copied().unwrap_or_default();
             (id.to_owned(), description.to_owned(), v)
@@ -229,7 +235,7 @@ pub fn assess(subtasks: &[SubtaskRecord], plan: &RequestPlan) -> Assessment {
     let best = best_attempts(subtasks, plan);
     let scores: Vec<f64> = best.iter().map(|b| b.3).collect();
     let score = request_score(&scores, plan.skipped.len());
-    let result = aggregate(plan.aggregation, &outputs(subtasks, plan));
+    let result = aggregate(plan.aggregation, &outputs_of(best, plan));
     let refine = score < plan.threshold && plan.rounds < plan.max_rounds;
     Assessment {
         result,

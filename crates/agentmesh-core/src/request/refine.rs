@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Decomposition, PlannedTask, decomposition_schema};
-use crate::task::file::{Pattern, Strategy, SubtaskSpec, TaskFile};
+use crate::task::file::{Strategy, SubtaskSpec, TaskFile};
 use crate::task::message::clip;
 use crate::task::validate::MAX_NAME_LEN;
 
@@ -266,21 +266,7 @@ pub fn refined_file(review: &Review, tasks: &[PlannedTask]) -> TaskFile {
         }
         .subtasks(),
     );
-    TaskFile {
-        name: review.name.clone(),
-        pattern: Pattern::CoordinatorWorker,
-        strategy: Strategy::Parallel,
-        tasks: all,
-        objectives: Vec::new(),
-        timeout_ms: None,
-        redundancy: None,
-        consensus: None,
-        request: None,
-        cache: None,
-        threshold: None,
-        aggregation: None,
-        quality_threshold: None,
-    }
+    TaskFile::of_tasks(review.name.clone(), Strategy::Parallel, all)
 }
 
 /// A validator error about [`refined_file`], with the task index turned

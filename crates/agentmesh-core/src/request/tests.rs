@@ -112,10 +112,18 @@ fn low_outputs(capability: &str) -> serde_json::Value {
     }
 }
 
-/// The record's review for its next round, and the built-in round.
+/// What the record's next round is planned from.
+fn review_of(record: &TaskRecord) -> Review {
+    post::review(
+        &record.subtasks,
+        record.request.as_deref().unwrap(),
+        &record.name,
+    )
+}
+
+/// The record's built-in next round.
 fn builtin_round(record: &TaskRecord) -> Refinement {
-    let plan = record.request.as_deref().unwrap();
-    let review = post::review(&record.subtasks, plan, &record.name);
+    let review = review_of(record);
     Refinement {
         round: review.round,
         provider: "builtin".into(),
@@ -158,11 +166,7 @@ fn a_low_score_waits_for_a_round_and_runs_exactly_one() {
 fn a_generated_round_adds_tasks_that_join_the_result_and_the_score() {
     let mut record = example_record();
     run(&mut record, &low_outputs);
-    let review = post::review(
-        &record.subtasks,
-        record.request.as_deref().unwrap(),
-        &record.name,
-    );
+    let review = review_of(&record);
     assert_eq!(review.tasks[0].score, 0.0);
     assert_eq!(review.tasks[1].score, 1.0);
     // The model names its task `t1_word_count`, which ran already, and
@@ -237,11 +241,7 @@ fn a_generated_round_adds_tasks_that_join_the_result_and_the_score() {
 fn a_round_that_replaces_an_unplanned_task_or_repeats_an_id_is_refused() {
     let mut record = example_record();
     run(&mut record, &low_outputs);
-    let review = post::review(
-        &record.subtasks,
-        record.request.as_deref().unwrap(),
-        &record.name,
-    );
+    let review = review_of(&record);
     let task = |id: &str, replaces: Option<&str>| PlannedTask {
         id: id.into(),
         specialist: "s".into(),

@@ -59,6 +59,26 @@ pub struct TaskFile {
 }
 
 impl TaskFile {
+    /// A `coordinator_worker` file of `tasks` with `strategy` and nothing
+    /// else: what a generated plan is validated as.
+    pub fn of_tasks(name: impl Into<String>, strategy: Strategy, tasks: Vec<SubtaskSpec>) -> Self {
+        Self {
+            name: name.into(),
+            pattern: Pattern::CoordinatorWorker,
+            strategy,
+            tasks,
+            objectives: Vec::new(),
+            timeout_ms: None,
+            redundancy: None,
+            consensus: None,
+            request: None,
+            cache: None,
+            threshold: None,
+            aggregation: None,
+            quality_threshold: None,
+        }
+    }
+
     /// The pattern-specific fields this file sets (see
     /// `PatternRules::fields`).
     pub fn pattern_fields(&self) -> Vec<&'static str> {

@@ -552,17 +552,20 @@ mod tests {
             .unwrap()
         };
         let planner = RequestPlanner::default();
-        let (tasks, plan) = planner
-            .plan(
-                None,
-                None,
-                Some(&memory),
-                file(),
-                &TaskLimits::default(),
-                &membership(),
-            )
-            .await
-            .unwrap();
+        let recall = || async {
+            planner
+                .plan(
+                    None,
+                    None,
+                    Some(&memory),
+                    file(),
+                    &TaskLimits::default(),
+                    &membership(),
+                )
+                .await
+                .unwrap()
+        };
+        let (tasks, plan) = recall().await;
         assert_eq!(tasks.tasks[0].id, "mul", "the remembered plan runs");
         let reused = plan.reused.expect("reused");
         assert_eq!(
@@ -575,17 +578,7 @@ mod tests {
             .remember_request(remembered("gone.tool"), 8)
             .await
             .unwrap();
-        let (tasks, plan) = planner
-            .plan(
-                None,
-                None,
-                Some(&memory),
-                file(),
-                &TaskLimits::default(),
-                &membership(),
-            )
-            .await
-            .unwrap();
+        let (tasks, plan) = recall().await;
         assert_eq!(plan.reused, None);
         assert_eq!(plan.provider, BUILTIN);
         assert_eq!(tasks.tasks[0].capability, "math.eval");

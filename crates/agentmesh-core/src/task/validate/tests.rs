@@ -203,21 +203,10 @@ fn dag() -> impl proptest::strategy::Strategy<Value = Vec<Vec<usize>>> {
 }
 
 fn file_from(deps: &[Vec<usize>]) -> TaskFile {
-    TaskFile {
-        name: "p".into(),
-        pattern: Pattern::CoordinatorWorker,
-        strategy: crate::task::Strategy::Parallel,
-        timeout_ms: None,
-        redundancy: None,
-        consensus: None,
-        request: None,
-        cache: None,
-        threshold: None,
-        aggregation: None,
-        quality_threshold: None,
-        objectives: Vec::new(),
-        tasks: deps
-            .iter()
+    TaskFile::of_tasks(
+        "p",
+        crate::task::Strategy::Parallel,
+        deps.iter()
             .enumerate()
             .map(|(i, ds)| SubtaskSpec {
                 id: format!("t{i}"),
@@ -227,7 +216,7 @@ fn file_from(deps: &[Vec<usize>]) -> TaskFile {
                 timeout_ms: None,
             })
             .collect(),
-    }
+    )
 }
 
 proptest! {
